@@ -1,0 +1,64 @@
+"""The FastAPI application factory: `uvicorn --factory training_platform.api.app:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from training_platform import __version__
+from training_platform.api import errors, health
+from training_platform.api.deps import require_token
+from training_platform.backends.routes import router as backends_router
+from training_platform.bootstrap import bootstrap
+from training_platform.catalog.routes import router as catalog_router
+from training_platform.core.logging import setup_logging
+from training_platform.core.settings import Settings, get_settings
+from training_platform.jobs.routes import router as jobs_router
+from training_platform.jobs.service import Dispatcher
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    """Build the app; the database is migrated and bootstrapped when it starts."""
+    settings = settings or get_settings()
+    if dispatcher is None:
+        from training_platform.jobs.tasks import CeleryDispatcher
+
+        dispatcher = CeleryDispatcher()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_logging(settings.log_level)
+        app.state.engine = await run_in_threadpool(bootstrap, settings)
+        log.info("API ready on %s", settings.resolved_api_url)
+        yield
+
+    app = FastAPI(
+        title="training_platform",
+        version=__version__,
+        description="Post-train LLMs with verl and TRL. Every route under /api/v1 needs "
+        "`Authorization: Bearer <token>` (the admin token is in $TP_HOME/admin-token).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.dispatcher = dispatcher
+    errors.install(app)
+    app.include_router(health.router)
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    api.include_router(jobs_router)
+    api.include_router(catalog_router)
+    api.include_router(backends_router)
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

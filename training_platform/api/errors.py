@@ -1,0 +1,24 @@
+"""Maps domain errors to HTTP answers with one JSON shape."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from training_platform.auth.service import Unauthorized
+from training_platform.core.errors import DomainError, InvalidInput
+
+
+async def _domain_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    if isinstance(error, InvalidInput):
+        # Same shape as FastAPI's own validation errors, so clients parse one format.
+        detail = [{"loc": list(error.loc), "msg": error.message, "type": error.kind}]
+        return JSONResponse({"detail": detail}, status_code=error.status_code)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    return JSONResponse({"detail": error.message}, status_code=error.status_code, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on the app."""
+    app.add_exception_handler(DomainError, _domain_error)

@@ -1,0 +1,145 @@
+"""The backend seam: pure translators from a job spec to a LaunchPlan, registered by pair.
+
+A backend never touches the disk, the network or a process; it only computes. Runners
+carry out the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from training_platform.core.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """Everything a backend needs to know about where the plan will run."""
+
+    run_dir: str  # absolute, on the host that runs the plan
+    python: str  # interpreter of the platform's environment on that host
+    model_path: str
+    dataset_path: str
+    dataset_format: str
+    model_is_local: bool = True
+    devices: tuple[int, ...] = ()
+    cpu_threads: int = 1
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What to start: an argv list (never a shell string), its environment and its files."""
+
+    backend: str
+    algorithm: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)  # run-dir-relative path -> content
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, as stored on the job and written to plan.json."""
+        return {
+            "backend": self.backend,
+            "algorithm": self.algorithm,
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LaunchPlan:
+        """Inverse of to_dict."""
+        return cls(
+            backend=str(data["backend"]),
+            algorithm=str(data["algorithm"]),
+            argv=tuple(str(a) for a in data["argv"]),
+            env={str(k): str(v) for k, v in dict(data.get("env", {})).items()},
+            files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
+        )
+
+
+class Backend(Protocol):
+    """A (backend, algorithm) pair that can plan runs."""
+
+    backend: ClassVar[str]
+    algorithm: ClassVar[str]
+    description: ClassVar[str]
+    requires_gpu: ClassVar[bool]
+    dataset_formats: ClassVar[tuple[str, ...]]
+    parameters: ClassVar[type[BaseModel]]
+
+    def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
+        """Translate validated hyperparameters into a plan. Pure."""
+        ...
+
+
+_REGISTRY: dict[tuple[str, str], Backend] = {}
+
+
+_B = TypeVar("_B")
+
+
+def register(cls: type[_B]) -> type[_B]:
+    """Class decorator: add a backend, refusing a pair that is already taken."""
+    instance: Backend = cls()  # type: ignore[assignment]
+    key = (instance.backend, instance.algorithm)
+    if key in _REGISTRY:
+        raise ValueError(f"backend pair {key} registered twice")
+    _REGISTRY[key] = instance
+    return cls
+
+
+def all_backends() -> list[Backend]:
+    """Every registered pair, sorted."""
+    _load_builtin()
+    return [_REGISTRY[key] for key in sorted(_REGISTRY)]
+
+
+def get_backend(backend: str, algorithm: str) -> Backend:
+    """The pair, or InvalidInput that says which backends do support the algorithm."""
+    _load_builtin()
+    found = _REGISTRY.get((backend, algorithm))
+    if found is not None:
+        return found
+    backends = sorted({b for b, _ in _REGISTRY})
+    if backend not in backends:
+        raise InvalidInput(
+            ("body", "backend"), f"unknown backend {backend!r}; available: {', '.join(backends)}"
+        )
+    supporters = sorted(b for b, a in _REGISTRY if a == algorithm)
+    offered = sorted(a for b, a in _REGISTRY if b == backend)
+    hint = (
+        f"; use backend {' or '.join(repr(s) for s in supporters)}"
+        if supporters
+        else f"; {backend} offers: {', '.join(offered)}"
+    )
+    raise InvalidInput(
+        ("body", "algorithm"), f"backend {backend!r} does not support {algorithm!r}{hint}"
+    )
+
+
+def validate_parameters(backend: Backend, values: Mapping[str, Any]) -> BaseModel:
+    """The backend's parameter model, or InvalidInput naming the first bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return backend.parameters.model_validate(dict(values))
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = ("body", "hyperparameters", *first["loc"])
+        raise InvalidInput(loc, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+_BUILTIN_LOADERS: list[Callable[[], None]] = []
+
+
+def _load_builtin() -> None:
+    # Importing the packages registers their pairs; done lazily so that this module stays
+    # importable from anywhere without import cycles.
+    if not _BUILTIN_LOADERS:
+        import training_platform.backends.trl  # noqa: F401
+
+        _BUILTIN_LOADERS.append(lambda: None)

@@ -1,0 +1,114 @@
+"""Catalog service: register and resolve the models and datasets jobs name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from sqlmodel import Session, select
+
+from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core.errors import InvalidInput, NotFound
+
+
+def managed_path(home: Path, relative: str) -> Path:
+    """The absolute path of a catalog entry, refusing anything that escapes TP_HOME."""
+    path = (home / relative).resolve()
+    if not path.is_relative_to(home.resolve()):
+        raise NotFound(f"catalog path {relative!r} is outside the managed root")
+    return path
+
+
+def list_models(*, session: Session) -> Sequence[ModelEntry]:
+    """Every registered model, by name."""
+    return session.exec(select(ModelEntry).order_by(ModelEntry.name)).all()
+
+
+def list_datasets(*, session: Session) -> Sequence[DatasetEntry]:
+    """Every registered dataset, by name."""
+    return session.exec(select(DatasetEntry).order_by(DatasetEntry.name)).all()
+
+
+_Entry = TypeVar("_Entry", ModelEntry, DatasetEntry)
+
+
+def _by_ref(session: Session, table: type[_Entry], ref: str | int, field: str) -> _Entry:
+    row = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        row = session.get(table, int(ref))
+    if row is None and isinstance(ref, str):
+        row = session.exec(select(table).where(table.name == ref)).first()
+    if row is None:
+        names = sorted(session.exec(select(table.name)).all())
+        known = ", ".join(names) if names else "none registered"
+        raise InvalidInput(("body", field), f"unknown {field} {ref!r}; available: {known}")
+    return row
+
+
+def resolve_model(*, session: Session, ref: str | int) -> ModelEntry:
+    """A model by id or name; InvalidInput naming the field when unknown."""
+    return _by_ref(session, ModelEntry, ref, "model")
+
+
+def resolve_dataset(*, session: Session, ref: str | int) -> DatasetEntry:
+    """A dataset by id or name; InvalidInput naming the field when unknown."""
+    return _by_ref(session, DatasetEntry, ref, "dataset")
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def count_jsonl_rows(path: Path) -> int:
+    """Rows of a JSONL file, refusing lines that are not JSON objects."""
+    rows = 0
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if not isinstance(json.loads(line), dict):
+                raise ValueError(f"{path.name}: line {number} is not a JSON object")
+            rows += 1
+    return rows
+
+
+def upsert_builtin_dataset(
+    *, session: Session, home: Path, name: str, path: Path, fmt: str, description: str
+) -> DatasetEntry:
+    """Register (or refresh) a bundled dataset already copied inside TP_HOME."""
+    sha256, size = file_digest(path)
+    entry = session.exec(select(DatasetEntry).where(DatasetEntry.name == name)).first()
+    if entry is None:
+        entry = DatasetEntry(
+            name=name, source="builtin", path="", format=fmt, rows=0, size_bytes=0, sha256=""
+        )
+    entry.path = str(path.relative_to(home))
+    entry.format, entry.description = fmt, description
+    entry.sha256, entry.size_bytes, entry.rows = sha256, size, count_jsonl_rows(path)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def upsert_builtin_model(
+    *, session: Session, home: Path, name: str, path: Path, description: str, parameters: int | None
+) -> ModelEntry:
+    """Register (or refresh) a bundled model built inside TP_HOME."""
+    entry = session.exec(select(ModelEntry).where(ModelEntry.name == name)).first()
+    if entry is None:
+        entry = ModelEntry(name=name, source="builtin", path="")
+    entry.path = str(path.relative_to(home))
+    entry.description, entry.parameters = description, parameters
+    session.add(entry)
+    session.flush()
+    return entry

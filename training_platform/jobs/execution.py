@@ -1,0 +1,162 @@
+"""Starting a job on a worker: fence, plan, launch, record the handle, then watch it.
+
+The worker holds its slot until the training process ends, so a worker's concurrency is the
+number of trainings it runs at once. The process itself is detached: a worker that dies
+leaves it running, and the supervisor keeps watching it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from training_platform.backends.base import LaunchPlan
+from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core.settings import Settings
+from training_platform.jobs import service
+from training_platform.jobs.models import Job
+from training_platform.jobs.state import ACTIVE, TERMINAL, JobStatus, StaleJob, transition
+from training_platform.jobs.supervisor import reconcile_job
+from training_platform.runners.base import Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a start message led to."""
+
+    job_id: int
+    action: str  # skipped | failed | finished
+    status: str | None = None
+
+
+def _active_elsewhere(session: Session, settings: Settings, job_id: int) -> int:
+    count = session.exec(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            col(Job.status).in_([s.value for s in ACTIVE]),
+            Job.node == settings.node_name,
+            Job.id != job_id,
+        )
+    ).one()
+    return int(count)
+
+
+def _due(engine: Engine, job_id: int, attempt: int) -> bool:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.attempt == attempt and job.status == JobStatus.QUEUED.value
+
+
+def run_job(
+    engine: Engine,
+    settings: Settings,
+    runner: Runner,
+    runners: Mapping[str, Runner],
+    *,
+    job_id: int,
+    attempt: int,
+    actor: str,
+    poll_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Start the job's attempt if it is still due, and watch it until it ends."""
+    if not _due(engine, job_id, attempt):
+        return Outcome(job_id, "skipped")
+    # Runs adopted after a restart still occupy this node's slots.
+    while True:
+        with Session(engine) as session:
+            if _active_elsewhere(session, settings, job_id) < settings.training_slots:
+                break
+        if not _due(engine, job_id, attempt):
+            return Outcome(job_id, "skipped")
+        sleep(poll_s * 2)
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.attempt != attempt or job.status != JobStatus.QUEUED.value:
+            return Outcome(job_id, "skipped")
+        try:
+            transition(
+                session,
+                job,
+                JobStatus.STARTING,
+                actor=actor,
+                reason="taken by a worker",
+                values={"node": settings.node_name, "runner": runner.kind},
+            )
+            session.commit()
+        except StaleJob:
+            return Outcome(job_id, "skipped")  # another delivery of the message won
+        try:
+            plan = _plan(session, settings, job, runner)
+            run_dir = service.run_dir_for(settings, job)
+            handle = runner.submit(plan, str(run_dir))
+        except Exception as error:
+            log.exception("job %s could not start", job_id)
+            session.rollback()
+            session.refresh(job)
+            transition(
+                session,
+                job,
+                JobStatus.FAILED,
+                actor=actor,
+                reason="could not start",
+                values={"error": f"could not start: {error}"},
+            )
+            session.commit()
+            return Outcome(job_id, "failed", JobStatus.FAILED.value)
+        # The handle is stored before anything else can happen, whatever the status now is.
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.attempt) == attempt)
+            .values(runner_handle=handle, plan=plan.to_dict())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        session.refresh(job)
+        try:
+            transition(session, job, JobStatus.RUNNING, actor=actor, reason="process started")
+            session.commit()
+        except Exception:
+            session.rollback()
+            session.refresh(job)
+            if JobStatus(job.status) is not JobStatus.RUNNING:
+                # Cancelled (or requeued) while we launched: the process, seconds old, must
+                # not live on.
+                runner.cancel(handle, force=True)
+    return _watch(engine, settings, runners, job_id, attempt, poll_s, sleep)
+
+
+def _plan(session: Session, settings: Settings, job: Job, runner: Runner) -> LaunchPlan:
+    model = session.get(ModelEntry, job.model_id)
+    dataset = session.get(DatasetEntry, job.dataset_id)
+    if model is None or dataset is None:
+        raise RuntimeError("the job's model or dataset was removed from the catalog")
+    python = getattr(runner, "python", "python3")
+    return service.plan_for_job(session=session, settings=settings, job=job, python=python)
+
+
+def _watch(
+    engine: Engine,
+    settings: Settings,
+    runners: Mapping[str, Runner],
+    job_id: int,
+    attempt: int,
+    poll_s: float,
+    sleep: Callable[[float], None],
+) -> Outcome:
+    while True:
+        job = reconcile_job(engine, settings, job_id, runners)
+        if job is None or job.attempt != attempt or JobStatus(job.status) in TERMINAL:
+            return Outcome(job_id, "finished", job.status if job else None)
+        if JobStatus(job.status) is JobStatus.QUEUED:
+            return Outcome(job_id, "finished", job.status)
+        sleep(poll_s)

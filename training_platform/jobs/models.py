@@ -1,0 +1,130 @@
+"""Tables of the jobs context: jobs, their events, metrics, log chunks and checkpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from training_platform.core.types import JSONType, UTCDateTime, utcnow
+
+
+def _fk_job() -> Any:
+    return Field(
+        sa_column=Column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+
+
+class Job(SQLModel, table=True):
+    """One training job and everything needed to start, watch and finish it."""
+
+    __tablename__ = "jobs"
+    # Ids name run directories: SQLite must never hand out a deleted job's id again.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    backend: str = Field(max_length=32)
+    algorithm: str = Field(max_length=32)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    dataset_id: int = Field(foreign_key="datasets.id", index=True)
+    spec: dict[str, Any] = Field(sa_type=JSONType)
+    priority: int = Field(index=True)
+    queue: str = Field(max_length=32)
+    status: str = Field(max_length=16, index=True)
+    version: int = 1
+    attempt: int = 1
+    created_by: str = Field(max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    request_hash: str | None = Field(default=None, max_length=64)
+
+    node: str | None = Field(default=None, max_length=200)
+    runner: str | None = Field(default=None, max_length=32)
+    runner_handle: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    plan: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    outputs: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    exit_code: int | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+    dispatch_count: int = 0
+    dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    log_offset: int = Field(default=0, sa_type=BigInteger)
+    metrics_offset: int = Field(default=0, sa_type=BigInteger)
+    progress_step: int | None = None
+    progress_total: int | None = None
+
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    queued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobEvent(SQLModel, table=True):
+    """One status change: who, when, from, to, why."""
+
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = _fk_job()
+    attempt: int
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str = Field(max_length=16)
+    actor: str = Field(max_length=200)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class JobMetric(SQLModel, table=True):
+    """One reported value; a (job, step, key) holds one value, the latest attempt's."""
+
+    __tablename__ = "job_metrics"
+    __table_args__ = (
+        UniqueConstraint("job_id", "step", "key", name="uq_job_metrics_job_step_key"),
+        Index("ix_job_metrics_job_key_step", "job_id", "key", "step"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(sa_column=Column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
+    attempt: int
+    step: int
+    key: str = Field(max_length=200)
+    value: float | None
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class JobLogChunk(SQLModel, table=True):
+    """A slice of an attempt's combined stdout/stderr, stored at its byte offset."""
+
+    __tablename__ = "job_log_chunks"
+    __table_args__ = (
+        UniqueConstraint(
+            "job_id", "attempt", "offset", name="uq_job_log_chunks_job_attempt_offset"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = _fk_job()
+    attempt: int
+    offset: int = Field(sa_type=BigInteger)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Checkpoint(SQLModel, table=True):
+    """A checkpoint or final model a job wrote, relative to its run directory."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "path", name="uq_checkpoints_job_attempt_path"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = _fk_job()
+    attempt: int
+    step: int
+    path: str = Field(max_length=500)
+    final: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,247 @@
+"""HTTP routes of the jobs context: parse, call the service, commit, then dispatch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlmodel import Session
+
+from training_platform.api.deps import CurrentToken, DispatcherDep, SessionDep, SettingsDep
+from training_platform.backends.base import LaunchPlan
+from training_platform.jobs import service
+from training_platform.jobs.models import Job
+from training_platform.jobs.schemas import (
+    CheckpointPublic,
+    JobCreate,
+    JobEventPublic,
+    JobPublic,
+    JobsPublic,
+    LogSlice,
+    MetricPoint,
+    MetricsPublic,
+    PlanPublic,
+    Progress,
+)
+from training_platform.jobs.state import JobStatus
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="The same key never creates two jobs.",
+    ),
+]
+
+
+def to_public(job: Job) -> JobPublic:
+    """The client view of a job."""
+    assert job.id is not None
+    return JobPublic(
+        id=job.id,
+        name=job.name,
+        backend=job.backend,
+        algorithm=job.algorithm,
+        model=str(job.spec.get("model", job.model_id)),
+        dataset=str(job.spec.get("dataset", job.dataset_id)),
+        spec=job.spec,
+        priority=job.priority,
+        queue=job.queue,
+        status=job.status,
+        version=job.version,
+        attempt=job.attempt,
+        created_by=job.created_by,
+        node=job.node,
+        runner=job.runner,
+        exit_code=job.exit_code,
+        error=job.error,
+        outputs=job.outputs,
+        progress=Progress(step=job.progress_step, total=job.progress_total),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _send_start(session: Session, dispatcher: DispatcherDep, job: Job) -> None:
+    try:
+        dispatcher.dispatch(job)
+    except Exception as error:  # the job is stored; the supervisor resends the message
+        log.warning("job %s: start message not sent (%s); the supervisor will retry", job.id, error)
+
+
+def _plan_public(plan: LaunchPlan, run_dir: str, runner: str) -> PlanPublic:
+    data = plan.to_dict()
+    return PlanPublic(run_dir=run_dir, runner=runner, **data)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "An earlier request with this Idempotency-Key made it."}},
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Submit a job; it is stored as queued, then its start message is sent."""
+    job, created = service.submit(
+        session=session, request=body, actor=f"token:{token.name}", idempotency_key=idempotency_key
+    )
+    session.commit()
+    if created:
+        _send_start(session, dispatcher, job)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return to_public(job)
+
+
+@router.post("/plan")
+def dry_run(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> PlanPublic:
+    """The launch plan a submission would produce; nothing is stored."""
+    plan, run_dir = service.plan_for_request(
+        session=session, settings=settings, request=body, python=sys.executable
+    )
+    return _plan_public(plan, str(run_dir), "local")
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    _: CurrentToken,
+    job_status: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Jobs, newest first, optionally only those in the given statuses."""
+    page, total = service.list_jobs(
+        session=session, statuses=job_status or (), limit=limit, offset=offset
+    )
+    return JobsPublic(items=[to_public(j) for j in page], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
+    """One job."""
+    return to_public(service.get_job(session=session, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(
+    job_id: int, session: SessionDep, token: CurrentToken, dispatcher: DispatcherDep
+) -> JobPublic:
+    """Cancel: at once if not started, else stop its whole process group."""
+    job = service.cancel(session=session, job_id=job_id, actor=f"token:{token.name}")
+    session.commit()
+    if job.status == JobStatus.CANCELLING.value:
+        try:
+            dispatcher.request_cancel(job)
+        except Exception as error:  # the supervisor enforces cancelling jobs on its own
+            log.warning("job %s: cancel message not sent (%s)", job_id, error)
+    return to_public(job)
+
+
+@router.post("/{job_id}/retry")
+def retry_job(
+    job_id: int, session: SessionDep, token: CurrentToken, dispatcher: DispatcherDep
+) -> JobPublic:
+    """Queue a new attempt of a failed or cancelled job."""
+    job = service.retry(session=session, job_id=job_id, actor=f"token:{token.name}")
+    session.commit()
+    _send_start(session, dispatcher, job)
+    return to_public(job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: int, session: SessionDep, settings: SettingsDep, _: CurrentToken) -> None:
+    """Delete a finished job with its history and run files."""
+    service.delete_job(session=session, settings=settings, job_id=job_id)
+    session.commit()
+
+
+@router.get("/{job_id}/logs")
+def job_logs(
+    job_id: int,
+    session: SessionDep,
+    _: CurrentToken,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 256 * 1024,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+) -> LogSlice:
+    """The log of an attempt (the current one by default) from a byte offset."""
+    used, next_offset, data, complete = service.read_log(
+        session=session, job_id=job_id, attempt=attempt, offset=offset, limit=limit
+    )
+    return LogSlice(
+        attempt=used,
+        offset=offset,
+        next_offset=next_offset,
+        text=data.decode("utf-8", errors="replace"),
+        complete=complete,
+    )
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(
+    job_id: int,
+    session: SessionDep,
+    _: CurrentToken,
+    since_step: Annotated[int | None, Query(ge=-1)] = None,
+    keys: Annotated[list[str] | None, Query(alias="key")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricsPublic:
+    """Metric values after `since_step` (all by default), ordered by step."""
+    rows = service.read_metrics(
+        session=session, job_id=job_id, since_step=since_step, keys=keys or (), limit=limit
+    )
+    points = [MetricPoint(step=r.step, key=r.key, value=r.value) for r in rows]
+    return MetricsPublic(
+        points=points,
+        keys=service.metric_keys(session=session, job_id=job_id),
+        last_step=points[-1].step if points else None,
+    )
+
+
+@router.get("/{job_id}/events")
+def job_events(job_id: int, session: SessionDep, _: CurrentToken) -> list[JobEventPublic]:
+    """Every status change of the job, oldest first."""
+    return [
+        JobEventPublic.model_validate(e, from_attributes=True)
+        for e in service.events(session=session, job_id=job_id)
+    ]
+
+
+@router.get("/{job_id}/checkpoints")
+def job_checkpoints(job_id: int, session: SessionDep, _: CurrentToken) -> list[CheckpointPublic]:
+    """Checkpoints and final models the job wrote."""
+    return [
+        CheckpointPublic.model_validate(c, from_attributes=True)
+        for c in service.checkpoints(session=session, job_id=job_id)
+    ]
+
+
+@router.get("/{job_id}/plan")
+def job_plan(
+    job_id: int, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> PlanPublic:
+    """The launch plan of the current attempt: as launched, or as it would be launched."""
+    job = service.get_job(session=session, job_id=job_id)
+    plan = service.plan_for_job(session=session, settings=settings, job=job, python=sys.executable)
+    run_dir = (job.runner_handle or {}).get("run_dir") or str(service.run_dir_for(settings, job))
+    return _plan_public(plan, str(run_dir), job.runner or "local")

@@ -1,0 +1,159 @@
+"""Request and response shapes of the jobs API."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from training_platform.worker.queues import (
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TRAINING,
+)
+
+_BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def _check_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    for char in value:
+        if unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS:
+            raise ValueError(f"must not contain control characters (found {char!r})")
+    return value
+
+
+JobName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_name)]
+Ref = Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=1)]
+
+
+class JobCreate(BaseModel):
+    """A job as submitted: what to train, on what, how, and how urgently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: JobName
+    backend: str = Field("trl", max_length=32, description="Training engine: trl or verl.")
+    algorithm: str = Field(..., max_length=32, description="sft, ppo, grpo, dpo or gspo.")
+    model: Ref = Field(..., description="Registered model, by name or id.")
+    dataset: Ref = Field(..., description="Registered dataset, by name or id.")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(
+        PRIORITY_DEFAULT,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description=f"{PRIORITY_MIN}-{PRIORITY_MAX}; higher starts first.",
+    )
+
+
+class Progress(BaseModel):
+    """How far the trainer says it is."""
+
+    step: int | None
+    total: int | None
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    id: int
+    name: str
+    backend: str
+    algorithm: str
+    model: str
+    dataset: str
+    spec: dict[str, Any]
+    priority: int
+    queue: str
+    status: str
+    version: int
+    attempt: int
+    created_by: str
+    node: str | None
+    runner: str | None
+    exit_code: int | None
+    error: str | None
+    outputs: dict[str, Any] | None
+    progress: Progress
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs."""
+
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobEventPublic(BaseModel):
+    """One status change."""
+
+    id: int
+    attempt: int
+    from_status: str | None
+    to_status: str
+    actor: str
+    reason: str
+    created_at: datetime
+
+
+class LogSlice(BaseModel):
+    """Log bytes of one attempt from `offset`; ask again from `next_offset` for more."""
+
+    attempt: int
+    offset: int
+    next_offset: int
+    text: str
+    complete: bool = Field(description="True when the attempt has ended and all was read.")
+
+
+class MetricPoint(BaseModel):
+    """One value at one step."""
+
+    step: int
+    key: str
+    value: float | None
+
+
+class MetricsPublic(BaseModel):
+    """Metrics after `since_step`, ordered by step."""
+
+    points: list[MetricPoint]
+    keys: list[str]
+    last_step: int | None
+
+
+class CheckpointPublic(BaseModel):
+    """A checkpoint or final model of a job."""
+
+    id: int
+    attempt: int
+    step: int
+    path: str
+    final: bool
+    created_at: datetime
+
+
+class PlanPublic(BaseModel):
+    """A launch plan: argv list, environment and files; no shell string anywhere."""
+
+    backend: str
+    algorithm: str
+    argv: list[str]
+    env: dict[str, str]
+    files: dict[str, str]
+    run_dir: str
+    runner: str
+
+
+QUEUE_FOR_JOBS = TRAINING

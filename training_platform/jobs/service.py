@@ -1,0 +1,422 @@
+"""Jobs service: submit, read, cancel, retry and delete jobs. Knows nothing of HTTP or Celery.
+
+Functions flush; the caller owns the transaction and commits (then dispatches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from sqlalchemy import delete, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from training_platform.backends.base import (
+    Backend,
+    LaunchContext,
+    LaunchPlan,
+    get_backend,
+    validate_parameters,
+)
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core.errors import Conflict, InvalidInput, NotFound
+from training_platform.core.settings import Settings
+from training_platform.core.types import utcnow
+from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
+from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate
+from training_platform.jobs.state import TERMINAL, JobStatus, transition
+
+
+class Dispatcher(Protocol):
+    """Sends the message that makes a worker start a job (after the commit)."""
+
+    def dispatch(self, job: Job) -> None:
+        """Enqueue the start of the job's current attempt."""
+        ...
+
+    def request_cancel(self, job: Job) -> None:
+        """Ask a worker to signal the job's process group now."""
+        ...
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    """A submission that passed every check, with what it resolved to."""
+
+    request: JobCreate
+    backend: Backend
+    parameters: BaseModel
+    model: ModelEntry
+    dataset: DatasetEntry
+
+
+def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
+    """Check a submission against the backend and the catalog; InvalidInput names the field."""
+    backend = get_backend(request.backend, request.algorithm)
+    parameters = validate_parameters(backend, request.hyperparameters)
+    model = catalog.resolve_model(session=session, ref=request.model)
+    dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
+    if dataset.format not in backend.dataset_formats:
+        raise InvalidInput(
+            ("body", "dataset"),
+            f"dataset {dataset.name!r} has format {dataset.format!r}; "
+            f"{backend.backend}/{backend.algorithm} needs one of: "
+            f"{', '.join(backend.dataset_formats)}",
+        )
+    return ValidatedJob(request, backend, parameters, model, dataset)
+
+
+def request_hash(request: JobCreate) -> str:
+    """Fingerprint of a submission, to tell a replay from a different request."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
+    return {
+        "backend": checked.backend.backend,
+        "algorithm": checked.backend.algorithm,
+        "model": checked.model.name,
+        "dataset": checked.dataset.name,
+        "hyperparameters": checked.parameters.model_dump(mode="json"),
+    }
+
+
+def submit(
+    *, session: Session, request: JobCreate, actor: str, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Store a new QUEUED job, or return the one an earlier identical request created.
+
+    Returns (job, created). Nothing is written when validation fails.
+    """
+    fingerprint = request_hash(request)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, idempotency_key, fingerprint)
+        if earlier is not None:
+            return earlier, False
+    checked = validate(session=session, request=request)
+    now = utcnow()
+    job = Job(
+        name=request.name,
+        backend=checked.backend.backend,
+        algorithm=checked.backend.algorithm,
+        model_id=checked.model.id,  # type: ignore[arg-type]
+        dataset_id=checked.dataset.id,  # type: ignore[arg-type]
+        spec=_normalized_spec(checked),
+        priority=request.priority,
+        queue=QUEUE_FOR_JOBS,
+        status=JobStatus.QUEUED.value,
+        created_by=actor,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=now,
+        updated_at=now,
+        queued_at=now,
+        # The start message is sent right after the commit; recording it here leaves no
+        # window in which the supervisor would think it was never sent.
+        dispatch_count=1,
+        dispatched_at=now,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another request with the same key won the race; hand back its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        earlier = _by_idempotency_key(session, idempotency_key, fingerprint)
+        if earlier is None:
+            raise
+        return earlier, False
+    session.add(
+        JobEvent(
+            job_id=job.id,  # type: ignore[arg-type]
+            attempt=1,
+            from_status=None,
+            to_status=JobStatus.QUEUED.value,
+            actor=actor,
+            reason="submitted",
+            created_at=now,
+        )
+    )
+    session.flush()
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | None:
+    job = session.exec(select(Job).where(Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != fingerprint:
+        raise InvalidInput(
+            ("header", "Idempotency-Key"),
+            f"Idempotency-Key {key!r} was already used for a different request (job {job.id})",
+        )
+    return job
+
+
+def run_dir_for(settings: Settings, job: Job) -> Path:
+    """Where a local attempt of the job runs: TP_HOME/runs/<job>/attempt-<n>."""
+    return settings.runs_dir / str(job.id) / f"attempt-{job.attempt}"
+
+
+def launch_context(
+    *, settings: Settings, model: ModelEntry, dataset: DatasetEntry, run_dir: Path, python: str
+) -> LaunchContext:
+    """Resolve catalog entries to the paths the backend writes into the plan."""
+    return LaunchContext(
+        run_dir=str(run_dir),
+        python=python,
+        model_path=str(catalog.managed_path(settings.home, model.path)),
+        dataset_path=str(catalog.managed_path(settings.home, dataset.path)),
+        dataset_format=dataset.format,
+        model_is_local=model.source != "hub",
+        cpu_threads=settings.train_cpu_threads,
+    )
+
+
+def plan_for_request(
+    *, session: Session, settings: Settings, request: JobCreate, python: str
+) -> tuple[LaunchPlan, Path]:
+    """Dry run: the plan a submission would launch, without storing anything."""
+    checked = validate(session=session, request=request)
+    run_dir = settings.runs_dir / "<job>" / "attempt-1"
+    context = launch_context(
+        settings=settings,
+        model=checked.model,
+        dataset=checked.dataset,
+        run_dir=run_dir,
+        python=python,
+    )
+    return checked.backend.plan(checked.parameters, context), run_dir
+
+
+def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str) -> LaunchPlan:
+    """The plan of the job's current attempt: the launched one if any, else computed now."""
+    if job.plan is not None:
+        return LaunchPlan.from_dict(job.plan)
+    backend = get_backend(job.backend, job.algorithm)
+    parameters = validate_parameters(backend, job.spec["hyperparameters"])
+    model = session.get(ModelEntry, job.model_id)
+    dataset = session.get(DatasetEntry, job.dataset_id)
+    if model is None or dataset is None:
+        raise Conflict(f"job {job.id} names a model or dataset that no longer exists")
+    context = launch_context(
+        settings=settings,
+        model=model,
+        dataset=dataset,
+        run_dir=run_dir_for(settings, job),
+        python=python,
+    )
+    return backend.plan(parameters, context)
+
+
+def get_job(*, session: Session, job_id: int) -> Job:
+    """A job, or NotFound."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    statuses: Sequence[JobStatus] = (),
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Job], int]:
+    """A page of jobs, newest first, and the total matching."""
+    query = select(Job)
+    counter = select(func.count()).select_from(Job)
+    if statuses:
+        values = [s.value for s in statuses]
+        query = query.where(col(Job.status).in_(values))
+        counter = counter.where(col(Job.status).in_(values))
+    total = session.exec(counter).one()
+    page = session.exec(query.order_by(col(Job.id).desc()).offset(offset).limit(limit)).all()
+    return page, int(total)
+
+
+def names_of(*, session: Session, jobs: Sequence[Job]) -> dict[str, dict[int, str]]:
+    """Model and dataset names for a page of jobs, in two queries."""
+    model_ids = {j.model_id for j in jobs}
+    dataset_ids = {j.dataset_id for j in jobs}
+    models = session.exec(select(ModelEntry).where(col(ModelEntry.id).in_(model_ids))).all()
+    datasets = session.exec(select(DatasetEntry).where(col(DatasetEntry.id).in_(dataset_ids))).all()
+    return {
+        "model": {m.id: m.name for m in models if m.id is not None},
+        "dataset": {d.id: d.name for d in datasets if d.id is not None},
+    }
+
+
+def cancel(*, session: Session, job_id: int, actor: str) -> Job:
+    """Cancel a job: at once if it has no process, else ask its process group to stop."""
+    job = get_job(session=session, job_id=job_id)
+    status = JobStatus(job.status)
+    if status is JobStatus.CANCELLING:
+        return job
+    if status in TERMINAL:
+        raise Conflict(f"job {job_id} is already {status.value}; there is nothing to cancel")
+    if status in (JobStatus.PENDING, JobStatus.QUEUED):
+        return transition(session, job, JobStatus.CANCELLED, actor=actor, reason="cancelled")
+    return transition(
+        session,
+        job,
+        JobStatus.CANCELLING,
+        actor=actor,
+        reason="cancel requested",
+        values={"cancel_requested_at": utcnow()},
+    )
+
+
+def retry(*, session: Session, job_id: int, actor: str) -> Job:
+    """Queue a new attempt of a failed or cancelled job, from scratch."""
+    job = get_job(session=session, job_id=job_id)
+    status = JobStatus(job.status)
+    if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise Conflict(f"job {job_id} is {status.value}; only failed or cancelled jobs can retry")
+    # The new attempt starts from step 0: the old attempt's values would mix into its curves.
+    session.execute(delete(JobMetric).where(col(JobMetric.job_id) == job_id))
+    now = utcnow()
+    return transition(
+        session,
+        job,
+        JobStatus.QUEUED,
+        actor=actor,
+        reason=f"retry: attempt {job.attempt + 1}",
+        values={
+            "attempt": job.attempt + 1,
+            "exit_code": None,
+            "error": None,
+            "outputs": None,
+            "plan": None,
+            "runner": None,
+            "runner_handle": None,
+            "node": None,
+            "log_offset": 0,
+            "metrics_offset": 0,
+            "progress_step": None,
+            "progress_total": None,
+            "cancel_requested_at": None,
+            "dispatch_count": job.dispatch_count + 1,
+            "dispatched_at": now,
+            "queued_at": now,
+            "started_at": None,
+            "finished_at": None,
+        },
+    )
+
+
+def delete_job(*, session: Session, settings: Settings, job_id: int) -> None:
+    """Delete a finished job, its rows and its local run directories."""
+    job = get_job(session=session, job_id=job_id)
+    if JobStatus(job.status) not in TERMINAL:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it before deleting it")
+    for table in (JobMetric, JobLogChunk, Checkpoint, JobEvent):
+        session.execute(delete(table).where(col(table.job_id) == job_id))
+    session.delete(job)
+    session.flush()
+    job_root = settings.runs_dir / str(job_id)
+    if job_root.is_dir():
+        shutil.rmtree(job_root, ignore_errors=True)
+
+
+def record_dispatch(*, session: Session, job: Job) -> Job:
+    """Note that a start message is about to be sent (the supervisor resends lost ones)."""
+    job.dispatch_count += 1
+    job.dispatched_at = utcnow()
+    session.add(job)
+    session.flush()
+    return job
+
+
+def events(*, session: Session, job_id: int) -> Sequence[JobEvent]:
+    """The job's status changes, oldest first."""
+    get_job(session=session, job_id=job_id)
+    return session.exec(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
+    ).all()
+
+
+def checkpoints(*, session: Session, job_id: int) -> Sequence[Checkpoint]:
+    """The job's checkpoints, oldest first."""
+    get_job(session=session, job_id=job_id)
+    return session.exec(
+        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(col(Checkpoint.id))
+    ).all()
+
+
+def read_log(
+    *, session: Session, job_id: int, attempt: int | None, offset: int, limit: int
+) -> tuple[int, int, bytes, bool]:
+    """Stored log bytes from offset: (attempt, next_offset, data, complete)."""
+    job = get_job(session=session, job_id=job_id)
+    attempt = job.attempt if attempt is None else attempt
+    if not 1 <= attempt <= job.attempt:
+        raise NotFound(f"job {job_id} has no attempt {attempt}")
+    chunks = session.exec(
+        select(JobLogChunk)
+        .where(
+            JobLogChunk.job_id == job_id,
+            JobLogChunk.attempt == attempt,
+            JobLogChunk.offset + func.length(JobLogChunk.data) > offset,
+        )
+        .order_by(col(JobLogChunk.offset))
+    ).all()
+    data = bytearray()
+    for chunk in chunks:
+        start = max(0, offset - chunk.offset)
+        data.extend(chunk.data[start:])
+        if len(data) >= limit:
+            break
+    data = data[:limit]
+    if data and len(data) == limit:
+        # Cut at a line end so that a client never splits a line or a UTF-8 character.
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            data = data[: cut + 1]
+    ended = attempt < job.attempt or JobStatus(job.status) in TERMINAL
+    next_offset = offset + len(data)
+    stored_end = chunks[-1].offset + len(chunks[-1].data) if chunks else offset
+    complete = ended and next_offset >= stored_end
+    return attempt, next_offset, bytes(data), complete
+
+
+def read_metrics(
+    *, session: Session, job_id: int, since_step: int | None, keys: Sequence[str], limit: int
+) -> Sequence[JobMetric]:
+    """Metric values after since_step (all if None), ordered by step then key."""
+    get_job(session=session, job_id=job_id)
+    query = select(JobMetric).where(JobMetric.job_id == job_id)
+    if since_step is not None:
+        query = query.where(JobMetric.step > since_step)
+    if keys:
+        query = query.where(col(JobMetric.key).in_(list(keys)))
+    return session.exec(query.order_by(col(JobMetric.step), col(JobMetric.key)).limit(limit)).all()
+
+
+def metric_keys(*, session: Session, job_id: int) -> list[str]:
+    """Every metric key the job has reported."""
+    rows = session.exec(select(JobMetric.key).where(JobMetric.job_id == job_id).distinct()).all()
+    return sorted(rows)
+
+
+def log_tail(*, session: Session, job_id: int, attempt: int, lines: int = 30) -> str:
+    """The last lines of an attempt's stored log."""
+    chunks = session.exec(
+        select(JobLogChunk)
+        .where(JobLogChunk.job_id == job_id, JobLogChunk.attempt == attempt)
+        .order_by(col(JobLogChunk.offset).desc())
+        .limit(8)
+    ).all()
+    data = b"".join(c.data for c in reversed(chunks))
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

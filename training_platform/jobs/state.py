@@ -1,0 +1,109 @@
+"""The job state machine: the one place that changes a job's status.
+
+Every change is a compare-and-set on (id, version, status) plus a JobEvent row in the same
+transaction, so two processes can never both move the same job, and every move is audited.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session
+
+from training_platform.core.errors import Conflict
+from training_platform.core.types import utcnow
+from training_platform.jobs.models import Job, JobEvent
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    PENDING = "pending"  # stored, not yet due (held, or waiting on something upstream)
+    QUEUED = "queued"  # due: a worker will start it when a slot is free
+    STARTING = "starting"  # a worker took it and is launching the process
+    RUNNING = "running"  # the training process runs
+    CANCELLING = "cancelling"  # cancel requested; the process group is being stopped
+    SUCCEEDED = "succeeded"  # the process exited 0
+    FAILED = "failed"  # the process exited non-zero, vanished, or could not start
+    CANCELLED = "cancelled"  # stopped on request
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Statuses in which a training process may exist and must be watched.
+ACTIVE = frozenset({JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.STARTING, JobStatus.CANCELLED, JobStatus.PENDING}),
+    JobStatus.STARTING: frozenset(
+        {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLING, JobStatus.QUEUED}
+    ),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLING}),
+    # A process that exits 0 before the stop signal lands did succeed: say so.
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+}
+
+
+class StaleJob(Conflict):
+    """Someone else changed the job first; re-read it and decide again."""
+
+
+def can_transition(source: JobStatus, target: JobStatus) -> bool:
+    """Whether the table allows source -> target."""
+    return target in TRANSITIONS[source]
+
+
+def transition(
+    session: Session,
+    job: Job,
+    target: JobStatus,
+    *,
+    actor: str,
+    reason: str,
+    values: dict[str, Any] | None = None,
+) -> Job:
+    """Move `job` to `target` if nobody moved it since it was read; flush, do not commit.
+
+    `values` are further columns written in the same UPDATE (exit code, handle, timestamps).
+    Raises Conflict if the table forbids the move and StaleJob if the job changed meanwhile.
+    """
+    source = JobStatus(job.status)
+    if not can_transition(source, target):
+        raise Conflict(f"job {job.id} is {source.value}; it cannot become {target.value}")
+    now = utcnow()
+    columns: dict[str, Any] = dict(values or {})
+    columns.update(status=target.value, version=job.version + 1, updated_at=now)
+    if target is JobStatus.RUNNING and job.started_at is None and "started_at" not in columns:
+        columns["started_at"] = now
+    if target in TERMINAL and "finished_at" not in columns:
+        columns["finished_at"] = now
+    statement = (
+        update(Job)
+        .where(Job.id == job.id, Job.version == job.version, Job.status == source.value)  # type: ignore[arg-type]
+        .values(**columns)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(statement)
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise StaleJob(f"job {job.id} changed while moving it to {target.value}; try again")
+    assert job.id is not None
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            attempt=columns.get("attempt", job.attempt),
+            from_status=source.value,
+            to_status=target.value,
+            actor=actor,
+            reason=reason,
+            created_at=now,
+        )
+    )
+    session.flush()
+    session.refresh(job)
+    return job

@@ -1,0 +1,143 @@
+"""Celery tasks of the jobs context. Thin: each takes ids and calls the services."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery.signals import worker_process_init
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from training_platform.core.db import get_engine
+from training_platform.core.settings import get_settings
+from training_platform.jobs import execution, service, supervisor
+from training_platform.jobs.models import Job
+from training_platform.jobs.state import JobStatus
+from training_platform.runners.base import Runner
+from training_platform.runners.local import LocalRunner
+from training_platform.worker.app import app
+from training_platform.worker.broker import RedisBrokerView
+from training_platform.worker.config import redis_url
+from training_platform.worker.queues import (
+    KEY_PREFIX,
+    PRIORITY_MAX,
+    SUPERVISOR_HEARTBEAT_KEY,
+    broker_priority,
+)
+
+log = logging.getLogger(__name__)
+TICK_LOCK = f"{KEY_PREFIX}supervisor:tick"
+
+
+@lru_cache(maxsize=1)
+def _runners() -> dict[str, Runner]:
+    settings = get_settings()
+    return {"local": LocalRunner(node=settings.node_name)}
+
+
+def _engine() -> Engine:
+    return get_engine(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool process must not reuse the parent's database connections.
+    _engine().dispose(close=False)
+
+
+class CeleryDispatcher:
+    """Sends start messages through Celery."""
+
+    def dispatch(self, job: Job) -> None:
+        """Enqueue the start of the job's current attempt on its queue at its priority."""
+        app.send_task(
+            "tp.jobs.run",
+            args=[job.id, job.attempt],
+            task_id=supervisor.start_task_id(job),
+            queue=job.queue,
+            routing_key=job.queue,
+            priority=broker_priority(job.priority),
+        )
+
+    def request_cancel(self, job: Job) -> None:
+        """Have a general worker signal the job's process group at once."""
+        app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
+
+
+def redispatch(job_id: int) -> None:
+    """Record and send a new start message for a queued job."""
+    engine = _engine()
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.QUEUED.value:
+            return
+        service.record_dispatch(session=session, job=job)
+        session.commit()
+    CeleryDispatcher().dispatch(job)
+    log.info("job %s: start message resent (send %s)", job_id, job.dispatch_count)
+
+
+@app.task(name="tp.jobs.run", acks_late=True)
+def run_job(job_id: int, attempt: int) -> str:
+    """Start a job's attempt and hold this training slot until its process ends."""
+    settings = get_settings()
+    runners = _runners()
+    outcome = execution.run_job(
+        _engine(),
+        settings,
+        runners["local"],
+        runners,
+        job_id=job_id,
+        attempt=attempt,
+        actor=f"worker:{socket.gethostname()}",
+    )
+    return f"{outcome.action}:{outcome.status}"
+
+
+@app.task(name="tp.jobs.cancel")
+def cancel_job(job_id: int) -> None:
+    """Signal a cancelling job's process group; the supervisor finishes the job."""
+    engine, settings, runners = _engine(), get_settings(), _runners()
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.CANCELLING.value or job.runner_handle is None:
+            return
+        handle = job.runner_handle
+    runner = runners.get(str(handle.get("runner")))
+    if runner is not None and runner.owns(handle):
+        runner.cancel(handle, force=False)
+    supervisor.reconcile_job(engine, settings, job_id, runners)
+
+
+@app.task(name="tp.supervisor.tick")
+def supervisor_tick() -> dict[str, Any]:
+    """One supervisor pass; skipped while another pass still runs."""
+    settings = get_settings()
+    client = redis.Redis.from_url(redis_url(settings))
+    lock = client.lock(TICK_LOCK, timeout=120, blocking=False)
+    if not lock.acquire():
+        return {"skipped": True}
+    try:
+        report = supervisor.tick(
+            _engine(),
+            settings,
+            _runners(),
+            broker=RedisBrokerView(redis_url(settings)),
+            dispatch=redispatch,
+        )
+        client.set(SUPERVISOR_HEARTBEAT_KEY, str(time.time()))
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("the supervisor lock expired before the tick ended")
+    return {
+        "reconciled": report.reconciled,
+        "finished": report.finished,
+        "redispatched": report.redispatched,
+    }

@@ -1,0 +1,165 @@
+"""The process a local run starts: it runs the plan's argv and records how it ended.
+
+`python -m training_platform.runners.launcher RUN_DIR` is started in a new session, so the
+launcher leads the run's process group. It runs the trainer as its child with a clean
+environment, waits for it, stops any process the trainer left behind in the group, and only
+then writes exit.json (atomically). exit.json is the only source of a run's exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+PLAN_FILE = "plan.json"
+LOG_FILE = "output.log"
+METRICS_FILE = "metrics.jsonl"
+EXIT_FILE = "exit.json"
+CHILD_PID_FILE = "child.pid"
+
+# Variables the trainer inherits; everything else (TP_* settings and secrets above all)
+# stays behind.
+INHERITED = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+)
+
+
+def child_environment(
+    plan_env: dict[str, str], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The trainer's environment: an allowlist of ours plus the plan's variables."""
+    source = os.environ if base is None else base
+    env = {name: source[name] for name in INHERITED if name in source}
+    env.update(plan_env)
+    return env
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data))
+    with temporary.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def _log(log: Any, message: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    log.write(f"[launcher {stamp}] {message}\n".encode())
+
+
+def _stop_stragglers(grace_s: float = 5.0) -> None:
+    # Processes the trainer left in our group (data loader workers, helpers) must not outlive
+    # the run; we are the group leader, so everything else in the group is theirs.
+    me, group = os.getpid(), os.getpgid(0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        others = [pid for pid in _group_members(group) if pid != me]
+        if not others:
+            return
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and [p for p in _group_members(group) if p != me]:
+            time.sleep(0.1)
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces) start after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(entry.name))
+    return members
+
+
+def run(run_dir: Path) -> int:
+    """Run the plan in run_dir to its end; return the trainer's return code."""
+    plan = json.loads((run_dir / PLAN_FILE).read_text())
+    argv = [str(a) for a in plan["argv"]]
+    with (run_dir / LOG_FILE).open("ab", buffering=0) as log:
+        _log(log, f"starting {argv!r}")
+        try:
+            child = subprocess.Popen(
+                argv,
+                cwd=run_dir,
+                env=child_environment({str(k): str(v) for k, v in plan.get("env", {}).items()}),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as error:
+            _log(log, f"could not start: {error}")
+            _write_json_atomic(
+                run_dir / EXIT_FILE,
+                {"returncode": 127, "signal": None, "finished_at": _now(), "error": str(error)},
+            )
+            return 127
+        (run_dir / CHILD_PID_FILE).write_text(str(child.pid))
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            # A signal aimed at the launcher alone still reaches the trainer.
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        returncode = child.wait()
+        _stop_stragglers()
+        died_by = -returncode if returncode < 0 else None
+        if died_by:
+            _log(log, f"trainer killed by {signal.Signals(died_by).name}")
+        else:
+            _log(log, f"trainer exited with code {returncode}")
+    _write_json_atomic(
+        run_dir / EXIT_FILE,
+        {"returncode": returncode, "signal": died_by, "finished_at": _now()},
+    )
+    return returncode
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m training_platform.runners.launcher RUN_DIR`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m training_platform.runners.launcher RUN_DIR", file=sys.stderr)
+        return 2
+    run(Path(args[0]).resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Local runner: runs a plan as a detached process group on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from training_platform.backends.base import LaunchPlan
+from training_platform.runners.base import Handle, RunnerError, RunState, Stream
+from training_platform.runners.launcher import (
+    EXIT_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
+    child_environment,
+)
+
+KIND = "local"
+LAUNCHER_FILE = "launcher.json"
+_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE}
+
+
+class LocalRunner:
+    """Start plans as detached process groups under run directories on this node."""
+
+    kind = KIND
+
+    def __init__(self, *, node: str, python: str | None = None) -> None:
+        self.node = node
+        self.python = python or sys.executable
+
+    def owns(self, handle: Handle) -> bool:
+        """A local handle can only be watched from the node that started it."""
+        return handle.get("runner") == KIND and handle.get("node") == self.node
+
+    def submit(self, plan: LaunchPlan, run_dir: str) -> Handle:
+        """Write the plan and its files into run_dir, then start the launcher detached."""
+        directory = Path(run_dir)
+        existing = self.find(run_dir)
+        if existing is not None and self.poll(existing).status == "running":
+            raise RunnerError(f"a run is already alive in {run_dir}")
+        if directory.exists():
+            # Left over by a start that was interrupted before its handle was recorded.
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        for relative, content in plan.files.items():
+            target = (directory / relative).resolve()
+            if not target.is_relative_to(directory.resolve()):
+                raise RunnerError(f"plan file {relative!r} escapes the run directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        (directory / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2))
+        with (directory / "launcher.log").open("ab") as launcher_log:
+            process = subprocess.Popen(
+                [self.python, "-m", "training_platform.runners.launcher", str(directory)],
+                cwd=directory,
+                env=child_environment({}),
+                stdin=subprocess.DEVNULL,
+                stdout=launcher_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        handle: Handle = {
+            "runner": KIND,
+            "node": self.node,
+            "run_dir": str(directory),
+            "pid": process.pid,
+            "create_time": _create_time(process.pid),
+        }
+        (directory / LAUNCHER_FILE).write_text(json.dumps(handle))
+        return handle
+
+    def find(self, run_dir: str) -> Handle | None:
+        """The handle recorded in run_dir by an earlier submit."""
+        path = Path(run_dir) / LAUNCHER_FILE
+        try:
+            handle: Handle = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return handle
+
+    def poll(self, handle: Handle) -> RunState:
+        """Running while any process of the group lives; then exit.json tells how it ended."""
+        _reap(int(handle["pid"]))
+        if _group_alive(handle):
+            return RunState("running")
+        exit_path = Path(handle["run_dir"]) / EXIT_FILE
+        try:
+            ended = json.loads(exit_path.read_text())
+        except (OSError, ValueError):
+            return RunState("lost", detail="the run ended without writing exit.json")
+        code = int(ended["returncode"])
+        died_by = ended.get("signal")
+        detail = str(ended.get("error", ""))
+        return RunState("exited", exit_code=code, signal=died_by, detail=detail)
+
+    def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
+        """Bytes of the run's log or metrics file from offset (empty if not written yet)."""
+        path = Path(handle["run_dir"]) / _STREAM_FILES[stream]
+        try:
+            with path.open("rb") as source:
+                source.seek(offset)
+                return source.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    def cancel(self, handle: Handle, *, force: bool) -> None:
+        """SIGTERM the whole group; with force, SIGKILL the trainer side first, then the rest."""
+        leader = int(handle["pid"])
+        members = _members(handle)
+        if not members:
+            return
+        if not force:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if leader in members:
+                    os.killpg(leader, signal.SIGTERM)
+                else:
+                    for pid in members:
+                        os.kill(pid, signal.SIGTERM)
+            return
+        # Kill everything but the launcher so that it can still record the SIGKILL in
+        # exit.json; then the launcher itself if it does not finish promptly.
+        for pid in members:
+            if pid != leader:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and leader in _members(handle):
+            _reap(leader)
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if leader in _members(handle):
+                os.killpg(leader, signal.SIGKILL)
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _leader_is_ours(handle: Handle) -> bool:
+    # Guards against a recycled pid: the leader must be the very process we started.
+    try:
+        process = psutil.Process(int(handle["pid"]))
+        return (
+            abs(process.create_time() - float(handle["create_time"])) < 1.0
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+def _members(handle: Handle) -> list[int]:
+    """Live processes of the run's process group."""
+    group = int(handle["pid"])
+    leader_ours = _leader_is_ours(handle)
+    started = float(handle["create_time"])
+    found = []
+    for process in psutil.process_iter(["pid", "status", "create_time"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(process.pid) != group:
+                continue
+        except (ProcessLookupError, psutil.Error):
+            continue
+        if process.pid == group and not leader_ours:
+            continue
+        # Without our leader, only processes born after it can be ours.
+        if not leader_ours and process.info["create_time"] < started - 1.0:
+            continue
+        found.append(process.pid)
+    return found
+
+
+def _group_alive(handle: Handle) -> bool:
+    return _leader_is_ours(handle) or bool(_members(handle))
+
+
+def _reap(pid: int) -> None:
+    # The launcher is our child only in the process that started it; reap it there so it
+    # does not linger as a zombie.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,21 @@
+"""Imports every table module so that SQLModel.metadata is complete (migrations, tests)."""
+
+from sqlmodel import SQLModel
+
+from training_platform.auth.models import ApiToken
+from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "ApiToken",
+    "Checkpoint",
+    "DatasetEntry",
+    "Job",
+    "JobEvent",
+    "JobLogChunk",
+    "JobMetric",
+    "ModelEntry",
+    "metadata",
+]

@@ -1,0 +1,1 @@
+"""Training programs that a launch plan starts in their own process (see `trl_train`)."""

@@ -1,0 +1,30 @@
+"""The Celery app. Import `app` from here; its configuration comes from worker/config.py."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import beat_init, worker_init
+
+from training_platform.core.db import get_engine, migrate
+from training_platform.core.settings import get_settings
+from training_platform.worker.config import celery_config
+
+TASK_MODULES = ["training_platform.jobs.tasks"]
+
+
+def create_app() -> Celery:
+    """A Celery app configured from the current settings."""
+    celery = Celery("training_platform", include=TASK_MODULES)
+    celery.conf.update(celery_config(get_settings()))
+    return celery
+
+
+app = create_app()
+
+
+@worker_init.connect
+@beat_init.connect
+def _schema_at_head(**_: object) -> None:
+    # A worker started on its own (not by `tp up`) must not run against an old schema.
+    settings = get_settings()
+    migrate(get_engine(settings), settings)

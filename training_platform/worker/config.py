@@ -1,0 +1,88 @@
+"""The one Celery configuration shared by API, workers, beat and Flower.
+
+Producer and consumers with different transport options leave messages sitting in Redis
+without an error, so nothing else may configure Celery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from training_platform.core.settings import Settings
+from training_platform.worker.queues import (
+    ALL_QUEUES,
+    BROKER_PRIORITY_STEPS,
+    DEFAULT,
+    KEY_PREFIX,
+    KEY_SEPARATOR,
+    MAINTENANCE,
+    PRIORITY_DEFAULT,
+    PRIORITY_MAX,
+    TRAINING,
+    broker_priority,
+)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url(settings: Settings) -> str:
+    """The broker URL: TP_REDIS_URL, else the conventional local Redis."""
+    return settings.redis_url or DEFAULT_REDIS_URL
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Options of the Redis transport; identical in every process or messages get stranded."""
+    return {
+        "priority_steps": BROKER_PRIORITY_STEPS,
+        "sep": KEY_SEPARATOR,
+        "queue_order_strategy": "priority",
+        # Trainings hold their message until they end (acks_late); a redelivered copy finds
+        # the job no longer queued and does nothing, so this only bounds how long a message
+        # of a dead worker waits before it is looked at again.
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        "global_keyprefix": KEY_PREFIX,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting of the platform."""
+    exchange = Exchange("tp", type="direct")
+    return {
+        "broker_url": redis_url(settings),
+        "broker_transport_options": transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [Queue(name, exchange, routing_key=name) for name in ALL_QUEUES],
+        "task_default_queue": DEFAULT,
+        "task_default_exchange": "tp",
+        "task_default_routing_key": DEFAULT,
+        "task_default_priority": broker_priority(PRIORITY_DEFAULT),
+        "task_queue_max_priority": PRIORITY_MAX,
+        "task_routes": {
+            "tp.jobs.run": {"queue": TRAINING, "routing_key": TRAINING},
+            "tp.supervisor.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "supervisor": {
+                "task": "tp.supervisor.tick",
+                "schedule": settings.supervisor_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
+                    # A tick that waited this long is stale; the next one is already coming.
+                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
+                },
+            }
+        },
+    }
