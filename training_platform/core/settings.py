@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.startswith(("sqlite", "postgresql")):
+        if not value.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         if value.startswith(("postgresql://", "postgres://")):
             # psycopg 3 is the driver we ship; SQLAlchemy's default for postgresql:// is psycopg2.

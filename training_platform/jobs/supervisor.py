@@ -81,13 +81,18 @@ def _reconcile(
     handle = job.runner_handle
     now = utcnow()
     if handle is None:
-        runner = runners.get("local")
-        found = runner.find(str(service.run_dir_for(settings, job))) if runner else None
-        if found is not None and runner is not None and runner.owns(found):
+        run_dir = str(service.run_dir_for(settings, job))
+        found, finder = None, None
+        for candidate in runners.values():
+            found = candidate.find(run_dir)
+            if found is not None and candidate.owns(found):
+                finder = candidate
+                break
+        if found is not None and finder is not None:
             # The worker started the process but died before recording its handle.
             session.refresh(job)
             if job.runner_handle is None:
-                job.runner_handle, job.runner, job.node = found, runner.kind, settings.node_name
+                job.runner_handle, job.runner, job.node = found, finder.kind, settings.node_name
                 session.add(job)
                 session.commit()
             handle = found

@@ -106,7 +106,31 @@ def run(run_dir: Path) -> int:
     """Run the plan in run_dir to its end; return the trainer's return code."""
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     argv = [str(a) for a in plan["argv"]]
+    stop_requested: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # A signal aimed at the launcher alone still reaches the trainer; one that arrives
+        # before the trainer exists is remembered and delivered as soon as it does.
+        stop_requested.append(signum)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     with (run_dir / LOG_FILE).open("ab", buffering=0) as log:
+        if stop_requested:  # stopped before the trainer even started: do not start it
+            _log(log, f"stopped by {signal.Signals(stop_requested[-1]).name} before starting")
+            _write_json_atomic(
+                run_dir / EXIT_FILE,
+                {
+                    "returncode": -stop_requested[-1],
+                    "signal": stop_requested[-1],
+                    "finished_at": _now(),
+                },
+            )
+            return -stop_requested[-1]
         _log(log, f"starting {argv!r}")
         try:
             child = subprocess.Popen(
@@ -125,14 +149,9 @@ def run(run_dir: Path) -> int:
             )
             return 127
         (run_dir / CHILD_PID_FILE).write_text(str(child.pid))
-
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            # A signal aimed at the launcher alone still reaches the trainer.
+        if stop_requested:
             with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signum)
-
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, forward)
+                child.send_signal(stop_requested[-1])
         returncode = child.wait()
         _stop_stragglers()
         died_by = -returncode if returncode < 0 else None

@@ -162,10 +162,22 @@ def _leader_is_ours(handle: Handle) -> bool:
         return False
 
 
+def _pid_taken_by_another(handle: Handle) -> bool:
+    try:
+        created = psutil.Process(int(handle["pid"])).create_time()
+    except psutil.Error:
+        return False
+    return abs(created - float(handle["create_time"])) >= 1.0
+
+
 def _members(handle: Handle) -> list[int]:
     """Live processes of the run's process group."""
     group = int(handle["pid"])
     leader_ours = _leader_is_ours(handle)
+    if not leader_ours and _pid_taken_by_another(handle):
+        # The kernel reuses no pid while a process group of that id exists, so another
+        # process under our pid means our group is gone and any group there is theirs.
+        return []
     started = float(handle["create_time"])
     found = []
     for process in psutil.process_iter(["pid", "status", "create_time"]):
