@@ -327,3 +327,31 @@ def platform(tiny_model_dir: Path) -> Iterator[Platform]:
     started = start_platform(tmp, tiny_model_dir, redis_db=15)
     yield started
     started.tp("down", "--jobs")
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database, dropped after the test."""
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def start_platform_on(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """Start another platform (own TP_HOME and Redis db); stopped after the test."""
+    started: list[Platform] = []
+
+    def start(redis_db: int, **extra: str) -> Platform:
+        platform = start_platform(tmp_path, tiny_model_dir, redis_db, **extra)
+        started.append(platform)
+        return platform
+
+    yield start
+    for platform in started:
+        platform.tp("down", "--jobs")
+        deadline = time.monotonic() + 15
+        while platform.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)

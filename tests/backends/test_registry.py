@@ -150,4 +150,6 @@ def test_validate_parameters_names_the_bad_field(values: dict[str, Any], field: 
 
     assert caught.value.loc == ("body", "hyperparameters", field)
     assert caught.value.status_code == 422
-    assert caught.value.message.startswith(f"{field}: ")
+    # The field is named by loc (clients print "hyperparameters.<field>: <reason>"); the message
+    # is the reason alone, so it is never said twice.
+    assert caught.value.message and field not in caught.value.message.split(":")[0]

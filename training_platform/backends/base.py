@@ -130,7 +130,7 @@ def validate_parameters(backend: Backend, values: Mapping[str, Any]) -> BaseMode
     except ValidationError as error:
         first = error.errors()[0]
         loc = ("body", "hyperparameters", *first["loc"])
-        raise InvalidInput(loc, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise InvalidInput(loc, str(first["msg"])) from None
 
 
 _BUILTIN_LOADERS: list[Callable[[], None]] = []

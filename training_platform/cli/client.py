@@ -58,6 +58,12 @@ class ApiClient:
         """Release the connection pool."""
         self._http.close()
 
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API; decoded JSON on success, ApiError otherwise."""
         try:

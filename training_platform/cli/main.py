@@ -28,7 +28,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 TERMINAL = {"succeeded", "failed", "cancelled"}
 STATUS_STYLE = {
     "queued": "cyan",
@@ -282,17 +282,17 @@ def jobs_submit(
     missing = [k for k in ("name", "algorithm", "model", "dataset") if k not in spec]
     if missing:
         fail(f"missing {', '.join('--' + m for m in missing)}", 2)
-    api = client()
-    if dry_run:
-        _print_plan(call(api.plan_request, spec), as_json)
-        return
-    job = call(api.submit_job, spec, idempotency_key)
-    if as_json:
-        console.print_json(data=job)
-    else:
-        console.print(f"job {job['id']} {job['status']}: {job['name']}", highlight=False)
-    if watch:
-        _watch(api, job["id"])
+    with client() as api:
+        if dry_run:
+            _print_plan(call(api.plan_request, spec), as_json)
+            return
+        job = call(api.submit_job, spec, idempotency_key)
+        if as_json:
+            console.print_json(data=job)
+        else:
+            console.print(f"job {job['id']} {job['status']}: {job['name']}", highlight=False)
+        if watch:
+            _watch(api, job["id"])
 
 
 def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
@@ -320,7 +320,8 @@ def jobs_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List jobs, newest first."""
-    page = call(client().list_jobs, status_filter or [], limit)
+    with client() as api:
+        page = call(api.list_jobs, status_filter or [], limit)
     if as_json:
         console.print_json(data=page)
         return
@@ -349,9 +350,9 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show a job with its events."""
-    api = client()
-    job = call(api.job, job_id)
-    events = call(api.job_part, job_id, "events")
+    with client() as api:
+        job = call(api.job, job_id)
+        events = call(api.job_part, job_id, "events")
     if as_json:
         console.print_json(data={"job": job, "events": events})
         return
@@ -397,17 +398,17 @@ def jobs_logs(
     attempt: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Print a job's log (the current attempt unless --attempt)."""
-    api = client()
     offset = 0
-    while True:
-        part = call(api.logs, job_id, offset, attempt)
-        sys.stdout.write(part["text"])
-        sys.stdout.flush()
-        offset = part["next_offset"]
-        if part["complete"] or not follow:
-            return
-        if not part["text"]:
-            time.sleep(1)
+    with client() as api:
+        while True:
+            part = call(api.logs, job_id, offset, attempt)
+            sys.stdout.write(part["text"])
+            sys.stdout.flush()
+            offset = part["next_offset"]
+            if part["complete"] or not follow:
+                return
+            if not part["text"]:
+                time.sleep(1)
 
 
 def _watch(api: ApiClient, job_id: int) -> None:
@@ -453,34 +454,39 @@ def _watch(api: ApiClient, job_id: int) -> None:
 @jobs_app.command("watch")
 def jobs_watch(job_id: int) -> None:
     """Follow a job with a progress bar and its latest loss; exit 1 unless it succeeds."""
-    _watch(client(), job_id)
+    with client() as api:
+        _watch(api, job_id)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: int) -> None:
     """Cancel a job (stops its whole process group)."""
-    job = call(client().job_action, job_id, "cancel")
+    with client() as api:
+        job = call(api.job_action, job_id, "cancel")
     console.print(f"job {job_id} {job['status']}")
 
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int) -> None:
     """Queue a new attempt of a failed or cancelled job."""
-    job = call(client().job_action, job_id, "retry")
+    with client() as api:
+        job = call(api.job_action, job_id, "retry")
     console.print(f"job {job_id} {job['status']} (attempt {job['attempt']})")
 
 
 @jobs_app.command("delete")
 def jobs_delete(job_id: int) -> None:
     """Delete a finished job and its files."""
-    call(client().delete_job, job_id)
+    with client() as api:
+        call(api.delete_job, job_id)
     console.print(f"job {job_id} deleted")
 
 
 @jobs_app.command("plan")
 def jobs_plan(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the launch plan of a job (argv, env, files)."""
-    _print_plan(call(client().job_part, job_id, "plan"), as_json)
+    with client() as api:
+        _print_plan(call(api.job_part, job_id, "plan"), as_json)
 
 
 # --- catalog -------------------------------------------------------------------------------
@@ -490,7 +496,9 @@ def jobs_plan(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
 def models_list() -> None:
     """Models jobs can start from."""
     table = Table("id", "name", "source", "description")
-    for model in call(client().catalog, "models"):
+    with client() as api:
+        models = call(api.catalog, "models")
+    for model in models:
         table.add_row(str(model["id"]), model["name"], model["source"], model["description"])
     console.print(table)
 
@@ -499,7 +507,9 @@ def models_list() -> None:
 def datasets_list() -> None:
     """Datasets jobs can train on."""
     table = Table("id", "name", "format", "rows", "source", "description")
-    for item in call(client().catalog, "datasets"):
+    with client() as api:
+        items = call(api.catalog, "datasets")
+    for item in items:
         table.add_row(
             str(item["id"]),
             item["name"],

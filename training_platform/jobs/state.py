@@ -41,8 +41,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLING, JobStatus.QUEUED}
     ),
     JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLING}),
-    # A process that exits 0 before the stop signal lands did succeed: say so.
-    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED}),
+    # Once cancel was asked for, the job ends cancelled however the process ended; the
+    # event records the exit code or signal.
+    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),

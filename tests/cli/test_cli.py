@@ -1,0 +1,125 @@
+"""The `tp` CLI against the running platform: clear messages and non-zero exits on bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from training_platform.cli.main import app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tp(platform):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    env = {k: v for k, v in platform.env.items() if k.startswith("TP_")}
+
+    def invoke(*args: str, **extra_env: str) -> Any:
+        return runner.invoke(app, list(args), env={**env, **extra_env})
+
+    return invoke
+
+
+SUBMIT = [
+    "jobs",
+    "submit",
+    "--name",
+    "cli",
+    "--algorithm",
+    "sft",
+    "--model",
+    "tiny-qwen2",
+    "--dataset",
+    "tiny-sft",
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "nope"], "model: unknown model 'nope'; available: tiny-qwen2"),
+        (
+            ["-p", "learning_rate=-1"],
+            "hyperparameters.learning_rate: Input should be greater than 0",
+        ),
+        (["-p", "max_steps=1e12"], "hyperparameters.max_steps"),
+        (["-p", "warmup=3"], "hyperparameters.warmup: Extra inputs are not permitted"),
+        (["--algorithm", "dpo"], "does not support 'dpo'"),
+        (["--priority", "12"], "priority: Input should be less than or equal to 9"),
+    ],
+)
+def test_bad_submissions_exit_2_with_the_reason(
+    tp, platform, extra: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
+    before = json.loads(tp("jobs", "list", "--json").stdout)["total"]
+    result = tp(*SUBMIT, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr.replace("\n", " ")
+    assert json.loads(tp("jobs", "list", "--json").stdout)["total"] == before
+
+
+def test_missing_options_and_malformed_params_are_refused(tp) -> None:  # type: ignore[no-untyped-def]
+    result = tp("jobs", "submit", "--algorithm", "sft")
+    assert result.exit_code == 2 and "missing --name, --model, --dataset" in result.stderr
+    result = tp(*SUBMIT, "-p", "no-equals-sign")
+    assert result.exit_code == 2 and "is not key=value" in result.output
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(tp) -> None:  # type: ignore[no-untyped-def]
+    before = json.loads(tp("jobs", "list", "--json").stdout)["total"]
+    result = tp(*SUBMIT, "--dry-run", "-p", "max_steps=3")
+    assert result.exit_code == 0, result.output
+    assert (
+        "training_platform.trainers.trl_train" in result.stdout
+        and '"max_steps": 3' in result.stdout
+    )
+    assert json.loads(tp("jobs", "list", "--json").stdout)["total"] == before
+
+
+def test_submit_from_a_yaml_file_then_list_show_plan_logs(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: 'from yaml; $(id)'\nalgorithm: sft\nmodel: tiny-qwen2\ndataset: tiny-sft\n"
+        "priority: 6\nhyperparameters:\n  max_steps: 2\n  learning_rate: 0.001\n"
+    )
+    result = tp("jobs", "submit", "--file", str(spec), "--json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["name"] == "from yaml; $(id)" and job["priority"] == 6
+    assert job["spec"]["hyperparameters"]["max_steps"] == 2
+    watched = tp("jobs", "watch", str(job["id"]))
+    assert watched.exit_code == 0 and "succeeded" in watched.stdout
+    listed = json.loads(tp("jobs", "list", "--json", "-s", "succeeded").stdout)
+    assert job["id"] in [j["id"] for j in listed["items"]]
+    shown = tp("jobs", "show", str(job["id"]))
+    assert "from yaml; $(id)" in shown.stdout and "succeeded" in shown.stdout
+    plan = json.loads(tp("jobs", "plan", str(job["id"]), "--json").stdout)
+    assert plan["argv"][-2:] == ["--config", "train_config.json"]
+    logs = tp("jobs", "logs", str(job["id"]))
+    assert "trainer exited with code 0" in logs.stdout
+    cancel = tp("jobs", "cancel", str(job["id"]))
+    assert cancel.exit_code == 1 and "already succeeded" in cancel.stderr
+    retry = tp("jobs", "retry", str(job["id"]))
+    assert retry.exit_code == 1 and "only failed or cancelled" in retry.stderr
+
+
+def test_catalog_lists(tp) -> None:  # type: ignore[no-untyped-def]
+    assert "tiny-qwen2" in tp("models", "list").stdout
+    datasets = tp("datasets", "list").stdout
+    assert "tiny-sft" in datasets and "messages" in datasets
+
+
+def test_a_wrong_token_or_no_api_gives_a_message_and_exit_1(tp) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    wrong = tp("jobs", "list", TP_TOKEN="not-the-token")
+    assert wrong.exit_code == 1 and "invalid or revoked token" in wrong.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = str(probe.getsockname()[1])
+    down = tp("jobs", "list", TP_PORT=closed_port)
+    assert down.exit_code == 1 and "cannot reach the API" in down.stderr
