@@ -8,7 +8,8 @@ and always stops everything it started, whatever happens:
 1. Job dispatch latency: from just before `POST /api/v1/jobs` to the training process existing
    (the job's `started_at`, set as it moves to RUNNING right after the spawn), plus the RUNNING
    status as seen by polling, the first log line as served by the API, and the phases taken from
-   the job's event timestamps. Jobs run one at a time (one training slot), tiny model, 1 step.
+   the job's event timestamps. Jobs run one at a time (one training slot), tiny model, 1 step;
+   the next is submitted only once the previous start message is acknowledged (slot free).
 2. Bare Celery round trip: `tp.system.ping` sent to the `default` queue until its RPUSH is seen.
 3. API read throughput: `GET /api/v1/jobs` and `GET /api/v1/jobs/{id}` under concurrent clients.
 
@@ -46,11 +47,14 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from training_platform.worker.broker import RedisBrokerView
+
 API = "/api/v1"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 PING_TASK = "tp.system.ping"
 PING_LIST_PREFIX = "tp:ping:"
 PING_QUEUE = "default"
+TRAINING_QUEUE = "training"
 MODEL = "tiny-qwen2"
 DATASET = "tiny-sft"
 
@@ -284,6 +288,7 @@ class JobSample:
     to_finished_at: float | None = None
     to_process_exit: float | None = None
     to_terminal_seen: float | None = None
+    to_slot_free: float | None = None
     error: str | None = None
 
     def phase(self, start: float | None, end: float | None) -> float | None:
@@ -291,8 +296,14 @@ class JobSample:
         return None if start is None or end is None else end - start
 
 
-def run_one_job(client: httpx.Client, index: int, poll_s: float, timeout_s: float) -> JobSample:
-    """Submit one tiny job, follow it to its end, and time every step we can see."""
+def run_one_job(
+    client: httpx.Client, broker: RedisBrokerView, index: int, poll_s: float, timeout_s: float
+) -> JobSample:
+    """Submit one tiny job, follow it to its end, and time every step we can see.
+
+    Returns only once the training slot is free again (the job's start message acknowledged),
+    so that the next job's latency is not that of waiting for this one's worker.
+    """
     spec = {
         "name": f"bench-dispatch-{index}",
         "algorithm": "sft",
@@ -327,6 +338,7 @@ def run_one_job(client: httpx.Client, index: int, poll_s: float, timeout_s: floa
             sample.error = f"not finished after {timeout_s:.0f} s; cancelled"
             break
         time.sleep(poll_s)
+    sample.to_slot_free = _wait_slot_free(broker, sample.job_id, t0, poll_s, timeout_s)
     started_at = parse_time(job["started_at"])
     finished_at = parse_time(job["finished_at"])
     sample.to_started_at = None if started_at is None else started_at - t0
@@ -344,6 +356,24 @@ def run_one_job(client: httpx.Client, index: int, poll_s: float, timeout_s: floa
         elif event["to_status"] == "starting" and sample.to_starting_event is None:
             sample.to_starting_event = at - t0
     return sample
+
+
+def _wait_slot_free(
+    broker: RedisBrokerView, job_id: int, t0: float, poll_s: float, timeout_s: float
+) -> float | None:
+    """Wait until no start message of the job is queued or unacked; seconds after t0.
+
+    The training task is acks_late and holds its worker's only slot until it returns, so the
+    acknowledgement is the moment the next start message can be taken.
+    """
+    prefix = f"job-{job_id}-"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = broker.pending_task_ids((TRAINING_QUEUE,))
+        if pending is not None and not any(task.startswith(prefix) for task in pending):
+            return time.time() - t0
+        time.sleep(poll_s)
+    return None
 
 
 def _process_exit(client: httpx.Client, job_id: int, t0: float) -> float | None:
@@ -394,24 +424,29 @@ class DispatchResult:
                 x.phase(x.to_finished_at, x.to_terminal_seen) for x in s
             ),
             "submit_to_terminal_seen": collect(x.to_terminal_seen for x in s),
+            "terminal_seen_to_slot_free": collect(
+                x.phase(x.to_terminal_seen, x.to_slot_free) for x in s
+            ),
         }
 
 
 def bench_dispatch(
-    client: httpx.Client, jobs: int, warmup: int, poll_s: float, timeout_s: float
+    client: httpx.Client, redis_url: str, jobs: int, warmup: int, poll_s: float, timeout_s: float
 ) -> DispatchResult:
     """Run warm-up jobs, then `jobs` measured ones, strictly one after another."""
-    warm = [run_one_job(client, -1 - i, poll_s, timeout_s) for i in range(warmup)]
+    broker = RedisBrokerView(redis_url)
+    warm = [run_one_job(client, broker, -1 - i, poll_s, timeout_s) for i in range(warmup)]
     samples = []
     for index in range(jobs):
-        sample = run_one_job(client, index, poll_s, timeout_s)
+        sample = run_one_job(client, broker, index, poll_s, timeout_s)
         samples.append(sample)
         console.print(
-            f"  job {sample.job_id:>3} {sample.status:<9}"
-            f" started_at +{_ms_or_dash(sample.to_started_at)} ms"
-            f"  running seen +{_ms_or_dash(sample.to_running_seen)} ms"
-            f"  first log +{_ms_or_dash(sample.to_first_log_seen)} ms"
-            f"  done seen +{_ms_or_dash(sample.to_terminal_seen)} ms"
+            f"  job {sample.job_id:>3} {sample.status:<9} ms after POST:"
+            f" spawned {_ms_or_dash(sample.to_started_at)},"
+            f" running {_ms_or_dash(sample.to_running_seen)},"
+            f" log {_ms_or_dash(sample.to_first_log_seen)},"
+            f" done {_ms_or_dash(sample.to_terminal_seen)},"
+            f" slot {_ms_or_dash(sample.to_slot_free)}"
         )
     result = DispatchResult(samples=samples, warmup=warm)
     result.summarise()
@@ -503,35 +538,48 @@ class LoadResult:
 async def _load(
     base_url: str, token: str, path: str, clients: int, total: int, name: str
 ) -> LoadResult:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    """`total` GETs of `path` spread over `clients` concurrent clients.
+
+    Each client is an AsyncClient of its own with one keep-alive connection: one shared client
+    with a 50-connection pool costs httpx so much CPU per request that on a small machine the
+    load generator, not the API, becomes the bottleneck.
+    """
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors: list[str] = []
     remaining = total
 
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=60.0
-    ) as client:
+    async def one_client(client: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                response = await client.get(path)
+                ok = response.status_code == 200
+                detail = f"HTTP {response.status_code}"
+            except httpx.HTTPError as error:
+                ok, detail = False, type(error).__name__
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                errors.append(detail)
 
-        async def one_client() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                try:
-                    response = await client.get(path)
-                    ok = response.status_code == 200
-                    detail = f"HTTP {response.status_code}"
-                except httpx.HTTPError as error:
-                    ok, detail = False, type(error).__name__
-                latencies.append(time.perf_counter() - started)
-                if not ok:
-                    errors.append(detail)
-
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=base_url,
+                    headers=headers,
+                    timeout=60.0,
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                )
+            )
+            for _ in range(clients)
+        ]
         # Open the connections and warm the path before the clock starts.
-        await asyncio.gather(*(client.get(path) for _ in range(clients)))
+        await asyncio.gather(*(client.get(path) for client in pool))
         started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+        await asyncio.gather(*(one_client(client) for client in pool))
         duration = time.perf_counter() - started
     return LoadResult(
         name=name,
@@ -567,6 +615,7 @@ DISPATCH_ROWS = (
     ("exit_to_finished", "  phase: process exit -> job finished (exit noticed)"),
     ("finished_to_terminal_seen", "  phase: finished -> terminal seen by polling"),
     ("submit_to_terminal_seen", "submit -> terminal seen (whole job)"),
+    ("terminal_seen_to_slot_free", "terminal seen -> training slot free (message acked)"),
 )
 
 
@@ -662,7 +711,7 @@ def report(
     if loads:
         table = Table(
             title=f"3. API read throughput ({args.clients} concurrent clients, "
-            f"{args.requests} requests each, admin token)",
+            f"{args.requests} requests per endpoint, admin token)",
             title_justify="left",
         )
         table.add_column("endpoint")
@@ -747,7 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with httpx.Client(base_url=platform.api_url, headers=headers, timeout=30) as client:
             console.print(f"1/3 dispatching {args.warmup_jobs}+{args.jobs} jobs ...")
             dispatch = bench_dispatch(
-                client, args.jobs, args.warmup_jobs, args.poll_ms / 1000, args.job_timeout
+                client,
+                platform.redis_url,
+                args.jobs,
+                args.warmup_jobs,
+                args.poll_ms / 1000,
+                args.job_timeout,
             )
         console.print(f"2/3 {args.pings} pings ...")
         ping = bench_ping(platform.redis_url, platform.home, args.pings, warmup=5)
@@ -759,9 +813,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.clients,
             args.requests,
         )
-    except (Exception, KeyboardInterrupt) as error:
+    except (Exception, KeyboardInterrupt, SystemExit) as error:
+        # SystemExit comes from _terminate (SIGTERM/SIGHUP); its code is 128 + the signal.
         console.print(f"[red]benchmark aborted:[/red] {type(error).__name__}: {error}")
-        code = 1
+        code = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
     finally:
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)  # let the shutdown finish

@@ -65,7 +65,7 @@ def run_job(
     job_id: int,
     attempt: int,
     actor: str,
-    poll_s: float = 1.0,
+    poll_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Start the job's attempt if it is still due, and watch it until it ends."""
@@ -132,7 +132,7 @@ def run_job(
                 # Cancelled (or requeued) while we launched: the process, seconds old, must
                 # not live on.
                 runner.cancel(handle, force=True)
-    return _watch(engine, settings, runners, job_id, attempt, poll_s, sleep)
+    return _watch(engine, settings, runners, job_id, attempt, poll_s, sleep, actor)
 
 
 def _plan(session: Session, settings: Settings, job: Job, runner: Runner) -> LaunchPlan:
@@ -152,9 +152,10 @@ def _watch(
     attempt: int,
     poll_s: float,
     sleep: Callable[[float], None],
+    actor: str,
 ) -> Outcome:
     while True:
-        job = reconcile_job(engine, settings, job_id, runners)
+        job = reconcile_job(engine, settings, job_id, runners, actor=actor)
         if job is None or job.attempt != attempt or JobStatus(job.status) in TERMINAL:
             return Outcome(job_id, "finished", job.status if job else None)
         if JobStatus(job.status) is JobStatus.QUEUED:

@@ -60,7 +60,12 @@ def describe_end(state: RunState) -> str:
 
 
 def reconcile_job(
-    engine: Engine, settings: Settings, job_id: int, runners: Mapping[str, Runner]
+    engine: Engine,
+    settings: Settings,
+    job_id: int,
+    runners: Mapping[str, Runner],
+    *,
+    actor: str = SUPERVISOR,
 ) -> Job | None:
     """Bring one job's status in line with its run; returns the job as it now stands."""
     with Session(engine, expire_on_commit=False) as session:
@@ -68,14 +73,14 @@ def reconcile_job(
         if job is None or JobStatus(job.status) not in ACTIVE:
             return job
         try:
-            return _reconcile(session, settings, job, runners)
+            return _reconcile(session, settings, job, runners, actor)
         except StaleJob:
             session.rollback()
             return session.get(Job, job_id)
 
 
 def _reconcile(
-    session: Session, settings: Settings, job: Job, runners: Mapping[str, Runner]
+    session: Session, settings: Settings, job: Job, runners: Mapping[str, Runner], actor: str
 ) -> Job:
     status = JobStatus(job.status)
     handle = job.runner_handle
@@ -97,7 +102,7 @@ def _reconcile(
                 session.commit()
             handle = found
         elif status is JobStatus.CANCELLING:
-            transition(session, job, JobStatus.CANCELLED, actor=SUPERVISOR, reason="cancelled")
+            transition(session, job, JobStatus.CANCELLED, actor=actor, reason="cancelled")
             session.commit()
             return job
         else:
@@ -108,7 +113,7 @@ def _reconcile(
                     session,
                     job,
                     JobStatus.QUEUED,
-                    actor=SUPERVISOR,
+                    actor=actor,
                     reason="start interrupted before the process was launched; requeued",
                     values={"queued_at": now, "dispatched_at": None},
                 )
@@ -127,7 +132,7 @@ def _reconcile(
                 session,
                 job,
                 JobStatus.RUNNING,
-                actor=SUPERVISOR,
+                actor=actor,
                 reason="process found running; adopted",
             )
             session.commit()
@@ -142,7 +147,7 @@ def _reconcile(
             session,
             job,
             JobStatus.CANCELLED,
-            actor=SUPERVISOR,
+            actor=actor,
             reason=f"cancelled; {ending}",
             values={"exit_code": state.exit_code},
         )
@@ -156,7 +161,7 @@ def _reconcile(
             session,
             job,
             JobStatus.SUCCEEDED,
-            actor=SUPERVISOR,
+            actor=actor,
             reason=ending,
             values={"exit_code": 0, "outputs": outputs},
         )
@@ -167,7 +172,7 @@ def _reconcile(
             session,
             job,
             JobStatus.FAILED,
-            actor=SUPERVISOR,
+            actor=actor,
             reason=ending,
             values={"exit_code": state.exit_code, "error": message},
         )
@@ -230,6 +235,22 @@ def _redispatch_lost(
         dispatch(job.id)
         resent.append(job.id)
     return resent
+
+
+def resender(engine: Engine, dispatcher: service.Dispatcher) -> Callable[[int], None]:
+    """A `dispatch` for tick(): record a new send of a queued job's start, commit, send it."""
+
+    def resend(job_id: int) -> None:
+        with Session(engine, expire_on_commit=False) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status != JobStatus.QUEUED.value:
+                return
+            service.record_dispatch(session=session, job=job)
+            session.commit()
+        dispatcher.dispatch(job)
+        log.info("job %s: start message resent (send %s)", job_id, job.dispatch_count)
+
+    return resend
 
 
 def start_task_id(job: Job) -> str:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from training_platform.core.db import get_engine
 from training_platform.core.settings import get_settings
-from training_platform.jobs import execution, service, supervisor
+from training_platform.jobs import execution, supervisor
 from training_platform.jobs.models import Job
 from training_platform.jobs.state import JobStatus
 from training_platform.runners.base import Runner
@@ -69,19 +69,6 @@ class CeleryDispatcher:
         app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
 
 
-def redispatch(job_id: int) -> None:
-    """Record and send a new start message for a queued job."""
-    engine = _engine()
-    with Session(engine, expire_on_commit=False) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.QUEUED.value:
-            return
-        service.record_dispatch(session=session, job=job)
-        session.commit()
-    CeleryDispatcher().dispatch(job)
-    log.info("job %s: start message resent (send %s)", job_id, job.dispatch_count)
-
-
 @app.task(name="tp.jobs.run", acks_late=True)
 def run_job(job_id: int, attempt: int) -> str:
     """Start a job's attempt and hold this training slot until its process ends."""
@@ -128,7 +115,7 @@ def supervisor_tick() -> dict[str, Any]:
             settings,
             _runners(),
             broker=RedisBrokerView(redis_url(settings)),
-            dispatch=redispatch,
+            dispatch=supervisor.resender(_engine(), CeleryDispatcher()),
         )
         client.set(SUPERVISOR_HEARTBEAT_KEY, str(time.time()))
     finally:
