@@ -20,8 +20,9 @@ $(INSTALLED_TRAIN): environments/train-cpu.txt pyproject.toml | $(PY)
 	$(PIP) install -q --no-deps -e .
 	@touch $@
 
-$(INSTALLED_DEV): $(INSTALLED_TRAIN) environments/dev.txt
-	$(PIP) install -q -r environments/train-cpu.txt -r environments/dev.txt
+# Tests also need verl itself: its Hydra config tree (plan contract tests) and a CPU smoke run.
+$(INSTALLED_DEV): $(INSTALLED_TRAIN) environments/gpu-verl.txt environments/dev.txt
+	$(PIP) install -q -r environments/gpu-verl.txt -r environments/dev.txt
 	@touch $@
 
 install: $(INSTALLED_TRAIN)

@@ -3,7 +3,7 @@
 from sqlmodel import SQLModel
 
 from training_platform.auth.models import ApiToken
-from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 
 metadata = SQLModel.metadata
@@ -17,5 +17,6 @@ __all__ = [
     "JobLogChunk",
     "JobMetric",
     "ModelEntry",
+    "RewardFileEntry",
     "metadata",
 ]

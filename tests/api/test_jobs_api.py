@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from training_platform.jobs.models import Job
-from training_platform.jobs.supervisor import start_task_id
+from training_platform.jobs.supervisor import message_id
 from training_platform.worker.broker import RedisBrokerView
 from training_platform.worker.queues import queue_keys
 
@@ -27,21 +27,22 @@ def _count(engine: Any) -> int:
         return int(session.exec(select(func.count()).select_from(Job)).one())
 
 
-def test_submit_stores_the_job_then_enqueues_its_start_at_its_priority(  # type: ignore[no-untyped-def]
+def test_submit_stores_the_job_then_enqueues_its_preparation_at_its_priority(  # type: ignore[no-untyped-def]
     api, engine, redis_url
 ) -> None:
     response = api.post("/api/v1/jobs", json={**BODY, "priority": 8})
     assert response.status_code == 201
     job = response.json()
-    assert job["status"] == "queued" and job["priority"] == 8
+    assert job["status"] == "pending" and job["priority"] == 8
     with Session(engine) as session:
         stored = session.get(Job, job["id"])
     broker = RedisBrokerView(redis_url)
-    assert start_task_id(stored) in broker.pending_task_ids()
+    assert message_id(stored) == f"job-{job['id']}-attempt-1-prepare-1"
+    assert message_id(stored) in broker.pending_task_ids()
     # User priority 8 lands in the Redis priority bucket 1 (0 is served first).
-    depths = broker.depths(("training",))["training"]
+    depths = broker.depths(("preprocessing",))["preprocessing"]
     assert depths[1] == 1 and sum(depths) == 1
-    assert queue_keys("training")[1] == "tp:training:1"
+    assert queue_keys("preprocessing")[1] == "tp:preprocessing:1"
 
 
 def test_same_idempotency_key_twice_gives_one_job(api, engine) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +62,8 @@ def test_same_idempotency_key_twice_gives_one_job(api, engine) -> None:  # type:
     ("change", "loc", "text"),
     [
         ({"backend": "nope"}, ["body", "backend"], "unknown backend"),
-        ({"algorithm": "ppo"}, ["body", "algorithm"], "does not support 'ppo'"),
+        ({"backend": "verl", "algorithm": "dpo"}, ["body", "algorithm"], "use backend 'trl'"),
+        ({"algorithm": "grpo"}, ["body", "dataset"], "needs rl data"),
         ({"model": "missing"}, ["body", "model"], "unknown model 'missing'"),
         ({"dataset": "missing"}, ["body", "dataset"], "unknown dataset 'missing'"),
         ({"name": ""}, ["body", "name"], "at least 1 character"),
@@ -139,8 +141,12 @@ def test_cancel_retry_delete_over_http(api, redis_url) -> None:  # type: ignore[
     again = api.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     retried = api.post(f"/api/v1/jobs/{job['id']}/retry").json()
-    assert (retried["status"], retried["attempt"]) == ("queued", 2)
-    assert f"job-{job['id']}-attempt-2-send-2" in RedisBrokerView(redis_url).pending_task_ids()
+    assert (retried["status"], retried["attempt"]) == ("pending", 2)
+    assert f"job-{job['id']}-attempt-2-prepare-2" in RedisBrokerView(redis_url).pending_task_ids()
+    assert api.post(f"/api/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    no_checkpoint = api.post(f"/api/v1/jobs/{job['id']}/retry", params={"from_checkpoint": True})
+    assert no_checkpoint.status_code == 409 and "no checkpoint" in no_checkpoint.json()["detail"]
+    assert api.post(f"/api/v1/jobs/{job['id']}/retry").json()["attempt"] == 3
     assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 409
     api.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
@@ -151,7 +157,7 @@ def test_events_logs_metrics_checkpoints_of_a_new_job(api) -> None:  # type: ign
     job_id = api.post("/api/v1/jobs", json=BODY).json()["id"]
     events = api.get(f"/api/v1/jobs/{job_id}/events").json()
     assert [(e["from_status"], e["to_status"], e["actor"]) for e in events] == [
-        (None, "queued", "token:admin")
+        (None, "pending", "token:admin")
     ]
     log = api.get(f"/api/v1/jobs/{job_id}/logs").json()
     assert log == {"attempt": 1, "offset": 0, "next_offset": 0, "text": "", "complete": False}
@@ -209,5 +215,5 @@ def test_the_job_is_stored_even_when_the_broker_is_down(settings, engine) -> Non
         response = client.post(
             "/api/v1/jobs", json=BODY, headers={"Authorization": f"Bearer {token}"}
         )
-    assert response.status_code == 201 and response.json()["status"] == "queued"
+    assert response.status_code == 201 and response.json()["status"] == "pending"
     assert _count(engine) == 1  # the supervisor sends the message once Redis is back

@@ -28,7 +28,7 @@ def _backend_class(backend: str, algorithm: str) -> type:
     class Fake:
         description: ClassVar[str] = "test double"
         requires_gpu: ClassVar[bool] = False
-        dataset_formats: ClassVar[tuple[str, ...]] = ("messages",)
+        data_task: ClassVar[str] = "sft"
         parameters: ClassVar[type[BaseModel]] = _NoParameters
 
         def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
@@ -84,20 +84,27 @@ def test_an_unknown_backend_names_the_field_and_lists_the_backends(
 
 def test_an_unsupported_algorithm_lists_what_the_backend_offers() -> None:
     with pytest.raises(InvalidInput) as caught:
-        get_backend("trl", "ppo")
+        get_backend("trl", "kto")
 
     assert caught.value.loc == ("body", "algorithm")
-    assert "'ppo'" in caught.value.message
-    assert "trl offers: sft" in caught.value.message
+    assert "'kto'" in caught.value.message
+    assert "trl offers: dpo, grpo, gspo, ppo, sft" in caught.value.message
+
+
+def test_verl_dpo_points_at_trl() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        get_backend("verl", "dpo")
+    assert caught.value.loc == ("body", "algorithm")
+    assert caught.value.message == "backend 'verl' does not support 'dpo'; use backend 'trl'"
 
 
 def test_an_algorithm_offered_elsewhere_names_the_backends_that_have_it(
     registry: dict[tuple[str, str], Any],
 ) -> None:
-    register(_backend_class("fake", "ppo"))
+    register(_backend_class("fake", "kto"))
 
     with pytest.raises(InvalidInput) as caught:
-        get_backend("trl", "ppo")
+        get_backend("trl", "kto")
 
     assert caught.value.loc == ("body", "algorithm")
     assert "use backend 'fake'" in caught.value.message
@@ -111,13 +118,15 @@ def test_validate_parameters_accepts_an_empty_spec_with_defaults() -> None:
 
 def test_validate_parameters_keeps_given_values() -> None:
     parameters = validate_parameters(
-        get_backend("trl", "sft"), {"learning_rate": 1e-4, "max_steps": 20, "lora_r": 8}
+        get_backend("trl", "sft"), {"learning_rate": 1e-4, "max_steps": 20, "lora": {"rank": 8}}
     )
-    assert parameters.model_dump() == {
-        **SftParameters().model_dump(),
-        "learning_rate": 1e-4,
-        "max_steps": 20,
-        "lora_r": 8,
+    dumped = parameters.model_dump()
+    assert dumped["learning_rate"] == 1e-4 and dumped["max_steps"] == 20
+    assert dumped["lora"]["rank"] == 8
+    assert {k: v for k, v in dumped.items() if k not in ("learning_rate", "max_steps", "lora")} == {
+        k: v
+        for k, v in SftParameters().model_dump().items()
+        if k not in ("learning_rate", "max_steps", "lora")
     }
 
 

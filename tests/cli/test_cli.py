@@ -48,7 +48,7 @@ SUBMIT = [
         ),
         (["-p", "max_steps=1e12"], "hyperparameters.max_steps"),
         (["-p", "warmup=3"], "hyperparameters.warmup: Extra inputs are not permitted"),
-        (["--algorithm", "dpo"], "does not support 'dpo'"),
+        (["--backend", "verl", "--algorithm", "dpo"], "does not support 'dpo'; use backend 'trl'"),
         (["--priority", "12"], "priority: Input should be less than or equal to 9"),
     ],
 )

@@ -70,7 +70,7 @@ def _wait_running_with_progress(platform, job_id: int, timeout: float = 120) -> 
             job = client.get(f"/api/v1/jobs/{job_id}").json()
             if job["status"] == "running" and (job["progress"]["step"] or 0) > 0:
                 return job
-            assert job["status"] in ("queued", "starting", "running"), job
+            assert job["status"] in ("pending", "queued", "starting", "running"), job
             time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not start training")
 
@@ -96,7 +96,13 @@ def test_sft_through_rest_succeeds_loss_falls_and_the_model_generates(platform) 
     losses = [p["value"] for p in metrics["points"]]
     assert [p["step"] for p in metrics["points"]] == list(range(1, 31))
     assert statistics.mean(losses[-5:]) < losses[0] - 0.5, losses
-    assert [e["to_status"] for e in events] == ["queued", "starting", "running", "succeeded"]
+    assert [e["to_status"] for e in events] == [
+        "pending",
+        "queued",
+        "starting",
+        "running",
+        "succeeded",
+    ]
     assert any(c["final"] and c["path"] == "model" for c in checkpoints)
     assert log["complete"] and "trainer exited with code 0" in log["text"]
 
@@ -141,6 +147,27 @@ def test_sft_through_the_cli_with_watch(platform) -> None:  # type: ignore[no-un
 
 
 def test_a_training_that_exits_nonzero_fails_with_its_code_and_log_tail(platform) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    name = f"broken-{uuid.uuid4().hex[:8]}"
+    target = platform.home / "models" / name
+    shutil.copytree(platform.home / "models" / "builtin" / "tiny-qwen2", target)
+    (target / "model.safetensors").write_bytes(b"these are not weights")
+    with platform.client() as client:
+        registered = client.post("/api/v1/models", json={"name": name, "path": str(target)})
+        assert registered.status_code == 201, registered.text
+    job = _submit(platform, {**SFT, "name": "doomed", "model": name})
+    finished = platform.wait_status(job["id"], {"succeeded", "failed", "cancelled"})
+    assert finished["status"] == "failed"
+    assert finished["exit_code"] not in (0, None)
+    assert finished["error"].startswith(
+        f"training process exited with code {finished['exit_code']}"
+    )
+    tail = finished["error"].split("--- last lines of the log ---")[1]
+    assert "Error" in tail and "trainer exited with code" in tail
+
+
+def test_a_dataset_that_cannot_be_prepared_fails_the_job_before_it_queues(platform) -> None:  # type: ignore[no-untyped-def]
     from sqlmodel import Session
 
     from training_platform.catalog import service as catalog
@@ -148,28 +175,27 @@ def test_a_training_that_exits_nonzero_fails_with_its_code_and_log_tail(platform
 
     broken = platform.home / "datasets" / "uploads" / "broken.jsonl"
     broken.parent.mkdir(parents=True, exist_ok=True)
-    broken.write_text('{"text": "no messages column here"}\n' * 20)
+    broken.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n' * 3)
     engine = make_engine(f"sqlite:///{platform.home / 'platform.db'}")
-    with Session(engine) as session:
+    with Session(engine) as session:  # registered behind the upload check's back
         catalog.upsert_dataset(
             session=session,
             home=platform.home,
             name="broken",
             path=broken,
             fmt="messages",
-            description="rows without messages",
+            description="rows without answers",
             source="upload",
         )
         session.commit()
     engine.dispose()
-    job = _submit(platform, {**SFT, "name": "doomed", "dataset": "broken"})
+    job = _submit(platform, {**SFT, "name": "unpreparable", "dataset": "broken"})
     finished = platform.wait_status(job["id"], {"succeeded", "failed", "cancelled"})
-    assert finished["status"] == "failed"
-    assert finished["exit_code"] not in (0, None)
-    assert finished["error"].startswith(
-        f"training process exited with code {finished['exit_code']}"
-    )
-    assert "messages" in finished["error"].split("--- last lines of the log ---")[1]
+    assert finished["status"] == "failed" and finished["exit_code"] is None
+    assert "row 1: 'messages' has no assistant turn" in finished["error"]
+    with platform.client() as client:
+        events = client.get(f"/api/v1/jobs/{job['id']}/events").json()
+    assert [e["to_status"] for e in events] == ["pending", "failed"]
 
 
 def test_cancel_a_running_job_stops_every_process_of_it(platform) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from training_platform.jobs import service
+from training_platform.core.settings import Settings
+from training_platform.jobs import preparation, service
 from training_platform.jobs.models import Job
 from training_platform.jobs.schemas import JobCreate
 
@@ -27,14 +28,21 @@ def job_request(**overrides: Any) -> JobCreate:
     return JobCreate.model_validate(body)
 
 
-def submit(engine: Engine, key: str | None = None, **overrides: Any) -> Job:
-    """Submit and commit a job."""
+def submit(
+    engine: Engine, settings: Settings | None, key: str | None = None, **overrides: Any
+) -> Job:
+    """Submit and commit a job; with settings, also prepare it (pending -> queued)."""
     with Session(engine, expire_on_commit=False) as session:
         job, _ = service.submit(
             session=session, request=job_request(**overrides), actor="test", idempotency_key=key
         )
         session.commit()
+    if settings is None:
         return job
+    prepared = preparation.prepare_job(
+        engine, settings, job_id=job.id, attempt=job.attempt, actor="test"
+    )
+    return prepared if prepared is not None else reload(engine, job.id)
 
 
 def reload(engine: Engine, job_id: int) -> Job:
@@ -52,9 +60,15 @@ def make_request() -> Callable[..., JobCreate]:
 
 
 @pytest.fixture
-def submit_job(engine: Engine) -> Callable[..., Job]:
-    """Submit and commit a job on the test database."""
-    return lambda key=None, **overrides: submit(engine, key, **overrides)
+def submit_job(engine: Engine, settings: Settings) -> Callable[..., Job]:
+    """Submit a job and prepare its dataset, so that it is queued (as after the prepare task)."""
+    return lambda key=None, **overrides: submit(engine, settings, key, **overrides)
+
+
+@pytest.fixture
+def submit_pending(engine: Engine) -> Callable[..., Job]:
+    """Submit a job and leave it pending, as the API does until the prepare task runs."""
+    return lambda key=None, **overrides: submit(engine, None, key, **overrides)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Redis may lose every message: the supervisor finds queued jobs whose start message is gone
-from the real broker and sends it again; messages still there are left alone."""
+"""Redis may lose every message: the supervisor finds waiting jobs whose message (prepare or
+start) is gone from the real broker and sends it again; messages still there are left alone."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_a_flushed_broker_gets_the_start_messages_back(api, engine, settings, re
     ids = [api.post("/api/v1/jobs", json={**body, "priority": p}).json()["id"] for p in (2, 8)]
     broker = RedisBrokerView(redis_url)
     with Session(engine) as session:
-        first = [supervisor.start_task_id(session.get(Job, i)) for i in ids]
+        first = [supervisor.message_id(session.get(Job, i)) for i in ids]
     assert set(first) <= broker.pending_task_ids()
 
     later = settings.model_copy(update={"dispatch_grace_s": 0.0001})
@@ -36,6 +36,8 @@ def test_a_flushed_broker_gets_the_start_messages_back(api, engine, settings, re
     assert report.redispatched == ids
     with Session(engine) as session:
         jobs = [session.get(Job, i) for i in ids]
-    assert [j.dispatch_count for j in jobs] == [2, 2]
-    assert broker.pending_task_ids() == {supervisor.start_task_id(j) for j in jobs}
-    assert broker.depths(("training",))["training"][1] == 1  # priority 8 kept its bucket
+    assert [(j.status, j.dispatch_count) for j in jobs] == [("pending", 2), ("pending", 2)]
+    assert broker.pending_task_ids() == {supervisor.message_id(j) for j in jobs}
+    # The jobs are pending: their prepare messages went back to the preprocessing queue,
+    # priority 8 in its bucket.
+    assert broker.depths(("preprocessing",))["preprocessing"][1] == 1

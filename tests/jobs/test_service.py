@@ -22,16 +22,59 @@ def _rows(engine: Any, table: Any) -> int:
         return int(session.exec(select(func.count()).select_from(table)).one())
 
 
-def test_submit_stores_a_queued_job_with_its_normalized_spec(engine, submit_job) -> None:  # type: ignore[no-untyped-def]
-    job = submit_job(priority=7, hyperparameters={"max_steps": 5, "learning_rate": 0.001})
-    assert job.status == "queued" and job.attempt == 1 and job.version == 1
+def test_submit_stores_a_pending_job_with_its_normalized_spec(engine, submit_pending) -> None:  # type: ignore[no-untyped-def]
+    job = submit_pending(priority=7, hyperparameters={"max_steps": 5, "learning_rate": 0.001})
+    assert job.status == "pending" and job.attempt == 1 and job.version == 1
     assert job.queue == "training" and job.priority == 7
     assert job.spec["model"] == "tiny-qwen2" and job.spec["dataset"] == "tiny-sft"
     # Defaults are filled in at submission, so the job is reproducible later.
     assert job.spec["hyperparameters"]["learning_rate"] == 0.001
     assert job.spec["hyperparameters"]["per_device_train_batch_size"] == 8
+    assert job.spec["resources"] == {"gpus": 0}
     assert job.dispatch_count == 1 and job.dispatched_at is not None
     assert _rows(engine, JobEvent) == 1
+
+
+def test_preparation_records_the_prepared_dataset_and_queues(
+    engine, settings, submit_pending
+) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.jobs import preparation
+
+    job = submit_pending()
+    queued = preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="w")
+    assert queued is not None and queued.status == "queued" and queued.dispatch_count == 2
+    dataset = queued.inputs["dataset"]
+    assert (dataset["task"], dataset["rows"], dataset["source"]["name"]) == ("sft", 400, "tiny-sft")
+    assert (settings.home / dataset["path"]).is_file() and len(dataset["sha256"]) == 64
+    # A second delivery of the prepare message does nothing.
+    assert preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="w") is None
+
+
+def test_preparation_that_fails_ends_the_job_failed(
+    engine, settings, submit_pending, reload_job
+) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from training_platform.catalog.models import DatasetEntry
+    from training_platform.jobs import preparation
+
+    job = submit_pending()
+    with Session(
+        engine
+    ) as session:  # the file under the entry changed into rows that no longer fit
+        entry = session.get(DatasetEntry, job.dataset_id)
+        broken = settings.home / "datasets" / "broken.jsonl"
+        broken.write_text('{"messages": "not a list"}\n')
+        session.execute(
+            update(DatasetEntry)
+            .where(DatasetEntry.id == entry.id)
+            .values(path="datasets/broken.jsonl", sha256="0" * 64)
+        )
+        session.commit()
+    assert preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="w") is None
+    stored = reload_job(job.id)
+    assert stored.status == "failed"
+    assert "row 1: 'messages' must be a non-empty list" in stored.error
 
 
 def test_names_with_shell_metacharacters_are_kept_verbatim(submit_job, reload_job) -> None:  # type: ignore[no-untyped-def]
@@ -50,6 +93,8 @@ def test_names_with_shell_metacharacters_are_kept_verbatim(submit_job, reload_jo
         ("name", "evil\u202ename", "control characters"),
         ("priority", 10, "less than or equal to 9"),
         ("priority", -1, "greater than or equal to 0"),
+        ("resources", {"gpus": -1}, "greater than or equal to 0"),
+        ("resources", {"gpus": 1, "cpus": 4}, "Extra inputs"),
     ],
 )
 def test_bad_fields_are_refused_by_the_schema(
@@ -65,10 +110,19 @@ def test_bad_fields_are_refused_by_the_schema(
     ("overrides", "loc", "message"),
     [
         ({"backend": "nope"}, ("body", "backend"), "unknown backend 'nope'; available: trl"),
-        ({"algorithm": "dpo"}, ("body", "algorithm"), "does not support 'dpo'"),
+        (
+            {"backend": "verl", "algorithm": "dpo"},
+            ("body", "algorithm"),
+            "backend 'verl' does not support 'dpo'; use backend 'trl'",
+        ),
+        ({"algorithm": "dpo"}, ("body", "dataset"), "trl/dpo needs preference data"),
         ({"model": "gpt-17"}, ("body", "model"), "unknown model 'gpt-17'; available: tiny-qwen2"),
         ({"dataset": "nope"}, ("body", "dataset"), "unknown dataset 'nope'"),
-        ({"dataset": "tiny-prefs"}, ("body", "dataset"), "has format 'preference'"),
+        (
+            {"dataset": "tiny-prefs"},
+            ("body", "dataset"),
+            "has format 'preference'; trl/sft needs sft data",
+        ),
         (
             {"hyperparameters": {"learning_rate": -1}},
             ("body", "hyperparameters", "learning_rate"),
@@ -187,7 +241,7 @@ def test_cancel_a_finished_job_is_a_conflict(engine, submit_job) -> None:  # typ
         service.cancel(session=session, job_id=job.id, actor="t")
 
 
-def test_retry_starts_a_new_attempt_from_scratch(engine, submit_job, reload_job) -> None:  # type: ignore[no-untyped-def]
+def test_retry_starts_a_new_attempt_from_scratch(engine, settings, submit_job, reload_job) -> None:  # type: ignore[no-untyped-def]
     job = submit_job()
     _move(engine, job.id, JobStatus.STARTING, JobStatus.RUNNING)
     with Session(engine) as session:
@@ -197,17 +251,17 @@ def test_retry_starts_a_new_attempt_from_scratch(engine, submit_job, reload_job)
         job = session.get(Job, job.id)
         transition(session, job, JobStatus.FAILED, actor="t", reason="t", values={"exit_code": 3})
         session.commit()
-        retried = service.retry(session=session, job_id=job.id, actor="t")
+        retried = service.retry(session=session, settings=settings, job_id=job.id, actor="t")
         session.commit()
-    assert (retried.status, retried.attempt, retried.exit_code) == ("queued", 2, None)
-    assert retried.dispatch_count == 2
+    assert (retried.status, retried.attempt, retried.exit_code) == ("pending", 2, None)
+    assert retried.dispatch_count == 3 and retried.inputs is None
     assert _rows(engine, JobMetric) == 0
 
 
-def test_retry_of_a_queued_or_succeeded_job_is_refused(engine, submit_job) -> None:  # type: ignore[no-untyped-def]
+def test_retry_of_a_queued_or_succeeded_job_is_refused(engine, settings, submit_job) -> None:  # type: ignore[no-untyped-def]
     job = submit_job()
     with Session(engine) as session, pytest.raises(Conflict, match="only failed or cancelled"):
-        service.retry(session=session, job_id=job.id, actor="t")
+        service.retry(session=session, settings=settings, job_id=job.id, actor="t")
 
 
 def test_delete_only_finished_jobs(engine, settings, submit_job) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ def test_every_status_has_a_row_and_terminal_states_only_retry() -> None:
     assert set(TRANSITIONS) == set(JobStatus)
     assert TRANSITIONS[JobStatus.SUCCEEDED] == frozenset()
     for status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        assert TRANSITIONS[status] == {JobStatus.QUEUED}
+        assert TRANSITIONS[status] == {JobStatus.PENDING, JobStatus.QUEUED}
     assert not TERMINAL & ACTIVE
 
 
@@ -32,13 +32,14 @@ def test_a_move_bumps_the_version_and_writes_an_event(engine, submit_job, reload
         transition(session, job, JobStatus.STARTING, actor="worker:a", reason="taken")
         session.commit()
     stored = reload_job(job.id)
-    assert (stored.status, stored.version) == ("starting", 2)
+    assert (stored.status, stored.version) == ("starting", 3)
     with Session(engine) as session:
         events = session.exec(
             select(JobEvent).where(JobEvent.job_id == job.id).order_by(col(JobEvent.id))
         ).all()
     assert [(e.from_status, e.to_status, e.actor) for e in events] == [
-        (None, "queued", "test"),
+        (None, "pending", "test"),
+        ("pending", "queued", "test"),
         ("queued", "starting", "worker:a"),
     ]
     assert events[1].created_at.tzinfo is not None
@@ -52,7 +53,7 @@ def test_forbidden_move_is_refused_and_writes_nothing(engine, submit_job, reload
             transition(session, job, JobStatus.SUCCEEDED, actor="x", reason="no")
     assert reload_job(job.id).status == "queued"
     with Session(engine) as session:
-        assert len(session.exec(select(JobEvent).where(JobEvent.job_id == job.id)).all()) == 1
+        assert len(session.exec(select(JobEvent).where(JobEvent.job_id == job.id)).all()) == 2
 
 
 def test_two_writers_from_the_same_version_only_one_wins(engine, submit_job, reload_job) -> None:  # type: ignore[no-untyped-def]
@@ -64,7 +65,7 @@ def test_two_writers_from_the_same_version_only_one_wins(engine, submit_job, rel
         with pytest.raises(StaleJob):
             transition(second, b, JobStatus.STARTING, actor="worker:b", reason="taken")
     stored = reload_job(job.id)
-    assert stored.version == 2
+    assert stored.version == 3
     with Session(engine) as session:
         actors = session.exec(
             select(JobEvent.actor).where(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -262,7 +263,7 @@ def test_lost_start_messages_are_resent_and_present_ones_are_not(  # type: ignor
 ) -> None:
     present, lost = submit_job(name="present"), submit_job(name="lost")
     sent: list[int] = []
-    broker = _Broker({supervisor.start_task_id(present)})
+    broker = _Broker({supervisor.message_id(present)})
     report = supervisor.tick(engine, fast, {"memory": runner}, broker=broker, dispatch=sent.append)
     assert sent == [lost.id] and report.redispatched == [lost.id]
     # If the broker cannot be read, nothing is resent blindly.
@@ -315,7 +316,13 @@ def test_worker_starts_watches_and_finishes_a_job(  # type: ignore[no-untyped-de
         stored.plan is not None and stored.plan["argv"][2] == "training_platform.trainers.trl_train"
     )
     assert stored.runner_handle is not None and stored.node == fast.node_name
-    assert [e[1] for e in _events(engine, job.id)] == ["queued", "starting", "running", "succeeded"]
+    assert [e[1] for e in _events(engine, job.id)] == [
+        "pending",
+        "queued",
+        "starting",
+        "running",
+        "succeeded",
+    ]
 
 
 def test_a_redelivered_start_message_does_not_start_a_second_run(  # type: ignore[no-untyped-def]
@@ -467,3 +474,113 @@ def test_tick_reports_finished_jobs(engine, fast, runner, submit_job) -> None:  
     )
     assert report.finished == [job.id] and report.reconciled == 1
     assert utcnow() - timedelta(minutes=1) < job.created_at
+
+
+def _record(kind: str, **fields: Any) -> bytes:
+    return (json.dumps({"type": kind, "time": utcnow().isoformat(), **fields}) + "\n").encode()
+
+
+def _fail_with_checkpoint(
+    engine: Any, fast: Any, runner: MemoryRunner, job: Job, step: int
+) -> None:
+    """Run attempt 1 to a checkpoint at `step`, then crash it."""
+    run_dir = _start(engine, fast, runner, job)
+    (Path(run_dir) / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    for s in range(1, step + 1):
+        runner.write(run_dir, "metrics", _metrics_line(s, loss=5.0 - s * 0.1))
+    runner.write(
+        run_dir,
+        "metrics",
+        _record(
+            "checkpoint",
+            step=step,
+            path=f"checkpoints/checkpoint-{step}",
+            final=False,
+            size_bytes=1234,
+        ),
+    )
+    runner.finish(run_dir, -9)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+
+
+def _resume(engine: Any, fast: Any, runner: MemoryRunner, job_id: int) -> tuple[Job, str]:
+    from training_platform.jobs import preparation
+
+    with Session(engine) as session:
+        service.retry(
+            session=session, settings=fast, job_id=job_id, actor="user", from_checkpoint=True
+        )
+        session.commit()
+    job = preparation.prepare_job(engine, fast, job_id=job_id, attempt=2, actor="w")
+    assert job is not None
+    return job, _start(engine, fast, runner, job)
+
+
+def test_resume_continues_from_the_checkpoint_and_keeps_the_curve(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=10)
+    assert reload_job(job.id).status == "failed"
+    job, run_dir = _resume(engine, fast, runner, job.id)
+    assert job.inputs["resume_from"]["step"] == 10
+    plan = runner.runs[run_dir].plan
+    assert str(
+        Path(service.attempt_dir(fast, job, 1)) / "checkpoints" / "checkpoint-10"
+    ) in json.dumps(plan.to_dict())
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    for s in range(11, 21):
+        runner.write(run_dir, "metrics", _metrics_line(s, loss=4.0 - s * 0.1))
+    runner.finish(run_dir, 0)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+    stored = reload_job(job.id)
+    assert stored.status == "succeeded" and stored.progress_step == 20
+    with Session(engine) as session:
+        steps = sorted(session.exec(select(JobMetric.step).where(JobMetric.key == "loss")).all())
+        checkpoint = session.exec(select(Checkpoint)).first()
+    assert steps == list(range(1, 21))  # attempt 1's steps stay; the counter went on
+    assert checkpoint.size_bytes == 1234
+
+
+def test_a_resumed_run_that_never_advances_fails(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=10)
+    job, run_dir = _resume(engine, fast, runner, job.id)
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    runner.finish(run_dir, 0)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+    stored = reload_job(job.id)
+    assert stored.status == "failed" and stored.exit_code == 0
+    assert "never advanced past its checkpoint (step 10)" in stored.error
+
+
+def test_a_resumed_run_that_ends_short_fails(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=10)
+    job, run_dir = _resume(engine, fast, runner, job.id)
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    for s in range(11, 16):
+        runner.write(run_dir, "metrics", _metrics_line(s, loss=1.0))
+    runner.finish(run_dir, 0)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+    stored = reload_job(job.id)
+    assert stored.status == "failed" and "ended at step 15 of 20" in stored.error
+
+
+def test_resume_picks_the_newest_checkpoint_whose_files_exist(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job
+) -> None:
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=10)
+    with Session(engine) as session:  # a newer checkpoint whose directory was rotated away
+        session.add(Checkpoint(job_id=job.id, attempt=1, step=15, path="checkpoints/checkpoint-15"))
+        session.commit()
+        found = service.latest_checkpoint(
+            session=session, settings=fast, job=session.get(Job, job.id)
+        )
+    assert found is not None and found.step == 10

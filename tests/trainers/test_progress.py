@@ -11,6 +11,8 @@ from transformers import TrainerControl, TrainerState
 from training_platform.trainers.progress import (
     ProgressWriter,
     RunProgressCallback,
+    console_line,
+    directory_size,
     numeric_values,
 )
 
@@ -49,6 +51,10 @@ def test_callback_routes_trainer_events(tmp_path: Path) -> None:
     state.global_step = 5
     callback.on_step_end(args, state, control)
     callback.on_log(args, state, control, logs={"loss": 2.0, "train_tokens_per_second": 9.0})
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-5"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"x" * 100)
+    (checkpoint / "sub" / "state.json").write_bytes(b"{}")
     callback.on_save(args, state, control)
     callback.on_log(args, state, control, logs={"train_runtime": 1.0, "train_loss": 2.0})
 
@@ -58,5 +64,20 @@ def test_callback_routes_trainer_events(tmp_path: Path) -> None:
     assert records[1]["values"] == {"loss": 2.0}
     assert records[2]["path"] == "checkpoints/checkpoint-5"
     assert (records[2]["final"], records[2]["adapter"]) == (False, True)
+    assert records[2]["size_bytes"] == 102
     assert records[3]["values"] == {"train_runtime": 1.0, "train_loss": 2.0}
     assert (tmp_path / "heartbeat").is_file()
+
+
+def test_directory_size_counts_files_recursively(tmp_path: Path) -> None:
+    assert directory_size(tmp_path / "absent") == 0
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "w.bin").write_bytes(b"1234")
+    (tmp_path / "top.json").write_bytes(b"{}")
+    (tmp_path / "link").symlink_to(tmp_path / "top.json")
+    assert directory_size(tmp_path) == 6
+
+
+def test_console_lines_are_short_and_readable() -> None:
+    line = console_line(3, 10, {"loss": 1.23456789, "num_tokens": 12, "kl": None})
+    assert line == "step 3/10 loss=1.235 num_tokens=12 kl=None"

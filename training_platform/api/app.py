@@ -18,6 +18,7 @@ from training_platform.bootstrap import bootstrap
 from training_platform.catalog.routes import router as catalog_router
 from training_platform.core.logging import setup_logging
 from training_platform.core.settings import Settings, get_settings
+from training_platform.datasets.routes import router as datasets_router
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
     api.include_router(jobs_router)
     api.include_router(catalog_router)
+    api.include_router(datasets_router)
     api.include_router(backends_router)
     app.include_router(api)
 

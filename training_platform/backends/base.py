@@ -14,19 +14,31 @@ from pydantic import BaseModel
 
 from training_platform.core.errors import InvalidInput
 
+# What a backend's prepared dataset holds (see docs/datasets.md for the exact columns):
+#   sft         parquet, column `messages` (OpenAI chat messages, at least one assistant turn)
+#   preference  parquet, columns `prompt`, `chosen`, `rejected` (strings)
+#   rl          parquet, verl's RL layout: `data_source`, `prompt` (chat messages), `ability`,
+#               `reward_model` {style, ground_truth}, `extra_info` {index, split}
+DATA_TASKS = ("sft", "preference", "rl")
+
 
 @dataclass(frozen=True)
 class LaunchContext:
-    """Everything a backend needs to know about where the plan will run."""
+    """Everything a backend needs to know about where and on what the plan will run."""
 
     run_dir: str  # absolute, on the host that runs the plan
     python: str  # interpreter of the platform's environment on that host
-    model_path: str
-    dataset_path: str
-    dataset_format: str
+    model_path: str  # a local model directory, or a hub id when model_is_local is False
+    dataset_path: str  # the prepared dataset file for the backend's data task
+    dataset_format: str  # the data task of that file: sft | preference | rl
     model_is_local: bool = True
-    devices: tuple[int, ...] = ()
+    devices: tuple[int, ...] = ()  # leased GPU indices (empty: CPU, or none leased yet)
+    gpus: int = 0  # GPUs the job asked for
     cpu_threads: int = 1
+    resume_from: str | None = None  # absolute checkpoint directory to continue from
+    reward_path: str | None = None  # file holding the reward function (RL algorithms)
+    reward_function: str | None = None  # its name in that file
+    platform_dir: str = ""  # the installed training_platform package on that host
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,7 @@ class Backend(Protocol):
     algorithm: ClassVar[str]
     description: ClassVar[str]
     requires_gpu: ClassVar[bool]
-    dataset_formats: ClassVar[tuple[str, ...]]
+    data_task: ClassVar[str]  # one of DATA_TASKS: what the prepared dataset must hold
     parameters: ClassVar[type[BaseModel]]
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
@@ -121,14 +133,21 @@ def get_backend(backend: str, algorithm: str) -> Backend:
     )
 
 
-def validate_parameters(backend: Backend, values: Mapping[str, Any]) -> BaseModel:
-    """The backend's parameter model, or InvalidInput naming the first bad field."""
+def validate_parameters(backend: Backend, values: Mapping[str, Any], *, gpus: int = 0) -> BaseModel:
+    """The backend's parameter model, or InvalidInput naming the first bad field.
+
+    Cross-field rules that depend on the job's resources (tensor parallel <= GPUs asked for)
+    read `gpus` from the validation context: `info.context["gpus"]`.
+    """
     from pydantic import ValidationError
 
     try:
-        return backend.parameters.model_validate(dict(values))
+        return backend.parameters.model_validate(dict(values), context={"gpus": gpus})
     except ValidationError as error:
         first = error.errors()[0]
+        # A rule about the GPUs asked for belongs to resources.gpus, not to a hyperparameter.
+        if first["loc"][:1] == ("gpus",):
+            raise InvalidInput(("body", "resources", "gpus"), str(first["msg"])) from None
         loc = ("body", "hyperparameters", *first["loc"])
         raise InvalidInput(loc, str(first["msg"])) from None
 
@@ -141,5 +160,11 @@ def _load_builtin() -> None:
     # importable from anywhere without import cycles.
     if not _BUILTIN_LOADERS:
         import training_platform.backends.trl  # noqa: F401
+        from training_platform.backends import verl  # noqa: F401
 
         _BUILTIN_LOADERS.append(lambda: None)
+
+
+def parameter_error(field: str, message: str) -> InvalidInput:
+    """An InvalidInput for a hyperparameter, for checks outside the parameter model."""
+    return InvalidInput(("body", "hyperparameters", field), message)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from training_platform.api.deps import CurrentToken
 from training_platform.backends.base import all_backends
+from training_platform.datasets.formats import formats_for_task
 
 router = APIRouter(tags=["backends"])
 
@@ -19,7 +20,9 @@ class BackendPublic(BaseModel):
     backend: str
     algorithm: str
     description: str
+    hosts: Literal["gpu", "any"]
     requires_gpu: bool
+    data_task: str
     dataset_formats: list[str]
     parameters: dict[str, Any]
 
@@ -32,8 +35,10 @@ def list_backends(_: CurrentToken) -> list[BackendPublic]:
             backend=b.backend,
             algorithm=b.algorithm,
             description=b.description,
+            hosts="gpu" if b.requires_gpu else "any",
             requires_gpu=b.requires_gpu,
-            dataset_formats=list(b.dataset_formats),
+            data_task=b.data_task,
+            dataset_formats=formats_for_task(b.data_task),
             parameters=b.parameters.model_json_schema(),
         )
         for b in all_backends()

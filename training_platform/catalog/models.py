@@ -39,3 +39,17 @@ class DatasetEntry(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     description: str = Field(default="", max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RewardFileEntry(SQLModel, table=True):
+    """A user reward file: Python with a `compute_score` function, checked without running it."""
+
+    __tablename__ = "reward_files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    path: str = Field(max_length=500)  # relative to TP_HOME
+    sha256: str = Field(max_length=64)
+    size_bytes: int = Field(sa_type=BigInteger)
+    description: str = Field(default="", max_length=1000)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

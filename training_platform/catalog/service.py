@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -11,7 +12,8 @@ from typing import TypeVar
 from sqlmodel import Session, select
 
 from training_platform.catalog.models import DatasetEntry, ModelEntry
-from training_platform.core.errors import InvalidInput, NotFound
+from training_platform.core.errors import Conflict, InvalidInput, NotFound
+from training_platform.core.settings import Settings
 
 
 def managed_path(home: Path, relative: str) -> Path:
@@ -116,6 +118,67 @@ def upsert_builtin_model(
         entry = ModelEntry(name=name, source="builtin", path="")
     entry.path = str(path.relative_to(home))
     entry.description, entry.parameters = description, parameters
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def model_location(settings: Settings, model: ModelEntry) -> tuple[str, bool]:
+    """Where a trainer loads the model from: (local directory, True) or (hub id, False)."""
+    if model.source == "hub":
+        return model.path, False
+    path = Path(model.path)
+    if not path.is_absolute():
+        return str(managed_path(settings.home, model.path)), True
+    return str(_inside_roots(settings, path, ("body", "model"))), True
+
+
+def _inside_roots(settings: Settings, path: Path, loc: tuple[str, ...]) -> Path:
+    resolved = path.expanduser().resolve()
+    roots = [settings.models_dir.resolve(), *settings.model_roots]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InvalidInput(
+            loc, f"{path} is outside the model roots ({allowed}); see TP_MODEL_ROOTS"
+        )
+    return resolved
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def register_model(
+    *,
+    session: Session,
+    settings: Settings,
+    name: str,
+    path: str | None,
+    hub_id: str | None,
+    description: str,
+    job_output: str | None = None,
+) -> ModelEntry:
+    """Register a model: a directory inside a model root, a hub id, or a job's final model.
+
+    `job_output` is the job's model directory relative to TP_HOME (see jobs.service).
+    """
+    if sum(x is not None for x in (path, hub_id, job_output)) != 1:
+        raise InvalidInput(("body",), "give exactly one of path, hub_id or job_id")
+    if session.exec(select(ModelEntry).where(ModelEntry.name == name)).first() is not None:
+        raise Conflict(f"a model named {name!r} exists already")
+    if job_output is not None:
+        entry = ModelEntry(name=name, source="job", path=job_output, description=description)
+    elif hub_id is not None:
+        if not HUB_ID.match(hub_id):
+            raise InvalidInput(
+                ("body", "hub_id"), f"{hub_id!r} is not a Hugging Face id (owner/name)"
+            )
+        entry = ModelEntry(name=name, source="hub", path=hub_id, description=description)
+    else:
+        assert path is not None
+        directory = _inside_roots(settings, Path(path), ("body", "path"))
+        if not (directory / "config.json").is_file():
+            raise InvalidInput(("body", "path"), f"{path} holds no model (no config.json)")
+        entry = ModelEntry(name=name, source="local", path=str(directory), description=description)
     session.add(entry)
     session.flush()
     return entry

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
 from training_platform.core.settings import Settings
+
+
+def _chunks(handle: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    while block := handle.read(size):
+        yield block
 
 
 class ApiError(Exception):
@@ -99,9 +106,32 @@ class ApiClient:
         """GET /jobs/{id}."""
         return self.request("GET", f"/api/v1/jobs/{job_id}")
 
-    def job_action(self, job_id: int, action: str) -> Any:
+    def job_action(self, job_id: int, action: str, **params: Any) -> Any:
         """POST /jobs/{id}/{cancel|retry}."""
-        return self.request("POST", f"/api/v1/jobs/{job_id}/{action}")
+        return self.request("POST", f"/api/v1/jobs/{job_id}/{action}", params=params)
+
+    def upload(self, kind: str, path: Path, **params: Any) -> Any:
+        """POST /datasets or /rewards with the file as the streamed body."""
+        with path.open("rb") as handle:
+            return self.request(
+                "POST",
+                f"/api/v1/{kind}",
+                params=params,
+                content=_chunks(handle),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+
+    def register_model(self, body: dict[str, Any]) -> Any:
+        """POST /models."""
+        return self.request("POST", "/api/v1/models", json=body)
+
+    def get(self, path: str) -> Any:
+        """GET any API path."""
+        return self.request("GET", f"/api/v1/{path}")
+
+    def delete(self, path: str) -> None:
+        """DELETE any API path."""
+        self.request("DELETE", f"/api/v1/{path}")
 
     def delete_job(self, job_id: int) -> None:
         """DELETE /jobs/{id}."""

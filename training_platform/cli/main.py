@@ -22,10 +22,14 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="Submit and follow training jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Registered datasets.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets: upload, list, show, delete.", no_args_is_help=True)
+rewards_app = typer.Typer(
+    help="Reward functions: builtin ones and uploaded files.", no_args_is_help=True
+)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(rewards_app, name="rewards")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -467,11 +471,19 @@ def jobs_cancel(job_id: int) -> None:
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: int) -> None:
-    """Queue a new attempt of a failed or cancelled job."""
+def jobs_retry(
+    job_id: int,
+    from_checkpoint: Annotated[
+        bool, typer.Option("--from-checkpoint", help="Resume from the last checkpoint.")
+    ] = False,
+) -> None:
+    """Start a new attempt of a failed or cancelled job (from scratch, or from a checkpoint)."""
     with client() as api:
-        job = call(api.job_action, job_id, "retry")
-    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']})")
+        params = {"from_checkpoint": "true"} if from_checkpoint else {}
+        job = call(api.job_action, job_id, "retry", **params)
+    resumed = (job.get("inputs") or {}).get("resume_from")
+    where = f", resuming from step {resumed['step']}" if resumed else ""
+    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']}{where})")
 
 
 @jobs_app.command("delete")
@@ -506,7 +518,7 @@ def models_list() -> None:
 @datasets_app.command("list")
 def datasets_list() -> None:
     """Datasets jobs can train on."""
-    table = Table("id", "name", "format", "rows", "source", "description")
+    table = Table("id", "name", "format", "task", "rows", "source", "description")
     with client() as api:
         items = call(api.catalog, "datasets")
     for item in items:
@@ -514,8 +526,116 @@ def datasets_list() -> None:
             str(item["id"]),
             item["name"],
             item["format"],
+            str(item["task"]),
             str(item["rows"]),
             item["source"],
             item["description"],
+        )
+    console.print(table)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl/.json/.parquet")
+    ],
+    name: Annotated[str, typer.Option(help="Name jobs will use.")],
+    format: Annotated[
+        str | None, typer.Option(help="Detected from the first row if left out.")
+    ] = None,
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Upload a dataset; every row is checked, bad rows are reported by number."""
+    params: dict[str, str] = {"name": name, "filename": file.name, "description": description}
+    if format:
+        params["format"] = format
+    with client() as api:
+        item = call(api.upload, "datasets", file, **params)
+    console.print(
+        f"dataset {item['id']} {item['name']}: {item['rows']} rows of {item['format']} "
+        f"({item['task']} data), sha256 {item['sha256'][:12]}",
+        highlight=False,
+    )
+
+
+@datasets_app.command("show")
+def datasets_show(ref: str) -> None:
+    """Show one dataset (by name or id) as JSON."""
+    with client() as api:
+        console.print_json(data=call(api.get, f"datasets/{ref}"))
+
+
+@datasets_app.command("delete")
+def datasets_delete(ref: str) -> None:
+    """Delete an uploaded dataset that no job uses."""
+    with client() as api:
+        call(api.delete, f"datasets/{ref}")
+    console.print(f"dataset {ref} deleted")
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Option(help="Name jobs will use.")],
+    path: Annotated[str | None, typer.Option(help="A directory inside a model root.")] = None,
+    hub_id: Annotated[str | None, typer.Option(help="Hugging Face id (owner/name).")] = None,
+    from_job: Annotated[int | None, typer.Option(help="A succeeded job's final model.")] = None,
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Register a model: from a model root (TP_MODEL_ROOTS), by hub id, or a job's output."""
+    body: dict[str, Any] = {"name": name, "description": description}
+    if path:
+        body["path"] = path
+    if hub_id:
+        body["hub_id"] = hub_id
+    if from_job is not None:
+        body["job_id"] = from_job
+    with client() as api:
+        item = call(api.register_model, body)
+    console.print(f"model {item['id']} {item['name']} ({item['source']})", highlight=False)
+
+
+@rewards_app.command("list")
+def rewards_list() -> None:
+    """Builtin reward functions and uploaded reward files."""
+    with client() as api:
+        found = call(api.get, "rewards")
+    console.print("builtin: " + ", ".join(found["builtin"]), highlight=False)
+    for item in found["files"]:
+        console.print(
+            f"file:{item['name']}  sha256 {item['sha256'][:12]}  {item['description']}",
+            highlight=False,
+        )
+
+
+@rewards_app.command("upload")
+def rewards_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .py file.")],
+    name: Annotated[str, typer.Option(help="Jobs choose it as reward=file:<name>.")],
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Upload a reward file defining compute_score(data_source, solution_str, ground_truth)."""
+    with client() as api:
+        item = call(api.upload, "rewards", file, name=name, description=description)
+    console.print(
+        f"reward file:{item['name']} stored (sha256 {item['sha256'][:12]})", highlight=False
+    )
+
+
+@app.command()
+def backends(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The (backend, algorithm) pairs, what they need, and their parameters."""
+    with client() as api:
+        found = call(api.get, "backends")
+    if as_json:
+        console.print_json(data=found)
+        return
+    table = Table("backend", "algorithm", "hosts", "data", "parameters")
+    for item in found:
+        table.add_row(
+            item["backend"],
+            item["algorithm"],
+            item["hosts"],
+            item["data_task"],
+            ", ".join(item["parameters"].get("properties", {})),
         )
     console.print(table)

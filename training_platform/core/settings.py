@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from functools import lru_cache
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "TP_"
 
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
     training_slots: Annotated[int, Field(ge=1, le=64)] = 1
     general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_upload_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 2048
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories models may be registered from (JSON list or a:b:c).",
+    )
     supervisor_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     cancel_grace_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     start_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
@@ -51,6 +58,23 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _colon_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part for part in value.split(":") if part]
+        return value
+
+    @field_validator("model_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        for root in value:
+            if not root.expanduser().is_absolute():
+                raise ValueError(f"{root} is not an absolute path")
+        return [root.expanduser().resolve() for root in value]
 
     @field_validator("log_level")
     @classmethod
@@ -134,6 +158,11 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
+    except SourceError as error:  # a value the environment source could not even parse
+        field = str(error).split('field "', 1)[-1].split('"', 1)[0]
+        raise SettingsError(
+            f"invalid settings: {ENV_PREFIX}{field.upper()}: cannot parse"
+        ) from None
 
 
 @lru_cache(maxsize=1)

@@ -217,6 +217,7 @@ def _store_checkpoint(session: Session, job: Job, record: dict[str, Any]) -> int
             step=step,
             path=path,
             final=bool(record.get("final", False)),
+            size_bytes=record["size_bytes"] if isinstance(record.get("size_bytes"), int) else None,
             created_at=_timestamp(record),
         )
         .on_conflict_do_nothing(index_elements=["job_id", "attempt", "path"])

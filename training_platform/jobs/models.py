@@ -45,6 +45,9 @@ class Job(SQLModel, table=True):
     runner_handle: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     plan: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     outputs: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    # What the current attempt runs on: the prepared dataset (path, sha256, rows) and, for a
+    # resumed attempt, the checkpoint it continues from.
+    inputs: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     exit_code: int | None = None
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
@@ -127,4 +130,5 @@ class Checkpoint(SQLModel, table=True):
     step: int
     path: str = Field(max_length=500)
     final: bool = False
+    size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlmodel import Session
@@ -64,6 +64,7 @@ def to_public(job: Job) -> JobPublic:
         exit_code=job.exit_code,
         error=job.error,
         outputs=job.outputs,
+        inputs=public_inputs(job.inputs),
         progress=Progress(step=job.progress_step, total=job.progress_total),
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -71,6 +72,18 @@ def to_public(job: Job) -> JobPublic:
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def public_inputs(inputs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's inputs without server paths: dataset hash and rows, resume step."""
+    if not inputs:
+        return None
+    shown: dict[str, Any] = {}
+    if dataset := inputs.get("dataset"):
+        shown["dataset"] = {k: v for k, v in dataset.items() if k != "path"}
+    if resume := inputs.get("resume_from"):
+        shown["resume_from"] = {k: v for k, v in resume.items() if k != "path"}
+    return shown
 
 
 def _send_start(session: Session, dispatcher: DispatcherDep, job: Job) -> None:
@@ -159,10 +172,23 @@ def cancel_job(
 
 @router.post("/{job_id}/retry")
 def retry_job(
-    job_id: int, session: SessionDep, token: CurrentToken, dispatcher: DispatcherDep
+    job_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+    from_checkpoint: Annotated[
+        bool, Query(description="Resume from the last checkpoint; the step counter goes on.")
+    ] = False,
 ) -> JobPublic:
-    """Queue a new attempt of a failed or cancelled job."""
-    job = service.retry(session=session, job_id=job_id, actor=f"token:{token.name}")
+    """Start a new attempt of a failed or cancelled job, from scratch or from a checkpoint."""
+    job = service.retry(
+        session=session,
+        settings=settings,
+        job_id=job_id,
+        actor=f"token:{token.name}",
+        from_checkpoint=from_checkpoint,
+    )
     session.commit()
     _send_start(session, dispatcher, job)
     return to_public(job)
@@ -229,10 +255,16 @@ def job_events(job_id: int, session: SessionDep, _: CurrentToken) -> list[JobEve
 
 @router.get("/{job_id}/checkpoints")
 def job_checkpoints(job_id: int, session: SessionDep, _: CurrentToken) -> list[CheckpointPublic]:
-    """Checkpoints and final models the job wrote."""
+    """Checkpoints and final models the job wrote, with the metrics reported at their step."""
+    found = service.checkpoints(session=session, job_id=job_id)
+    at_step = service.metrics_at_steps(
+        session=session, job_id=job_id, steps={c.step for c in found}
+    )
     return [
-        CheckpointPublic.model_validate(c, from_attributes=True)
-        for c in service.checkpoints(session=session, job_id=job_id)
+        CheckpointPublic.model_validate(c, from_attributes=True).model_copy(
+            update={"metrics": at_step.get(c.step, {})}
+        )
+        for c in found
     ]
 
 

@@ -31,6 +31,14 @@ JobName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_ch
 Ref = Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=1)]
 
 
+class Resources(BaseModel):
+    """What a job needs from the machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs on one host; 0 runs on CPU.")
+
+
 class JobCreate(BaseModel):
     """A job as submitted: what to train, on what, how, and how urgently."""
 
@@ -42,6 +50,7 @@ class JobCreate(BaseModel):
     model: Ref = Field(..., description="Registered model, by name or id.")
     dataset: Ref = Field(..., description="Registered dataset, by name or id.")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
     priority: int = Field(
         PRIORITY_DEFAULT,
         ge=PRIORITY_MIN,
@@ -78,6 +87,9 @@ class JobPublic(BaseModel):
     exit_code: int | None
     error: str | None
     outputs: dict[str, Any] | None
+    inputs: dict[str, Any] | None = Field(
+        None, description="What the attempt runs on: prepared dataset hash and rows, resume step."
+    )
     progress: Progress
     created_at: datetime
     updated_at: datetime
@@ -134,14 +146,16 @@ class MetricsPublic(BaseModel):
 
 
 class CheckpointPublic(BaseModel):
-    """A checkpoint or final model of a job."""
+    """A checkpoint or final model of a job, with the metrics reported at its step."""
 
     id: int
     attempt: int
     step: int
     path: str
     final: bool
+    size_bytes: int | None
     created_at: datetime
+    metrics: dict[str, float | None] = Field(default_factory=dict)
 
 
 class PlanPublic(BaseModel):

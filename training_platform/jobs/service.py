@@ -18,6 +18,7 @@ from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+import training_platform
 from training_platform.backends.base import (
     Backend,
     LaunchContext,
@@ -25,11 +26,14 @@ from training_platform.backends.base import (
     get_backend,
     validate_parameters,
 )
+from training_platform.catalog import rewards
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
+from training_platform.datasets import formats
+from training_platform.datasets import service as datasets
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate
 from training_platform.jobs.state import TERMINAL, JobStatus, transition
@@ -61,16 +65,20 @@ class ValidatedJob:
 def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     """Check a submission against the backend and the catalog; InvalidInput names the field."""
     backend = get_backend(request.backend, request.algorithm)
-    parameters = validate_parameters(backend, request.hyperparameters)
+    parameters = validate_parameters(backend, request.hyperparameters, gpus=request.resources.gpus)
     model = catalog.resolve_model(session=session, ref=request.model)
     dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
-    if dataset.format not in backend.dataset_formats:
+    if formats.TASK_OF_FORMAT.get(dataset.format) != backend.data_task:
+        fitting = ", ".join(formats.formats_for_task(backend.data_task))
         raise InvalidInput(
             ("body", "dataset"),
             f"dataset {dataset.name!r} has format {dataset.format!r}; "
-            f"{backend.backend}/{backend.algorithm} needs one of: "
-            f"{', '.join(backend.dataset_formats)}",
+            f"{backend.backend}/{backend.algorithm} needs {backend.data_task} data "
+            f"(formats: {fitting})",
         )
+    reward = getattr(parameters, "reward", None)
+    if isinstance(reward, str):
+        rewards.resolve(session=session, choice=reward, platform_dir="")
     return ValidatedJob(request, backend, parameters, model, dataset)
 
 
@@ -87,6 +95,7 @@ def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
         "model": checked.model.name,
         "dataset": checked.dataset.name,
         "hyperparameters": checked.parameters.model_dump(mode="json"),
+        "resources": checked.request.resources.model_dump(mode="json"),
     }
 
 
@@ -113,14 +122,13 @@ def submit(
         spec=_normalized_spec(checked),
         priority=request.priority,
         queue=QUEUE_FOR_JOBS,
-        status=JobStatus.QUEUED.value,
+        status=JobStatus.PENDING.value,
         created_by=actor,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         created_at=now,
         updated_at=now,
-        queued_at=now,
-        # The start message is sent right after the commit; recording it here leaves no
+        # The prepare message is sent right after the commit; recording it here leaves no
         # window in which the supervisor would think it was never sent.
         dispatch_count=1,
         dispatched_at=now,
@@ -142,9 +150,9 @@ def submit(
             job_id=job.id,  # type: ignore[arg-type]
             attempt=1,
             from_status=None,
-            to_status=JobStatus.QUEUED.value,
+            to_status=JobStatus.PENDING.value,
             actor=actor,
-            reason="submitted",
+            reason="submitted; the dataset is being prepared",
             created_at=now,
         )
     )
@@ -163,22 +171,52 @@ def _by_idempotency_key(session: Session, key: str, fingerprint: str) -> Job | N
 
 
 def run_dir_for(settings: Settings, job: Job) -> Path:
-    """Where a local attempt of the job runs: TP_HOME/runs/<job>/attempt-<n>."""
-    return settings.runs_dir / str(job.id) / f"attempt-{job.attempt}"
+    """Where the current attempt of the job runs: TP_HOME/runs/<job>/attempt-<n>."""
+    return attempt_dir(settings, job, job.attempt)
+
+
+def attempt_dir(settings: Settings, job: Job, attempt: int) -> Path:
+    """Where one attempt of the job runs (or ran)."""
+    return settings.runs_dir / str(job.id) / f"attempt-{attempt}"
 
 
 def launch_context(
-    *, settings: Settings, model: ModelEntry, dataset: DatasetEntry, run_dir: Path, python: str
+    *,
+    session: Session,
+    settings: Settings,
+    job_spec: dict[str, Any],
+    backend: Backend,
+    parameters: BaseModel,
+    model: ModelEntry,
+    dataset_path: Path,
+    run_dir: Path,
+    python: str,
+    resume_from: Path | None = None,
 ) -> LaunchContext:
-    """Resolve catalog entries to the paths the backend writes into the plan."""
+    """Resolve catalog entries and inputs to what the backend writes into the plan."""
+    platform_dir = str(Path(training_platform.__file__).resolve().parent)
+    reward = getattr(parameters, "reward", None)
+    reward_path, reward_function = (
+        rewards.resolve(
+            session=session, choice=reward, platform_dir=platform_dir, home=settings.home
+        )
+        if isinstance(reward, str)
+        else (None, None)
+    )
+    location, is_local = catalog.model_location(settings, model)
     return LaunchContext(
         run_dir=str(run_dir),
         python=python,
-        model_path=str(catalog.managed_path(settings.home, model.path)),
-        dataset_path=str(catalog.managed_path(settings.home, dataset.path)),
-        dataset_format=dataset.format,
-        model_is_local=model.source != "hub",
+        model_path=location,
+        dataset_path=str(dataset_path),
+        dataset_format=backend.data_task,
+        model_is_local=is_local,
+        gpus=int(job_spec.get("resources", {}).get("gpus", 0)),
         cpu_threads=settings.train_cpu_threads,
+        resume_from=str(resume_from) if resume_from else None,
+        reward_path=reward_path,
+        reward_function=reward_function,
+        platform_dir=platform_dir,
     )
 
 
@@ -189,9 +227,13 @@ def plan_for_request(
     checked = validate(session=session, request=request)
     run_dir = settings.runs_dir / "<job>" / "attempt-1"
     context = launch_context(
+        session=session,
         settings=settings,
+        job_spec=_normalized_spec(checked),
+        backend=checked.backend,
+        parameters=checked.parameters,
         model=checked.model,
-        dataset=checked.dataset,
+        dataset_path=datasets.prepared_path(settings, checked.dataset, checked.backend.data_task),
         run_dir=run_dir,
         python=python,
     )
@@ -203,19 +245,36 @@ def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str)
     if job.plan is not None:
         return LaunchPlan.from_dict(job.plan)
     backend = get_backend(job.backend, job.algorithm)
-    parameters = validate_parameters(backend, job.spec["hyperparameters"])
+    parameters = validate_parameters(
+        backend, job.spec["hyperparameters"], gpus=int(job.spec.get("resources", {}).get("gpus", 0))
+    )
     model = session.get(ModelEntry, job.model_id)
     dataset = session.get(DatasetEntry, job.dataset_id)
     if model is None or dataset is None:
         raise Conflict(f"job {job.id} names a model or dataset that no longer exists")
-    context = launch_context(
-        settings=settings,
-        model=model,
-        dataset=dataset,
-        run_dir=run_dir_for(settings, job),
-        python=python,
+    inputs = job.inputs or {}
+    prepared = inputs.get("dataset")
+    dataset_path = (
+        catalog.managed_path(settings.home, prepared["path"])
+        if prepared
+        else datasets.prepared_path(settings, dataset, backend.data_task)
     )
-    return backend.plan(parameters, context)
+    resume = inputs.get("resume_from")
+    return backend.plan(
+        parameters,
+        launch_context(
+            session=session,
+            settings=settings,
+            job_spec=job.spec,
+            backend=backend,
+            parameters=parameters,
+            model=model,
+            dataset_path=dataset_path,
+            run_dir=run_dir_for(settings, job),
+            python=python,
+            resume_from=catalog.managed_path(settings.home, resume["path"]) if resume else None,
+        ),
+    )
 
 
 def get_job(*, session: Session, job_id: int) -> Job:
@@ -277,23 +336,57 @@ def cancel(*, session: Session, job_id: int, actor: str) -> Job:
     )
 
 
-def retry(*, session: Session, job_id: int, actor: str) -> Job:
-    """Queue a new attempt of a failed or cancelled job, from scratch."""
+def latest_checkpoint(*, session: Session, settings: Settings, job: Job) -> Checkpoint | None:
+    """The newest checkpoint of any attempt of the job whose files still exist."""
+    found = session.exec(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job.id, col(Checkpoint.final).is_(False))
+        .order_by(col(Checkpoint.step).desc(), col(Checkpoint.attempt).desc())
+    ).all()
+    for checkpoint in found:
+        directory = attempt_dir(settings, job, checkpoint.attempt) / checkpoint.path
+        if directory.is_dir():
+            return checkpoint
+    return None
+
+
+def retry(
+    *, session: Session, settings: Settings, job_id: int, actor: str, from_checkpoint: bool = False
+) -> Job:
+    """Queue a new attempt of a failed or cancelled job: from scratch, or from its last checkpoint.
+
+    From scratch clears the old attempt's metrics (the new curve starts at step 0); from a
+    checkpoint keeps them, since the step counter goes on from the checkpoint's step.
+    """
     job = get_job(session=session, job_id=job_id)
     status = JobStatus(job.status)
     if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise Conflict(f"job {job_id} is {status.value}; only failed or cancelled jobs can retry")
-    # The new attempt starts from step 0: the old attempt's values would mix into its curves.
-    session.execute(delete(JobMetric).where(col(JobMetric.job_id) == job_id))
+    inputs: dict[str, Any] = {}
+    reason = f"retry: attempt {job.attempt + 1}"
+    if from_checkpoint:
+        checkpoint = latest_checkpoint(session=session, settings=settings, job=job)
+        if checkpoint is None:
+            raise Conflict(f"job {job_id} has no checkpoint to resume from")
+        directory = attempt_dir(settings, job, checkpoint.attempt) / checkpoint.path
+        inputs["resume_from"] = {
+            "attempt": checkpoint.attempt,
+            "step": checkpoint.step,
+            "path": str(directory.relative_to(settings.home)),
+        }
+        reason += f", resuming from step {checkpoint.step}"
+    else:
+        session.execute(delete(JobMetric).where(col(JobMetric.job_id) == job_id))
     now = utcnow()
     return transition(
         session,
         job,
-        JobStatus.QUEUED,
+        JobStatus.PENDING,
         actor=actor,
-        reason=f"retry: attempt {job.attempt + 1}",
+        reason=reason,
         values={
             "attempt": job.attempt + 1,
+            "inputs": inputs or None,
             "exit_code": None,
             "error": None,
             "outputs": None,
@@ -308,7 +401,7 @@ def retry(*, session: Session, job_id: int, actor: str) -> Job:
             "cancel_requested_at": None,
             "dispatch_count": job.dispatch_count + 1,
             "dispatched_at": now,
-            "queued_at": now,
+            "queued_at": None,
             "started_at": None,
             "finished_at": None,
         },
@@ -420,3 +513,35 @@ def log_tail(*, session: Session, job_id: int, attempt: int, lines: int = 30) ->
     data = b"".join(c.data for c in reversed(chunks))
     text = data.decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def metrics_at_steps(
+    *, session: Session, job_id: int, steps: set[int]
+) -> dict[int, dict[str, float | None]]:
+    """The metrics reported at each of the given steps."""
+    if not steps:
+        return {}
+    rows = session.exec(
+        select(JobMetric).where(JobMetric.job_id == job_id, col(JobMetric.step).in_(steps))
+    ).all()
+    found: dict[int, dict[str, float | None]] = {}
+    for row in rows:
+        found.setdefault(row.step, {})[row.key] = row.value
+    return found
+
+
+def final_model_path(*, session: Session, settings: Settings, job_id: int) -> str:
+    """The final model of a succeeded job, relative to TP_HOME (for registering it)."""
+    job = get_job(session=session, job_id=job_id)
+    model = (job.outputs or {}).get("model")
+    if job.status != JobStatus.SUCCEEDED.value or not isinstance(model, str):
+        raise InvalidInput(
+            ("body", "job_id"), f"job {job_id} has no final model (it is {job.status})"
+        )
+    directory = run_dir_for(settings, job) / model
+    if (
+        not (directory / "config.json").is_file()
+        and not (directory / "adapter_config.json").is_file()
+    ):
+        raise InvalidInput(("body", "job_id"), f"job {job_id}'s model files are gone")
+    return str(directory.relative_to(settings.home))

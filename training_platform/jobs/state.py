@@ -20,7 +20,7 @@ from training_platform.jobs.models import Job, JobEvent
 class JobStatus(StrEnum):
     """Where a job is in its life."""
 
-    PENDING = "pending"  # stored, not yet due (held, or waiting on something upstream)
+    PENDING = "pending"  # stored; its dataset is being prepared (later: waiting upstream)
     QUEUED = "queued"  # due: a worker will start it when a slot is free
     STARTING = "starting"  # a worker took it and is launching the process
     RUNNING = "running"  # the training process runs
@@ -35,7 +35,7 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 ACTIVE = frozenset({JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CANCELLING})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.PENDING: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.PENDING: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.QUEUED: frozenset({JobStatus.STARTING, JobStatus.CANCELLED, JobStatus.PENDING}),
     JobStatus.STARTING: frozenset(
         {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLING, JobStatus.QUEUED}
@@ -45,8 +45,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # event records the exit code or signal.
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
-    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+    JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
 }
 
 

@@ -151,6 +151,15 @@ def _reconcile(
             reason=f"cancelled; {ending}",
             values={"exit_code": state.exit_code},
         )
+    elif state.status == "exited" and state.exit_code == 0 and (short := _resume_fell_short(job)):
+        transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            actor=actor,
+            reason=short,
+            values={"exit_code": 0, "error": f"{ending}, but {short}"},
+        )
     elif state.status == "exited" and state.exit_code == 0:
         outputs = dict(job.outputs or {})
         final = [c for c in service.checkpoints(session=session, job_id=job.id) if c.final]  # type: ignore[arg-type]
@@ -180,6 +189,19 @@ def _reconcile(
     return job
 
 
+def _resume_fell_short(job: Job) -> str | None:
+    """Why a resumed attempt that exited 0 still did not do its work, if it did not."""
+    resume = (job.inputs or {}).get("resume_from")
+    if not resume:
+        return None
+    start, last, total = int(resume["step"]), job.progress_step, job.progress_total
+    if last is None or last <= start:
+        return f"the resumed run never advanced past its checkpoint (step {start})"
+    if total is not None and last < total:
+        return f"the resumed run ended at step {last} of {total}"
+    return None
+
+
 def tick(
     engine: Engine,
     settings: Settings,
@@ -188,7 +210,7 @@ def tick(
     broker: BrokerView | None,
     dispatch: Callable[[int], None],
 ) -> TickReport:
-    """One pass: reconcile every active job, resend start messages the broker lost."""
+    """One pass: reconcile every active job, resend prepare/start messages the broker lost."""
     report = TickReport()
     with Session(engine) as session:
         active = session.exec(
@@ -216,9 +238,10 @@ def _redispatch_lost(
     dispatch: Callable[[int], None],
 ) -> list[int]:
     cutoff = utcnow() - timedelta(seconds=settings.dispatch_grace_s)
+    waiting = [JobStatus.PENDING.value, JobStatus.QUEUED.value]
     with Session(engine) as session:
         queued = session.exec(
-            select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(col(Job.id))
+            select(Job).where(col(Job.status).in_(waiting)).order_by(col(Job.id))
         ).all()
     if not queued:
         return []
@@ -229,7 +252,7 @@ def _redispatch_lost(
         if not never_sent:
             if job.dispatched_at is not None and job.dispatched_at > cutoff:
                 continue  # give a fresh message time to be picked up
-            if pending is None or start_task_id(job) in pending:
+            if pending is None or message_id(job) in pending:
                 continue
         assert job.id is not None
         dispatch(job.id)
@@ -243,7 +266,7 @@ def resender(engine: Engine, dispatcher: service.Dispatcher) -> Callable[[int], 
     def resend(job_id: int) -> None:
         with Session(engine, expire_on_commit=False) as session:
             job = session.get(Job, job_id)
-            if job is None or job.status != JobStatus.QUEUED.value:
+            if job is None or job.status not in (JobStatus.PENDING.value, JobStatus.QUEUED.value):
                 return
             service.record_dispatch(session=session, job=job)
             session.commit()
@@ -253,6 +276,7 @@ def resender(engine: Engine, dispatcher: service.Dispatcher) -> Callable[[int], 
     return resend
 
 
-def start_task_id(job: Job) -> str:
-    """The Celery task id of the job's current start message."""
-    return f"job-{job.id}-attempt-{job.attempt}-send-{job.dispatch_count}"
+def message_id(job: Job) -> str:
+    """The Celery task id of the message the job waits for now (prepare, or start)."""
+    step = "prepare" if job.status == JobStatus.PENDING.value else "start"
+    return f"job-{job.id}-attempt-{job.attempt}-{step}-{job.dispatch_count}"

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from training_platform.core.db import get_engine
 from training_platform.core.settings import get_settings
-from training_platform.jobs import execution, supervisor
+from training_platform.jobs import execution, preparation, supervisor
 from training_platform.jobs.models import Job
 from training_platform.jobs.state import JobStatus
 from training_platform.runners.base import Runner
@@ -25,6 +25,7 @@ from training_platform.worker.broker import RedisBrokerView
 from training_platform.worker.config import redis_url
 from training_platform.worker.queues import (
     KEY_PREFIX,
+    PREPROCESSING,
     PRIORITY_MAX,
     SUPERVISOR_HEARTBEAT_KEY,
     broker_priority,
@@ -51,14 +52,24 @@ def _fresh_connections(**_: Any) -> None:
 
 
 class CeleryDispatcher:
-    """Sends start messages through Celery."""
+    """Sends the message a job waits for: prepare (pending) or start (queued)."""
 
     def dispatch(self, job: Job) -> None:
-        """Enqueue the start of the job's current attempt on its queue at its priority."""
+        """Enqueue the next step of the job's current attempt at the job's priority."""
+        if job.status == JobStatus.PENDING.value:
+            app.send_task(
+                "tp.jobs.prepare",
+                args=[job.id, job.attempt],
+                task_id=supervisor.message_id(job),
+                queue=PREPROCESSING,
+                routing_key=PREPROCESSING,
+                priority=broker_priority(job.priority),
+            )
+            return
         app.send_task(
             "tp.jobs.run",
             args=[job.id, job.attempt],
-            task_id=supervisor.start_task_id(job),
+            task_id=supervisor.message_id(job),
             queue=job.queue,
             routing_key=job.queue,
             priority=broker_priority(job.priority),
@@ -67,6 +78,22 @@ class CeleryDispatcher:
     def request_cancel(self, job: Job) -> None:
         """Have a general worker signal the job's process group at once."""
         app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
+
+
+@app.task(name="tp.jobs.prepare")
+def prepare_job(job_id: int, attempt: int) -> str:
+    """Prepare a pending job's dataset, then send its start message."""
+    job = preparation.prepare_job(
+        _engine(),
+        get_settings(),
+        job_id=job_id,
+        attempt=attempt,
+        actor=f"worker:{socket.gethostname()}",
+    )
+    if job is None:
+        return "skipped"
+    CeleryDispatcher().dispatch(job)
+    return "queued"
 
 
 @app.task(name="tp.jobs.run", acks_late=True)

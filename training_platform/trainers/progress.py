@@ -6,12 +6,16 @@ and flushed one at a time and never rewritten:
     {"type": "started", "time": T, "max_steps": N}
     {"type": "metrics", "time": T, "step": N, "values": {"loss": 2.1, ...}}
     {"type": "checkpoint", "time": T, "step": N, "path": "checkpoints/checkpoint-N",
-     "final": false, "adapter": false}
+     "final": false, "adapter": false, "size_bytes": B}
     {"type": "summary", "time": T, "step": N, "values": {"train_runtime": 3.2, ...}}
-    {"type": "checkpoint", "time": T, "step": N, "path": "model", "final": true, "adapter": false}
+    {"type": "checkpoint", "time": T, "step": N, "path": "model", "final": true, "adapter": false,
+     "size_bytes": B}
 
 T is ISO-8601 UTC; `path` is relative to the run's output directory; `adapter` is true when the
-checkpoint holds a PEFT adapter rather than full weights. `values` keeps the trainer's own key
+checkpoint holds a PEFT adapter rather than full weights; `size_bytes` is the total size of the
+files in the checkpoint directory when it was recorded (rotation may delete it later). A resumed
+run starts its step count where its checkpoint ended, so its first metrics step is larger than
+the checkpoint's. `values` keeps the trainer's own key
 names and only numbers; a non-finite number is written as null so every line stays strict JSON.
 """
 
@@ -43,6 +47,11 @@ SUMMARY_KEYS = frozenset(
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string."""
     return datetime.now(UTC).isoformat()
+
+
+def directory_size(path: Path) -> int:
+    """Total bytes of the regular files under `path` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def numeric_values(logs: dict[str, Any]) -> dict[str, float | int | None]:
@@ -82,7 +91,9 @@ class ProgressWriter:
         """Record one log event of the trainer."""
         self.write({"type": "metrics", "time": utc_now(), "step": step, "values": values})
 
-    def checkpoint(self, *, step: int, path: str, final: bool, adapter: bool) -> None:
+    def checkpoint(
+        self, *, step: int, path: str, final: bool, adapter: bool, size_bytes: int
+    ) -> None:
         """Record a saved checkpoint; `path` is relative to the run directory."""
         self.write(
             {
@@ -92,6 +103,7 @@ class ProgressWriter:
                 "path": path,
                 "final": final,
                 "adapter": adapter,
+                "size_bytes": size_bytes,
             }
         )
 
@@ -100,7 +112,7 @@ class ProgressWriter:
         self.write({"type": "summary", "time": utc_now(), "step": step, "values": values})
 
 
-def _console_line(step: int, max_steps: int, values: dict[str, float | int | None]) -> str:
+def console_line(step: int, max_steps: int, values: dict[str, float | int | None]) -> str:
     parts = [
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in values.items()
@@ -148,11 +160,11 @@ class RunProgressCallback(TrainerCallback):
         # Only the trainer's final log carries train_loss; every per-step log has loss instead.
         if "train_loss" in values:
             self.writer.summary(step=state.global_step, values=values)
-            print("training finished: " + _console_line(state.global_step, state.max_steps, values))
+            print("training finished: " + console_line(state.global_step, state.max_steps, values))
             return
         values = {key: value for key, value in values.items() if key not in SUMMARY_KEYS}
         self.writer.metrics(step=state.global_step, values=values)
-        print(_console_line(state.global_step, state.max_steps, values))
+        print(console_line(state.global_step, state.max_steps, values))
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -163,5 +175,11 @@ class RunProgressCallback(TrainerCallback):
         # TrainingArguments fills in output_dir when it is not given, so it is never None here.
         checkpoint = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         path = checkpoint.resolve().relative_to(self.run_dir.resolve()).as_posix()
-        self.writer.checkpoint(step=state.global_step, path=path, final=False, adapter=self.adapter)
+        self.writer.checkpoint(
+            step=state.global_step,
+            path=path,
+            final=False,
+            adapter=self.adapter,
+            size_bytes=directory_size(checkpoint),
+        )
         print(f"checkpoint saved: {path}")

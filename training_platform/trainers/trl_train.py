@@ -1,15 +1,18 @@
-"""Run one TRL training job: `python -m training_platform.trainers.trl_train --config PATH`.
+"""Run one training job: `python -m training_platform.trainers.trl_train --config PATH`.
 
-A launch plan starts this program in its own process. Everything it writes lands under the
-config's `output_dir` (checkpoints/, model/, cache/, heartbeat) plus the `metrics_path` file, whose
-records are described in `training_platform.trainers.progress`. Exit status: 0 when the final
-model is saved, 1 when the run fails (traceback on stderr), 2 when the config cannot start a run
-(one line on stderr). stdout carries human-readable progress lines for the job log.
+A launch plan starts this program in its own process. SFT, DPO, GRPO and GSPO run on TRL's
+trainers; PPO runs on the platform's own small implementation (training_platform.trainers.ppo),
+because TRL 1.13+ has none. Everything it writes lands under the config's `output_dir`
+(checkpoints/, model/, cache/, heartbeat) plus the `metrics_path` file, whose records are
+described in `training_platform.trainers.progress`. Exit status: 0 when the final model is saved,
+1 when the run fails (traceback on stderr), 2 when the config cannot start a run (one line on
+stderr). stdout carries human-readable progress lines for the job log.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import traceback
@@ -17,7 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -38,6 +50,15 @@ HF_ENV_DEFAULTS = {
 # Dataset file suffix -> the `datasets` builder that reads it.
 DATASET_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
+# Columns each data task's prepared file must have (training_platform/backends/base.py).
+DATA_TASK_COLUMNS = {
+    "sft": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "rl": ("data_source", "prompt", "reward_model"),
+}
+# What the RL trainers read of an rl row: the prompt, and what the reward function is given.
+RL_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
+
 
 def _absolute(path: Path) -> Path:
     if not path.is_absolute():
@@ -55,18 +76,29 @@ AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 DatasetPath = Annotated[Path, AfterValidator(_absolute), AfterValidator(_dataset_file)]
 
 
-class Hyperparameters(BaseModel):
-    """Training knobs shared by every algorithm; each has a default."""
-
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    # -1 trains for num_train_epochs; a positive value stops after that many optimizer steps.
+
+class LoraSettings(_Strict):
+    """A LoRA adapter instead of full fine-tuning."""
+
+    rank: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | tuple[str, ...] = "all-linear"
+
+
+class Hyperparameters(_Strict):
+    """Training knobs shared by every algorithm; each has a default."""
+
+    # -1 trains for num_train_epochs; a positive value stops after that many optimizer steps
+    # (PPO: rollout batches).
     max_steps: int = Field(default=30, ge=-1)
     num_train_epochs: float = Field(default=1.0, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
     per_device_train_batch_size: int = Field(default=8, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
-    max_length: int = Field(default=128, gt=0)
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     # Schedulers that need no extra arguments.
@@ -83,10 +115,7 @@ class Hyperparameters(BaseModel):
     save_steps: int = Field(default=10, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0)
     seed: int = Field(default=0, ge=0)
-    assistant_only_loss: bool = False
-    lora_r: int = Field(default=0, ge=0)
-    lora_alpha: int = Field(default=16, gt=0)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora: LoraSettings | None = None
 
     @field_validator("max_steps")
     @classmethod
@@ -96,18 +125,157 @@ class Hyperparameters(BaseModel):
         return value
 
 
-class TrainConfig(BaseModel):
-    """The JSON file named by `--config`."""
+class SftHyperparameters(Hyperparameters):
+    """SFT: next-token loss on the conversations."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    max_length: int = Field(default=128, gt=0)
+    assistant_only_loss: bool = False
 
-    algorithm: Literal["sft"]
+
+class DpoHyperparameters(Hyperparameters):
+    """DPO: preference loss against a frozen reference model."""
+
+    max_length: int = Field(default=128, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    loss_type: Literal[
+        "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"
+    ] = "sigmoid"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+
+
+class _SamplingHyperparameters(Hyperparameters):
+    """Rollout settings shared by the RL algorithms."""
+
+    max_completion_length: int = Field(default=32, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+
+
+def _groups_fit(value: int, batch: int, steps: int) -> int:
+    if value < 2:
+        raise ValueError("must be at least 2: each completion is judged against its group")
+    if (batch * steps) % value:
+        raise ValueError(
+            "must divide the generation batch "
+            f"(per_device_train_batch_size x steps = {batch * steps})"
+        )
+    return value
+
+
+class _GroupHyperparameters(_SamplingHyperparameters):
+    """What GRPO and GSPO share: groups of num_generations completions per prompt."""
+
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    num_iterations: int = Field(default=1, gt=0)
+    steps_per_generation: int | None = Field(default=None, gt=0)
+    # After the batch fields, so that they are validated before it is checked against them.
+    num_generations: int = Field(default=4)
+
+    @field_validator("num_generations")
+    @classmethod
+    def _groups(cls, value: int, info: ValidationInfo) -> int:
+        data = info.data
+        steps = data.get("steps_per_generation") or data.get("gradient_accumulation_steps", 1)
+        return _groups_fit(value, data.get("per_device_train_batch_size", value), steps)
+
+
+class GrpoHyperparameters(_GroupHyperparameters):
+    """GRPO: group-relative advantages over num_generations completions per prompt."""
+
+    beta: float = Field(default=0.0, ge=0)
+    epsilon: float = Field(default=0.2, gt=0)
+    epsilon_high: float | None = Field(default=None, gt=0)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+
+
+class GspoHyperparameters(_GroupHyperparameters):
+    """GSPO: GRPO with sequence-level importance ratios, a tight clip range and no KL term."""
+
+    # Off-policy steps are where sequence-level clipping differs from GRPO (TRL's GSPO recipe).
+    steps_per_generation: int | None = Field(default=4, gt=0)
+    epsilon: float = Field(default=3e-4, gt=0)
+    epsilon_high: float = Field(default=4e-4, gt=0)
+
+
+class PpoHyperparameters(_SamplingHyperparameters):
+    """PPO: clipped policy loss with a learned value head and a KL penalty in the reward."""
+
+    kl_coef: float = Field(default=0.05, ge=0)
+    cliprange: float = Field(default=0.2, gt=0)
+    cliprange_value: float = Field(default=0.2, gt=0)
+    vf_coef: float = Field(default=0.1, gt=0)
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    ppo_epochs: int = Field(default=4, gt=0)
+    num_mini_batches: int = Field(default=1, gt=0)
+    whiten_rewards: bool = False
+    max_grad_norm: float = Field(default=1.0, gt=0)
+
+
+class RewardSettings(_Strict):
+    """Where the reward function lives: a Python file and a function name in it."""
+
+    path: AbsolutePath
+    function: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _RunConfig(_Strict):
     model_path: AbsolutePath
     dataset_path: DatasetPath
-    dataset_format: Literal["messages", "prompt_response"]
     output_dir: AbsolutePath
     metrics_path: AbsolutePath
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    # A checkpoint directory of an earlier run: training continues from its global step.
+    resume_from: AbsolutePath | None = None
+
+
+class SftConfig(_RunConfig):
+    """Config of an SFT run."""
+
+    algorithm: Literal["sft"]
+    dataset_format: Literal["sft"]
+    hyperparameters: SftHyperparameters = Field(default_factory=SftHyperparameters)
+
+
+class DpoConfig(_RunConfig):
+    """Config of a DPO run."""
+
+    algorithm: Literal["dpo"]
+    dataset_format: Literal["preference"]
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class GrpoConfig(_RunConfig):
+    """Config of a GRPO run."""
+
+    algorithm: Literal["grpo"]
+    dataset_format: Literal["rl"]
+    reward: RewardSettings
+    hyperparameters: GrpoHyperparameters = Field(default_factory=GrpoHyperparameters)
+
+
+class GspoConfig(_RunConfig):
+    """Config of a GSPO run."""
+
+    algorithm: Literal["gspo"]
+    dataset_format: Literal["rl"]
+    reward: RewardSettings
+    hyperparameters: GspoHyperparameters = Field(default_factory=GspoHyperparameters)
+
+
+class PpoConfig(_RunConfig):
+    """Config of a PPO run."""
+
+    algorithm: Literal["ppo"]
+    dataset_format: Literal["rl"]
+    reward: RewardSettings
+    hyperparameters: PpoHyperparameters = Field(default_factory=PpoHyperparameters)
+
+
+TrainConfig = Annotated[
+    SftConfig | DpoConfig | GrpoConfig | GspoConfig | PpoConfig, Field(discriminator="algorithm")
+]
+TRAIN_CONFIG: TypeAdapter[TrainConfig] = TypeAdapter(TrainConfig)
+ALGORITHMS = ("sft", "dpo", "grpo", "gspo", "ppo")
 
 
 class ConfigError(Exception):
@@ -117,9 +285,24 @@ class ConfigError(Exception):
 def _describe(error: ValidationError) -> str:
     problems = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        loc = list(problem["loc"])
+        # The union member's tag leads every location; the config file has no such level.
+        if loc and loc[0] in ALGORITHMS:
+            loc = loc[1:]
+        if problem["type"] == "union_tag_invalid":
+            loc = ["algorithm"]
+            problem["msg"] = f"Input should be one of {', '.join(ALGORITHMS)}"
+        where = ".".join(str(part) for part in loc) or "config"
         problems.append(f"{where}: {problem['msg']}")
     return "; ".join(problems)
+
+
+def parse_config(text: str) -> TrainConfig:
+    """Validate the config file's text; raises ConfigError."""
+    try:
+        return TRAIN_CONFIG.validate_json(text)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from error
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -128,15 +311,20 @@ def load_config(path: Path) -> TrainConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from error
-    try:
-        config = TrainConfig.model_validate_json(text)
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from error
+    config = parse_config(text)
     if not config.model_path.is_dir():
         raise ConfigError(f"model_path: no such directory: {config.model_path}")
     if not config.dataset_path.is_file():
         raise ConfigError(f"dataset_path: no such file: {config.dataset_path}")
+    if config.resume_from is not None and not config.resume_from.is_dir():
+        raise ConfigError(f"resume_from: no such directory: {config.resume_from}")
+    reward = getattr(config, "reward", None)
+    if isinstance(reward, RewardSettings) and not reward.path.is_file():
+        raise ConfigError(f"reward.path: no such file: {reward.path}")
     return config
+
+
+# --- data --------------------------------------------------------------------------------
 
 
 def load_dataset_file(path: Path, *, cache_dir: Path) -> Dataset:
@@ -148,37 +336,111 @@ def load_dataset_file(path: Path, *, cache_dir: Path) -> Dataset:
     )
 
 
-def _require_columns(dataset: Dataset, columns: list[str], dataset_format: str) -> None:
-    missing = [column for column in columns if column not in dataset.column_names]
+def task_dataset(config: TrainConfig) -> Dataset:
+    """The prepared dataset, checked for the columns of its data task."""
+    dataset = load_dataset_file(config.dataset_path, cache_dir=config.output_dir / "cache")
+    missing = [c for c in DATA_TASK_COLUMNS[config.dataset_format] if c not in dataset.column_names]
     if missing:
-        raise ValueError(
-            f"dataset_format {dataset_format!r} needs column(s) {', '.join(missing)}; "
-            f"the dataset has {', '.join(dataset.column_names)}"
+        raise ConfigError(
+            f"dataset_path: {config.dataset_format} data needs column(s) {', '.join(missing)}; "
+            f"the file has {', '.join(dataset.column_names)}"
         )
+    print(f"dataset: {len(dataset)} rows from {config.dataset_path} ({config.dataset_format})")
+    return dataset
 
 
-def sft_dataset(
-    config: TrainConfig, tokenizer: PreTrainedTokenizerBase, *, cache_dir: Path
-) -> Dataset:
-    """The training rows in a shape SFTTrainer understands."""
-    dataset = load_dataset_file(config.dataset_path, cache_dir=cache_dir)
-    if config.dataset_format == "messages":
-        _require_columns(dataset, ["messages"], config.dataset_format)
-        return dataset.select_columns(["messages"])
-    _require_columns(dataset, ["prompt", "response"], config.dataset_format)
-    # Prompt/completion rows make TRL compute the loss on the response only. With a chat template
-    # they are rendered as a user/assistant exchange, the shape the model is later prompted in.
-    conversational = tokenizer.chat_template is not None
+def preference_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """Preference rows as chat turns when the model has a chat template, else plain text."""
+    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    if tokenizer.chat_template is None:
+        return dataset
 
-    def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
-        if conversational:
-            return {
-                "prompt": [{"role": "user", "content": row["prompt"]}],
-                "completion": [{"role": "assistant", "content": row["response"]}],
-            }
-        return {"prompt": row["prompt"], "completion": row["response"]}
+    # The model is later prompted through its chat template; train it in that shape.
+    def to_chat(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
 
-    return dataset.map(to_prompt_completion, remove_columns=dataset.column_names)
+    return dataset.map(to_chat, remove_columns=dataset.column_names)
+
+
+# --- rewards -----------------------------------------------------------------------------
+
+RewardFunction = Callable[..., Any]
+
+
+def load_reward_function(reward: RewardSettings) -> RewardFunction:
+    """Import the reward file by path and return its function; ConfigError when it is absent."""
+    spec = importlib.util.spec_from_file_location(f"tp_reward_{reward.path.stem}", reward.path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"reward.path: cannot import {reward.path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function = getattr(module, reward.function, None)
+    if not callable(function):
+        raise ConfigError(f"reward.function: {reward.path} has no function {reward.function!r}")
+    return cast("RewardFunction", function)
+
+
+def score(
+    function: RewardFunction,
+    *,
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any,
+) -> float:
+    """One reward, called the way verl calls it; a dict result gives its "score"."""
+    result = function(
+        data_source=data_source,
+        solution_str=solution_str,
+        ground_truth=ground_truth,
+        extra_info=extra_info,
+    )
+    if isinstance(result, dict):
+        result = result["score"]
+    return float(result)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or the content of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(message.get("content", "")) for message in completion)
+
+
+def trl_reward(function: RewardFunction, name: str) -> Callable[..., list[float | None]]:
+    """A verl-style reward function wrapped as a TRL reward function (batch in, list out)."""
+
+    def reward(
+        completions: list[Any],
+        data_source: list[str],
+        reward_model: list[dict[str, Any]],
+        extra_info: list[Any] | None = None,
+        **_: Any,
+    ) -> list[float | None]:
+        infos = extra_info or [None] * len(completions)
+        return [
+            score(
+                function,
+                data_source=source,
+                solution_str=completion_text(completion),
+                ground_truth=model["ground_truth"],
+                extra_info=info,
+            )
+            for completion, source, model, info in zip(
+                completions, data_source, reward_model, infos, strict=True
+            )
+        ]
+
+    # TRL names the metric rewards/<__name__>/mean.
+    reward.__name__ = name
+    return reward
+
+
+# --- TRL runs ----------------------------------------------------------------------------
 
 
 def common_training_args(config: TrainConfig) -> dict[str, Any]:
@@ -215,18 +477,18 @@ def common_training_args(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def lora_config(config: TrainConfig) -> LoraConfig | None:
+def lora_config(settings: LoraSettings | None) -> LoraConfig | None:
     """The PEFT LoRA config asked for by the hyperparameters, or None for full fine-tuning."""
-    hp = config.hyperparameters
-    if hp.lora_r == 0:
+    if settings is None:
         return None
     from peft import LoraConfig
 
+    targets = settings.target_modules
     return LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules="all-linear",
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
         task_type="CAUSAL_LM",
     )
 
@@ -235,7 +497,11 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     """Train with progress records, then save the final model (or adapter) to output_dir/model."""
     from transformers import PrinterCallback
 
-    from training_platform.trainers.progress import ProgressWriter, RunProgressCallback
+    from training_platform.trainers.progress import (
+        ProgressWriter,
+        RunProgressCallback,
+        directory_size,
+    )
 
     # disable_tqdm swaps the bar for PrinterCallback, which prints raw dicts and pops total_flos
     # out of the shared logs before other callbacks see it.
@@ -250,17 +516,26 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     trainable = sum(p.numel() for p in parameters if p.requires_grad)
     print(f"model: {total} parameters, {trainable} trainable, device {trainer.args.device}")
 
-    trainer.train()
+    resume = str(config.resume_from) if config.resume_from else None
+    if resume:
+        print(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
     # The Trainer turns the KV cache off for training; the saved model is for inference.
     model.config.use_cache = True
     final_dir = config.output_dir / "model"
     # For a LoRA run this writes the adapter only; its adapter_config.json names the base model.
     trainer.save_model(str(final_dir))
-    writer.checkpoint(step=trainer.state.global_step, path="model", final=True, adapter=adapter)
+    writer.checkpoint(
+        step=trainer.state.global_step,
+        path="model",
+        final=True,
+        adapter=adapter,
+        size_bytes=directory_size(final_dir),
+    )
     print(f"saved final {'adapter' if adapter else 'model'} to {final_dir}")
 
 
-def train_sft(config: TrainConfig) -> None:
+def train_sft(config: SftConfig) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer."""
     from transformers import AutoTokenizer
     from trl.trainer.sft_config import SFTConfig
@@ -268,14 +543,13 @@ def train_sft(config: TrainConfig) -> None:
 
     hp = config.hyperparameters
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    dataset = sft_dataset(config, tokenizer, cache_dir=config.output_dir / "cache")
-    print(f"dataset: {len(dataset)} rows from {config.dataset_path} ({config.dataset_format})")
+    dataset = task_dataset(config).select_columns(["messages"])
     args = SFTConfig(
         **common_training_args(config),
         max_length=hp.max_length,
         assistant_only_loss=hp.assistant_only_loss,
     )
-    peft_config = lora_config(config)
+    peft_config = lora_config(hp.lora)
     trainer = SFTTrainer(
         model=str(config.model_path),
         args=args,
@@ -286,8 +560,97 @@ def train_sft(config: TrainConfig) -> None:
     run_trainer(trainer, config, adapter=peft_config is not None)
 
 
-# One entry per algorithm; DPO, GRPO and GSPO join here as train_dpo, train_grpo, ...
-TRAINERS: dict[str, Callable[[TrainConfig], None]] = {"sft": train_sft}
+def train_dpo(config: DpoConfig) -> None:
+    """Direct preference optimization with TRL's DPOTrainer."""
+    from transformers import AutoTokenizer
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    hp = config.hyperparameters
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    dataset = preference_dataset(task_dataset(config), tokenizer)
+    args = DPOConfig(
+        **common_training_args(config),
+        max_length=hp.max_length,
+        beta=hp.beta,
+        loss_type=[hp.loss_type],
+        label_smoothing=hp.label_smoothing,
+    )
+    peft_config = lora_config(hp.lora)
+    trainer = DPOTrainer(
+        model=str(config.model_path),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    run_trainer(trainer, config, adapter=peft_config is not None)
+
+
+def _grpo_args(config: GrpoConfig | GspoConfig) -> dict[str, Any]:
+    hp = config.hyperparameters
+    common = {
+        **common_training_args(config),
+        "num_generations": hp.num_generations,
+        "max_completion_length": hp.max_completion_length,
+        "temperature": hp.temperature,
+        "top_p": hp.top_p,
+        "epsilon": hp.epsilon,
+        "epsilon_high": hp.epsilon_high,
+        "num_iterations": hp.num_iterations,
+        "steps_per_generation": hp.steps_per_generation,
+        # The reward wrapper reads data_source, reward_model and extra_info from the rows.
+        "remove_unused_columns": False,
+    }
+    if isinstance(config, GspoConfig):
+        # TRL's recipe for GSPO (paper v2, section 5.1): sequence-level ratios, no KL term.
+        return {**common, "importance_sampling_level": "sequence", "loss_type": "grpo", "beta": 0.0}
+    grpo = config.hyperparameters
+    return {
+        **common,
+        "beta": grpo.beta,
+        "loss_type": grpo.loss_type,
+        "scale_rewards": grpo.scale_rewards,
+    }
+
+
+def train_grpo(config: GrpoConfig | GspoConfig) -> None:
+    """GRPO (and GSPO, its sequence-level variant) with TRL's GRPOTrainer."""
+    from transformers import AutoTokenizer
+    from trl.trainer.grpo_config import GRPOConfig
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    function = load_reward_function(config.reward)
+    dataset = task_dataset(config)
+    dataset = dataset.select_columns([c for c in RL_COLUMNS if c in dataset.column_names])
+    args = GRPOConfig(**_grpo_args(config))
+    peft_config = lora_config(config.hyperparameters.lora)
+    trainer = GRPOTrainer(
+        model=str(config.model_path),
+        reward_funcs=[trl_reward(function, config.reward.function)],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    run_trainer(trainer, config, adapter=peft_config is not None)
+
+
+def train_ppo(config: PpoConfig) -> None:
+    """PPO with the platform's own trainer (TRL has none since 1.13)."""
+    from training_platform.trainers.ppo import train
+
+    train(config)
+
+
+TRAINERS: dict[str, Callable[[Any], None]] = {
+    "sft": train_sft,
+    "dpo": train_dpo,
+    "grpo": train_grpo,
+    "gspo": train_grpo,
+    "ppo": train_ppo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         TRAINERS[config.algorithm](config)
+    except ConfigError as error:
+        # Found only once the inputs are opened: a dataset without its columns, a reward file
+        # without its function.
+        print(f"config error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except Exception:
         traceback.print_exc()
         return EXIT_FAILED
@@ -317,4 +685,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the copy that ppo.py imports, not this __main__ copy: one ConfigError class, so the
+    # PPO trainer's config errors exit 2 like the others.
+    from training_platform.trainers.trl_train import main as package_main
+
+    sys.exit(package_main())

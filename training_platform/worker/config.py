@@ -18,6 +18,7 @@ from training_platform.worker.queues import (
     KEY_PREFIX,
     KEY_SEPARATOR,
     MAINTENANCE,
+    PREPROCESSING,
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
     TRAINING,
@@ -61,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queue_max_priority": PRIORITY_MAX,
         "task_routes": {
             "tp.jobs.run": {"queue": TRAINING, "routing_key": TRAINING},
+            "tp.jobs.prepare": {"queue": PREPROCESSING, "routing_key": PREPROCESSING},
             "tp.supervisor.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
         "task_serializer": "json",

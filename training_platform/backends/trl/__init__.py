@@ -1,3 +1,3 @@
-"""TRL backend: single-node training that runs on CPU and GPU."""
+"""TRL backend: single-node training that runs on CPU and GPU (PPO on the platform's own)."""
 
-from training_platform.backends.trl import sft  # noqa: F401  (registers the pair)
+from training_platform.backends.trl import dpo, grpo, ppo, sft  # noqa: F401  (registers pairs)

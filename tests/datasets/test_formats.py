@@ -1,0 +1,84 @@
+"""Dataset formats: detection by keys, conversion to each data task, and why a row is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from training_platform.datasets import formats
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"messages": []}, "messages"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "preference"),
+        ({"prompt": "q", "answer": "4"}, "prompt_answer"),
+        ({"prompt": "q", "response": "r"}, "prompt_response"),
+        ({"prompt": [], "reward_model": {}, "data_source": "x"}, "rl"),
+        ({"text": "raw"}, None),
+    ],
+)
+def test_detect_format(row: dict, expected: str | None) -> None:  # type: ignore[type-arg]
+    assert formats.detect_format(row) == expected
+
+
+def test_every_format_feeds_exactly_one_task() -> None:
+    assert set(formats.TASK_OF_FORMAT) == set(formats.SOURCE_FORMATS)
+    assert formats.formats_for_task("sft") == ["messages", "prompt_response"]
+    assert formats.formats_for_task("rl") == ["prompt_answer", "rl"]
+
+
+def test_prompt_response_becomes_a_chat() -> None:
+    row = formats.convert_row("prompt_response", "sft", {"prompt": "Hi", "response": "Hello"}, 1)
+    assert row == {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    }
+
+
+def test_prompt_answer_becomes_verls_rl_layout() -> None:
+    row = formats.convert_row("prompt_answer", "rl", {"prompt": "What is 2 + 2?", "answer": 4}, 7)
+    assert row == {
+        "data_source": "training_platform",
+        "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": "4"},
+        "extra_info": {"index": 7, "split": "train"},
+    }
+
+
+def test_preference_keeps_plain_strings() -> None:
+    row = formats.convert_row(
+        "preference", "preference", {"prompt": "q", "chosen": "yes", "rejected": "no"}, 1
+    )
+    assert row == {"prompt": "q", "chosen": "yes", "rejected": "no"}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "task", "row", "message"),
+    [
+        ("messages", "sft", {"messages": [{"role": "user", "content": "q"}]}, "no assistant turn"),
+        (
+            "messages",
+            "sft",
+            {"messages": [{"role": "robot", "content": "q"}]},
+            "role must be one of",
+        ),
+        ("messages", "sft", {"messages": "hello"}, "non-empty list of messages"),
+        ("prompt_response", "sft", {"prompt": "q"}, "'response' must be a non-empty string"),
+        ("prompt_response", "sft", {"prompt": "q", "response": "  "}, "'response' must be"),
+        ("preference", "preference", {"prompt": "q", "chosen": "a"}, "'rejected' must be"),
+        (
+            "preference",
+            "preference",
+            {"prompt": "q", "chosen": "a", "rejected": "a"},
+            "are the same",
+        ),
+        ("prompt_answer", "rl", {"prompt": "q"}, "'answer' must be a string or a number"),
+        ("prompt_answer", "rl", {"prompt": "q", "answer": True}, "'answer' must be"),
+        ("rl", "rl", {"prompt": "q", "reward_model": {"style": "rule"}}, "ground_truth"),
+        ("prompt_answer", "sft", {"prompt": "q", "answer": "1"}, "cannot feed the 'sft' task"),
+    ],
+)
+def test_rows_that_do_not_fit_say_why(fmt: str, task: str, row: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(formats.RowError, match=message):
+        formats.convert_row(fmt, task, row, 1)

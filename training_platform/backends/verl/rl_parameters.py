@@ -1,0 +1,129 @@
+"""Hyperparameters of verl's RL algorithms (PPO, GRPO, GSPO), with their cross-field rules."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from training_platform.backends.verl.common import VerlCommon, field_error, gpus_of
+
+VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's MaxLoRARanks, which verl checks against
+REWARD_PATTERN = r"^(file:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class RolloutOptions(BaseModel):
+    """How responses are generated: the inference engine and its sampling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["vllm", "sglang"] = Field("vllm", description="Inference engine for rollouts.")
+    n: int = Field(1, ge=1, le=64, description="Responses sampled per prompt.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    tensor_model_parallel_size: int = Field(
+        1, ge=1, le=64, description="GPUs one inference engine spans (divides the GPU count)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, lt=1, description="Share of GPU memory the inference engine may take."
+    )
+
+
+class GroupRolloutOptions(RolloutOptions):
+    """Rollouts for group-relative advantages: several responses per prompt."""
+
+    n: int = Field(5, ge=2, le=64, description="Responses per prompt (a group; at least 2).")
+
+
+class RlParameters(VerlCommon):
+    """What PPO, GRPO and GSPO share."""
+
+    reward: str = Field(
+        "math_answer",
+        pattern=REWARD_PATTERN,
+        description="Reward: a builtin name (math_answer, format) or file:<uploaded file name>.",
+    )
+    actor_lr: float = Field(1e-6, gt=0, le=1, description="Policy learning rate.")
+    train_batch_size: int = Field(64, ge=1, le=65_536, description="Prompts per training step.")
+    ppo_mini_batch_size: int = Field(
+        16, ge=1, le=65_536, description="Prompts per policy update within a step."
+    )
+    micro_batch_size_per_gpu: int = Field(
+        4, ge=1, le=4096, description="Sequences per forward pass on one GPU."
+    )
+    max_prompt_length: int = Field(512, ge=16, le=131_072, description="Prompt tokens (at most).")
+    max_response_length: int = Field(
+        512, ge=1, le=131_072, description="Generated tokens per response (at most)."
+    )
+    val_before_train: bool = Field(False, description="Validate once before the first step.")
+    val_samples: int = Field(
+        256, ge=1, le=1_000_000, description="Prompts drawn from the dataset for validation."
+    )
+    rollout: RolloutOptions = Field(
+        default_factory=RolloutOptions, description="Response generation."
+    )
+
+    @model_validator(mode="after")
+    def _fits_the_resources(self, info: ValidationInfo) -> Self:
+        gpus = gpus_of(info)
+        if gpus < 1:
+            raise field_error(
+                ("gpus",), "verl RL generates with vLLM or SGLang: ask for gpus >= 1", gpus
+            )
+        tp = self.rollout.tensor_model_parallel_size
+        if tp > gpus or gpus % tp:
+            raise field_error(
+                ("rollout", "tensor_model_parallel_size"),
+                f"must divide the {gpus} GPU(s) the job asks for",
+                tp,
+            )
+        if (
+            self.lora is not None
+            and self.rollout.name == "vllm"
+            and self.lora.rank > VLLM_MAX_LORA_RANK
+        ):
+            raise field_error(
+                ("lora", "rank"),
+                f"vLLM serves LoRA ranks up to {VLLM_MAX_LORA_RANK}",
+                self.lora.rank,
+            )
+        if self.ppo_mini_batch_size > self.train_batch_size:
+            raise field_error(
+                ("ppo_mini_batch_size",),
+                f"must be at most train_batch_size ({self.train_batch_size})",
+                self.ppo_mini_batch_size,
+            )
+        if (self.train_batch_size * self.rollout.n) % gpus:
+            raise field_error(
+                ("train_batch_size",),
+                f"train_batch_size x rollout.n must be divisible by the GPU count ({gpus})",
+                self.train_batch_size,
+            )
+        return self
+
+
+class PpoParameters(RlParameters):
+    """PPO: GAE advantages from a critic trained beside the policy."""
+
+    critic_lr: float = Field(1e-5, gt=0, le=1, description="Critic learning rate.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount factor.")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda.")
+
+
+class GrpoParameters(RlParameters):
+    """GRPO: group-relative advantages, KL to the reference policy as a loss term."""
+
+    rollout: GroupRolloutOptions = Field(
+        default_factory=GroupRolloutOptions, description="Response generation (groups)."
+    )
+    kl_loss_coef: float = Field(0.001, ge=0, le=10, description="Weight of the KL loss.")
+
+
+class GspoParameters(RlParameters):
+    """GSPO: GRPO with sequence-level importance ratios and tight clipping, no KL loss."""
+
+    rollout: GroupRolloutOptions = Field(
+        default_factory=GroupRolloutOptions, description="Response generation (groups)."
+    )
+    clip_ratio_low: float = Field(3e-4, gt=0, le=1, description="Lower clip of the ratio.")
+    clip_ratio_high: float = Field(4e-4, gt=0, le=1, description="Upper clip of the ratio.")

@@ -1,0 +1,1 @@
+"""Datasets users bring: formats, validation by row, upload, and preparation for backends."""

@@ -1,0 +1,157 @@
+"""Dataset formats: what rows look like, how each is checked, and how it becomes a data task.
+
+Source formats (what users upload, as JSONL, a JSON array or Parquet):
+  messages         {"messages": [{"role": ..., "content": ...}, ...]}  with an assistant turn
+  prompt_response  {"prompt": str, "response": str}
+  preference       {"prompt": str | messages, "chosen": str, "rejected": str}
+  prompt_answer    {"prompt": str | messages, "answer": str | number}
+  rl               verl's RL layout: data_source, prompt (messages), reward_model.ground_truth
+
+Data tasks (what backends read; see training_platform/backends/base.py): sft, preference, rl.
+Pure functions: no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SOURCE_FORMATS = ("messages", "prompt_response", "preference", "prompt_answer", "rl")
+TASK_OF_FORMAT: dict[str, str] = {
+    "messages": "sft",
+    "prompt_response": "sft",
+    "preference": "preference",
+    "prompt_answer": "rl",
+    "rl": "rl",
+}
+ROLES = ("system", "user", "assistant", "tool")
+RL_DATA_SOURCE = "training_platform"
+
+
+class RowError(ValueError):
+    """A row does not fit its format; the message says what is missing or wrong."""
+
+
+def formats_for_task(task: str) -> list[str]:
+    """Source formats that can be prepared for a data task."""
+    return [fmt for fmt, target in TASK_OF_FORMAT.items() if target == task]
+
+
+def detect_format(row: Mapping[str, Any]) -> str | None:
+    """The format a row looks like, by its keys; None if it matches none."""
+    keys = set(row)
+    if "messages" in keys:
+        return "messages"
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return "preference"
+    if "reward_model" in keys and "prompt" in keys:
+        return "rl"
+    if {"prompt", "answer"} <= keys:
+        return "prompt_answer"
+    if {"prompt", "response"} <= keys:
+        return "prompt_response"
+    return None
+
+
+def _text(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"'{key}' must be a non-empty string")
+    return value
+
+
+def _messages(value: Any, key: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RowError(f"'{key}' must be a non-empty list of messages")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, Mapping):
+            raise RowError(f"'{key}'[{index}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise RowError(f"'{key}'[{index}].role must be one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise RowError(f"'{key}'[{index}].content must be a string")
+        messages.append({"role": str(role), "content": content})
+    return messages
+
+
+def _prompt_messages(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    prompt = row.get("prompt")
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": _text(row, "prompt")}]
+    messages = _messages(prompt, "prompt")
+    if messages[-1]["role"] == "assistant":
+        raise RowError("'prompt' must not end with an assistant message")
+    return messages
+
+
+def _answer(row: Mapping[str, Any], key: str = "answer") -> str:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowError(f"'{key}' must be a string or a number (the ground truth)")
+    text = str(value).strip()
+    if not text:
+        raise RowError(f"'{key}' must not be empty")
+    return text
+
+
+def _prompt_text(messages: list[dict[str, str]]) -> str:
+    # DPO rows keep a plain prompt: the last user turn carries the question.
+    return (
+        messages[-1]["content"]
+        if len(messages) == 1
+        else "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    )
+
+
+def convert_row(fmt: str, task: str, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """One source row as the data task's row; RowError says why it cannot be."""
+    if not isinstance(row, Mapping):
+        raise RowError("a row must be a JSON object")
+    if TASK_OF_FORMAT.get(fmt) != task:
+        raise RowError(f"format {fmt!r} cannot feed the {task!r} task")
+    if fmt == "messages":
+        messages = _messages(row.get("messages"), "messages")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise RowError("'messages' has no assistant turn to learn from")
+        return {"messages": messages}
+    if fmt == "prompt_response":
+        return {
+            "messages": [
+                {"role": "user", "content": _text(row, "prompt")},
+                {"role": "assistant", "content": _text(row, "response")},
+            ]
+        }
+    if fmt == "preference":
+        chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
+        if chosen == rejected:
+            raise RowError("'chosen' and 'rejected' are the same")
+        return {
+            "prompt": _prompt_text(_prompt_messages(row)),
+            "chosen": chosen,
+            "rejected": rejected,
+        }
+    if fmt == "prompt_answer":
+        return {
+            "data_source": RL_DATA_SOURCE,
+            "prompt": _prompt_messages(row),
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": _answer(row)},
+            "extra_info": {"index": index, "split": "train"},
+        }
+    # fmt == "rl": already verl's layout; check what verl and the reward function read.
+    reward = row.get("reward_model")
+    if not isinstance(reward, Mapping) or "ground_truth" not in reward:
+        raise RowError("'reward_model' must be an object with a ground_truth")
+    source = row.get("data_source")
+    return {
+        "data_source": str(source) if isinstance(source, str) and source else RL_DATA_SOURCE,
+        "prompt": _prompt_messages(row),
+        "ability": str(row.get("ability") or "general"),
+        "reward_model": {
+            "style": str(reward.get("style") or "rule"),
+            "ground_truth": _answer(reward, "ground_truth"),
+        },
+        "extra_info": {"index": index, "split": "train"},
+    }

@@ -1,0 +1,1 @@
+"""Reward functions for RL training: the built-in ones and the check of user reward files."""
