@@ -193,6 +193,15 @@ def test_catalog_and_backends_are_listed(api) -> None:  # type: ignore[no-untype
     assert datasets["tiny-sft"]["format"] == "messages" and datasets["tiny-sft"]["rows"] == 400
     assert "path" not in datasets["tiny-sft"]  # no server paths in responses
     backends = api.get("/api/v1/backends").json()
+    pairs = {(b["backend"], b["algorithm"]): b for b in backends}
+    assert set(pairs) == {("trl", a) for a in ("sft", "dpo", "grpo", "gspo", "ppo")} | {
+        ("verl", a) for a in ("sft", "ppo", "grpo", "gspo")
+    }
+    assert {pairs[p]["hosts"] for p in pairs if p[0] == "verl"} == {"gpu"}
+    assert {pairs[p]["hosts"] for p in pairs if p[0] == "trl"} == {"any"}
+    assert pairs[("trl", "dpo")]["data_task"] == "preference"
+    assert pairs[("verl", "grpo")]["dataset_formats"] == ["prompt_answer", "rl"]
+    assert "rollout" in pairs[("verl", "gspo")]["parameters"]["properties"]
     sft = next(b for b in backends if (b["backend"], b["algorithm"]) == ("trl", "sft"))
     lr = sft["parameters"]["properties"]["learning_rate"]
     assert lr["exclusiveMinimum"] == 0 and lr["default"] == 2e-5

@@ -123,3 +123,65 @@ def test_a_wrong_token_or_no_api_gives_a_message_and_exit_1(tp) -> None:  # type
         closed_port = str(probe.getsockname()[1])
     down = tp("jobs", "list", TP_PORT=closed_port)
     assert down.exit_code == 1 and "cannot reach the API" in down.stderr
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "dataset"),
+    [("sft", "tiny-sft"), ("ppo", "tiny-math"), ("grpo", "tiny-math"), ("gspo", "tiny-math")],
+)
+def test_verl_plans_from_the_cli_compose_against_verls_config_tree(tp, algorithm, dataset) -> None:  # type: ignore[no-untyped-def]
+    hydra = pytest.importorskip("hydra")
+    verl = pytest.importorskip("verl")
+    from pathlib import Path
+
+    result = tp(
+        "jobs",
+        "submit",
+        "--name",
+        "verl plan",
+        "--backend",
+        "verl",
+        "--algorithm",
+        algorithm,
+        "--model",
+        "tiny-qwen2",
+        "--dataset",
+        dataset,
+        "--gpus",
+        "2",
+        "--dry-run",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    command = json.loads(plan["files"]["verl_run.json"])["command"]
+    entry = next(i for i, part in enumerate(command) if part.startswith("verl.trainer."))
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    name = "sft_trainer_engine" if algorithm == "sft" else "ppo_trainer"
+    with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = hydra.compose(name, overrides=command[entry + 1 :])
+    if algorithm == "gspo":
+        assert config.actor_rollout_ref.actor.policy_loss.loss_mode == "gspo"
+    if algorithm in ("grpo", "gspo"):
+        assert config.algorithm.adv_estimator == "grpo"
+        assert config.actor_rollout_ref.rollout.n > 1
+    if algorithm == "ppo":
+        assert config.algorithm.adv_estimator == "gae"
+
+
+def test_verl_without_gpus_is_refused_naming_resources(tp) -> None:  # type: ignore[no-untyped-def]
+    result = tp(
+        "jobs",
+        "submit",
+        "--name",
+        "x",
+        "--backend",
+        "verl",
+        "--algorithm",
+        "grpo",
+        "--model",
+        "tiny-qwen2",
+        "--dataset",
+        "tiny-math",
+    )
+    assert result.exit_code == 2 and "resources.gpus" in result.stderr

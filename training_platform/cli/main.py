@@ -260,6 +260,7 @@ def jobs_submit(
         list[str] | None, typer.Option("--param", "-p", help="Hyperparameter key=value.")
     ] = None,
     priority: Annotated[int | None, typer.Option(help="0-9, higher first.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs on one host (0: CPU).")] = None,
     file: Annotated[Path | None, typer.Option(help="JSON/YAML spec; flags override it.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Never create two jobs.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Show the launch plan only.")] = False,
@@ -278,6 +279,8 @@ def jobs_submit(
     ):
         if value is not None:
             spec[key] = value
+    if gpus is not None:
+        spec["resources"] = {**dict(spec.get("resources") or {}), "gpus": gpus}
     hyper = dict(spec.get("hyperparameters") or {})
     for item in param or []:
         key, value = parse_param(item)
