@@ -324,7 +324,9 @@ def start_platform(tmp: Path, tiny_model_dir: Path, redis_db: int, **extra: str)
 def platform(tiny_model_dir: Path) -> Iterator[Platform]:
     """The whole platform, shared by the end-to-end and CLI tests, stopped at the end."""
     tmp = Path(tempfile.mkdtemp(prefix="platform-", dir=SESSION_DIR))
-    started = start_platform(tmp, tiny_model_dir, redis_db=15)
+    # Two simulated GPUs, so that GPU jobs (verl plans) can be submitted; CPU jobs use the CPU
+    # training slot as before.
+    started = start_platform(tmp, tiny_model_dir, redis_db=15, TP_SIMULATED_GPUS="2")
     yield started
     started.tp("down", "--jobs")
 
@@ -346,6 +348,26 @@ def start_platform_on(tmp_path: Path, tiny_model_dir: Path):  # type: ignore[no-
 
     def start(redis_db: int, **extra: str) -> Platform:
         platform = start_platform(tmp_path, tiny_model_dir, redis_db, **extra)
+        started.append(platform)
+        return platform
+
+    yield start
+    for platform in started:
+        platform.tp("down", "--jobs")
+        deadline = time.monotonic() + 15
+        while platform.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def start_module_platform(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Start platforms shared by one module's tests (own TP_HOME, Redis db); stopped after it."""
+    started: list[Platform] = []
+
+    def start(redis_db: int, **extra: str) -> Platform:
+        platform = start_platform(
+            tmp_path_factory.mktemp("platform"), tiny_model_dir, redis_db, **extra
+        )
         started.append(platform)
         return platform
 

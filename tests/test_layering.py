@@ -125,9 +125,25 @@ SERVICES = _files(
     "jobs/supervisor.py",
     "jobs/execution.py",
     "jobs/ingest.py",
+    "jobs/preparation.py",
     "runners/*.py",
+    "scheduling/scheduler.py",
+    "scheduling/inventory.py",
+    "scheduling/placement.py",
+    "datasets/formats.py",
+    "datasets/reader.py",
     "bootstrap.py",
 )
+
+
+@pytest.mark.parametrize(
+    "path",
+    _files("scheduling/placement.py", "datasets/formats.py"),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_placement_and_formats_are_pure(path: Path) -> None:
+    assert _offending(path, EFFECTFUL) == []
+    assert sorted(_platform_imports(path)) == []
 
 
 @pytest.mark.parametrize("path", SERVICES, ids=lambda p: str(p.relative_to(PACKAGE)))

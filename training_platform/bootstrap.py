@@ -20,6 +20,7 @@ from training_platform.auth.service import ensure_admin_token
 from training_platform.catalog import service as catalog
 from training_platform.core.db import get_engine, migrate, session_scope
 from training_platform.core.settings import Settings
+from training_platform.scheduling.service import refresh_local
 
 log = logging.getLogger(__name__)
 MODEL_MARKER = "config.json"
@@ -93,4 +94,6 @@ def bootstrap(settings: Settings, *, build_model: bool = False) -> Engine:
         with session_scope(engine) as session:
             ensure_admin_token(session=session, token_file=settings.admin_token_file)
         _register_assets(engine, settings)
+        # The API validates GPU requests against the inventory: have one from the first start.
+        refresh_local(engine, settings)
     return engine

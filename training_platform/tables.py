@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
+from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 
 metadata = SQLModel.metadata
 
@@ -12,6 +13,9 @@ __all__ = [
     "ApiToken",
     "Checkpoint",
     "DatasetEntry",
+    "DeviceLease",
+    "GpuDevice",
+    "Host",
     "Job",
     "JobEvent",
     "JobLogChunk",

@@ -335,11 +335,32 @@ def test_the_accepted_reward_choices() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_more_than_one_gpu_is_refused(algorithm: str) -> None:
+def test_gpus_beyond_what_the_algorithm_uses_are_refused(algorithm: str) -> None:
     backend = backend_of(algorithm)
-    validate_parameters(backend, {}, gpus=1)
-    with pytest.raises(InvalidInput, match=r"at most one GPU.*resources.gpus"):
-        validate_parameters(backend, {}, gpus=2)
+    most = 1 if algorithm == "ppo" else 8  # our own PPO is one process
+    validate_parameters(backend, {}, gpus=most)
+    with pytest.raises(InvalidInput, match=rf"at most {most} GPU.*resources.gpus"):
+        validate_parameters(backend, {}, gpus=most + 1)
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo", "gspo"])
+def test_several_real_gpus_run_one_process_each_through_accelerate(algorithm: str) -> None:
+    real = make_plan(algorithm, context_for(algorithm, gpus=4, devices=(0, 1, 2, 3)))
+    assert real.argv[1:7] == (
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "4",
+        "--num_machines",
+    )
+    assert real.argv[-4:] == ("-m", "training_platform.trainers.trl_train", "--config", CONFIG_FILE)
+    assert real.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    simulated = make_plan(
+        algorithm, context_for(algorithm, gpus=4, devices=(0, 1, 2, 3), simulated_devices=True)
+    )
+    assert simulated.argv[1:3] == ("-m", "training_platform.trainers.trl_train")
+    assert simulated.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
 
 
 @pytest.mark.parametrize("algorithm", RL)

@@ -75,3 +75,16 @@ def submit_pending(engine: Engine) -> Callable[..., Job]:
 def reload_job(engine: Engine) -> Callable[[int], Job]:
     """Read a job as stored now."""
     return lambda job_id: reload(engine, job_id)
+
+
+@pytest.fixture
+def place(engine: Engine, settings: Settings) -> Callable[..., list[int]]:
+    """Run one scheduling pass (no start message is sent); the ids of the jobs it placed."""
+    from training_platform.scheduling import scheduler
+
+    def run(with_settings: Settings | None = None) -> list[int]:
+        return scheduler.schedule(
+            engine, with_settings or settings, dispatch=lambda job: None
+        ).placed
+
+    return run

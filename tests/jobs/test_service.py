@@ -42,7 +42,9 @@ def test_preparation_records_the_prepared_dataset_and_queues(
 
     job = submit_pending()
     queued = preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="w")
-    assert queued is not None and queued.status == "queued" and queued.dispatch_count == 2
+    # Queued, with no start message yet: the scheduler sends it with the devices.
+    assert queued is not None and queued.status == "queued" and queued.dispatch_count == 1
+    assert queued.dispatched_at is None
     dataset = queued.inputs["dataset"]
     assert (dataset["task"], dataset["rows"], dataset["source"]["name"]) == ("sft", 400, "tiny-sft")
     assert (settings.home / dataset["path"]).is_file() and len(dataset["sha256"]) == 64
@@ -254,7 +256,7 @@ def test_retry_starts_a_new_attempt_from_scratch(engine, settings, submit_job, r
         retried = service.retry(session=session, settings=settings, job_id=job.id, actor="t")
         session.commit()
     assert (retried.status, retried.attempt, retried.exit_code) == ("pending", 2, None)
-    assert retried.dispatch_count == 3 and retried.inputs is None
+    assert retried.dispatch_count == 2 and retried.inputs is None
     assert _rows(engine, JobMetric) == 0
 
 

@@ -259,13 +259,21 @@ class _Broker:
 
 
 def test_lost_start_messages_are_resent_and_present_ones_are_not(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job
+    engine, fast, runner, submit_job, place, reload_job
 ) -> None:
+    from training_platform.scheduling.service import refresh_local
+
+    two_slots = fast.model_copy(update={"training_slots": 2})
+    refresh_local(engine, two_slots)
     present, lost = submit_job(name="present"), submit_job(name="lost")
+    waiting = submit_job(name="not placed")  # no devices: no start message is due yet
+    assert place(two_slots) == [present.id, lost.id]
+    present, lost = reload_job(present.id), reload_job(lost.id)
     sent: list[int] = []
     broker = _Broker({supervisor.message_id(present)})
     report = supervisor.tick(engine, fast, {"memory": runner}, broker=broker, dispatch=sent.append)
     assert sent == [lost.id] and report.redispatched == [lost.id]
+    assert reload_job(waiting.id).wait_reason == "waiting for a free CPU training slot"
     # If the broker cannot be read, nothing is resent blindly.
     sent.clear()
     supervisor.tick(engine, fast, {"memory": runner}, broker=_Broker(None), dispatch=sent.append)
@@ -296,9 +304,10 @@ def _finishing_sleep(runner: MemoryRunner, after: int = 2, code: int = 0) -> Any
 
 
 def test_worker_starts_watches_and_finishes_a_job(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job, reload_job
+    engine, fast, runner, submit_job, reload_job, place
 ) -> None:
     job = submit_job()
+    assert place() == [job.id]
     outcome = execution.run_job(
         engine,
         fast,
@@ -326,9 +335,10 @@ def test_worker_starts_watches_and_finishes_a_job(  # type: ignore[no-untyped-de
 
 
 def test_a_redelivered_start_message_does_not_start_a_second_run(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job
+    engine, fast, runner, submit_job, place
 ) -> None:
     job = submit_job()
+    place()
     execution.run_job(
         engine,
         fast,
@@ -362,24 +372,21 @@ def test_a_message_for_an_old_attempt_is_ignored(engine, fast, runner, submit_jo
     assert outcome.action == "skipped" and not runner.runs
 
 
-def test_a_job_waits_while_an_adopted_run_holds_the_slot(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job, reload_job
+def test_a_job_without_a_lease_is_not_started_and_gets_one_when_devices_free(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job, place
 ) -> None:
     busy, waiting = submit_job(name="busy"), submit_job(name="waiting")
+    assert place() == [busy.id]  # one CPU slot
     busy_dir = _start(engine, fast, runner, busy)
-    waits = {"n": 0}
-
-    def sleep(_seconds: float) -> None:
-        waits["n"] += 1
-        if waits["n"] <= 3:
-            assert reload_job(waiting.id).status == "queued"  # still waiting for the slot
-        if waits["n"] == 3:
-            runner.finish(busy_dir, 0)
-            supervisor.reconcile_job(engine, fast, busy.id, {"memory": runner})
-        for run_dir, run in runner.runs.items():
-            if run_dir != busy_dir and run.state.status == "running":
-                runner.finish(run_dir, 0)
-
+    skipped = execution.run_job(
+        engine, fast, runner, {"memory": runner}, job_id=waiting.id, attempt=1, actor="w", poll_s=0
+    )
+    assert skipped.action == "skipped" and len(runner.runs) == 1
+    assert place() == []
+    assert reload_job(waiting.id).queue_position == 1
+    runner.finish(busy_dir, 0)
+    supervisor.reconcile_job(engine, fast, busy.id, {"memory": runner})  # releases its slot
+    assert place() == [waiting.id]
     outcome = execution.run_job(
         engine,
         fast,
@@ -389,40 +396,36 @@ def test_a_job_waits_while_an_adopted_run_holds_the_slot(  # type: ignore[no-unt
         attempt=1,
         actor="w",
         poll_s=0,
-        sleep=sleep,
+        sleep=_finishing_sleep(runner),
     )
-    assert outcome.status == "succeeded" and waits["n"] >= 3
+    assert outcome.status == "succeeded"
 
 
-def test_a_job_cancelled_while_waiting_for_a_slot_never_starts(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job
+def test_a_job_cancelled_after_it_was_placed_never_starts_and_frees_its_slot(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, place
 ) -> None:
-    busy, waiting = submit_job(name="busy"), submit_job(name="waiting")
-    _start(engine, fast, runner, busy)
+    from training_platform.scheduling.service import active_leases
 
-    def sleep(_seconds: float) -> None:
-        with Session(engine) as session:
-            service.cancel(session=session, job_id=waiting.id, actor="user")
-            session.commit()
-
+    job = submit_job()
+    assert place() == [job.id]
+    with Session(engine) as session:
+        assert len(active_leases(session=session, job_id=job.id)) == 1
+        service.cancel(session=session, job_id=job.id, actor="user")
+        session.commit()
+        assert active_leases(session=session, job_id=job.id) == []
+    # The start message sent with the lease arrives late: nothing starts.
     outcome = execution.run_job(
-        engine,
-        fast,
-        runner,
-        {"memory": runner},
-        job_id=waiting.id,
-        attempt=1,
-        actor="w",
-        poll_s=0,
-        sleep=sleep,
+        engine, fast, runner, {"memory": runner}, job_id=job.id, attempt=1, actor="w", poll_s=0
     )
-    assert outcome.action == "skipped" and len(runner.runs) == 1
+    assert outcome.action == "skipped" and not runner.runs
+    assert place() == []
 
 
 def test_a_plan_that_cannot_start_fails_the_job(  # type: ignore[no-untyped-def]
-    engine, fast, runner, submit_job, reload_job
+    engine, fast, runner, submit_job, reload_job, place
 ) -> None:
     job = submit_job()
+    place()
     with Session(engine) as session:  # the model row points outside the managed root now
         session.execute(update(Job).where(col(Job.id) == job.id).values(dataset_id=job.dataset_id))
         from training_platform.catalog.models import ModelEntry

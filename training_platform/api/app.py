@@ -21,6 +21,7 @@ from training_platform.core.settings import Settings, get_settings
 from training_platform.datasets.routes import router as datasets_router
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
+from training_platform.scheduling.routes import router as gpus_router
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     api.include_router(jobs_router)
     api.include_router(catalog_router)
     api.include_router(datasets_router)
+    api.include_router(gpus_router)
     api.include_router(backends_router)
     app.include_router(api)
 

@@ -33,6 +33,7 @@ class LaunchContext:
     dataset_format: str  # the data task of that file: sft | preference | rl
     model_is_local: bool = True
     devices: tuple[int, ...] = ()  # leased GPU indices (empty: CPU, or none leased yet)
+    simulated_devices: bool = False  # the leased GPUs are simulated: run on CPU as one process
     gpus: int = 0  # GPUs the job asked for
     cpu_threads: int = 1
     resume_from: str | None = None  # absolute checkpoint directory to continue from

@@ -83,14 +83,15 @@ def up(
     from training_platform.bootstrap import bootstrap
 
     settings = settings_or_exit()
-    with console.status("preparing the database, token and bundled assets"):
-        bootstrap(settings, build_model=True)
+    with console.status("preparing the database, token, bundled assets and GPU inventory"):
+        engine = bootstrap(settings, build_model=True)
+    gpu_count = _local_gpu_count(engine, settings)
     try:
         redis_url = services.ensure_redis(settings)
     except services.ServiceError as error:
         fail(str(error))
     started = []
-    for spec in services.service_specs(settings, redis_url):
+    for spec in services.service_specs(settings, redis_url, gpu_count):
         if services.is_alive(services.read_state(settings, spec.name)):
             continue
         services.spawn(settings, spec)
@@ -146,6 +147,18 @@ def down(
                 f"{len(left)} training(s) keep running and will be re-adopted by the next "
                 "`tp up` (`tp down --jobs` stops them)"
             )
+
+
+def _local_gpu_count(engine: Any, settings: Settings) -> int:
+    from sqlmodel import Session, select
+
+    from training_platform.scheduling.models import GpuDevice, Host
+
+    with Session(engine) as session:
+        host = session.exec(select(Host).where(Host.name == settings.node_name)).first()
+        if host is None:
+            return 0
+        return len(session.exec(select(GpuDevice).where(GpuDevice.host_id == host.id)).all())
 
 
 def _active_local_jobs(settings: Settings) -> list[Any]:
@@ -380,6 +393,16 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
     ):
         console.print(f"{key:>12}: {job[key]}", highlight=False, markup=False)
     console.print(f"{'progress':>12}: {job['progress']['step']}/{job['progress']['total']}")
+    if job.get("devices"):
+        console.print(f"{'devices':>12}: {', '.join(job['devices'])}", highlight=False)
+    if job.get("wait_reason"):
+        wait = job.get("estimated_wait_s")
+        estimate = f", about {wait / 60:.0f} min" if wait else ""
+        console.print(
+            f"{'queue':>12}: position {job['queue_position']}{estimate}; {job['wait_reason']}",
+            highlight=False,
+            markup=False,
+        )
     if job.get("outputs"):
         console.print(f"{'outputs':>12}: {json.dumps(job['outputs'])}", markup=False)
     if job.get("error"):
@@ -622,6 +645,57 @@ def rewards_upload(
     console.print(
         f"reward file:{item['name']} stored (sha256 {item['sha256'][:12]})", highlight=False
     )
+
+
+def _gb(mb: int) -> str:
+    return f"{mb / 1024:.1f} GB"
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
+
+
+@app.command()
+def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """GPUs per host: memory, use, which job holds each, and what fits them."""
+    with client() as api:
+        found = call(api.get, "gpus")
+    if as_json:
+        console.print_json(data=found)
+        return
+    for host in found["hosts"]:
+        label = " [yellow](simulated)[/yellow]" if host["simulated"] else ""
+        console.print(f"[bold]{host['name']}[/bold]{label}  source: {host['gpu_source']}")
+        if not host["gpus"]:
+            console.print("  no GPU found on this host; jobs run on its CPU training slots")
+        else:
+            table = Table(
+                "gpu",
+                "name",
+                "memory used/total",
+                "util",
+                "state",
+                "job",
+                "fits (full / LoRA / QLoRA)",
+            )
+            for gpu in host["gpus"]:
+                fits = gpu["fits"]
+                table.add_row(
+                    str(gpu["index"]),
+                    gpu["name"] + (" (simulated)" if gpu["simulated"] else ""),
+                    f"{_gb(gpu['memory_used_mb'])} / {_gb(gpu['memory_total_mb'])}",
+                    "-" if gpu["utilization_pct"] is None else f"{gpu['utilization_pct']}%",
+                    gpu["state"],
+                    str(gpu["held_by_job"] or "-"),
+                    f"{_params(fits['full_finetune_max_params'])} / "
+                    f"{_params(fits['lora_max_params'])} / {_params(fits['qlora_max_params'])}",
+                )
+            console.print(table)
+        held = [str(c["held_by_job"]) for c in host["cpu_slots"] if c["held_by_job"]]
+        console.print(
+            f"  CPU training slots: {len(host['cpu_slots'])}, "
+            f"held by job(s): {', '.join(held) or 'none'}"
+        )
 
 
 @app.command()

@@ -29,7 +29,11 @@ import redis
 
 from training_platform.core.settings import Settings, environ_for_children
 from training_platform.worker.config import DEFAULT_REDIS_URL
-from training_platform.worker.queues import GENERAL_QUEUES, SUPERVISOR_HEARTBEAT_KEY, TRAINING
+from training_platform.worker.queues import (
+    GENERAL_QUEUES,
+    SUPERVISOR_HEARTBEAT_KEY,
+    training_queue,
+)
 
 REDIS = "redis"
 API = "api"
@@ -169,7 +173,16 @@ def flower_password(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def service_specs(settings: Settings, redis_url: str) -> list[ServiceSpec]:
+def training_concurrency(settings: Settings, gpu_count: int) -> int:
+    """Slots of this node's training worker: one per GPU plus the CPU training slots.
+
+    The worker owns every device of its host; leases decide what runs, and a worker slot only
+    holds a start message while its training runs, so this many slots never limit a placement.
+    """
+    return gpu_count + settings.training_slots
+
+
+def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> list[ServiceSpec]:
     """The platform's services, in start order (Redis excluded)."""
     env = environ_for_children(settings)
     env["TP_REDIS_URL"] = redis_url
@@ -200,9 +213,9 @@ def service_specs(settings: Settings, redis_url: str) -> list[ServiceSpec]:
                 *celery,
                 "worker",
                 "-Q",
-                TRAINING,
+                training_queue(settings.node_name),
                 "-c",
-                str(settings.training_slots),
+                str(training_concurrency(settings, gpu_count)),
                 "-n",
                 f"training@{settings.node_name}",
                 "--prefetch-multiplier",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +33,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Default: found or started by tp up.")
     node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 
-    training_slots: Annotated[int, Field(ge=1, le=64)] = 1
+    training_slots: Annotated[int, Field(ge=1, le=64)] = 1  # CPU training slots of this node
+    simulated_gpus: str | None = Field(
+        default=None,
+        description='Fake GPUs ("4", "4x24GB" or a JSON list) for tests and demos.',
+    )
+    gpu_refresh_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    backfill_age_limit_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 1800.0
     general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1
     max_upload_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 2048
@@ -75,6 +82,24 @@ class Settings(BaseSettings):
             if not root.expanduser().is_absolute():
                 raise ValueError(f"{root} is not an absolute path")
         return [root.expanduser().resolve() for root in value]
+
+    @field_validator("simulated_gpus")
+    @classmethod
+    def _readable_simulation(cls, value: str | None) -> str | None:
+        # The syntax only; scheduling/inventory.py reads the devices out of it.
+        if not value or not value.strip():
+            return None
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except ValueError as error:
+                raise ValueError(f"not JSON: {error}") from None
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ValueError("a JSON list of objects {name, memory_mb, occupied_by}")
+        elif not re.fullmatch(r"\d+(\s*x\s*\d+\s*GB)?", text, flags=re.IGNORECASE):
+            raise ValueError('use a count ("4"), count x memory ("4x24GB") or a JSON list')
+        return text
 
     @field_validator("log_level")
     @classmethod

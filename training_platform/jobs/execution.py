@@ -1,8 +1,8 @@
 """Starting a job on a worker: fence, plan, launch, record the handle, then watch it.
 
-The worker holds its slot until the training process ends, so a worker's concurrency is the
-number of trainings it runs at once. The process itself is detached: a worker that dies
-leaves it running, and the supervisor keeps watching it.
+Only a job that holds the scheduler's lease on this node's devices is started; the worker then
+watches it until the process ends. The process itself is detached: a worker that dies leaves
+it running, and the supervisor keeps watching it.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col
 
 from training_platform.backends.base import LaunchPlan
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.settings import Settings
 from training_platform.jobs import service
 from training_platform.jobs.models import Job
-from training_platform.jobs.state import ACTIVE, TERMINAL, JobStatus, StaleJob, transition
+from training_platform.jobs.state import TERMINAL, JobStatus, StaleJob, transition
 from training_platform.jobs.supervisor import reconcile_job
 from training_platform.runners.base import Runner
+from training_platform.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,6 @@ class Outcome:
     job_id: int
     action: str  # skipped | failed | finished
     status: str | None = None
-
-
-def _active_elsewhere(session: Session, settings: Settings, job_id: int) -> int:
-    count = session.exec(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            col(Job.status).in_([s.value for s in ACTIVE]),
-            Job.node == settings.node_name,
-            Job.id != job_id,
-        )
-    ).one()
-    return int(count)
 
 
 def _due(engine: Engine, job_id: int, attempt: int) -> bool:
@@ -71,14 +59,13 @@ def run_job(
     """Start the job's attempt if it is still due, and watch it until it ends."""
     if not _due(engine, job_id, attempt):
         return Outcome(job_id, "skipped")
-    # Runs adopted after a restart still occupy this node's slots.
-    while True:
-        with Session(engine) as session:
-            if _active_elsewhere(session, settings, job_id) < settings.training_slots:
-                break
-        if not _due(engine, job_id, attempt):
+    with Session(engine) as session:
+        leases = scheduling.active_leases(session=session, job_id=job_id)
+        if not leases or any(
+            lease.attempt != attempt or lease.host != settings.node_name for lease in leases
+        ):
+            # Only the scheduler's lease on this node's devices entitles a worker to start it.
             return Outcome(job_id, "skipped")
-        sleep(poll_s * 2)
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(Job, job_id)
         if job is None or job.attempt != attempt or job.status != JobStatus.QUEUED.value:

@@ -58,6 +58,9 @@ class Job(SQLModel, table=True):
     metrics_offset: int = Field(default=0, sa_type=BigInteger)
     progress_step: int | None = None
     progress_total: int | None = None
+    # Written by each scheduling pass while the job waits for devices.
+    queue_position: int | None = None
+    wait_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -64,12 +64,8 @@ def prepare_job(
                 actor=actor,
                 reason=f"dataset prepared: {prepared.rows} rows of {task} data, "
                 f"sha256 {prepared.sha256[:12]}",
-                values={
-                    "inputs": inputs,
-                    "queued_at": now,
-                    "dispatch_count": job.dispatch_count + 1,
-                    "dispatched_at": now,
-                },
+                # No start message yet: the scheduler sends it once the job holds devices.
+                values={"inputs": inputs, "queued_at": now, "dispatched_at": None},
             )
             session.commit()
         except StaleJob:

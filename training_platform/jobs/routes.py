@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -26,6 +27,7 @@ from training_platform.jobs.schemas import (
     Progress,
 )
 from training_platform.jobs.state import JobStatus
+from training_platform.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -42,7 +44,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def to_public(job: Job) -> JobPublic:
+def to_public(
+    job: Job, devices: list[str] | None = None, estimated_wait_s: float | None = None
+) -> JobPublic:
     """The client view of a job."""
     assert job.id is not None
     return JobPublic(
@@ -65,6 +69,10 @@ def to_public(job: Job) -> JobPublic:
         error=job.error,
         outputs=job.outputs,
         inputs=public_inputs(job.inputs),
+        devices=devices or [],
+        queue_position=job.queue_position if job.status == JobStatus.QUEUED.value else None,
+        wait_reason=job.wait_reason if job.status == JobStatus.QUEUED.value else None,
+        estimated_wait_s=estimated_wait_s,
         progress=Progress(step=job.progress_step, total=job.progress_total),
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -146,13 +154,19 @@ def list_jobs(
     page, total = service.list_jobs(
         session=session, statuses=job_status or (), limit=limit, offset=offset
     )
-    return JobsPublic(items=[to_public(j) for j in page], total=total, limit=limit, offset=offset)
+    return JobsPublic(items=_public_page(session, page), total=total, limit=limit, offset=offset)
+
+
+def _public_page(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
+    held = scheduling.devices_held(session=session, job_ids=[j.id for j in jobs if j.id])
+    waits = service.wait_estimates(session=session, jobs=jobs)
+    return [to_public(j, held.get(j.id or 0), waits.get(j.id or 0)) for j in jobs]
 
 
 @router.get("/{job_id}")
 def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
-    """One job."""
-    return to_public(service.get_job(session=session, job_id=job_id))
+    """One job, with the devices it holds and, while queued, its place and why it waits."""
+    return _public_page(session, [service.get_job(session=session, job_id=job_id)])[0]
 
 
 @router.post("/{job_id}/cancel")

@@ -6,7 +6,7 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from training_platform.worker.queues import (
     PRIORITY_DEFAULT,
@@ -37,6 +37,27 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gpus: int = Field(0, ge=0, le=64, description="GPUs on one host; 0 runs on CPU.")
+    gpu_type: str | None = Field(
+        None, min_length=1, max_length=100, description="Part of the GPU name, e.g. H100."
+    )
+    min_gpu_memory_gb: float | None = Field(None, gt=0, le=4096, description="Per GPU.")
+    host: str | None = Field(None, min_length=1, max_length=200, description="Run on this host.")
+    devices: list[int] | None = Field(
+        None, max_length=64, description="Exactly these device indices (needs host)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Resources:
+        if self.gpus == 0 and (self.gpu_type or self.min_gpu_memory_gb or self.devices):
+            raise ValueError("gpu_type, min_gpu_memory_gb and devices need gpus >= 1")
+        if self.devices is not None:
+            if self.host is None:
+                raise ValueError("devices need a host")
+            if len(set(self.devices)) != len(self.devices) or len(self.devices) != self.gpus:
+                raise ValueError(f"devices must list {self.gpus} distinct indices")
+            if any(d < 0 for d in self.devices):
+                raise ValueError("device indices start at 0")
+        return self
 
 
 class JobCreate(BaseModel):
@@ -89,6 +110,14 @@ class JobPublic(BaseModel):
     outputs: dict[str, Any] | None
     inputs: dict[str, Any] | None = Field(
         None, description="What the attempt runs on: prepared dataset hash and rows, resume step."
+    )
+    devices: list[str] = Field(
+        default_factory=list, description="Leased now, as host:gpu<i> or host:cpu<i>."
+    )
+    queue_position: int | None = Field(None, description="Place among the waiting jobs (1 first).")
+    wait_reason: str | None = Field(None, description="Why a queued job has not started yet.")
+    estimated_wait_s: float | None = Field(
+        None, description="Rough: recent job durations x jobs ahead / slots; null without history."
     )
     progress: Progress
     created_at: datetime

@@ -37,6 +37,8 @@ from training_platform.datasets import service as datasets
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate
 from training_platform.jobs.state import TERMINAL, JobStatus, transition
+from training_platform.scheduling import service as scheduling
+from training_platform.scheduling.placement import capacity_check
 
 
 class Dispatcher(Protocol):
@@ -79,6 +81,12 @@ def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     reward = getattr(parameters, "reward", None)
     if isinstance(reward, str):
         rewards.resolve(session=session, choice=reward, platform_dir="")
+    unfit = capacity_check(
+        scheduling.demand_of(request.resources.model_dump()),
+        scheduling.all_slots(session, include_occupied=True),
+    )
+    if unfit is not None:  # a job that can never fit is refused, not queued forever
+        raise InvalidInput(("body", "resources"), unfit)
     return ValidatedJob(request, backend, parameters, model, dataset)
 
 
@@ -95,7 +103,7 @@ def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
         "model": checked.model.name,
         "dataset": checked.dataset.name,
         "hyperparameters": checked.parameters.model_dump(mode="json"),
-        "resources": checked.request.resources.model_dump(mode="json"),
+        "resources": checked.request.resources.model_dump(mode="json", exclude_none=True),
     }
 
 
@@ -192,6 +200,8 @@ def launch_context(
     run_dir: Path,
     python: str,
     resume_from: Path | None = None,
+    devices: tuple[int, ...] = (),
+    simulated_devices: bool = False,
 ) -> LaunchContext:
     """Resolve catalog entries and inputs to what the backend writes into the plan."""
     platform_dir = str(Path(training_platform.__file__).resolve().parent)
@@ -212,6 +222,8 @@ def launch_context(
         dataset_format=backend.data_task,
         model_is_local=is_local,
         gpus=int(job_spec.get("resources", {}).get("gpus", 0)),
+        devices=devices,
+        simulated_devices=simulated_devices,
         cpu_threads=settings.train_cpu_threads,
         resume_from=str(resume_from) if resume_from else None,
         reward_path=reward_path,
@@ -260,6 +272,12 @@ def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str)
         else datasets.prepared_path(settings, dataset, backend.data_task)
     )
     resume = inputs.get("resume_from")
+    assert job.id is not None
+    leases = [
+        lease
+        for lease in scheduling.active_leases(session=session, job_id=job.id)
+        if lease.kind == "gpu"
+    ]
     return backend.plan(
         parameters,
         launch_context(
@@ -273,6 +291,8 @@ def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str)
             run_dir=run_dir_for(settings, job),
             python=python,
             resume_from=catalog.managed_path(settings.home, resume["path"]) if resume else None,
+            devices=tuple(lease.device_index for lease in leases),
+            simulated_devices=any(lease.simulated for lease in leases),
         ),
     )
 
@@ -545,3 +565,29 @@ def final_model_path(*, session: Session, settings: Settings, job_id: int) -> st
     ):
         raise InvalidInput(("body", "job_id"), f"job {job_id}'s model files are gone")
     return str(directory.relative_to(settings.home))
+
+
+def wait_estimates(*, session: Session, jobs: Sequence[Job]) -> dict[int, float]:
+    """Rough waits for queued jobs: mean recent duration x jobs ahead / training slots.
+
+    Empty when no job has finished yet: without history there is no honest estimate.
+    """
+    waiting = [j for j in jobs if j.status == JobStatus.QUEUED.value and j.queue_position]
+    if not waiting:
+        return {}
+    recent = session.exec(
+        select(Job)
+        .where(Job.status == JobStatus.SUCCEEDED.value, col(Job.started_at).is_not(None))
+        .order_by(col(Job.finished_at).desc())
+        .limit(20)
+    ).all()
+    durations = [
+        (j.finished_at - j.started_at).total_seconds()
+        for j in recent
+        if j.finished_at and j.started_at
+    ]
+    if not durations:
+        return {}
+    mean = sum(durations) / len(durations)
+    slots = max(len(scheduling.all_slots(session)), 1)
+    return {j.id: mean * j.queue_position / slots for j in waiting if j.id is not None}  # type: ignore[operator]

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from training_platform.core.errors import Conflict
 from training_platform.core.types import utcnow
 from training_platform.jobs.models import Job, JobEvent
+from training_platform.scheduling.service import release
 
 
 class JobStatus(StrEnum):
@@ -94,6 +95,10 @@ def transition(
         session.rollback()
         raise StaleJob(f"job {job.id} changed while moving it to {target.value}; try again")
     assert job.id is not None
+    if target in TERMINAL or target is JobStatus.QUEUED:
+        # Devices go back the moment the job stops needing them, in the same transaction,
+        # and only leases still active are touched: each is released exactly once.
+        release(session=session, job_id=job.id, reason=f"job {target.value}: {reason}")
     session.add(
         JobEvent(
             job_id=job.id,

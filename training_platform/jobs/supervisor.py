@@ -24,6 +24,7 @@ from training_platform.jobs.ingest import ingest
 from training_platform.jobs.models import Job
 from training_platform.jobs.state import ACTIVE, TERMINAL, JobStatus, StaleJob, transition
 from training_platform.runners.base import Runner, RunState
+from training_platform.scheduling.models import DeviceLease
 
 log = logging.getLogger(__name__)
 SUPERVISOR = "supervisor"
@@ -246,8 +247,16 @@ def _redispatch_lost(
     if not queued:
         return []
     pending = broker.pending_task_ids() if broker is not None else None
+    with Session(engine) as session:
+        leased = set(
+            session.exec(
+                select(DeviceLease.job_id).where(col(DeviceLease.released_at).is_(None))
+            ).all()
+        )
     resent = []
     for job in queued:
+        if job.status == JobStatus.QUEUED.value and job.id not in leased:
+            continue  # no start message is due before the scheduler gives it devices
         never_sent = job.dispatched_at is None
         if not never_sent:
             if job.dispatched_at is not None and job.dispatched_at > cutoff:

@@ -29,6 +29,7 @@ from training_platform.worker.queues import (
     PRIORITY_MAX,
     SUPERVISOR_HEARTBEAT_KEY,
     broker_priority,
+    training_queue,
 )
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ class CeleryDispatcher:
                 priority=broker_priority(job.priority),
             )
             return
+        if job.node is None:
+            raise ValueError(f"job {job.id} holds no devices yet; the scheduler starts it")
+        queue = training_queue(job.node)
         app.send_task(
             "tp.jobs.run",
             args=[job.id, job.attempt],
             task_id=supervisor.message_id(job),
-            queue=job.queue,
-            routing_key=job.queue,
+            queue=queue,
+            routing_key=queue,
             priority=broker_priority(job.priority),
         )
 
@@ -92,7 +96,9 @@ def prepare_job(job_id: int, attempt: int) -> str:
     )
     if job is None:
         return "skipped"
-    CeleryDispatcher().dispatch(job)
+    from training_platform.scheduling.tasks import run_pass
+
+    run_pass()  # start it now if devices are free
     return "queued"
 
 
@@ -110,6 +116,10 @@ def run_job(job_id: int, attempt: int) -> str:
         attempt=attempt,
         actor=f"worker:{socket.gethostname()}",
     )
+    if outcome.action == "finished":
+        from training_platform.scheduling.tasks import run_pass
+
+        run_pass()  # its devices are free again: the next job need not wait for a tick
     return f"{outcome.action}:{outcome.status}"
 
 
@@ -145,6 +155,9 @@ def supervisor_tick() -> dict[str, Any]:
             dispatch=supervisor.resender(_engine(), CeleryDispatcher()),
         )
         client.set(SUPERVISOR_HEARTBEAT_KEY, str(time.time()))
+        from training_platform.scheduling.tasks import run_pass
+
+        placed = run_pass()
     finally:
         try:
             lock.release()
@@ -154,4 +167,5 @@ def supervisor_tick() -> dict[str, Any]:
         "reconciled": report.reconciled,
         "finished": report.finished,
         "redispatched": report.redispatched,
+        "scheduling": placed,
     }

@@ -131,12 +131,15 @@ def run(run_dir: Path) -> int:
                 },
             )
             return -stop_requested[-1]
+        env = child_environment({str(k): str(v) for k, v in plan.get("env", {}).items()})
         _log(log, f"starting {argv!r}")
+        # The devices the trainer may use, as it sees them: leases are checked against this.
+        _log(log, f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}")
         try:
             child = subprocess.Popen(
                 argv,
                 cwd=run_dir,
-                env=child_environment({str(k): str(v) for k, v in plan.get("env", {}).items()}),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

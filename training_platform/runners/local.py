@@ -104,6 +104,10 @@ class LocalRunner:
         detail = str(ended.get("error", ""))
         return RunState("exited", exit_code=code, signal=died_by, detail=detail)
 
+    def pids(self, handle: Handle) -> list[int]:
+        """Live processes of the run (its whole process group)."""
+        return _members(handle)
+
     def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
         """Bytes of the run's log or metrics file from offset (empty if not written yet)."""
         path = Path(handle["run_dir"]) / _STREAM_FILES[stream]

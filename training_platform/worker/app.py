@@ -9,7 +9,11 @@ from training_platform.core.db import get_engine, migrate
 from training_platform.core.settings import get_settings
 from training_platform.worker.config import celery_config
 
-TASK_MODULES = ["training_platform.jobs.tasks", "training_platform.system.tasks"]
+TASK_MODULES = [
+    "training_platform.jobs.tasks",
+    "training_platform.scheduling.tasks",
+    "training_platform.system.tasks",
+]
 
 
 def create_app() -> Celery:

@@ -8,7 +8,13 @@ from typing import Any
 
 import redis
 
-from training_platform.worker.queues import ALL_QUEUES, KEY_PREFIX, queue_keys
+from training_platform.worker.queues import (
+    ALL_QUEUES,
+    KEY_PREFIX,
+    KEY_SEPARATOR,
+    TRAINING,
+    queue_keys,
+)
 
 log = logging.getLogger(__name__)
 UNACKED_KEY = f"{KEY_PREFIX}unacked"
@@ -35,9 +41,22 @@ class RedisBrokerView:
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=5)
 
-    def pending_task_ids(self, queues: tuple[str, ...] = ALL_QUEUES) -> set[str] | None:
+    def host_training_queues(self) -> list[str]:
+        """Per-host training queues (training.<node>) that exist in Redis now."""
+        names = set()
+        pattern = f"{KEY_PREFIX}{TRAINING}.*"
+        for key in self.client.scan_iter(match=pattern, count=500):
+            name = (key.decode() if isinstance(key, bytes) else str(key))[len(KEY_PREFIX) :]
+            base = name.split(KEY_SEPARATOR, 1)[0]  # drop the priority suffix
+            if "_kombu" not in base:
+                names.add(base)
+        return sorted(names)
+
+    def pending_task_ids(self, queues: tuple[str, ...] | None = None) -> set[str] | None:
         """Ids of messages waiting in the queues or delivered but not yet acknowledged."""
         try:
+            if queues is None:
+                queues = (*ALL_QUEUES, *self.host_training_queues())
             found: set[str] = set()
             for queue in queues:
                 for key in queue_keys(queue):

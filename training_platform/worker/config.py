@@ -64,6 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.jobs.run": {"queue": TRAINING, "routing_key": TRAINING},
             "tp.jobs.prepare": {"queue": PREPROCESSING, "routing_key": PREPROCESSING},
             "tp.supervisor.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.scheduling.pass": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -85,6 +87,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                     # A tick that waited this long is stale; the next one is already coming.
                     "expires": max(settings.supervisor_interval_s * 5, 10.0),
                 },
-            }
+            },
+            "gpu-inventory": {
+                "task": "tp.scheduling.refresh",
+                "schedule": settings.gpu_refresh_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
+                    "expires": max(settings.gpu_refresh_interval_s * 3, 10.0),
+                },
+            },
         },
     }

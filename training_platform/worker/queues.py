@@ -26,6 +26,11 @@ KEY_SEPARATOR = ":"
 SUPERVISOR_HEARTBEAT_KEY = f"{KEY_PREFIX}supervisor:last_tick"
 
 
+def training_queue(node: str) -> str:
+    """The training queue of one host: only that host's training worker consumes it."""
+    return f"{TRAINING}.{node}"
+
+
 def broker_priority(priority: int) -> int:
     """The Redis transport's priority (0 first) for a user priority (9 first)."""
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -85,13 +85,16 @@ class TrlParameters(BaseModel):
         None, description="Train a LoRA adapter instead of every weight; absent: full training."
     )
 
+    # Several GPUs of one host run through `accelerate launch` (data parallel).
+    max_gpus: ClassVar[int] = 8
+
     @model_validator(mode="after")
-    def _one_process(self, info: ValidationInfo) -> TrlParameters:
+    def _gpus_it_can_use(self, info: ValidationInfo) -> TrlParameters:
         gpus = (info.context or {}).get("gpus", 0)
-        if gpus > 1:
+        if gpus > self.max_gpus:
             raise ValueError(
-                f"TRL trains in one process on at most one GPU; the job asks for {gpus} "
-                "(resources.gpus): ask for 1, or use the verl backend"
+                f"this TRL algorithm uses at most {self.max_gpus} GPU(s) of one host; the job "
+                f"asks for {gpus} (resources.gpus): ask for fewer, or use the verl backend"
             )
         return self
 
@@ -187,10 +190,30 @@ def trl_plan(
     # Spinning OpenMP threads fight each other (and the platform) on shared CPUs: a tiny
     # model trains 10-20x slower with two busy threads than with one.
     env["OMP_NUM_THREADS"] = str(context.cpu_threads)
+    trainer = ("-m", TRAINER_MODULE, "--config", CONFIG_FILE)
+    if context.gpus > 1 and not context.simulated_devices:
+        # One process per leased GPU. Simulated GPUs are not there: one process, on CPU.
+        argv: tuple[str, ...] = (
+            context.python,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(context.gpus),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *trainer,
+        )
+    else:
+        argv = (context.python, *trainer)
     return LaunchPlan(
         backend=backend,
         algorithm=algorithm,
-        argv=(context.python, "-m", TRAINER_MODULE, "--config", CONFIG_FILE),
+        argv=argv,
         env=env,
         files={CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
     )

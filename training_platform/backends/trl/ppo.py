@@ -13,6 +13,9 @@ from training_platform.backends.trl.common import RlParameters, trl_plan
 class PpoParameters(RlParameters):
     """Hyperparameters of PPO, with their limits."""
 
+    # The platform's own PPO (trainers/ppo.py) is one process: it uses one GPU.
+    max_gpus: ClassVar[int] = 1
+
     learning_rate: float = Field(3e-6, gt=0, le=1, description="Peak learning rate.")
     per_device_train_batch_size: int = Field(
         8, ge=1, le=4096, description="Prompts per forward pass (one completion each)."

@@ -1,0 +1,216 @@
+"""GPU scheduling on whole platforms with simulated inventories: leases, order, serial mode.
+
+The GPUs here are simulated (TP_SIMULATED_GPUS): every lease says so, and the trainings run on
+CPU with CUDA_VISIBLE_DEVICES set from their lease, which the launcher logs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+
+pytestmark = pytest.mark.slow
+
+TINY = {"algorithm": "sft", "model": "tiny-qwen2", "dataset": "tiny-sft"}
+
+
+def _submit(platform: Any, name: str, gpus: int, priority: int, steps: int = 1) -> dict[str, Any]:
+    with platform.client() as client:
+        response = client.post(
+            "/api/v1/jobs",
+            json={
+                **TINY,
+                "name": name,
+                "priority": priority,
+                "resources": {"gpus": gpus},
+                "hyperparameters": {"max_steps": steps, "per_device_train_batch_size": 2},
+            },
+        )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _lease_history(platform: Any) -> list[Any]:
+    from training_platform.core.db import make_engine
+    from training_platform.scheduling.models import DeviceLease
+
+    engine = make_engine(f"sqlite:///{platform.home / 'platform.db'}")
+    try:
+        with Session(engine) as session:
+            return list(session.exec(select(DeviceLease).order_by(col(DeviceLease.id))).all())
+    finally:
+        engine.dispose()
+
+
+def _wait_running(platform: Any, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with platform.client() as client:
+        while time.monotonic() < deadline:
+            job = client.get(f"/api/v1/jobs/{job_id}").json()
+            if job["status"] == "running" and (job["progress"]["step"] or 0) > 0:
+                return job
+            time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not start")
+
+
+def _free_for(history: list[Any], job_id: int, moment: Any, total: int) -> int:
+    """GPUs not held by other jobs at `moment` (what `job_id` was placed from)."""
+    held = sum(
+        1
+        for lease in history
+        if lease.job_id != job_id
+        and lease.acquired_at <= moment
+        and (lease.released_at is None or lease.released_at > moment)
+    )
+    return total - held
+
+
+@pytest.fixture(scope="module")
+def four_gpus(start_module_platform):  # type: ignore[no-untyped-def]
+    return start_module_platform(redis_db=12, TP_SIMULATED_GPUS="4")
+
+
+def test_gpus_endpoint_labels_the_simulated_inventory(four_gpus) -> None:  # type: ignore[no-untyped-def]
+    done = four_gpus.tp("gpus")
+    assert done.returncode == 0 and "(simulated)" in done.stdout
+    with four_gpus.client() as client:
+        found = client.get("/api/v1/gpus").json()
+    assert found["simulated"] is True and found["gpus"] == 4
+    host = found["hosts"][0]
+    assert host["gpu_source"] == "simulated"
+    assert all(g["simulated"] and g["state"] == "free" for g in host["gpus"])
+    assert (
+        host["gpus"][0]["fits"]["lora_max_params"]
+        > host["gpus"][0]["fits"]["full_finetune_max_params"]
+    )
+
+
+def test_twelve_mixed_jobs_never_share_a_device_and_go_by_priority(four_gpus) -> None:  # type: ignore[no-untyped-def]
+    blocker = _submit(four_gpus, "blocker", gpus=4, priority=9, steps=100_000)
+    _wait_running(four_gpus, blocker["id"])
+    plan = [
+        (1, 3),
+        (2, 7),
+        (4, 5),
+        (1, 9),
+        (2, 1),
+        (1, 6),
+        (4, 8),
+        (1, 2),
+        (2, 9),
+        (1, 4),
+        (2, 0),
+        (1, 7),
+    ]
+    jobs = [
+        _submit(four_gpus, f"g{gpus}-p{priority}-{i}", gpus, priority)
+        for i, (gpus, priority) in enumerate(plan)
+    ]
+    with four_gpus.client() as client:
+        waiting = client.get(f"/api/v1/jobs/{jobs[0]['id']}").json()
+        assert waiting["status"] == "queued" and waiting["queue_position"] >= 1
+        assert waiting["wait_reason"].startswith("waiting for 1 GPU(s)")
+        client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
+    finished = [
+        four_gpus.wait_status(j["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+        for j in jobs
+    ]
+    assert all(j["status"] == "succeeded" for j in finished), [j["error"] for j in finished]
+
+    history = [lease for lease in _lease_history(four_gpus) if lease.kind == "gpu"]
+    # No device ever held by two jobs at once.
+    for device in range(4):
+        held = sorted(
+            (lease for lease in history if lease.device_index == device),
+            key=lambda lease: lease.acquired_at,
+        )
+        for before, after in itertools.pairwise(held):
+            assert before.released_at is not None and before.released_at <= after.acquired_at
+    # Each job got exactly the devices it asked for, all simulated.
+    by_job: dict[int, list[Any]] = {}
+    for lease in history:
+        by_job.setdefault(lease.job_id, []).append(lease)
+    for job, (gpus, _) in zip(jobs, plan, strict=True):
+        assert len(by_job[job["id"]]) == gpus and all(
+            lease.simulated for lease in by_job[job["id"]]
+        )
+    # Higher priority first: a lower job only started ahead of a higher one that could not fit.
+    start = {
+        job_id: min(lease.acquired_at for lease in leases) for job_id, leases in by_job.items()
+    }
+    queued_at = {j["id"]: j["queued_at"] for j in finished}
+    meta = {job["id"]: (gpus, priority) for job, (gpus, priority) in zip(jobs, plan, strict=True)}
+    from datetime import datetime
+
+    for low, (_, low_priority) in meta.items():
+        for high, (high_gpus, high_priority) in meta.items():
+            waiting = datetime.fromisoformat(queued_at[high]) <= start[low]
+            if high_priority > low_priority and start[low] < start[high] and waiting:
+                # The lower job may only have gone first because the higher one did not fit.
+                assert high_gpus > _free_for(history, low, start[low], 4), (low, high)
+    # The trainer saw exactly its leased devices.
+    for job in jobs:
+        with four_gpus.client() as client:
+            log = client.get(f"/api/v1/jobs/{job['id']}/logs").json()["text"]
+        seen = re.search(r"CUDA_VISIBLE_DEVICES=([0-9,]+)", log)
+        assert seen, log[:500]
+        leased = sorted(lease.device_index for lease in by_job[job["id"]])
+        assert [int(d) for d in seen.group(1).split(",")] == leased
+
+
+@pytest.fixture(scope="module")
+def one_gpu(start_module_platform):  # type: ignore[no-untyped-def]
+    return start_module_platform(redis_db=11, TP_SIMULATED_GPUS="1")
+
+
+def test_one_device_runs_jobs_strictly_one_after_another_by_priority(one_gpu) -> None:  # type: ignore[no-untyped-def]
+    blocker = _submit(one_gpu, "blocker", gpus=1, priority=9, steps=100_000)
+    _wait_running(one_gpu, blocker["id"])
+    jobs = [_submit(one_gpu, f"serial p{p}", 1, p) for p in (2, 8, 5)]
+    with one_gpu.client() as client:
+        client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
+    finished = [
+        one_gpu.wait_status(j["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        for j in jobs
+    ]
+    assert all(j["status"] == "succeeded" for j in finished)
+    ordered = sorted(finished, key=lambda j: j["started_at"])
+    assert [j["priority"] for j in ordered] == [8, 5, 2]
+    for before, after in itertools.pairwise(ordered):
+        assert before["finished_at"] <= after["started_at"]  # strictly one after another
+
+
+def test_a_killed_training_frees_its_device_within_a_supervisor_period(one_gpu) -> None:  # type: ignore[no-untyped-def]
+    victim = _submit(one_gpu, "victim", gpus=1, priority=5, steps=100_000)
+    running = _wait_running(one_gpu, victim["id"])
+    assert running["devices"] == [f"{_node(one_gpu)}:gpu0 (simulated)"]
+    follower = _submit(one_gpu, "follower", gpus=1, priority=5)
+    cancelled = _submit(one_gpu, "cancelled while queued", gpus=1, priority=9)
+    with one_gpu.client() as client:
+        assert client.post(f"/api/v1/jobs/{cancelled['id']}/cancel").json()["status"] == "cancelled"
+        run_dir = Path(client.get(f"/api/v1/jobs/{victim['id']}/plan").json()["run_dir"])
+    os.kill(int((run_dir / "child.pid").read_text()), signal.SIGKILL)
+    killed_at = time.monotonic()
+    failed = one_gpu.wait_status(victim["id"], {"failed"}, timeout=30)
+    released_after = time.monotonic() - killed_at
+    assert released_after < 1 + 1.5  # one supervisor period (1 s here) and a margin
+    assert failed["devices"] == []
+    done = one_gpu.wait_status(follower["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+    assert done["status"] == "succeeded"
+    with one_gpu.client() as client:
+        events = client.get(f"/api/v1/jobs/{cancelled['id']}/events").json()
+    assert "starting" not in [e["to_status"] for e in events]
+    assert not [lease for lease in _lease_history(one_gpu) if lease.job_id == cancelled["id"]]
+
+
+def _node(platform: Any) -> str:
+    with platform.client() as client:
+        return str(client.get("/api/v1/gpus").json()["hosts"][0]["name"])

@@ -1,0 +1,1 @@
+"""GPU-aware scheduling: inventory per host, device leases, the scheduling pass."""

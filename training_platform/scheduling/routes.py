@@ -1,0 +1,23 @@
+"""HTTP route of scheduling: the GPUs of every host, who holds them, what fits them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from training_platform.api.deps import CurrentToken, SessionDep
+from training_platform.scheduling import service
+
+router = APIRouter(tags=["gpus"])
+
+
+@router.get("/gpus")
+def list_gpus(session: SessionDep, _: CurrentToken) -> dict[str, Any]:
+    """Devices per host (memory, use, holder, what fits); simulated ones say so."""
+    hosts = service.describe_hosts(session)
+    return {
+        "hosts": hosts,
+        "simulated": any(h["simulated"] for h in hosts),
+        "gpus": sum(len(h["gpus"]) for h in hosts),
+    }

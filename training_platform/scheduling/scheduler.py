@@ -1,0 +1,201 @@
+"""The scheduling pass: give queued jobs devices, in priority order, then age.
+
+Rule (docs/scheduling.md): jobs are taken by priority (9 first), then by the time they were
+queued. A job that does not fit now is skipped and smaller jobs behind it may start on the
+free devices (backfill) - until it has waited longer than TP_BACKFILL_AGE_LIMIT_S. From then
+on the devices it needs are held back from the jobs behind it until it fits, so a big job is
+never starved either.
+
+Safe to run in several processes at once: a lease is a row the database refuses twice for one
+device (partial unique index), and the job's dispatch counter is compared-and-set in the same
+transaction, so one job is never placed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import ModelEntry
+from training_platform.core.settings import Settings
+from training_platform.core.types import utcnow
+from training_platform.jobs.models import Job
+from training_platform.scheduling import service
+from training_platform.scheduling.models import DeviceLease
+from training_platform.scheduling.placement import Demand, Slot, choose
+
+log = logging.getLogger(__name__)
+QUEUED = "queued"
+SHARDED_BACKENDS = ("verl",)
+
+
+@dataclass
+class PassReport:
+    """What one pass did."""
+
+    placed: list[int] = field(default_factory=list)
+    waiting: dict[int, str] = field(default_factory=dict)
+
+
+def _key(slot: Slot) -> tuple[str, str, int]:
+    return (slot.host, slot.kind, slot.index)
+
+
+def _estimate(session: Session, settings: Settings, job: Job) -> service.MemoryEstimate:
+    model = session.get(ModelEntry, job.model_id)
+    directory = None
+    if model is not None and model.source != "hub":
+        try:
+            directory = Path(catalog.model_location(settings, model)[0])
+        except Exception:  # a model moved out of the roots: the start will say so
+            directory = None
+    resources = job.spec.get("resources", {})
+    hyper = job.spec.get("hyperparameters", {})
+    return service.estimate_memory(
+        directory,
+        lora=bool(hyper.get("lora")),
+        gpus=int(resources.get("gpus", 0)),
+        sharded=job.backend in SHARDED_BACKENDS,
+    )
+
+
+def _why(demand: Demand, available: list[Slot], estimate: service.MemoryEstimate) -> str:
+    if demand.gpus == 0:
+        return "waiting for a free CPU training slot"
+    if choose(demand, available, check_memory=False) is not None:
+        best = max((s.memory_free_mb for s in available if s.kind == "gpu"), default=0)
+        return (
+            f"waiting for GPU memory: needs ~{demand.memory_per_device_mb} MB per GPU "
+            f"({estimate.how}); the free devices have at most {best} MB free"
+        )
+    free_gpus = sum(1 for s in available if s.kind == "gpu")
+    return f"waiting for {demand.gpus} GPU(s); {free_gpus} free now"
+
+
+def _lease(engine: Engine, job: Job, slots: list[Slot]) -> Job | None:
+    now = utcnow()
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            for slot in slots:
+                session.add(
+                    DeviceLease(
+                        job_id=job.id,  # type: ignore[arg-type]
+                        attempt=job.attempt,
+                        host=slot.host,
+                        kind=slot.kind,
+                        device_index=slot.index,
+                        simulated=slot.simulated,
+                        acquired_at=now,
+                    )
+                )
+            session.flush()
+            moved = session.execute(
+                update(Job)
+                .where(
+                    col(Job.id) == job.id,
+                    col(Job.attempt) == job.attempt,
+                    col(Job.status) == QUEUED,
+                    col(Job.dispatch_count) == job.dispatch_count,
+                )
+                .values(
+                    node=slots[0].host,
+                    dispatch_count=job.dispatch_count + 1,
+                    dispatched_at=now,
+                    wait_reason=None,
+                    queue_position=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()  # cancelled, or placed by another pass meanwhile
+                return None
+            session.commit()
+        except IntegrityError:
+            session.rollback()  # a device was leased by another pass first
+            return None
+        return session.get(Job, job.id)
+
+
+def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], None]) -> PassReport:
+    """One pass over the queue; `dispatch` sends the start message of each placed job."""
+    report = PassReport()
+    now = utcnow()
+    age_limit = timedelta(seconds=settings.backfill_age_limit_s)
+    with Session(engine, expire_on_commit=False) as session:
+        leased = set(
+            session.exec(
+                select(DeviceLease.job_id).where(col(DeviceLease.released_at).is_(None))
+            ).all()
+        )
+        queued = [
+            job
+            for job in session.exec(
+                select(Job)
+                .where(Job.status == QUEUED)
+                .order_by(col(Job.priority).desc(), col(Job.queued_at), col(Job.id))
+            ).all()
+            if job.id not in leased
+        ]
+        free = service.free_slots(session)
+        every = service.all_slots(session)
+        estimates = {job.id: _estimate(session, settings, job) for job in queued}
+    held_back: set[tuple[str, str, int]] = set()
+    reserving = False
+    for job in queued:
+        assert job.id is not None
+        estimate = estimates[job.id]
+        demand = service.demand_of(job.spec.get("resources", {}), estimate.per_device_mb)
+        available = [s for s in free if _key(s) not in held_back]
+        chosen = choose(demand, available)
+        if chosen is not None:
+            placed = _lease(engine, job, chosen)
+            if placed is not None:
+                taken = {_key(s) for s in chosen}
+                free = [s for s in free if _key(s) not in taken]
+                report.placed.append(job.id)
+                try:
+                    dispatch(placed)
+                except Exception:  # stored and leased: the supervisor resends the message
+                    log.warning("job %s: start message not sent; the supervisor will", job.id)
+                continue
+            reason = "waiting: the devices were taken by another scheduling pass"
+        else:
+            reason = _why(demand, available, estimate)
+            waited = now - (job.queued_at or job.created_at)
+            if not reserving and waited > age_limit:
+                whole = choose(demand, every, check_memory=False)
+                if whole is not None:
+                    held_back |= {_key(s) for s in whole}
+                    reserving = True
+                    reason += (
+                        f"; waiting longer than {int(age_limit.total_seconds())} s, so "
+                        f"{', '.join(f'{s.host}:{s.kind}{s.index}' for s in whole)} are held "
+                        "back for it"
+                    )
+        report.waiting[job.id] = reason
+    _note(engine, report.waiting)
+    return report
+
+
+def _note(engine: Engine, waiting: dict[int, str]) -> None:
+    """Write each waiting job's place in the queue and why it waits, in one transaction."""
+    if not waiting:
+        return
+    with Session(engine) as session:
+        for position, (job_id, reason) in enumerate(waiting.items(), start=1):
+            session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
+                .values(queue_position=position, wait_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
