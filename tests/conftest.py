@@ -298,13 +298,15 @@ class Platform:
         return found
 
 
-def start_platform(tmp: Path, tiny_model_dir: Path, redis_db: int, **extra: str) -> Platform:
-    """`tp up` on a fresh TP_HOME."""
+def start_platform(
+    tmp: Path, tiny_model_dir: Path, redis_db: int, redis_url: str | None = None, **extra: str
+) -> Platform:
+    """`tp up` on a fresh TP_HOME (on a database of the test Redis, or on `redis_url`)."""
     import redis
 
     home = tmp / "home"
     install_tiny_model(home, tiny_model_dir)
-    url = f"{REDIS_BASE}/{redis_db}"
+    url = redis_url or f"{REDIS_BASE}/{redis_db}"
     redis.Redis.from_url(url).flushdb()
     env = dict(os.environ)
     env.update(
@@ -364,9 +366,9 @@ def start_module_platform(tiny_model_dir: Path, tmp_path_factory: pytest.TempPat
     """Start platforms shared by one module's tests (own TP_HOME, Redis db); stopped after it."""
     started: list[Platform] = []
 
-    def start(redis_db: int, **extra: str) -> Platform:
+    def start(redis_db: int, redis_url: str | None = None, **extra: str) -> Platform:
         platform = start_platform(
-            tmp_path_factory.mktemp("platform"), tiny_model_dir, redis_db, **extra
+            tmp_path_factory.mktemp("platform"), tiny_model_dir, redis_db, redis_url, **extra
         )
         started.append(platform)
         return platform

@@ -219,6 +219,9 @@ def test_the_job_is_stored_even_when_the_broker_is_down(settings, engine) -> Non
         def request_cancel(self, job: Job) -> None:
             raise ConnectionError("redis is down")
 
+        def request_schedule(self) -> None:
+            raise ConnectionError("redis is down")
+
     token = settings.admin_token_file.read_text().strip()
     with TestClient(create_app(settings, dispatcher=DownBroker())) as client:
         response = client.post(

@@ -186,6 +186,22 @@ def test_a_checkpoint_restores_step_value_head_and_optimizer(
         assert torch.equal(parameter, policy[name]), name
 
 
+def test_a_stop_request_saves_a_checkpoint_at_that_step_and_stops(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from training_platform.trainers.progress import StoppedOnRequest
+
+    config = _config(tiny_model_dir, tmp_path, max_steps=5, save_steps=4)
+    (config.output_dir / "stop-request").write_text("now\n")
+    with pytest.raises(StoppedOnRequest) as stopped:
+        PpoRun(config).train()
+    assert stopped.value.step == 1
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-1" / "model.safetensors").is_file()
+    records = [json.loads(line) for line in config.metrics_path.read_text().splitlines()]
+    assert records[-1]["type"] == "stopped" and records[-1]["step"] == 1
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def test_with_lora_the_reference_is_the_model_without_its_adapter(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

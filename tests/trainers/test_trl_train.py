@@ -337,6 +337,36 @@ def test_a_resumed_run_continues_the_global_step(
     print(f"{name} resumed at {checkpoint}: {run.wall_s:.1f} s wall")
 
 
+def test_a_stop_request_saves_a_checkpoint_and_exits_75(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """The platform's pause and time limit: the file appears, the trainer checkpoints, exits."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "stop-request").write_text("now\n")  # there before step 1 ends
+    config = _config(
+        tiny_model_dir,
+        run_dir,
+        data_dir / "sft.parquet",
+        hyperparameters={"max_steps": 30, "save_steps": 10},
+    )
+    result = train(config, tmp_path / "train_config.json")
+    assert result.returncode == 75, result.stderr[-3000:]
+    records = records_of(run_dir / "metrics.jsonl")
+    # The Trainer still logs its end-of-training figures; no final model is saved.
+    assert [r["type"] for r in records if r["type"] != "metrics"] == [
+        "started",
+        "checkpoint",
+        "summary",
+        "stopped",
+    ]
+    checkpoint = next(r for r in records if r["type"] == "checkpoint")
+    assert (checkpoint["step"], checkpoint["final"]) == (1, False)
+    assert (run_dir / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
+    assert records[-1]["step"] == 1 and not (run_dir / "model").exists()
+    assert "stopped on request at step 1" in result.stdout
+
+
 # --- config -------------------------------------------------------------------------------
 
 

@@ -83,6 +83,9 @@ class Backend(Protocol):
     requires_gpu: ClassVar[bool]
     data_task: ClassVar[str]  # one of DATA_TASKS: what the prepared dataset must hold
     parameters: ClassVar[type[BaseModel]]
+    # Whether the trainer saves a checkpoint and exits when STOP_FILE appears in its run
+    # directory (pause, time limit); otherwise it can only be killed or suspended.
+    graceful_stop: ClassVar[bool]
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
         """Translate validated hyperparameters into a plan. Pure."""

@@ -38,6 +38,11 @@ STATUS_STYLE = {
     "queued": "cyan",
     "starting": "cyan",
     "running": "blue",
+    "resuming": "cyan",
+    "stalled": "magenta",
+    "pausing": "yellow",
+    "paused": "yellow",
+    "stopping": "yellow",
     "cancelling": "yellow",
     "succeeded": "green",
     "failed": "red",
@@ -166,15 +171,15 @@ def _active_local_jobs(settings: Settings) -> list[Any]:
 
     from training_platform.core.db import get_engine
     from training_platform.jobs.models import Job
-    from training_platform.jobs.state import ACTIVE
+    from training_platform.jobs.state import ACTIVE, HELD
+    from training_platform.jobs.supervisor import watched
 
     try:
         with Session(get_engine(settings)) as session:
-            return list(
-                session.exec(
-                    select(Job).where(col(Job.status).in_([s.value for s in ACTIVE]))
-                ).all()
-            )
+            found = session.exec(
+                select(Job).where(col(Job.status).in_([s.value for s in ACTIVE | HELD]))
+            ).all()
+            return [job for job in found if watched(job)]  # suspended runs included
     except Exception:  # no database yet: nothing can be running
         return []
 
@@ -274,6 +279,16 @@ def jobs_submit(
     ] = None,
     priority: Annotated[int | None, typer.Option(help="0-9, higher first.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs on one host (0: CPU).")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Retry failed attempts automatically, up to this many.")
+    ] = None,
+    max_runtime_s: Annotated[
+        float | None, typer.Option(help="Stop an attempt after this many seconds.")
+    ] = None,
+    stall_timeout_s: Annotated[
+        float | None, typer.Option(help="Flag the job stalled after this long without output.")
+    ] = None,
+    on_stall: Annotated[str | None, typer.Option(help="keep, retry or fail.")] = None,
     file: Annotated[Path | None, typer.Option(help="JSON/YAML spec; flags override it.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Never create two jobs.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Show the launch plan only.")] = False,
@@ -294,6 +309,18 @@ def jobs_submit(
             spec[key] = value
     if gpus is not None:
         spec["resources"] = {**dict(spec.get("resources") or {}), "gpus": gpus}
+    policy = {
+        key: value
+        for key, value in (
+            ("max_attempts", max_attempts),
+            ("max_runtime_s", max_runtime_s),
+            ("stall_timeout_s", stall_timeout_s),
+            ("on_stall", on_stall),
+        )
+        if value is not None
+    }
+    if policy:
+        spec["policy"] = {**dict(spec.get("policy") or {}), **policy}
     hyper = dict(spec.get("hyperparameters") or {})
     for item in param or []:
         key, value = parse_param(item)
@@ -387,6 +414,8 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
         "dataset",
         "priority",
         "exit_code",
+        "end_cause",
+        "retry_at",
         "created_at",
         "started_at",
         "finished_at",
@@ -419,6 +448,11 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
             event["reason"],
         )
     console.print(table)
+    for event in events:
+        if event.get("detail"):
+            stamp = event["created_at"][:19].replace("T", " ")
+            console.print(f"[bold]{stamp} {event['to_status']}: detail[/bold]")
+            console.print(event["detail"], highlight=False, markup=False)
 
 
 @jobs_app.command("logs")
@@ -494,6 +528,39 @@ def jobs_cancel(job_id: int) -> None:
     with client() as api:
         job = call(api.job_action, job_id, "cancel")
     console.print(f"job {job_id} {job['status']}")
+
+
+@jobs_app.command("pause")
+def jobs_pause(
+    job_id: int,
+    suspend: Annotated[
+        bool,
+        typer.Option(
+            "--suspend",
+            help="Stop the process group in place (keeps its devices) instead of "
+            "checkpointing and exiting.",
+        ),
+    ] = False,
+) -> None:
+    """Pause a running job: it saves a checkpoint and stops (or, with --suspend, is frozen)."""
+    with client() as api:
+        job = call(
+            api.request,
+            "POST",
+            f"/api/v1/jobs/{job_id}/pause",
+            json={"mode": "suspend" if suspend else "checkpoint"},
+        )
+    console.print(f"job {job_id} {job['status']}")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: int) -> None:
+    """Resume a paused job from its checkpoint (or continue a suspended one)."""
+    with client() as api:
+        job = call(api.job_action, job_id, "resume")
+    resumed = (job.get("inputs") or {}).get("resume_from")
+    where = f", from step {resumed['step']}" if resumed else ""
+    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']}{where})")
 
 
 @jobs_app.command("retry")

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     cancel_grace_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     start_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
     dispatch_grace_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    stall_timeout_s: Annotated[float, Field(gt=0, le=30 * 86400)] = Field(
+        default=1800.0,
+        description="A running job whose log and metrics do not grow for this long is stalled "
+        "(a job's policy.stall_timeout_s overrides it).",
+    )
+    stop_grace_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=300.0,
+        description="How long a trainer asked to checkpoint and stop (pause, time limit) may "
+        "take before it is killed.",
+    )
     broker_visibility_timeout_s: Annotated[int, Field(ge=60)] = 86400
 
     flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555

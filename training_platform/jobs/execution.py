@@ -21,7 +21,14 @@ from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.settings import Settings
 from training_platform.jobs import service
 from training_platform.jobs.models import Job
-from training_platform.jobs.state import TERMINAL, JobStatus, StaleJob, transition
+from training_platform.jobs.state import (
+    SUSPEND,
+    TERMINAL,
+    WAITING,
+    JobStatus,
+    StaleJob,
+    transition,
+)
 from training_platform.jobs.supervisor import reconcile_job
 from training_platform.runners.base import Runner
 from training_platform.scheduling import service as scheduling
@@ -38,10 +45,19 @@ class Outcome:
     status: str | None = None
 
 
+def _startable(job: Job | None, attempt: int) -> bool:
+    # Queued, or resumed from a checkpoint; a suspended run is continued, never restarted.
+    return (
+        job is not None
+        and job.attempt == attempt
+        and JobStatus(job.status) in WAITING
+        and job.pause_mode != SUSPEND
+    )
+
+
 def _due(engine: Engine, job_id: int, attempt: int) -> bool:
     with Session(engine) as session:
-        job = session.get(Job, job_id)
-        return job is not None and job.attempt == attempt and job.status == JobStatus.QUEUED.value
+        return _startable(session.get(Job, job_id), attempt)
 
 
 def run_job(
@@ -68,7 +84,7 @@ def run_job(
             return Outcome(job_id, "skipped")
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(Job, job_id)
-        if job is None or job.attempt != attempt or job.status != JobStatus.QUEUED.value:
+        if job is None or not _startable(job, attempt):
             return Outcome(job_id, "skipped")
         try:
             transition(
@@ -147,4 +163,6 @@ def _watch(
             return Outcome(job_id, "finished", job.status if job else None)
         if JobStatus(job.status) is JobStatus.QUEUED:
             return Outcome(job_id, "finished", job.status)
+        if JobStatus(job.status) is JobStatus.PAUSED and job.pause_mode != SUSPEND:
+            return Outcome(job_id, "finished", job.status)  # its devices are free again
         sleep(poll_s)

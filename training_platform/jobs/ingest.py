@@ -71,6 +71,14 @@ def ingest(
         if stored < 0 or consumed < 0:
             session.rollback()  # someone else advanced an offset first; they have it
             return result
+        if stored or consumed:
+            # Hang detection watches this: the run's output grew.
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.attempt == job.attempt)  # type: ignore[arg-type]
+                .values(last_progress_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
         session.commit()
         result.log_bytes += stored
         result.metric_values += values

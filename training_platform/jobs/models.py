@@ -50,6 +50,17 @@ class Job(SQLModel, table=True):
     inputs: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     exit_code: int | None = None
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Why the last attempt ended, as the retry policy names it (killed, crashed, lost, error,
+    # stalled, time_limit, stopped); None while it runs or when it succeeded.
+    end_cause: str | None = Field(default=None, max_length=32)
+    # When the retry policy starts the next attempt of this failed job (None: it will not).
+    retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # "checkpoint" or "suspend" while a pause is asked for, held or being resumed.
+    pause_mode: str | None = Field(default=None, max_length=16)
+    # When a checkpoint-and-stop was asked of the run (pause, time limit).
+    stop_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When the run's log or metrics last grew (hang detection).
+    last_progress_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     dispatch_count: int = 0
     dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -81,6 +92,8 @@ class JobEvent(SQLModel, table=True):
     to_status: str = Field(max_length=16)
     actor: str = Field(max_length=200)
     reason: str = Field(sa_column=Column(Text, nullable=False))
+    # Evidence for the reason: a stack dump of a stalled run, a log tail.
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

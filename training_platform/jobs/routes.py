@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from sqlmodel import Session
 
 from training_platform.api.deps import CurrentToken, DispatcherDep, SessionDep, SettingsDep
@@ -23,6 +23,7 @@ from training_platform.jobs.schemas import (
     LogSlice,
     MetricPoint,
     MetricsPublic,
+    PauseRequest,
     PlanPublic,
     Progress,
 )
@@ -49,6 +50,7 @@ def to_public(
 ) -> JobPublic:
     """The client view of a job."""
     assert job.id is not None
+    waiting = job.status in service.WAITING_VALUES
     return JobPublic(
         id=job.id,
         name=job.name,
@@ -67,11 +69,15 @@ def to_public(
         runner=job.runner,
         exit_code=job.exit_code,
         error=job.error,
+        end_cause=job.end_cause,
+        retry_at=job.retry_at,
+        pause_mode=job.pause_mode,
+        last_progress_at=job.last_progress_at,
         outputs=job.outputs,
         inputs=public_inputs(job.inputs),
         devices=devices or [],
-        queue_position=job.queue_position if job.status == JobStatus.QUEUED.value else None,
-        wait_reason=job.wait_reason if job.status == JobStatus.QUEUED.value else None,
+        queue_position=job.queue_position if waiting else None,
+        wait_reason=job.wait_reason if waiting else None,
         estimated_wait_s=estimated_wait_s,
         progress=Progress(step=job.progress_step, total=job.progress_total),
         created_at=job.created_at,
@@ -181,6 +187,40 @@ def cancel_job(
             dispatcher.request_cancel(job)
         except Exception as error:  # the supervisor enforces cancelling jobs on its own
             log.warning("job %s: cancel message not sent (%s)", job_id, error)
+    return to_public(job)
+
+
+@router.post("/{job_id}/pause")
+def pause_job(
+    job_id: int,
+    session: SessionDep,
+    token: CurrentToken,
+    body: Annotated[PauseRequest | None, Body()] = None,
+) -> JobPublic:
+    """Pause a running job: checkpoint and stop (devices freed), or suspend it in place."""
+    mode = (body or PauseRequest()).mode
+    job = service.pause(session=session, job_id=job_id, actor=f"token:{token.name}", mode=mode)
+    session.commit()
+    return to_public(job)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(
+    job_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> JobPublic:
+    """Resume a paused job: continue a suspended run, or start a new attempt from its checkpoint."""
+    job = service.resume(
+        session=session, settings=settings, job_id=job_id, actor=f"token:{token.name}"
+    )
+    session.commit()
+    try:
+        dispatcher.request_schedule()
+    except Exception as error:  # the supervisor's tick runs a scheduling pass anyway
+        log.warning("job %s: scheduling pass not requested (%s)", job_id, error)
     return to_public(job)
 
 

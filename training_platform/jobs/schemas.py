@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -60,6 +60,64 @@ class Resources(BaseModel):
         return self
 
 
+# How an attempt ended, as the retry policy names it.
+EndCause = Literal["killed", "crashed", "lost", "error", "stalled", "time_limit"]
+END_CAUSES: tuple[str, ...] = ("killed", "crashed", "lost", "error", "stalled", "time_limit")
+
+
+def _default_retry_causes() -> list[EndCause]:
+    return ["killed", "crashed", "lost", "stalled"]
+
+
+class JobPolicy(BaseModel):
+    """What the platform does on its own when an attempt fails, hangs or runs too long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Attempts in all, the first included; more than 1 retries failed attempts "
+        "whose cause is in retry_on, from the last checkpoint when there is one.",
+    )
+    retry_on: list[EndCause] = Field(
+        default_factory=_default_retry_causes,
+        max_length=len(END_CAUSES),
+        description="killed: SIGKILL (the OOM killer's signal); crashed: SIGSEGV, SIGBUS, "
+        "SIGABRT and other fatal signals; lost: no exit status (host reboot); error: a non-zero "
+        "exit code; stalled: stopped by hang detection; time_limit: stopped at max_runtime_s.",
+    )
+    retry_backoff_s: float = Field(
+        30.0, ge=0, le=86400, description="Wait before the first retry; doubles each time."
+    )
+    stall_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=30 * 86400,
+        description="Flag the job stalled when its log and metrics have not grown for this long "
+        "(default: the platform's TP_STALL_TIMEOUT_S).",
+    )
+    on_stall: Literal["keep", "retry", "fail"] = Field(
+        "keep",
+        description="keep: flag it and let it run; retry: stop it and start the next attempt "
+        "(within max_attempts); fail: stop it and end the job failed.",
+    )
+    max_runtime_s: float | None = Field(
+        None,
+        gt=0,
+        le=365 * 86400,
+        description="Longest an attempt may run; then it checkpoints if its trainer can, stops, "
+        "and the job fails with cause time_limit.",
+    )
+
+    @model_validator(mode="after")
+    def _retry_needs_attempts(self) -> JobPolicy:
+        if self.on_stall == "retry" and self.max_attempts < 2:
+            raise ValueError("on_stall 'retry' needs max_attempts of 2 or more")
+        return self
+
+
 class JobCreate(BaseModel):
     """A job as submitted: what to train, on what, how, and how urgently."""
 
@@ -77,6 +135,20 @@ class JobCreate(BaseModel):
         ge=PRIORITY_MIN,
         le=PRIORITY_MAX,
         description=f"{PRIORITY_MIN}-{PRIORITY_MAX}; higher starts first.",
+    )
+    policy: JobPolicy = Field(default_factory=JobPolicy)
+
+
+class PauseRequest(BaseModel):
+    """How to pause a running job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["checkpoint", "suspend"] = Field(
+        "checkpoint",
+        description="checkpoint: the trainer saves a checkpoint and exits, freeing the devices; "
+        "resume starts a new attempt from it. suspend: the whole process group is stopped "
+        "(SIGSTOP) in place and keeps its devices and memory; resume continues it (SIGCONT).",
     )
 
 
@@ -107,6 +179,14 @@ class JobPublic(BaseModel):
     runner: str | None
     exit_code: int | None
     error: str | None
+    end_cause: str | None = Field(None, description="Why the last attempt ended (if it failed).")
+    retry_at: datetime | None = Field(
+        None, description="When the retry policy starts the next attempt of this failed job."
+    )
+    pause_mode: str | None = Field(None, description="checkpoint or suspend, while paused.")
+    last_progress_at: datetime | None = Field(
+        None, description="When the run's log or metrics last grew."
+    )
     outputs: dict[str, Any] | None
     inputs: dict[str, Any] | None = Field(
         None, description="What the attempt runs on: prepared dataset hash and rows, resume step."
@@ -145,6 +225,7 @@ class JobEventPublic(BaseModel):
     to_status: str
     actor: str
     reason: str
+    detail: str | None = Field(None, description="Evidence: a stack dump, a log tail.")
     created_at: datetime
 
 

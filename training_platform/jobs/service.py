@@ -35,10 +35,20 @@ from training_platform.core.types import utcnow
 from training_platform.datasets import formats
 from training_platform.datasets import service as datasets
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
-from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate
-from training_platform.jobs.state import TERMINAL, JobStatus, transition
+from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate, JobPolicy
+from training_platform.jobs.state import (
+    CHECKPOINT,
+    SUSPEND,
+    TERMINAL,
+    WAITING,
+    JobStatus,
+    note,
+    transition,
+)
 from training_platform.scheduling import service as scheduling
 from training_platform.scheduling.placement import capacity_check
+
+WAITING_VALUES = frozenset(s.value for s in WAITING)
 
 
 class Dispatcher(Protocol):
@@ -50,6 +60,10 @@ class Dispatcher(Protocol):
 
     def request_cancel(self, job: Job) -> None:
         """Ask a worker to signal the job's process group now."""
+        ...
+
+    def request_schedule(self) -> None:
+        """Ask for a scheduling pass now (a job became due for devices)."""
         ...
 
 
@@ -104,7 +118,13 @@ def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
         "dataset": checked.dataset.name,
         "hyperparameters": checked.parameters.model_dump(mode="json"),
         "resources": checked.request.resources.model_dump(mode="json", exclude_none=True),
+        "policy": checked.request.policy.model_dump(mode="json"),
     }
+
+
+def policy_of(job: Job) -> JobPolicy:
+    """The job's policy (jobs stored before policies existed get the defaults)."""
+    return JobPolicy.model_validate(job.spec.get("policy") or {})
 
 
 def submit(
@@ -337,14 +357,29 @@ def names_of(*, session: Session, jobs: Sequence[Job]) -> dict[str, dict[int, st
 
 
 def cancel(*, session: Session, job_id: int, actor: str) -> Job:
-    """Cancel a job: at once if it has no process, else ask its process group to stop."""
+    """Cancel a job: at once if it has no process, else ask its process group to stop.
+
+    Cancelling a failed job whose retry policy has scheduled another attempt calls that
+    attempt off.
+    """
     job = get_job(session=session, job_id=job_id)
     status = JobStatus(job.status)
     if status is JobStatus.CANCELLING:
         return job
+    if status is JobStatus.FAILED and job.retry_at is not None:
+        job.retry_at = None
+        session.add(job)
+        note(session, job, actor=actor, reason="scheduled retry called off")
+        return job
     if status in TERMINAL:
         raise Conflict(f"job {job_id} is already {status.value}; there is nothing to cancel")
-    if status in (JobStatus.PENDING, JobStatus.QUEUED):
+    has_process = job.pause_mode == SUSPEND or status not in (
+        JobStatus.PENDING,
+        JobStatus.QUEUED,
+        JobStatus.PAUSED,
+        JobStatus.RESUMING,
+    )
+    if not has_process:
         return transition(session, job, JobStatus.CANCELLED, actor=actor, reason="cancelled")
     return transition(
         session,
@@ -354,6 +389,117 @@ def cancel(*, session: Session, job_id: int, actor: str) -> Job:
         reason="cancel requested",
         values={"cancel_requested_at": utcnow()},
     )
+
+
+def pause(*, session: Session, job_id: int, actor: str, mode: str = CHECKPOINT) -> Job:
+    """Ask a running job to checkpoint and stop, or to be suspended in place.
+
+    The supervisor carries it out: it asks the trainer for a checkpoint (or stops the process
+    group) and moves the job to PAUSED.
+    """
+    job = get_job(session=session, job_id=job_id)
+    status = JobStatus(job.status)
+    if status not in (JobStatus.RUNNING, JobStatus.STALLED):
+        raise Conflict(f"job {job_id} is {status.value}; only a running job can be paused")
+    if mode == CHECKPOINT and not get_backend(job.backend, job.algorithm).graceful_stop:
+        raise Conflict(
+            f"{job.backend} runs cannot save a checkpoint on request; pause with mode 'suspend'"
+        )
+    if mode == SUSPEND and job.runner != "local":
+        raise Conflict(f"mode 'suspend' needs a local run; job {job_id} runs on {job.runner}")
+    reason = (
+        "pause requested: checkpoint and stop"
+        if mode == CHECKPOINT
+        else "pause requested: suspend the process group"
+    )
+    return transition(
+        session,
+        job,
+        JobStatus.PAUSING,
+        actor=actor,
+        reason=reason,
+        values={"pause_mode": mode, "stop_requested_at": utcnow()},
+    )
+
+
+def resume(*, session: Session, settings: Settings, job_id: int, actor: str) -> Job:
+    """Continue a paused job: a suspended run in place, a checkpointed one as a new attempt.
+
+    The new attempt starts from the checkpoint the pause saved, on the same resources, and
+    waits for devices like a queued job (status RESUMING until a worker starts it).
+    """
+    job = get_job(session=session, job_id=job_id)
+    status = JobStatus(job.status)
+    if status is not JobStatus.PAUSED:
+        raise Conflict(f"job {job_id} is {status.value}; only a paused job can be resumed")
+    if job.pause_mode == SUSPEND:
+        return transition(
+            session, job, JobStatus.RESUMING, actor=actor, reason="resume requested: continue"
+        )
+    checkpoint = latest_checkpoint(session=session, settings=settings, job=job)
+    inputs = dict(job.inputs or {})
+    inputs.pop("resume_from", None)
+    reason = f"resume requested: attempt {job.attempt + 1}"
+    if checkpoint is not None:
+        inputs["resume_from"] = _resume_input(settings, job, checkpoint)
+        reason += f" from the checkpoint at step {checkpoint.step}"
+        _forget_after(session, job_id, checkpoint.step)
+    else:
+        # Paused before its first checkpoint: it starts over, so the old curve goes.
+        session.execute(delete(JobMetric).where(col(JobMetric.job_id) == job_id))
+        reason += " from the start (the pause came before any checkpoint)"
+    return transition(
+        session,
+        job,
+        JobStatus.RESUMING,
+        actor=actor,
+        reason=reason,
+        values={**_new_attempt_values(job), "inputs": inputs, "queued_at": utcnow()},
+    )
+
+
+def _forget_after(session: Session, job_id: int, step: int) -> None:
+    """Drop metrics past the checkpoint a new attempt resumes from: that stretch is rerun."""
+    session.execute(
+        delete(JobMetric).where(col(JobMetric.job_id) == job_id, col(JobMetric.step) > step)
+    )
+
+
+def _resume_input(settings: Settings, job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
+    directory = attempt_dir(settings, job, checkpoint.attempt) / checkpoint.path
+    return {
+        "attempt": checkpoint.attempt,
+        "step": checkpoint.step,
+        "path": str(directory.relative_to(settings.home)),
+    }
+
+
+def _new_attempt_values(job: Job) -> dict[str, Any]:
+    """Columns reset for the next attempt of a job."""
+    return {
+        "attempt": job.attempt + 1,
+        "exit_code": None,
+        "error": None,
+        "end_cause": None,
+        "retry_at": None,
+        "pause_mode": None,
+        "stop_requested_at": None,
+        "last_progress_at": None,
+        "outputs": None,
+        "plan": None,
+        "runner": None,
+        "runner_handle": None,
+        "node": None,
+        "log_offset": 0,
+        "metrics_offset": 0,
+        "progress_step": None,
+        "progress_total": None,
+        "cancel_requested_at": None,
+        "dispatched_at": None,
+        "queued_at": None,
+        "started_at": None,
+        "finished_at": None,
+    }
 
 
 def latest_checkpoint(*, session: Session, settings: Settings, job: Job) -> Checkpoint | None:
@@ -376,7 +522,7 @@ def retry(
     """Queue a new attempt of a failed or cancelled job: from scratch, or from its last checkpoint.
 
     From scratch clears the old attempt's metrics (the new curve starts at step 0); from a
-    checkpoint keeps them, since the step counter goes on from the checkpoint's step.
+    checkpoint keeps them up to the checkpoint's step, where the step counter goes on.
     """
     job = get_job(session=session, job_id=job_id)
     status = JobStatus(job.status)
@@ -388,16 +534,11 @@ def retry(
         checkpoint = latest_checkpoint(session=session, settings=settings, job=job)
         if checkpoint is None:
             raise Conflict(f"job {job_id} has no checkpoint to resume from")
-        directory = attempt_dir(settings, job, checkpoint.attempt) / checkpoint.path
-        inputs["resume_from"] = {
-            "attempt": checkpoint.attempt,
-            "step": checkpoint.step,
-            "path": str(directory.relative_to(settings.home)),
-        }
+        inputs["resume_from"] = _resume_input(settings, job, checkpoint)
         reason += f", resuming from step {checkpoint.step}"
+        _forget_after(session, job_id, checkpoint.step)
     else:
         session.execute(delete(JobMetric).where(col(JobMetric.job_id) == job_id))
-    now = utcnow()
     return transition(
         session,
         job,
@@ -405,25 +546,10 @@ def retry(
         actor=actor,
         reason=reason,
         values={
-            "attempt": job.attempt + 1,
+            **_new_attempt_values(job),
             "inputs": inputs or None,
-            "exit_code": None,
-            "error": None,
-            "outputs": None,
-            "plan": None,
-            "runner": None,
-            "runner_handle": None,
-            "node": None,
-            "log_offset": 0,
-            "metrics_offset": 0,
-            "progress_step": None,
-            "progress_total": None,
-            "cancel_requested_at": None,
             "dispatch_count": job.dispatch_count + 1,
-            "dispatched_at": now,
-            "queued_at": None,
-            "started_at": None,
-            "finished_at": None,
+            "dispatched_at": utcnow(),
         },
     )
 
@@ -572,7 +698,7 @@ def wait_estimates(*, session: Session, jobs: Sequence[Job]) -> dict[int, float]
 
     Empty when no job has finished yet: without history there is no honest estimate.
     """
-    waiting = [j for j in jobs if j.status == JobStatus.QUEUED.value and j.queue_position]
+    waiting = [j for j in jobs if j.status in WAITING_VALUES and j.queue_position]
     if not waiting:
         return {}
     recent = session.exec(

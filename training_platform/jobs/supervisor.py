@@ -11,23 +11,37 @@ import logging
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from training_platform.backends.base import get_backend
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.jobs import service
 from training_platform.jobs.ingest import ingest
-from training_platform.jobs.models import Job
-from training_platform.jobs.state import ACTIVE, TERMINAL, JobStatus, StaleJob, transition
-from training_platform.runners.base import Runner, RunState
+from training_platform.jobs.models import Job, JobEvent
+from training_platform.jobs.state import (
+    ACTIVE,
+    HELD,
+    SUSPEND,
+    TERMINAL,
+    WAITING,
+    JobStatus,
+    StaleJob,
+    note,
+    transition,
+)
+from training_platform.runners.base import Handle, Runner, RunState
+from training_platform.runners.launcher import EXIT_STOPPED
 from training_platform.scheduling.models import DeviceLease
 
 log = logging.getLogger(__name__)
 SUPERVISOR = "supervisor"
+POLICY = "policy"  # the job's own policy acting: time limit, hang, automatic retry
 
 
 class BrokerView(Protocol):
@@ -45,6 +59,7 @@ class TickReport:
     reconciled: int = 0
     finished: list[int] = field(default_factory=list)
     redispatched: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
 
 
 def describe_end(state: RunState) -> str:
@@ -57,7 +72,27 @@ def describe_end(state: RunState) -> str:
         except ValueError:
             name = f"signal {state.signal}"
         return f"training process was killed by {name}"
+    if state.exit_code == EXIT_STOPPED:
+        return "training process saved a checkpoint and stopped on request"
     return f"training process exited with code {state.exit_code}"
+
+
+# Signals that come from outside the process (the OOM killer sends SIGKILL); any other fatal
+# signal means the process itself crashed (SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE...).
+_KILLED_BY = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def end_cause(state: RunState) -> str | None:
+    """The retry policy's name for how a run ended; None for a clean exit."""
+    if state.status == "lost":
+        return "lost"
+    if state.signal:
+        return "killed" if state.signal in _KILLED_BY else "crashed"
+    if state.exit_code == 0:
+        return None
+    if state.exit_code == EXIT_STOPPED:
+        return "stopped"
+    return "error"
 
 
 def reconcile_job(
@@ -71,13 +106,19 @@ def reconcile_job(
     """Bring one job's status in line with its run; returns the job as it now stands."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(Job, job_id)
-        if job is None or JobStatus(job.status) not in ACTIVE:
+        if job is None or not watched(job):
             return job
         try:
             return _reconcile(session, settings, job, runners, actor)
         except StaleJob:
             session.rollback()
             return session.get(Job, job_id)
+
+
+def watched(job: Job) -> bool:
+    """Whether the job may have a process that the supervisor must watch."""
+    status = JobStatus(job.status)
+    return status in ACTIVE or (status in HELD and job.pause_mode == SUSPEND)
 
 
 def _reconcile(
@@ -126,23 +167,146 @@ def _reconcile(
     state = runner.poll(handle)
     ingest(session, job, runner, handle, final=state.status != "running")
     session.refresh(job)
-    status = JobStatus(job.status)
     if state.status == "running":
-        if status is JobStatus.STARTING:
-            transition(
-                session,
-                job,
-                JobStatus.RUNNING,
-                actor=actor,
-                reason="process found running; adopted",
-            )
+        _while_running(session, settings, job, runner, handle, actor)
+    else:
+        _after_exit(session, settings, job, state, actor)
+    return job
+
+
+def _since(moment: datetime | None, now: datetime) -> float:
+    return (now - moment).total_seconds() if moment is not None else 0.0
+
+
+def _while_running(
+    session: Session, settings: Settings, job: Job, runner: Runner, handle: Handle, actor: str
+) -> None:
+    status = JobStatus(job.status)
+    now = utcnow()
+    if status is JobStatus.STARTING:
+        transition(
+            session,
+            job,
+            JobStatus.RUNNING,
+            actor=actor,
+            reason="process found running; adopted",
+            values={"last_progress_at": now},
+        )
+        session.commit()
+    elif status is JobStatus.CANCELLING:
+        requested = job.cancel_requested_at or job.updated_at
+        runner.cancel(handle, force=_since(requested, now) > settings.cancel_grace_s)
+    elif status is JobStatus.PAUSING:
+        _pausing(session, settings, job, runner, handle, actor)
+    elif status is JobStatus.STOPPING:
+        _stopping(settings, job, runner, handle)
+    elif status is JobStatus.RESUMING:  # a suspended run (watched() lets no other through)
+        runner.resume(handle)
+        transition(
+            session,
+            job,
+            JobStatus.RUNNING,
+            actor=actor,
+            reason="process group continued (SIGCONT)",
+            values={"pause_mode": None, "stop_requested_at": None, "last_progress_at": now},
+        )
+        session.commit()
+    elif status in (JobStatus.RUNNING, JobStatus.STALLED):
+        _check_limits(session, settings, job, runner, handle, actor)
+
+
+def _pausing(
+    session: Session, settings: Settings, job: Job, runner: Runner, handle: Handle, actor: str
+) -> None:
+    if job.pause_mode == SUSPEND:
+        runner.suspend(handle)
+        transition(
+            session,
+            job,
+            JobStatus.PAUSED,
+            actor=actor,
+            reason="process group suspended (SIGSTOP); it keeps its devices",
+        )
+        session.commit()
+        return
+    runner.request_stop(handle)
+    if _since(job.stop_requested_at, utcnow()) > settings.stop_grace_s:
+        # It did not stop in time: kill it; resume goes on from its last checkpoint.
+        runner.cancel(handle, force=True)
+
+
+def _stopping(settings: Settings, job: Job, runner: Runner, handle: Handle) -> None:
+    waited = _since(job.stop_requested_at, utcnow())
+    if job.end_cause == "time_limit" and get_backend(job.backend, job.algorithm).graceful_stop:
+        runner.request_stop(handle)  # checkpoint first; signals only after the grace period
+        if waited > settings.stop_grace_s:
+            runner.cancel(handle, force=waited > settings.stop_grace_s + settings.cancel_grace_s)
+        return
+    runner.cancel(handle, force=waited > settings.cancel_grace_s)
+
+
+def _check_limits(
+    session: Session, settings: Settings, job: Job, runner: Runner, handle: Handle, actor: str
+) -> None:
+    """Time limit, then hang detection, as the job's policy says."""
+    status = JobStatus(job.status)
+    policy = service.policy_of(job)
+    now = utcnow()
+    if policy.max_runtime_s is not None and _since(job.started_at, now) > policy.max_runtime_s:
+        graceful = get_backend(job.backend, job.algorithm).graceful_stop
+        how = "asking the trainer to save a checkpoint and stop" if graceful else "stopping it"
+        transition(
+            session,
+            job,
+            JobStatus.STOPPING,
+            actor=POLICY,
+            reason=f"time limit of {policy.max_runtime_s:g} s reached; {how}",
+            values={"end_cause": "time_limit", "stop_requested_at": now},
+        )
+        session.commit()
+        _stopping(settings, job, runner, handle)
+        return
+    limit = policy.stall_timeout_s or settings.stall_timeout_s
+    silent = _since(job.last_progress_at or job.started_at, now)
+    if status is JobStatus.STALLED:
+        if silent <= limit:
+            transition(session, job, JobStatus.RUNNING, actor=actor, reason="output resumed")
             session.commit()
-        elif status is JobStatus.CANCELLING:
-            requested = job.cancel_requested_at or job.updated_at
-            force = now - requested > timedelta(seconds=settings.cancel_grace_s)
-            runner.cancel(handle, force=force)
-        return job
+        return
+    if silent <= limit:
+        return
+    dump = runner.stack_dump(handle)
+    transition(
+        session,
+        job,
+        JobStatus.STALLED,
+        actor=actor,
+        reason=f"no log or metrics output for {silent:.0f} s (stall timeout {limit:g} s)",
+        detail=dump or "no stack dump: py-spy is not installed on this host",
+    )
+    if policy.on_stall == "keep":
+        note(session, job, actor=POLICY, reason="on_stall is keep: left running")
+        session.commit()
+        return
+    transition(
+        session,
+        job,
+        JobStatus.STOPPING,
+        actor=POLICY,
+        reason=f"on_stall is {policy.on_stall}: stopping the stalled process",
+        values={"end_cause": "stalled", "stop_requested_at": now},
+    )
+    session.commit()
+    runner.cancel(handle, force=False)
+
+
+def _after_exit(
+    session: Session, settings: Settings, job: Job, state: RunState, actor: str
+) -> None:
+    status = JobStatus(job.status)
     ending = describe_end(state)
+    cause = end_cause(state)
+    finished = state.status == "exited" and state.exit_code == 0
     if status is JobStatus.CANCELLING:
         transition(
             session,
@@ -152,16 +316,43 @@ def _reconcile(
             reason=f"cancelled; {ending}",
             values={"exit_code": state.exit_code},
         )
-    elif state.status == "exited" and state.exit_code == 0 and (short := _resume_fell_short(job)):
+    elif status is JobStatus.PAUSING and job.pause_mode != SUSPEND and not finished:
+        if cause in ("stopped", "killed") and (cause == "stopped" or _killed_by_us(settings, job)):
+            checkpoint = service.latest_checkpoint(session=session, settings=settings, job=job)
+            where = (
+                f"the checkpoint at step {checkpoint.step}"
+                if checkpoint
+                else "the start (no checkpoint yet)"
+            )
+            reason = (
+                f"paused: {ending}; resume goes on from {where}"
+                if cause == "stopped"
+                else f"paused: did not stop within {settings.stop_grace_s:g} s and was killed; "
+                f"resume goes on from {where}"
+            )
+            transition(
+                session,
+                job,
+                JobStatus.PAUSED,
+                actor=actor,
+                reason=reason,
+                values={"exit_code": state.exit_code},
+            )
+        else:
+            _fail(session, settings, job, state, actor, ending, cause)
+    elif status is JobStatus.STOPPING and not finished:
+        why = "time limit reached" if job.end_cause == "time_limit" else "stalled"
+        _fail(session, settings, job, state, POLICY, f"{why}; {ending}", job.end_cause)
+    elif finished and (short := _resume_fell_short(job)):
         transition(
             session,
             job,
             JobStatus.FAILED,
             actor=actor,
             reason=short,
-            values={"exit_code": 0, "error": f"{ending}, but {short}"},
+            values={"exit_code": 0, "error": f"{ending}, but {short}", "end_cause": "error"},
         )
-    elif state.status == "exited" and state.exit_code == 0:
+    elif finished:
         outputs = dict(job.outputs or {})
         final = [c for c in service.checkpoints(session=session, job_id=job.id) if c.final]  # type: ignore[arg-type]
         final = [c for c in final if c.attempt == job.attempt]
@@ -173,21 +364,65 @@ def _reconcile(
             JobStatus.SUCCEEDED,
             actor=actor,
             reason=ending,
-            values={"exit_code": 0, "outputs": outputs},
+            values={"exit_code": 0, "outputs": outputs, "pause_mode": None},
         )
     else:
-        tail = service.log_tail(session=session, job_id=job.id, attempt=job.attempt)  # type: ignore[arg-type]
-        message = f"{ending}\n--- last lines of the log ---\n{tail}" if tail else ending
-        transition(
-            session,
-            job,
-            JobStatus.FAILED,
-            actor=actor,
-            reason=ending,
-            values={"exit_code": state.exit_code, "error": message},
-        )
+        if status in HELD:
+            ending += " while it was suspended"
+        _fail(session, settings, job, state, actor, ending, cause)
     session.commit()
-    return job
+
+
+def _killed_by_us(settings: Settings, job: Job) -> bool:
+    return _since(job.stop_requested_at, utcnow()) > settings.stop_grace_s
+
+
+def _fail(
+    session: Session,
+    settings: Settings,
+    job: Job,
+    state: RunState,
+    actor: str,
+    reason: str,
+    cause: str | None,
+) -> None:
+    """End the attempt FAILED; the retry policy may schedule the next one."""
+    tail = service.log_tail(session=session, job_id=job.id, attempt=job.attempt)  # type: ignore[arg-type]
+    message = f"{reason}\n--- last lines of the log ---\n{tail}" if tail else reason
+    delay = _retry_delay(session, job, cause)
+    values: dict[str, object] = {
+        "exit_code": state.exit_code,
+        "error": message,
+        "end_cause": cause,
+        "pause_mode": None,
+    }
+    if delay is not None:
+        values["retry_at"] = utcnow() + timedelta(seconds=delay)
+        reason += f"; the retry policy starts attempt {job.attempt + 1} in {delay:g} s"
+    transition(session, job, JobStatus.FAILED, actor=actor, reason=reason, values=values)
+
+
+def _retry_delay(session: Session, job: Job, cause: str | None) -> float | None:
+    """Seconds until the policy's next attempt, or None when it does not retry."""
+    policy = service.policy_of(job)
+    if cause is None or policy.max_attempts < 2:
+        return None
+    if cause == "stalled":
+        if policy.on_stall != "retry":
+            return None
+    elif cause not in policy.retry_on:
+        return None
+    failures = (
+        session.exec(
+            select(func.count())
+            .select_from(JobEvent)
+            .where(JobEvent.job_id == job.id, JobEvent.to_status == JobStatus.FAILED.value)
+        ).one()
+        + 1  # this one
+    )
+    if failures >= policy.max_attempts:
+        return None
+    return float(policy.retry_backoff_s * 2 ** (failures - 1))
 
 
 def _resume_fell_short(job: Job) -> str | None:
@@ -215,7 +450,7 @@ def tick(
     report = TickReport()
     with Session(engine) as session:
         active = session.exec(
-            select(Job.id).where(col(Job.status).in_([s.value for s in ACTIVE]))
+            select(Job.id).where(col(Job.status).in_([s.value for s in ACTIVE | HELD]))
         ).all()
     for job_id in active:
         if job_id is None:
@@ -228,8 +463,44 @@ def tick(
         report.reconciled += 1
         if job is not None and JobStatus(job.status) in TERMINAL:
             report.finished.append(job_id)
+    report.retried = retry_due(engine, settings, dispatch)
     report.redispatched = _redispatch_lost(engine, settings, broker, dispatch)
     return report
+
+
+def retry_due(engine: Engine, settings: Settings, dispatch: Callable[[int], None]) -> list[int]:
+    """Start the next attempt of every failed job whose policy retry is due."""
+    now = utcnow()
+    with Session(engine) as session:
+        due = session.exec(
+            select(Job.id).where(
+                Job.status == JobStatus.FAILED.value,
+                col(Job.retry_at).is_not(None),
+                col(Job.retry_at) <= now,
+            )
+        ).all()
+    started = []
+    for job_id in due:
+        assert job_id is not None
+        with Session(engine, expire_on_commit=False) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.retry_at is None or job.status != JobStatus.FAILED.value:
+                continue
+            resume = service.latest_checkpoint(session=session, settings=settings, job=job)
+            try:
+                service.retry(
+                    session=session,
+                    settings=settings,
+                    job_id=job_id,
+                    actor=POLICY,
+                    from_checkpoint=resume is not None,
+                )
+                session.commit()
+            except StaleJob:
+                continue
+        dispatch(job_id)
+        started.append(job_id)
+    return started
 
 
 def _redispatch_lost(
@@ -239,7 +510,7 @@ def _redispatch_lost(
     dispatch: Callable[[int], None],
 ) -> list[int]:
     cutoff = utcnow() - timedelta(seconds=settings.dispatch_grace_s)
-    waiting = [JobStatus.PENDING.value, JobStatus.QUEUED.value]
+    waiting = [JobStatus.PENDING.value, *(s.value for s in WAITING)]
     with Session(engine) as session:
         queued = session.exec(
             select(Job).where(col(Job.status).in_(waiting)).order_by(col(Job.id))
@@ -255,7 +526,9 @@ def _redispatch_lost(
         )
     resent = []
     for job in queued:
-        if job.status == JobStatus.QUEUED.value and job.id not in leased:
+        if job.pause_mode == SUSPEND:
+            continue  # a suspended run is continued in place, never started again
+        if job.status != JobStatus.PENDING.value and job.id not in leased:
             continue  # no start message is due before the scheduler gives it devices
         never_sent = job.dispatched_at is None
         if not never_sent:
@@ -275,7 +548,8 @@ def resender(engine: Engine, dispatcher: service.Dispatcher) -> Callable[[int], 
     def resend(job_id: int) -> None:
         with Session(engine, expire_on_commit=False) as session:
             job = session.get(Job, job_id)
-            if job is None or job.status not in (JobStatus.PENDING.value, JobStatus.QUEUED.value):
+            waiting = (JobStatus.PENDING, *WAITING)
+            if job is None or JobStatus(job.status) not in waiting:
                 return
             service.record_dispatch(session=session, job=job)
             session.commit()

@@ -83,6 +83,10 @@ class CeleryDispatcher:
         """Have a general worker signal the job's process group at once."""
         app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
 
+    def request_schedule(self) -> None:
+        """Have a general worker run a scheduling pass now."""
+        app.send_task("tp.scheduling.pass", priority=broker_priority(PRIORITY_MAX))
+
 
 @app.task(name="tp.jobs.prepare")
 def prepare_job(job_id: int, attempt: int) -> str:
@@ -166,6 +170,7 @@ def supervisor_tick() -> dict[str, Any]:
     return {
         "reconciled": report.reconciled,
         "finished": report.finished,
+        "retried": report.retried,
         "redispatched": report.redispatched,
         "scheduling": placed,
     }

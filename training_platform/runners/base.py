@@ -57,3 +57,19 @@ class Runner(Protocol):
     def owns(self, handle: Handle) -> bool:
         """Whether this runner instance can reach the run (same node for local runs)."""
         ...
+
+    def request_stop(self, handle: Handle) -> None:
+        """Ask the trainer to save a checkpoint and exit (it checks for STOP_FILE)."""
+        ...
+
+    def suspend(self, handle: Handle) -> None:
+        """Stop the whole process group in place (SIGSTOP); it keeps its memory."""
+        ...
+
+    def resume(self, handle: Handle) -> None:
+        """Continue a suspended process group (SIGCONT)."""
+        ...
+
+    def stack_dump(self, handle: Handle) -> str | None:
+        """The Python stacks of the run's processes, where a tool can read them."""
+        ...

@@ -25,6 +25,10 @@ LOG_FILE = "output.log"
 METRICS_FILE = "metrics.jsonl"
 EXIT_FILE = "exit.json"
 CHILD_PID_FILE = "child.pid"
+# Created by the platform to ask the trainer to save a checkpoint and exit (pause, time
+# limit). Trainers that honour it check for it after every step, then exit EXIT_STOPPED.
+STOP_FILE = "stop-request"
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request at a checkpoint, not finished
 
 # Variables the trainer inherits; everything else (TP_* settings and secrets above all)
 # stays behind.

@@ -21,6 +21,7 @@ from training_platform.runners.launcher import (
     LOG_FILE,
     METRICS_FILE,
     PLAN_FILE,
+    STOP_FILE,
     child_environment,
 )
 
@@ -118,8 +119,55 @@ class LocalRunner:
         except FileNotFoundError:
             return b""
 
+    def request_stop(self, handle: Handle) -> None:
+        """Create the stop file the trainer looks for after each step."""
+        path = Path(handle["run_dir"]) / STOP_FILE
+        if not path.exists():
+            path.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+    def suspend(self, handle: Handle) -> None:
+        """SIGSTOP every process of the run."""
+        self._signal_all(handle, signal.SIGSTOP)
+
+    def resume(self, handle: Handle) -> None:
+        """SIGCONT every process of the run."""
+        self._signal_all(handle, signal.SIGCONT)
+
+    def stack_dump(self, handle: Handle) -> str | None:
+        """py-spy's dump of each process of the run but the launcher; None without py-spy."""
+        spy = _py_spy()
+        if spy is None:
+            return None
+        leader = int(handle["pid"])
+        dumps = []
+        for pid in _members(handle):
+            if pid == leader:
+                continue
+            try:
+                done = subprocess.run(
+                    [spy, "dump", "--pid", str(pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as error:
+                dumps.append(f"process {pid}: py-spy failed: {error}")
+                continue
+            text = done.stdout.strip() or done.stderr.strip()
+            dumps.append(text if done.returncode == 0 else f"process {pid}: {text}")
+        return "\n\n".join(dumps) if dumps else None
+
+    def _signal_all(self, handle: Handle, sig: signal.Signals) -> None:
+        for pid in _members(handle):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def cancel(self, handle: Handle, *, force: bool) -> None:
-        """SIGTERM the whole group; with force, SIGKILL the trainer side first, then the rest."""
+        """SIGTERM the whole group; with force, SIGKILL the trainer side first, then the rest.
+
+        A suspended group is continued after the SIGTERM, so that it can act on it.
+        """
         leader = int(handle["pid"])
         members = _members(handle)
         if not members:
@@ -131,6 +179,7 @@ class LocalRunner:
                 else:
                     for pid in members:
                         os.kill(pid, signal.SIGTERM)
+            self._signal_all(handle, signal.SIGCONT)
             return
         # Kill everything but the launcher so that it can still record the SIGKILL in
         # exit.json; then the launcher itself if it does not finish promptly.
@@ -145,6 +194,12 @@ class LocalRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if leader in _members(handle):
                 os.killpg(leader, signal.SIGKILL)
+
+
+def _py_spy() -> str | None:
+    # Installed with the platform (a console script next to this interpreter) or on PATH.
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
 def _create_time(pid: int) -> float:

@@ -26,6 +26,8 @@ class ScriptedRun:
     state: RunState = field(default_factory=lambda: RunState("running"))
     signals: list[int] = field(default_factory=list)
     stops_on_term: bool = True
+    stop_requested: bool = False
+    suspended: bool = False
 
 
 class MemoryRunner:
@@ -70,6 +72,22 @@ class MemoryRunner:
         if run.state.status == "running" and (force or run.stops_on_term):
             run.state = RunState("exited", exit_code=-int(sig), signal=int(sig))
 
+    def request_stop(self, handle: Handle) -> None:
+        """Record the request; the test decides how the run answers it."""
+        self.runs[handle["run_dir"]].stop_requested = True
+
+    def suspend(self, handle: Handle) -> None:
+        """Record the suspension."""
+        self.runs[handle["run_dir"]].suspended = True
+
+    def resume(self, handle: Handle) -> None:
+        """Record the continuation."""
+        self.runs[handle["run_dir"]].suspended = False
+
+    def stack_dump(self, handle: Handle) -> str | None:
+        """A scripted dump naming the run (the in-memory runner has no processes)."""
+        return f"scripted stacks of {handle['run_dir']}"
+
     # --- what the test makes the run do ---
 
     def write(self, run_dir: str, stream: Stream, data: bytes) -> None:
@@ -80,6 +98,10 @@ class MemoryRunner:
     def finish(self, run_dir: str, exit_code: int) -> None:
         """End the run with an exit code."""
         self.runs[run_dir].state = RunState("exited", exit_code=exit_code)
+
+    def kill(self, run_dir: str, sig: int) -> None:
+        """End the run as a signal would (SIGKILL from the OOM killer, SIGSEGV...)."""
+        self.runs[run_dir].state = RunState("exited", exit_code=-sig, signal=sig)
 
     def vanish(self, run_dir: str) -> None:
         """End the run without an exit status (host reboot, launcher killed)."""

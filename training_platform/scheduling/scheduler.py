@@ -34,7 +34,8 @@ from training_platform.scheduling.models import DeviceLease
 from training_platform.scheduling.placement import Demand, Slot, choose
 
 log = logging.getLogger(__name__)
-QUEUED = "queued"
+# Statuses of jobs waiting for devices (jobs.state.WAITING; scheduling does not import jobs.state).
+WAITING = ("queued", "resuming")
 SHARDED_BACKENDS = ("verl",)
 
 
@@ -103,7 +104,7 @@ def _lease(engine: Engine, job: Job, slots: list[Slot]) -> Job | None:
                 .where(
                     col(Job.id) == job.id,
                     col(Job.attempt) == job.attempt,
-                    col(Job.status) == QUEUED,
+                    col(Job.status).in_(WAITING),
                     col(Job.dispatch_count) == job.dispatch_count,
                 )
                 .values(
@@ -140,7 +141,7 @@ def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], No
             job
             for job in session.exec(
                 select(Job)
-                .where(Job.status == QUEUED)
+                .where(col(Job.status).in_(WAITING), col(Job.pause_mode).is_(None))
                 .order_by(col(Job.priority).desc(), col(Job.queued_at), col(Job.id))
             ).all()
             if job.id not in leased
@@ -194,7 +195,7 @@ def _note(engine: Engine, waiting: dict[int, str]) -> None:
         for position, (job_id, reason) in enumerate(waiting.items(), start=1):
             session.execute(
                 update(Job)
-                .where(col(Job.id) == job_id, col(Job.status) == QUEUED)
+                .where(col(Job.id) == job_id, col(Job.status).in_(WAITING))
                 .values(queue_position=position, wait_reason=reason)
                 .execution_options(synchronize_session=False)
             )

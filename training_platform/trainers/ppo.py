@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from training_platform.trainers.progress import ProgressWriter, console_line, directory_size
+from training_platform.trainers.progress import (
+    ProgressWriter,
+    StoppedOnRequest,
+    console_line,
+    directory_size,
+    stop_requested,
+)
 from training_platform.trainers.trl_train import (
     PpoConfig,
     PpoHyperparameters,
@@ -500,8 +506,18 @@ class PpoRun:
                 self.writer.metrics(step=self.global_step, values=values)
                 print(console_line(self.global_step, self.max_steps, values))
                 pending.clear()
-            if self.global_step % self.hp.save_steps == 0 or self.global_step == self.max_steps:
+            stop = self.global_step < self.max_steps and stop_requested(self.config.output_dir)
+            if stop:
+                print(f"stop requested: saving a checkpoint at step {self.global_step}")
+            if (
+                stop
+                or self.global_step % self.hp.save_steps == 0
+                or self.global_step == self.max_steps
+            ):
                 self.save_checkpoint()
+            if stop:
+                self.writer.stopped(step=self.global_step)
+                raise StoppedOnRequest(self.global_step)
         runtime = time.monotonic() - started
         ran = self.global_step - first_step
         summary: dict[str, float | int | None] = {

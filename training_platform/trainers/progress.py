@@ -10,6 +10,8 @@ and flushed one at a time and never rewritten:
     {"type": "summary", "time": T, "step": N, "values": {"train_runtime": 3.2, ...}}
     {"type": "checkpoint", "time": T, "step": N, "path": "model", "final": true, "adapter": false,
      "size_bytes": B}
+    {"type": "stopped", "time": T, "step": N}    (instead of summary and final model: the run
+                                                  saved a checkpoint at step N on request)
 
 T is ISO-8601 UTC; `path` is relative to the run's output directory; `adapter` is true when the
 checkpoint holds a PEFT adapter rather than full weights; `size_bytes` is the total size of the
@@ -30,6 +32,37 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from training_platform.runners.launcher import STOP_FILE
+
+
+class StoppedOnRequest(Exception):
+    """The run saved a checkpoint and stopped because the platform asked (pause, time limit)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped on request at step {step}")
+        self.step = step
+
+
+def stop_requested(run_dir: Path) -> bool:
+    """Whether the platform asked this run to checkpoint and stop.
+
+    In a distributed run every rank must stop at the same step, so the ranks agree on the
+    answer (any rank that saw the file stops them all).
+    """
+    seen = (run_dir / STOP_FILE).exists()
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is always there in a training environment
+        return seen
+    if not (dist.is_available() and dist.is_initialized()):
+        return seen
+    import torch
+
+    flag = torch.tensor([1 if seen else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
 
 # Keys of the trainer's end-of-training log; they go to the summary record, never to metrics.
 SUMMARY_KEYS = frozenset(
@@ -107,6 +140,10 @@ class ProgressWriter:
             }
         )
 
+    def stopped(self, *, step: int) -> None:
+        """Record that the run stopped on request after its checkpoint at `step`."""
+        self.write({"type": "stopped", "time": utc_now(), "step": step})
+
     def summary(self, *, step: int, values: dict[str, float | int | None]) -> None:
         """Record the trainer's end-of-training figures."""
         self.write({"type": "summary", "time": utc_now(), "step": step, "values": values})
@@ -128,6 +165,7 @@ class RunProgressCallback(TrainerCallback):
         self.run_dir = run_dir
         self.heartbeat = run_dir / "heartbeat"
         self.adapter = adapter
+        self.stopped = False
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -141,9 +179,17 @@ class RunProgressCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Touch the heartbeat file."""
+        """Touch the heartbeat file; on a stop request, save a checkpoint now and stop."""
         if state.is_world_process_zero:
             self.heartbeat.touch()
+        if not self.stopped and stop_requested(self.run_dir):
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                print(
+                    f"stop requested: saving a checkpoint at step {state.global_step} and stopping"
+                )
 
     def on_log(
         self,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_STOPPED = 75  # runners.launcher.EXIT_STOPPED: checkpoint saved, stopped on request
 
 # Read once by the Hugging Face libraries at import, so they are set before the first import.
 HF_ENV_DEFAULTS = {
@@ -500,6 +501,7 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     from training_platform.trainers.progress import (
         ProgressWriter,
         RunProgressCallback,
+        StoppedOnRequest,
         directory_size,
     )
 
@@ -507,7 +509,8 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     # out of the shared logs before other callbacks see it.
     trainer.remove_callback(PrinterCallback)
     writer = ProgressWriter(config.metrics_path)
-    trainer.add_callback(RunProgressCallback(writer, run_dir=config.output_dir, adapter=adapter))
+    progress = RunProgressCallback(writer, run_dir=config.output_dir, adapter=adapter)
+    trainer.add_callback(progress)
 
     # TRL trainers load the model in __init__; a PeftModel forwards `config` to its base model.
     model = cast("PreTrainedModel", trainer.model)
@@ -520,6 +523,9 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     if resume:
         print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    if progress.stopped:
+        writer.stopped(step=trainer.state.global_step)
+        raise StoppedOnRequest(trainer.state.global_step)
     # The Trainer turns the KV cache off for training; the saved model is for inference.
     model.config.use_cache = True
     final_dir = config.output_dir / "model"
@@ -678,7 +684,12 @@ def main(argv: list[str] | None = None) -> int:
         # without its function.
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except Exception:
+    except Exception as error:
+        from training_platform.trainers.progress import StoppedOnRequest
+
+        if isinstance(error, StoppedOnRequest):
+            print(f"{error}; exiting with {EXIT_STOPPED}")
+            return EXIT_STOPPED
         traceback.print_exc()
         return EXIT_FAILED
     return 0

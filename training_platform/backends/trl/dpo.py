@@ -37,6 +37,7 @@ class TrlDpo:
     """DPO with TRL's DPOTrainer on CPU or one GPU."""
 
     backend: ClassVar[str] = "trl"
+    graceful_stop: ClassVar[bool] = True
     algorithm: ClassVar[str] = "dpo"
     description: ClassVar[str] = "Direct preference optimization with TRL (CPU or GPU)."
     requires_gpu: ClassVar[bool] = False

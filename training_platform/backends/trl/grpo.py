@@ -76,6 +76,7 @@ class GspoParameters(_GroupParameters):
 
 class _GroupPlanner:
     backend: ClassVar[str] = "trl"
+    graceful_stop: ClassVar[bool] = True
     algorithm: ClassVar[str]
     requires_gpu: ClassVar[bool] = False
     data_task: ClassVar[str] = "rl"

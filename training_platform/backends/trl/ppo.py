@@ -43,6 +43,7 @@ class TrlPpo:
     """PPO with a value head, on the TRL training environment (CPU or one GPU)."""
 
     backend: ClassVar[str] = "trl"
+    graceful_stop: ClassVar[bool] = True
     algorithm: ClassVar[str] = "ppo"
     description: ClassVar[str] = (
         "Proximal policy optimization with a value head; the platform's own trainer, as TRL "

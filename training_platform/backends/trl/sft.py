@@ -33,6 +33,7 @@ class TrlSft:
     """SFT with TRL's SFTTrainer on CPU or one GPU."""
 
     backend: ClassVar[str] = "trl"
+    graceful_stop: ClassVar[bool] = True
     algorithm: ClassVar[str] = "sft"
     description: ClassVar[str] = "Supervised fine-tuning with TRL (CPU or GPU)."
     requires_gpu: ClassVar[bool] = False

@@ -173,6 +173,7 @@ def rl_plan(
 
 class _VerlRl:
     backend: ClassVar[str] = "verl"
+    graceful_stop: ClassVar[bool] = False
     algorithm: ClassVar[str]
     requires_gpu: ClassVar[bool] = True
     data_task: ClassVar[str] = "rl"

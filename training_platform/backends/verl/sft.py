@@ -85,6 +85,7 @@ class VerlSft:
     """SFT with verl's FSDP engine under torchrun."""
 
     backend: ClassVar[str] = "verl"
+    graceful_stop: ClassVar[bool] = False
     algorithm: ClassVar[str] = "sft"
     description: ClassVar[str] = "Supervised fine-tuning with verl (FSDP, multi-GPU)."
     requires_gpu: ClassVar[bool] = True
