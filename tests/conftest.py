@@ -45,37 +45,43 @@ PG_ADMIN_URL = os.environ.get("TP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0
 _redis_process: subprocess.Popen[bytes] | None = None
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    global _redis_process
-    if hasattr(config, "workerinput"):
-        return
-    _redis_process = subprocess.Popen(
+def start_redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on loopback that keeps nothing on disk; returns once it answers."""
+    import redis
+
+    process = subprocess.Popen(
         [
             shutil.which("redis-server") or "redis-server",
             "--bind",
             "127.0.0.1",
             "--port",
-            str(REDIS_PORT),
+            str(port),
             "--save",
             "",
             "--appendonly",
             "no",
             "--dir",
-            str(SESSION_DIR),
+            str(directory),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    import redis
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            redis.Redis.from_url(f"{REDIS_BASE}/0").ping()
-            return
+            redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
+            return process
         except redis.RedisError:
             time.sleep(0.05)
-    raise RuntimeError("the test redis-server did not start")
+    process.kill()
+    raise RuntimeError(f"a test redis-server did not start on port {port}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _redis_process
+    if hasattr(config, "workerinput"):
+        return
+    _redis_process = start_redis_server(REDIS_PORT, SESSION_DIR)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -100,6 +106,15 @@ def redis_url() -> Iterator[str]:
 
 
 _redis_db_counter = iter(range(1, 16))
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module's own: it may be flushed whole or restarted."""
+    process = start_redis_server(port := free_port(), tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
