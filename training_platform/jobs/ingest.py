@@ -53,7 +53,8 @@ def _advance(session: Session, job: Job, column: str, old: int, new: int) -> boo
     result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.attempt == job.attempt, getattr(Job, column) == old)  # type: ignore[arg-type]
-        .values({column: new})
+        # Hang detection watches last_progress_at: the run's output grew.
+        .values({column: new, "last_progress_at": utcnow()})
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -71,14 +72,6 @@ def ingest(
         if stored < 0 or consumed < 0:
             session.rollback()  # someone else advanced an offset first; they have it
             return result
-        if stored or consumed:
-            # Hang detection watches this: the run's output grew.
-            session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.attempt == job.attempt)  # type: ignore[arg-type]
-                .values(last_progress_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
         session.commit()
         result.log_bytes += stored
         result.metric_values += values

@@ -517,9 +517,17 @@ def latest_checkpoint(*, session: Session, settings: Settings, job: Job) -> Chec
 
 
 def retry(
-    *, session: Session, settings: Settings, job_id: int, actor: str, from_checkpoint: bool = False
+    *,
+    session: Session,
+    settings: Settings,
+    job_id: int,
+    actor: str,
+    from_checkpoint: bool | None = False,
 ) -> Job:
     """Queue a new attempt of a failed or cancelled job: from scratch, or from its last checkpoint.
+
+    `from_checkpoint=None` resumes from the newest checkpoint when there is one, else starts over
+    (what the retry policy does).
 
     From scratch clears the old attempt's metrics (the new curve starts at step 0); from a
     checkpoint keeps them up to the checkpoint's step, where the step counter goes on.
@@ -530,10 +538,14 @@ def retry(
         raise Conflict(f"job {job_id} is {status.value}; only failed or cancelled jobs can retry")
     inputs: dict[str, Any] = {}
     reason = f"retry: attempt {job.attempt + 1}"
-    if from_checkpoint:
-        checkpoint = latest_checkpoint(session=session, settings=settings, job=job)
-        if checkpoint is None:
-            raise Conflict(f"job {job_id} has no checkpoint to resume from")
+    checkpoint = (
+        None
+        if from_checkpoint is False
+        else latest_checkpoint(session=session, settings=settings, job=job)
+    )
+    if from_checkpoint and checkpoint is None:
+        raise Conflict(f"job {job_id} has no checkpoint to resume from")
+    if checkpoint is not None:
         inputs["resume_from"] = _resume_input(settings, job, checkpoint)
         reason += f", resuming from step {checkpoint.step}"
         _forget_after(session, job_id, checkpoint.step)

@@ -229,20 +229,24 @@ def _pausing(
         )
         session.commit()
         return
-    runner.request_stop(handle)
-    if _since(job.stop_requested_at, utcnow()) > settings.stop_grace_s:
-        # It did not stop in time: kill it; resume goes on from its last checkpoint.
-        runner.cancel(handle, force=True)
+    # If it does not stop in time it is killed; resume goes on from its last checkpoint.
+    _checkpoint_then_stop(settings, job, runner, handle)
 
 
 def _stopping(settings: Settings, job: Job, runner: Runner, handle: Handle) -> None:
-    waited = _since(job.stop_requested_at, utcnow())
     if job.end_cause == "time_limit" and get_backend(job.backend, job.algorithm).graceful_stop:
-        runner.request_stop(handle)  # checkpoint first; signals only after the grace period
-        if waited > settings.stop_grace_s:
-            runner.cancel(handle, force=waited > settings.stop_grace_s + settings.cancel_grace_s)
-        return
-    runner.cancel(handle, force=waited > settings.cancel_grace_s)
+        _checkpoint_then_stop(settings, job, runner, handle)
+    else:
+        waited = _since(job.stop_requested_at, utcnow())
+        runner.cancel(handle, force=waited > settings.cancel_grace_s)
+
+
+def _checkpoint_then_stop(settings: Settings, job: Job, runner: Runner, handle: Handle) -> None:
+    """Ask for a checkpoint and exit; after TP_STOP_GRACE_S signal it as a cancel would."""
+    runner.request_stop(handle)
+    waited = _since(job.stop_requested_at, utcnow())
+    if waited > settings.stop_grace_s:
+        runner.cancel(handle, force=waited > settings.stop_grace_s + settings.cancel_grace_s)
 
 
 def _check_limits(
@@ -297,7 +301,7 @@ def _check_limits(
         values={"end_cause": "stalled", "stop_requested_at": now},
     )
     session.commit()
-    runner.cancel(handle, force=False)
+    _stopping(settings, job, runner, handle)
 
 
 def _after_exit(
@@ -317,7 +321,7 @@ def _after_exit(
             values={"exit_code": state.exit_code},
         )
     elif status is JobStatus.PAUSING and job.pause_mode != SUSPEND and not finished:
-        if cause in ("stopped", "killed") and (cause == "stopped" or _killed_by_us(settings, job)):
+        if cause == "stopped" or (cause == "killed" and _killed_by_us(settings, job)):
             checkpoint = service.latest_checkpoint(session=session, settings=settings, job=job)
             where = (
                 f"the checkpoint at step {checkpoint.step}"
@@ -486,14 +490,13 @@ def retry_due(engine: Engine, settings: Settings, dispatch: Callable[[int], None
             job = session.get(Job, job_id)
             if job is None or job.retry_at is None or job.status != JobStatus.FAILED.value:
                 continue
-            resume = service.latest_checkpoint(session=session, settings=settings, job=job)
             try:
                 service.retry(
                     session=session,
                     settings=settings,
                     job_id=job_id,
                     actor=POLICY,
-                    from_checkpoint=resume is not None,
+                    from_checkpoint=None,  # from the newest checkpoint if there is one
                 )
                 session.commit()
             except StaleJob:
