@@ -126,6 +126,8 @@ SERVICES = _files(
     "jobs/execution.py",
     "jobs/ingest.py",
     "jobs/preparation.py",
+    "pipelines/engine.py",
+    "pipelines/definition.py",
     "runners/*.py",
     "scheduling/scheduler.py",
     "scheduling/inventory.py",
@@ -134,6 +136,12 @@ SERVICES = _files(
     "datasets/reader.py",
     "bootstrap.py",
 )
+
+
+def test_pipeline_definitions_are_pure() -> None:
+    # Parsing and checking a definition touches no database, process or network.
+    path = PACKAGE / "pipelines" / "definition.py"
+    assert _offending(path, EFFECTFUL) == []
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,12 @@ from sqlmodel import SQLModel
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
+from training_platform.pipelines.models import (
+    Pipeline,
+    PipelineEvent,
+    PipelineStage,
+    PipelineStageRun,
+)
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 
 metadata = SQLModel.metadata
@@ -21,6 +27,10 @@ __all__ = [
     "JobLogChunk",
     "JobMetric",
     "ModelEntry",
+    "Pipeline",
+    "PipelineEvent",
+    "PipelineStage",
+    "PipelineStageRun",
     "RewardFileEntry",
     "metadata",
 ]

@@ -56,3 +56,21 @@ def test_math_answers_are_correct() -> None:
         a, op, b = row["prompt"].removeprefix("What is ").rstrip("?").split(" ")
         expected = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert row["answer"] == str(expected)
+
+
+def test_math_eval_rows_are_held_out_and_correct() -> None:
+    rows = _rows("tiny-math-eval")
+    assert len(rows) == 50
+    for row in rows:
+        assert list(row) == ["prompt", "answer"]
+        a, op, b = row["prompt"].removeprefix("What is ").rstrip("?").split(" ")
+        expected = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert row["answer"] == str(expected)
+    prompts = {row["prompt"] for row in rows}
+    assert len(prompts) == 50
+    assert prompts.isdisjoint(row["prompt"] for row in _rows("tiny-math"))
+
+
+def test_only_held_out_sets_stay_out_of_the_tokenizer_corpus() -> None:
+    left_out = {d.name for d in BUNDLED_DATASETS.values() if not d.tokenizer_corpus}
+    assert left_out == {"tiny-math-eval"}

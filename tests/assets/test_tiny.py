@@ -129,7 +129,7 @@ def test_special_tokens(tokenizer) -> None:
 
 
 def test_bundled_datasets_exist() -> None:
-    assert set(BUNDLED_DATASETS) == {"tiny-sft", "tiny-prefs", "tiny-math"}
+    assert set(BUNDLED_DATASETS) == {"tiny-sft", "tiny-prefs", "tiny-math", "tiny-math-eval"}
     for dataset in BUNDLED_DATASETS.values():
         assert dataset.path.is_file()
         first = json.loads(dataset.path.read_text(encoding="utf-8").splitlines()[0])

@@ -79,7 +79,7 @@ def test_an_unknown_backend_names_the_field_and_lists_the_backends(
     assert caught.value.loc == ("body", "backend")
     assert caught.value.status_code == 422
     assert "'nope'" in caught.value.message
-    assert "available: fake, trl" in caught.value.message
+    assert "available: builtin, fake, trl, verl" in caught.value.message
 
 
 def test_an_unsupported_algorithm_lists_what_the_backend_offers() -> None:

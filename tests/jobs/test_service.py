@@ -111,7 +111,7 @@ def test_bad_fields_are_refused_by_the_schema(
 @pytest.mark.parametrize(
     ("overrides", "loc", "message"),
     [
-        ({"backend": "nope"}, ("body", "backend"), "unknown backend 'nope'; available: trl"),
+        ({"backend": "nope"}, ("body", "backend"), "unknown backend 'nope'; available: builtin"),
         (
             {"backend": "verl", "algorithm": "dpo"},
             ("body", "algorithm"),

@@ -21,6 +21,8 @@ from training_platform.core.settings import Settings, get_settings
 from training_platform.datasets.routes import router as datasets_router
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
+from training_platform.pipelines.routes import lineage_router
+from training_platform.pipelines.routes import router as pipelines_router
 from training_platform.scheduling.routes import router as gpus_router
 
 API_PREFIX = "/api/v1"
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
     api.include_router(jobs_router)
+    api.include_router(lineage_router)
+    api.include_router(pipelines_router)
     api.include_router(catalog_router)
     api.include_router(datasets_router)
     api.include_router(gpus_router)

@@ -19,6 +19,7 @@ from training_platform.assets.tiny import BUNDLED_DATASETS, DATASETS_DIR
 SFT_ROWS = 400
 PREFS_ROWS = 200
 MATH_ROWS = 200
+MATH_EVAL_ROWS = 50
 
 # SFT and preference arithmetic stays within 0..20; the math set needs an operand above 20, so an
 # evaluation on tiny-math never scores questions the model saw verbatim during SFT.
@@ -162,28 +163,35 @@ def preference_rows() -> list[Row]:
     return _unique(candidates(), PREFS_ROWS)
 
 
+def _math_candidates() -> Iterator[tuple[str, Row]]:
+    """The endless stream of math rows (seed 3) that tiny-math and tiny-math-eval draw from."""
+    rng = _rng(3)
+    while True:
+        a = rng.randint(SFT_MAX_OPERAND + 1, MATH_MAX_OPERAND)
+        b = rng.randint(0, MATH_MAX_OPERAND)
+        if rng.random() < 0.5:
+            prompt, answer = f"What is {a} + {b}?", a + b
+        else:
+            b = min(b, a)
+            prompt, answer = f"What is {a} - {b}?", a - b
+        yield prompt, {"prompt": prompt, "answer": str(answer)}
+
+
 def math_rows() -> list[Row]:
     """Question / numeric answer pairs for RL rewards and evaluation."""
-    rng = _rng(3)
+    return _unique(_math_candidates(), MATH_ROWS)
 
-    def candidates() -> Iterator[tuple[str, Row]]:
-        while True:
-            a = rng.randint(SFT_MAX_OPERAND + 1, MATH_MAX_OPERAND)
-            b = rng.randint(0, MATH_MAX_OPERAND)
-            if rng.random() < 0.5:
-                prompt, answer = f"What is {a} + {b}?", a + b
-            else:
-                b = min(b, a)
-                prompt, answer = f"What is {a} - {b}?", a - b
-            yield prompt, {"prompt": prompt, "answer": str(answer)}
 
-    return _unique(candidates(), MATH_ROWS)
+def math_eval_rows() -> list[Row]:
+    """Held-out math rows: the next unique prompts of the same stream after tiny-math's."""
+    return _unique(_math_candidates(), MATH_ROWS + MATH_EVAL_ROWS)[MATH_ROWS:]
 
 
 GENERATORS: dict[str, Callable[[], list[Row]]] = {
     "tiny-sft": sft_rows,
     "tiny-prefs": preference_rows,
     "tiny-math": math_rows,
+    "tiny-math-eval": math_eval_rows,
 }
 
 

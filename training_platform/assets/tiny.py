@@ -79,6 +79,9 @@ class BundledDataset:
     file: str
     format: str
     description: str
+    # Whether the tiny tokenizer is trained on it; held-out sets stay out, so adding one changes
+    # neither the tokenizer nor the model built from it.
+    tokenizer_corpus: bool = True
 
     @property
     def path(self) -> Path:
@@ -106,6 +109,15 @@ BUNDLED_DATASETS: dict[str, BundledDataset] = {
             file="tiny-math.jsonl",
             format="prompt_answer",
             description="200 addition/subtraction prompts with numeric answers, for RL and eval.",
+        ),
+        BundledDataset(
+            name="tiny-math-eval",
+            file="tiny-math-eval.jsonl",
+            format="prompt_answer",
+            description=(
+                "50 held-out addition/subtraction prompts (none in tiny-math), for evaluation."
+            ),
+            tokenizer_corpus=False,
         ),
     )
 }
@@ -144,6 +156,8 @@ def _strings(value: Any) -> Iterator[str]:
 
 def _training_text() -> Iterator[str]:
     for dataset in BUNDLED_DATASETS.values():
+        if not dataset.tokenizer_corpus:
+            continue
         with dataset.path.open(encoding="utf-8") as lines:
             for line in lines:
                 yield from _strings(json.loads(line))

@@ -163,6 +163,7 @@ def _load_builtin() -> None:
     # Importing the packages registers their pairs; done lazily so that this module stays
     # importable from anywhere without import cycles.
     if not _BUILTIN_LOADERS:
+        import training_platform.backends.builtin
         import training_platform.backends.trl  # noqa: F401
         from training_platform.backends import verl  # noqa: F401
 

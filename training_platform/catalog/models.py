@@ -21,6 +21,9 @@ class ModelEntry(SQLModel, table=True):
     path: str = Field(max_length=500)  # relative to TP_HOME for managed models
     description: str = Field(default="", max_length=1000)
     parameters: int | None = Field(default=None, sa_type=BigInteger)
+    # The job whose final model this is (source "job"): lineage, not a foreign key, so that
+    # the catalog does not depend on the jobs tables.
+    job_id: int | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -26,6 +26,7 @@ class ModelPublic(BaseModel):
     source: str
     description: str
     parameters: int | None
+    job_id: int | None = Field(None, description="The job that produced it (source job).")
     created_at: datetime
 
 
@@ -83,6 +84,7 @@ def register_model(
         hub_id=body.hub_id,
         description=body.description,
         job_output=job_output,
+        job_id=body.job_id,
     )
     session.commit()
     return ModelPublic.model_validate(entry, from_attributes=True)

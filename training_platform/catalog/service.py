@@ -156,6 +156,7 @@ def register_model(
     hub_id: str | None,
     description: str,
     job_output: str | None = None,
+    job_id: int | None = None,
 ) -> ModelEntry:
     """Register a model: a directory inside a model root, a hub id, or a job's final model.
 
@@ -166,7 +167,9 @@ def register_model(
     if session.exec(select(ModelEntry).where(ModelEntry.name == name)).first() is not None:
         raise Conflict(f"a model named {name!r} exists already")
     if job_output is not None:
-        entry = ModelEntry(name=name, source="job", path=job_output, description=description)
+        entry = ModelEntry(
+            name=name, source="job", path=job_output, description=description, job_id=job_id
+        )
     elif hub_id is not None:
         if not HUB_ID.match(hub_id):
             raise InvalidInput(

@@ -110,6 +110,21 @@ class ApiClient:
         """POST /jobs/{id}/{cancel|retry}."""
         return self.request("POST", f"/api/v1/jobs/{job_id}/{action}", params=params)
 
+    def submit_pipeline(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        """POST /pipelines."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/api/v1/pipelines", json=body, headers=headers)
+
+    def validate_pipeline(self, body: dict[str, Any]) -> Any:
+        """POST /pipelines/validate (nothing is stored)."""
+        return self.request("POST", "/api/v1/pipelines/validate", json=body)
+
+    def pipeline_action(
+        self, pipeline_id: int, action: str, body: dict[str, Any] | None = None
+    ) -> Any:
+        """POST /pipelines/{id}/{cancel|pause|resume|retry}."""
+        return self.request("POST", f"/api/v1/pipelines/{pipeline_id}/{action}", json=body)
+
     def upload(self, kind: str, path: Path, **params: Any) -> Any:
         """POST /datasets or /rewards with the file as the streamed body."""
         with path.open("rb") as handle:

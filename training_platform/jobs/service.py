@@ -80,9 +80,17 @@ class ValidatedJob:
 
 def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     """Check a submission against the backend and the catalog; InvalidInput names the field."""
+    backend, parameters, dataset = check_request(session=session, request=request)
+    model = catalog.resolve_model(session=session, ref=request.model)
+    return ValidatedJob(request, backend, parameters, model, dataset)
+
+
+def check_request(
+    *, session: Session, request: JobCreate
+) -> tuple[Backend, BaseModel, DatasetEntry]:
+    """Every check of `validate` but the model's (a pipeline stage may get its model later)."""
     backend = get_backend(request.backend, request.algorithm)
     parameters = validate_parameters(backend, request.hyperparameters, gpus=request.resources.gpus)
-    model = catalog.resolve_model(session=session, ref=request.model)
     dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
     if formats.TASK_OF_FORMAT.get(dataset.format) != backend.data_task:
         fitting = ", ".join(formats.formats_for_task(backend.data_task))
@@ -101,7 +109,7 @@ def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     )
     if unfit is not None:  # a job that can never fit is refused, not queued forever
         raise InvalidInput(("body", "resources"), unfit)
-    return ValidatedJob(request, backend, parameters, model, dataset)
+    return backend, parameters, dataset
 
 
 def request_hash(request: JobCreate) -> str:
@@ -686,6 +694,25 @@ def metrics_at_steps(
     for row in rows:
         found.setdefault(row.step, {})[row.key] = row.value
     return found
+
+
+def last_metric_values(*, session: Session, job_id: int) -> dict[str, float | None]:
+    """The value each metric key had at the last step it was reported."""
+    last = (
+        select(JobMetric.key, func.max(JobMetric.step).label("step"))
+        .where(JobMetric.job_id == job_id)
+        .group_by(col(JobMetric.key))
+        .subquery()
+    )
+    rows = session.exec(
+        select(JobMetric.key, JobMetric.value)
+        .join(
+            last,
+            (col(JobMetric.key) == last.c.key) & (col(JobMetric.step) == last.c.step),
+        )
+        .where(JobMetric.job_id == job_id)
+    ).all()
+    return {key: value for key, value in rows}
 
 
 def final_model_path(*, session: Session, settings: Settings, job_id: int) -> str:

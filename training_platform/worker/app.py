@@ -11,6 +11,7 @@ from training_platform.worker.config import celery_config
 
 TASK_MODULES = [
     "training_platform.jobs.tasks",
+    "training_platform.pipelines.tasks",
     "training_platform.scheduling.tasks",
     "training_platform.system.tasks",
 ]

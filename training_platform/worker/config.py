@@ -66,6 +66,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.supervisor.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.pass": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.pipelines.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -85,6 +86,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                     "queue": MAINTENANCE,
                     "priority": broker_priority(PRIORITY_MAX),
                     # A tick that waited this long is stale; the next one is already coming.
+                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
+                },
+            },
+            "pipelines": {
+                "task": "tp.pipelines.tick",
+                "schedule": settings.supervisor_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
                     "expires": max(settings.supervisor_interval_s * 5, 10.0),
                 },
             },

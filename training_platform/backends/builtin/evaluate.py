@@ -1,0 +1,95 @@
+"""Evaluation: spec -> LaunchPlan for training_platform.trainers.evaluate.
+
+The program generates greedily for each held-out prompt of a prepared rl dataset, scores the
+completion against `reward_model.ground_truth` with a rule metric and reports the accuracy as
+job metrics. It saves no model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training_platform.backends.base import LaunchContext, LaunchPlan, register
+from training_platform.core.errors import InvalidInput
+
+__all__ = ["CONFIG_FILE", "EVALUATE_MODULE", "BuiltinEvaluate", "EvaluateParameters"]
+
+EVALUATE_MODULE = "training_platform.trainers.evaluate"
+CONFIG_FILE = "eval_config.json"
+
+
+class EvaluateParameters(BaseModel):
+    """How to generate and how to score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["exact_match", "numeric_match"] = Field(
+        "numeric_match",
+        description=(
+            "numeric_match: the last number of the completion equals the answer; "
+            "exact_match: the completion equals the answer (case and spacing aside)."
+        ),
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens generated per prompt.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Score only the first this many rows; absent: every row."
+    )
+    batch_size: int = Field(16, ge=1, le=1024, description="Prompts generated together.")
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description=(
+            "Generation engine. auto: vLLM when the job has GPUs and vLLM is installed on the "
+            "host, otherwise transformers (always transformers on CPU)."
+        ),
+    )
+
+
+@register
+class BuiltinEvaluate:
+    """Greedy generation on held-out prompts, scored by a rule metric."""
+
+    backend: ClassVar[str] = "builtin"
+    algorithm: ClassVar[str] = "evaluate"
+    description: ClassVar[str] = (
+        "Accuracy of a model on held-out prompt/answer rows (greedy generation, rule metric)."
+    )
+    requires_gpu: ClassVar[bool] = False
+    data_task: ClassVar[str] = "rl"
+    parameters: ClassVar[type[BaseModel]] = EvaluateParameters
+    graceful_stop: ClassVar[bool] = False
+
+    def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
+        """The program's argv, environment and config file."""
+        if context.dataset_format != self.data_task:
+            raise InvalidInput(
+                ("body", "dataset"),
+                f"{self.backend}/{self.algorithm} needs {self.data_task} data, "
+                f"not {context.dataset_format}",
+            )
+        # Simulated GPUs are not there: the program runs on CPU, where auto means transformers.
+        gpus = 0 if context.simulated_devices else len(context.devices) or context.gpus
+        config: dict[str, Any] = {
+            "model_path": context.model_path,
+            "dataset_path": context.dataset_path,
+            "output_dir": context.run_dir,
+            "metrics_path": f"{context.run_dir}/metrics.jsonl",
+            "gpus": gpus,
+            **hyperparameters.model_dump(),
+        }
+        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if context.model_is_local:
+            env["HF_HUB_OFFLINE"] = "1"
+        if context.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in context.devices)
+        # As for training (backends/trl/common.py): busy OpenMP threads fight on shared CPUs.
+        env["OMP_NUM_THREADS"] = str(context.cpu_threads)
+        return LaunchPlan(
+            backend=self.backend,
+            algorithm=self.algorithm,
+            argv=(context.python, "-m", EVALUATE_MODULE, "--config", CONFIG_FILE),
+            env=env,
+            files={CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
+        )

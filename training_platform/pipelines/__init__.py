@@ -1,0 +1,1 @@
+"""Multi-stage pipelines: DAGs of training jobs and built-in steps."""

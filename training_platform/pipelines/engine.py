@@ -1,0 +1,440 @@
+"""The pipeline engine: moves stages along as their jobs end, and starts what became due.
+
+`advance` re-reads everything from the database, is idempotent and safe to run in several
+processes at once: a stage's job is created in the same transaction as the stage's
+compare-and-set to running, under an idempotency key per stage run, so a stage never gets two
+jobs; messages are sent only after the commit (the jobs supervisor resends lost ones).
+It runs on every supervisor tick and right after each pipeline request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from training_platform.backends.base import get_backend
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import ModelEntry
+from training_platform.core.errors import Conflict, DomainError
+from training_platform.core.settings import Settings
+from training_platform.jobs import service as jobs
+from training_platform.jobs.models import Job
+from training_platform.jobs.schemas import JobCreate
+from training_platform.jobs.state import CHECKPOINT, SUSPEND, JobStatus, StaleJob
+from training_platform.pipelines import definition as dsl
+from training_platform.pipelines import service
+from training_platform.pipelines.definition import StageDefinition, StageRef
+from training_platform.pipelines.models import Pipeline, PipelineStage, PipelineStageRun
+from training_platform.pipelines.state import (
+    PIPELINE_TERMINAL,
+    STAGE_TERMINAL,
+    PipelineStatus,
+    StageStatus,
+    StaleRow,
+    move_pipeline,
+    move_stage,
+)
+
+log = logging.getLogger(__name__)
+ENGINE = "pipeline-engine"
+MAX_ROUNDS = 20
+
+
+class StageCannotStart(DomainError):
+    """A stage's inputs could not be resolved, or its job was refused."""
+
+
+def advance_all(engine: Engine, settings: Settings, dispatcher: jobs.Dispatcher) -> list[int]:
+    """Advance every pipeline that has not ended; the ids of those that ended now."""
+    with Session(engine) as session:
+        ids = session.exec(
+            select(Pipeline.id).where(
+                col(Pipeline.status).not_in([s.value for s in PIPELINE_TERMINAL])
+            )
+        ).all()
+    ended = []
+    for pipeline_id in ids:
+        assert pipeline_id is not None
+        try:
+            pipeline = advance(engine, settings, pipeline_id, dispatcher)
+        except Exception:  # one broken pipeline must not stop the others
+            log.exception("advancing pipeline %s failed", pipeline_id)
+            continue
+        if pipeline is not None and PipelineStatus(pipeline.status) in PIPELINE_TERMINAL:
+            ended.append(pipeline_id)
+    return ended
+
+
+def advance(
+    engine: Engine, settings: Settings, pipeline_id: int, dispatcher: jobs.Dispatcher
+) -> Pipeline | None:
+    """Bring one pipeline up to date with its stage jobs; returns it as it now stands."""
+    for _ in range(MAX_ROUNDS):
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                changed = _round(session, settings, pipeline_id, dispatcher)
+        except (StaleRow, StaleJob):
+            continue  # someone else moved something first: read again
+        if not changed:
+            break
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(Pipeline, pipeline_id)
+
+
+def _round(
+    session: Session, settings: Settings, pipeline_id: int, dispatcher: jobs.Dispatcher
+) -> bool:
+    """One look at the pipeline; True if anything changed (another round may do more)."""
+    pipeline = session.get(Pipeline, pipeline_id)
+    if pipeline is None or PipelineStatus(pipeline.status) in PIPELINE_TERMINAL:
+        return False
+    status = PipelineStatus(pipeline.status)
+    stages = service.stages_of(session=session, pipeline_id=pipeline_id)
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        if stage.status == StageStatus.RUNNING.value and _follow_job(
+            session, settings, pipeline, stage, status, dispatcher
+        ):
+            return True
+    if status is PipelineStatus.CANCELLING:
+        signal = service.stop_stage_jobs(session=session, pipeline=pipeline, actor=ENGINE)
+        session.commit()
+        for job in signal:
+            send_safely(dispatcher.request_cancel, job)
+    for stage in stages:
+        if stage.status != StageStatus.PENDING.value:
+            continue
+        upstream = [by_name[d] for d in stage.depends_on]
+        blocked = next((u for u in upstream if u.status in _BLOCKING), None)
+        if blocked is not None:
+            why = (
+                f"upstream stage {blocked.name!r} was skipped"
+                if blocked.status == StageStatus.SKIPPED.value
+                else f"upstream stage {blocked.name!r} {blocked.status}"
+            )
+            move_stage(
+                session,
+                stage,
+                StageStatus.SKIPPED,
+                actor=ENGINE,
+                reason=why,
+                values={"reason": why},
+            )
+            session.commit()
+            return True
+        ready = all(u.status == StageStatus.SUCCEEDED.value for u in upstream)
+        if ready and status is PipelineStatus.RUNNING:
+            _start(session, settings, pipeline, stage, by_name, dispatcher)
+            return True
+    if all(StageStatus(s.status) in STAGE_TERMINAL for s in stages):
+        _finish(session, pipeline, stages)
+        return True
+    return False
+
+
+_BLOCKING = frozenset(
+    {StageStatus.FAILED.value, StageStatus.SKIPPED.value, StageStatus.CANCELLED.value}
+)
+
+
+def send_safely(action: Any, job: Job) -> None:
+    try:
+        action(job)
+    except Exception as error:  # the job is stored; the supervisor resends or enforces
+        log.warning("job %s: message not sent (%s); the supervisor will see to it", job.id, error)
+
+
+# --- running stages -----------------------------------------------------------------------
+
+
+def _follow_job(
+    session: Session,
+    settings: Settings,
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    status: PipelineStatus,
+    dispatcher: jobs.Dispatcher,
+) -> bool:
+    """Move a running stage on when its job ended; hold or release the job as the pipeline is
+    paused or running. True if the stage moved."""
+    job = session.get(Job, stage.job_id) if stage.job_id is not None else None
+    if job is None:
+        reason = "its job was deleted"
+        move_stage(
+            session,
+            stage,
+            StageStatus.FAILED,
+            actor=ENGINE,
+            reason=reason,
+            values={"reason": reason},
+        )
+        session.commit()
+        return True
+    job_status = JobStatus(job.status)
+    if job_status is JobStatus.SUCCEEDED:
+        try:
+            outputs = _outputs(session, settings, pipeline, stage, job)
+        except DomainError as error:
+            session.rollback()
+            session.refresh(stage)
+            reason = f"job {job.id} succeeded but {error.message}"
+            move_stage(
+                session,
+                stage,
+                StageStatus.FAILED,
+                actor=ENGINE,
+                reason=reason,
+                values={"reason": reason},
+            )
+        else:
+            move_stage(
+                session,
+                stage,
+                StageStatus.SUCCEEDED,
+                actor=ENGINE,
+                reason=f"job {job.id} succeeded",
+                values={"outputs": outputs, "reason": None},
+            )
+        session.commit()
+        return True
+    if job_status is JobStatus.FAILED and job.retry_at is None:
+        first_line = (job.error or "no error recorded").strip().splitlines()[0]
+        reason = f"job {job.id} failed: {first_line}"
+        move_stage(
+            session,
+            stage,
+            StageStatus.FAILED,
+            actor=ENGINE,
+            reason=reason,
+            values={"reason": reason},
+        )
+        session.commit()
+        return True
+    if job_status is JobStatus.CANCELLED:
+        reason = f"job {job.id} was cancelled"
+        move_stage(
+            session,
+            stage,
+            StageStatus.CANCELLED,
+            actor=ENGINE,
+            reason=reason,
+            values={"reason": reason},
+        )
+        session.commit()
+        return True
+    actor = service.job_actor(pipeline.id)  # type: ignore[arg-type]
+    if status is PipelineStatus.PAUSED and job_status in (JobStatus.RUNNING, JobStatus.STALLED):
+        _hold(session, job, actor)
+    elif (
+        status is PipelineStatus.RUNNING
+        and job_status is JobStatus.PAUSED
+        and service.paused_by(session=session, job=job, actor=actor)
+    ):
+        try:
+            jobs.resume(session=session, settings=settings, job_id=job.id, actor=actor)  # type: ignore[arg-type]
+            session.commit()
+        except Conflict:
+            session.rollback()
+        else:
+            send_safely(lambda _job: dispatcher.request_schedule(), job)
+    return False
+
+
+def _hold(session: Session, job: Job, actor: str) -> None:
+    """Pause a stage job of a paused pipeline: checkpoint and stop if its trainer can, else
+    suspend it in place (local runs); a job that can do neither runs on."""
+    graceful = get_backend(job.backend, job.algorithm).graceful_stop
+    mode = CHECKPOINT if graceful else SUSPEND
+    if mode == SUSPEND and job.runner != "local":
+        return
+    try:
+        jobs.pause(session=session, job_id=job.id, actor=actor, mode=mode)  # type: ignore[arg-type]
+        session.commit()
+    except Conflict:
+        session.rollback()
+
+
+def _outputs(
+    session: Session, settings: Settings, pipeline: Pipeline, stage: PipelineStage, job: Job
+) -> dict[str, Any]:
+    """What a succeeded stage hands on: its job, its final model (registered in the catalog
+    under pipeline-<id>.<stage>), and the last value of each metric."""
+    assert job.id is not None and pipeline.id is not None
+    metrics = jobs.last_metric_values(session=session, job_id=job.id)
+    outputs: dict[str, Any] = {"job": job.id, "metrics": metrics}
+    if stage.kind == "evaluate":
+        for key in ("accuracy", "correct", "total"):
+            if metrics.get(key) is None:
+                raise DomainError(f"it reported no {key}")
+        outputs.update(
+            accuracy=metrics["accuracy"],
+            correct=int(metrics["correct"] or 0),
+            total=int(metrics["total"] or 0),
+        )
+        return outputs
+    try:
+        path = jobs.final_model_path(session=session, settings=settings, job_id=job.id)
+    except DomainError as error:
+        raise DomainError(f"its model cannot be handed on: {error.message}") from None
+    name = service.output_model_name(pipeline.id, stage.name, stage.run)
+    entry = session.exec(select(ModelEntry).where(ModelEntry.name == name)).first()
+    if entry is None:
+        entry = catalog.register_model(
+            session=session,
+            settings=settings,
+            name=name,
+            path=None,
+            hub_id=None,
+            description=f"final model of stage {stage.name} of pipeline {pipeline.id} "
+            f"({pipeline.name}), job {job.id}",
+            job_output=path,
+            job_id=job.id,
+        )
+    elif entry.job_id != job.id:
+        raise DomainError(f"a model named {name!r} exists already (not from job {job.id})")
+    outputs["checkpoint"] = entry.name
+    return outputs
+
+
+# --- starting stages ----------------------------------------------------------------------
+
+
+def _value(by_name: Mapping[str, PipelineStage], ref: StageRef) -> Any:
+    outputs = by_name[ref.stage].outputs or {}
+    if ref.output.startswith("metrics."):
+        key = ref.output[len("metrics.") :]
+        metrics = outputs.get("metrics") or {}
+        if metrics.get(key) is None:
+            reported = ", ".join(sorted(metrics)) or "none"
+            raise StageCannotStart(
+                f"{ref}: stage {ref.stage!r} reported no value for {key!r} (reported: {reported})"
+            )
+        return metrics[key]
+    if outputs.get(ref.output) is None:
+        raise StageCannotStart(f"{ref}: stage {ref.stage!r} has no output {ref.output!r}")
+    return outputs[ref.output]
+
+
+def resolve(
+    stage: StageDefinition, by_name: Mapping[str, PipelineStage]
+) -> tuple[dict[str, Any], list[str]]:
+    """The stage's job request with upstream outputs filled in, and its conditions that do
+    not hold (as sentences)."""
+    request = dsl.job_request(stage)
+    model = dsl.whole_ref(request.get("model"))
+    if model is not None:
+        request["model"] = _value(by_name, model)
+    hyperparameters = dict(request.get("hyperparameters") or {})
+    for key, value in hyperparameters.items():
+        ref = dsl.whole_ref(value)
+        if ref is not None:
+            hyperparameters[key] = _value(by_name, ref)
+    request["hyperparameters"] = hyperparameters
+    unmet = []
+    for condition in stage.when:
+        sides = []
+        for side in (condition.left, condition.right):
+            ref = dsl.whole_ref(side)
+            sides.append((str(ref), float(_value(by_name, ref))) if ref else (None, float(side)))
+        (left_ref, left), (right_ref, right) = sides
+        if not dsl.compare(left, condition.op, right):
+            shown_left = f"{left_ref} = {left:g}" if left_ref else f"{left:g}"
+            shown_right = f"{right_ref} = {right:g}" if right_ref else f"{right:g}"
+            unmet.append(f"{shown_left} {condition.op} {shown_right} does not hold")
+    return request, unmet
+
+
+def _start(
+    session: Session,
+    settings: Settings,
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    by_name: Mapping[str, PipelineStage],
+    dispatcher: jobs.Dispatcher,
+) -> None:
+    """Start a stage whose dependencies succeeded: skip it if a condition fails, else create
+    its job (pending, at the pipeline's priority) in the transaction that marks it running."""
+    assert pipeline.id is not None and stage.id is not None
+    actor = service.job_actor(pipeline.id)
+    try:
+        request, unmet = resolve(StageDefinition.model_validate(stage.spec), by_name)
+        if unmet:
+            reason = "condition not met: " + "; ".join(unmet)
+            move_stage(
+                session,
+                stage,
+                StageStatus.SKIPPED,
+                actor=ENGINE,
+                reason=reason,
+                values={"reason": reason, "skipped_by_condition": True},
+            )
+            session.commit()
+            return
+        job_request = JobCreate.model_validate(
+            {
+                **request,
+                "name": service.job_name(pipeline.name, stage.name),
+                "priority": pipeline.priority,
+            }
+        )
+        job, created = jobs.submit(
+            session=session,
+            request=job_request,
+            actor=actor,
+            idempotency_key=service.stage_key(pipeline.id, stage.name, stage.run),
+        )
+    except (DomainError, ValidationError) as error:
+        session.rollback()
+        session.refresh(stage)
+        message = getattr(error, "message", None) or str(error)
+        reason = f"could not start: {message}"
+        move_stage(
+            session,
+            stage,
+            StageStatus.FAILED,
+            actor=ENGINE,
+            reason=reason,
+            values={"reason": reason},
+        )
+        session.commit()
+        return
+    move_stage(
+        session,
+        stage,
+        StageStatus.RUNNING,
+        actor=ENGINE,
+        reason=f"dependencies succeeded; job {job.id} submitted",
+        values={"job_id": job.id, "reason": None},
+    )
+    session.add(PipelineStageRun(stage_id=stage.id, run=stage.run, job_id=job.id))
+    session.commit()
+    if created:
+        send_safely(dispatcher.dispatch, job)
+
+
+def _finish(session: Session, pipeline: Pipeline, stages: list[PipelineStage]) -> None:
+    """End a pipeline whose stages all ended: cancelled, failed, or succeeded."""
+    failed = [s for s in stages if s.status == StageStatus.FAILED.value]
+    cancelled = [s for s in stages if s.status == StageStatus.CANCELLED.value]
+    if pipeline.status == PipelineStatus.CANCELLING.value:
+        target, reason = PipelineStatus.CANCELLED, "cancelled; every stage job has stopped"
+    elif failed:
+        target = PipelineStatus.FAILED
+        reason = "; ".join(f"stage {s.name!r} failed: {s.reason}" for s in failed)
+    elif cancelled:
+        target = PipelineStatus.CANCELLED
+        reason = "; ".join(f"stage {s.name!r} cancelled: {s.reason}" for s in cancelled)
+    else:
+        target = PipelineStatus.SUCCEEDED
+        skipped = [s.name for s in stages if s.status == StageStatus.SKIPPED.value]
+        reason = "every stage succeeded" + (
+            f" (skipped by their conditions: {', '.join(skipped)})" if skipped else ""
+        )
+    values = {"error": reason} if target is not PipelineStatus.SUCCEEDED else {}
+    move_pipeline(session, pipeline, target, actor=ENGINE, reason=reason, values=values)
+    session.commit()

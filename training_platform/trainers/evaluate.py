@@ -1,0 +1,415 @@
+"""Evaluate a model: `python -m training_platform.trainers.evaluate --config eval_config.json`.
+
+A launch plan of the builtin/evaluate pair starts this program in the run directory. It reads
+the first `max_samples` rows of a prepared rl dataset (verl's layout: `prompt` chat messages,
+`reward_model.ground_truth`), generates greedily for each prompt through the model's chat
+template, and scores every completion against its ground truth with a rule metric:
+
+    numeric_match  the last number of the completion equals the last number of the answer
+    exact_match    the two are equal once case, surrounding and repeated whitespace and one
+                   trailing period are set aside
+
+Records in `metrics_path` (see training_platform.trainers.progress): `started` with max_steps =
+the number of batches, one `metrics` record per batch with the running
+{"accuracy", "correct", "total"} (so each key's last value is the result), then a `summary`
+record with the same keys plus eval_runtime. No checkpoint: the run saves no model. Files in
+`output_dir`: predictions.jsonl (one {"prompt", "answer", "completion", "correct"} per row) and
+results.json ({"metric", "accuracy", "correct", "total", "model_path", "engine"}).
+
+Exit status: 0 when results.json is written, 1 when the run fails (traceback on stderr), 2 when
+the config or its inputs cannot start a run (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+PREDICTIONS_FILE = "predictions.jsonl"
+RESULTS_FILE = "results.json"
+HEARTBEAT_FILE = "heartbeat"
+
+# Read once by the Hugging Face libraries at import, so they are set before the first import.
+HF_ENV_DEFAULTS = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+Metric = Literal["exact_match", "numeric_match"]
+Engine = Literal["auto", "transformers", "vllm"]
+Generate = Callable[[list[str]], list[str]]
+
+
+# --- scoring -----------------------------------------------------------------------------
+
+# A number: thousands groups ("1,234") or plain digits, an optional fraction, and a minus sign
+# that is not the operator of "5-3".
+_NUMBER = re.compile(r"(?:(?<![\d.])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+
+
+def last_number(text: str) -> Decimal | None:
+    """The last number written in `text`, or None when it holds none."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return Decimal(found[-1].replace(",", ""))
+    except InvalidOperation:  # pragma: no cover - the pattern only matches valid numbers
+        return None
+
+
+def numeric_match(completion: str, answer: str) -> bool:
+    """Whether the completion's last number equals the answer's, numerically."""
+    expected = last_number(answer)
+    return expected is not None and last_number(completion) == expected
+
+
+def normalize_answer(text: str) -> str:
+    """Text as exact_match compares it: spacing collapsed, one trailing period off, casefolded."""
+    return " ".join(text.split()).removesuffix(".").rstrip().casefold()
+
+
+def exact_match(completion: str, answer: str) -> bool:
+    """Whether the completion is the answer, case and spacing aside."""
+    return normalize_answer(completion) == normalize_answer(answer)
+
+
+METRICS: dict[str, Callable[[str, str], bool]] = {
+    "exact_match": exact_match,
+    "numeric_match": numeric_match,
+}
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    return path
+
+
+def _parquet(path: Path) -> Path:
+    if path.suffix != ".parquet":
+        raise ValueError("must be a .parquet file (a dataset prepared for the rl task)")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class EvalConfig(BaseModel):
+    """What eval_config.json holds (written by backends/builtin/evaluate.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # A local directory (full model, or a PEFT adapter with adapter_config.json) or a hub id.
+    model_path: str = Field(min_length=1)
+    dataset_path: Annotated[Path, AfterValidator(_absolute), AfterValidator(_parquet)]
+    output_dir: AbsolutePath
+    metrics_path: AbsolutePath
+    gpus: int = Field(default=0, ge=0)  # real GPUs leased to the run
+    metric: Metric = "numeric_match"
+    max_new_tokens: int = Field(default=32, ge=1)
+    max_samples: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    engine: Engine = "auto"
+
+
+class ConfigError(Exception):
+    """The config or its inputs cannot start a run; the message fits on one line."""
+
+
+def parse_config(text: str) -> EvalConfig:
+    """Validate the config file's text; raises ConfigError."""
+    try:
+        return EvalConfig.model_validate_json(text)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(p) for p in problem['loc']) or 'config'}: {problem['msg']}"
+            for problem in error.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from error
+
+
+def load_config(path: Path) -> EvalConfig:
+    """Read and validate the config, including that its inputs exist; raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from error
+    config = parse_config(text)
+    if Path(config.model_path).is_absolute() and not Path(config.model_path).is_dir():
+        raise ConfigError(f"model_path: no such directory: {config.model_path}")
+    if not config.dataset_path.is_file():
+        raise ConfigError(f"dataset_path: no such file: {config.dataset_path}")
+    return config
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def load_rows(path: Path, max_samples: int | None) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt messages, ground truth) of the first `max_samples` rows; ConfigError if none."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as error:  # pyarrow raises several kinds for a file that is not parquet
+        raise ConfigError(f"dataset_path: cannot read {path} as parquet: {error}") from error
+    missing = [column for column in ("prompt", "reward_model") if column not in names]
+    if missing:
+        raise ConfigError(
+            f"dataset_path: rl data needs column(s) {', '.join(missing)}; "
+            f"the file has {', '.join(names)}"
+        )
+    table = pq.read_table(path, columns=["prompt", "reward_model"])
+    if max_samples is not None:
+        table = table.slice(0, max_samples)
+    rows = []
+    for number, row in enumerate(table.to_pylist()):
+        prompt, reward = row["prompt"], row["reward_model"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not prompt or not isinstance(reward, dict) or reward.get("ground_truth") is None:
+            raise ConfigError(f"dataset_path: row {number} has no prompt or no ground truth")
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        rows.append((messages, str(reward["ground_truth"])))
+    if not rows:
+        raise ConfigError(f"dataset_path: {path} has no rows to evaluate")
+    return rows
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The prompt as the model sees it: its chat template with the assistant turn opened."""
+    if tokenizer.chat_template is None:
+        return "\n".join(message["content"] for message in messages)
+    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+
+# --- model and engines -------------------------------------------------------------------
+
+
+def adapter_base(model_path: str) -> str | None:
+    """The base model a PEFT adapter directory names, or None for a full model."""
+    config = Path(model_path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return str(json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"])
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def choose_engine(
+    requested: Engine, *, gpus: int, cuda: bool, vllm: bool, adapter: bool
+) -> Literal["transformers", "vllm"]:
+    """The engine that runs: auto takes vLLM only with real GPUs, vLLM and a full model."""
+    if requested == "vllm":
+        if not vllm:
+            raise ConfigError("engine: vllm is not installed on this host; use transformers")
+        if adapter:
+            raise ConfigError("engine: vllm evaluates full models only; this is an adapter")
+        return "vllm"
+    if requested == "auto" and gpus > 0 and cuda and vllm and not adapter:
+        return "vllm"
+    return "transformers"
+
+
+def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer, left-padded for batched generation; an adapter's own or its base's."""
+    from transformers import AutoTokenizer
+
+    source = model_path
+    base = adapter_base(model_path)
+    if base is not None and not (Path(model_path) / "tokenizer_config.json").is_file():
+        source = base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise ConfigError(f"model_path: cannot load a tokenizer from {source}: {error}") from error
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> Generate:
+    """Greedy batched generation with transformers on one device (a GPU when there is one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        if adapter_base(config.model_path) is not None:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(config.model_path)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(config.model_path)
+    except OSError as error:
+        raise ConfigError(f"model_path: cannot load {config.model_path}: {error}") from error
+    model.to(device)
+    model.eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {parameters} parameters, device {device}")
+
+    def generate(texts: list[str]) -> list[str]:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(device)
+        with torch.no_grad():
+            output = model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=config.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        # Left padding: every prompt ends at the same column, new tokens follow it.
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return [str(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    return generate
+
+
+def vllm_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> Generate:
+    """Greedy generation with vLLM over the leased GPUs (tensor parallel)."""
+    vllm: Any = importlib.import_module("vllm")
+    llm = vllm.LLM(model=config.model_path, tensor_parallel_size=config.gpus or 1)
+    sampling = vllm.SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens)
+
+    def generate(texts: list[str]) -> list[str]:
+        # Token ids, so that vLLM adds no second BOS to a template that already has one.
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        outputs = llm.generate([{"prompt_token_ids": list(i)} for i in ids], sampling)
+        return [str(output.outputs[0].text) for output in outputs]
+
+    return generate
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def batches(count: int, size: int) -> list[range]:
+    """Index ranges of consecutive batches of at most `size` covering `count` rows."""
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Generate, score and record; returns the content of results.json."""
+    rows = load_rows(config.dataset_path, config.max_samples)
+    print(f"dataset: {len(rows)} rows from {config.dataset_path}")
+    engine = choose_engine(
+        config.engine,
+        gpus=config.gpus,
+        # Without GPUs torch need not be imported yet: bad input is reported at once.
+        cuda=config.gpus > 0 and _cuda_available(),
+        vllm=vllm_available(),
+        adapter=adapter_base(config.model_path) is not None,
+    )
+    print(f"engine: {engine}")
+    # progress imports transformers, and with it torch.
+    from training_platform.trainers.progress import ProgressWriter, console_line
+
+    tokenizer = load_tokenizer(config.model_path)
+    if engine == "vllm":
+        generate = vllm_generator(config, tokenizer)
+    else:
+        generate = transformers_generator(config, tokenizer)
+
+    score = METRICS[config.metric]
+    plan = batches(len(rows), config.batch_size)
+    writer = ProgressWriter(config.metrics_path)
+    heartbeat = config.output_dir / HEARTBEAT_FILE
+    writer.started(max_steps=len(plan))
+    heartbeat.touch()
+    started = time.monotonic()
+    correct = total = 0
+    values: dict[str, float | int | None] = {}
+    with (config.output_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as predictions:
+        for step, indices in enumerate(plan, start=1):
+            batch = [rows[i] for i in indices]
+            completions = generate([prompt_text(tokenizer, messages) for messages, _ in batch])
+            for (messages, answer), completion in zip(batch, completions, strict=True):
+                hit = score(completion, answer)
+                correct += hit
+                total += 1
+                record = {
+                    "prompt": messages[-1]["content"],
+                    "answer": answer,
+                    "completion": completion,
+                    "correct": hit,
+                }
+                predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
+            predictions.flush()
+            values = {"accuracy": correct / total, "correct": correct, "total": total}
+            writer.metrics(step=step, values=values)
+            heartbeat.touch()
+            print(console_line(step, len(plan), values))
+    runtime = time.monotonic() - started
+    writer.summary(step=len(plan), values={**values, "eval_runtime": round(runtime, 3)})
+    results = {
+        "metric": config.metric,
+        "accuracy": correct / total,
+        "correct": correct,
+        "total": total,
+        "model_path": Path(config.model_path).name,
+        "engine": engine,
+    }
+    (config.output_dir / RESULTS_FILE).write_text(
+        json.dumps(results, indent=2) + "\n", encoding="utf-8"
+    )
+    print(f"accuracy {correct / total:.4f} ({correct}/{total}), {config.metric}")
+    return results
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m training_platform.trainers.evaluate")
+    parser.add_argument("--config", type=Path, required=True, help="eval_config.json")
+    args = parser.parse_args(argv)
+    # stdout is a log file that the platform tails while the run goes on.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    for name, value in HF_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        config = load_config(args.config)
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"evaluation in {config.output_dir}: {config.metric} on {config.dataset_path}")
+        evaluate(config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except Exception:
+        traceback.print_exc()
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
