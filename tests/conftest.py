@@ -290,6 +290,33 @@ class Platform:
                 time.sleep(0.5)
         raise AssertionError(f"job {job_id} stayed {job.get('status')}, wanted {statuses}")
 
+    def kill_service(self, name: str) -> None:
+        """kill -9 a service's whole process group, as a crash would; returns when it is gone."""
+        import json
+        import signal
+
+        import psutil
+
+        state = json.loads((self.home / "run" / f"{name}.json").read_text())
+        group = int(state["pid"])
+        os.killpg(group, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = []
+            for process in psutil.process_iter(["pid", "status"]):
+                try:
+                    if (
+                        process.info["status"] != psutil.STATUS_ZOMBIE
+                        and os.getpgid(process.pid) == group
+                    ):
+                        alive.append(process.pid)
+                except (ProcessLookupError, psutil.Error):
+                    continue
+            if not alive:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{name} survived SIGKILL")
+
     def processes(self) -> list[int]:
         """Live processes that belong to this platform: its services and trainings."""
         import psutil

@@ -70,29 +70,6 @@ def _step(job: dict[str, Any]) -> int:
     return int(job["progress"]["step"] or 0)
 
 
-def _kill_service(platform, name: str) -> None:  # type: ignore[no-untyped-def]
-    """kill -9 a service's whole process group, as a crash would."""
-    state = json.loads((platform.home / "run" / f"{name}.json").read_text())
-    group = int(state["pid"])
-    os.killpg(group, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        alive = []
-        for process in psutil.process_iter(["pid", "status"]):
-            try:
-                if (
-                    process.info["status"] != psutil.STATUS_ZOMBIE
-                    and os.getpgid(process.pid) == group
-                ):
-                    alive.append(process.pid)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        if not alive:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{name} survived SIGKILL")
-
-
 def _attempt_dir(platform, job_id: int, attempt: int) -> Path:  # type: ignore[no-untyped-def]
     return platform.home / "runs" / str(job_id) / f"attempt-{attempt}"
 
@@ -178,7 +155,7 @@ def test_trainings_survive_every_platform_fault_and_each_attempt_runs_once(durab
     trainer = _trainer_pid(platform, job_id, 1)
 
     # 1. kill -9 the training worker: the training goes on without it.
-    _kill_service(platform, "worker-training")
+    platform.kill_service("worker-training")
     assert psutil.pid_exists(trainer)
     # A job submitted meanwhile gets the second CPU slot; its start message waits in Redis...
     short = _submit(
@@ -197,10 +174,10 @@ def test_trainings_survive_every_platform_fault_and_each_attempt_runs_once(durab
     before = _step(_job(platform, job_id))
 
     # 3. restart the API; 4. restart the supervisor (beat and the general worker).
-    _kill_service(platform, "api")
+    platform.kill_service("api")
     platform.tp("up", "--timeout", "120", check=True)
-    _kill_service(platform, "beat")
-    _kill_service(platform, "worker-general")
+    platform.kill_service("beat")
+    platform.kill_service("worker-general")
     platform.tp("up", "--timeout", "120", check=True)
     running = _wait(platform, job_id, lambda j: _step(j) > before + 20, "progress after restarts")
     assert running["status"] == "running" and running["attempt"] == 1

@@ -462,3 +462,38 @@ def test_the_same_idempotency_key_never_makes_two_pipelines(engine: Engine) -> N
     other = PipelineSubmit.model_validate({"template": "sft-dpo"})
     with Session(engine) as session, pytest.raises(InvalidInput, match="already used"):
         service.submit(session=session, request=other, actor="t", idempotency_key="k")
+
+
+def test_pausing_a_pipeline_pauses_its_running_stage_job_and_resume_resumes_it(
+    engine: Engine, settings: Settings, sent: Sent
+) -> None:
+    pipeline_id = _submit(engine, {"a": {"job": SFT}})
+    _advance(engine, settings, sent, pipeline_id)
+    job_id = _stages(engine, pipeline_id)["a"].job_id
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        for step in (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING):
+            job = transition(session, job, step, actor="test", reason="t")
+        session.commit()
+        service.pause(session=session, pipeline_id=pipeline_id, actor="t")
+        session.commit()
+    _advance(engine, settings, sent, pipeline_id)
+    held = _job(engine, job_id)
+    assert (held.status, held.pause_mode) == ("pausing", "checkpoint")  # TRL checkpoints and stops
+    with Session(engine, expire_on_commit=False) as session:
+        transition(session, session.get(Job, job_id), JobStatus.PAUSED, actor="test", reason="t")
+        session.commit()
+        service.resume(session=session, pipeline_id=pipeline_id, actor="t")
+        session.commit()
+    _advance(engine, settings, sent, pipeline_id)
+    assert _job(engine, job_id).status == "resuming" and sent.schedules == 1
+    # A job paused by someone else stays paused when the pipeline runs on.
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        for step in (JobStatus.STARTING, JobStatus.RUNNING):
+            job = transition(session, job, step, actor="test", reason="t")
+        jobs.pause(session=session, job_id=job_id, actor="token:someone")
+        transition(session, session.get(Job, job_id), JobStatus.PAUSED, actor="test", reason="t")
+        session.commit()
+    _advance(engine, settings, sent, pipeline_id)
+    assert _job(engine, job_id).status == "paused"
