@@ -185,3 +185,49 @@ def test_verl_without_gpus_is_refused_naming_resources(tp) -> None:  # type: ign
         "tiny-math",
     )
     assert result.exit_code == 2 and "resources.gpus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("definition", "args", "message"),
+    [
+        (
+            "name: c\nstages:\n  a: {depends_on: [b], job: {algorithm: sft, model: tiny-qwen2, "
+            "dataset: tiny-sft}}\n  b: {depends_on: [a], job: {algorithm: sft, model: tiny-qwen2, "
+            "dataset: tiny-sft}}\n",
+            [],
+            "definition.stages.a.depends_on: stage 'a': the stages form a cycle: a -> b -> a",
+        ),
+        (
+            "name: d\nstages:\n  a: {job: {algorithm: sft, "
+            "model: '${stages.x.outputs.checkpoint}', dataset: tiny-sft}}\n",
+            [],
+            "definition.stages.a.job.model: stage 'a':",
+        ),
+        (
+            "name: e\nstages: {a: {job: {algorithm: sft, model: tiny-qwen2, dataset: tiny-sft}}}\n",
+            ["-p", "steps=3"],
+            "parameters.steps: the pipeline declares no parameter 'steps'",
+        ),
+    ],
+)
+def test_bad_pipeline_definitions_exit_2_naming_stage_and_field(
+    tp, tmp_path, definition: str, args: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(definition)
+    before = json.loads(tp("pipelines", "list", "--json").stdout)["total"]
+    result = tp("pipelines", "submit", str(path), *args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert json.loads(tp("pipelines", "list", "--json").stdout)["total"] == before
+
+
+def test_pipeline_commands_without_a_definition_or_with_a_bad_id_fail(tp) -> None:  # type: ignore[no-untyped-def]
+    result = tp("pipelines", "submit")
+    assert result.exit_code == 2 and "give a definition FILE or --template NAME" in result.output
+    result = tp("pipelines", "show", "987654")
+    assert result.exit_code == 1 and "pipeline 987654 not found" in result.output
+    result = tp("pipelines", "submit", "--template", "sft-dpo", "--dry-run")
+    assert result.exit_code == 0 and "stages in order: sft, dpo" in result.output
+    templates = tp("pipelines", "templates", "sft-gspo")
+    assert templates.exit_code == 0 and "${stages.sft.outputs.checkpoint}" in templates.output

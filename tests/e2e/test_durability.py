@@ -316,7 +316,12 @@ def test_suspend_freezes_the_process_group_and_resume_continues_it(durable) -> N
     held = _wait(platform, job["id"], lambda j: j["status"] == "paused", "suspension", 60)
     assert held["pause_mode"] == "suspend" and held["devices"]  # it keeps its slot
     assert trainer.status() == psutil.STATUS_STOPPED
-    frozen = _step(_job(platform, job["id"]))
+    # The last step the trainer wrote before SIGSTOP; ingestion may still be catching up to it.
+    written = _attempt_dir(platform, job["id"], 1) / "metrics.jsonl"
+    frozen = max(
+        json.loads(line).get("step", 0) for line in written.read_text().splitlines() if line
+    )
+    _wait(platform, job["id"], lambda j: _step(j) == frozen, "ingestion of the last step", 30)
     time.sleep(2)
     assert _step(_job(platform, job["id"])) == frozen
     platform.tp("jobs", "resume", str(job["id"]), check=True)

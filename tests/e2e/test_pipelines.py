@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -298,3 +299,52 @@ def test_a_crash_of_the_api_and_every_worker_mid_pipeline_loses_and_repeats_no_s
     assert sorted(p.name for p in (platform.home / "runs" / str(second_job)).iterdir()) == [
         "attempt-1"
     ]
+
+
+def test_the_dpo_and_gspo_templates_run_on_the_tiny_model(two_slots) -> None:  # type: ignore[no-untyped-def]
+    platform = two_slots
+    dpo = _submit(
+        platform, {"template": "sft-dpo", "parameters": {"sft_steps": 10, "dpo_steps": 6}}
+    )
+    gspo = _submit(
+        platform, {"template": "sft-gspo", "parameters": {"sft_steps": 10, "rl_steps": 4}}
+    )
+    for submitted, second in ((dpo, "dpo"), (gspo, "gspo")):
+        done = _wait(platform, submitted["id"], _ended, "the end", timeout=400)
+        assert done["status"] == "succeeded", done
+        job = _get(platform, f"jobs/{_stage(done, second)['job_id']}")
+        assert job["algorithm"] == second
+        assert job["model"] == _stage(done, "sft")["outputs"]["checkpoint"]
+
+
+def test_cancel_stops_the_running_stage_process_and_ends_cancelled(two_slots) -> None:  # type: ignore[no-untyped-def]
+    platform = two_slots
+    pipeline = _submit(
+        platform,
+        {
+            "definition": {
+                "name": "e2e cancel",
+                "stages": {
+                    "long": _sft(2000),
+                    "never": {
+                        "depends_on": ["long"],
+                        **_sft(5, "${stages.long.outputs.checkpoint}"),
+                    },
+                },
+            }
+        },
+    )
+    running = _wait(
+        platform, pipeline["id"], lambda p: _running_at_step(platform, p, "long"), "long running"
+    )
+    job_id = _stage(running, "long")["job_id"]
+    run_dir = Path(_get(platform, f"jobs/{job_id}/plan")["run_dir"])
+    trainer = int((run_dir / "child.pid").read_text())
+    platform.tp("pipelines", "cancel", str(pipeline["id"]), check=True)
+    done = _wait(platform, pipeline["id"], _ended, "the end", timeout=120)
+    assert done["status"] == "cancelled"
+    assert [s["status"] for s in done["stages"]] == ["cancelled", "cancelled"]
+    assert _get(platform, f"jobs/{job_id}")["status"] == "cancelled"
+    assert (
+        not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == psutil.STATUS_ZOMBIE
+    )

@@ -42,7 +42,7 @@ from training_platform.pipelines.state import (
 
 log = logging.getLogger(__name__)
 ENGINE = "pipeline-engine"
-MAX_ROUNDS = 20
+MAX_ROUNDS = 250  # each round makes one change; a pipeline has at most 100 stages
 
 
 class StageCannotStart(DomainError):
