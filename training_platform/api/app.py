@@ -19,6 +19,8 @@ from training_platform.catalog.routes import router as catalog_router
 from training_platform.core.logging import setup_logging
 from training_platform.core.settings import Settings, get_settings
 from training_platform.datasets.routes import router as datasets_router
+from training_platform.hosts.routes import router as hosts_router
+from training_platform.hosts.routes import secrets_router
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
 from training_platform.pipelines.routes import lineage_router
@@ -63,6 +65,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     api.include_router(datasets_router)
     api.include_router(gpus_router)
     api.include_router(backends_router)
+    api.include_router(hosts_router)
+    api.include_router(secrets_router)
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)

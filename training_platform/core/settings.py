@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     flower_user: str = Field(default="admin", min_length=1)
     flower_password: SecretStr | None = None
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s), comma-separated, first one encrypts; default: a key "
+        "generated into TP_HOME/secret.key (0600) on first use.",
+    )
+    remote_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Absolute directories, besides each remote user's home, that may hold a "
+        "remote host's working root (JSON list or a:b:c).",
+    )
+    ssh_connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    remote_refresh_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
     api_url: str | None = Field(default=None, description="Where the CLI finds the API.")
     token: SecretStr | None = Field(default=None, description="API token for the CLI.")
     log_level: str = "INFO"
@@ -84,6 +97,23 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part for part in value.split(":") if part]
         return value
+
+    @field_validator("remote_roots", mode="before")
+    @classmethod
+    def _remote_colon_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part for part in value.split(":") if part]
+        return value
+
+    @field_validator("remote_roots")
+    @classmethod
+    def _remote_absolute(cls, value: list[str]) -> list[str]:
+        for root in value:
+            if not root.startswith("/") or "/../" in f"{root}/":
+                raise ValueError(f"{root} is not an absolute, normalized path")
+        return [root.rstrip("/") or "/" for root in value]
 
     @field_validator("model_roots")
     @classmethod

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from training_platform.backends.base import LaunchPlan
+from training_platform.backends.base import LaunchContext, LaunchPlan
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.settings import Settings
 from training_platform.jobs import service
@@ -71,15 +71,22 @@ def run_job(
     actor: str,
     poll_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    node: str | None = None,
+    stage: Callable[[LaunchContext], LaunchContext] | None = None,
+    watch: bool = True,
 ) -> Outcome:
-    """Start the job's attempt if it is still due, and watch it until it ends."""
+    """Start the job's attempt if it is still due, and watch it until it ends.
+
+    `node` is the host the devices were leased on (default: this one); a remote host's runner
+    has a `run_root` there, and `stage` moves the inputs to it. Without `watch` the call
+    returns once the process runs and the supervisor watches it.
+    """
+    node = node or settings.node_name
     if not _due(engine, job_id, attempt):
         return Outcome(job_id, "skipped")
     with Session(engine) as session:
         leases = scheduling.active_leases(session=session, job_id=job_id)
-        if not leases or any(
-            lease.attempt != attempt or lease.host != settings.node_name for lease in leases
-        ):
+        if not leases or any(lease.attempt != attempt or lease.host != node for lease in leases):
             # Only the scheduler's lease on this node's devices entitles a worker to start it.
             return Outcome(job_id, "skipped")
     with Session(engine, expire_on_commit=False) as session:
@@ -93,15 +100,20 @@ def run_job(
                 JobStatus.STARTING,
                 actor=actor,
                 reason="taken by a worker",
-                values={"node": settings.node_name, "runner": runner.kind},
+                values={"node": node, "runner": runner.kind},
             )
             session.commit()
         except StaleJob:
             return Outcome(job_id, "skipped")  # another delivery of the message won
         try:
-            plan = _plan(session, settings, job, runner)
-            run_dir = service.run_dir_for(settings, job)
-            handle = runner.submit(plan, str(run_dir))
+            run_root = getattr(runner, "run_root", None)
+            run_dir = (
+                f"{run_root}/{job_id}/attempt-{attempt}"
+                if run_root
+                else str(service.run_dir_for(settings, job))
+            )
+            plan = _plan(session, settings, job, runner, run_dir, stage)
+            handle = runner.submit(plan, run_dir)
         except Exception as error:
             log.exception("job %s could not start", job_id)
             session.rollback()
@@ -135,16 +147,27 @@ def run_job(
                 # Cancelled (or requeued) while we launched: the process, seconds old, must
                 # not live on.
                 runner.cancel(handle, force=True)
+    if not watch:
+        return Outcome(job_id, "started", JobStatus.RUNNING.value)
     return _watch(engine, settings, runners, job_id, attempt, poll_s, sleep, actor)
 
 
-def _plan(session: Session, settings: Settings, job: Job, runner: Runner) -> LaunchPlan:
+def _plan(
+    session: Session,
+    settings: Settings,
+    job: Job,
+    runner: Runner,
+    run_dir: str,
+    stage: Callable[[LaunchContext], LaunchContext] | None,
+) -> LaunchPlan:
     model = session.get(ModelEntry, job.model_id)
     dataset = session.get(DatasetEntry, job.dataset_id)
     if model is None or dataset is None:
         raise RuntimeError("the job's model or dataset was removed from the catalog")
     python = getattr(runner, "python", "python3")
-    return service.plan_for_job(session=session, settings=settings, job=job, python=python)
+    return service.plan_for_job(
+        session=session, settings=settings, job=job, python=python, run_dir=run_dir, stage=stage
+    )
 
 
 def _watch(

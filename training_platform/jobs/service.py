@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -280,8 +280,20 @@ def plan_for_request(
     return checked.backend.plan(checked.parameters, context), run_dir
 
 
-def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str) -> LaunchPlan:
-    """The plan of the job's current attempt: the launched one if any, else computed now."""
+def plan_for_job(
+    *,
+    session: Session,
+    settings: Settings,
+    job: Job,
+    python: str,
+    run_dir: str | None = None,
+    stage: Callable[[LaunchContext], LaunchContext] | None = None,
+) -> LaunchPlan:
+    """The plan of the job's current attempt: the launched one if any, else computed now.
+
+    For a remote host, `run_dir` is the run directory there and `stage` moves the inputs
+    to the host and rewrites their paths before the backend plans.
+    """
     if job.plan is not None:
         return LaunchPlan.from_dict(job.plan)
     backend = get_backend(job.backend, job.algorithm)
@@ -306,23 +318,21 @@ def plan_for_job(*, session: Session, settings: Settings, job: Job, python: str)
         for lease in scheduling.active_leases(session=session, job_id=job.id)
         if lease.kind == "gpu"
     ]
-    return backend.plan(
-        parameters,
-        launch_context(
-            session=session,
-            settings=settings,
-            job_spec=job.spec,
-            backend=backend,
-            parameters=parameters,
-            model=model,
-            dataset_path=dataset_path,
-            run_dir=run_dir_for(settings, job),
-            python=python,
-            resume_from=catalog.managed_path(settings.home, resume["path"]) if resume else None,
-            devices=tuple(lease.device_index for lease in leases),
-            simulated_devices=any(lease.simulated for lease in leases),
-        ),
+    context = launch_context(
+        session=session,
+        settings=settings,
+        job_spec=job.spec,
+        backend=backend,
+        parameters=parameters,
+        model=model,
+        dataset_path=dataset_path,
+        run_dir=Path(run_dir) if run_dir else run_dir_for(settings, job),
+        python=python,
+        resume_from=catalog.managed_path(settings.home, resume["path"]) if resume else None,
+        devices=tuple(lease.device_index for lease in leases),
+        simulated_devices=any(lease.simulated for lease in leases),
     )
+    return backend.plan(parameters, stage(context) if stage else context)
 
 
 def get_job(*, session: Session, job_id: int) -> Job:

@@ -131,7 +131,9 @@ def _reconcile(
         run_dir = str(service.run_dir_for(settings, job))
         found, finder = None, None
         for candidate in runners.values():
-            found = candidate.find(run_dir)
+            # Remote runners look in the run directory on the job's host.
+            find_job = getattr(candidate, "find_job", None)
+            found = find_job(job) if find_job is not None else candidate.find(run_dir)
             if found is not None and candidate.owns(found):
                 finder = candidate
                 break
@@ -139,7 +141,8 @@ def _reconcile(
             # The worker started the process but died before recording its handle.
             session.refresh(job)
             if job.runner_handle is None:
-                job.runner_handle, job.runner, job.node = found, finder.kind, settings.node_name
+                node = str(found.get("host") or settings.node_name)
+                job.runner_handle, job.runner, job.node = found, finder.kind, node
                 session.add(job)
                 session.commit()
             handle = found

@@ -14,7 +14,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from training_platform.core.db import get_engine
-from training_platform.core.settings import get_settings
+from training_platform.core.settings import Settings, get_settings
+from training_platform.hosts import service as hosts
+from training_platform.hosts.models import RemoteHost
+from training_platform.hosts.runners import RemoteRunners
 from training_platform.jobs import execution, preparation, supervisor
 from training_platform.jobs.models import Job
 from training_platform.jobs.state import JobStatus
@@ -27,6 +30,7 @@ from training_platform.worker.queues import (
     KEY_PREFIX,
     PREPROCESSING,
     PRIORITY_MAX,
+    REMOTE,
     SUPERVISOR_HEARTBEAT_KEY,
     broker_priority,
     training_queue,
@@ -39,7 +43,18 @@ TICK_LOCK = f"{KEY_PREFIX}supervisor:tick"
 @lru_cache(maxsize=1)
 def _runners() -> dict[str, Runner]:
     settings = get_settings()
-    return {"local": LocalRunner(node=settings.node_name)}
+    return {
+        "local": LocalRunner(node=settings.node_name),
+        "ssh": RemoteRunners(_engine(), settings, "ssh"),
+        "ray": RemoteRunners(_engine(), settings, "ray"),
+    }
+
+
+def _remote_host(node: str | None) -> RemoteHost | None:
+    if not node or node == get_settings().node_name:
+        return None
+    with Session(_engine()) as session:
+        return hosts.find_host(session=session, name=node)
 
 
 def _engine() -> Engine:
@@ -69,7 +84,7 @@ class CeleryDispatcher:
             return
         if job.node is None:
             raise ValueError(f"job {job.id} holds no devices yet; the scheduler starts it")
-        queue = training_queue(job.node)
+        queue = REMOTE if _remote_host(job.node) is not None else training_queue(job.node)
         app.send_task(
             "tp.jobs.run",
             args=[job.id, job.attempt],
@@ -111,20 +126,61 @@ def run_job(job_id: int, attempt: int) -> str:
     """Start a job's attempt and hold this training slot until its process ends."""
     settings = get_settings()
     runners = _runners()
-    outcome = execution.run_job(
-        _engine(),
-        settings,
-        runners["local"],
-        runners,
-        job_id=job_id,
-        attempt=attempt,
-        actor=f"worker:{socket.gethostname()}",
-    )
+    with Session(_engine()) as session:
+        job = session.get(Job, job_id)
+        node = job.node if job is not None else None
+    remote = _remote_host(node)
+    if remote is not None:
+        outcome = _start_remote(settings, runners, remote, job_id, attempt)
+    else:
+        outcome = execution.run_job(
+            _engine(),
+            settings,
+            runners["local"],
+            runners,
+            job_id=job_id,
+            attempt=attempt,
+            actor=f"worker:{socket.gethostname()}",
+        )
     if outcome.action == "finished":
         from training_platform.scheduling.tasks import run_pass
 
         run_pass()  # its devices are free again: the next job need not wait for a tick
     return f"{outcome.action}:{outcome.status}"
+
+
+def _start_remote(
+    settings: Settings,
+    runners: dict[str, Runner],
+    host: RemoteHost,
+    job_id: int,
+    attempt: int,
+) -> execution.Outcome:
+    """Upload the inputs and launch on the host, then leave the watching to the supervisor."""
+    from training_platform.hosts.staging import stager
+    from training_platform.runners.ssh import SshRunner
+
+    remote_runners = runners[host.runner]
+    assert isinstance(remote_runners, RemoteRunners)
+    runner = remote_runners.for_host(host.name)
+    if runner is None:
+        return execution.Outcome(job_id, "skipped")
+    stage = None
+    if isinstance(runner, SshRunner):
+        platform_dir = (host.last_check or {}).get("platform_dir")
+        stage = stager(settings, runner, platform_dir)
+    return execution.run_job(
+        _engine(),
+        settings,
+        runner,
+        runners,
+        job_id=job_id,
+        attempt=attempt,
+        actor=f"worker:{socket.gethostname()}",
+        node=host.name,
+        stage=stage,
+        watch=False,
+    )
 
 
 @app.task(name="tp.jobs.cancel")

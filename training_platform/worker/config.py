@@ -67,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.scheduling.pass": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.pipelines.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.hosts.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -105,6 +106,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                     "queue": MAINTENANCE,
                     "priority": broker_priority(PRIORITY_MAX),
                     "expires": max(settings.gpu_refresh_interval_s * 3, 10.0),
+                },
+            },
+            "remote-hosts": {
+                "task": "tp.hosts.refresh",
+                "schedule": settings.remote_refresh_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
+                    "expires": max(settings.remote_refresh_interval_s * 3, 10.0),
                 },
             },
         },

@@ -11,10 +11,13 @@ EVALUATION = "evaluation"
 DEFAULT = "default"
 PREPROCESSING = "preprocessing"
 MAINTENANCE = "maintenance"
-ALL_QUEUES = (TRAINING, EVALUATION, DEFAULT, PREPROCESSING, MAINTENANCE)
+# Starts of runs on remote hosts (upload inputs, launch, return): the supervisor watches them,
+# so no worker slot is held while they train.
+REMOTE = "remote"
+ALL_QUEUES = (TRAINING, EVALUATION, DEFAULT, PREPROCESSING, MAINTENANCE, REMOTE)
 # Consumed by the general worker; training has workers of its own so that light tasks never
 # wait behind a training and priorities across queues cannot starve each other.
-GENERAL_QUEUES = (DEFAULT, MAINTENANCE, PREPROCESSING, EVALUATION)
+GENERAL_QUEUES = (DEFAULT, MAINTENANCE, PREPROCESSING, EVALUATION, REMOTE)
 
 PRIORITY_MIN = 0
 PRIORITY_MAX = 9

@@ -1,0 +1,189 @@
+"""Request and response shapes of the hosts API. No response ever carries a secret."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+# Names end up in queue names, directories and labels: letters, digits and . _ - only, so a
+# name can never carry shell metacharacters, spaces or path separators.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ADDRESS = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$"  # a DNS name or IPv4
+    r"|^\[?[0-9A-Fa-f:.]+\]?$"  # IPv6
+)
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_CONDA_ENV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(what)
+        return value
+
+    return AfterValidator(check)
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    parts = value.split("/")
+    if any(p in (".", "..") for p in parts):
+        raise ValueError("must not contain . or .. components")
+    if any(c in value for c in "\n\r\t\0") or not value.isprintable():
+        raise ValueError("must not contain control characters")
+    return value.rstrip("/") or "/"
+
+
+HostName = Annotated[
+    str,
+    Field(min_length=1, max_length=63),
+    _pattern(_NAME, "use letters, digits, '.', '_' and '-' only (no spaces or shell characters)"),
+]
+Address = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    _pattern(_ADDRESS, "must be a DNS name or an IP address"),
+]
+UserName = Annotated[
+    str, Field(min_length=1, max_length=32), _pattern(_USER, "must be a POSIX user name")
+]
+RemotePath = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_absolute_path)]
+Fingerprint = Annotated[
+    str,
+    Field(description="The host key fingerprint you checked, e.g. SHA256:abc..."),
+    _pattern(_FINGERPRINT, "must look like SHA256:<43 base64 characters>"),
+]
+Label = Annotated[str, Field(min_length=1, max_length=63), _pattern(_NAME, "invalid label")]
+
+
+class Environment(BaseModel):
+    """The Python environment on the host that has the platform installed: one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    venv: RemotePath | None = Field(None, description="A virtualenv directory (its bin/python).")
+    conda_env: Annotated[str, _pattern(_CONDA_ENV, "invalid conda environment name")] | None = None
+    python: RemotePath | None = Field(None, description="An interpreter, by absolute path.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Environment:
+        given = [n for n in ("venv", "conda_env", "python") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of venv, conda_env or python")
+        return self
+
+
+class HostKeyScan(BaseModel):
+    """Where to read a server's host key from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: Address
+    port: int = Field(22, ge=1, le=65535)
+
+
+class HostKeyPublic(BaseModel):
+    """A server's host key, for the user to compare with `ssh-keygen -lf` on the server."""
+
+    address: str
+    port: int
+    key_type: str
+    fingerprint: str
+
+
+class HostCreate(BaseModel):
+    """A server to register. SSH hosts need the credential and the confirmed key fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: HostName
+    runner: Literal["ssh", "ray"] = "ssh"
+    address: Address | None = None
+    port: int = Field(22, ge=1, le=65535)
+    user: UserName | None = None
+    password: SecretStr | None = Field(None, max_length=1024)
+    private_key: SecretStr | None = Field(None, max_length=32768)
+    host_key_fingerprint: Fingerprint | None = None
+    work_root: RemotePath | None = Field(
+        None, description="Run and cache directories go here (default: ~/training_platform)."
+    )
+    environment: Environment | None = None
+    labels: list[Label] = Field(default_factory=list, max_length=32)
+    cpu_slots: int = Field(1, ge=0, le=64, description="CPU trainings at once on this host.")
+    ray_address: str | None = Field(
+        None,
+        max_length=300,
+        pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$",
+        description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (ray runner).",
+    )
+    ray_token: SecretStr | None = Field(None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _complete(self) -> HostCreate:
+        if self.runner == "ssh":
+            required = ("address", "user", "host_key_fingerprint")
+            missing = [n for n in required if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"an ssh host needs {', '.join(missing)}")
+            if (self.password is None) == (self.private_key is None):
+                raise ValueError("give exactly one of password or private_key")
+        elif not self.ray_address:
+            raise ValueError("a ray host needs ray_address")
+        return self
+
+
+class HostUpdate(BaseModel):
+    """Fields to change; credentials are checked by logging in before they are stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: SecretStr | None = Field(None, max_length=1024)
+    private_key: SecretStr | None = Field(None, max_length=32768)
+    work_root: RemotePath | None = None
+    environment: Environment | None = None
+    labels: list[Label] | None = Field(None, max_length=32)
+    cpu_slots: int | None = Field(None, ge=0, le=64)
+
+
+class TrustKey(BaseModel):
+    """Accept the key a server presents now (after a reinstall), by its fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: Fingerprint
+
+
+class HostPublic(BaseModel):
+    """A registered host as the API shows it (no password, key or token, ever)."""
+
+    id: int
+    name: str
+    runner: str
+    address: str
+    port: int
+    user: str
+    auth: str
+    host_key_type: str
+    host_key_fingerprint: str
+    work_root: str
+    python: str
+    environment: dict[str, Any]
+    labels: list[str]
+    cpu_slots: int
+    ray_address: str | None
+    last_check: dict[str, Any] | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class HostsPublic(BaseModel):
+    """Every registered host."""
+
+    hosts: list[HostPublic]
