@@ -42,6 +42,7 @@ status: install
 
 ## test: install the test dependencies and run the whole suite
 test: install-dev
+	@scripts/ensure_test_packages.sh
 	$(PY) -m pytest
 
 lint: install-dev

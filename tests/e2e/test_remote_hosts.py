@@ -181,6 +181,19 @@ def test_a_crash_of_the_api_and_workers_mid_run_re_adopts_the_remote_run(remote,
     assert [p["step"] for p in metrics["points"]] == list(range(1, 401))
 
 
+def test_bootstrap_copies_the_source_and_reports_the_environment(remote, sshd) -> None:  # type: ignore[no-untyped-def]
+    done = remote.tp("hosts", "bootstrap", HOST, "--check", "--timeout", "120")
+    remote.responses.append(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"platform": "0.1.0"' in done.stdout and '"gpus": 0' in done.stdout
+    assert f"{HOST} is ready" in done.stdout
+    sources = list((sshd.home / "tp-e2e" / "src").iterdir())
+    assert len(sources) == 1 and (sources[0] / "scripts" / "setup_remote_env.sh").is_file()
+    assert (sources[0] / "environments" / "gpu-verl.txt").is_file()
+    bad = remote.tp("hosts", "bootstrap", HOST, "--set", "everything")
+    assert bad.returncode == 2 and "environment_set" in bad.stderr
+
+
 def test_no_secret_is_stored_logged_or_answered_in_clear_text(remote, sshd) -> None:  # type: ignore[no-untyped-def]
     with remote.client() as client:
         for path in ("/api/v1/hosts", f"/api/v1/hosts/{HOST}", f"/api/v1/hosts/{KEY_HOST}"):

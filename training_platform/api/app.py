@@ -21,6 +21,7 @@ from training_platform.core.settings import Settings, get_settings
 from training_platform.datasets.routes import router as datasets_router
 from training_platform.hosts.routes import router as hosts_router
 from training_platform.hosts.routes import secrets_router
+from training_platform.hosts.service import BootstrapRequests
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
 from training_platform.pipelines.routes import lineage_router
@@ -31,13 +32,21 @@ API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    dispatcher: Dispatcher | None = None,
+    bootstrap_requests: BootstrapRequests | None = None,
+) -> FastAPI:
     """Build the app; the database is migrated and bootstrapped when it starts."""
     settings = settings or get_settings()
     if dispatcher is None:
         from training_platform.jobs.tasks import CeleryDispatcher
 
         dispatcher = CeleryDispatcher()
+    if bootstrap_requests is None:
+        from training_platform.hosts.tasks import CeleryBootstrapRequests
+
+        bootstrap_requests = CeleryBootstrapRequests()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +64,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     )
     app.state.settings = settings
     app.state.dispatcher = dispatcher
+    app.state.bootstrap_requests = bootstrap_requests
     errors.install(app)
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])

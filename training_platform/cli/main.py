@@ -1322,6 +1322,41 @@ def hosts_trust_key(
     _print_host(host)
 
 
+@hosts_app.command("bootstrap")
+def hosts_bootstrap(
+    name: str,
+    environment_set: Annotated[
+        str, typer.Option("--set", help="gpu-verl (verl and TRL) or train-cpu (TRL only).")
+    ] = "gpu-verl",
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Only report what is installed there.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 3 * 3600,
+) -> None:
+    """Install the pinned environment on a host; report its driver, CUDA, torch and verl."""
+    body = {"environment_set": environment_set, "check_only": check_only}
+    with client() as api:
+        call(api.request, "POST", f"/api/v1/hosts/{name}/bootstrap", json=body)
+        deadline = time.monotonic() + timeout
+        record: dict[str, Any] = {}
+        with console.status(f"{'checking' if check_only else 'installing'} on {name}"):
+            while time.monotonic() < deadline:
+                host = call(api.get, f"hosts/{name}")
+                record = (host.get("last_check") or {}).get("bootstrap") or {}
+                if record.get("state") in ("succeeded", "failed"):
+                    break
+                time.sleep(2)
+    if record.get("state") not in ("succeeded", "failed"):
+        fail(f"the bootstrap of {name} did not finish within {timeout:.0f} s; see tp hosts show")
+    report = record.get("report") or {}
+    if report:
+        console.print_json(data=report)
+    if record["state"] != "succeeded":
+        why = record.get("error") or "; ".join(report.get("problems", []))
+        fail(f"bootstrap of {name} failed: {why or record.get('log_tail', '')[-500:]}")
+    console.print(f"{name} is ready")
+
+
 @hosts_app.command("remove")
 def hosts_remove(name: str) -> None:
     """Forget a host (refused while jobs are placed there)."""

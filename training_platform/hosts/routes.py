@@ -3,12 +3,13 @@ runs it in its thread pool and the event loop never waits on SSH."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
 from training_platform.hosts import service
 from training_platform.hosts.models import RemoteHost
 from training_platform.hosts.schemas import (
+    Bootstrap,
     HostCreate,
     HostKeyPublic,
     HostKeyScan,
@@ -82,6 +83,27 @@ def trust_host_key(
     return _public(
         service.trust_key(
             session=session, settings=settings, host=host, fingerprint=body.fingerprint
+        )
+    )
+
+
+@router.post("/{name}/bootstrap", response_model=HostPublic, status_code=status.HTTP_202_ACCEPTED)
+def bootstrap_host(
+    name: str, body: Bootstrap, request: Request, session: SessionDep, _: CurrentToken
+) -> HostPublic:
+    """Install the platform's pinned environment on the host (or only check it), in a worker.
+
+    Follow it in `last_check.bootstrap` (state queued, running, succeeded or failed).
+    """
+    host = service.get_host(session=session, name=name)
+    requests: service.BootstrapRequests = request.app.state.bootstrap_requests
+    return _public(
+        service.start_bootstrap(
+            session=session,
+            host=host,
+            environment_set=body.environment_set,
+            check_only=body.check_only,
+            requests=requests,
         )
     )
 

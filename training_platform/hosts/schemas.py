@@ -159,6 +159,17 @@ class TrustKey(BaseModel):
     fingerprint: Fingerprint
 
 
+class Bootstrap(BaseModel):
+    """What to install on a host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    environment_set: Literal["gpu-verl", "train-cpu"] = Field(
+        "gpu-verl", description="The pinned set from environments/ to install."
+    )
+    check_only: bool = Field(False, description="Only report what is installed there.")
+
+
 class HostPublic(BaseModel):
     """A registered host as the API shows it (no password, key or token, ever)."""
 

@@ -7,13 +7,20 @@ Functions commit where they say so; no HTTP, no Celery.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
 import sys
+import tarfile
+import tempfile
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
+import training_platform
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.secrets import SecretBox, rotate_keys
 from training_platform.core.settings import Settings
@@ -33,6 +40,7 @@ from training_platform.runners.ssh import (
     close_session,
     load_private_key,
     scan_host_key,
+    session_for,
 )
 from training_platform.scheduling import service as scheduling
 from training_platform.scheduling.inventory import DeviceReading, HostReading
@@ -485,3 +493,149 @@ def refresh_all(*, session: Session, settings: Settings) -> dict[str, str]:
             log.warning("host %s: refresh failed: %s", host.name, error)
             report[host.name] = str(error)
     return report
+
+
+# --- bootstrap -------------------------------------------------------------------------------
+
+BOOTSTRAP_SCRIPT = "scripts/setup_remote_env.sh"
+SOURCE_PARTS = ("pyproject.toml", "README.md", "training_platform", "environments", "scripts")
+ENVIRONMENT_SETS = ("gpu-verl", "train-cpu")
+
+
+class BootstrapRequests(Protocol):
+    """Hands a bootstrap to a worker (it runs for minutes: pip installs gigabytes)."""
+
+    def request_bootstrap(self, name: str, environment_set: str, check_only: bool) -> None:
+        """Enqueue the bootstrap of a host."""
+        ...
+
+
+def source_root() -> Path:
+    """The platform's source checkout, which a bootstrap copies to the host."""
+    root = Path(training_platform.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file() or not (root / BOOTSTRAP_SCRIPT).is_file():
+        raise Conflict(
+            "bootstrap copies the platform's source checkout to the host, and this "
+            f"installation has none next to {root / 'training_platform'}"
+        )
+    return root
+
+
+def source_archive(root: Path, target: Path) -> str:
+    """Write a reproducible tar.gz of what a host needs to install the platform; its sha256."""
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if "__pycache__" in parts or info.name.endswith((".pyc", ".egg-info")):
+            return None
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with (
+        target.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as archive,
+    ):
+        for part in SOURCE_PARTS:
+            path = root / part
+            if not path.exists():
+                continue
+            members = [path] if path.is_file() else sorted(path.rglob("*"))
+            for member in members:
+                if member.is_file():
+                    archive.add(member, arcname=str(member.relative_to(root)), filter=keep)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    return digest
+
+
+def _bootstrap_venv(host: RemoteHost) -> str:
+    venv = (host.environment or {}).get("venv")
+    if venv:
+        return str(venv)
+    if host.python.endswith("/bin/python"):
+        return host.python[: -len("/bin/python")]
+    return f"{host.work_root}/venv"
+
+
+def start_bootstrap(
+    *,
+    session: Session,
+    host: RemoteHost,
+    environment_set: str,
+    check_only: bool,
+    requests: BootstrapRequests,
+) -> RemoteHost:
+    """Mark the bootstrap as running and hand it to a worker; commits."""
+    if host.runner != "ssh":
+        raise Conflict(f"host {host.name} is a {host.runner} host; bootstrap is for SSH hosts")
+    if environment_set not in ENVIRONMENT_SETS:
+        raise InvalidInput(
+            ("body", "environment_set"), f"must be one of {', '.join(ENVIRONMENT_SETS)}"
+        )
+    source_root()
+    check = dict(host.last_check or {})
+    if (check.get("bootstrap") or {}).get("state") == "running":
+        raise Conflict(f"a bootstrap of {host.name} is running already")
+    check["bootstrap"] = {"state": "queued", "set": environment_set, "check_only": check_only}
+    host.last_check, host.updated_at = check, utcnow()
+    session.add(host)
+    session.commit()
+    requests.request_bootstrap(host.name, environment_set, check_only)
+    session.refresh(host)
+    return host
+
+
+def _set_bootstrap(session: Session, host: RemoteHost, record: dict[str, Any]) -> None:
+    session.refresh(host)
+    check = dict(host.last_check or {})
+    check["bootstrap"] = record
+    host.last_check, host.updated_at = check, utcnow()
+    session.add(host)
+    session.commit()
+
+
+def bootstrap(
+    *, session: Session, settings: Settings, name: str, environment_set: str, check_only: bool
+) -> RemoteHost:
+    """Copy the source to the host, run setup_remote_env.sh there, record its report; commits."""
+    host = get_host(session=session, name=name)
+    record: dict[str, Any] = {
+        "state": "running",
+        "set": environment_set,
+        "check_only": check_only,
+        "started_at": utcnow().isoformat(),
+    }
+    _set_bootstrap(session, host, record)
+    runner = runner_for(settings, host)
+    assert isinstance(runner, SshRunner)
+    venv = _bootstrap_venv(host)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tp-bootstrap-") as scratch:
+            archive = Path(scratch) / "platform-src.tar.gz"
+            digest = source_archive(source_root(), archive)
+            remote_archive = runner.upload(archive, digest)
+        source = f"{host.work_root}/src/{digest[:16]}"
+        ssh = session_for(target_for(settings, host))
+        for argv in (["mkdir", "-p", source], ["tar", "-xzf", remote_archive, "-C", source]):
+            code, _out, err = ssh.run(argv, timeout_s=300)
+            if code != 0:
+                raise RunnerError(f"{argv[0]} failed: {err.decode(errors='replace')[-300:]}")
+        argv = ["bash", f"{source}/{BOOTSTRAP_SCRIPT}", "--venv", venv, "--set", environment_set]
+        argv += ["--source", source, *(["--check"] if check_only else [])]
+        code, out, err = ssh.run(argv, timeout_s=3 * 3600)
+        lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
+        report = json.loads(lines[-1]) if lines else {}
+        record.update(
+            state="succeeded" if code == 0 and report.get("ok") else "failed",
+            exit_code=code,
+            report=report,
+            log_tail=err.decode(errors="replace")[-4000:],
+            finished_at=utcnow().isoformat(),
+        )
+    except (RunnerError, ValueError, OSError) as error:
+        record.update(state="failed", error=str(error), finished_at=utcnow().isoformat())
+    if record["state"] == "succeeded" and not (host.environment or {}).get("python"):
+        host.python = f"{venv}/bin/python"
+        session.add(host)
+    _set_bootstrap(session, host, record)
+    return check(session=session, settings=settings, host=host)
