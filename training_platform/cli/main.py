@@ -285,6 +285,9 @@ def jobs_submit(
     ] = None,
     priority: Annotated[int | None, typer.Option(help="0-9, higher first.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs on one host (0: CPU).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Run on this host (this node or a registered one).")
+    ] = None,
     max_attempts: Annotated[
         int | None, typer.Option(help="Retry failed attempts automatically, up to this many.")
     ] = None,
@@ -315,6 +318,8 @@ def jobs_submit(
             spec[key] = value
     if gpus is not None:
         spec["resources"] = {**dict(spec.get("resources") or {}), "gpus": gpus}
+    if host is not None:
+        spec["resources"] = {**dict(spec.get("resources") or {}), "host": host}
     policy = {
         key: value
         for key, value in (
