@@ -194,6 +194,35 @@ def test_bootstrap_copies_the_source_and_reports_the_environment(remote, sshd) -
     assert bad.returncode == 2 and "environment_set" in bad.stderr
 
 
+def test_a_job_through_the_ray_runner_on_a_local_ray_head_succeeds(remote) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.runners.ray_head import head_token
+
+    up = remote.tp("up", "--ray", "--timeout", "120")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "host ray-local" in up.stdout
+    remote.ray_token = head_token(Path(remote.home) / "ray")
+    body = {**sft("through ray", 20), "resources": {"host": "ray-local"}}
+    with remote.client() as client:
+        job = collect(remote, client.post("/api/v1/jobs", json=body))
+    finished = remote.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert finished["status"] == "succeeded", finished.get("error")
+    assert finished["runner"] == "ray" and finished["node"] == "ray-local"
+    from ray.job_submission import JobSubmissionClient
+
+    address = next(line for line in up.stdout.splitlines() if "host ray-local" in line).split()[1]
+    ray_jobs = JobSubmissionClient(
+        address, headers={"Authorization": f"Bearer {remote.ray_token}"}
+    ).list_jobs()
+    assert [(j.submission_id[:3], str(j.status)) for j in ray_jobs] == [("tp-", "SUCCEEDED")]
+    with remote.client() as client:
+        metrics = collect(
+            remote, client.get(f"/api/v1/jobs/{job['id']}/metrics", params={"key": "loss"})
+        )
+        hosts = collect(remote, client.get("/api/v1/hosts"))
+    assert [p["step"] for p in metrics["points"]][-1] == 20
+    assert {h["name"]: h["runner"] for h in hosts["hosts"]}["ray-local"] == "ray"
+
+
 def test_no_secret_is_stored_logged_or_answered_in_clear_text(remote, sshd) -> None:  # type: ignore[no-untyped-def]
     with remote.client() as client:
         for path in ("/api/v1/hosts", f"/api/v1/hosts/{HOST}", f"/api/v1/hosts/{KEY_HOST}"):
@@ -203,10 +232,16 @@ def test_no_secret_is_stored_logged_or_answered_in_clear_text(remote, sshd) -> N
             collect(remote, client.get(f"/api/v1/jobs/{job['id']}/events"))
     key_lines = [line for line in sshd.private_key_text.splitlines() if "PRIVATE KEY" not in line]
     needles = [sshd.password.encode(), *(line.encode() for line in key_lines if len(line) > 20)]
+    needles.append(remote.ray_token.encode())
     home = Path(remote.home)
     haystacks: dict[str, bytes] = {}
     for path in [*home.rglob("*"), *Path(sshd.home).rglob("*")]:
-        if path.is_file() and path.name != "secret.key":
+        # The keys themselves: the secret key, and the Ray head's own token file (0600).
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and path.name not in ("secret.key", "auth_token")
+        ):
             haystacks[str(path)] = path.read_bytes()
     client = redis.Redis.from_url(remote.env["TP_REDIS_URL"])
     for key in client.scan_iter(count=1000):

@@ -89,6 +89,13 @@ def call(action: Any, *args: Any, **kwargs: Any) -> Any:
 @app.command()
 def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service.")] = 180,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help=f"Also start a Ray head on loopback and register it as host {RAY_HOST!r}.",
+        ),
+    ] = False,
 ) -> None:
     """Start the whole platform (Redis if needed, API, workers, beat, Flower)."""
     from training_platform.bootstrap import bootstrap
@@ -121,6 +128,8 @@ def up(
                     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
                     err.print(f"[bold]{log}[/bold]\n{tail}", highlight=False, markup=False)
         fail("not every service became healthy; see above (tp down stops what started)")
+    if ray:
+        _up_ray(settings)
     console.print(f"[green]training_platform is up[/green]: {settings.resolved_api_url}")
     console.print(f"  API docs  {settings.resolved_api_url}/docs")
     console.print(f"  token     {settings.admin_token_file}")
@@ -151,6 +160,8 @@ def down(
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     if jobs:
         _kill_leftover_trainings(settings)
+        if _down_ray(settings):
+            console.print("stopped: the Ray head")
     else:
         left = _active_local_jobs(settings)
         if left:
@@ -170,6 +181,62 @@ def _local_gpu_count(engine: Any, settings: Settings) -> int:
         if host is None:
             return 0
         return len(session.exec(select(GpuDevice).where(GpuDevice.host_id == host.id)).all())
+
+
+RAY_HOST = "ray-local"
+
+
+def _ray_dir(settings: Settings) -> Path:
+    return settings.home / "ray"
+
+
+def _up_ray(settings: Settings) -> None:
+    """Start the platform's Ray head (unless it runs) and register or update its host."""
+    try:
+        from training_platform.runners import ray_head
+    except ImportError:
+        fail("Ray is not installed in this environment (it comes with environments/gpu-verl.txt)")
+    directory = _ray_dir(settings)
+    state = ray_head.head_status(directory)
+    if state.get("alive"):
+        address = str(state["address"])
+    else:
+        with console.status("starting a Ray head on 127.0.0.1"):
+            try:
+                address = ray_head.start_head(
+                    temp_dir=directory,
+                    port=services.free_port(),
+                    dashboard_port=services.free_port(),
+                    num_cpus=max(settings.training_slots + 1, 2),
+                )
+            except RuntimeError as error:
+                fail(f"the Ray head did not start: {error}")
+    body = {"ray_address": address, "ray_token": ray_head.head_token(directory)}
+    with client() as api:
+        try:
+            known = api.get(f"hosts/{RAY_HOST}")
+        except ApiError as error:
+            if error.status != 404:
+                fail(error.message)
+            known = None
+        if known is None:
+            registered = {"name": RAY_HOST, "runner": "ray", "cpu_slots": 1, **body}
+            call(api.request, "POST", "/api/v1/hosts", json=registered)
+        elif known["ray_address"] != address:
+            call(api.request, "PATCH", f"/api/v1/hosts/{RAY_HOST}", json=body)
+    console.print(f"  Ray       {address} (host {RAY_HOST}; jobs: --host {RAY_HOST})")
+
+
+def _down_ray(settings: Settings) -> bool:
+    try:
+        from training_platform.runners import ray_head
+    except ImportError:
+        return False
+    directory = _ray_dir(settings)
+    if not ray_head.head_status(directory).get("alive"):
+        return False
+    ray_head.stop_head(directory)
+    return True
 
 
 def _active_local_jobs(settings: Settings) -> list[Any]:
@@ -1347,7 +1414,7 @@ def hosts_bootstrap(
         with console.status(f"{'checking' if check_only else 'installing'} on {name}"):
             while time.monotonic() < deadline:
                 host = call(api.get, f"hosts/{name}")
-                record = (host.get("last_check") or {}).get("bootstrap") or {}
+                record = host.get("bootstrap") or {}
                 if record.get("state") in ("succeeded", "failed"):
                     break
                 time.sleep(2)

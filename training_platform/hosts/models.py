@@ -40,6 +40,7 @@ class RemoteHost(SQLModel, table=True):
     ray_address: str | None = Field(default=None, max_length=300)
     ray_token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     last_check: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    bootstrap: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

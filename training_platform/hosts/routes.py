@@ -93,7 +93,7 @@ def bootstrap_host(
 ) -> HostPublic:
     """Install the platform's pinned environment on the host (or only check it), in a worker.
 
-    Follow it in `last_check.bootstrap` (state queued, running, succeeded or failed).
+    Follow it in `bootstrap` (state queued, running, succeeded or failed, and the report).
     """
     host = service.get_host(session=session, name=name)
     requests: service.BootstrapRequests = request.app.state.bootstrap_requests

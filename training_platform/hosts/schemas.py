@@ -149,6 +149,10 @@ class HostUpdate(BaseModel):
     environment: Environment | None = None
     labels: list[Label] | None = Field(None, max_length=32)
     cpu_slots: int | None = Field(None, ge=0, le=64)
+    ray_address: str | None = Field(
+        None, max_length=300, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$"
+    )
+    ray_token: SecretStr | None = Field(None, max_length=4096)
 
 
 class TrustKey(BaseModel):
@@ -189,6 +193,9 @@ class HostPublic(BaseModel):
     cpu_slots: int
     ray_address: str | None
     last_check: dict[str, Any] | None
+    bootstrap: dict[str, Any] | None = Field(
+        None, description="The last bootstrap: state queued|running|succeeded|failed, report."
+    )
     last_error: str | None
     created_at: datetime
     updated_at: datetime

@@ -15,6 +15,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -414,6 +415,23 @@ def update(
         host.work_root = work_root
         if secret is not None:
             host.auth, host.secret = auth, box.encrypt(secret)
+    if host.runner == "ray" and (request.ray_address or request.ray_token):
+        from training_platform.runners.ray import check_address
+
+        address = request.ray_address or host.ray_address
+        assert address is not None
+        token = (
+            request.ray_token.get_secret_value()
+            if request.ray_token
+            else (box.decrypt(host.ray_token) if host.ray_token else None)
+        )
+        try:
+            version = check_address(address, token=token)
+        except RunnerError as error:
+            raise InvalidInput(("body", "ray_address"), str(error)) from None
+        host.ray_address, host.address = address, address
+        host.ray_token = box.encrypt(token) if token else None
+        host.last_check = {"ready": True, "ray": version, "checked_at": utcnow().isoformat()}
     if request.labels is not None:
         host.labels = list(request.labels)
     if request.cpu_slots is not None:
@@ -500,6 +518,7 @@ def refresh_all(*, session: Session, settings: Settings) -> dict[str, str]:
 BOOTSTRAP_SCRIPT = "scripts/setup_remote_env.sh"
 SOURCE_PARTS = ("pyproject.toml", "README.md", "training_platform", "environments", "scripts")
 ENVIRONMENT_SETS = ("gpu-verl", "train-cpu")
+BOOTSTRAP_LIMIT_H = 3  # a bootstrap not finished by then counts as lost; a new one may start
 
 
 class BootstrapRequests(Protocol):
@@ -573,11 +592,18 @@ def start_bootstrap(
             ("body", "environment_set"), f"must be one of {', '.join(ENVIRONMENT_SETS)}"
         )
     source_root()
-    check = dict(host.last_check or {})
-    if (check.get("bootstrap") or {}).get("state") == "running":
-        raise Conflict(f"a bootstrap of {host.name} is running already")
-    check["bootstrap"] = {"state": "queued", "set": environment_set, "check_only": check_only}
-    host.last_check, host.updated_at = check, utcnow()
+    previous = host.bootstrap or {}
+    if previous.get("state") in ("queued", "running") and utcnow() - datetime.fromisoformat(
+        str(previous.get("queued_at"))
+    ) < timedelta(hours=BOOTSTRAP_LIMIT_H):
+        raise Conflict(f"a bootstrap of {host.name} is under way already")
+    host.bootstrap = {
+        "state": "queued",
+        "set": environment_set,
+        "check_only": check_only,
+        "queued_at": utcnow().isoformat(),
+    }
+    host.updated_at = utcnow()
     session.add(host)
     session.commit()
     requests.request_bootstrap(host.name, environment_set, check_only)
@@ -586,10 +612,7 @@ def start_bootstrap(
 
 
 def _set_bootstrap(session: Session, host: RemoteHost, record: dict[str, Any]) -> None:
-    session.refresh(host)
-    check = dict(host.last_check or {})
-    check["bootstrap"] = record
-    host.last_check, host.updated_at = check, utcnow()
+    host.bootstrap, host.updated_at = dict(record), utcnow()
     session.add(host)
     session.commit()
 
@@ -600,6 +623,7 @@ def bootstrap(
     """Copy the source to the host, run setup_remote_env.sh there, record its report; commits."""
     host = get_host(session=session, name=name)
     record: dict[str, Any] = {
+        **(host.bootstrap or {}),
         "state": "running",
         "set": environment_set,
         "check_only": check_only,
@@ -622,7 +646,7 @@ def bootstrap(
                 raise RunnerError(f"{argv[0]} failed: {err.decode(errors='replace')[-300:]}")
         argv = ["bash", f"{source}/{BOOTSTRAP_SCRIPT}", "--venv", venv, "--set", environment_set]
         argv += ["--source", source, *(["--check"] if check_only else [])]
-        code, out, err = ssh.run(argv, timeout_s=3 * 3600)
+        code, out, err = ssh.run(argv, timeout_s=BOOTSTRAP_LIMIT_H * 3600)
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
         report = json.loads(lines[-1]) if lines else {}
         record.update(

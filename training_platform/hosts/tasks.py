@@ -31,7 +31,7 @@ def bootstrap_host(name: str, environment_set: str, check_only: bool) -> str:
             environment_set=environment_set,
             check_only=check_only,
         )
-        return str((host.last_check or {}).get("bootstrap", {}).get("state"))
+        return str((host.bootstrap or {}).get("state"))
 
 
 class CeleryBootstrapRequests:

@@ -225,7 +225,7 @@ def refresh_local(engine: Engine, settings: Settings) -> Host:
 
     reading = inventory.read_local(settings.simulated_gpus)
     runner = LocalRunner(node=settings.node_name)
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         active = session.exec(
             select(Job).where(col(Job.status).in_(["starting", "running", "cancelling"]))
         ).all()

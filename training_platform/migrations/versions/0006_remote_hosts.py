@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('ray_address', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
     sa.Column('ray_token', sa.Text(), nullable=True),
     sa.Column('last_check', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('bootstrap', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
