@@ -32,7 +32,7 @@ def stored_hosts(engine) -> list[RemoteHost]:  # type: ignore[no-untyped-def]
 
 
 def test_registration_reads_the_key_first_then_stores_the_host_without_echoing_secrets(
-    api, engine, sshd
+    api, engine, settings, sshd
 ) -> None:  # type: ignore[no-untyped-def]
     scanned = api.post("/api/v1/hosts/host-key", json={"address": sshd.host, "port": sshd.port})
     assert scanned.status_code == 200
@@ -64,6 +64,17 @@ def test_registration_reads_the_key_first_then_stores_the_host_without_echoing_s
     assert keyed.status_code == 201, keyed.text
     assert sshd.private_key_text.splitlines()[1] not in keyed.text
     assert keyed.json()["auth"] == "key"
+
+    # Rotation: a new key, every secret re-encrypted under it, the hosts still log in.
+    key_file = settings.home / "secret.key"
+    old_key, old_secret = key_file.read_text(), stored_hosts(engine)[0].secret
+    rotated = api.post("/api/v1/secrets/rotate")
+    assert rotated.status_code == 200 and rotated.json() == {"reencrypted": 2}
+    assert key_file.read_text() != old_key and len(key_file.read_text().split()) == 1
+    assert old_secret not in {h.secret for h in stored_hosts(engine)}
+    for name in ("gpu-a", "gpu-key"):
+        checked = api.post(f"/api/v1/hosts/{name}/check")
+        assert checked.status_code == 200 and checked.json()["last_error"] is None
 
     assert api.delete("/api/v1/hosts/gpu-key").status_code == 204
     assert [h["name"] for h in api.get("/api/v1/hosts").json()["hosts"]] == ["gpu-a"]
