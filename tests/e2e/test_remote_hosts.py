@@ -57,6 +57,8 @@ def remote(sshd, start_module_platform, tmp_path_factory):  # type: ignore[no-un
             sys.executable,
             "--work-root",
             f"{sshd.home}/tp-e2e",
+            "--cpu-slots",
+            "1",
         ],
         input=sshd.password + "\n",
         env=platform.env,

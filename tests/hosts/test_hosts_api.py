@@ -21,6 +21,7 @@ def ssh_body(sshd, **overrides):  # type: ignore[no-untyped-def]
         "work_root": f"{sshd.home}/tp-api",
         "environment": {"python": sys.executable},
         "labels": ["test"],
+        "cpu_slots": 1,
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}

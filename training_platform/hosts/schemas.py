@@ -115,7 +115,13 @@ class HostCreate(BaseModel):
     )
     environment: Environment | None = None
     labels: list[Label] = Field(default_factory=list, max_length=32)
-    cpu_slots: int = Field(1, ge=0, le=64, description="CPU trainings at once on this host.")
+    cpu_slots: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="CPU trainings at once on this host (default 0: GPU jobs only, so CPU "
+        "jobs are never sent to a GPU server by surprise).",
+    )
     ray_address: str | None = Field(
         None,
         max_length=300,
