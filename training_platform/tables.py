@@ -6,6 +6,12 @@ from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
 from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
+from training_platform.monitoring.models import (
+    Alert,
+    NotificationCursor,
+    Webhook,
+    WebhookDelivery,
+)
 from training_platform.pipelines.models import (
     Pipeline,
     PipelineEvent,
@@ -17,6 +23,7 @@ from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 metadata = SQLModel.metadata
 
 __all__ = [
+    "Alert",
     "ApiToken",
     "Checkpoint",
     "DatasetEntry",
@@ -28,11 +35,14 @@ __all__ = [
     "JobLogChunk",
     "JobMetric",
     "ModelEntry",
+    "NotificationCursor",
     "Pipeline",
     "PipelineEvent",
     "PipelineStage",
     "PipelineStageRun",
     "RemoteHost",
     "RewardFileEntry",
+    "Webhook",
+    "WebhookDelivery",
     "metadata",
 ]

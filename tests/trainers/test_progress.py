@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,17 @@ def _lines(path: Path) -> list[dict]:
 def test_numeric_values_keep_numbers_only() -> None:
     logs = {"loss": 1.5, "num_tokens": 12, "grad_norm": float("nan"), "lr": float("inf")}
     logs |= {"flag": True, "note": "text", "list": [1]}
-    assert numeric_values(logs) == {"loss": 1.5, "num_tokens": 12, "grad_norm": None, "lr": None}
+    values = numeric_values(logs)
+    assert values["loss"] == 1.5 and values["num_tokens"] == 12 and values["lr"] == float("inf")
+    assert math.isnan(values["grad_norm"])  # type: ignore[arg-type]
+
+
+def test_non_finite_values_are_written_as_null_and_named(tmp_path: Path) -> None:
+    writer = ProgressWriter(tmp_path / "metrics.jsonl")
+    writer.metrics(step=3, values={"loss": float("nan"), "kl": float("-inf"), "lr": 0.1})
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["values"] == {"loss": None, "kl": None, "lr": 0.1}
+    assert record["non_finite"] == {"loss": "nan", "kl": "-inf"}
 
 
 def test_writer_appends_strict_json_lines(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from training_platform import __version__
@@ -24,6 +26,11 @@ from training_platform.hosts.routes import secrets_router
 from training_platform.hosts.service import BootstrapRequests
 from training_platform.jobs.routes import router as jobs_router
 from training_platform.jobs.service import Dispatcher
+from training_platform.monitoring import service as live_service
+from training_platform.monitoring.hub import LiveHub
+from training_platform.monitoring.prometheus import registry_for, timer
+from training_platform.monitoring.routes import alerts_router, metrics_router, webhooks_router
+from training_platform.monitoring.routes import router as live_router
 from training_platform.pipelines.routes import lineage_router
 from training_platform.pipelines.routes import router as pipelines_router
 from training_platform.scheduling.routes import router as gpus_router
@@ -51,9 +58,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(settings.log_level)
-        app.state.engine = await run_in_threadpool(bootstrap, settings)
+        engine = await run_in_threadpool(bootstrap, settings)
+        app.state.engine = engine
+
+        def read_state(job_id: int) -> dict[str, Any] | None:
+            with Session(engine) as session:
+                return live_service.read_state(session=session, job_id=job_id)
+
+        hub = LiveHub(settings.broker_url, read_state)
+        await hub.start()
+        app.state.live_hub = hub
+        registry, latency = registry_for(engine, settings.broker_url, lambda: hub.clients)
+        app.state.prometheus_registry, app.state.request_latency = registry, latency
         log.info("API ready on %s", settings.resolved_api_url)
         yield
+        await hub.stop()
 
     app = FastAPI(
         title="training_platform",
@@ -66,6 +85,19 @@ def create_app(
     app.state.dispatcher = dispatcher
     app.state.bootstrap_requests = bootstrap_requests
     errors.install(app)
+
+    @app.middleware("http")
+    async def time_requests(request: Request, call_next: Any) -> Any:
+        started = timer()
+        response = await call_next(request)
+        latency = getattr(request.app.state, "request_latency", None)
+        route = request.scope.get("route")
+        if latency is not None:
+            latency.labels(
+                request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+            ).observe(timer() - started)
+        return response
+
     app.include_router(health.router)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
     api.include_router(jobs_router)
@@ -77,7 +109,11 @@ def create_app(
     api.include_router(backends_router)
     api.include_router(hosts_router)
     api.include_router(secrets_router)
+    api.include_router(alerts_router)
+    api.include_router(webhooks_router)
     app.include_router(api)
+    app.include_router(live_router, prefix=API_PREFIX)  # WebSockets check the token themselves
+    app.include_router(metrics_router, dependencies=[Depends(require_token)])
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from training_platform.cli import services
-from training_platform.cli.client import ApiClient, ApiError
+from training_platform.cli.client import ApiClient, ApiError, read_token
 from training_platform.core.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -554,8 +554,19 @@ def jobs_logs(
 
 
 def _watch(api: ApiClient, job_id: int) -> None:
+    """Follow a job over its WebSocket: progress, latest loss and the log, live.
+
+    The socket is reopened (from the last step seen) when the API restarts or the network
+    drops, so nothing shown is missed or repeated.
+    """
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    token = read_token(settings_or_exit())
+    url = f"{api.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}"
     last_step: int | None = None
     loss: float | None = None
+    job: dict[str, Any] = {"status": "?", "error": None}
     columns = (
         TextColumn("[bold]job {task.fields[job]}[/bold] {task.fields[status]}"),
         BarColumn(),
@@ -564,27 +575,70 @@ def _watch(api: ApiClient, job_id: int) -> None:
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
     )
+    failures = 0
+    shown = [0, 0]  # (attempt, log offset) printed so far
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("", total=None, job=job_id, status="queued", loss="-")
-        while True:
-            job = call(api.job, job_id)
-            metrics = call(api.metrics, job_id, last_step, ["loss"])
-            for point in metrics["points"]:
-                if point["value"] is not None:
-                    loss = point["value"]
-            if metrics["last_step"] is not None:
-                last_step = metrics["last_step"]
-            progress = job["progress"]
+        task = bar.add_task("", total=None, job=job_id, status="...", loss="-")
+
+        def show(state: dict[str, Any]) -> None:
+            job.update(state)
             bar.update(
                 task,
-                total=progress["total"],
-                completed=progress["step"] or 0,
-                status=job["status"],
+                total=state.get("progress_total"),
+                completed=state.get("progress_step") or 0,
+                status=state["status"],
                 loss=f"{loss:.4f}" if loss is not None else "-",
             )
-            if job["status"] in TERMINAL:
-                break
-            time.sleep(1)
+
+        while job["status"] not in TERMINAL:
+            try:
+                with connect(url, open_timeout=10) as ws:
+                    ws.send(json.dumps({"type": "hello", "token": token, "last_step": last_step}))
+                    failures = 0
+                    while job["status"] not in TERMINAL:
+                        message = json.loads(ws.recv())
+                        kind = message["type"]
+                        if kind == "error":
+                            fail(message["message"])
+                        for point in message.get("points", []):
+                            last_step = max(last_step or 0, point["step"])
+                            if point["key"] == "loss" and point["value"] is not None:
+                                loss = point["value"]
+                        if kind == "snapshot":
+                            tail = message["log_tail"].encode()
+                            start = message["log_offset"] - len(tail)
+                            if shown[0] == message["log_attempt"] and shown[1] >= start:
+                                tail = tail[shown[1] - start :]  # seen before the reconnect
+                            shown[:] = [message["log_attempt"], message["log_offset"]]
+                            if tail:
+                                text = tail.decode(errors="replace").rstrip("\n")
+                                bar.console.print(text, markup=False)
+                        elif kind == "log":
+                            shown[:] = [
+                                message["attempt"],
+                                message["offset"] + len(message["text"].encode()),
+                            ]
+                            bar.console.print(message["text"].rstrip("\n"), markup=False)
+                        elif kind == "alert":
+                            alert = message["alert"]
+                            bar.console.print(
+                                f"[red]alert:[/red] {alert['message']} ({alert['action_result']})"
+                            )
+                        if kind in ("snapshot", "status"):
+                            show(message["job"])
+                        elif kind == "metrics":
+                            show(job)
+            except InvalidStatus as error:
+                code = error.response.status_code
+                if code in (401, 403, 404):
+                    fail(f"the API refused to stream job {job_id} (HTTP {code})")
+                failures += 1
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
+                failures += 1
+            if job["status"] not in TERMINAL:
+                if failures > 60:
+                    fail(f"lost the connection to {api.base_url} for a minute")
+                time.sleep(1)
     style = STATUS_STYLE.get(job["status"], "")
     console.print(f"job {job_id} [{style}]{job['status']}[/{style}]")
     if job["status"] != "succeeded":
@@ -1262,7 +1316,9 @@ def hosts_add(
     conda_env: Annotated[str | None, typer.Option(help="Or a conda environment.")] = None,
     python: Annotated[str | None, typer.Option(help="Or an interpreter path.")] = None,
     label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
-    cpu_slots: Annotated[int, typer.Option(help="CPU trainings at once there.")] = 1,
+    cpu_slots: Annotated[
+        int, typer.Option(help="CPU trainings at once there (0: GPU jobs only).")
+    ] = 0,
     runner: Annotated[str, typer.Option(help="ssh or ray.")] = "ssh",
     ray_address: Annotated[str | None, typer.Option(help="Ray Jobs API address.")] = None,
 ) -> None:
@@ -1443,3 +1499,113 @@ def secrets_rotate() -> None:
     with client() as api:
         done = call(api.request, "POST", "/api/v1/secrets/rotate")
     console.print(f"re-encrypted {done['reencrypted']} secret(s) under a new key")
+
+
+# --- alerts and webhooks ---------------------------------------------------------------------
+
+alerts_app = typer.Typer(help="Alerts raised by jobs' rules.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Where notifications go (JSON or Slack).", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    job: Annotated[int | None, typer.Option(help="Only this job's alerts.")] = None,
+    unacknowledged: Annotated[bool, typer.Option(help="Only those nobody acknowledged.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Alerts, newest first."""
+    params: dict[str, Any] = {"unacknowledged": unacknowledged}
+    if job is not None:
+        params["job_id"] = job
+    with client() as api:
+        found = call(api.request, "GET", "/api/v1/alerts", params=params)
+    if as_json:
+        console.print_json(data=found)
+        return
+    if not found:
+        console.print("no alerts")
+        return
+    table = Table("id", "job", "when", "severity", "message", "action", "acknowledged")
+    for alert in found:
+        table.add_row(
+            str(alert["id"]),
+            str(alert["job_id"]),
+            alert["created_at"][:19],
+            alert["severity"],
+            alert["message"],
+            f"{alert['action']}: {alert['action_result']}",
+            alert["acknowledged_by"] or "-",
+        )
+    console.print(table)
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: int) -> None:
+    """Acknowledge an alert."""
+    with client() as api:
+        call(api.request, "POST", f"/api/v1/alerts/{alert_id}/acknowledge")
+    console.print(f"alert {alert_id} acknowledged")
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    name: str,
+    format: Annotated[str, typer.Option(help="json or slack.")] = "json",
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Repeatable: job.succeeded, job.failed, job.stalled, job.cancelled, alert."
+        ),
+    ] = None,
+) -> None:
+    """Register a webhook; its URL is read from stdin (it may hold a token)."""
+    url = sys.stdin.readline().strip()
+    if not url:
+        fail("give the webhook's URL on stdin", 2)
+    body: dict[str, Any] = {"name": name, "url": url, "format": format}
+    if event:
+        body["events"] = event
+    with client() as api:
+        made = call(api.request, "POST", "/api/v1/webhooks", json=body)
+    console.print(f"webhook {made['name']} -> {made['url']} ({', '.join(made['events'])})")
+
+
+@webhooks_app.command("list")
+def webhooks_list() -> None:
+    """Every webhook and how its deliveries went."""
+    with client() as api:
+        found = call(api.get, "webhooks")
+    table = Table("name", "url", "format", "events", "sent", "pending", "failed", "last error")
+    for hook in found:
+        counts = hook["deliveries"]
+        table.add_row(
+            hook["name"],
+            hook["url"],
+            hook["format"],
+            ", ".join(hook["events"]),
+            str(counts["sent"]),
+            str(counts["pending"]),
+            str(counts["failed"]),
+            hook["last_error"] or "-",
+        )
+    console.print(table)
+
+
+@webhooks_app.command("test")
+def webhooks_test(name: str) -> None:
+    """Send a test notification now."""
+    with client() as api:
+        answer = call(api.request, "POST", f"/api/v1/webhooks/{name}/test")
+    if not answer["delivered"]:
+        fail(f"not delivered: {answer.get('error') or answer.get('status_code')}")
+    console.print(f"delivered (HTTP {answer['status_code']})")
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(name: str) -> None:
+    """Forget a webhook."""
+    with client() as api:
+        call(api.delete, f"webhooks/{name}")
+    console.print(f"removed webhook {name}")

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'platform.db'}"
 
     @property
+    def broker_url(self) -> str:
+        """The Redis of broker and live messages: TP_REDIS_URL, else the conventional one."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
     def resolved_api_url(self) -> str:
         """Where clients reach the API."""
         return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from training_platform.core.types import utcnow
 from training_platform.jobs.models import Checkpoint, Job, JobLogChunk, JobMetric
+from training_platform.monitoring.live import Publisher
 from training_platform.runners.base import Handle, Runner
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class IngestResult:
     log_bytes: int = 0
     metric_values: int = 0
     checkpoints: int = 0
+    # Values as reported (NaN and infinities kept, unlike the stored rows): for alert rules.
+    points: list[tuple[int, str, float]] = field(default_factory=list)
 
 
 def _complete_part(data: bytes, final: bool) -> bytes:
@@ -61,18 +64,36 @@ def _advance(session: Session, job: Job, column: str, old: int, new: int) -> boo
 
 
 def ingest(
-    session: Session, job: Job, runner: Runner, handle: Handle, *, final: bool
+    session: Session,
+    job: Job,
+    runner: Runner,
+    handle: Handle,
+    *,
+    final: bool,
+    publish: Publisher | None = None,
 ) -> IngestResult:
-    """Store new log and metrics bytes of the job's current attempt; commits per round."""
+    """Store new log and metrics bytes of the job's current attempt; commits per round.
+
+    What a round stored is published for live views after its commit, never before: a
+    client that resumes from the database cannot miss what it was sent.
+    """
     result = IngestResult()
     for _ in range(MAX_ROUNDS):
         session.refresh(job)
-        stored = _ingest_log(session, job, runner, handle, final)
-        values, checkpoints, consumed = _ingest_metrics(session, job, runner, handle, final)
+        live = _Round()
+        stored = _ingest_log(session, job, runner, handle, final, live)
+        values, checkpoints, consumed = _ingest_metrics(session, job, runner, handle, final, live)
         if stored < 0 or consumed < 0:
             session.rollback()  # someone else advanced an offset first; they have it
             return result
         session.commit()
+        assert job.id is not None
+        if publish is not None:
+            publish.log(job.id, job.attempt, live.log_offset, live.log_data)
+            publish.metrics(job.id, job.attempt, live.points)
+            if live.lag is not None:
+                publish.lag(job.id, live.lag)
+        result.points.extend(live.raw)
         result.log_bytes += stored
         result.metric_values += values
         result.checkpoints += checkpoints
@@ -81,13 +102,27 @@ def ingest(
     return result
 
 
-def _ingest_log(session: Session, job: Job, runner: Runner, handle: Handle, final: bool) -> int:
+@dataclass
+class _Round:
+    """What one round stored, for the live publisher."""
+
+    log_offset: int = 0
+    log_data: bytes = b""
+    points: list[tuple[int, str, float | None]] = field(default_factory=list)
+    raw: list[tuple[int, str, float]] = field(default_factory=list)
+    lag: float | None = None  # seconds from the newest record's timestamp to its storage
+
+
+def _ingest_log(
+    session: Session, job: Job, runner: Runner, handle: Handle, final: bool, live: _Round
+) -> int:
     offset = job.log_offset
     data = _complete_part(runner.read(handle, "log", offset, READ_LIMIT), final)
     if not data:
         return 0
     if not _advance(session, job, "log_offset", offset, offset + len(data)):
         return -1
+    live.log_offset, live.log_data = offset, data
     position = 0
     while position < len(data):
         piece = data[position : position + CHUNK_SIZE]
@@ -107,7 +142,7 @@ def _ingest_log(session: Session, job: Job, runner: Runner, handle: Handle, fina
 
 
 def _ingest_metrics(
-    session: Session, job: Job, runner: Runner, handle: Handle, final: bool
+    session: Session, job: Job, runner: Runner, handle: Handle, final: bool, live: _Round
 ) -> tuple[int, int, int]:
     offset = job.metrics_offset
     data = _complete_part(runner.read(handle, "metrics", offset, READ_LIMIT), final)
@@ -131,7 +166,7 @@ def _ingest_metrics(
         if kind == "started" and isinstance(record.get("max_steps"), int):
             progress["progress_total"] = record["max_steps"]
         elif kind == "metrics":
-            values += _store_values(session, job, record)
+            values += _store_values(session, job, record, live)
             if isinstance(record.get("step"), int):
                 progress["progress_step"] = record["step"]
         elif kind == "checkpoint":
@@ -162,17 +197,26 @@ def _timestamp(record: dict[str, Any]) -> datetime:
         return utcnow()
 
 
-def _store_values(session: Session, job: Job, record: dict[str, Any]) -> int:
+def _store_values(session: Session, job: Job, record: dict[str, Any], live: _Round) -> int:
     step = record.get("step")
     raw = record.get("values")
     if not isinstance(step, int) or not isinstance(raw, dict):
         return 0
+    # Trainers write NaN and infinities as null and name them here (JSON has no NaN).
+    named = record.get("non_finite")
+    marks: dict[str, Any] = named if isinstance(named, dict) else {}
     recorded_at = _timestamp(record)
+    if recorded_at.tzinfo is not None:
+        live.lag = max(live.lag or 0.0, (utcnow() - recorded_at).total_seconds())
     rows = []
     for key, value in raw.items():
+        if value is None and marks.get(key) in ("nan", "inf", "-inf"):
+            value = float(marks[key])
         if not _is_number(value) or not 0 < len(str(key)) <= 200:
             continue
         number = float(value)
+        live.raw.append((step, str(key), number))
+        live.points.append((step, str(key), number if math.isfinite(number) else None))
         rows.append(
             {
                 "job_id": job.id,

@@ -285,10 +285,20 @@ def job_metrics(
     since_step: Annotated[int | None, Query(ge=-1)] = None,
     keys: Annotated[list[str] | None, Query(alias="key")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    until_step: Annotated[int | None, Query(ge=0)] = None,
+    max_steps: Annotated[
+        int | None, Query(ge=2, le=100_000, description="Thin a long run to about this many steps.")
+    ] = None,
 ) -> MetricsPublic:
-    """Metric values after `since_step` (all by default), ordered by step."""
+    """Metric values after `since_step` (all by default) up to `until_step`, by step."""
     rows = service.read_metrics(
-        session=session, job_id=job_id, since_step=since_step, keys=keys or (), limit=limit
+        session=session,
+        job_id=job_id,
+        since_step=since_step,
+        keys=keys or (),
+        limit=limit,
+        until_step=until_step,
+        max_steps=max_steps,
     )
     points = [MetricPoint(step=r.step, key=r.key, value=r.value) for r in rows]
     return MetricsPublic(

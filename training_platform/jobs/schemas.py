@@ -118,6 +118,32 @@ class JobPolicy(BaseModel):
         return self
 
 
+class AlertRule(BaseModel):
+    """A condition on the job's metrics, checked as they are ingested, and what to do then.
+
+    nan: a metric whose key matches `key` is NaN or infinite; above/below: it crosses
+    `threshold` (a KL that runs away, a reward that collapses). `key` may use * wildcards.
+    Each rule raises one alert per attempt.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["nan", "above", "below"]
+    key: str = Field("*loss*", min_length=1, max_length=200)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    action: Literal["notify", "pause", "stop"] = Field(
+        "notify", description="notify: alert only; pause: checkpoint and pause; stop: cancel."
+    )
+
+    @model_validator(mode="after")
+    def _threshold(self) -> AlertRule:
+        if self.rule in ("above", "below") and self.threshold is None:
+            raise ValueError(f"rule {self.rule!r} needs a threshold")
+        if self.rule == "nan" and self.threshold is not None:
+            raise ValueError("rule 'nan' takes no threshold")
+        return self
+
+
 class JobCreate(BaseModel):
     """A job as submitted: what to train, on what, how, and how urgently."""
 
@@ -137,6 +163,11 @@ class JobCreate(BaseModel):
         description=f"{PRIORITY_MIN}-{PRIORITY_MAX}; higher starts first.",
     )
     policy: JobPolicy = Field(default_factory=JobPolicy)
+    alerts: list[AlertRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Alert rules; every job also gets a notify-only rule for NaN losses.",
+    )
 
 
 class PauseRequest(BaseModel):

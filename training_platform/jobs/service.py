@@ -119,7 +119,8 @@ def request_hash(request: JobCreate) -> str:
 
 
 def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
-    return {
+    alerts = [rule.model_dump(mode="json") for rule in checked.request.alerts]
+    return ({"alerts": alerts} if alerts else {}) | {
         "backend": checked.backend.backend,
         "algorithm": checked.backend.algorithm,
         "model": checked.model.name,
@@ -423,7 +424,7 @@ def pause(*, session: Session, job_id: int, actor: str, mode: str = CHECKPOINT) 
         raise Conflict(
             f"{job.backend} runs cannot save a checkpoint on request; pause with mode 'suspend'"
         )
-    if mode == SUSPEND and job.runner != "local":
+    if mode == SUSPEND and job.runner not in ("local", "ssh"):
         raise Conflict(f"mode 'suspend' needs a local run; job {job_id} runs on {job.runner}")
     reason = (
         "pause requested: checkpoint and stop"
@@ -660,15 +661,38 @@ def read_log(
 
 
 def read_metrics(
-    *, session: Session, job_id: int, since_step: int | None, keys: Sequence[str], limit: int
+    *,
+    session: Session,
+    job_id: int,
+    since_step: int | None,
+    keys: Sequence[str],
+    limit: int,
+    until_step: int | None = None,
+    max_steps: int | None = None,
 ) -> Sequence[JobMetric]:
-    """Metric values after since_step (all if None), ordered by step then key."""
+    """Metric values after since_step (all if None) up to until_step, by step then key.
+
+    With max_steps, a long run is thinned to about that many evenly spaced steps (the
+    first and last included), so a 100k-step curve still draws fast.
+    """
     get_job(session=session, job_id=job_id)
-    query = select(JobMetric).where(JobMetric.job_id == job_id)
+    conditions: list[Any] = [col(JobMetric.job_id) == job_id]
     if since_step is not None:
-        query = query.where(JobMetric.step > since_step)
+        conditions.append(col(JobMetric.step) > since_step)
+    if until_step is not None:
+        conditions.append(col(JobMetric.step) <= until_step)
     if keys:
-        query = query.where(col(JobMetric.key).in_(list(keys)))
+        conditions.append(col(JobMetric.key).in_(list(keys)))
+    query = select(JobMetric).where(*conditions)
+    if max_steps is not None:
+        low, high = session.exec(
+            select(func.min(JobMetric.step), func.max(JobMetric.step)).where(*conditions)
+        ).one()
+        if low is not None and high is not None and high - low + 1 > max_steps:
+            stride = -(-(high - low + 1) // max_steps)
+            query = query.where(
+                ((col(JobMetric.step) - low) % stride == 0) | (col(JobMetric.step) == high)
+            )
     return session.exec(query.order_by(col(JobMetric.step), col(JobMetric.key)).limit(limit)).all()
 
 

@@ -35,6 +35,7 @@ from training_platform.jobs.state import (
     note,
     transition,
 )
+from training_platform.monitoring import alerts, live
 from training_platform.runners.base import Handle, Runner, RunState
 from training_platform.runners.launcher import EXIT_STOPPED
 from training_platform.scheduling.models import DeviceLease
@@ -168,8 +169,13 @@ def _reconcile(
     if runner is None or not runner.owns(handle):
         return job  # another node's supervisor watches this run
     state = runner.poll(handle)
-    ingest(session, job, runner, handle, final=state.status != "running")
+    publish = live.publisher(settings.broker_url)
+    stored = ingest(session, job, runner, handle, final=state.status != "running", publish=publish)
     session.refresh(job)
+    if stored.points and alerts.evaluate(
+        session=session, job=job, points=stored.points, publish=publish
+    ):
+        session.refresh(job)
     if state.status == "running":
         _while_running(session, settings, job, runner, handle, actor)
     else:

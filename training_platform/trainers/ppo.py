@@ -390,7 +390,7 @@ class PpoRun:
         micro = self.hp.per_device_train_batch_size
         mini = size // self.hp.num_mini_batches
         sums: dict[str, float] = defaultdict(float)
-        count = 0
+        count = skipped = 0
         grad_norm = 0.0
         for _ in range(self.hp.ppo_epochs):
             order = torch.randperm(size, device=self.device)
@@ -404,10 +404,17 @@ class PpoRun:
                     count += 1
                 norm = nn.utils.clip_grad_norm_(self.parameters, self.hp.max_grad_norm)
                 grad_norm = float(norm)
-                self.optimizer.step()
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                else:
+                    # A NaN or infinite gradient (a reward that returned NaN...) would turn
+                    # every weight into NaN; the update is skipped, and the non-finite loss
+                    # is still reported, so alert rules and users see it.
+                    skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
         values = {key: total / count for key, total in sums.items()}
         values["grad_norm"] = grad_norm
+        values["ppo/skipped_updates"] = float(skipped)
         return values
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -474,8 +481,7 @@ class PpoRun:
     def _logged(self, pending: dict[str, list[float]]) -> dict[str, float | int | None]:
         values: dict[str, float | int | None] = {}
         for key, items in pending.items():
-            mean = sum(items) / len(items)
-            values[key] = mean if math.isfinite(mean) else None
+            values[key] = sum(items) / len(items)  # NaN stays NaN: the writer marks it
         values["learning_rate"] = self.scheduler.get_last_lr()[0]
         values["epoch"] = self.global_step / self.batches_per_epoch
         return values

@@ -88,7 +88,7 @@ def directory_size(path: Path) -> int:
 
 
 def numeric_values(logs: dict[str, Any]) -> dict[str, float | int | None]:
-    """The numeric entries of a trainer log; non-finite floats become None."""
+    """The numeric entries of a trainer log (NaN and infinities kept: the writer marks them)."""
     values: dict[str, float | int | None] = {}
     for key, value in logs.items():
         # bool is an int subclass but not a measurement.
@@ -97,9 +97,24 @@ def numeric_values(logs: dict[str, Any]) -> dict[str, float | int | None]:
         if isinstance(value, int):
             values[key] = value
         else:
-            number = float(value)
-            values[key] = number if math.isfinite(number) else None
+            values[key] = float(value)
     return values
+
+
+def _strict(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: a non-finite value is written as null and named in `non_finite`."""
+    values = record.get("values")
+    if not isinstance(values, dict):
+        return record
+    marks = {
+        key: str(value)  # "nan", "inf" or "-inf"
+        for key, value in values.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    }
+    if not marks:
+        return record
+    cleaned = {key: (None if key in marks else value) for key, value in values.items()}
+    return {**record, "values": cleaned, "non_finite": marks}
 
 
 class ProgressWriter:
@@ -111,7 +126,7 @@ class ProgressWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append `record` as one line; readers see it as soon as this returns."""
-        line = json.dumps(record, allow_nan=False) + "\n"
+        line = json.dumps(_strict(record), allow_nan=False) + "\n"
         # Reopened per record: append mode never rewrites, and closing flushes the line at once.
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(line)

@@ -475,6 +475,9 @@ def common_training_args(config: TrainConfig) -> dict[str, Any]:
         "data_seed": hp.seed,
         # The progress callback prints readable lines; a tqdm bar would garble the job log.
         "disable_tqdm": True,
+        # Report a NaN or infinite loss as it is: the platform's alert rules must see it (the
+        # Trainer's default hides it behind the window's average).
+        "logging_nan_inf_filter": False,
     }
 
 

@@ -190,15 +190,21 @@ def _now() -> str:
 
 
 def _numbers(data: Any) -> dict[str, float | int | None]:
-    """The numeric entries of one verl log line; non-finite floats become None."""
+    """The numeric entries of one verl log line (non-finite ones are marked when written)."""
     values: dict[str, float | int | None] = {}
     if not isinstance(data, dict):
         return values
     for key, value in data.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        values[str(key)] = value if isinstance(value, int) or math.isfinite(value) else None
+        values[str(key)] = value
     return values
+
+
+def _strict(values: dict[str, float | int | None]) -> tuple[dict[str, Any], dict[str, str]]:
+    """JSON has no NaN: non-finite values become null and are named apart."""
+    marks = {k: str(v) for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
+    return {k: (None if k in marks else v) for k, v in values.items()}, marks
 
 
 def _size(path: Path) -> int:
@@ -227,8 +233,12 @@ class Progress:
         self.heartbeat.touch()
 
     def metrics(self, step: int, values: dict[str, float | int | None]) -> None:
-        """One log event of verl."""
-        self.write({"type": "metrics", "step": step, "values": values})
+        """One log event of verl; NaN and infinities as null, named in `non_finite`."""
+        cleaned, marks = _strict(values)
+        self.write(
+            {"type": "metrics", "step": step, "values": cleaned}
+            | ({"non_finite": marks} if marks else {})
+        )
         self.last_step, self.last_values = max(self.last_step, step), values
         self.heartbeat.touch()
 
@@ -264,7 +274,7 @@ class Progress:
 
     def summary(self, runtime_s: float) -> None:
         """The run's last figures, after verl exited successfully."""
-        values = {**self.last_values, "train_runtime": round(runtime_s, 3)}
+        values, _ = _strict({**self.last_values, "train_runtime": round(runtime_s, 3)})
         self.write({"type": "summary", "step": self.last_step, "values": values})
 
 

@@ -12,6 +12,7 @@ from training_platform.worker.config import celery_config
 TASK_MODULES = [
     "training_platform.hosts.tasks",
     "training_platform.jobs.tasks",
+    "training_platform.monitoring.tasks",
     "training_platform.pipelines.tasks",
     "training_platform.scheduling.tasks",
     "training_platform.system.tasks",

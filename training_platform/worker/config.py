@@ -68,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.pipelines.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.hosts.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.monitoring.notify": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -106,6 +107,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                     "queue": MAINTENANCE,
                     "priority": broker_priority(PRIORITY_MAX),
                     "expires": max(settings.gpu_refresh_interval_s * 3, 10.0),
+                },
+            },
+            "notifications": {
+                "task": "tp.monitoring.notify",
+                "schedule": settings.supervisor_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
+                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
                 },
             },
             "remote-hosts": {

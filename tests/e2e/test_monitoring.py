@@ -1,0 +1,164 @@
+"""Live monitoring through the whole platform: a real training streamed over WebSocket with
+an exact resume, a NaN loss stopped by its alert rule, Prometheus /metrics, Flower's auth."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def watched(start_module_platform):  # type: ignore[no-untyped-def]
+    return start_module_platform(redis_db=9, TP_TRAINING_SLOTS="1")
+
+
+def sft(name: str, steps: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "algorithm": "sft",
+        "model": "tiny-qwen2",
+        "dataset": "tiny-sft",
+        "hyperparameters": {"max_steps": steps, "learning_rate": 1e-3, "logging_steps": 1},
+        **extra,
+    }
+
+
+def ws_url(platform, job_id: int, **params: Any) -> str:  # type: ignore[no-untyped-def]
+    query = "&".join(f"{k}={v}" for k, v in {"token": platform.token, **params}.items())
+    return f"{platform.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}?{query}"
+
+
+def loss_steps(message: dict[str, Any]) -> list[int]:
+    return [p["step"] for p in message.get("points", []) if p["key"] == "loss"]
+
+
+def test_a_running_job_streams_its_metrics_and_a_reconnect_misses_and_repeats_nothing(
+    watched,
+) -> None:  # type: ignore[no-untyped-def]
+    with watched.client() as client:
+        job = client.post("/api/v1/jobs", json=sft("streamed", 150)).json()
+    received: list[int] = []
+    with connect(ws_url(watched, job["id"]), open_timeout=30) as ws:
+        snapshot = json.loads(ws.recv(timeout=30))
+        assert snapshot["type"] == "snapshot" and snapshot["v"] == 1
+        received += loss_steps(snapshot)
+        live = 0
+        while live < 10:  # live messages, while the job trains
+            message = json.loads(ws.recv(timeout=120))
+            if message["type"] == "metrics" and loss_steps(message):
+                received += loss_steps(message)
+                live += 1
+    assert received, "no point arrived"
+    time.sleep(2)  # disconnected while the job goes on
+    with connect(ws_url(watched, job["id"], last_step=max(received)), open_timeout=30) as ws:
+        resumed = json.loads(ws.recv(timeout=30))
+        assert resumed["type"] == "snapshot"
+        assert not resumed["points"] or min(loss_steps(resumed)) == max(received) + 1
+        received += loss_steps(resumed)
+        status = resumed["job"]["status"]
+        while status not in ("succeeded", "failed", "cancelled"):
+            message = json.loads(ws.recv(timeout=180))
+            received += loss_steps(message)
+            if message["type"] == "status":
+                status = message["job"]["status"]
+    assert status == "succeeded"
+    assert received == list(range(1, 151))  # every step once, in order
+
+
+NAN_REWARD = b'''
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    """A broken reward: every score is NaN, so PPO's advantages and loss are NaN."""
+    return float("nan")
+'''
+
+
+def test_a_nan_loss_raises_an_alert_and_the_stop_rule_stops_the_training(watched) -> None:  # type: ignore[no-untyped-def]
+    body = {
+        "name": "diverging",
+        "algorithm": "ppo",
+        "model": "tiny-qwen2",
+        "dataset": "tiny-math",
+        "hyperparameters": {
+            "max_steps": 200,
+            "per_device_train_batch_size": 4,
+            "max_completion_length": 8,
+            "reward": "file:nan-reward",
+        },
+        "alerts": [{"rule": "nan", "key": "loss", "action": "stop"}],
+    }
+    with watched.client() as client:
+        uploaded = client.post("/api/v1/rewards", params={"name": "nan-reward"}, content=NAN_REWARD)
+        assert uploaded.status_code == 201, uploaded.text
+        job = client.post("/api/v1/jobs", json=body).json()
+    ended = watched.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert ended["status"] == "cancelled", ended.get("error")
+    with watched.client() as client:
+        [alert] = client.get("/api/v1/alerts", params={"job_id": job["id"]}).json()
+        events = client.get(f"/api/v1/jobs/{job['id']}/events").json()
+    assert alert["rule"] == "nan" and alert["key"] == "loss" and alert["value"] is None
+    assert alert["action_result"] == "stop requested"
+    assert (ended["progress"]["step"] or 0) < 200  # stopped, not finished
+    assert any(e["reason"].startswith("alert: loss is nan") for e in events)
+
+
+def test_prometheus_metrics_show_a_running_and_a_queued_job(watched) -> None:  # type: ignore[no-untyped-def]
+    with watched.client() as client:
+        running = client.post("/api/v1/jobs", json=sft("runs", 100000)).json()
+        watched.wait_status(running["id"], {"running"}, timeout=120)
+        queued = client.post("/api/v1/jobs", json=sft("waits", 10, priority=7)).json()
+        watched.wait_status(queued["id"], {"queued"}, timeout=60)
+        assert httpx.get(f"{watched.base_url}/metrics").status_code == 401
+        text = client.get("/metrics").text
+        client.post(f"/api/v1/jobs/{queued['id']}/cancel")
+        client.post(f"/api/v1/jobs/{running['id']}/cancel")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("tp_jobs", (("status", "running"),))] >= 1
+    assert samples[("tp_jobs", (("status", "queued"),))] >= 1
+    assert samples[("tp_jobs_waiting", (("priority", "7"), ("queue", "training")))] == 1
+    assert any(name == "tp_device_leases_active" for name, _ in samples)
+    assert any(name == "tp_http_request_duration_seconds_count" for name, _ in samples)
+    assert ("tp_websocket_clients", ()) in samples
+
+
+def test_flower_wants_its_credentials_and_lists_the_workers_with_them(watched) -> None:  # type: ignore[no-untyped-def]
+    base = f"http://127.0.0.1:{watched.env['TP_FLOWER_PORT']}"
+    password = (watched.home / "flower-password").read_text().strip()
+    assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+    deadline = time.monotonic() + 60
+    workers: dict[str, Any] = {}
+    while time.monotonic() < deadline and len(workers) < 2:
+        # refresh: Flower asks the workers now (its startup inspection ran before they were up)
+        answer = httpx.get(
+            f"{base}/api/workers",
+            params={"refresh": "1"},
+            auth=("admin", password),
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        workers = answer.json()
+        time.sleep(1)
+    assert any(name.startswith("training@") for name in workers), workers
+    assert any(name.startswith("general@") for name in workers)
+
+
+def test_a_socket_without_a_token_is_refused(watched) -> None:  # type: ignore[no-untyped-def]
+    url = f"{watched.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/1"
+    with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "hello"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "error"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

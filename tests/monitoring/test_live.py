@@ -1,0 +1,100 @@
+"""WebSocket /api/v1/ws/jobs/{id}: auth, snapshot, live points and log, exact resume."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from training_platform.jobs.supervisor import reconcile_job
+
+
+def _token(settings) -> str:  # type: ignore[no-untyped-def]
+    return str(settings.admin_token_file.read_text().strip())
+
+
+def _receive_until(ws, predicate, limit: int = 50) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    seen = []
+    for _ in range(limit):
+        message = ws.receive_json()
+        seen.append(message)
+        if predicate(message):
+            return seen
+    raise AssertionError(f"no matching message in {seen}")
+
+
+def test_a_socket_without_a_valid_token_is_refused(api, settings, running_job) -> None:  # type: ignore[no-untyped-def]
+    job, _ = running_job()
+    url = f"/api/v1/ws/jobs/{job.id}?token=wrong"
+    with pytest.raises(WebSocketDisconnect) as refused, api.websocket_connect(url) as ws:
+        ws.receive_json()
+    assert refused.value.code == 4401
+    with api.websocket_connect(f"/api/v1/ws/jobs/{job.id}") as ws:
+        ws.send_json({"type": "hello", "token": "also-wrong"})
+        error = ws.receive_json()
+        assert error["type"] == "error" and "token" in error["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 4401
+    schema = api.get("/api/v1/ws/schema").json()
+    assert schema["version"] == 1 and "snapshot" in str(schema["server"])
+
+
+def test_points_stream_live_and_a_reconnect_gets_exactly_what_it_missed(
+    api, engine, settings, runner, running_job, metrics_line
+) -> None:  # type: ignore[no-untyped-def]
+    job, run_dir = running_job()
+    watch = {runner.kind: runner}
+    runner.write(run_dir, "metrics", b"".join(metrics_line(s, loss=10.0 - s) for s in (1, 2, 3)))
+    runner.write(run_dir, "log", b"step 1\nstep 2\nstep 3\n")
+    reconcile_job(engine, settings, job.id, watch)
+    url = f"/api/v1/ws/jobs/{job.id}?token={_token(settings)}"
+    received: list[tuple[int, str]] = []
+    with api.websocket_connect(url) as ws:
+        snapshot = ws.receive_json()
+        assert snapshot["v"] == 1 and snapshot["type"] == "snapshot"
+        assert snapshot["job"]["status"] == "running" and snapshot["last_step"] == 3
+        assert snapshot["log_tail"] == "step 1\nstep 2\nstep 3\n"
+        received += [(p["step"], p["key"]) for p in snapshot["points"]]
+        runner.write(run_dir, "metrics", b"".join(metrics_line(s, loss=1.0) for s in (4, 5)))
+        runner.write(run_dir, "log", b"step 4\nstep 5\n")
+        reconcile_job(engine, settings, job.id, watch)
+        seen = _receive_until(
+            ws, lambda m: m["type"] == "metrics" and m["last_step"] == 5, limit=10
+        )
+        for message in seen:
+            if message["type"] == "metrics":
+                received += [(p["step"], p["key"]) for p in message["points"]]
+        logs = [m for m in seen if m["type"] == "log"]
+        if not logs:
+            logs = _receive_until(ws, lambda m: m["type"] == "log", limit=5)[-1:]
+        assert logs[0]["offset"] == len(b"step 1\nstep 2\nstep 3\n")
+        assert logs[0]["text"] == "step 4\nstep 5\n"
+        last_step = max(step for step, _ in received)
+    # Disconnected: the run goes on; a reconnect with the last step gets exactly the rest.
+    runner.write(run_dir, "metrics", b"".join(metrics_line(s, loss=0.5) for s in (6, 7, 8)))
+    reconcile_job(engine, settings, job.id, watch)
+    with api.websocket_connect(f"{url}&last_step={last_step}") as ws:
+        resumed = ws.receive_json()
+        received += [(p["step"], p["key"]) for p in resumed["points"]]
+        assert resumed["last_step"] == 8
+        runner.finish(run_dir, 0)
+        reconcile_job(engine, settings, job.id, watch)
+        status = _receive_until(ws, lambda m: m["type"] == "status", limit=10)[-1]
+        assert status["job"]["status"] in ("succeeded", "failed")
+    assert received == [(s, "loss") for s in range(1, 9)]  # each once, none missing
+
+
+def test_a_client_that_cannot_keep_up_is_dropped_not_waited_for() -> None:
+    from training_platform.monitoring.hub import QUEUE_LIMIT, Subscription
+
+    async def flood() -> Subscription:
+        subscription = Subscription(job_id=1)
+        for step in range(QUEUE_LIMIT + 10):
+            subscription.offer({"type": "metrics", "points": [], "last_step": step})
+        return subscription
+
+    subscription = asyncio.run(flood())
+    # Memory stays bounded; the handler closes the socket (4008) and the client resumes.
+    assert subscription.dropped.is_set() and subscription.queue.qsize() == QUEUE_LIMIT

@@ -1,0 +1,100 @@
+"""Webhooks: job events and alerts become one delivery each, sent as JSON or Slack, retried."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlmodel import Session
+
+from training_platform.jobs.supervisor import reconcile_job
+from training_platform.monitoring import webhooks
+
+
+class Receiver:
+    """A real HTTP server on loopback that records what is POSTed to it."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.bodies: list[dict] = []  # type: ignore[type-arg]
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/s3cr3t-token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers() -> Iterator[tuple[Receiver, Receiver, Receiver]]:
+    made = (Receiver(), Receiver(), Receiver(status=500))
+    yield made
+    for receiver in made:
+        receiver.close()
+
+
+def _pass(engine, settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        webhooks.collect(session=session)
+        return webhooks.send(session=session, settings=settings)
+
+
+def test_events_and_alerts_are_sent_once_as_json_and_slack_and_failures_retried(
+    api, engine, settings, runner, running_job, metrics_line, receivers
+) -> None:  # type: ignore[no-untyped-def]
+    plain, slack, broken = receivers
+    for name, receiver, format in (("ops", plain, "json"), ("chat", slack, "slack")):
+        made = api.post(
+            "/api/v1/webhooks",
+            json={"name": name, "url": receiver.url, "format": format},
+        )
+        assert made.status_code == 201, made.text
+        assert "s3cr3t-token" not in made.text
+    api.post("/api/v1/webhooks", json={"name": "down", "url": broken.url, "events": ["job.failed"]})
+    job, run_dir = running_job()
+    runner.write(run_dir, "metrics", metrics_line(1, loss=float("nan")))
+    reconcile_job(engine, settings, job.id, {runner.kind: runner})
+    runner.finish(run_dir, 3)
+    reconcile_job(engine, settings, job.id, {runner.kind: runner})
+
+    report = _pass(engine, settings)
+    assert report == {"sent": 4, "failed": 0, "retrying": 1}
+    events = sorted(body["event"] for body in plain.bodies)
+    assert events == ["alert", "job.failed"]
+    failed = next(b for b in plain.bodies if b["event"] == "job.failed")
+    assert failed["job"]["id"] == job.id and "exited with code 3" in failed["reason"]
+    alert = next(b for b in plain.bodies if b["event"] == "alert")
+    assert alert["alert"]["message"] == "loss is nan at step 1"
+    texts = sorted(body["text"] for body in slack.bodies)
+    assert any("failed" in t and f"job {job.id}" in t for t in texts)
+    assert any("alert: loss is nan" in t for t in texts)
+
+    assert _pass(engine, settings) == {"sent": 0, "failed": 0, "retrying": 0}  # nothing twice
+    assert len(plain.bodies) == 2
+    listed = {h["name"]: h for h in api.get("/api/v1/webhooks").json()}
+    assert listed["down"]["deliveries"] == {"pending": 1, "sent": 0, "failed": 0}
+    assert listed["down"]["last_error"] == "HTTP 500"
+    assert "s3cr3t-token" not in json.dumps(listed)
+    tested = api.post("/api/v1/webhooks/ops/test").json()
+    assert tested["delivered"] is True and plain.bodies[-1]["event"] == "test"
+
+
+def test_a_webhook_needs_an_http_url(api) -> None:  # type: ignore[no-untyped-def]
+    refused = api.post("/api/v1/webhooks", json={"name": "x", "url": "file:///etc/passwd"})
+    assert refused.status_code == 422 and "http" in refused.text

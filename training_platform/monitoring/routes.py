@@ -1,0 +1,284 @@
+"""Live views: WebSocket /api/v1/ws/jobs/{id} and the JSON Schema of its messages.
+
+Authentication: `?token=<api token>`, or a first `hello` message with the token within
+AUTH_TIMEOUT_S. A wrong token in the URL refuses the handshake (HTTP 403); a missing or
+wrong token in `hello` closes the socket with code 4401. The client may give `last_step`
+(in the URL or in `hello`): it then receives exactly the points after that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
+from training_platform.auth.service import authenticate
+from training_platform.core.errors import DomainError, NotFound
+from training_platform.jobs import service as jobs
+from training_platform.monitoring import alerts, service, webhooks
+from training_platform.monitoring.hub import LiveHub, Subscription
+from training_platform.monitoring.schemas import Hello, json_schema
+
+router = APIRouter(tags=["live"])  # no bearer dependency: WebSockets authenticate below
+AUTH_TIMEOUT_S = 10.0
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4008  # the client lagged too far behind; reconnect with last_step
+
+
+@router.get("/ws/schema")
+def live_schema(_: CurrentToken) -> dict[str, Any]:
+    """The JSON Schema of the live messages (server and client), version included."""
+    return json_schema()
+
+
+def _authenticated(websocket: WebSocket, token: str | None) -> bool:
+    try:
+        with Session(websocket.app.state.engine) as session:
+            authenticate(session=session, token=token)
+        return True
+    except DomainError:
+        return False
+
+
+async def _close(websocket: WebSocket, job_id: int, code: int, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_json({"v": 1, "type": "error", "job_id": job_id, "message": message})
+        await websocket.close(code=code, reason=message[:120])
+
+
+class _Stream:
+    """What one client has been sent: the highest step per key, the log position."""
+
+    def __init__(self, last_step: int | None, attempt: int, log_offset: int) -> None:
+        self.floor = last_step if last_step is not None else -1
+        self.steps: dict[str, int] = {}
+        self.attempt = attempt
+        self.log_offset = log_offset
+
+    def fresh_points(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        fresh = []
+        for point in message.get("points", []):
+            key, step = str(point["key"]), int(point["step"])
+            if step > self.steps.get(key, self.floor):
+                self.steps[key] = step
+                fresh.append(point)
+        return fresh
+
+
+async def _send_snapshot(websocket: WebSocket, job_id: int, last_step: int | None) -> _Stream:
+    def read() -> Any:
+        with Session(websocket.app.state.engine) as session:
+            return service.snapshot(session=session, job_id=job_id, last_step=last_step)
+
+    snapshot = await run_in_threadpool(read)
+    stream = _Stream(last_step, snapshot.log_attempt, snapshot.log_offset)
+    for point in snapshot.points:
+        stream.steps[point.key] = max(stream.steps.get(point.key, -1), point.step)
+    await websocket.send_text(snapshot.model_dump_json())
+    return stream
+
+
+async def _log_gap(websocket: WebSocket, job_id: int, attempt: int, start: int, end: int) -> str:
+    def read() -> bytes:
+        with Session(websocket.app.state.engine) as session:
+            _, _, data, _ = jobs.read_log(
+                session=session, job_id=job_id, attempt=attempt, offset=start, limit=end - start
+            )
+            return data
+
+    return (await run_in_threadpool(read)).decode("utf-8", errors="replace")
+
+
+async def _forward(
+    websocket: WebSocket, subscription: Subscription, stream: _Stream, job_id: int
+) -> None:
+    while True:
+        message = await subscription.queue.get()
+        kind = message.get("type")
+        if kind == "status" and message["job"]["attempt"] != stream.attempt:
+            # A new attempt: its curve and log start over; send it whole.
+            stream = await _send_snapshot(websocket, job_id, None)
+            continue
+        if kind == "metrics":
+            points = stream.fresh_points(message)
+            if not points:
+                continue
+            message = {**message, "points": points, "last_step": max(p["step"] for p in points)}
+        elif kind == "log":
+            if message["attempt"] != stream.attempt:
+                continue
+            offset, text = int(message["offset"]), str(message["text"])
+            size = len(text.encode())
+            if offset + size <= stream.log_offset:
+                continue  # already in the snapshot
+            if offset > stream.log_offset:  # missed while subscribing: fill from the database
+                gap = await _log_gap(websocket, job_id, stream.attempt, stream.log_offset, offset)
+                text, offset = gap + text, stream.log_offset
+            elif offset < stream.log_offset:
+                text = text.encode()[stream.log_offset - offset :].decode("utf-8", "replace")
+                offset = stream.log_offset
+            stream.log_offset = offset + len(text.encode())
+            message = {**message, "offset": offset, "text": text}
+        await websocket.send_json(message)
+
+
+async def _drain_client(websocket: WebSocket) -> None:
+    # A handler that only sends never notices a disconnect: read until the client leaves.
+    while True:
+        await websocket.receive_text()
+
+
+@router.websocket("/ws/jobs/{job_id}")
+async def job_live(
+    websocket: WebSocket,
+    job_id: int,
+    token: str | None = Query(None, max_length=512),
+    last_step: int | None = Query(None, ge=-1),
+) -> None:
+    """A job's live view: a snapshot, then metrics, log lines, status changes and alerts."""
+    if token is not None and not await run_in_threadpool(_authenticated, websocket, token):
+        await websocket.close(code=CLOSE_UNAUTHORIZED)  # before accept: the handshake fails
+        return
+    await websocket.accept()
+    if token is None:
+        try:
+            hello = Hello.model_validate_json(
+                await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+            )
+        except (TimeoutError, ValidationError, WebSocketDisconnect):
+            await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "send {type: hello, token}")
+            return
+        if not await run_in_threadpool(_authenticated, websocket, hello.token):
+            await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "invalid or missing token")
+            return
+        last_step = hello.last_step if hello.last_step is not None else last_step
+    hub: LiveHub = websocket.app.state.live_hub
+    subscription = hub.subscribe(job_id)  # before the snapshot: nothing falls in between
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        try:
+            stream = await _send_snapshot(websocket, job_id, last_step)
+        except NotFound as error:
+            await _close(websocket, job_id, CLOSE_NOT_FOUND, error.message)
+            return
+        tasks = [
+            asyncio.create_task(_forward(websocket, subscription, stream, job_id)),
+            asyncio.create_task(_drain_client(websocket)),
+            asyncio.create_task(subscription.dropped.wait()),  # type: ignore[arg-type]
+        ]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if tasks[2] in done:
+            await _close(
+                websocket, job_id, CLOSE_TOO_SLOW, "too slow: reconnect with your last_step"
+            )
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        hub.unsubscribe(subscription)
+
+
+# --- alerts and Prometheus ---------------------------------------------------------------
+
+alerts_router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+
+@alerts_router.get("")
+def list_alerts(
+    session: SessionDep,
+    _: CurrentToken,
+    job_id: Annotated[int | None, Query(ge=1)] = None,
+    unacknowledged: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Alerts, newest first (of one job, or only those nobody acknowledged)."""
+    found = alerts.list_alerts(
+        session=session, job_id=job_id, unacknowledged=unacknowledged, limit=limit
+    )
+    return [alerts.public(a) for a in found]
+
+
+@alerts_router.post("/{alert_id}/acknowledge")
+def acknowledge_alert(alert_id: int, session: SessionDep, token: CurrentToken) -> dict[str, Any]:
+    """Mark an alert seen."""
+    alert = alerts.acknowledge(session=session, alert_id=alert_id, actor=f"token:{token.name}")
+    return alerts.public(alert)
+
+
+metrics_router = APIRouter(tags=["monitoring"])
+
+
+@metrics_router.get("/metrics", response_class=PlainTextResponse)
+def prometheus_metrics(request: Request, _: CurrentToken) -> PlainTextResponse:
+    """The platform's own metrics in Prometheus text format (bearer token required)."""
+    registry = request.app.state.prometheus_registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+webhooks_router = APIRouter(prefix="/webhooks", tags=["alerts"])
+
+
+class WebhookCreate(BaseModel):
+    """A receiver of notifications: a generic JSON POST, or a Slack incoming webhook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    url: SecretStr = Field(description="http(s) URL; stored encrypted, never shown again.")
+    format: Literal["json", "slack"] = "json"
+    events: list[Literal[webhooks.EVENTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["job.succeeded", "job.failed", "job.stalled", "alert"],
+        min_length=1,
+    )
+
+
+@webhooks_router.post("", status_code=201)
+def create_webhook(
+    body: WebhookCreate, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> dict[str, Any]:
+    """Register a webhook; notifications start with the next event."""
+    hook = webhooks.create(
+        session=session,
+        settings=settings,
+        name=body.name,
+        url=body.url.get_secret_value(),
+        format=body.format,
+        events=list(body.events),
+    )
+    return webhooks.public(hook, session)
+
+
+@webhooks_router.get("")
+def list_webhooks(session: SessionDep, _: CurrentToken) -> list[dict[str, Any]]:
+    """Every webhook (URLs shown by host only) with its delivery counts."""
+    return [webhooks.public(h, session) for h in webhooks.list_webhooks(session=session)]
+
+
+@webhooks_router.delete("/{name}", status_code=204)
+def remove_webhook(name: str, session: SessionDep, _: CurrentToken) -> Response:
+    """Forget a webhook."""
+    webhooks.remove(session=session, name=name)
+    return Response(status_code=204)
+
+
+@webhooks_router.post("/{name}/test")
+def test_webhook(
+    name: str, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> dict[str, Any]:
+    """Send a test notification now."""
+    return webhooks.send_test(session=session, settings=settings, name=name)

@@ -1,0 +1,119 @@
+"""The live message schema: what /api/v1/ws/jobs/{id} sends and accepts (version 1).
+
+Every server message carries `v` (the schema version) and `type`. A client resumes after a
+reconnect by sending the last step it saw; it then receives exactly the points after it.
+`GET /api/v1/ws/schema` serves the JSON Schema of both directions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class Point(BaseModel):
+    """One metric value; null where the trainer reported NaN or an infinity."""
+
+    step: int
+    key: str
+    value: float | None
+
+
+class JobState(BaseModel):
+    """A job's state as the live view shows it."""
+
+    id: int
+    name: str
+    status: str
+    attempt: int
+    version: int
+    progress_step: int | None = None
+    progress_total: int | None = None
+    error: str | None = None
+    updated_at: datetime | None = None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    job_id: int
+
+
+class Snapshot(_Message):
+    """First message: the job, every point after the client's last step, the log tail."""
+
+    type: Literal["snapshot"] = "snapshot"
+    job: JobState
+    points: list[Point]
+    last_step: int | None = Field(description="The highest step sent so far (resume from it).")
+    log_attempt: int
+    log_offset: int = Field(description="Log bytes of the attempt before `log` messages start.")
+    log_tail: str
+
+
+class Metrics(_Message):
+    """New points, as ingested."""
+
+    type: Literal["metrics"] = "metrics"
+    attempt: int
+    points: list[Point]
+    last_step: int
+
+
+class Status(_Message):
+    """The job changed state (or progress)."""
+
+    type: Literal["status"] = "status"
+    job: JobState
+
+
+class Log(_Message):
+    """New log text of an attempt, from a byte offset."""
+
+    type: Literal["log"] = "log"
+    attempt: int
+    offset: int
+    text: str
+
+
+class Alert(_Message):
+    """An alert was raised for the job."""
+
+    type: Literal["alert"] = "alert"
+    alert: dict[str, Any]
+
+
+class Error(_Message):
+    """Why the server closes the connection."""
+
+    type: Literal["error"] = "error"
+    message: str
+
+
+ServerMessage = Annotated[
+    Snapshot | Metrics | Status | Log | Alert | Error, Field(discriminator="type")
+]
+
+
+class Hello(BaseModel):
+    """First client message when the token is not in the URL; may also say where to resume."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["hello"] = "hello"
+    token: str | None = Field(None, max_length=512)
+    last_step: int | None = Field(None, ge=-1, description="Resume after this step.")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of both directions, for docs and clients."""
+    return {
+        "version": SCHEMA_VERSION,
+        "server": TypeAdapter(ServerMessage).json_schema(),
+        "client": Hello.model_json_schema(),
+    }
