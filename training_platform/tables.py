@@ -8,6 +8,7 @@ from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.monitoring.models import (
     Alert,
+    GpuSample,
     NotificationCursor,
     Webhook,
     WebhookDelivery,
@@ -29,6 +30,7 @@ __all__ = [
     "DatasetEntry",
     "DeviceLease",
     "GpuDevice",
+    "GpuSample",
     "Host",
     "Job",
     "JobEvent",

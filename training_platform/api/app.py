@@ -29,7 +29,12 @@ from training_platform.jobs.service import Dispatcher
 from training_platform.monitoring import service as live_service
 from training_platform.monitoring.hub import LiveHub
 from training_platform.monitoring.prometheus import registry_for, timer
-from training_platform.monitoring.routes import alerts_router, metrics_router, webhooks_router
+from training_platform.monitoring.routes import (
+    alerts_router,
+    metrics_router,
+    telemetry_router,
+    webhooks_router,
+)
 from training_platform.monitoring.routes import router as live_router
 from training_platform.pipelines.routes import lineage_router
 from training_platform.pipelines.routes import router as pipelines_router
@@ -111,6 +116,7 @@ def create_app(
     api.include_router(secrets_router)
     api.include_router(alerts_router)
     api.include_router(webhooks_router)
+    api.include_router(telemetry_router)
     app.include_router(api)
     app.include_router(live_router, prefix=API_PREFIX)  # WebSockets check the token themselves
     app.include_router(metrics_router, dependencies=[Depends(require_token)])

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         description='Fake GPUs ("4", "4x24GB" or a JSON list) for tests and demos.',
     )
     gpu_refresh_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    gpu_sample_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="How often a running job's GPUs are sampled."
+    )
     backfill_age_limit_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 1800.0
     general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1

@@ -35,7 +35,7 @@ from training_platform.jobs.state import (
     note,
     transition,
 )
-from training_platform.monitoring import alerts, live
+from training_platform.monitoring import alerts, live, telemetry
 from training_platform.runners.base import Handle, Runner, RunState
 from training_platform.runners.launcher import EXIT_STOPPED
 from training_platform.scheduling.models import DeviceLease
@@ -177,6 +177,12 @@ def _reconcile(
     ):
         session.refresh(job)
     if state.status == "running":
+        if job.status == JobStatus.RUNNING.value and telemetry.due(
+            session, job, settings.gpu_sample_interval_s
+        ):
+            read = telemetry.reader_for(settings, runner, job)
+            telemetry.sample(session=session, job=job, read=read, publish=publish)
+            session.refresh(job)
         _while_running(session, settings, job, runner, handle, actor)
     else:
         _after_exit(session, settings, job, state, actor)

@@ -80,6 +80,12 @@ class Publisher:
         except redis.RedisError as error:
             log.warning("ingestion lag of job %s not recorded: %s", job_id, error)
 
+    def gpu(self, job_id: int, samples: list[dict[str, Any]]) -> None:
+        """GPU samples just taken of the job's devices."""
+        self._send(
+            job_id, {"v": SCHEMA_VERSION, "type": "gpu", "job_id": job_id, "samples": samples}
+        )
+
     def alert(self, job_id: int, alert: dict[str, Any]) -> None:
         """An alert raised for the job."""
         self._send(job_id, {"v": SCHEMA_VERSION, "type": "alert", "job_id": job_id, "alert": alert})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Integer, Text, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from training_platform.core.types import JSONType, UTCDateTime, utcnow
@@ -87,3 +87,24 @@ class NotificationCursor(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     last_event_id: int = 0
     last_alert_id: int = 0
+
+
+class GpuSample(SQLModel, table=True):
+    """One reading of one device a running job holds (real devices only, never simulated)."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (Index("ix_gpu_samples_job_taken", "job_id", "taken_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    )
+    attempt: int
+    host: str = Field(max_length=200)
+    device_index: int
+    taken_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    memory_used_mb: int
+    memory_total_mb: int
+    utilization_pct: int | None = None
+    power_w: float | None = None
+    temperature_c: int | None = None

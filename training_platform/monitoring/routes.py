@@ -23,7 +23,7 @@ from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
 from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.jobs import service as jobs
-from training_platform.monitoring import alerts, service, webhooks
+from training_platform.monitoring import alerts, service, telemetry, webhooks
 from training_platform.monitoring.hub import LiveHub, Subscription
 from training_platform.monitoring.schemas import Hello, json_schema
 
@@ -282,3 +282,28 @@ def test_webhook(
 ) -> dict[str, Any]:
     """Send a test notification now."""
     return webhooks.send_test(session=session, settings=settings, name=name)
+
+
+# --- GPU telemetry -------------------------------------------------------------------------
+
+telemetry_router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@telemetry_router.get("/{job_id}/gpu")
+def job_gpu_samples(
+    job_id: int,
+    session: SessionDep,
+    _: CurrentToken,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 2000,
+) -> dict[str, Any]:
+    """Samples of the job's GPUs (newest `limit`, oldest first) and its peak memory.
+
+    Empty on CPU jobs and simulated devices: there is nothing real to measure.
+    """
+    jobs.get_job(session=session, job_id=job_id)
+    rows = telemetry.samples(session=session, job_id=job_id, limit=limit)
+    return {
+        "samples": [telemetry.public(r) for r in rows],
+        "peak_memory_mb": telemetry.peak_memory_mb(session=session, job_id=job_id),
+        "note": None if rows else "no GPU samples (a CPU job, simulated devices, or not yet)",
+    }

@@ -88,6 +88,13 @@ class Alert(_Message):
     alert: dict[str, Any]
 
 
+class Gpu(_Message):
+    """Samples of the job's devices (memory, utilisation, power, temperature)."""
+
+    type: Literal["gpu"] = "gpu"
+    samples: list[dict[str, Any]]
+
+
 class Error(_Message):
     """Why the server closes the connection."""
 
@@ -96,7 +103,7 @@ class Error(_Message):
 
 
 ServerMessage = Annotated[
-    Snapshot | Metrics | Status | Log | Alert | Error, Field(discriminator="type")
+    Snapshot | Metrics | Status | Log | Gpu | Alert | Error, Field(discriminator="type")
 ]
 
 

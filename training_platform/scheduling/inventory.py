@@ -30,6 +30,8 @@ class DeviceReading:
     uuid: str = ""
     processes: list[dict[str, Any]] = field(default_factory=list)
     simulated: bool = False
+    power_w: float | None = None
+    temperature_c: int | None = None
 
 
 @dataclass
@@ -90,7 +92,12 @@ def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[DeviceReading]:
         if len(row) < 6 or not row[0].strip().isdigit():
             continue
         index, uuid, name, total, used, utilization = (part.strip() for part in row[:6])
+        power, temperature = (
+            (row[6].strip(), row[7].strip()) if len(row) >= 8 else ("", "")
+        )  # newer queries add power.draw and temperature.gpu ("[N/A]" where unsupported)
         devices[uuid] = DeviceReading(
+            power_w=float(power) if _is_number(power) else None,
+            temperature_c=int(float(temperature)) if _is_number(temperature) else None,
             index=int(index),
             uuid=uuid,
             name=name,
@@ -114,6 +121,14 @@ def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[DeviceReading]:
                 }
             )
     return sorted(devices.values(), key=lambda d: d.index)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_nvml() -> HostReading | None:
@@ -140,6 +155,16 @@ def _read_nvml() -> HostReading | None:
             ]
             name = pynvml.nvmlDeviceGetName(handle)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
+            try:
+                power: float | None = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # mW
+            except pynvml.NVMLError:
+                power = None
+            try:
+                temperature: int | None = int(
+                    pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+                )
+            except pynvml.NVMLError:
+                temperature = None
             devices.append(
                 DeviceReading(
                     index=index,
@@ -149,6 +174,8 @@ def _read_nvml() -> HostReading | None:
                     memory_used_mb=int(memory.used // 2**20),
                     utilization_pct=utilization,
                     processes=processes,
+                    power_w=power,
+                    temperature_c=temperature,
                 )
             )
         driver = pynvml.nvmlSystemGetDriverVersion()
@@ -166,7 +193,8 @@ def _read_nvidia_smi() -> HostReading | None:
         gpus = subprocess.run(
             [
                 binary,
-                "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
+                "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu,"
+                "power.draw,temperature.gpu",
                 "--format=csv,noheader,nounits",
             ],
             capture_output=True,
