@@ -98,3 +98,21 @@ def test_a_client_that_cannot_keep_up_is_dropped_not_waited_for() -> None:
     subscription = asyncio.run(flood())
     # Memory stays bounded; the handler closes the socket (4008) and the client resumes.
     assert subscription.dropped.is_set() and subscription.queue.qsize() == QUEUE_LIMIT
+
+
+def test_the_overview_socket_shows_counts_and_each_job_change(
+    api, engine, settings, running_job
+) -> None:  # type: ignore[no-untyped-def]
+    job, _ = running_job()
+    with api.websocket_connect(f"/api/v1/ws/overview?token={_token(settings)}") as ws:
+        snapshot = ws.receive_json()
+        assert snapshot["type"] == "overview" and snapshot["counts"] == {"running": 1}
+        assert [j["id"] for j in snapshot["jobs"]] == [job.id]
+        cancelled = api.post(f"/api/v1/jobs/{job.id}/cancel")
+        assert cancelled.status_code == 200
+        seen = _receive_until(
+            ws, lambda m: m["type"] == "status" and m["job"]["status"] == "cancelling", limit=5
+        )
+        assert seen[-1]["job_id"] == job.id
+        counts = _receive_until(ws, lambda m: m["type"] == "counts", limit=5)[-1]
+        assert counts["counts"] == {"cancelling": 1}

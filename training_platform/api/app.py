@@ -70,7 +70,11 @@ def create_app(
             with Session(engine) as session:
                 return live_service.read_state(session=session, job_id=job_id)
 
-        hub = LiveHub(settings.broker_url, read_state)
+        def read_changes(mark: Any) -> Any:
+            with Session(engine) as session:
+                return live_service.changes_since(session=session, mark=mark)
+
+        hub = LiveHub(settings.broker_url, read_state, read_changes)
         await hub.start()
         app.state.live_hub = hub
         registry, latency = registry_for(engine, settings.broker_url, lambda: hub.clients)

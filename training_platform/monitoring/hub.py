@@ -22,6 +22,7 @@ from training_platform.monitoring.live import CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 2000  # messages a client may lag behind before it is dropped
+OVERVIEW = 0  # the subscription key of overview clients (no job has id 0)
 STATUS_INTERVAL_S = 1.0
 
 
@@ -48,9 +49,16 @@ class Subscription:
 class LiveHub:
     """Fans live messages out to subscriptions; polls the status of watched jobs."""
 
-    def __init__(self, redis_url: str, read_state: Callable[[int], dict[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        read_state: Callable[[int], dict[str, Any] | None],
+        read_changes: Callable[[Any], tuple[list[dict[str, Any]], dict[str, int], Any]]
+        | None = None,
+    ) -> None:
         self._url = redis_url
         self._read_state = read_state  # blocking: run in a thread
+        self._read_changes = read_changes  # (jobs changed since a mark, counts, new mark)
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._pollers: dict[int, asyncio.Task[None]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -94,9 +102,8 @@ class LiveHub:
         subscription = Subscription(job_id)
         self._subscriptions.setdefault(job_id, set()).add(subscription)
         if job_id not in self._pollers:
-            self._pollers[job_id] = asyncio.create_task(
-                self._poll_status(job_id), name=f"live-status-{job_id}"
-            )
+            poll = self._poll_overview() if job_id == OVERVIEW else self._poll_status(job_id)
+            self._pollers[job_id] = asyncio.create_task(poll, name=f"live-status-{job_id}")
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -133,6 +140,8 @@ class LiveHub:
                         continue
                     if job_id in self._subscriptions:
                         self._fan_out(job_id, message)
+                    if message.get("type") == "alert" and OVERVIEW in self._subscriptions:
+                        self._fan_out(OVERVIEW, message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Redis gone: clients resume from the database
@@ -144,6 +153,30 @@ class LiveHub:
                     for subscription in subscriptions:
                         subscription.dropped.set()
                 await asyncio.sleep(1.0)
+
+    async def _poll_overview(self) -> None:
+        if self._read_changes is None:
+            return
+        mark: Any = None
+        counts: dict[str, int] | None = None
+        while True:
+            try:
+                changed, now_counts, mark_now = await asyncio.to_thread(self._read_changes, mark)
+            except Exception as error:  # the database restarting: keep trying
+                log.warning("live overview not read: %s", error)
+            else:
+                if mark is not None:  # the first read only sets the mark: clients got a snapshot
+                    for state in changed:
+                        self._fan_out(
+                            OVERVIEW,
+                            {"v": 1, "type": "status", "job_id": state["id"], "job": state},
+                        )
+                    if now_counts != counts:
+                        self._fan_out(
+                            OVERVIEW, {"v": 1, "type": "counts", "job_id": 0, "counts": now_counts}
+                        )
+                mark, counts = mark_now, now_counts
+            await asyncio.sleep(STATUS_INTERVAL_S)
 
     async def _poll_status(self, job_id: int) -> None:
         last: dict[str, Any] | None = None

@@ -24,7 +24,7 @@ from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.jobs import service as jobs
 from training_platform.monitoring import alerts, service, telemetry, webhooks
-from training_platform.monitoring.hub import LiveHub, Subscription
+from training_platform.monitoring.hub import OVERVIEW, LiveHub, Subscription
 from training_platform.monitoring.schemas import Hello, json_schema
 
 router = APIRouter(tags=["live"])  # no bearer dependency: WebSockets authenticate below
@@ -137,17 +137,13 @@ async def _drain_client(websocket: WebSocket) -> None:
         await websocket.receive_text()
 
 
-@router.websocket("/ws/jobs/{job_id}")
-async def job_live(
-    websocket: WebSocket,
-    job_id: int,
-    token: str | None = Query(None, max_length=512),
-    last_step: int | None = Query(None, ge=-1),
-) -> None:
-    """A job's live view: a snapshot, then metrics, log lines, status changes and alerts."""
+async def _admit(
+    websocket: WebSocket, job_id: int, token: str | None, last_step: int | None
+) -> tuple[bool, int | None]:
+    """Check the token (URL or `hello`); (admitted, the step to resume after)."""
     if token is not None and not await run_in_threadpool(_authenticated, websocket, token):
         await websocket.close(code=CLOSE_UNAUTHORIZED)  # before accept: the handshake fails
-        return
+        return False, None
     await websocket.accept()
     if token is None:
         try:
@@ -156,25 +152,28 @@ async def job_live(
             )
         except (TimeoutError, ValidationError, WebSocketDisconnect):
             await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "send {type: hello, token}")
-            return
+            return False, None
         if not await run_in_threadpool(_authenticated, websocket, hello.token):
             await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "invalid or missing token")
-            return
+            return False, None
         last_step = hello.last_step if hello.last_step is not None else last_step
-    hub: LiveHub = websocket.app.state.live_hub
-    subscription = hub.subscribe(job_id)  # before the snapshot: nothing falls in between
-    tasks: list[asyncio.Task[None]] = []
+    return True, last_step
+
+
+async def _serve(
+    websocket: WebSocket,
+    hub: LiveHub,
+    subscription: Subscription,
+    forward: Any,
+    job_id: int,
+) -> None:
+    """Forward until the client leaves or lags too far; then clean up."""
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(forward),
+        asyncio.create_task(_drain_client(websocket)),
+        asyncio.create_task(subscription.dropped.wait()),
+    ]
     try:
-        try:
-            stream = await _send_snapshot(websocket, job_id, last_step)
-        except NotFound as error:
-            await _close(websocket, job_id, CLOSE_NOT_FOUND, error.message)
-            return
-        tasks = [
-            asyncio.create_task(_forward(websocket, subscription, stream, job_id)),
-            asyncio.create_task(_drain_client(websocket)),
-            asyncio.create_task(subscription.dropped.wait()),  # type: ignore[arg-type]
-        ]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if tasks[2] in done:
             await _close(
@@ -189,6 +188,62 @@ async def job_live(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         hub.unsubscribe(subscription)
+
+
+@router.websocket("/ws/jobs/{job_id}")
+async def job_live(
+    websocket: WebSocket,
+    job_id: int,
+    token: str | None = Query(None, max_length=512),
+    last_step: int | None = Query(None, ge=-1),
+) -> None:
+    """A job's live view: a snapshot, then metrics, log lines, status changes and alerts."""
+    admitted, last_step = await _admit(websocket, job_id, token, last_step)
+    if not admitted:
+        return
+    hub: LiveHub = websocket.app.state.live_hub
+    subscription = hub.subscribe(job_id)  # before the snapshot: nothing falls in between
+    try:
+        stream = await _send_snapshot(websocket, job_id, last_step)
+    except NotFound as error:
+        hub.unsubscribe(subscription)
+        await _close(websocket, job_id, CLOSE_NOT_FOUND, error.message)
+        return
+    except (WebSocketDisconnect, RuntimeError):
+        hub.unsubscribe(subscription)
+        return
+    await _serve(
+        websocket, hub, subscription, _forward(websocket, subscription, stream, job_id), job_id
+    )
+
+
+async def _forward_overview(websocket: WebSocket, subscription: Subscription) -> None:
+    while True:
+        await websocket.send_json(await subscription.queue.get())
+
+
+@router.websocket("/ws/overview")
+async def overview_live(
+    websocket: WebSocket, token: str | None = Query(None, max_length=512)
+) -> None:
+    """Every job at a glance: counts by status and recent jobs, then each change as it happens."""
+    admitted, _ = await _admit(websocket, 0, token, None)
+    if not admitted:
+        return
+    hub: LiveHub = websocket.app.state.live_hub
+    subscription = hub.subscribe(OVERVIEW)
+
+    def read() -> dict[str, Any]:
+        with Session(websocket.app.state.engine) as session:
+            return service.overview(session=session)
+
+    try:
+        snapshot = await run_in_threadpool(read)
+        await websocket.send_json({"v": 1, "type": "overview", "job_id": 0, **snapshot})
+    except (WebSocketDisconnect, RuntimeError):
+        hub.unsubscribe(subscription)
+        return
+    await _serve(websocket, hub, subscription, _forward_overview(websocket, subscription), 0)
 
 
 # --- alerts and Prometheus ---------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
+from training_platform.monitoring.models import Alert
 from training_platform.monitoring.schemas import JobState, Point, Snapshot
 
 LOG_TAIL_BYTES = 32 * 1024
@@ -59,3 +62,44 @@ def snapshot(*, session: Session, job_id: int, last_step: int | None) -> Snapsho
         log_offset=end,
         log_tail=data.decode("utf-8", errors="replace"),
     )
+
+
+OVERVIEW_JOBS = 50
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHANGES_LIMIT = 500
+
+
+def _counts(session: Session) -> dict[str, int]:
+    rows = session.exec(select(Job.status, func.count()).group_by(col(Job.status))).all()
+    return {status: int(count) for status, count in rows}
+
+
+def overview(*, session: Session) -> dict[str, Any]:
+    """Counts by status, the most recently changed jobs, unacknowledged alerts."""
+    recent = session.exec(
+        select(Job).order_by(col(Job.updated_at).desc(), col(Job.id).desc()).limit(OVERVIEW_JOBS)
+    ).all()
+    unacknowledged = session.exec(
+        select(func.count()).select_from(Alert).where(col(Alert.acknowledged_at).is_(None))
+    ).one()
+    return {
+        "counts": _counts(session),
+        "jobs": [job_state(job) for job in recent],
+        "alerts_unacknowledged": int(unacknowledged),
+    }
+
+
+def changes_since(
+    *, session: Session, mark: datetime | None
+) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
+    """Jobs whose row changed after `mark`, the counts by status, and the next mark."""
+    newest = session.exec(select(func.max(Job.updated_at))).one()
+    if mark is None:  # the first look: only where to start from
+        return [], _counts(session), newest or EPOCH
+    changed = session.exec(
+        select(Job)
+        .where(col(Job.updated_at) > mark)
+        .order_by(col(Job.updated_at))
+        .limit(CHANGES_LIMIT)
+    ).all()
+    return [job_state(job) for job in changed], _counts(session), newest or mark
