@@ -89,3 +89,17 @@ def test_rules_are_checked_on_submit(api) -> None:  # type: ignore[no-untyped-de
     refused = api.post("/api/v1/jobs", json=body)
     assert refused.status_code == 422
     assert "needs a threshold" in refused.text
+
+
+def test_a_stalled_job_raises_a_stalled_alert_saying_what_its_policy_did(
+    engine, settings, runner, running_job
+) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    job, _ = running_job(policy={"stall_timeout_s": 0.2, "on_stall": "keep"})
+    time.sleep(0.5)
+    reconcile_job(engine, settings, job.id, {runner.kind: runner})
+    assert _status(engine, job.id) == "stalled"
+    [raised] = _alerts(engine, job.id)
+    assert raised["rule"] == "stalled" and raised["action_result"] == "left running"
+    assert raised["message"].startswith("no log or metrics output for")

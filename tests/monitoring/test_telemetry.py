@@ -79,3 +79,24 @@ def test_simulated_devices_and_cpu_jobs_show_no_samples(api, engine, settings, r
         "peak_memory_mb": None,
         "note": "no GPU samples (a CPU job, simulated devices, or not yet)",
     }
+
+
+def test_a_rule_on_gpu_memory_warns_before_the_device_is_full(
+    engine, settings, running_job
+) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.monitoring import alerts
+
+    job, _ = running_job(
+        alerts=[{"rule": "above", "key": "gpu/memory_used_fraction", "threshold": 0.9}]
+    )
+    _lease(engine, job, settings.node_name, [0, 1], simulated=False)
+    with Session(engine) as session:
+        stored = session.get(Job, job.id)
+        taken = telemetry.sample(
+            session=session, job=stored, read=_stand_in_for_nvml({0: 20_000, 1: 78_000})
+        )
+        [raised] = alerts.evaluate(
+            session=session, job=stored, points=telemetry.as_points(taken, step=7)
+        )
+    assert raised.key == "gpu/memory_used_fraction" and raised.step == 7
+    assert raised.message.startswith("gpu/memory_used_fraction = 0.956")

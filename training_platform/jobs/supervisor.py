@@ -181,7 +181,14 @@ def _reconcile(
             session, job, settings.gpu_sample_interval_s
         ):
             read = telemetry.reader_for(settings, runner, job)
-            telemetry.sample(session=session, job=job, read=read, publish=publish)
+            taken = telemetry.sample(session=session, job=job, read=read, publish=publish)
+            if taken:  # rules may watch the devices too: gpu/memory_used_fraction
+                alerts.evaluate(
+                    session=session,
+                    job=job,
+                    points=telemetry.as_points(taken, step=job.progress_step or 0),
+                    publish=publish,
+                )
             session.refresh(job)
         _while_running(session, settings, job, runner, handle, actor)
     else:
@@ -303,9 +310,13 @@ def _check_limits(
         reason=f"no log or metrics output for {silent:.0f} s (stall timeout {limit:g} s)",
         detail=dump or "no stack dump: py-spy is not installed on this host",
     )
+    message = f"no log or metrics output for {silent:.0f} s"
     if policy.on_stall == "keep":
         note(session, job, actor=POLICY, reason="on_stall is keep: left running")
         session.commit()
+        alerts.stalled(
+            session=session, job=job, message=message, action="notify", result="left running"
+        )
         return
     transition(
         session,
@@ -316,6 +327,13 @@ def _check_limits(
         values={"end_cause": "stalled", "stop_requested_at": now},
     )
     session.commit()
+    alerts.stalled(
+        session=session,
+        job=job,
+        message=message,
+        action="stop",
+        result=f"stopped (on_stall {policy.on_stall})",
+    )
     _stopping(settings, job, runner, handle)
 
 

@@ -81,7 +81,9 @@ def evaluate(
             continue
         step, key, value = hit
         severity, message = _describe(rule, key, step, value)
-        alert = _insert_once(session, job, index, rule, key, step, value, severity, message)
+        alert = _insert_once(
+            session, job, index, rule.rule, rule.action, key, step, value, severity, message
+        )
         if alert is not None:
             raised.append(alert)
     for alert in raised:
@@ -98,9 +100,10 @@ def _insert_once(
     session: Session,
     job: Job,
     index: int,
-    rule: AlertRule,
+    rule: str,
+    action: str,
     key: str,
-    step: int,
+    step: int | None,
     value: float,
     severity: str,
     message: str,
@@ -112,13 +115,13 @@ def _insert_once(
             job_id=job.id,
             attempt=job.attempt,
             rule_index=index,
-            rule=rule.rule,
+            rule=rule,
             key=key,
             step=step,
             value=value if math.isfinite(value) else None,
             severity=severity,
             message=message,
-            action=rule.action,
+            action=action,
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["job_id", "attempt", "rule_index"])
@@ -194,4 +197,22 @@ def acknowledge(*, session: Session, alert_id: int, actor: str) -> Alert:
         session.add(alert)
         session.commit()
         session.refresh(alert)
+    return alert
+
+
+STALLED_RULE = -2  # the index of the supervisor's hang detection among a job's rules
+
+
+def stalled(*, session: Session, job: Job, message: str, action: str, result: str) -> Alert | None:
+    """Record the supervisor's hang detection as an alert (once per attempt); commits.
+
+    The job's policy has already acted (on_stall); the alert says what it did.
+    """
+    alert = _insert_once(
+        session, job, STALLED_RULE, "stalled", action, "output", None, math.nan, "warning", message
+    )
+    if alert is not None:
+        alert.action_result = result
+        session.add(alert)
+        session.commit()
     return alert

@@ -26,8 +26,9 @@ class Alert(SQLModel, table=True):
         )
     )
     attempt: int
-    rule_index: int  # position in the job's rules; -1 for the platform's default NaN rule
-    rule: str = Field(max_length=16)  # nan | above | below
+    # Position in the job's rules; -1: the platform's default NaN rule; -2: hang detection.
+    rule_index: int
+    rule: str = Field(max_length=16)  # nan | above | below | stalled
     key: str = Field(max_length=200)  # the metric key that triggered it
     step: int | None = None
     value: float | None = None  # None for NaN/inf

@@ -158,3 +158,13 @@ def peak_memory_mb(*, session: Session, job_id: int) -> int | None:
         select(func.max(GpuSample.memory_used_mb)).where(GpuSample.job_id == job_id)
     ).one()
     return int(peak) if peak is not None else None
+
+
+def as_points(taken: Sequence[GpuSample], *, step: int) -> list[tuple[int, str, float]]:
+    """A sample round as metric points alert rules can watch (the fullest device counts)."""
+    fractions = [s.memory_used_mb / s.memory_total_mb for s in taken if s.memory_total_mb]
+    points = [(step, "gpu/memory_used_fraction", max(fractions))] if fractions else []
+    utilization = [s.utilization_pct for s in taken if s.utilization_pct is not None]
+    if utilization:
+        points.append((step, "gpu/utilization_pct", float(min(utilization))))
+    return points
