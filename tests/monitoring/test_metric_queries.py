@@ -26,3 +26,16 @@ def test_a_long_run_is_thinned_evenly_keeping_its_first_and_last_step(
     assert [p["step"] for p in window["points"]] == list(range(100, 111))
     whole = api.get(url, params={"key": "loss", "limit": 100000}).json()
     assert len(whole["points"]) == 2000
+
+
+def test_the_queue_view_counts_waiting_jobs_and_broker_messages_by_priority(api) -> None:  # type: ignore[no-untyped-def]
+    body = {"name": "waits", "algorithm": "sft", "model": "tiny-qwen2", "dataset": "tiny-sft"}
+    for priority in (2, 7, 7):
+        assert api.post("/api/v1/jobs", json={**body, "priority": priority}).status_code == 201
+    view = api.get("/api/v1/queues").json()
+    assert {(w["priority"], w["status"], w["jobs"]) for w in view["waiting"]} == {
+        (7, "pending", 2),
+        (2, "pending", 1),
+    }
+    # No worker runs here: the prepare messages wait in Redis, in their priority buckets.
+    assert view["broker"]["preprocessing"]["7"] == 2 and view["broker"]["preprocessing"]["2"] == 1

@@ -32,6 +32,7 @@ from training_platform.monitoring.prometheus import registry_for, timer
 from training_platform.monitoring.routes import (
     alerts_router,
     metrics_router,
+    queues_router,
     telemetry_router,
     webhooks_router,
 )
@@ -121,6 +122,7 @@ def create_app(
     api.include_router(alerts_router)
     api.include_router(webhooks_router)
     api.include_router(telemetry_router)
+    api.include_router(queues_router)
     app.include_router(api)
     app.include_router(live_router, prefix=API_PREFIX)  # WebSockets check the token themselves
     app.include_router(metrics_router, dependencies=[Depends(require_token)])

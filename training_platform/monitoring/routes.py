@@ -362,3 +362,16 @@ def job_gpu_samples(
         "peak_memory_mb": telemetry.peak_memory_mb(session=session, job_id=job_id),
         "note": None if rows else "no GPU samples (a CPU job, simulated devices, or not yet)",
     }
+
+
+# --- queues --------------------------------------------------------------------------------
+
+queues_router = APIRouter(tags=["monitoring"])
+
+
+@queues_router.get("/queues")
+def queue_depths(request: Request, session: SessionDep, _: CurrentToken) -> dict[str, Any]:
+    """Jobs waiting per queue and priority (from the database), and broker messages per queue
+    and priority (from Redis): what Flower cannot see in Redis priority queues."""
+    settings = request.app.state.settings
+    return service.queue_depths(session=session, redis_url=settings.broker_url)

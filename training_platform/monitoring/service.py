@@ -103,3 +103,32 @@ def changes_since(
         .limit(CHANGES_LIMIT)
     ).all()
     return [job_state(job) for job in changed], _counts(session), newest or mark
+
+
+WAITING_STATUSES = ("pending", "queued", "resuming")
+
+
+def queue_depths(*, session: Session, redis_url: str) -> dict[str, Any]:
+    """Waiting jobs per queue and priority (database) and messages per queue (Redis)."""
+    from training_platform.worker.broker import RedisBrokerView
+    from training_platform.worker.queues import ALL_QUEUES, PRIORITY_MAX
+
+    rows = session.exec(
+        select(Job.queue, Job.priority, Job.status, func.count())
+        .where(col(Job.status).in_(WAITING_STATUSES))
+        .group_by(col(Job.queue), col(Job.priority), col(Job.status))
+        .order_by(col(Job.queue), col(Job.priority).desc())
+    ).all()
+    waiting = [
+        {"queue": queue, "priority": priority, "status": status, "jobs": int(count)}
+        for queue, priority, status, count in rows
+    ]
+    try:
+        depths = RedisBrokerView(redis_url).depths(ALL_QUEUES)
+        broker: dict[str, Any] | None = {
+            queue: {str(PRIORITY_MAX - bucket): count for bucket, count in enumerate(buckets)}
+            for queue, buckets in depths.items()
+        }
+    except Exception:  # Redis unreachable: the database part still answers
+        broker = None
+    return {"waiting": waiting, "broker": broker}
