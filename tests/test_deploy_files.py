@@ -58,3 +58,15 @@ def test_dockerfile_lints_clean() -> None:
         [hadolint, str(ROOT / "Dockerfile.celery")], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_workers_consume_the_queues_the_platform_sends_to() -> None:
+    import yaml
+
+    from training_platform.worker.queues import GENERAL_QUEUES, training_queue
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    general = services["worker-general"]["command"]
+    assert set(general[general.index("-Q") + 1].split(",")) == set(GENERAL_QUEUES)
+    training = services["worker-training"]["command"]
+    assert training[training.index("-Q") + 1] == training_queue("${TP_NODE_NAME:-node-1}")
