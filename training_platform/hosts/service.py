@@ -305,15 +305,21 @@ def register(*, session: Session, settings: Settings, request: HostCreate) -> Re
     return host
 
 
+def _ray_check(address: str, token: str | None) -> dict[str, Any]:
+    """The Ray cluster's answer as a host check; RunnerError when it does not answer."""
+    from training_platform.runners.ray import check_address
+
+    version = check_address(address, token=token)
+    return {"ready": True, "ray": version, "checked_at": utcnow().isoformat()}
+
+
 def _register_ray(
     *, session: Session, settings: Settings, request: HostCreate, box: SecretBox
 ) -> RemoteHost:
-    from training_platform.runners.ray import check_address
-
     assert request.ray_address
     token = request.ray_token.get_secret_value() if request.ray_token else None
     try:
-        version = check_address(request.ray_address, token=token)
+        checked = _ray_check(request.ray_address, token)
     except RunnerError as error:
         raise InvalidInput(("body", "ray_address"), str(error)) from None
     host = RemoteHost(
@@ -334,7 +340,7 @@ def _register_ray(
         cpu_slots=request.cpu_slots,
         ray_address=request.ray_address,
         ray_token=box.encrypt(token) if token else None,
-        last_check={"ready": True, "ray": version, "checked_at": utcnow().isoformat()},
+        last_check=checked,
     )
     session.add(host)
     session.flush()
@@ -351,16 +357,10 @@ def check(*, session: Session, settings: Settings, host: RemoteHost) -> RemoteHo
     is recorded in last_error and offers no slot until it answers again.
     """
     if host.runner == "ray":
-        from training_platform.runners.ray import check_address
-
         token = SecretBox.for_settings(settings).decrypt(host.ray_token) if host.ray_token else None
         assert host.ray_address is not None
         try:
-            host.last_check = {
-                "ready": True,
-                "ray": check_address(host.ray_address, token=token),
-                "checked_at": utcnow().isoformat(),
-            }
+            host.last_check = _ray_check(host.ray_address, token)
             host.last_error = None
         except RunnerError as error:
             host.last_check = {"ready": False, "problem": str(error)}
@@ -416,8 +416,6 @@ def update(
         if secret is not None:
             host.auth, host.secret = auth, box.encrypt(secret)
     if host.runner == "ray" and (request.ray_address or request.ray_token):
-        from training_platform.runners.ray import check_address
-
         address = request.ray_address or host.ray_address
         assert address is not None
         token = (
@@ -426,12 +424,11 @@ def update(
             else (box.decrypt(host.ray_token) if host.ray_token else None)
         )
         try:
-            version = check_address(address, token=token)
+            host.last_check = _ray_check(address, token)
         except RunnerError as error:
             raise InvalidInput(("body", "ray_address"), str(error)) from None
         host.ray_address, host.address = address, address
         host.ray_token = box.encrypt(token) if token else None
-        host.last_check = {"ready": True, "ray": version, "checked_at": utcnow().isoformat()}
     if request.labels is not None:
         host.labels = list(request.labels)
     if request.cpu_slots is not None:

@@ -6,7 +6,10 @@ A handle is plain JSON persisted on the job, so any process can pick a run up ag
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from training_platform.backends.base import LaunchPlan
@@ -73,3 +76,21 @@ class Runner(Protocol):
     def stack_dump(self, handle: Handle) -> str | None:
         """The Python stacks of the run's processes, where a tool can read them."""
         ...
+
+
+def write_run_dir(plan: LaunchPlan, directory: Path, plan_file: str) -> None:
+    """Lay out a fresh run directory: the plan's files (never outside it) and the plan.
+
+    A directory left by a start that was interrupted before its handle was recorded is
+    replaced; callers refuse first when a live run is there.
+    """
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for relative, content in plan.files.items():
+        target = (directory / relative).resolve()
+        if not target.is_relative_to(directory.resolve()):
+            raise RunnerError(f"plan file {relative!r} escapes the run directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    (directory / plan_file).write_text(json.dumps(plan.to_dict(), indent=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from training_platform.backends.base import LaunchPlan
-from training_platform.runners.base import Handle, RunnerError, RunState, Stream
+from training_platform.runners.base import Handle, RunnerError, RunState, Stream, write_run_dir
 from training_platform.runners.launcher import (
     EXIT_FILE,
     LOG_FILE,
@@ -49,17 +49,7 @@ class LocalRunner:
         existing = self.find(run_dir)
         if existing is not None and self.poll(existing).status == "running":
             raise RunnerError(f"a run is already alive in {run_dir}")
-        if directory.exists():
-            # Left over by a start that was interrupted before its handle was recorded.
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        for relative, content in plan.files.items():
-            target = (directory / relative).resolve()
-            if not target.is_relative_to(directory.resolve()):
-                raise RunnerError(f"plan file {relative!r} escapes the run directory")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-        (directory / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2))
+        write_run_dir(plan, directory, PLAN_FILE)
         with (directory / "launcher.log").open("ab") as launcher_log:
             process = subprocess.Popen(
                 [self.python, "-m", "training_platform.runners.launcher", str(directory)],
