@@ -133,19 +133,7 @@ class LocalRunner:
         for pid in _members(handle):
             if pid == leader:
                 continue
-            try:
-                done = subprocess.run(
-                    [spy, "dump", "--pid", str(pid)],
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as error:
-                dumps.append(f"process {pid}: py-spy failed: {error}")
-                continue
-            text = done.stdout.strip() or done.stderr.strip()
-            dumps.append(text if done.returncode == 0 else f"process {pid}: {text}")
+            dumps.append(_dump(spy, pid))
         return "\n\n".join(dumps) if dumps else None
 
     def _signal_all(self, handle: Handle, sig: signal.Signals) -> None:
@@ -184,6 +172,27 @@ class LocalRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if leader in _members(handle):
                 os.killpg(leader, signal.SIGKILL)
+
+
+def _dump(spy: str, pid: int, attempts: int = 3) -> str:
+    """One process's stacks; py-spy reads a live process and can fail mid-read: retried."""
+    text = ""
+    for _ in range(attempts):
+        try:
+            done = subprocess.run(
+                [spy, "dump", "--pid", str(pid)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"process {pid}: py-spy failed: {error}"
+        text = done.stdout.strip() or done.stderr.strip()
+        if done.returncode == 0:
+            return text
+        time.sleep(0.2)
+    return f"process {pid}: {text}"
 
 
 def _py_spy() -> str | None:

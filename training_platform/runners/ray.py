@@ -139,6 +139,10 @@ def _runner_error(address: str, error: Exception) -> RunnerError:
     return RunnerError(f"the Ray Jobs API at {address} failed: {error}")
 
 
+# How long a submission Ray does not know yet still counts as starting, not lost.
+UNKNOWN_GRACE_S = 60.0
+
+
 class RayRunner:
     """Start plans as Ray jobs on one registered Ray cluster."""
 
@@ -179,6 +183,7 @@ class RayRunner:
             "address": self.address,
             "submission_id": submission_id,
             "run_dir": str(directory),
+            "submitted_at": time.time(),
         }
         # Recorded before submitting: a crash in between leaves a handle that polls as lost
         # rather than a job nobody can find again.
@@ -218,6 +223,12 @@ class RayRunner:
         if ended is not None:
             return ended
         if details is None:
+            # Ray's job table can lag behind a fresh submission, and a head restart forgets
+            # runs whose launcher still lives here: the process decides, then a grace period.
+            if _launcher_of(Path(handle["run_dir"]).absolute()) is not None:
+                return RunState("running")
+            if time.time() - float(handle.get("submitted_at", 0.0)) < UNKNOWN_GRACE_S:
+                return RunState("running")
             return RunState(
                 "lost",
                 detail=f"Ray knows no job {handle['submission_id']} (was the head restarted?)",
