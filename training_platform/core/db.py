@@ -104,3 +104,12 @@ def check_database(engine: Engine) -> None:
     """Raise if the database cannot answer a trivial query."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def insert_for(session: Session, table: Any) -> Any:
+    """An INSERT of the session's dialect (PostgreSQL or SQLite), for ON CONFLICT clauses."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)

@@ -15,10 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
+from training_platform.core.db import insert_for
 from training_platform.core.types import utcnow
 from training_platform.jobs.models import Checkpoint, Job, JobLogChunk, JobMetric
 from training_platform.monitoring.live import Publisher
@@ -230,8 +229,7 @@ def _store_values(session: Session, job: Job, record: dict[str, Any], live: _Rou
         )
     if not rows:
         return 0
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(JobMetric).values(rows)
+    statement = insert_for(session, JobMetric).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=["job_id", "step", "key"],
         set_={
@@ -253,9 +251,8 @@ def _store_checkpoint(session: Session, job: Job, record: dict[str, Any]) -> int
         or ".." in path
     ):
         return 0
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
-        insert(Checkpoint)
+        insert_for(session, Checkpoint)
         .values(
             job_id=job.id,
             attempt=job.attempt,

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
+from training_platform.core.db import insert_for
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.core.types import utcnow
 from training_platform.jobs import service as jobs
@@ -108,9 +107,8 @@ def _insert_once(
     severity: str,
     message: str,
 ) -> Alert | None:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
-        insert(Alert)
+        insert_for(session, Alert)
         .values(
             job_id=job.id,
             attempt=job.attempt,

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
+from training_platform.core.db import insert_for
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.secrets import SecretBox
 from training_platform.core.settings import Settings
@@ -170,9 +169,8 @@ def slack_body(body: dict[str, Any]) -> dict[str, Any]:
 def _insert_delivery(
     session: Session, hook: Webhook, source: str, event: str, body: dict[str, Any]
 ) -> None:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     session.execute(
-        insert(WebhookDelivery)
+        insert_for(session, WebhookDelivery)
         .values(
             webhook_id=hook.id,
             source=source,

@@ -94,3 +94,13 @@ def write_run_dir(plan: LaunchPlan, directory: Path, plan_file: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     (directory / plan_file).write_text(json.dumps(plan.to_dict(), indent=2))
+
+
+def read_stream(run_dir: str, name: str, offset: int, limit: int) -> bytes:
+    """Up to `limit` bytes of a run-directory file from `offset` (empty if not written yet)."""
+    try:
+        with (Path(run_dir) / name).open("rb") as source:
+            source.seek(offset)
+            return source.read(limit)
+    except FileNotFoundError:
+        return b""

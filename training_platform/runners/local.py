@@ -15,7 +15,14 @@ from pathlib import Path
 import psutil
 
 from training_platform.backends.base import LaunchPlan
-from training_platform.runners.base import Handle, RunnerError, RunState, Stream, write_run_dir
+from training_platform.runners.base import (
+    Handle,
+    RunnerError,
+    RunState,
+    Stream,
+    read_stream,
+    write_run_dir,
+)
 from training_platform.runners.launcher import (
     EXIT_FILE,
     LOG_FILE,
@@ -101,13 +108,7 @@ class LocalRunner:
 
     def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
         """Bytes of the run's log or metrics file from offset (empty if not written yet)."""
-        path = Path(handle["run_dir"]) / _STREAM_FILES[stream]
-        try:
-            with path.open("rb") as source:
-                source.seek(offset)
-                return source.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_stream(handle["run_dir"], _STREAM_FILES[stream], offset, limit)
 
     def request_stop(self, handle: Handle) -> None:
         """Create the stop file the trainer looks for after each step."""

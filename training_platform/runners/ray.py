@@ -51,7 +51,14 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from training_platform.backends.base import LaunchPlan
-from training_platform.runners.base import Handle, RunnerError, RunState, Stream, write_run_dir
+from training_platform.runners.base import (
+    Handle,
+    RunnerError,
+    RunState,
+    Stream,
+    read_stream,
+    write_run_dir,
+)
 from training_platform.runners.launcher import (
     EXIT_FILE,
     LOG_FILE,
@@ -244,13 +251,7 @@ class RayRunner:
 
     def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
         """Bytes of the run's log or metrics file from offset (empty if not written yet)."""
-        path = Path(handle["run_dir"]) / _STREAM_FILES[stream]
-        try:
-            with path.open("rb") as source:
-                source.seek(offset)
-                return source.read(limit)
-        except FileNotFoundError:
-            return b""
+        return read_stream(handle["run_dir"], _STREAM_FILES[stream], offset, limit)
 
     def cancel(self, handle: Handle, *, force: bool) -> None:
         """Stop the Ray job (SIGTERM, SIGKILL after Ray's wait); force kills what is left now.
