@@ -8,7 +8,10 @@ TP := $(VENV)/bin/tp
 INSTALLED_TRAIN := $(VENV)/.installed-train
 INSTALLED_DEV := $(VENV)/.installed-dev
 
-.PHONY: up down status install install-dev test lint format clean
+.PHONY: up down status install install-dev test lint format clean frontend frontend-api \
+	frontend-deps dev-frontend screenshots
+
+FRONTEND_DEPS := frontend/node_modules/.package-lock.json
 
 $(PY):
 	@scripts/bootstrap_venv.sh $(VENV)
@@ -41,9 +44,38 @@ status: install
 	@$(TP) status
 
 ## test: install the test dependencies and run the whole suite
+## (Python, the dashboard's Vitest and Playwright tests, in Debian's chromium)
 test: install-dev
 	@scripts/ensure_test_packages.sh
+	@$(MAKE) --no-print-directory frontend-deps
 	$(PY) -m pytest
+
+# --- the web dashboard (frontend/; its build in training_platform/dashboard is committed, so
+# `make up` needs no Node.js; a test fails when the build or the typed client is stale) ---
+
+$(FRONTEND_DEPS): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	@touch $@
+
+frontend-deps: $(FRONTEND_DEPS)
+
+## frontend: rebuild the dashboard served by the API at /
+frontend: frontend-deps
+	cd frontend && npm run build
+
+## frontend-api: regenerate the dashboard's typed API client from the OpenAPI document
+frontend-api: install frontend-deps
+	@mkdir -p build
+	$(PY) scripts/dump_openapi.py > build/openapi.json
+	cd frontend && npm run generate-api
+
+## dev-frontend: Vite with hot reload on http://127.0.0.1:5173, against the API of `make up`
+dev-frontend: frontend-deps
+	cd frontend && TP_API_URL="$${TP_API_URL:-$$($(PY) -c 'from training_platform.core.settings import get_settings; print(get_settings().resolved_api_url)')}" npm run dev
+
+## screenshots: run the dashboard's browser tests and keep their screenshots in docs/screenshots
+screenshots: install-dev frontend-deps
+	TP_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e/test_dashboard.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -55,4 +87,4 @@ format: install-dev
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache frontend/node_modules build

@@ -3,6 +3,10 @@
 #
 #   openssh-server  /usr/sbin/sshd: tests/conftest.py's `sshd` fixture starts a private one
 #   acl             setfacl: lets that fixture's throwaway user reach a Python under /root
+#   chromium        /usr/bin/chromium: the dashboard's end-to-end tests drive it with Playwright
+#                   (never `playwright install`); fonts-dejavu-core gives its pages real glyphs
+#   nodejs, npm     only when no `npm` is on PATH: the dashboard's build, typed client and
+#                   Vitest tests (Node.js 20.19 or newer; checked below)
 #
 # When everything is present this does nothing (no root, no network needed). Otherwise it
 # runs, as root, `apt-get update` once and `apt-get install --no-install-recommends`. No
@@ -11,12 +15,23 @@
 # was started anyway is stopped.
 set -euo pipefail
 
-PACKAGES=(openssh-server acl)
+PACKAGES=(openssh-server acl chromium fonts-dejavu-core)
 
 installed() {
   local status
   status="$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)"
   [[ "$status" == "install ok installed" ]]
+}
+
+# Node.js 20.19+ (Vite 8): from any source, Debian's or another.
+check_node() {
+  local version
+  version="$(node --version 2>/dev/null || true)"
+  version="${version#v}"
+  if [[ -z "$version" ]] || ! printf '20.19.0\n%s\n' "$version" | sort -V -C; then
+    echo "error: the dashboard needs Node.js 20.19 or newer (found: ${version:-none})" >&2
+    exit 1
+  fi
 }
 
 missing=()
@@ -25,7 +40,11 @@ for package in "${PACKAGES[@]}"; do
     missing+=("$package")
   fi
 done
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
+  check_node
   exit 0
 fi
 
@@ -98,6 +117,7 @@ for pid in $(system_sshd_pids); do
   kill "$pid" 2>/dev/null || true
 done
 
+check_node
 for package in "${missing[@]}"; do
   if ! installed "$package"; then
     echo "error: $package did not install" >&2

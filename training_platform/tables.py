@@ -10,6 +10,7 @@ from training_platform.monitoring.models import (
     Alert,
     GpuSample,
     NotificationCursor,
+    PlatformSetting,
     Webhook,
     WebhookDelivery,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "PipelineEvent",
     "PipelineStage",
     "PipelineStageRun",
+    "PlatformSetting",
     "RemoteHost",
     "RewardFileEntry",
     "Webhook",

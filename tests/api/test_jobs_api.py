@@ -134,6 +134,32 @@ def test_list_get_and_paging(api) -> None:  # type: ignore[no-untyped-def]
     assert api.get("/api/v1/jobs/999999").status_code == 404
 
 
+def test_list_filters_search_and_sorts(api) -> None:  # type: ignore[no-untyped-def]
+    names = ["alpha-sft", "beta_sft", "Alpha-two", "gamma 100%"]
+    ids = {
+        n: api.post("/api/v1/jobs", json={**BODY, "name": n, "priority": p}).json()["id"]
+        for n, p in zip(names, (3, 9, 5, 1), strict=True)
+    }
+
+    def listed(**params: Any) -> list[str]:
+        response = api.get("/api/v1/jobs", params=params)
+        assert response.status_code == 200, response.text
+        return [j["name"] for j in response.json()["items"]]
+
+    assert listed(q="ALPHA") == ["Alpha-two", "alpha-sft"]
+    assert listed(q="_") == ["beta_sft"]  # LIKE wildcards match only themselves
+    assert listed(q="100%") == ["gamma 100%"]
+    assert listed(sort="priority") == ["gamma 100%", "alpha-sft", "Alpha-two", "beta_sft"]
+    assert listed(sort="-priority", limit=2) == ["beta_sft", "Alpha-two"]
+    assert listed(sort="id") == names
+    assert listed(algorithm="sft", q="beta") == ["beta_sft"]
+    assert listed(algorithm="dpo") == [] and listed(backend="verl") == []
+    page = api.get("/api/v1/jobs", params={"q": "sft", "limit": 1}).json()
+    assert page["total"] == 2 and page["items"][0]["id"] == ids["beta_sft"]
+    bad = api.get("/api/v1/jobs", params={"sort": "secret_column"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "sort"]
+
+
 def test_cancel_retry_delete_over_http(api, redis_url) -> None:  # type: ignore[no-untyped-def]
     job = api.post("/api/v1/jobs", json=BODY).json()
     cancelled = api.post(f"/api/v1/jobs/{job['id']}/cancel")

@@ -231,3 +231,60 @@ def test_pipeline_commands_without_a_definition_or_with_a_bad_id_fail(tp) -> Non
     assert result.exit_code == 0 and "stages in order: sft, dpo" in result.output
     templates = tp("pipelines", "templates", "sft-gspo")
     assert templates.exit_code == 0 and "${stages.sft.outputs.checkpoint}" in templates.output
+
+
+def test_tokens_create_list_and_revoke(tp) -> None:  # type: ignore[no-untyped-def]
+    created = tp("tokens", "create", "cli-bot")
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip()
+    assert len(secret) >= 43 and "shown only now" in created.stderr
+    listed = json.loads(tp("tokens", "list", "--json").stdout)["items"]
+    assert {t["name"]: t["current"] for t in listed} == {"admin": True, "cli-bot": False}
+    assert secret not in tp("tokens", "list").stdout
+    assert tp("jobs", "list", TP_TOKEN=secret).exit_code == 0
+
+    taken = tp("tokens", "create", "cli-bot")
+    assert taken.exit_code == 1 and "exists already" in taken.stderr
+    bad = tp("tokens", "create", "bad name")
+    assert bad.exit_code == 2 and "name: Value error, use letters, digits" in bad.stderr
+    admin = tp("tokens", "revoke", "admin")
+    assert admin.exit_code == 1 and "$TP_HOME/admin-token" in admin.stderr
+    own = tp("tokens", "revoke", "cli-bot", TP_TOKEN=secret)
+    assert own.exit_code == 1 and "this request uses" in own.stderr
+    missing = tp("tokens", "revoke", "nobody")
+    assert missing.exit_code == 1 and "token 'nobody' not found" in missing.stderr
+
+    revoked = tp("tokens", "revoke", "cli-bot")
+    assert revoked.exit_code == 0 and "token cli-bot revoked at" in revoked.stdout
+    after = tp("jobs", "list", TP_TOKEN=secret)
+    assert after.exit_code == 1 and "invalid or revoked token" in after.stderr
+
+
+def test_default_alert_rules_are_set_from_a_file_and_shown(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The platform is shared: leave it without default rules, as the other tests expect.
+    path = tmp_path / "rules.yaml"
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    try:
+        path.write_text(
+            "- {rule: above, key: grad_norm, threshold: 1000, action: notify}\n- {rule: nan}\n"
+        )
+        stored = tp("alerts", "rules-set", str(path))
+        assert stored.exit_code == 0, stored.output
+        assert "2 default rule(s) stored" in stored.stdout
+        shown = tp("alerts", "rules")
+        assert "grad_norm" in shown.stdout and "*loss*" in shown.stdout
+        as_json = json.loads(tp("alerts", "rules", "--json").stdout)
+        assert [r["rule"] for r in as_json["items"]] == ["above", "nan"]
+
+        path.write_text("- {rule: nan}\n- {rule: below, key: reward}\n")
+        bad = tp("alerts", "rules-set", str(path))
+        assert bad.exit_code == 2 and "items.1: Value error, rule 'below' needs a threshold" in (
+            " ".join(bad.stderr.split())
+        )
+        path.write_text("rule: nan\n")
+        assert tp("alerts", "rules-set", str(path)).exit_code == 2
+        assert json.loads(tp("alerts", "rules", "--json").stdout)["items"] == as_json["items"]
+    finally:
+        assert tp("alerts", "rules-set", str(empty)).exit_code == 0
+    assert "no default rules" in tp("alerts", "rules").stdout

@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import RedirectResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from training_platform import __version__
-from training_platform.api import errors, health
+from training_platform.api import dashboard, errors, health
 from training_platform.api.deps import require_token
+from training_platform.auth.routes import router as tokens_router
 from training_platform.backends.routes import router as backends_router
 from training_platform.bootstrap import bootstrap
 from training_platform.catalog.routes import router as catalog_router
@@ -30,6 +30,7 @@ from training_platform.monitoring import service as live_service
 from training_platform.monitoring.hub import LiveHub
 from training_platform.monitoring.prometheus import registry_for, timer
 from training_platform.monitoring.routes import (
+    alert_rules_router,
     alerts_router,
     metrics_router,
     queues_router,
@@ -123,12 +124,11 @@ def create_app(
     api.include_router(webhooks_router)
     api.include_router(telemetry_router)
     api.include_router(queues_router)
+    api.include_router(tokens_router)
+    api.include_router(alert_rules_router)
     app.include_router(api)
     app.include_router(live_router, prefix=API_PREFIX)  # WebSockets check the token themselves
     app.include_router(metrics_router, dependencies=[Depends(require_token)])
 
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    dashboard.install(app)  # last: its catch-all route answers only what nothing else does
     return app

@@ -1,4 +1,5 @@
-"""API tokens: the admin token written at first start, and bearer-token checks."""
+"""API tokens: the admin token written at first start, bearer-token checks, and the tokens
+users make and revoke. Functions flush; the caller commits."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from training_platform.auth.models import ApiToken
-from training_platform.core.errors import DomainError
+from training_platform.core.errors import Conflict, DomainError, NotFound
+from training_platform.core.types import utcnow
 
 ADMIN_TOKEN_NAME = "admin"  # noqa: S105  (a name, not a secret)
 
@@ -64,4 +68,54 @@ def authenticate(*, session: Session, token: str | None) -> ApiToken:
     record = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
     if record is None or record.revoked_at is not None:
         raise Unauthorized("invalid or revoked token")
+    return record
+
+
+def list_tokens(*, session: Session) -> Sequence[ApiToken]:
+    """Every token, revoked ones included, oldest first."""
+    return session.exec(select(ApiToken).order_by(col(ApiToken.id))).all()
+
+
+def get_token(*, session: Session, name: str) -> ApiToken:
+    """A token by name, or NotFound."""
+    record = session.exec(select(ApiToken).where(ApiToken.name == name)).first()
+    if record is None:
+        raise NotFound(f"token {name!r} not found")
+    return record
+
+
+def create_token(*, session: Session, name: str) -> tuple[ApiToken, str]:
+    """A new token and its secret; only the hash is stored, so the secret is returned once."""
+    taken = f"a token named {name!r} exists already (revoked tokens keep their names)"
+    if session.exec(select(ApiToken).where(ApiToken.name == name)).first() is not None:
+        raise Conflict(taken)
+    secret = secrets.token_urlsafe(32)
+    record = ApiToken(name=name, token_hash=hash_token(secret))
+    session.add(record)
+    try:
+        session.flush()
+    except IntegrityError:  # another request took the name meanwhile
+        session.rollback()
+        raise Conflict(taken) from None
+    return record, secret
+
+
+def revoke_token(*, session: Session, name: str, current: ApiToken) -> ApiToken:
+    """Revoke a token by name: every later request with it gets 401. Revoking twice is a no-op.
+
+    Refused for the admin token (re-registered from its file at every start) and for the
+    token the request itself authenticates with.
+    """
+    record = get_token(session=session, name=name)
+    if record.name == ADMIN_TOKEN_NAME:
+        raise Conflict(
+            "the admin token cannot be revoked: it is re-registered from $TP_HOME/admin-token "
+            "at every start; to rotate it, replace that file and restart the platform"
+        )
+    if record.id == current.id:
+        raise Conflict(f"token {name!r} is the one this request uses; revoke it with another token")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        session.add(record)
+        session.flush()
     return record

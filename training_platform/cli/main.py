@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -323,18 +324,22 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_spec_file(path: Path) -> dict[str, Any]:
-    """A job spec from a JSON or YAML file."""
-    text = path.read_text()
+def load_data_file(path: Path) -> Any:
+    """The content of a JSON or YAML file (YAML by its .yaml or .yml suffix)."""
     try:
+        text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except Exception as error:
         fail(f"{path}: cannot parse: {error}", 2)
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """A job spec from a JSON or YAML file."""
+    data = load_data_file(path)
     if not isinstance(data, dict):
         fail(f"{path}: a job spec must be a mapping", 2)
     return data
@@ -1549,6 +1554,54 @@ def alerts_ack(alert_id: int) -> None:
     console.print(f"alert {alert_id} acknowledged")
 
 
+def _print_rules(rules: list[dict[str, Any]]) -> None:
+    table = Table("#", "rule", "key", "threshold", "action")
+    for index, rule in enumerate(rules):
+        threshold = rule.get("threshold")
+        table.add_row(
+            str(index),
+            rule["rule"],
+            rule["key"],
+            "-" if threshold is None else f"{threshold:g}",
+            rule["action"],
+        )
+    console.print(table)
+
+
+@alerts_app.command("rules")
+def alerts_rules(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The platform's default rules: a job submitted without `alerts` gets a copy of them."""
+    with client() as api:
+        found = call(api.get, "alert-rules")
+    if as_json:
+        console.print_json(data=found)
+        return
+    if not found["items"]:
+        console.print("no default rules (jobs get only the NaN-loss notify rule)")
+        return
+    _print_rules(found["items"])
+    console.print(f"set {found['updated_at'][:19]}; jobs submitted later get a copy of these")
+
+
+@alerts_app.command("rules-set")
+def alerts_rules_set(
+    file: Annotated[
+        Path,
+        typer.Argument(help="JSON or YAML: a list of rules, or `items:` as `rules --json` shows."),
+    ],
+) -> None:
+    """Replace the platform's default rules (an empty list removes them)."""
+    data = load_data_file(file)
+    rules = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(rules, list):
+        fail(f"{file}: give a list of rules (or a mapping with items: [...])", 2)
+    with client() as api:
+        stored = call(api.request, "PUT", "/api/v1/alert-rules", json={"items": rules})
+    if stored["items"]:
+        _print_rules(stored["items"])
+    console.print(f"{len(stored['items'])} default rule(s) stored; they apply to new jobs")
+
+
 @webhooks_app.command("add")
 def webhooks_add(
     name: str,
@@ -1609,3 +1662,48 @@ def webhooks_remove(name: str) -> None:
     with client() as api:
         call(api.delete, f"webhooks/{name}")
     console.print(f"removed webhook {name}")
+
+
+# --- API tokens ------------------------------------------------------------------------------
+
+tokens_app = typer.Typer(help="API tokens: list, create, revoke.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every token, revoked ones too (secrets are never shown again)."""
+    with client() as api:
+        found = call(api.get, "tokens")
+    if as_json:
+        console.print_json(data=found)
+        return
+    table = Table("name", "role", "created", "revoked", "")
+    for token in found["items"]:
+        table.add_row(
+            token["name"],
+            token["role"],
+            token["created_at"][:19],
+            (token["revoked_at"] or "-")[:19],
+            "this one" if token["current"] else "",
+        )
+    console.print(table)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_' and '-'.")],
+) -> None:
+    """Make a token and print its secret: this once only, the platform keeps a hash."""
+    with client() as api:
+        made = call(api.request, "POST", "/api/v1/tokens", json={"name": name})
+    err.print(f"token {made['name']} created; its secret, shown only now:", highlight=False)
+    typer.echo(made["token"])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str) -> None:
+    """Revoke a token: every later request with it is refused (401)."""
+    with client() as api:
+        revoked = call(api.request, "POST", f"/api/v1/tokens/{quote(name, safe='')}/revoke")
+    console.print(f"token {revoked['name']} revoked at {revoked['revoked_at'][:19]}")

@@ -153,12 +153,32 @@ def list_jobs(
     session: SessionDep,
     _: CurrentToken,
     job_status: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Part of the job's name (any case).")
+    ] = None,
+    algorithm: Annotated[list[str] | None, Query(max_length=32)] = None,
+    backend: Annotated[list[str] | None, Query(max_length=32)] = None,
+    sort: Annotated[
+        str,
+        Query(
+            max_length=20,
+            description=f"One of {', '.join(service.JOB_SORT_KEYS)}; a leading - sorts descending.",
+        ),
+    ] = "-id",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
-    """Jobs, newest first, optionally only those in the given statuses."""
+    """Jobs, newest first unless `sort` says otherwise, filtered by status, algorithm, backend
+    and name."""
     page, total = service.list_jobs(
-        session=session, statuses=job_status or (), limit=limit, offset=offset
+        session=session,
+        statuses=job_status or (),
+        search=q or None,
+        algorithms=algorithm or (),
+        backends=backend or (),
+        sort=sort,
+        limit=limit,
+        offset=offset,
     )
     return JobsPublic(items=_public_page(session, page), total=total, limit=limit, offset=offset)
 

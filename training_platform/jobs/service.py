@@ -35,7 +35,7 @@ from training_platform.core.types import utcnow
 from training_platform.datasets import formats
 from training_platform.datasets import service as datasets
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
-from training_platform.jobs.schemas import QUEUE_FOR_JOBS, JobCreate, JobPolicy
+from training_platform.jobs.schemas import QUEUE_FOR_JOBS, AlertRule, JobCreate, JobPolicy
 from training_platform.jobs.state import (
     CHECKPOINT,
     SUSPEND,
@@ -45,6 +45,7 @@ from training_platform.jobs.state import (
     note,
     transition,
 )
+from training_platform.monitoring import defaults as alert_defaults
 from training_platform.scheduling import service as scheduling
 from training_platform.scheduling.placement import capacity_check
 
@@ -118,8 +119,8 @@ def request_hash(request: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
-    alerts = [rule.model_dump(mode="json") for rule in checked.request.alerts]
+def _normalized_spec(checked: ValidatedJob, rules: Sequence[AlertRule]) -> dict[str, Any]:
+    alerts = [rule.model_dump(mode="json") for rule in rules]
     return ({"alerts": alerts} if alerts else {}) | {
         "backend": checked.backend.backend,
         "algorithm": checked.backend.algorithm,
@@ -129,6 +130,14 @@ def _normalized_spec(checked: ValidatedJob) -> dict[str, Any]:
         "resources": checked.request.resources.model_dump(mode="json", exclude_none=True),
         "policy": checked.request.policy.model_dump(mode="json"),
     }
+
+
+def alert_rules_for(*, session: Session, request: JobCreate) -> list[AlertRule]:
+    """The job's own rules; the platform's defaults when the request does not set `alerts`."""
+    if "alerts" in request.model_fields_set:
+        return list(request.alerts)
+    rules, _ = alert_defaults.default_rules(session=session)
+    return rules
 
 
 def policy_of(job: Job) -> JobPolicy:
@@ -156,7 +165,7 @@ def submit(
         algorithm=checked.backend.algorithm,
         model_id=checked.model.id,  # type: ignore[arg-type]
         dataset_id=checked.dataset.id,  # type: ignore[arg-type]
-        spec=_normalized_spec(checked),
+        spec=_normalized_spec(checked, alert_rules_for(session=session, request=request)),
         priority=request.priority,
         queue=QUEUE_FOR_JOBS,
         status=JobStatus.PENDING.value,
@@ -270,7 +279,7 @@ def plan_for_request(
     context = launch_context(
         session=session,
         settings=settings,
-        job_spec=_normalized_spec(checked),
+        job_spec=_normalized_spec(checked, checked.request.alerts),
         backend=checked.backend,
         parameters=checked.parameters,
         model=checked.model,
@@ -344,23 +353,45 @@ def get_job(*, session: Session, job_id: int) -> Job:
     return job
 
 
+JOB_SORT_KEYS = ("id", "name", "status", "priority", "algorithm", "created_at", "updated_at")
+
+
 def list_jobs(
     *,
     session: Session,
     statuses: Sequence[JobStatus] = (),
+    search: str | None = None,
+    algorithms: Sequence[str] = (),
+    backends: Sequence[str] = (),
+    sort: str = "-id",
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[Sequence[Job], int]:
-    """A page of jobs, newest first, and the total matching."""
-    query = select(Job)
-    counter = select(func.count()).select_from(Job)
+    """A page of jobs and the total matching: by status, algorithm, backend and a name search.
+
+    `sort` is one of JOB_SORT_KEYS, with a leading `-` for descending; ties go newest first.
+    """
+    conditions: list[Any] = []
     if statuses:
-        values = [s.value for s in statuses]
-        query = query.where(col(Job.status).in_(values))
-        counter = counter.where(col(Job.status).in_(values))
-    total = session.exec(counter).one()
-    page = session.exec(query.order_by(col(Job.id).desc()).offset(offset).limit(limit)).all()
-    return page, int(total)
+        conditions.append(col(Job.status).in_([s.value for s in statuses]))
+    if algorithms:
+        conditions.append(col(Job.algorithm).in_(list(algorithms)))
+    if backends:
+        conditions.append(col(Job.backend).in_(list(backends)))
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.lower(col(Job.name)).like(f"%{escaped.lower()}%", escape="\\"))
+    descending = sort.startswith("-")
+    key = sort.removeprefix("-")
+    if key not in JOB_SORT_KEYS:
+        raise InvalidInput(("query", "sort"), f"sort by one of {', '.join(JOB_SORT_KEYS)}")
+    column = col(getattr(Job, key))
+    order = [column.desc() if descending else column.asc()]
+    if key != "id":
+        order.append(col(Job.id).desc())
+    total = session.exec(select(func.count()).select_from(Job).where(*conditions)).one()
+    page = session.exec(select(Job).where(*conditions).order_by(*order).offset(offset).limit(limit))
+    return page.all(), int(total)
 
 
 def names_of(*, session: Session, jobs: Sequence[Job]) -> dict[str, dict[int, str]]:

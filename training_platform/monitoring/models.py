@@ -1,4 +1,4 @@
-"""Tables of monitoring: alerts raised on jobs, webhooks and their deliveries."""
+"""Tables of monitoring: alerts raised on jobs, webhooks and their deliveries, platform settings."""
 
 from __future__ import annotations
 
@@ -109,3 +109,16 @@ class GpuSample(SQLModel, table=True):
     utilization_pct: int | None = None
     power_w: float | None = None
     temperature_c: int | None = None
+
+
+class PlatformSetting(SQLModel, table=True):
+    """A platform-wide setting edited through the API, stored as JSON under its key.
+
+    Today one key: `default_alert_rules`, the rules a job gets when its spec sets none.
+    """
+
+    __tablename__ = "platform_settings"
+
+    key: str = Field(max_length=63, primary_key=True)
+    value: Any = Field(sa_type=JSONType, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
@@ -23,7 +24,8 @@ from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
 from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.jobs import service as jobs
-from training_platform.monitoring import alerts, service, telemetry, webhooks
+from training_platform.jobs.schemas import AlertRule
+from training_platform.monitoring import alerts, defaults, service, telemetry, webhooks
 from training_platform.monitoring.hub import OVERVIEW, LiveHub, Subscription
 from training_platform.monitoring.schemas import Hello, json_schema
 
@@ -281,6 +283,47 @@ def prometheus_metrics(request: Request, _: CurrentToken) -> PlainTextResponse:
     """The platform's own metrics in Prometheus text format (bearer token required)."""
     registry = request.app.state.prometheus_registry
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the platform's default alert rules ----------------------------------------------------
+
+alert_rules_router = APIRouter(prefix="/alert-rules", tags=["alerts"])
+
+
+class AlertRulesUpdate(BaseModel):
+    """The platform's default alert rules, replaced as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[AlertRule] = Field(
+        max_length=defaults.MAX_RULES,
+        description="Copied into every job submitted without `alerts` (an explicit empty list "
+        "keeps none); the notify rule for NaN losses applies to every job anyway.",
+    )
+
+
+class AlertRulesPublic(BaseModel):
+    """The default alert rules and when they were last set (null: never)."""
+
+    items: list[AlertRule]
+    updated_at: datetime | None
+
+
+@alert_rules_router.get("", response_model=AlertRulesPublic)
+def get_alert_rules(session: SessionDep, _: CurrentToken) -> AlertRulesPublic:
+    """The rules a job gets when its submission sets no `alerts`."""
+    rules, updated_at = defaults.default_rules(session=session)
+    return AlertRulesPublic(items=rules, updated_at=updated_at)
+
+
+@alert_rules_router.put("", response_model=AlertRulesPublic)
+def set_alert_rules(
+    body: AlertRulesUpdate, session: SessionDep, _: CurrentToken
+) -> AlertRulesPublic:
+    """Replace the default rules; jobs submitted before keep the rules they got."""
+    rules, updated_at = defaults.set_default_rules(session=session, rules=body.items)
+    session.commit()
+    return AlertRulesPublic(items=rules, updated_at=updated_at)
 
 
 # --- webhooks ------------------------------------------------------------------------------
