@@ -1,0 +1,32 @@
+import { computed, type WritableComputedRef } from "vue";
+import { useRoute, useRouter } from "vue-router";
+
+// Page state that lives in the URL (filters, sort, tabs, selections), so a reload or a
+// shared link shows the same view. Writing replaces the history entry.
+
+export function useQueryParam(key: string, fallback = ""): WritableComputedRef<string> {
+  const route = useRoute();
+  const router = useRouter();
+  return computed({
+    get() {
+      const value = route.query[key];
+      return typeof value === "string" ? value : fallback;
+    },
+    set(value: string) {
+      const query = { ...route.query };
+      if (value === fallback || value === "") delete query[key];
+      else query[key] = value;
+      void router.replace({ query });
+    },
+  });
+}
+
+export function useQueryList(key: string): WritableComputedRef<string[]> {
+  const raw = useQueryParam(key);
+  return computed({
+    get: () => (raw.value ? raw.value.split(",").filter(Boolean) : []),
+    set: (values: string[]) => {
+      raw.value = values.join(",");
+    },
+  });
+}

@@ -1,0 +1,31 @@
+import { createRouter, createWebHistory, type RouteRecordRaw } from "vue-router";
+import { useAuth } from "./stores/auth";
+
+export const routes: RouteRecordRaw[] = [
+  { path: "/login", name: "login", component: () => import("./pages/LoginPage.vue"), meta: { public: true } },
+  { path: "/", name: "overview", component: () => import("./pages/OverviewPage.vue") },
+  { path: "/jobs", name: "jobs", component: () => import("./pages/JobsPage.vue") },
+  { path: "/jobs/new", name: "job-new", component: () => import("./pages/JobNewPage.vue") },
+  { path: "/jobs/:id(\\d+)", name: "job", component: () => import("./pages/JobDetailPage.vue"), props: true },
+  { path: "/pipelines", name: "pipelines", component: () => import("./pages/PipelinesPage.vue") },
+  { path: "/pipelines/new", name: "pipeline-new", component: () => import("./pages/PipelineNewPage.vue") },
+  {
+    path: "/pipelines/:id(\\d+)",
+    name: "pipeline",
+    component: () => import("./pages/PipelineDetailPage.vue"),
+    props: true,
+  },
+  { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
+  { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },
+  { path: "/:rest(.*)*", name: "not-found", component: () => import("./pages/NotFoundPage.vue") },
+];
+
+export function createAppRouter() {
+  const router = createRouter({ history: createWebHistory(), routes });
+  router.beforeEach((to) => {
+    const auth = useAuth();
+    if (!to.meta.public && !auth.loggedIn) return { name: "login", query: { next: to.fullPath } };
+    return true;
+  });
+  return router;
+}

@@ -1,0 +1,117 @@
+import { flushPromises, mount } from "@vue/test-utils";
+import { createPinia, setActivePinia } from "pinia";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { createMemoryHistory, createRouter } from "vue-router";
+import JobNewPage from "@/pages/JobNewPage.vue";
+import { useAuth } from "@/stores/auth";
+
+const backends = [
+  {
+    backend: "trl", algorithm: "sft", description: "TRL SFT", hosts: "any", requires_gpu: false, data_task: "sft",
+    dataset_formats: ["messages"],
+    parameters: {
+      properties: {
+        max_steps: { anyOf: [{ minimum: 1, type: "integer" }, { type: "null" }], default: null, description: "Optimizer steps" },
+        learning_rate: { default: 2e-5, exclusiveMinimum: 0, maximum: 1, type: "number", description: "Peak LR" },
+      },
+    },
+  },
+  {
+    backend: "trl", algorithm: "dpo", description: "TRL DPO", hosts: "any", requires_gpu: false, data_task: "preference",
+    dataset_formats: ["preference"], parameters: { properties: { beta: { default: 0.1, type: "number" } } },
+  },
+];
+const models = [{ id: 1, name: "tiny-qwen2", source: "builtin", description: "", parameters: null, job_id: null, created_at: "" }];
+const datasets = [
+  { id: 1, name: "tiny-sft", format: "messages", rows: 400, source: "builtin", task: "sft", size_bytes: 1, sha256: "", description: "", created_at: "" },
+  { id: 2, name: "tiny-prefs", format: "preference", rows: 200, source: "builtin", task: "preference", size_bytes: 1, sha256: "", description: "", created_at: "" },
+];
+const gpus = { hosts: [{ name: "vm", gpus: [], cpu_slots: [{ index: 0, held_by_job: null }], simulated: false, gpu_source: "none", info: {}, last_seen_at: null, note: null }], simulated: false, gpus: 0 };
+
+const json = (body: unknown, status = 200) =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+
+let posted: { url: string; body: Record<string, unknown>; headers: Headers }[] = [];
+let jobAnswer: () => Response;
+
+beforeEach(() => {
+  setActivePinia(createPinia());
+  useAuth().login("secret-token");
+  posted = [];
+  jobAnswer = () => json({ id: 42 }, 201);
+  vi.stubGlobal("fetch", vi.fn(async (input: Request) => {
+    const url = new URL(input.url);
+    expect(input.headers.get("Authorization")).toBe("Bearer secret-token");
+    if (input.method === "POST") {
+      posted.push({ url: url.pathname, body: await input.json(), headers: input.headers });
+      return url.pathname === "/api/v1/jobs" ? jobAnswer() : json({ runner: "local", run_dir: "/r", argv: ["python", "-m", "x"], env: {}, files: {}, backend: "trl", algorithm: "sft" });
+    }
+    const answers: Record<string, unknown> = { "/api/v1/backends": backends, "/api/v1/models": models, "/api/v1/datasets": datasets, "/api/v1/gpus": gpus };
+    return json(answers[url.pathname] ?? {}, answers[url.pathname] ? 200 : 404);
+  }));
+});
+afterEach(() => vi.unstubAllGlobals());
+
+async function mountForm() {
+  const router = createRouter({
+    history: createMemoryHistory(),
+    routes: [
+      { path: "/jobs/new", component: JobNewPage },
+      { path: "/jobs/:id", component: { template: "<div>job</div>" } },
+    ],
+  });
+  await router.push("/jobs/new");
+  const wrapper = mount(JobNewPage, { global: { plugins: [router] } });
+  await flushPromises();
+  return { wrapper, router };
+}
+
+describe("the new-job form", () => {
+  it("shows the chosen backend's parameters with defaults and limits, and datasets it can read", async () => {
+    const { wrapper } = await mountForm();
+    const params = wrapper.get("[data-test=params]");
+    expect(params.text()).toContain("max_steps");
+    expect(params.text()).toContain("Peak LR (> 0, ≤ 1)");
+    expect(wrapper.get("input[name=param-learning_rate]").attributes("placeholder")).toBe("0.00002");
+    expect(wrapper.findAll("select[name=dataset] option").map((o) => o.text())).toEqual(["tiny-sft (400 rows, messages)"]);
+
+    await wrapper.get("select[name=engine]").setValue("trl/dpo");
+    await flushPromises();
+    expect(wrapper.get("[data-test=params]").text()).toContain("beta");
+    expect(wrapper.get("[data-test=params]").text()).not.toContain("max_steps");
+    expect((wrapper.get("select[name=dataset]").element as HTMLSelectElement).value).toBe("tiny-prefs");
+  });
+
+  it("sends only the parameters the user set, with an idempotency key, then opens the job", async () => {
+    const { wrapper, router } = await mountForm();
+    await wrapper.get("input[name=name]").setValue("my sft");
+    await wrapper.get("input[name=param-max_steps]").setValue("40");
+    await wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted).toHaveLength(1);
+    expect(posted[0].body).toEqual({
+      name: "my sft", backend: "trl", algorithm: "sft", model: "tiny-qwen2", dataset: "tiny-sft",
+      hyperparameters: { max_steps: 40 }, priority: 5, resources: { gpus: 0 },
+    });
+    expect(posted[0].headers.get("Idempotency-Key")).toMatch(/^[0-9a-f-]{36}$/);
+    expect(router.currentRoute.value.fullPath).toBe("/jobs/42");
+  });
+
+  it("refuses out-of-limit values before sending, and shows the server's 422 next to its field", async () => {
+    const { wrapper } = await mountForm();
+    await wrapper.get("input[name=name]").setValue("x");
+    await wrapper.get("input[name=param-learning_rate]").setValue("5");
+    await wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted).toHaveLength(0);
+    expect(wrapper.text()).toContain("must be ≤ 1");
+
+    await wrapper.get("input[name=param-learning_rate]").setValue("");
+    jobAnswer = () => json({ detail: [{ loc: ["body", "hyperparameters", "max_steps"], msg: "too many for this dataset", type: "value_error" }] }, 422);
+    await wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(wrapper.get("[data-test=form-error]").text()).toContain("hyperparameters.max_steps: too many for this dataset");
+    const field = wrapper.get("input[name=param-max_steps]").element.closest("label")!;
+    expect(field.textContent).toContain("too many for this dataset");
+  });
+});

@@ -1,0 +1,250 @@
+"""The web dashboard in a real browser (Debian's chromium driven by Playwright, no downloaded
+browser) against a real platform started by `tp up`: log in, submit a tiny SFT job from the
+form and watch its loss curve grow live until it succeeds, cancel another, keep page state
+across reloads, recover live views after the API restarts, and run a pipeline template to
+the end in its DAG view. Screenshots of the main pages are taken on the way; with
+TP_SCREENSHOTS=docs/screenshots (`make screenshots`) they replace the ones in docs/."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium on a machine with no outside network: no background connections, no sandbox (root).
+POINTS = "() => Number(document.querySelector('[data-test=chart]')?.dataset.points || 0)"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def dash(start_module_platform):  # type: ignore[no-untyped-def]
+    return start_module_platform(redis_db=6)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_test_packages.sh (make test does)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, dash: Any) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=dash.base_url)
+    context.set_default_timeout(20_000)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("TP_SCREENSHOTS")
+    folder = (ROOT / wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _login(page: Page, token: str) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+def _api(dash: Any, method: str, path: str, **kwargs: Any) -> Any:
+    with dash.client() as client:
+        response = client.request(method, f"/api/v1{path}", **kwargs)
+        assert response.status_code < 400, response.text
+        return response.json() if response.content else None
+
+
+def _submit(dash: Any, name: str, steps: int) -> int:
+    body = {
+        "name": name,
+        "algorithm": "sft",
+        "model": "tiny-qwen2",
+        "dataset": "tiny-sft",
+        "hyperparameters": {"max_steps": steps, "learning_rate": 1e-3, "save_steps": 100000},
+    }
+    return int(_api(dash, "POST", "/jobs", json=body)["id"])
+
+
+def _points(page: Page) -> int:
+    chart = page.locator("[data-test=chart]").first
+    value = chart.get_attribute("data-points") if chart.count() else None
+    return int(value or 0)
+
+
+def _badge(page: Page) -> str:
+    return page.locator(".topline [data-test=status]").inner_text()
+
+
+def test_login_refuses_a_wrong_token_and_logout_forgets_the_right_one(
+    page: Page, dash: Any
+) -> None:
+    page.goto("/jobs?status=running")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.fill("input[name=token]", "not-the-token")
+    page.click("button[type=submit]")
+    expect(page.locator("[data-test=login-error]")).to_contain_text("refused")
+    page.fill("input[name=token]", dash.token)
+    page.click("button[type=submit]")
+    # Back where the user wanted to go, filter included.
+    expect(page).to_have_url(re.compile(r"/jobs\?status=running$"))
+    expect(page.locator("[data-test=filter-status]")).to_have_value("running")
+    page.click("[data-test=logout]")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.goto("/jobs")
+    expect(page).to_have_url(re.compile(r"/login"))
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_sft_job_from_the_form_shows_its_loss_growing_live_until_it_succeeds(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    _login(page, dash.token)
+    page.click("a:has-text('Jobs')")
+    page.click("[data-test=new-job]")
+    form = page.locator("[data-test=job-form]")
+    expect(form).to_be_visible()
+    form.locator("input[name=name]").fill("dashboard sft")
+    form.locator("select[name=engine]").select_option("trl/sft")
+    form.locator("select[name=model]").select_option("tiny-qwen2")
+    form.locator("select[name=dataset]").select_option("tiny-sft")
+    form.locator("input[name=param-max_steps]").fill("150")
+    form.locator("input[name=param-learning_rate]").fill("0.001")
+    form.locator("input[name=param-save_steps]").fill("50")
+    page.click("[data-test=preview]")
+    plan = page.locator("[data-test=plan]")
+    expect(plan).to_contain_text("local")
+    expect(plan).to_contain_text("sft")
+    page.click("[data-test=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+"))
+    job_id = int(page.url.rsplit("/", 1)[1].split("?")[0])
+    page.evaluate("() => { window.__sameDocument = true; }")
+
+    # The curve grows while the job runs: two readings, both before it succeeded.
+    deadline = time.monotonic() + 240
+    seen: list[int] = []
+    while time.monotonic() < deadline and len(set(seen)) < 2:
+        if _badge(page) == "succeeded":
+            break
+        points = _points(page)
+        if points > 0 and (not seen or points > seen[-1]):
+            seen.append(points)
+        page.wait_for_timeout(250)
+    assert len(seen) >= 2 and seen[-1] > seen[0], f"no live growth seen: {seen}"
+
+    expect(page.locator(".topline [data-test=status]")).to_have_text("succeeded", timeout=300_000)
+    assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+
+    # Every number shown is the API's: the last loss step and value, the point count.
+    metrics = _api(dash, "GET", f"/jobs/{job_id}/metrics", params={"key": "loss"})
+    losses = [p for p in metrics["points"] if p["key"] == "loss"]
+    row = page.locator("[data-latest=loss] td")
+    expect(row.nth(1)).to_have_text(str(losses[-1]["step"]))
+    assert math.isclose(float(row.nth(2).inner_text()), losses[-1]["value"], rel_tol=1e-3)
+    expect(page.locator("[data-test=chart]").first).to_have_attribute(
+        "data-points", str(len(losses))
+    )
+    page.locator("[data-test=chart]").first.screenshot(path=str(shots / "job-curve.png"))
+    page.screenshot(path=str(shots / "job-detail.png"))
+
+    page.click("[data-tab=checkpoints]")
+    steps = sorted(c["step"] for c in _api(dash, "GET", f"/jobs/{job_id}/checkpoints"))
+    shown = page.locator("[data-test=checkpoints] tbody tr td:first-child").all_inner_texts()
+    assert sorted(int(s) for s in shown) == steps and 50 in steps
+    page.click("[data-tab=events]")
+    expect(page.locator("[data-test=events]")).to_contain_text("succeeded")
+    page.click("[data-tab=log]")
+    expect(page.locator("[data-test=log]")).not_to_be_empty()
+
+
+def test_cancel_from_the_job_page(page: Page, dash: Any) -> None:
+    job_id = _submit(dash, "dashboard cancel", 100_000)
+    _login(page, dash.token)
+    page.goto(f"/jobs/{job_id}")
+    expect(page.get_by_role("heading", name=re.compile(f"Job #{job_id}"))).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("[data-test=cancel]")
+    expect(page.locator(".topline [data-test=status]")).to_have_text("cancelled", timeout=120_000)
+    assert _api(dash, "GET", f"/jobs/{job_id}")["status"] == "cancelled"
+    expect(page.locator("[data-test=cancel]")).to_be_disabled()
+    expect(page.locator("[data-test=retry]")).to_be_enabled()
+
+
+def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    _login(page, dash.token)
+    page.goto("/jobs?status=cancelled&q=cancel&sort=priority")
+    expect(page.locator("[data-test=jobs-table] tbody tr")).to_have_count(1)
+    page.reload()
+    expect(page.locator("[data-test=filter-status]")).to_have_value("cancelled")
+    expect(page.locator("input[type=search]")).to_have_value("cancel")
+    expect(page.locator("th[aria-sort=ascending]")).to_contain_text("Priority")
+    expect(page.locator("[data-test=jobs-table] tbody tr")).to_have_count(1)
+
+    job_id = _submit(dash, "dashboard restart", 100_000)
+    page.goto(f"/jobs/{job_id}?keys=loss,learning_rate&smooth=0.6")
+    expect(page.locator("[data-test=live-state]")).to_have_text("live")
+    page.wait_for_function(f"{POINTS} > 0", timeout=240_000)
+    page.reload()
+    expect(page.locator("input[data-key=learning_rate]")).to_be_checked()
+    expect(page.locator("input[aria-label=Smoothing]")).to_have_value("0.6")
+
+    dash.kill_service("api")
+    expect(page.locator("[data-test=live-state]")).to_have_text("reconnecting…")
+    before = _points(page)
+    dash.tp("up", "--timeout", "120", check=True)
+    expect(page.locator("[data-test=live-state]")).to_have_text("live", timeout=60_000)
+    page.wait_for_function(f"{POINTS} > {before}", timeout=120_000)
+    # No step twice, none missing, after the resume: exactly what the API stored.
+    _api(dash, "POST", f"/jobs/{job_id}/pause")
+    expect(page.locator(".topline [data-test=status]")).to_have_text("paused", timeout=120_000)
+    stored = _api(dash, "GET", f"/jobs/{job_id}/metrics", params={"key": ["loss", "learning_rate"]})
+    expect(page.locator("[data-test=chart]").first).to_have_attribute(
+        "data-points", str(len(stored["points"]))
+    )
+    _api(dash, "POST", f"/jobs/{job_id}/cancel")
+
+    page.goto("/")
+    expect(page.locator("[data-test=job-counts]")).to_be_visible()
+    counts = {
+        status: _api(dash, "GET", "/jobs", params={"status": status, "limit": 1})["total"]
+        for status in ("succeeded", "cancelled")
+    }
+    for status, total in counts.items():
+        expect(page.locator(f"[data-test=job-counts] [data-status={status}] .value")).to_have_text(
+            str(total)
+        )
+    page.screenshot(path=str(shots / "overview.png"))
