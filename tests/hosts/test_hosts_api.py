@@ -132,3 +132,13 @@ def test_a_changed_host_key_is_refused_until_the_user_trusts_the_new_one(api, ss
         assert checked.status_code == 200 and checked.json()["last_error"] is None
     finally:
         api.delete("/api/v1/hosts/rekeyed")
+
+
+def test_a_refused_whole_body_never_echoes_its_secrets(api, engine) -> None:  # type: ignore[no-untyped-def]
+    secret = "hunter2-very-secret-password"
+    body = {"name": "h1", "runner": "ssh", "address": "127.0.0.1", "password": secret}
+    refused = api.post("/api/v1/hosts", json=body)
+    assert refused.status_code == 422
+    assert secret not in refused.text and "input" not in refused.json()["detail"][0]
+    assert "user" in refused.json()["detail"][0]["msg"]
+    assert stored_hosts(engine) == []
