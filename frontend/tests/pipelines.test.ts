@@ -1,0 +1,299 @@
+import { flushPromises, mount } from "@vue/test-utils";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { createMemoryHistory, createRouter } from "vue-router";
+import type { Stage } from "@/api/types";
+import PipelineDag from "@/components/PipelineDag.vue";
+import PipelineDetailPage from "@/pages/PipelineDetailPage.vue";
+import PipelineNewPage from "@/pages/PipelineNewPage.vue";
+
+function stage(name: string, dependsOn: string[], extra: Partial<Stage> = {}): Stage {
+  return {
+    name,
+    kind: "train",
+    position: 0,
+    depends_on: dependsOn,
+    when: [],
+    status: "pending",
+    run: 1,
+    job_id: null,
+    job_status: null,
+    jobs: [],
+    outputs: null,
+    reason: null,
+    skipped_by_condition: false,
+    key_metric: null,
+    started_at: null,
+    finished_at: null,
+    duration_s: null,
+    ...extra,
+  };
+}
+
+/** The x offset of a stage box, from its transform. */
+function xOf(wrapper: ReturnType<typeof mount>, name: string): number {
+  const transform = wrapper.get(`[data-stage="${name}"]`).attributes("transform") ?? "";
+  const match = /translate\(\s*([-\d.]+)/.exec(transform);
+  expect(match, `stage ${name} has a position`).not.toBeNull();
+  return Number(match![1]);
+}
+
+const diamond = (): Stage[] => [
+  stage("a", [], { position: 0, status: "succeeded", job_id: 7, jobs: [7], duration_s: 12.5 }),
+  stage("b", ["a"], { position: 1, status: "running", job_id: 8, jobs: [8] }),
+  stage("c", ["a"], { position: 2, status: "failed", job_id: 9, jobs: [9], reason: "job 9 failed" }),
+  stage("d", ["b", "c"], { position: 3, status: "skipped" }),
+];
+
+describe("PipelineDag", () => {
+  it("lays out a diamond by dependency depth with one edge per dependency", () => {
+    const wrapper = mount(PipelineDag, { props: { stages: diamond() } });
+
+    const [a, b, c, d] = ["a", "b", "c", "d"].map((n) => xOf(wrapper, n));
+    expect(b).toBeGreaterThan(a);
+    expect(c).toBe(b); // same depth, same column
+    expect(d).toBeGreaterThan(b);
+
+    const edges = wrapper.findAll("[data-edge]").map((e) => e.attributes("data-edge"));
+    expect(edges.sort()).toEqual(["a->b", "a->c", "b->d", "c->d"]);
+
+    const statuses = Object.fromEntries(
+      wrapper.findAll("[data-stage]").map((n) => [n.attributes("data-stage"), n.attributes("data-status")]),
+    );
+    expect(statuses).toEqual({ a: "succeeded", b: "running", c: "failed", d: "skipped" });
+  });
+
+  it("puts b and c in different rows of their column", () => {
+    const wrapper = mount(PipelineDag, { props: { stages: diamond() } });
+    const yOf = (name: string) =>
+      Number(/translate\([^,]+,\s*([-\d.]+)/.exec(wrapper.get(`[data-stage="${name}"]`).attributes("transform")!)![1]);
+    expect(yOf("b")).not.toBe(yOf("c"));
+  });
+
+  it("uses the longest path for depth, not the shortest", () => {
+    // a -> b -> c and a -> c: c sits after b, not beside it.
+    const wrapper = mount(PipelineDag, {
+      props: { stages: [stage("a", []), stage("b", ["a"], { position: 1 }), stage("c", ["a", "b"], { position: 2 })] },
+    });
+    expect(xOf(wrapper, "c")).toBeGreaterThan(xOf(wrapper, "b"));
+    expect(wrapper.findAll("[data-edge]")).toHaveLength(3);
+  });
+
+  it("links a stage that ran a job to that job, and no other", () => {
+    const wrapper = mount(PipelineDag, { props: { stages: diamond() } });
+    expect(wrapper.get('[data-stage="a"] a').attributes("href")).toBe("/jobs/7");
+    expect(wrapper.get('[data-stage="c"] a').attributes("href")).toBe("/jobs/9");
+    expect(wrapper.find('[data-stage="d"] a').exists()).toBe(false);
+  });
+
+  it("shows the key metric only when the API gave one", () => {
+    const wrapper = mount(PipelineDag, {
+      props: {
+        stages: [
+          stage("sft", [], { status: "succeeded", key_metric: { name: "loss", value: 0.4321 } }),
+          stage("evaluate", ["sft"], { kind: "evaluate", position: 1 }),
+        ],
+      },
+    });
+    expect(wrapper.get('[data-stage="sft"]').text()).toContain("loss=0.4321");
+    const evaluate = wrapper.get('[data-stage="evaluate"]');
+    expect(evaluate.find('[data-test="metric"]').exists()).toBe(false);
+    expect(evaluate.text()).not.toMatch(/=/);
+    // No duration either: the API gave none.
+    expect(evaluate.find('[data-test="duration"]').exists()).toBe(false);
+  });
+
+  it("ignores a dependency on a stage the API did not list", () => {
+    const wrapper = mount(PipelineDag, { props: { stages: [stage("x", ["gone"])] } });
+    expect(wrapper.findAll("[data-edge]")).toHaveLength(0);
+    expect(wrapper.find('[data-stage="x"]').exists()).toBe(true);
+  });
+});
+
+// --- pages, against a fake API ------------------------------------------------------------------
+
+// The API client keeps the fetch it was created with, so the fake is installed before imports.
+const fake = vi.hoisted(() => {
+  const state = {
+    sent: [] as { method: string; path: string; body: unknown; headers: Headers }[],
+    answer: (_method: string, _path: string, _body: unknown): [number, unknown] => [404, { detail: "not found" }],
+  };
+  globalThis.fetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
+    const request = input instanceof Request ? input : new Request(input, init);
+    const url = new URL(request.url);
+    const text = await request.text();
+    const body = text ? JSON.parse(text) : undefined;
+    state.sent.push({ method: request.method, path: url.pathname + url.search, body, headers: request.headers });
+    const [status, payload] = state.answer(request.method, url.pathname + url.search, body);
+    return new Response(JSON.stringify(payload), { status, headers: { "content-type": "application/json" } });
+  }) as typeof fetch;
+  return state;
+});
+
+const TEMPLATE = {
+  name: "sft-dpo",
+  description: "SFT then DPO.",
+  parameters: { model: "tiny-qwen2", sft_steps: 60 },
+  stages: { sft: [], dpo: ["sft"] },
+  yaml: "name: sft-dpo\nparameters:\n  model: tiny-qwen2\n  sft_steps: 60\nstages: {}\n",
+};
+
+function pipelineBody(status: string, stages: Stage[]) {
+  return {
+    id: 5,
+    name: "sft-dpo",
+    description: "",
+    template: "sft-dpo",
+    status,
+    priority: 5,
+    parameters: {},
+    created_by: "token:admin",
+    error: null,
+    created_at: "2026-01-01T00:00:00Z",
+    updated_at: "2026-01-01T00:00:00Z",
+    finished_at: null,
+    duration_s: 3,
+    stages,
+  };
+}
+
+async function withRouter(path: string) {
+  const router = createRouter({
+    history: createMemoryHistory(),
+    routes: [
+      { path: "/pipelines/new", component: PipelineNewPage },
+      { path: "/pipelines/:id", component: PipelineDetailPage, props: true },
+      { path: "/:rest(.*)*", component: { template: "<div />" } },
+    ],
+  });
+  await router.push(path);
+  await router.isReady();
+  return router;
+}
+
+describe("PipelineNewPage", () => {
+  beforeEach(() => {
+    fake.sent = [];
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("submits the template with parameters while the YAML is unchanged, the YAML once edited", async () => {
+    fake.answer = (method, path) => {
+      if (path === "/api/v1/pipelines/templates") return [200, [TEMPLATE]];
+      if (path === "/api/v1/pipelines/validate") return [200, { name: "sft-dpo", priority: 5, parameters: {}, order: ["sft", "dpo"], definition: {} }];
+      if (method === "POST" && path === "/api/v1/pipelines") return [201, pipelineBody("running", [])];
+      return [404, { detail: "not found" }];
+    };
+    const router = await withRouter("/pipelines/new?template=sft-dpo");
+    const wrapper = mount(PipelineNewPage, { global: { plugins: [router] } });
+    await flushPromises();
+
+    const textarea = wrapper.get<HTMLTextAreaElement>('[data-test="yaml"]');
+    expect(textarea.element.value).toBe(TEMPLATE.yaml);
+    await wrapper.get('input[name="param-sft_steps"]').setValue("100");
+    await wrapper.get('[data-test="submit-pipeline"]').trigger("submit");
+    await flushPromises();
+
+    const first = fake.sent.filter((s) => s.method === "POST" && s.path === "/api/v1/pipelines");
+    expect(first).toHaveLength(1);
+    expect(first[0].body).toEqual({ template: "sft-dpo", parameters: { sft_steps: 100 } });
+    const key = first[0].headers.get("Idempotency-Key");
+    expect(key).toBeTruthy();
+    expect(router.currentRoute.value.path).toBe("/pipelines/5");
+
+    // Edited YAML goes as text, under the same key for the page's life.
+    await router.push("/pipelines/new?template=sft-dpo");
+    await textarea.setValue(`${TEMPLATE.yaml}# mine\n`);
+    await wrapper.get("form[data-test='pipeline-form']").trigger("submit");
+    await flushPromises();
+    const second = fake.sent.filter((s) => s.method === "POST" && s.path === "/api/v1/pipelines");
+    expect(second).toHaveLength(2);
+    expect(second[1].body).toEqual({ yaml: `${TEMPLATE.yaml}# mine\n` });
+    expect(second[1].headers.get("Idempotency-Key")).toBe(key);
+    wrapper.unmount();
+  });
+
+  it("lists the API's 422 messages with their location, validating after typing stops", async () => {
+    vi.useFakeTimers();
+    fake.answer = (_method, path) => {
+      if (path === "/api/v1/pipelines/templates") return [200, [TEMPLATE]];
+      if (path === "/api/v1/pipelines/validate")
+        return [422, { detail: [{ loc: ["body", "definition", "stages", "a", "depends_on", 0], msg: "stage 'a': unknown stage 'zz'" }] }];
+      return [404, { detail: "not found" }];
+    };
+    const router = await withRouter("/pipelines/new");
+    const wrapper = mount(PipelineNewPage, { global: { plugins: [router] } });
+    await flushPromises();
+    await wrapper.get('[data-test="yaml"]').setValue("name: x\nstages:\n  a: {depends_on: [zz]}\n");
+    expect(fake.sent.some((s) => s.path === "/api/v1/pipelines/validate")).toBe(false);
+    await vi.advanceTimersByTimeAsync(700);
+    await flushPromises();
+
+    const validations = fake.sent.filter((s) => s.path === "/api/v1/pipelines/validate");
+    expect(validations).toHaveLength(1);
+    expect(validations[0].body).toEqual({ yaml: "name: x\nstages:\n  a: {depends_on: [zz]}\n" });
+    const errors = wrapper.get('[data-test="validation-errors"]');
+    expect(errors.text()).toContain("unknown stage 'zz'");
+    expect(errors.text()).toContain("definition › stages › a › depends_on › 0");
+    wrapper.unmount();
+  });
+});
+
+describe("PipelineDetailPage", () => {
+  beforeEach(() => {
+    fake.sent = [];
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  async function polls(status: string): Promise<number> {
+    fake.answer = (_method, path) => {
+      if (path === "/api/v1/pipelines/5") return [200, pipelineBody(status, diamond())];
+      if (path === "/api/v1/pipelines/5/events") return [200, []];
+      return [404, { detail: "not found" }];
+    };
+    const router = await withRouter("/pipelines/5");
+    const wrapper = mount(PipelineDetailPage, { props: { id: "5" }, global: { plugins: [router] } });
+    await flushPromises();
+    expect(wrapper.findAll("[data-stage]")).toHaveLength(4);
+    const before = fake.sent.filter((s) => s.path === "/api/v1/pipelines/5").length;
+    await vi.advanceTimersByTimeAsync(6100);
+    await flushPromises();
+    const after = fake.sent.filter((s) => s.path === "/api/v1/pipelines/5").length;
+    wrapper.unmount();
+    return after - before;
+  }
+
+  it("polls every 2 s while the pipeline runs", async () => {
+    expect(await polls("running")).toBe(3);
+  });
+
+  it("does not poll a finished pipeline", async () => {
+    expect(await polls("failed")).toBe(0);
+  });
+
+  it("offers retry from the stages whose upstream all succeeded", async () => {
+    fake.answer = (_method, path) => {
+      if (path === "/api/v1/pipelines/5") return [200, pipelineBody("failed", diamond())];
+      if (path === "/api/v1/pipelines/5/events") return [200, []];
+      if (path === "/api/v1/pipelines/5/retry")
+        return [422, { detail: [{ loc: ["body", "from_stage"], msg: "stage 'd' depends on 'c', which is failed" }] }];
+      return [404, { detail: "not found" }];
+    };
+    const router = await withRouter("/pipelines/5");
+    const wrapper = mount(PipelineDetailPage, { props: { id: "5" }, global: { plugins: [router] } });
+    await flushPromises();
+    const options = wrapper.findAll('[data-test="retry-stage"] option').map((o) => o.attributes("value"));
+    expect(options).toEqual(["a", "b", "c"]);
+    await wrapper.get('[data-test="retry-stage"]').setValue("c");
+    await wrapper.get('[data-test="retry-from-form"]').trigger("submit");
+    await flushPromises();
+    const retry = fake.sent.find((s) => s.path === "/api/v1/pipelines/5/retry");
+    expect(retry?.body).toEqual({ from_stage: "c" });
+    expect(wrapper.get('[data-test="action-error"]').text()).toContain("which is failed");
+    wrapper.unmount();
+  });
+});
