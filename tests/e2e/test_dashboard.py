@@ -248,3 +248,79 @@ def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(
             str(total)
         )
     page.screenshot(path=str(shots / "overview.png"))
+
+
+def test_settings_token_made_in_the_browser_works_until_revoked_there(
+    page: Page, dash: Any
+) -> None:
+    import httpx
+
+    _login(page, dash.token)
+    page.goto("/settings?tab=tokens")
+    expect(page.locator("[data-test=session]")).to_contain_text("admin")
+    page.fill("input[name=token-name]", "browser-made")
+    page.locator("[data-test=create-token] button[type=submit]").click()
+    secret = page.locator("[data-test=new-token-value]").input_value()
+    assert len(secret) >= 40 and secret not in page.url
+
+    def status_with(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.get(f"{dash.base_url}/api/v1/queues", headers=headers, timeout=30).status_code
+
+    assert status_with(secret) == 200
+    page.click("[data-test=dismiss-token]")
+    expect(page.locator("[data-test=new-token-value]")).to_have_count(0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("[data-token=browser-made] [data-test=revoke]").click()
+    expect(page.locator("[data-token=browser-made]")).to_contain_text("revoked")
+    assert status_with(secret) == 401
+
+    # The inventory shows this machine's CPU training slot, as the API lists it.
+    page.goto("/gpus")
+    hosts = _api(dash, "GET", "/gpus")["hosts"]
+    inventory = page.locator("[data-test=inventory]")
+    for host in hosts:
+        expect(inventory).to_contain_text(host["name"])
+
+
+def test_pipeline_template_from_the_browser_runs_to_the_end_in_its_dag(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    _login(page, dash.token)
+    page.click("a:has-text('Pipelines')")
+    page.click("[data-test=new-pipeline]")
+    page.click("[data-template=sft-grpo-evaluate]")
+    expect(page.locator("[data-test=yaml]")).to_have_value(re.compile(r"name: sft-grpo-evaluate"))
+    for name, value in (("sft_steps", "20"), ("rl_steps", "3"), ("eval_samples", "10")):
+        page.fill(f"input[name=param-{name}]", value)
+    page.click("[data-test=validate]")
+    expect(page.locator("[data-test=validation-order]")).to_have_text("sft → grpo → evaluate")
+    page.click("[data-test=submit-pipeline]")
+    expect(page).to_have_url(re.compile(r"/pipelines/\d+"))
+    pipeline_id = int(page.url.rsplit("/", 1)[1].split("?")[0])
+    page.evaluate("() => { window.__sameDocument = true; }")
+
+    dag = page.locator("svg [data-stage]")
+    expect(dag).to_have_count(3)
+    # Stage states change on screen as the pipeline advances, without a reload.
+    expect(page.locator("[data-stage=sft]")).to_have_attribute(
+        "data-status", re.compile("running|succeeded"), timeout=120_000
+    )
+    for stage in ("sft", "grpo", "evaluate"):
+        expect(page.locator(f"[data-stage={stage}]")).to_have_attribute(
+            "data-status", "succeeded", timeout=600_000
+        )
+    expect(page.locator(".topline [data-test=status]")).to_have_text("succeeded", timeout=60_000)
+    assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+    stored = _api(dash, "GET", f"/pipelines/{pipeline_id}")
+    assert stored["status"] == "succeeded"
+    # The evaluate stage's key metric on screen is the API's.
+    evaluate = next(s for s in stored["stages"] if s["name"] == "evaluate")
+    if evaluate["key_metric"] is not None:
+        metric = evaluate["key_metric"]
+        expect(page.locator("[data-stage=evaluate]")).to_contain_text(metric["name"])
+    page.screenshot(path=str(shots / "pipeline-dag.png"))
+
+    page.goto(f"/pipelines/{pipeline_id}?tab=events")
+    page.reload()
+    expect(page.get_by_role("tab", name="Events")).to_have_attribute("aria-selected", "true")

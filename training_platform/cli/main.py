@@ -132,6 +132,7 @@ def up(
     if ray:
         _up_ray(settings)
     console.print(f"[green]training_platform is up[/green]: {settings.resolved_api_url}")
+    console.print(f"  dashboard {settings.resolved_api_url}/ (log in with the token below)")
     console.print(f"  API docs  {settings.resolved_api_url}/docs")
     console.print(f"  token     {settings.admin_token_file}")
     flower_file = settings.home / "flower-password"
