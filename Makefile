@@ -75,7 +75,7 @@ dev-frontend: frontend-deps
 
 ## screenshots: run the dashboard's browser tests and keep their screenshots in docs/screenshots
 screenshots: install-dev frontend-deps
-	TP_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e/test_dashboard.py
+	TP_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e/test_dashboard.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,7 @@ browser) against a real platform started by `tp up`: log in, submit a tiny SFT j
 form and watch its loss curve grow live until it succeeds, cancel another, keep page state
 across reloads, recover live views after the API restarts, and run a pipeline template to
 the end in its DAG view. Screenshots of the main pages are taken on the way; with
-TP_SCREENSHOTS=docs/screenshots (`make screenshots`) they replace the ones in docs/."""
+TP_TEST_SCREENSHOTS=docs/screenshots (`make screenshots`) they replace the ones in docs/."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def page(browser: Browser, dash: Any) -> Iterator[Page]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    wanted = os.environ.get("TP_SCREENSHOTS")
+    wanted = os.environ.get("TP_TEST_SCREENSHOTS")
     folder = (ROOT / wanted) if wanted else tmp_path_factory.mktemp("screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -176,7 +176,6 @@ def test_sft_job_from_the_form_shows_its_loss_growing_live_until_it_succeeds(
     expect(page.locator("[data-test=chart]").first).to_have_attribute(
         "data-points", str(len(losses))
     )
-    page.locator("[data-test=chart]").first.screenshot(path=str(shots / "job-curve.png"))
     page.screenshot(path=str(shots / "job-detail.png"))
 
     page.click("[data-tab=checkpoints]")
@@ -203,7 +202,7 @@ def test_cancel_from_the_job_page(page: Page, dash: Any) -> None:
 
 
 def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(
-    page: Page, dash: Any, shots: Path
+    page: Page, dash: Any
 ) -> None:
     _login(page, dash.token)
     page.goto("/jobs?status=cancelled&q=cancel&sort=priority")
@@ -236,18 +235,6 @@ def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(
         "data-points", str(len(stored["points"]))
     )
     _api(dash, "POST", f"/jobs/{job_id}/cancel")
-
-    page.goto("/")
-    expect(page.locator("[data-test=job-counts]")).to_be_visible()
-    counts = {
-        status: _api(dash, "GET", "/jobs", params={"status": status, "limit": 1})["total"]
-        for status in ("succeeded", "cancelled")
-    }
-    for status, total in counts.items():
-        expect(page.locator(f"[data-test=job-counts] [data-status={status}] .value")).to_have_text(
-            str(total)
-        )
-    page.screenshot(path=str(shots / "overview.png"))
 
 
 def test_settings_token_made_in_the_browser_works_until_revoked_there(
@@ -324,3 +311,18 @@ def test_pipeline_template_from_the_browser_runs_to_the_end_in_its_dag(
     page.goto(f"/pipelines/{pipeline_id}?tab=events")
     page.reload()
     expect(page.get_by_role("tab", name="Events")).to_have_attribute("aria-selected", "true")
+
+
+def test_overview_shows_the_apis_counts_queues_and_recent_pipelines(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    _login(page, dash.token)
+    expect(page.locator("[data-test=job-counts]")).to_be_visible()
+    for status in ("succeeded", "cancelled"):
+        total = _api(dash, "GET", "/jobs", params={"status": status, "limit": 1})["total"]
+        card = page.locator(f"[data-test=job-counts] [data-status={status}] .value")
+        expect(card).to_have_text(str(total))
+    for pipeline in _api(dash, "GET", "/pipelines", params={"limit": 6})["items"]:
+        expect(page.get_by_text(f"#{pipeline['id']} {pipeline['name']}")).to_be_visible()
+    expect(page.locator("[data-test=no-waiting]")).to_be_visible()  # nothing queued now
+    page.screenshot(path=str(shots / "overview.png"))
