@@ -1,0 +1,1 @@
+import{U as e,d as t,lt as n,s as r,st as i,y as a}from"./runtime-core.esm-bundler-D3SDbJP-.js";import{s as o}from"./format-CJEsKGrI.js";var s=t({__name:`StatusBadge`,props:{status:{}},setup(t){return(s,c)=>(a(),r(`span`,{class:i([`badge`,e(o)(t.status)]),"data-test":`status`},n(t.status??`—`),3))}});export{s as t};

@@ -1,0 +1,1 @@
+import{_ as e,v as t}from"./runtime-core.esm-bundler-D3SDbJP-.js";function n(n,r){let i=null;t(()=>{i=setInterval(()=>{(typeof document>`u`||document.visibilityState!==`hidden`)&&n()},r)}),e(()=>{i&&clearInterval(i)})}export{n as t};
