@@ -4,28 +4,9 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createMemoryHistory, createRouter, type Router } from "vue-router";
 import { number } from "@/lib/format";
 import GpusHostsPage from "@/pages/GpusHostsPage.vue";
+import { fakeApi, json } from "./support/fakeApi";
 
-// The API client captures `fetch` when its module loads, so the stub goes in first (hoisted).
-type Handler = (body: unknown) => Response | Promise<Response>;
-const server = vi.hoisted(() => {
-  const state = {
-    routes: new Map<string, Handler>(),
-    calls: [] as { method: string; path: string; body: unknown }[],
-  };
-  vi.stubGlobal("fetch", async (input: Request) => {
-    const url = new URL(input.url);
-    const text = input.method === "GET" ? "" : await input.clone().text();
-    const body = text ? JSON.parse(text) : undefined;
-    state.calls.push({ method: input.method, path: url.pathname, body });
-    const handler = state.routes.get(`${input.method} ${url.pathname}`);
-    if (!handler) return new Response(JSON.stringify({ detail: "Not Found" }), { status: 404 });
-    return handler(body);
-  });
-  return state;
-});
-
-const json = (status: number, body: unknown) =>
-  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const server = fakeApi();
 
 const FP = "SHA256:3q1Xy9Zr0aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456+"; // 43 characters after SHA256:
 const NEW_FP = "SHA256:9zYxWvUtSrQpOnMlKjIhGfEdCbA9876543210abcd/";

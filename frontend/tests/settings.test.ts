@@ -1,30 +1,11 @@
 import { flushPromises, mount, type VueWrapper } from "@vue/test-utils";
 import { createPinia, setActivePinia } from "pinia";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createMemoryHistory, createRouter, type Router } from "vue-router";
 import SettingsPage from "@/pages/SettingsPage.vue";
+import { fakeApi, json } from "./support/fakeApi";
 
-// The API client captures `fetch` when its module loads, so the stub goes in first (hoisted).
-type Handler = (body: unknown) => Response | Promise<Response>;
-const server = vi.hoisted(() => {
-  const state = {
-    routes: new Map<string, Handler>(),
-    calls: [] as { method: string; path: string; body: unknown }[],
-  };
-  vi.stubGlobal("fetch", async (input: Request) => {
-    const url = new URL(input.url);
-    const text = input.method === "GET" ? "" : await input.clone().text();
-    const body = text ? JSON.parse(text) : undefined;
-    state.calls.push({ method: input.method, path: url.pathname, body });
-    const handler = state.routes.get(`${input.method} ${url.pathname}`);
-    if (!handler) return new Response(JSON.stringify({ detail: "Not Found" }), { status: 404 });
-    return handler(body);
-  });
-  return state;
-});
-
-const json = (status: number, body: unknown) =>
-  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const server = fakeApi();
 
 const ADMIN = { name: "admin", role: "admin", created_at: "2026-01-01T00:00:00Z", revoked_at: null, current: true };
 const SECRET = "tp_9f8e7d6c5b4a39281706f5e4d3c2b1a0";

@@ -30,3 +30,14 @@ export function useQueryList(key: string): WritableComputedRef<string[]> {
     },
   });
 }
+
+/** The page's tab, kept in ?tab=; anything not among `keys` reads as the first key. */
+export function useTab<K extends string>(keys: readonly K[]): WritableComputedRef<K> {
+  const raw = useQueryParam("tab", keys[0]);
+  return computed({
+    get: () => (keys.includes(raw.value as K) ? (raw.value as K) : keys[0]),
+    set: (value: K) => {
+      raw.value = value;
+    },
+  });
+}
