@@ -17,6 +17,17 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 BUILD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+# The dashboard loads only its own files and talks only to this API (HTTP and WebSocket);
+# nothing may frame it. Vue and ECharts set styles from script, hence 'unsafe-inline' for
+# styles only.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 NOT_PAGES = ("api/", "docs", "redoc", "openapi.json", "metrics", "healthz", "readyz", "assets/")
 log = logging.getLogger(__name__)
 
@@ -44,12 +55,11 @@ def install(app: FastAPI, build_dir: Path = BUILD_DIR) -> None:
     app.mount("/assets", _ImmutableStatic(directory=build_dir / "assets"), name="dashboard-assets")
     # Top-level files of the build (index.html, a favicon): a fixed set, read at start.
     files = {p.name: p for p in build_dir.iterdir() if p.is_file()}
-    no_cache = {"Cache-Control": "no-cache"}
 
     @app.get("/{path:path}", include_in_schema=False)
     def page(path: str) -> FileResponse:
         if path.startswith(NOT_PAGES):
             raise HTTPException(status_code=404, detail="Not Found")
         if path in files:
-            return FileResponse(files[path], headers=no_cache)
-        return FileResponse(index, media_type="text/html", headers=no_cache)
+            return FileResponse(files[path], headers=PAGE_HEADERS)
+        return FileResponse(index, media_type="text/html", headers=PAGE_HEADERS)
