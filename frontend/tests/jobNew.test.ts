@@ -35,6 +35,7 @@ let posted: { url: string; body: Record<string, unknown>; headers: Headers }[] =
 let jobAnswer: () => Response;
 
 beforeEach(() => {
+  sessionStorage.clear();
   setActivePinia(createPinia());
   useAuth().login("secret-token");
   posted = [];
@@ -113,5 +114,27 @@ describe("the new-job form", () => {
     expect(wrapper.get("[data-test=form-error]").text()).toContain("hyperparameters.max_steps: too many for this dataset");
     const field = wrapper.get("input[name=param-max_steps]").element.closest("label")!;
     expect(field.textContent).toContain("too many for this dataset");
+  });
+
+  it("keeps the draft across a reload of the page, and forgets it once the job is submitted", async () => {
+    const first = await mountForm();
+    await first.wrapper.get("select[name=engine]").setValue("trl/dpo");
+    await flushPromises();
+    await first.wrapper.get("input[name=name]").setValue("draft job");
+    await first.wrapper.get("input[name=param-beta]").setValue("0.2");
+    await flushPromises();
+    first.wrapper.unmount();
+
+    const second = await mountForm();
+    expect((second.wrapper.get("input[name=name]").element as HTMLInputElement).value).toBe("draft job");
+    expect((second.wrapper.get("select[name=engine]").element as HTMLSelectElement).value).toBe("trl/dpo");
+    expect((second.wrapper.get("input[name=param-beta]").element as HTMLInputElement).value).toBe("0.2");
+    await second.wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted[0].body).toMatchObject({ name: "draft job", algorithm: "dpo", hyperparameters: { beta: 0.2 } });
+    second.wrapper.unmount();
+
+    const third = await mountForm();
+    expect((third.wrapper.get("input[name=name]").element as HTMLInputElement).value).toBe("");
   });
 });

@@ -173,6 +173,7 @@ async function withRouter(path: string) {
 describe("PipelineNewPage", () => {
   beforeEach(() => {
     fake.sent = [];
+    sessionStorage.clear();
   });
   afterEach(() => {
     vi.useRealTimers();
@@ -212,6 +213,35 @@ describe("PipelineNewPage", () => {
     expect(second[1].body).toEqual({ yaml: `${TEMPLATE.yaml}# mine\n` });
     expect(second[1].headers.get("Idempotency-Key")).toBe(key);
     wrapper.unmount();
+  });
+
+  it("keeps edited YAML and parameters across a reload, until the pipeline is submitted", async () => {
+    fake.answer = (method, path) => {
+      if (path === "/api/v1/pipelines/templates") return [200, [TEMPLATE]];
+      if (path === "/api/v1/pipelines/validate") return [200, { name: "sft-dpo", priority: 5, parameters: {}, order: ["sft", "dpo"], definition: {} }];
+      if (method === "POST" && path === "/api/v1/pipelines") return [201, pipelineBody("running", [])];
+      return [404, { detail: "not found" }];
+    };
+    const mountAt = async () => {
+      const router = await withRouter("/pipelines/new?template=sft-dpo");
+      const wrapper = mount(PipelineNewPage, { global: { plugins: [router] } });
+      await flushPromises();
+      return wrapper;
+    };
+    const first = await mountAt();
+    await first.get('[data-test="yaml"]').setValue(`${TEMPLATE.yaml}# draft\n`);
+    await flushPromises();
+    first.unmount();
+
+    const second = await mountAt();
+    expect(second.get<HTMLTextAreaElement>('[data-test="yaml"]').element.value).toBe(`${TEMPLATE.yaml}# draft\n`);
+    await second.get("form[data-test='pipeline-form']").trigger("submit");
+    await flushPromises();
+    second.unmount();
+
+    const third = await mountAt();
+    expect(third.get<HTMLTextAreaElement>('[data-test="yaml"]').element.value).toBe(TEMPLATE.yaml);
+    third.unmount();
   });
 
   it("lists the API's 422 messages with their location, validating after typing stops", async () => {
