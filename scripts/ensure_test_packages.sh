@@ -5,8 +5,6 @@
 #   acl             setfacl: lets that fixture's throwaway user reach a Python under /root
 #   chromium        /usr/bin/chromium: the dashboard's end-to-end tests drive it with Playwright
 #                   (never `playwright install`); fonts-dejavu-core gives its pages real glyphs
-#   nodejs, npm     only when no `npm` is on PATH: the dashboard's build, typed client and
-#                   Vitest tests (Node.js 20.19 or newer; checked below)
 #
 # When everything is present this does nothing (no root, no network needed). Otherwise it
 # runs, as root, `apt-get update` once and `apt-get install --no-install-recommends`. No
@@ -23,28 +21,13 @@ installed() {
   [[ "$status" == "install ok installed" ]]
 }
 
-# Node.js 20.19+ (Vite 8): from any source, Debian's or another.
-check_node() {
-  local version
-  version="$(node --version 2>/dev/null || true)"
-  version="${version#v}"
-  if [[ -z "$version" ]] || ! printf '20.19.0\n%s\n' "$version" | sort -V -C; then
-    echo "error: the dashboard needs Node.js 20.19 or newer (found: ${version:-none})" >&2
-    exit 1
-  fi
-}
-
 missing=()
 for package in "${PACKAGES[@]}"; do
   if ! installed "$package"; then
     missing+=("$package")
   fi
 done
-if ! command -v npm >/dev/null 2>&1; then
-  missing+=(nodejs npm)
-fi
 if [[ ${#missing[@]} -eq 0 ]]; then
-  check_node
   exit 0
 fi
 
@@ -117,7 +100,6 @@ for pid in $(system_sshd_pids); do
   kill "$pid" 2>/dev/null || true
 done
 
-check_node
 for package in "${missing[@]}"; do
   if ! installed "$package"; then
     echo "error: $package did not install" >&2

