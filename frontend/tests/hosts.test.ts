@@ -1,10 +1,9 @@
-import { flushPromises, mount, type VueWrapper } from "@vue/test-utils";
-import { createPinia, setActivePinia } from "pinia";
+import { flushPromises, type VueWrapper } from "@vue/test-utils";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createMemoryHistory, createRouter, type Router } from "vue-router";
+import type { Router } from "vue-router";
 import { number } from "@/lib/format";
 import GpusHostsPage from "@/pages/GpusHostsPage.vue";
-import { fakeApi, json } from "./support/fakeApi";
+import { fakeApi, json, mountPage } from "./support/fakeApi";
 
 const server = fakeApi();
 
@@ -40,20 +39,9 @@ function host(overrides: Record<string, unknown> = {}) {
 let wrapper: VueWrapper | null = null;
 
 async function mountAt(url: string): Promise<{ wrapper: VueWrapper; router: Router }> {
-  const pinia = createPinia();
-  setActivePinia(pinia);
-  const router = createRouter({
-    history: createMemoryHistory(),
-    routes: [
-      { path: "/gpus", component: GpusHostsPage },
-      { path: "/jobs/:id", component: { render: () => null } },
-    ],
-  });
-  await router.push(url);
-  await router.isReady();
-  wrapper = mount(GpusHostsPage, { global: { plugins: [router, pinia] }, attachTo: document.body });
-  await flushPromises();
-  return { wrapper, router };
+  const mounted = await mountPage(GpusHostsPage, url, ["/jobs/:id"]);
+  wrapper = mounted.wrapper;
+  return mounted;
 }
 
 const SECRET_FIELDS = ["password", "private_key", "user"];

@@ -46,10 +46,14 @@ describe("the job page's live state", () => {
     expect(state.logText).toBe("fresh\n");
   });
 
-  it("counts status changes so dependent views reload, and keeps the newest job state", () => {
+  it("counts changes of state (not of progress) so dependent views reload, and keeps the newest job state", () => {
     const state = emptyJobLive();
     applyMessage(state, { type: "status", job_id: 7, job: { ...job, status: "succeeded" } });
     expect(state.job?.status).toBe("succeeded");
+    expect(state.statusVersion).toBe(1);
+    // Progress alone moves the header, but does not make the other views reload.
+    applyMessage(state, { type: "status", job_id: 7, job: { ...job, status: "succeeded", progress_step: 9 } });
+    expect(state.job?.progress_step).toBe(9);
     expect(state.statusVersion).toBe(1);
   });
 

@@ -1,9 +1,8 @@
-import { flushPromises, mount, type VueWrapper } from "@vue/test-utils";
-import { createPinia, setActivePinia } from "pinia";
+import { flushPromises, type VueWrapper } from "@vue/test-utils";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createMemoryHistory, createRouter, type Router } from "vue-router";
+import type { Router } from "vue-router";
 import SettingsPage from "@/pages/SettingsPage.vue";
-import { fakeApi, json } from "./support/fakeApi";
+import { fakeApi, json, mountPage } from "./support/fakeApi";
 
 const server = fakeApi();
 
@@ -13,20 +12,9 @@ const SECRET = "tp_9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 let wrapper: VueWrapper | null = null;
 
 async function mountAt(url: string): Promise<{ wrapper: VueWrapper; router: Router }> {
-  const pinia = createPinia();
-  setActivePinia(pinia);
-  const router = createRouter({
-    history: createMemoryHistory(),
-    routes: [
-      { path: "/settings", component: SettingsPage },
-      { path: "/elsewhere", component: { render: () => null } },
-    ],
-  });
-  await router.push(url);
-  await router.isReady();
-  wrapper = mount(SettingsPage, { global: { plugins: [router, pinia] }, attachTo: document.body });
-  await flushPromises();
-  return { wrapper, router };
+  const mounted = await mountPage(SettingsPage, url, ["/elsewhere"]);
+  wrapper = mounted.wrapper;
+  return mounted;
 }
 
 beforeEach(() => {

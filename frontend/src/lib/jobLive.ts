@@ -16,7 +16,9 @@ export interface JobLive {
   logTrimmed: boolean;
   gpu: GpuSample[];
   alerts: Record<string, unknown>[];
-  statusVersion: number; // bumps on every status message: views that depend on it reload
+  // Bumps when the job's state, attempt or error changes (not on mere progress): the views
+  // read from other routes (the job record, events, checkpoints) reload then.
+  statusVersion: number;
 }
 
 export function emptyJobLive(): JobLive {
@@ -94,10 +96,15 @@ export function applyMessage(state: JobLive, message: Record<string, unknown>): 
     case "log":
       appendLog(state, Number(message.attempt), Number(message.offset), String(message.text ?? ""));
       break;
-    case "status":
-      state.job = message.job as JobState;
-      state.statusVersion += 1;
+    case "status": {
+      const job = message.job as JobState;
+      const before = state.job;
+      state.job = job;
+      if (!before || before.status !== job.status || before.attempt !== job.attempt || before.error !== job.error) {
+        state.statusVersion += 1;
+      }
       break;
+    }
     case "gpu":
       state.gpu = state.gpu.concat(message.samples as GpuSample[]).slice(-5000);
       break;

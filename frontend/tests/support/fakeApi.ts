@@ -1,4 +1,8 @@
+import { flushPromises, mount, type VueWrapper } from "@vue/test-utils";
+import { createPinia, setActivePinia } from "pinia";
 import { vi } from "vitest";
+import type { Component } from "vue";
+import { createMemoryHistory, createRouter, type Router } from "vue-router";
 
 // A stand-in for the API's HTTP side in component tests: routes answered by handlers, every
 // call recorded. The client looks `fetch` up at each call, so stubbing it here is enough.
@@ -26,3 +30,29 @@ export function fakeApi(): FakeApi {
 
 export const json = (status: number, body: unknown) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+
+/**
+ * Mount `page` at `url` with a fresh Pinia and a memory router that knows the page's own path
+ * (the url's) plus `others` (stand-ins for where the page may navigate to).
+ */
+export async function mountPage(
+  page: Component,
+  url: string,
+  others: string[] = [],
+): Promise<{ wrapper: VueWrapper; router: Router }> {
+  const pinia = createPinia();
+  setActivePinia(pinia);
+  const path = url.split("?")[0];
+  const router = createRouter({
+    history: createMemoryHistory(),
+    routes: [
+      { path, component: page },
+      ...others.map((other) => ({ path: other, component: { render: () => null } })),
+    ],
+  });
+  await router.push(url);
+  await router.isReady();
+  const wrapper = mount(page, { global: { plugins: [router, pinia] }, attachTo: document.body });
+  await flushPromises();
+  return { wrapper, router };
+}
