@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from sqlmodel import Session
 
-from training_platform.api.deps import CurrentToken, DispatcherDep, SessionDep, SettingsDep
+from training_platform.api.deps import (
+    ByteOffsetQuery,
+    CurrentToken,
+    DispatcherDep,
+    EngineDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+)
 from training_platform.backends.base import LaunchPlan
+from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service
 from training_platform.jobs.models import Job
 from training_platform.jobs.schemas import (
@@ -21,7 +34,6 @@ from training_platform.jobs.schemas import (
     JobPublic,
     JobsPublic,
     LogSlice,
-    MetricPoint,
     MetricsPublic,
     PauseRequest,
     PlanPublic,
@@ -32,6 +44,10 @@ from training_platform.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+_HOLDS_NOTHING = frozenset(
+    {JobStatus.PENDING.value, JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
+    | {JobStatus.CANCELLED.value}
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -148,7 +164,7 @@ def dry_run(
     return _plan_public(plan, str(run_dir), "local")
 
 
-@router.get("")
+@router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
     _: CurrentToken,
@@ -166,8 +182,8 @@ def list_jobs(
         ),
     ] = "-id",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobsPublic:
+    offset: OffsetQuery = 0,
+) -> Response:
     """Jobs, newest first unless `sort` says otherwise, filtered by status, algorithm, backend
     and name."""
     page, total = service.list_jobs(
@@ -180,27 +196,39 @@ def list_jobs(
         limit=limit,
         offset=offset,
     )
-    return JobsPublic(items=_public_page(session, page), total=total, limit=limit, offset=offset)
+    page_public = JobsPublic(
+        items=_public_page(session, page), total=total, limit=limit, offset=offset
+    )
+    return _json(page_public)
+
+
+def _json(model: BaseModel) -> Response:
+    """A model already built and checked, serialized once (FastAPI would validate it again)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _public_page(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
-    held = scheduling.devices_held(session=session, job_ids=[j.id for j in jobs if j.id])
+    # Only a job between queued and its end can hold devices: most pages ask nothing more.
+    holders = [j.id for j in jobs if j.id and j.status not in _HOLDS_NOTHING]
+    held = scheduling.devices_held(session=session, job_ids=holders)
     waits = service.wait_estimates(session=session, jobs=jobs)
     return [to_public(j, held.get(j.id or 0), waits.get(j.id or 0)) for j in jobs]
 
 
-@router.get("/{job_id}")
-def get_job(job_id: int, session: SessionDep, _: CurrentToken) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: IdPath, session: SessionDep, _: CurrentToken) -> Response:
     """One job, with the devices it holds and, while queued, its place and why it waits."""
-    return _public_page(session, [service.get_job(session=session, job_id=job_id)])[0]
+    return _json(_public_page(session, [service.get_job(session=session, job_id=job_id)])[0])
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(
-    job_id: int, session: SessionDep, token: CurrentToken, dispatcher: DispatcherDep
+    job_id: IdPath, session: SessionDep, token: CurrentToken, dispatcher: DispatcherDep
 ) -> JobPublic:
     """Cancel: at once if not started, else stop its whole process group."""
-    job = service.cancel(session=session, job_id=job_id, actor=f"token:{token.name}")
+    job = service.until_settled(
+        session, lambda: service.cancel(session=session, job_id=job_id, actor=f"token:{token.name}")
+    )
     session.commit()
     if job.status == JobStatus.CANCELLING.value:
         try:
@@ -212,29 +240,37 @@ def cancel_job(
 
 @router.post("/{job_id}/pause")
 def pause_job(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     token: CurrentToken,
     body: Annotated[PauseRequest | None, Body()] = None,
 ) -> JobPublic:
     """Pause a running job: checkpoint and stop (devices freed), or suspend it in place."""
     mode = (body or PauseRequest()).mode
-    job = service.pause(session=session, job_id=job_id, actor=f"token:{token.name}", mode=mode)
+    job = service.until_settled(
+        session,
+        lambda: service.pause(
+            session=session, job_id=job_id, actor=f"token:{token.name}", mode=mode
+        ),
+    )
     session.commit()
     return to_public(job)
 
 
 @router.post("/{job_id}/resume")
 def resume_job(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     token: CurrentToken,
     dispatcher: DispatcherDep,
 ) -> JobPublic:
     """Resume a paused job: continue a suspended run, or start a new attempt from its checkpoint."""
-    job = service.resume(
-        session=session, settings=settings, job_id=job_id, actor=f"token:{token.name}"
+    job = service.until_settled(
+        session,
+        lambda: service.resume(
+            session=session, settings=settings, job_id=job_id, actor=f"token:{token.name}"
+        ),
     )
     session.commit()
     try:
@@ -246,7 +282,7 @@ def resume_job(
 
 @router.post("/{job_id}/retry")
 def retry_job(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     token: CurrentToken,
@@ -256,12 +292,15 @@ def retry_job(
     ] = False,
 ) -> JobPublic:
     """Start a new attempt of a failed or cancelled job, from scratch or from a checkpoint."""
-    job = service.retry(
-        session=session,
-        settings=settings,
-        job_id=job_id,
-        actor=f"token:{token.name}",
-        from_checkpoint=from_checkpoint,
+    job = service.until_settled(
+        session,
+        lambda: service.retry(
+            session=session,
+            settings=settings,
+            job_id=job_id,
+            actor=f"token:{token.name}",
+            from_checkpoint=from_checkpoint,
+        ),
     )
     session.commit()
     _send_start(session, dispatcher, job)
@@ -269,7 +308,7 @@ def retry_job(
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_job(job_id: int, session: SessionDep, settings: SettingsDep, _: CurrentToken) -> None:
+def delete_job(job_id: IdPath, session: SessionDep, settings: SettingsDep, _: CurrentToken) -> None:
     """Delete a finished job with its history and run files."""
     service.delete_job(session=session, settings=settings, job_id=job_id)
     session.commit()
@@ -277,12 +316,12 @@ def delete_job(job_id: int, session: SessionDep, settings: SettingsDep, _: Curre
 
 @router.get("/{job_id}/logs")
 def job_logs(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     _: CurrentToken,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: ByteOffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 256 * 1024,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
+    attempt: Annotated[int | None, Query(ge=1, le=DB_INT_MAX)] = None,
 ) -> LogSlice:
     """The log of an attempt (the current one by default) from a byte offset."""
     used, next_offset, data, complete = service.read_log(
@@ -297,19 +336,19 @@ def job_logs(
     )
 
 
-@router.get("/{job_id}/metrics")
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
 def job_metrics(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     _: CurrentToken,
-    since_step: Annotated[int | None, Query(ge=-1)] = None,
+    since_step: Annotated[int | None, Query(ge=-1, le=DB_INT_MAX)] = None,
     keys: Annotated[list[str] | None, Query(alias="key")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-    until_step: Annotated[int | None, Query(ge=0)] = None,
+    until_step: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None,
     max_steps: Annotated[
         int | None, Query(ge=2, le=100_000, description="Thin a long run to about this many steps.")
     ] = None,
-) -> MetricsPublic:
+) -> Response:
     """Metric values after `since_step` (all by default) up to `until_step`, by step."""
     rows = service.read_metrics(
         session=session,
@@ -320,16 +359,43 @@ def job_metrics(
         until_step=until_step,
         max_steps=max_steps,
     )
-    points = [MetricPoint(step=r.step, key=r.key, value=r.value) for r in rows]
-    return MetricsPublic(
-        points=points,
-        keys=service.metric_keys(session=session, job_id=job_id),
-        last_step=points[-1].step if points else None,
+    # Written straight to JSON: a thinned long curve is tens of thousands of points, and a
+    # model object per point (validated twice) was most of the answer's time.
+    body = {
+        "points": [{"step": step, "key": key, "value": value} for step, key, value in rows],
+        "keys": service.metric_keys(session=session, job_id=job_id),
+        "last_step": rows[-1][0] if rows else None,
+    }
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/metrics/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+)
+def export_job_metrics(
+    job_id: IdPath,
+    session: SessionDep,
+    engine: EngineDep,
+    _: CurrentToken,
+    keys: Annotated[list[str] | None, Query(alias="key", max_length=200)] = None,
+    fmt: Annotated[Literal["csv", "ndjson"], Query(alias="format")] = "csv",
+) -> StreamingResponse:
+    """Every stored value of the job (all steps, or only the keys given) as a CSV or NDJSON
+    download, streamed as it is read."""
+    job = service.get_job(session=session, job_id=job_id)
+    media = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    filename = f"job-{job.id}-metrics.{fmt}"
+    return StreamingResponse(
+        service.export_metrics(engine=engine, job_id=job_id, keys=keys or (), fmt=fmt),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
 @router.get("/{job_id}/events")
-def job_events(job_id: int, session: SessionDep, _: CurrentToken) -> list[JobEventPublic]:
+def job_events(job_id: IdPath, session: SessionDep, _: CurrentToken) -> list[JobEventPublic]:
     """Every status change of the job, oldest first."""
     return [
         JobEventPublic.model_validate(e, from_attributes=True)
@@ -338,7 +404,7 @@ def job_events(job_id: int, session: SessionDep, _: CurrentToken) -> list[JobEve
 
 
 @router.get("/{job_id}/checkpoints")
-def job_checkpoints(job_id: int, session: SessionDep, _: CurrentToken) -> list[CheckpointPublic]:
+def job_checkpoints(job_id: IdPath, session: SessionDep, _: CurrentToken) -> list[CheckpointPublic]:
     """Checkpoints and final models the job wrote, with the metrics reported at their step."""
     found = service.checkpoints(session=session, job_id=job_id)
     at_step = service.metrics_at_steps(
@@ -354,7 +420,7 @@ def job_checkpoints(job_id: int, session: SessionDep, _: CurrentToken) -> list[C
 
 @router.get("/{job_id}/plan")
 def job_plan(
-    job_id: int, session: SessionDep, settings: SettingsDep, _: CurrentToken
+    job_id: IdPath, session: SessionDep, settings: SettingsDep, _: CurrentToken
 ) -> PlanPublic:
     """The launch plan of the current attempt: as launched, or as it would be launched."""
     job = service.get_job(session=session, job_id=job_id)

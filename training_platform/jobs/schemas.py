@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from training_platform.core.types import DB_INT_MAX
 from training_platform.worker.queues import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
@@ -28,7 +29,9 @@ def _check_name(value: str) -> str:
 
 
 JobName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_name)]
-Ref = Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=1)]
+Ref = (
+    Annotated[str, Field(min_length=1, max_length=200)] | Annotated[int, Field(ge=1, le=DB_INT_MAX)]
+)
 
 
 class Resources(BaseModel):

@@ -5,16 +5,19 @@ Functions flush; the caller owns the transaction and commits (then dispatches).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -42,6 +45,7 @@ from training_platform.jobs.state import (
     TERMINAL,
     WAITING,
     JobStatus,
+    StaleJob,
     note,
     transition,
 )
@@ -50,6 +54,8 @@ from training_platform.scheduling import service as scheduling
 from training_platform.scheduling.placement import capacity_check
 
 WAITING_VALUES = frozenset(s.value for s in WAITING)
+SETTLE_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class Dispatcher(Protocol):
@@ -406,6 +412,24 @@ def names_of(*, session: Session, jobs: Sequence[Job]) -> dict[str, dict[int, st
     }
 
 
+def until_settled(
+    session: Session,
+    change: Callable[[], T],
+    stale: tuple[type[Exception], ...] = (StaleJob,),
+) -> T:
+    """Run a user's state change again, on a fresh read, when another process moved the job
+    first (a worker queued it, the supervisor finished it): the user asked about the job, not
+    about the version they happened to read. The caller owns the transaction."""
+    for remaining in reversed(range(SETTLE_ATTEMPTS)):
+        try:
+            return change()
+        except stale:
+            if not remaining:
+                raise
+            session.rollback()  # expires what was read: the next try reads it again
+    raise AssertionError("unreachable")
+
+
 def cancel(*, session: Session, job_id: int, actor: str) -> Job:
     """Cancel a job: at once if it has no process, else ask its process group to stop.
 
@@ -700,21 +724,16 @@ def read_metrics(
     limit: int,
     until_step: int | None = None,
     max_steps: int | None = None,
-) -> Sequence[JobMetric]:
-    """Metric values after since_step (all if None) up to until_step, by step then key.
+) -> Sequence[tuple[int, str, float | None]]:
+    """Metric values (step, key, value) after since_step (all if None) up to until_step, by
+    step then key.
 
     With max_steps, a long run is thinned to about that many evenly spaced steps (the
     first and last included), so a 100k-step curve still draws fast.
     """
     get_job(session=session, job_id=job_id)
-    conditions: list[Any] = [col(JobMetric.job_id) == job_id]
-    if since_step is not None:
-        conditions.append(col(JobMetric.step) > since_step)
-    if until_step is not None:
-        conditions.append(col(JobMetric.step) <= until_step)
-    if keys:
-        conditions.append(col(JobMetric.key).in_(list(keys)))
-    query = select(JobMetric).where(*conditions)
+    conditions = _metric_conditions(job_id, since_step, until_step, keys)
+    query = select(JobMetric.step, JobMetric.key, JobMetric.value).where(*conditions)
     if max_steps is not None:
         low, high = session.exec(
             select(func.min(JobMetric.step), func.max(JobMetric.step)).where(*conditions)
@@ -724,7 +743,61 @@ def read_metrics(
             query = query.where(
                 ((col(JobMetric.step) - low) % stride == 0) | (col(JobMetric.step) == high)
             )
-    return session.exec(query.order_by(col(JobMetric.step), col(JobMetric.key)).limit(limit)).all()
+    # Plain rows, not ORM objects: a thinned 100k-step curve is tens of thousands of them.
+    rows = session.exec(query.order_by(col(JobMetric.step), col(JobMetric.key)).limit(limit))
+    return [(step, key, value) for step, key, value in rows]
+
+
+def _metric_conditions(
+    job_id: int, since_step: int | None, until_step: int | None, keys: Sequence[str]
+) -> list[Any]:
+    conditions: list[Any] = [col(JobMetric.job_id) == job_id]
+    if since_step is not None:
+        conditions.append(col(JobMetric.step) > since_step)
+    if until_step is not None:
+        conditions.append(col(JobMetric.step) <= until_step)
+    if keys:
+        conditions.append(col(JobMetric.key).in_(list(keys)))
+    return conditions
+
+
+EXPORT_BATCH = 5000
+
+
+def export_metrics(
+    *, engine: Engine, job_id: int, keys: Sequence[str], fmt: str
+) -> Iterator[bytes]:
+    """Every stored value of a job as CSV or NDJSON, in batches read off a cursor: the whole
+    series is never in memory at once. The caller checks the job exists first."""
+    columns = (
+        col(JobMetric.step),
+        col(JobMetric.attempt),
+        col(JobMetric.key),
+        col(JobMetric.value),
+    )
+    query = (
+        select(*columns)
+        .where(*_metric_conditions(job_id, None, None, keys))
+        .order_by(col(JobMetric.step), col(JobMetric.key))
+    )
+    with Session(engine) as session:
+        if fmt == "csv":
+            yield b"step,attempt,key,value\r\n"
+        rows = session.execute(query.execution_options(yield_per=EXPORT_BATCH))
+        for batch in rows.partitions():
+            yield _export_batch(batch, fmt)
+
+
+def _export_batch(batch: Sequence[Any], fmt: str) -> bytes:
+    if fmt == "ndjson":
+        return "".join(
+            json.dumps({"step": step, "attempt": attempt, "key": key, "value": value}) + "\n"
+            for step, attempt, key, value in batch
+        ).encode()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerows(batch)  # a missing value (NaN, infinity) is an empty field
+    return out.getvalue().encode()
 
 
 def metric_keys(*, session: Session, job_id: int) -> list[str]:

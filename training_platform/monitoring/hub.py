@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 2000  # messages a client may lag behind before it is dropped
 OVERVIEW = 0  # the subscription key of overview clients (no job has id 0)
 STATUS_INTERVAL_S = 1.0
+RAW = "_raw"  # the JSON text a message from Redis arrived as (never sent as a field)
+
+
+def encoded(message: dict[str, Any]) -> str:
+    """The message as JSON text: as it arrived if it did, else encoded now without RAW."""
+    text = message.get(RAW)
+    if isinstance(text, str):
+        return text
+    return json.dumps({k: v for k, v in message.items() if k != RAW}, separators=(",", ":"))
 
 
 @dataclass(eq=False)
@@ -135,9 +144,13 @@ class LiveHub:
                     name = raw["channel"].decode()
                     try:
                         job_id = int(name[len(CHANNEL_PREFIX) :])
-                        message = json.loads(raw["data"])
+                        text = raw["data"].decode()
+                        message = json.loads(text)
                     except ValueError:
                         continue
+                    # Kept as received: a client it suits as it is gets these very bytes,
+                    # rather than every client encoding the same message again.
+                    message[RAW] = text
                     if job_id in self._subscriptions:
                         self._fan_out(job_id, message)
                     if message.get("type") == "alert" and OVERVIEW in self._subscriptions:

@@ -44,34 +44,64 @@ class Publisher:
         self, job_id: int, attempt: int, points: Sequence[tuple[int, str, float | None]]
     ) -> None:
         """Points just stored (step, key, value)."""
-        if not points:
-            return
-        self._send(
-            job_id,
-            {
-                "v": SCHEMA_VERSION,
-                "type": "metrics",
-                "job_id": job_id,
-                "attempt": attempt,
-                "points": [{"step": s, "key": k, "value": v} for s, k, v in points],
-                "last_step": max(s for s, _, _ in points),
-            },
-        )
+        if points:
+            self._send(job_id, self._metrics_message(job_id, attempt, points))
+
+    @staticmethod
+    def _metrics_message(
+        job_id: int, attempt: int, points: Sequence[tuple[int, str, float | None]]
+    ) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "type": "metrics",
+            "job_id": job_id,
+            "attempt": attempt,
+            "points": [{"step": s, "key": k, "value": v} for s, k, v in points],
+            "last_step": max(s for s, _, _ in points),
+        }
+
+    @staticmethod
+    def _log_message(job_id: int, attempt: int, offset: int, data: bytes) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "type": "log",
+            "job_id": job_id,
+            "attempt": attempt,
+            "offset": offset,
+            "text": data.decode("utf-8", errors="replace"),
+        }
 
     def log(self, job_id: int, attempt: int, offset: int, data: bytes) -> None:
         """Log bytes just stored, from their offset in the attempt's log."""
         if data:
-            self._send(
-                job_id,
-                {
-                    "v": SCHEMA_VERSION,
-                    "type": "log",
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "offset": offset,
-                    "text": data.decode("utf-8", errors="replace"),
-                },
-            )
+            self._send(job_id, self._log_message(job_id, attempt, offset, data))
+
+    def round(
+        self,
+        job_id: int,
+        attempt: int,
+        log_offset: int,
+        log_data: bytes,
+        points: Sequence[tuple[int, str, float | None]],
+        lag: float | None,
+    ) -> None:
+        """What one ingestion round stored (log bytes, points, lag), in one trip to Redis."""
+        messages = []
+        if log_data:
+            messages.append(self._log_message(job_id, attempt, log_offset, log_data))
+        if points:
+            messages.append(self._metrics_message(job_id, attempt, points))
+        if not messages and lag is None:
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for message in messages:
+                pipe.publish(channel(job_id), json.dumps(message, separators=(",", ":")))
+            if lag is not None:
+                pipe.hset(LAG_KEY, str(job_id), f"{max(lag, 0.0):.3f}")
+            pipe.execute()
+        except redis.RedisError as error:
+            log.warning("live messages for job %s not published: %s", job_id, error)
 
     def lag(self, job_id: int, seconds: float) -> None:
         """How far behind the trainer the last ingestion of the job was."""

@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
+from training_platform.api.deps import CurrentToken, IdPath, SessionDep, SettingsDep
 from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
+from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service as jobs
 from training_platform.jobs.schemas import AlertRule
 from training_platform.monitoring import alerts, defaults, service, telemetry, webhooks
-from training_platform.monitoring.hub import OVERVIEW, LiveHub, Subscription
+from training_platform.monitoring.hub import OVERVIEW, RAW, LiveHub, Subscription, encoded
 from training_platform.monitoring.schemas import Hello, json_schema
 
 router = APIRouter(tags=["live"])  # no bearer dependency: WebSockets authenticate below
@@ -114,7 +115,12 @@ async def _forward(
             points = stream.fresh_points(message)
             if not points:
                 continue
-            message = {**message, "points": points, "last_step": max(p["step"] for p in points)}
+            if len(points) != len(message["points"]):  # only part of it is new to this client
+                message = {
+                    **{k: v for k, v in message.items() if k != RAW},
+                    "points": points,
+                    "last_step": max(p["step"] for p in points),
+                }
         elif kind == "log":
             if message["attempt"] != stream.attempt:
                 continue
@@ -129,8 +135,13 @@ async def _forward(
                 text = text.encode()[stream.log_offset - offset :].decode("utf-8", "replace")
                 offset = stream.log_offset
             stream.log_offset = offset + len(text.encode())
-            message = {**message, "offset": offset, "text": text}
-        await websocket.send_json(message)
+            if offset != int(message["offset"]) or text != message["text"]:
+                message = {
+                    **{k: v for k, v in message.items() if k != RAW},
+                    "offset": offset,
+                    "text": text,
+                }
+        await websocket.send_text(encoded(message))
 
 
 async def _drain_client(websocket: WebSocket) -> None:
@@ -195,7 +206,7 @@ async def _serve(
 @router.websocket("/ws/jobs/{job_id}")
 async def job_live(
     websocket: WebSocket,
-    job_id: int,
+    job_id: IdPath,
     token: str | None = Query(None, max_length=512),
     last_step: int | None = Query(None, ge=-1),
 ) -> None:
@@ -221,7 +232,7 @@ async def job_live(
 
 async def _forward_overview(websocket: WebSocket, subscription: Subscription) -> None:
     while True:
-        await websocket.send_json(await subscription.queue.get())
+        await websocket.send_text(encoded(await subscription.queue.get()))
 
 
 @router.websocket("/ws/overview")
@@ -257,7 +268,7 @@ alerts_router = APIRouter(prefix="/alerts", tags=["alerts"])
 def list_alerts(
     session: SessionDep,
     _: CurrentToken,
-    job_id: Annotated[int | None, Query(ge=1)] = None,
+    job_id: Annotated[int | None, Query(ge=1, le=DB_INT_MAX)] = None,
     unacknowledged: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -269,7 +280,7 @@ def list_alerts(
 
 
 @alerts_router.post("/{alert_id}/acknowledge")
-def acknowledge_alert(alert_id: int, session: SessionDep, token: CurrentToken) -> dict[str, Any]:
+def acknowledge_alert(alert_id: IdPath, session: SessionDep, token: CurrentToken) -> dict[str, Any]:
     """Mark an alert seen."""
     alert = alerts.acknowledge(session=session, alert_id=alert_id, actor=f"token:{token.name}")
     return alerts.public(alert)
@@ -389,7 +400,7 @@ telemetry_router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @telemetry_router.get("/{job_id}/gpu")
 def job_gpu_samples(
-    job_id: int,
+    job_id: IdPath,
     session: SessionDep,
     _: CurrentToken,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 2000,

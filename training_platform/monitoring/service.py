@@ -45,7 +45,7 @@ def snapshot(*, session: Session, job_id: int, last_step: int | None) -> Snapsho
     rows = jobs.read_metrics(
         session=session, job_id=job_id, since_step=last_step, keys=(), limit=SNAPSHOT_POINTS
     )
-    points = [Point(step=r.step, key=r.key, value=r.value) for r in rows]
+    points = [Point(step=step, key=key, value=value) for step, key, value in rows]
     end = job.log_offset
     start = max(0, end - LOG_TAIL_BYTES)
     _, _, data, _ = jobs.read_log(

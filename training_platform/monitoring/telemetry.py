@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func
@@ -67,8 +67,20 @@ def reader_for(settings: Settings, runner: Any, job: Job) -> Reader:
     return local_reader(settings)
 
 
+# Attempts found holding no real GPU: nothing to sample for the rest of the attempt (its
+# devices are leased once), so later checks ask the database nothing.
+_NOTHING_TO_SAMPLE: set[tuple[int, int, datetime]] = set()
+
+
+def _attempt_key(job: Job) -> tuple[int, int, datetime]:
+    assert job.id is not None
+    return (job.id, job.attempt, job.created_at)  # ids alone repeat across databases
+
+
 def due(session: Session, job: Job, interval_s: float) -> bool:
     """Whether the job's last sample is older than the interval."""
+    if _attempt_key(job) in _NOTHING_TO_SAMPLE:
+        return False
     last = session.exec(
         select(func.max(GpuSample.taken_at)).where(GpuSample.job_id == job.id)
     ).one()
@@ -90,6 +102,9 @@ def sample(
         if lease.kind == "gpu" and not lease.simulated
     ]
     if not leases:
+        if len(_NOTHING_TO_SAMPLE) > 10_000:
+            _NOTHING_TO_SAMPLE.clear()
+        _NOTHING_TO_SAMPLE.add(_attempt_key(job))
         return []
     readings: dict[str, dict[int, inventory.DeviceReading]] = {}
     taken = []

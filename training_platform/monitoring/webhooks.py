@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -30,6 +29,9 @@ from training_platform.monitoring.models import (
     Webhook,
     WebhookDelivery,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 EVENTS = ("job.succeeded", "job.failed", "job.stalled", "job.cancelled", "alert")
@@ -231,6 +233,8 @@ def send(
     *, session: Session, settings: Settings, client: httpx.Client | None = None
 ) -> dict[str, int]:
     """Send due deliveries; a failure is retried later (5 s, 10 s, 20 s...), then given up."""
+    import httpx
+
     now = utcnow()
     due = session.exec(
         select(WebhookDelivery)
@@ -281,6 +285,8 @@ def send(
 
 def send_test(*, session: Session, settings: Settings, name: str) -> dict[str, Any]:
     """Send a test notification now; says whether the receiver accepted it."""
+    import httpx
+
     hook = get(session=session, name=name)
     body = payload("test", None, "a test notification from training_platform", None)
     body = slack_body({**body, "event": "test.sent"}) if hook.format == "slack" else body

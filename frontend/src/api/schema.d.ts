@@ -502,6 +502,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/jobs/{job_id}/metrics/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Export Job Metrics
+         * @description Every stored value of the job (all steps, or only the keys given) as a CSV or NDJSON
+         *     download, streamed as it is read.
+         */
+        get: operations["export_job_metrics_api_v1_jobs__job_id__metrics_export_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/jobs/{job_id}/pause": {
         parameters: {
             query?: never;
@@ -2860,6 +2881,7 @@ export interface operations {
                 /** @description One of id, name, status, priority, algorithm, created_at, updated_at; a leading - sorts descending. */
                 sort?: string;
                 limit?: number;
+                /** @description Rows to skip. */
                 offset?: number;
             };
             header?: never;
@@ -3186,6 +3208,7 @@ export interface operations {
     job_logs_api_v1_jobs__job_id__logs_get: {
         parameters: {
             query?: {
+                /** @description A byte offset. */
                 offset?: number;
                 limit?: number;
                 attempt?: number | null;
@@ -3243,6 +3266,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MetricsPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    export_job_metrics_api_v1_jobs__job_id__metrics_export_get: {
+        parameters: {
+            query?: {
+                key?: string[] | null;
+                format?: "csv" | "ndjson";
+            };
+            header?: never;
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": unknown;
+                    "text/csv": unknown;
                 };
             };
             /** @description Validation Error */
@@ -3445,6 +3503,7 @@ export interface operations {
             query?: {
                 status?: components["schemas"]["PipelineStatus"][] | null;
                 limit?: number;
+                /** @description Rows to skip. */
                 offset?: number;
             };
             header?: never;
