@@ -255,3 +255,42 @@ def test_the_job_is_stored_even_when_the_broker_is_down(settings, engine) -> Non
         )
     assert response.status_code == 201 and response.json()["status"] == "pending"
     assert _count(engine) == 1  # the supervisor sends the message once Redis is back
+
+
+def test_a_job_cancelled_while_its_dataset_is_prepared_ends_cancelled(  # type: ignore[no-untyped-def]
+    api, engine, settings, monkeypatch
+) -> None:
+    # Defect: a cancel right after submission raced the preparation (pending -> queued) and
+    # answered 409; the job went on and ran. Here the preparation lands between the cancel's
+    # read and its write.
+    from training_platform.jobs import preparation, service
+
+    job_id = api.post("/api/v1/jobs", json=BODY).json()["id"]
+    read = service.get_job
+    raced: list[Any] = []
+
+    def read_then_prepare(*, session, job_id):  # type: ignore[no-untyped-def]
+        job = read(session=session, job_id=job_id)
+        if not raced:
+            raced.append(
+                preparation.prepare_job(engine, settings, job_id=job_id, attempt=1, actor="w")
+            )
+        return job
+
+    monkeypatch.setattr(service, "get_job", read_then_prepare)
+    response = api.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert raced and raced[0] is not None  # the preparation won the first write
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    monkeypatch.undo()
+    # A preparation that finishes after the cancel does not bring the job back.
+    again = api.post("/api/v1/jobs", json={**BODY, "name": "second"}).json()["id"]
+    assert api.post(f"/api/v1/jobs/{again}/cancel").json()["status"] == "cancelled"
+    assert preparation.prepare_job(engine, settings, job_id=again, attempt=1, actor="w") is None
+    assert api.get(f"/api/v1/jobs/{again}").json()["status"] == "cancelled"
+    events = api.get(f"/api/v1/jobs/{job_id}/events").json()
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "pending"),
+        ("pending", "queued"),
+        ("queued", "cancelled"),
+    ]

@@ -21,10 +21,12 @@ from sqlmodel import Session
 
 from training_platform.auth.models import ApiToken
 from training_platform.core.db import (
+    SCHEMA_HEAD,
     SQLITE_BUSY_TIMEOUT_MS,
     alembic_config,
     get_engine,
     migrate,
+    schema_version,
     session_scope,
 )
 from training_platform.core.settings import Settings
@@ -194,3 +196,31 @@ def test_a_naive_datetime_is_refused(migrated: Engine) -> None:
 
     with Session(migrated) as session:
         assert session.exec(select(ApiToken)).scalars().all() == []
+
+
+def test_schema_head_is_alembics_head_and_a_current_database_is_left_alone(
+    settings: Settings,
+) -> None:
+    engine = get_engine(settings)
+    assert schema_version(engine) is None  # empty
+    heads = ScriptDirectory.from_config(alembic_config(engine)).get_heads()
+    assert heads == [SCHEMA_HEAD]
+    migrate(engine, settings)
+    assert schema_version(engine) == SCHEMA_HEAD
+    # At head, a start neither loads Alembic nor takes the migration lock.
+    probe = textwrap.dedent(
+        f"""
+        import sys
+        from training_platform.core.db import get_engine, migrate
+        from training_platform.core.settings import load_settings
+        settings = load_settings(
+            home={str(settings.home)!r}, database_url={settings.resolved_database_url!r}
+        )
+        migrate(get_engine(settings), settings)
+        print("alembic" in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "False"

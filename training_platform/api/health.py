@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse
 
 from training_platform.api.deps import SettingsDep
 from training_platform.core.db import check_database, get_engine
-from training_platform.worker.config import redis_url
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +28,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
     except Exception as error:
         checks["database"] = f"error: {type(error).__name__}"
     try:
-        client = redis.Redis.from_url(redis_url(settings), socket_timeout=2)
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
         client.ping()
         checks["redis"] = "ok"
     except redis.RedisError as error:

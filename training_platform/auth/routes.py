@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from training_platform.api.deps import CurrentToken, SessionDep
+from training_platform.api.deps import CurrentToken, SessionDep, forget_tokens
 from training_platform.auth import service
 from training_platform.auth.models import ApiToken
 from training_platform.auth.schemas import TokenCreate, TokenCreated, TokenPublic, TokensPublic
@@ -44,4 +44,5 @@ def revoke_token(name: str, session: SessionDep, token: CurrentToken) -> TokenPu
     token of this request)."""
     record = service.revoke_token(session=session, name=name, current=token)
     session.commit()
+    forget_tokens()
     return _public(record, token)

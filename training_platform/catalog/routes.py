@@ -13,6 +13,7 @@ from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
 from training_platform.catalog import rewards, service
 from training_platform.catalog.models import RewardFileEntry
 from training_platform.catalog.names import CatalogName
+from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service as jobs
 
 router = APIRouter(tags=["catalog"])
@@ -42,7 +43,9 @@ class ModelRegister(BaseModel):
     hub_id: str | None = Field(
         None, max_length=200, description="owner/name, for hosts that reach the hub."
     )
-    job_id: int | None = Field(None, ge=1, description="A succeeded job whose final model to use.")
+    job_id: int | None = Field(
+        None, ge=1, le=DB_INT_MAX, description="A succeeded job whose final model to use."
+    )
     description: str = Field("", max_length=1000)
 
 

@@ -117,7 +117,9 @@ def up(
         started.append(spec.name)
     with console.status(f"starting {', '.join(started) or 'nothing new'}"):
         ok = services.wait_for(
-            lambda: all(s.healthy for s in services.health(settings)), timeout=timeout, interval=1
+            lambda: all(s.healthy for s in services.health(settings)),
+            timeout=timeout,
+            interval=0.25,
         )
     statuses = services.health(settings)
     if not ok:
@@ -154,11 +156,11 @@ def down(
     settings = settings_or_exit()
     if jobs:
         _stop_trainings(settings)
-    stopped = []
-    for name in reversed(services.START_ORDER):
-        grace = services.STOP_GRACE_S.get(name, 15.0)
-        if services.stop(settings, name, grace_s=grace):
-            stopped.append(name)
+    # every service at once (each shuts down on its own), then the private Redis they use
+    stopped = services.stop_many(
+        settings, [name for name in reversed(services.START_ORDER) if name != services.REDIS]
+    )
+    stopped += services.stop_many(settings, [services.REDIS])
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     if jobs:
         _kill_leftover_trainings(settings)
@@ -270,7 +272,7 @@ def _stop_trainings(settings: Settings) -> None:
                 api.job_action(job.id, "cancel")
             except ApiError as error:
                 err.print(f"job {job.id}: {error.message}")
-        services.wait_for(lambda: not _active_local_jobs(settings), timeout=60, interval=1)
+        services.wait_for(lambda: not _active_local_jobs(settings), timeout=60, interval=0.25)
     finally:
         api.close()
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -337,23 +338,51 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.5) -
 
 def stop(settings: Settings, name: str, grace_s: float = 15.0) -> bool:
     """Stop a service's whole process group; True if something was running."""
-    state = read_state(settings, name)
-    path = _state_file(settings, name)
-    if not is_alive(state):
-        path.unlink(missing_ok=True)
-        return False
-    assert state is not None
-    pgid = int(state["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    if not wait_for(lambda: not group_members(pgid), timeout=grace_s, interval=0.2):
+    return bool(stop_many(settings, [name], {name: grace_s}))
+
+
+def stop_many(
+    settings: Settings, names: list[str], grace_s: dict[str, float] | None = None
+) -> list[str]:
+    """Stop these services' process groups at once: SIGTERM to each, then SIGKILL to those
+    still there after their grace (STOP_GRACE_S, 15 s otherwise). Returns the ones that ran."""
+    graces = {**STOP_GRACE_S, **(grace_s or {})}
+    groups: dict[str, int] = {}
+    for name in names:
+        state = read_state(settings, name)
+        if not is_alive(state):
+            _forget(settings, name)
+            continue
+        assert state is not None
+        groups[name] = int(state["pid"])
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        wait_for(lambda: not group_members(pgid), timeout=10, interval=0.2)
-    path.unlink(missing_ok=True)
+            os.killpg(groups[name], signal.SIGTERM)
+    start = time.monotonic()
+    left = dict(groups)
+    while left:
+        for name, pgid in list(left.items()):
+            if not group_members(pgid):
+                del left[name]
+            elif time.monotonic() - start > graces.get(name, 15.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                wait_for(partial(_gone, pgid), timeout=10, interval=0.1)
+                del left[name]
+        if left:
+            time.sleep(0.1)
+    for name in groups:
+        _forget(settings, name)
+    return list(groups)
+
+
+def _gone(pgid: int) -> bool:
+    return not group_members(pgid)
+
+
+def _forget(settings: Settings, name: str) -> None:
+    _state_file(settings, name).unlink(missing_ok=True)
     if name == REDIS:
         (settings.state_dir / REDIS_URL_FILE).unlink(missing_ok=True)
-    return True
 
 
 # Trainings outlive a stop, so the training worker is not given time to wait for them.
@@ -376,10 +405,16 @@ def _http_ok(url: str, auth: tuple[str, str] | None = None) -> tuple[bool, str]:
 def health(settings: Settings) -> list[ServiceStatus]:
     """The state and health of every service."""
     redis_url = effective_redis_url(settings)
-    replies = _worker_replies(redis_url) if redis_answers(redis_url) else set()
+    states = {name: read_state(settings, name) for name in START_ORDER}
+    workers = [
+        _worker_node(settings, name)
+        for name in (WORKER_TRAINING, WORKER_GENERAL)
+        if is_alive(states[name])
+    ]
+    replies = _worker_replies(redis_url, workers) if workers and redis_answers(redis_url) else set()
     statuses = []
     for name in START_ORDER:
-        state = read_state(settings, name)
+        state = states[name]
         running = is_alive(state)
         pid = int(state["pid"]) if state and running else None
         if name == REDIS:
@@ -394,7 +429,7 @@ def health(settings: Settings) -> list[ServiceStatus]:
             healthy, detail = _http_ok(f"http://{settings.host}:{settings.port}/readyz")
             detail = f"{settings.resolved_api_url} ({detail})"
         elif name in (WORKER_TRAINING, WORKER_GENERAL):
-            node = f"{name.split('-')[1]}@{settings.node_name}"
+            node = _worker_node(settings, name)
             healthy = node in replies
             detail = f"{node} " + ("answers" if healthy else "does not answer ping")
         elif name == BEAT:
@@ -406,7 +441,12 @@ def health(settings: Settings) -> list[ServiceStatus]:
     return statuses
 
 
-def _worker_replies(redis_url: str) -> set[str]:
+def _worker_node(settings: Settings, name: str) -> str:
+    return f"{name.split('-')[1]}@{settings.node_name}"
+
+
+def _worker_replies(redis_url: str, nodes: list[str]) -> set[str]:
+    """The nodes among these that answer a ping (returns as soon as all have answered)."""
     from celery import Celery
 
     from training_platform.core.settings import load_settings
@@ -415,7 +455,7 @@ def _worker_replies(redis_url: str) -> set[str]:
     probe = Celery("tp-status")
     probe.conf.update(celery_config(load_settings(redis_url=redis_url)))
     try:
-        replies = probe.control.ping(timeout=1.5) or []
+        replies = probe.control.ping(destination=nodes, limit=len(nodes), timeout=1.5) or []
     except Exception:
         return set()
     return {name for reply in replies for name in reply}

@@ -7,17 +7,23 @@ import fcntl
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 from training_platform.core.settings import Settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The newest migration. A database already there is left alone without loading Alembic and
+# every migration script (most of a process's start); tests/core/test_db.py holds this to
+# Alembic's own head.
+SCHEMA_HEAD = "0008"
 _MIGRATION_LOCK_ID = 0x7470_6D69  # "tpmi": the PostgreSQL advisory lock taken around upgrades
 
 
@@ -73,6 +79,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 def alembic_config(engine: Engine) -> Config:
     """Alembic configuration pointing at the packaged migrations."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -80,8 +88,21 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+def schema_version(engine: Engine) -> str | None:
+    """The migration the database is at (None for an empty database)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:
+        return None
+
+
 def migrate(engine: Engine, settings: Settings) -> None:
     """Apply pending migrations; safe when several processes start at once."""
+    if schema_version(engine) == SCHEMA_HEAD:
+        return
+    from alembic import command
+
     config = alembic_config(engine)
     if engine.dialect.name == "sqlite":
         settings.home.mkdir(parents=True, exist_ok=True)

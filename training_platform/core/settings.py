@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     )
     backfill_age_limit_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 1800.0
     general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    worker_max_tasks_per_child: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="A worker process is replaced after this many tasks."
+    )
+    worker_max_memory_per_child_mb: Annotated[int, Field(ge=64)] = Field(
+        default=512,
+        description="A worker process that has grown past this is replaced after its task.",
+    )
     train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1
     max_upload_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 2048
     model_roots: Annotated[list[Path], NoDecode] = Field(

@@ -10,6 +10,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+# The largest integers the database's columns hold: INTEGER (ids, steps, attempts; 32-bit on
+# PostgreSQL) and BIGINT (byte offsets). Every integer a request carries into a query is
+# bounded by its column's, or the driver fails with a 500 instead of a 422.
+DB_INT_MAX = 2**31 - 1
+DB_BIGINT_MAX = 2**63 - 1
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""

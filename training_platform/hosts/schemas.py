@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -11,10 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 # Names end up in queue names, directories and labels: letters, digits and . _ - only, so a
 # name can never carry shell metacharacters, spaces or path separators.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ADDRESS = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$"  # a DNS name or IPv4
-    r"|^\[?[0-9A-Fa-f:.]+\]?$"  # IPv6
-)
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _CONDA_ENV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
@@ -45,11 +43,23 @@ HostName = Annotated[
     Field(min_length=1, max_length=63),
     _pattern(_NAME, "use letters, digits, '.', '_' and '-' only (no spaces or shell characters)"),
 ]
-Address = Annotated[
-    str,
-    Field(min_length=1, max_length=253),
-    _pattern(_ADDRESS, "must be a DNS name or an IP address"),
-]
+
+
+def _address(value: str) -> str:
+    """A DNS name (labels of letters, digits and inner '-'), an IPv4 or an IPv6 address."""
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(bare)
+        return value
+    except ValueError:
+        pass
+    name = value.removesuffix(".")
+    if bare != value or not name or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ValueError("must be a DNS name or an IP address")
+    return value
+
+
+Address = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_address)]
 UserName = Annotated[
     str, Field(min_length=1, max_length=32), _pattern(_USER, "must be a POSIX user name")
 ]

@@ -6,22 +6,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from training_platform.api.deps import (
     CurrentToken,
     DispatcherDep,
+    EngineDep,
+    IdPath,
+    OffsetQuery,
     SessionDep,
     SettingsDep,
-    get_engine,
 )
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
 from training_platform.jobs.service import Dispatcher
+from training_platform.jobs.state import StaleJob
 from training_platform.pipelines import definition as dsl
 from training_platform.pipelines import engine as pipeline_engine
 from training_platform.pipelines import service, templates
@@ -39,11 +42,10 @@ from training_platform.pipelines.schemas import (
     TemplatePublic,
     ValidationPublic,
 )
-from training_platform.pipelines.state import PipelineStatus
+from training_platform.pipelines.state import PipelineStatus, StaleRow
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 lineage_router = APIRouter(tags=["pipelines"])
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 IdempotencyKey = Annotated[
     str | None,
@@ -199,7 +201,7 @@ def list_pipelines(
     _: CurrentToken,
     pipeline_status: Annotated[list[PipelineStatus] | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
 ) -> PipelinesPublic:
     """Pipelines, newest first, with how many stages are in each status."""
     page, total = service.list_pipelines(
@@ -226,14 +228,14 @@ def _summaries(session: Session, page: Sequence[Pipeline]) -> list[PipelineSumma
 
 
 @router.get("/{pipeline_id}")
-def get_pipeline(pipeline_id: int, session: SessionDep, _: CurrentToken) -> PipelinePublic:
+def get_pipeline(pipeline_id: IdPath, session: SessionDep, _: CurrentToken) -> PipelinePublic:
     """One pipeline: the DAG with each stage's state, duration, job and key metric."""
     return to_public(session, service.get_pipeline(session=session, pipeline_id=pipeline_id))
 
 
 @router.get("/{pipeline_id}/events")
 def pipeline_events(
-    pipeline_id: int, session: SessionDep, _: CurrentToken
+    pipeline_id: IdPath, session: SessionDep, _: CurrentToken
 ) -> list[PipelineEventPublic]:
     """Status changes of the pipeline and its stages, oldest first."""
     return [
@@ -244,7 +246,7 @@ def pipeline_events(
 
 @router.post("/{pipeline_id}/cancel")
 def cancel_pipeline(
-    pipeline_id: int,
+    pipeline_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     engine: EngineDep,
@@ -252,8 +254,12 @@ def cancel_pipeline(
     dispatcher: DispatcherDep,
 ) -> PipelinePublic:
     """Cancel: pending stages are cancelled, running stages' processes are stopped."""
-    _, signal = service.cancel(
-        session=session, pipeline_id=pipeline_id, actor=f"token:{token.name}"
+    _, signal = jobs.until_settled(
+        session,
+        lambda: service.cancel(
+            session=session, pipeline_id=pipeline_id, actor=f"token:{token.name}"
+        ),
+        stale=(StaleJob, StaleRow),
     )
     session.commit()
     for job in signal:
@@ -263,7 +269,7 @@ def cancel_pipeline(
 
 @router.post("/{pipeline_id}/pause")
 def pause_pipeline(
-    pipeline_id: int,
+    pipeline_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     engine: EngineDep,
@@ -278,7 +284,7 @@ def pause_pipeline(
 
 @router.post("/{pipeline_id}/resume")
 def resume_pipeline(
-    pipeline_id: int,
+    pipeline_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     engine: EngineDep,
@@ -293,7 +299,7 @@ def resume_pipeline(
 
 @router.post("/{pipeline_id}/retry")
 def retry_pipeline(
-    pipeline_id: int,
+    pipeline_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     engine: EngineDep,
@@ -313,7 +319,7 @@ def retry_pipeline(
 
 
 @lineage_router.get("/jobs/{job_id}/lineage")
-def job_lineage(job_id: int, session: SessionDep, _: CurrentToken) -> LineagePublic:
+def job_lineage(job_id: IdPath, session: SessionDep, _: CurrentToken) -> LineagePublic:
     """Where a job's model and dataset version came from, the pipeline stage that ran it, and
     the checkpoints and models it produced (with the jobs that went on from them)."""
     return LineagePublic.model_validate(service.lineage(session=session, job_id=job_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import redis
@@ -16,7 +17,7 @@ PING_LIST = f"{KEY_PREFIX}ping:"
 
 @app.task(name="tp.system.ping")
 def ping(channel: str, label: str) -> None:
-    """Append `label` and the time it ran to the Redis list tp:ping:<channel>."""
+    """Append `label`, the time it ran and the worker process to the list tp:ping:<channel>."""
     client = redis.Redis.from_url(redis_url(get_settings()))
-    client.rpush(PING_LIST + channel, f"{label} {time.time()}")
+    client.rpush(PING_LIST + channel, f"{label} {time.time()} {os.getpid()}")
     client.expire(PING_LIST + channel, 3600)

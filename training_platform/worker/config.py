@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Exchange, Queue
-
 from training_platform.core.settings import Settings
 from training_platform.worker.queues import (
     ALL_QUEUES,
@@ -49,6 +47,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the platform."""
+    from kombu import Exchange, Queue  # here: the API imports this module without Celery
+
     exchange = Exchange("tp", type="direct")
     return {
         "broker_url": redis_url(settings),
@@ -75,6 +75,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
+        # Pool processes are recycled, so that what a task leaves behind (imported libraries,
+        # caches of big datasets) cannot make a long-lived worker grow without bound.
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024,  # KiB
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
