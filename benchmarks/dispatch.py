@@ -5,13 +5,16 @@ and always stops everything it started, whatever happens:
 
     python benchmarks/dispatch.py [--jobs N] [--pings N] [--clients 50] [--requests N]
 
-1. Job dispatch latency: from just before `POST /api/v1/jobs` to the training process existing
-   (the job's `started_at`, set as it moves to RUNNING right after the spawn), plus the RUNNING
-   status as seen by polling, the first log line as served by the API, and the phases taken from
-   the job's event timestamps. Jobs run one at a time (one training slot), tiny model, 1 step;
-   the next is submitted only once the previous start message is acknowledged (slot free).
-2. Bare Celery round trip: `tp.system.ping` sent to the `default` queue until its RPUSH is seen.
-3. API read throughput: `GET /api/v1/jobs` and `GET /api/v1/jobs/{id}` under concurrent clients.
+1. Job dispatch latency: from just before `POST /api/v1/jobs` to the trainer process existing
+   (the launcher writes child.pid right after starting it: the target's figure), to the job's
+   `started_at`, the RUNNING status as seen by polling, the first log line as served by the API,
+   and the phases taken from the job's event timestamps. Jobs run one at a time (one training
+   slot), tiny model, 1 step; the next is submitted once the previous start is acknowledged.
+2. Baselines on the same Redis: the bare Celery round trip of `tp.system.ping`, and a bare
+   Celery app whose task spawns `python -c pass` (benchmarks/bare_spawn.py): send -> child
+   exists. The ratio of the trainer-exists p50 to the bare spawn p50 is the target (<= 5).
+3. API read throughput: `GET /api/v1/jobs` and `GET /api/v1/jobs/{id}` under concurrent clients
+   (benchmarks/api.py compares them with a bare handler).
 
 The report is a set of tables followed by one JSON line (prefixed `RESULT `) for machines.
 Server and client share this host, so throughput figures include the client's own CPU use.
@@ -283,6 +286,7 @@ class JobSample:
     to_queued_event: float | None = None
     to_starting_event: float | None = None
     to_started_at: float | None = None
+    to_trainer_exists: float | None = None
     to_running_seen: float | None = None
     to_first_log_seen: float | None = None
     to_finished_at: float | None = None
@@ -346,6 +350,7 @@ def run_one_job(
     if sample.status == "failed":
         sample.error = (job.get("error") or "failed")[-300:]
     sample.to_process_exit = _process_exit(client, sample.job_id, t0)
+    sample.to_trainer_exists = _trainer_spawned(client, sample.job_id, t0)
     events = client.get(f"{API}/jobs/{sample.job_id}/events").raise_for_status().json()
     for event in events:
         at = parse_time(event["created_at"])
@@ -391,6 +396,16 @@ def _process_exit(client: httpx.Client, job_id: int, t0: float) -> float | None:
     return None if finished is None else finished - t0
 
 
+def _trainer_spawned(client: httpx.Client, job_id: int, t0: float) -> float | None:
+    """When the trainer process existed: the launcher writes child.pid right after starting
+    it. Seconds after t0."""
+    run_dir = client.get(f"{API}/jobs/{job_id}/plan").raise_for_status().json()["run_dir"]
+    try:
+        return (Path(run_dir) / "child.pid").stat().st_mtime - t0
+    except OSError:
+        return None
+
+
 @dataclass
 class DispatchResult:
     """All job samples plus their summaries."""
@@ -409,6 +424,7 @@ class DispatchResult:
         self.figures = {
             "post_rtt": collect(x.post_rtt for x in s),
             "submit_to_started_at": collect(x.to_started_at for x in s),
+            "submit_to_trainer_exists": collect(x.to_trainer_exists for x in s),
             "submit_to_running_seen": collect(x.to_running_seen for x in s),
             "submit_to_first_log_seen": collect(x.to_first_log_seen for x in s),
             "submit_to_queued_event": collect(x.to_queued_event for x in s),
@@ -497,7 +513,7 @@ def bench_ping(redis_url: str, home: Path, pings: int, warmup: int) -> PingResul
                 lost += 1
                 continue
             raw = popped[1]
-            got_label, ran_at = (raw.decode() if isinstance(raw, bytes) else raw).split()
+            got_label, ran_at = (raw.decode() if isinstance(raw, bytes) else raw).split()[:2]
             if got_label != label:
                 lost += 1  # a late earlier ping; not comparable
                 continue
@@ -513,6 +529,42 @@ def bench_ping(redis_url: str, home: Path, pings: int, warmup: int) -> PingResul
     return PingResult(
         Summary.of(round_trips), Summary.of(send_to_run), Summary.of(run_to_seen), lost
     )
+
+
+def bench_bare_spawn(redis_url: str, spawns: int, warmup: int) -> Summary:
+    """Send benchmarks/bare_spawn.py's task one at a time: send -> `python -c pass` exists."""
+    from celery import Celery
+
+    here = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, BENCH_REDIS_URL=redis_url)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "celery", "-A", "bare_spawn", "worker", "-c", "1"),
+            *("-Q", "bench-bare-spawn", "--without-mingle", "--without-gossip", "-l", "WARNING"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    sender = Celery("bench-sender", broker=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    key = f"bench:bare-spawn:{uuid.uuid4().hex}"
+    samples: list[float] = []
+    try:
+        for index in range(warmup + spawns):
+            sent = time.time()
+            sender.send_task("bench.bare_spawn", args=[key], queue="bench-bare-spawn")
+            popped = client.blpop([key], timeout=60)
+            if popped is None:
+                raise RuntimeError("the bare spawn worker did not answer")
+            if index >= warmup:
+                samples.append(float(popped[1]) - sent)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    return Summary.of(samples)
 
 
 # --- 3. API read throughput -------------------------------------------------------------------
@@ -604,7 +656,8 @@ def bench_api(base_url: str, token: str, job_id: int, clients: int, total: int) 
 # --- report -----------------------------------------------------------------------------------
 
 DISPATCH_ROWS = (
-    ("submit_to_started_at", "submit -> process spawned (started_at)  [dispatch latency]"),
+    ("submit_to_trainer_exists", "submit -> trainer process exists (child.pid)  [target]"),
+    ("submit_to_started_at", "submit -> launcher spawned (started_at)"),
     ("submit_to_running_seen", "submit -> RUNNING seen by polling"),
     ("submit_to_first_log_seen", "submit -> first log line via /logs"),
     ("post_rtt", "POST /jobs round trip"),
@@ -643,6 +696,7 @@ def report(
     ping: PingResult | None,
     loads: list[LoadResult],
     wall_s: float,
+    bare: Summary | None = None,
 ) -> dict[str, Any]:
     """Print the tables and return the machine-readable result."""
     result: dict[str, Any] = {
@@ -699,6 +753,16 @@ def report(
             "send_to_run": ping.send_to_run.as_ms(),
             "lost": ping.lost,
         }
+    if dispatch is not None and bare is not None:
+        ours = dispatch.figures["submit_to_trainer_exists"]
+        ratio = ours.median / bare.median
+        result["bare_spawn"] = bare.as_ms()
+        result["ratio_trainer_exists_p50_to_bare_spawn_p50"] = round(ratio, 1)
+        console.print(
+            f"submit -> trainer process p50 {fmt_ms(ours.median)} ms; bare Celery task "
+            f"spawning `python -c pass` p50 {fmt_ms(bare.median)} ms; ratio "
+            f"[bold]{ratio:,.1f}x[/bold] (target <= 5)"
+        )
     if dispatch is not None and ping is not None:
         ratio = dispatch.figures["submit_to_started_at"].median / ping.round_trip.median
         result["ratio_dispatch_median_to_ping_median"] = round(ratio, 1)
@@ -786,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     platform = Platform(keep_home=args.keep_home, up_timeout_s=args.up_timeout)
     dispatch: DispatchResult | None = None
     ping: PingResult | None = None
+    bare: Summary | None = None
     loads: list[LoadResult] = []
     code = 0
     try:
@@ -805,6 +870,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         console.print(f"2/3 {args.pings} pings ...")
         ping = bench_ping(platform.redis_url, platform.home, args.pings, warmup=5)
+        console.print(f"2b/3 {args.jobs * 2} bare Celery spawns of `python -c pass` ...")
+        bare = bench_bare_spawn(platform.redis_url, args.jobs * 2, warmup=3)
         console.print(f"3/3 API load, {args.clients} clients ...")
         loads = bench_api(
             platform.api_url,
@@ -822,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(sig, signal.SIG_IGN)  # let the shutdown finish
         console.print("stopping the platform ...")
         platform.stop()
-    result = report(args, platform, dispatch, ping, loads, time.perf_counter() - wall_started)
+    result = report(args, platform, dispatch, ping, loads, time.perf_counter() - wall_started, bare)
     print("RESULT " + json.dumps(result, separators=(",", ":")))
     return code
 

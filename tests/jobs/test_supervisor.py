@@ -158,6 +158,41 @@ def test_exit_zero_succeeds_and_records_the_final_model(  # type: ignore[no-unty
     )
 
 
+def test_a_job_finished_by_another_watcher_meanwhile_is_done_not_an_error(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    # Defect: the worker's watch and the supervisor both saw the run exit; the one that lost
+    # raised Conflict("job N is succeeded; it cannot become succeeded") and its Celery task
+    # failed with a traceback.
+    job = submit_job()
+    run_dir = _start(engine, fast, runner, job)
+    runner.write(run_dir, "metrics", _metrics_line(5, loss=1.0))
+    runner.finish(run_dir, 0)
+
+    class OtherWatcherFirst(MemoryRunner):
+        """Finishes the job through another reconcile while this one is between reads."""
+
+        def __init__(self) -> None:
+            self.__dict__ = runner.__dict__
+            self.raced = False
+
+        def poll(self, handle):  # type: ignore[no-untyped-def]
+            state = super().poll(handle)
+            if not self.raced:
+                self.raced = True
+                other = supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+                assert other is not None and other.status == "succeeded"
+            return state
+
+    racing = OtherWatcherFirst()
+    finished = supervisor.reconcile_job(engine, fast, job.id, {"memory": racing})
+    assert racing.raced
+    assert finished is not None and finished.status == "succeeded"
+    ends = [e for e in _events(engine, job.id) if e[1] == "succeeded"]
+    assert len(ends) == 1
+    assert reload_job(job.id).progress_step == 5
+
+
 def test_exit_nonzero_fails_with_the_code_and_the_log_tail(  # type: ignore[no-untyped-def]
     engine, fast, runner, submit_job, reload_job
 ) -> None:
@@ -587,3 +622,39 @@ def test_resume_picks_the_newest_checkpoint_whose_files_exist(  # type: ignore[n
             session=session, settings=fast, job=session.get(Job, job.id)
         )
     assert found is not None and found.step == 10
+
+
+def test_a_resumed_run_that_goes_past_its_step_count_fails(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    # Defect: retried from its checkpoint at max_steps, a run trained step max_steps + 1 at
+    # learning rate 0 and ended succeeded with progress 21/20.
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=20)
+    job, run_dir = _resume(engine, fast, runner, job.id)
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    runner.write(run_dir, "metrics", _metrics_line(21, loss=1.0))
+    runner.finish(run_dir, 0)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+    stored = reload_job(job.id)
+    assert stored.status == "failed" and stored.exit_code == 0
+    assert "went past its step count: step 21 of 20" in stored.error
+
+
+def test_a_resumed_run_whose_checkpoint_held_every_step_succeeds_by_exporting_it(  # type: ignore[no-untyped-def]
+    engine, fast, runner, submit_job, reload_job
+) -> None:
+    job = submit_job()
+    _fail_with_checkpoint(engine, fast, runner, job, step=20)
+    job, run_dir = _resume(engine, fast, runner, job.id)
+    runner.write(run_dir, "metrics", _record("started", max_steps=20))
+    runner.write(run_dir, "metrics", _record("checkpoint", step=20, path="model", final=True))
+    runner.finish(run_dir, 0)
+    supervisor.reconcile_job(engine, fast, job.id, {"memory": runner})
+    stored = reload_job(job.id)
+    assert stored.status == "succeeded", stored.error
+    assert (stored.progress_step, stored.progress_total) == (20, 20)
+    assert stored.outputs == {"model": "model"}
+    with Session(engine) as session:
+        steps = session.exec(select(JobMetric.step).where(JobMetric.key == "loss")).all()
+    assert sorted(steps) == list(range(1, 21))  # no extra row

@@ -489,3 +489,31 @@ def test_the_run_outlives_the_process_that_submitted_it(
     assert wait_ended(runner, handle) == RunState("exited", exit_code=0, signal=None)
     assert json.loads((run_dir / EXIT_FILE).read_text())["returncode"] == 0
     assert b"finished" in runner.read(handle, "log", 0, 1 << 20)
+
+
+def test_a_watcher_wakes_when_the_run_writes_not_at_its_timeout(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    handle = {"runner": "local", "node": NODE, "run_dir": str(tmp_path)}
+    waiter = runner.output_waiter(handle, timeout_s=5.0)
+    assert waiter is not None
+    try:
+        for line in range(3):
+            started = time.monotonic()
+            with (tmp_path / "metrics.jsonl").open("a") as out:
+                out.write(f'{{"step": {line}}}\n')
+            waiter.wait()
+            assert time.monotonic() - started < 1.0  # woken by the line, not the 5 s timeout
+        (tmp_path / ".exit.json.tmp").write_text("{}")
+        started = time.monotonic()
+        (tmp_path / ".exit.json.tmp").replace(tmp_path / EXIT_FILE)  # as the launcher ends
+        waiter.wait()
+        assert time.monotonic() - started < 1.0
+    finally:
+        waiter.close()
+    quiet = runner.output_waiter(handle, timeout_s=0.2)
+    assert quiet is not None
+    started = time.monotonic()
+    quiet.wait()
+    quiet.close()
+    assert 0.15 < time.monotonic() - started < 2.0  # nothing written: the timeout

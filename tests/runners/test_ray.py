@@ -27,6 +27,8 @@ from training_platform.runners.launcher import STOP_FILE
 from training_platform.runners.ray import RayRunner, check_address
 from training_platform.runners.ray_head import head_status, head_token, start_head, stop_head
 
+pytestmark = pytest.mark.slow
+
 HOST = "ray-test"
 TIMEOUT_S = 30.0
 READY = """

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from training_platform.assets.tiny import BUNDLED_DATASETS
 from training_platform.trainers.progress import directory_size
@@ -337,6 +339,34 @@ def test_a_resumed_run_continues_the_global_step(
     print(f"{name} resumed at {checkpoint}: {run.wall_s:.1f} s wall")
 
 
+@pytest.mark.slow
+def test_resuming_from_a_checkpoint_at_max_steps_only_exports_the_model(
+    sft_run: Run, tmp_path: Path
+) -> None:
+    # Defect: a trainer killed after its checkpoint at max_steps, retried from it, trained
+    # step max_steps + 1 at learning rate 0 and reported progress 31/30.
+    config = json.loads((sft_run.run_dir.parent / "train_config.json").read_text())
+    max_steps = config["hyperparameters"]["max_steps"]
+    resume_from = sft_run.run_dir / "checkpoints" / f"checkpoint-{max_steps}"
+    config |= {
+        "output_dir": str(tmp_path / "run"),
+        "metrics_path": str(tmp_path / "run" / "metrics.jsonl"),
+        "resume_from": str(resume_from),
+    }
+    run = run_to_completion(config, tmp_path)
+    assert run.result.returncode == 0, run.result.stderr
+    assert [r for r in run.records if r["type"] == "metrics"] == []
+    assert [r["max_steps"] for r in run.records if r["type"] == "started"] == [max_steps]
+    final = [r for r in run.records if r["type"] == "checkpoint" and r["final"]]
+    assert [(r["step"], r["path"]) for r in final] == [(max_steps, "model")]
+    exported = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    trained = load_file(resume_from / "model.safetensors")
+    assert exported.keys() == trained.keys()
+    assert all(torch.equal(exported[name], trained[name]) for name in trained)
+    generates(tmp_path / "run" / "model")
+
+
+@pytest.mark.slow
 def test_a_stop_request_saves_a_checkpoint_and_exits_75(
     tiny_model_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -18,6 +18,8 @@ pytest.importorskip("verl", reason="verl's environment (environments/gpu-verl.tx
 
 from training_platform.backends.verl.common import COMPAT_MODULE
 
+pytestmark = pytest.mark.slow
+
 PROBE = """
 import json, sys, torch
 import verl

@@ -149,7 +149,15 @@ def run_job(
                 runner.cancel(handle, force=True)
     if not watch:
         return Outcome(job_id, "started", JobStatus.RUNNING.value)
-    return _watch(engine, settings, runners, job_id, attempt, poll_s, sleep, actor)
+    # React to the run's output as it is written (live views), where the runner can tell.
+    make_waiter = getattr(runner, "output_waiter", None)
+    waiter = make_waiter(handle, poll_s) if make_waiter is not None else None
+    try:
+        pause = waiter.wait if waiter is not None else lambda: sleep(poll_s)
+        return _watch(engine, settings, runners, job_id, attempt, pause, actor)
+    finally:
+        if waiter is not None:
+            waiter.close()
 
 
 def _plan(
@@ -176,8 +184,7 @@ def _watch(
     runners: Mapping[str, Runner],
     job_id: int,
     attempt: int,
-    poll_s: float,
-    sleep: Callable[[float], None],
+    pause: Callable[[], None],
     actor: str,
 ) -> Outcome:
     while True:
@@ -188,4 +195,4 @@ def _watch(
             return Outcome(job_id, "finished", job.status)
         if JobStatus(job.status) is JobStatus.PAUSED and job.pause_mode != SUSPEND:
             return Outcome(job_id, "finished", job.status)  # its devices are free again
-        sleep(poll_s)
+        pause()

@@ -172,6 +172,8 @@ def _reconcile(
     publish = live.publisher(settings.broker_url)
     stored = ingest(session, job, runner, handle, final=state.status != "running", publish=publish)
     session.refresh(job)
+    if not watched(job):
+        return job  # another watcher (the worker, or a second tick) finished it meanwhile
     if stored.points and alerts.evaluate(
         session=session, job=job, points=stored.points, publish=publish
     ):
@@ -341,6 +343,8 @@ def _after_exit(
     session: Session, settings: Settings, job: Job, state: RunState, actor: str
 ) -> None:
     status = JobStatus(job.status)
+    if status in TERMINAL:
+        return  # already finished by another watcher: a job that is final is done
     ending = describe_end(state)
     cause = end_cause(state)
     finished = state.status == "exited" and state.exit_code == 0
@@ -380,7 +384,7 @@ def _after_exit(
     elif status is JobStatus.STOPPING and not finished:
         why = "time limit reached" if job.end_cause == "time_limit" else "stalled"
         _fail(session, settings, job, state, POLICY, f"{why}; {ending}", job.end_cause)
-    elif finished and (short := _resume_fell_short(job)):
+    elif finished and (short := _work_not_done(job)):
         transition(
             session,
             job,
@@ -462,12 +466,22 @@ def _retry_delay(session: Session, job: Job, cause: str | None) -> float | None:
     return float(policy.retry_backoff_s * 2 ** (failures - 1))
 
 
-def _resume_fell_short(job: Job) -> str | None:
-    """Why a resumed attempt that exited 0 still did not do its work, if it did not."""
+def _work_not_done(job: Job) -> str | None:
+    """Why an attempt that exited 0 still did not do its work, if it did not.
+
+    A run past its step count is wrong whatever its exit code (a resumed run that trained a
+    step more than it was asked); a resumed one must advance past its checkpoint, unless the
+    checkpoint already held every step, and reach its step count.
+    """
+    last, total = job.progress_step, job.progress_total
+    if last is not None and total is not None and last > total:
+        return f"the run went past its step count: step {last} of {total}"
     resume = (job.inputs or {}).get("resume_from")
     if not resume:
         return None
-    start, last, total = int(resume["step"]), job.progress_step, job.progress_total
+    start = int(resume["step"])
+    if last is not None and total is not None and last == total:
+        return None  # done: trained to the end, or only exported a checkpoint that was
     if last is None or last <= start:
         return f"the resumed run never advanced past its checkpoint (step {start})"
     if total is not None and last < total:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from functools import lru_cache
 from typing import Any
@@ -61,6 +60,11 @@ def _engine() -> Engine:
     return get_engine(get_settings())
 
 
+def _actor() -> str:
+    """Who events of this worker name: its node, as TP_NODE_NAME says (the hostname if unset)."""
+    return f"worker:{get_settings().node_name}"
+
+
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not reuse the parent's database connections.
@@ -111,7 +115,7 @@ def prepare_job(job_id: int, attempt: int) -> str:
         get_settings(),
         job_id=job_id,
         attempt=attempt,
-        actor=f"worker:{socket.gethostname()}",
+        actor=_actor(),
     )
     if job is None:
         return "skipped"
@@ -140,7 +144,7 @@ def run_job(job_id: int, attempt: int) -> str:
             runners,
             job_id=job_id,
             attempt=attempt,
-            actor=f"worker:{socket.gethostname()}",
+            actor=_actor(),
         )
     if outcome.action == "finished":
         from training_platform.scheduling.tasks import run_pass
@@ -176,7 +180,7 @@ def _start_remote(
         runners,
         job_id=job_id,
         attempt=attempt,
-        actor=f"worker:{socket.gethostname()}",
+        actor=_actor(),
         node=host.name,
         stage=stage,
         watch=False,

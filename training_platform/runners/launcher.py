@@ -1,9 +1,11 @@
 """The process a local run starts: it runs the plan's argv and records how it ended.
 
-`python -m training_platform.runners.launcher RUN_DIR` is started in a new session, so the
-launcher leads the run's process group. It runs the trainer as its child with a clean
-environment, waits for it, stops any process the trainer left behind in the group, and only
-then writes exit.json (atomically). exit.json is the only source of a run's exit code.
+`python -I -S .../runners/launcher.py RUN_DIR` (or `python -m training_platform.runners.launcher
+RUN_DIR`) is started in a new session, so the launcher leads the run's process group. It uses
+the standard library only, so that it can start without site-packages. It runs the trainer as
+its child with a clean environment, waits for it, stops any process the trainer left behind in
+the group, and only then writes exit.json (atomically). exit.json is the only source of a run's
+exit code.
 """
 
 from __future__ import annotations

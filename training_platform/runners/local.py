@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 
 from training_platform.backends.base import LaunchPlan
+from training_platform.runners import launcher
 from training_platform.runners.base import (
     Handle,
     RunnerError,
@@ -32,8 +35,10 @@ from training_platform.runners.launcher import (
     child_environment,
 )
 
+log = logging.getLogger(__name__)
 KIND = "local"
 LAUNCHER_FILE = "launcher.json"
+LAUNCHER_PATH = str(Path(launcher.__file__).resolve())
 _STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE}
 
 
@@ -59,7 +64,9 @@ class LocalRunner:
         write_run_dir(plan, directory, PLAN_FILE)
         with (directory / "launcher.log").open("ab") as launcher_log:
             process = subprocess.Popen(
-                [self.python, "-m", "training_platform.runners.launcher", str(directory)],
+                # By path, isolated and without site-packages: the launcher needs only the
+                # standard library, and its start is on the way to every trainer's.
+                [self.python, "-I", "-S", LAUNCHER_PATH, str(directory)],
                 cwd=directory,
                 env=child_environment({}),
                 stdin=subprocess.DEVNULL,
@@ -109,6 +116,14 @@ class LocalRunner:
     def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
         """Bytes of the run's log or metrics file from offset (empty if not written yet)."""
         return read_stream(handle["run_dir"], _STREAM_FILES[stream], offset, limit)
+
+    def output_waiter(self, handle: Handle, timeout_s: float) -> OutputWaiter | None:
+        """Something to block on until the run writes (None where files cannot be watched)."""
+        try:
+            return OutputWaiter(handle["run_dir"], timeout_s)
+        except Exception as error:  # no inotify (limits, odd file systems): poll instead
+            log.warning("cannot watch %s (%s); polling it", handle["run_dir"], error)
+            return None
 
     def request_stop(self, handle: Handle) -> None:
         """Create the stop file the trainer looks for after each step."""
@@ -173,6 +188,78 @@ class LocalRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if leader in _members(handle):
                 os.killpg(leader, signal.SIGKILL)
+
+
+class OutputWaiter:
+    """Blocks until a run reports something (a metrics line, exit.json) or a timeout.
+
+    A watcher reacts to a trainer's metrics within milliseconds instead of at its next poll.
+    Log lines and other files (heartbeat, checkpoints) are followed at LOG_INTERVAL_S: a
+    trainer's console output must not cost a database round per line. Between wakes it rests
+    RESTS times as long as it worked, so following even a run that writes flat out takes a
+    bounded share of a core, in batches. The change notification runs in a thread of its own
+    and the caller waits on an event, so signals reach the caller as usual (watchfiles turns a
+    signal that arrives during its own wait into a return value).
+    """
+
+    MIN_INTERVAL_S = 0.005
+    LOG_INTERVAL_S = 0.25
+    RESTS = 1
+    URGENT = (METRICS_FILE, EXIT_FILE)
+
+    def __init__(self, run_dir: str, timeout_s: float) -> None:
+        from watchfiles._rust_notify import RustNotify
+
+        # Watching starts here: a line written before the first wait() is not missed.
+        self._notify = RustNotify([run_dir], False, False, 100, False, False)
+        self._timeout_s = timeout_s
+        self._urgent = threading.Event()
+        self._other = threading.Event()
+        self._stop = threading.Event()
+        self._woke = time.monotonic()
+        self._thread = threading.Thread(target=self._follow, name="run-dir-watch", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        debounce_ms = int(self.MIN_INTERVAL_S * 1000)
+        while not self._stop.is_set():
+            changes = self._notify.watch(debounce_ms, 1, 1000, self._stop)
+            if not isinstance(changes, set):
+                continue
+            if any(path.endswith(self.URGENT) for _, path in changes):
+                self._urgent.set()
+            else:
+                self._other.set()
+
+    def wait(self) -> None:
+        """Return when the run reported something, other output waited long enough, or the
+        timeout passed."""
+        busy = time.monotonic() - self._woke
+        # Resting matters only when more arrived while the caller worked (a run writing flat
+        # out); a line that comes after a quiet spell is taken at once.
+        pending = self._urgent.is_set() or self._other.is_set()
+        rest = max(self.MIN_INTERVAL_S - busy, self.RESTS * busy if pending else 0.0)
+        if rest > 0:
+            time.sleep(rest)
+        deadline = self._woke + self._timeout_s
+        while not self._urgent.is_set():
+            now = time.monotonic()
+            if now >= deadline or (
+                self._other.is_set() and now >= self._woke + self.LOG_INTERVAL_S
+            ):
+                break
+            due = self._woke + self.LOG_INTERVAL_S if self._other.is_set() else now + 0.05
+            self._urgent.wait(max(min(due, deadline) - now, 0.0))
+        # What changes from here on is read by the caller or waits for the next wake.
+        self._urgent.clear()
+        self._other.clear()
+        self._woke = time.monotonic()
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._notify.close()
 
 
 def _dump(spy: str, pid: int, attempts: int = 3) -> str:

@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import paramiko
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from training_platform.backends.base import LaunchPlan
 from training_platform.runners.base import Handle, RunnerError, RunState, Stream
 from training_platform.runners.launcher import EXIT_FILE, LOG_FILE, METRICS_FILE, STOP_FILE
+
+if TYPE_CHECKING:  # imported where used: processes that never open SSH never load it
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class SshTarget:
 
 def load_private_key(text: str) -> paramiko.PKey:
     """A private key from its text (OpenSSH or PEM; ed25519, ECDSA or RSA)."""
+    import paramiko
+
     errors = []
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
@@ -116,6 +119,8 @@ def load_private_key(text: str) -> paramiko.PKey:
 
 
 def _open_transport(address: str, port: int, timeout_s: float) -> paramiko.Transport:
+    import paramiko
+
     try:
         sock = socket.create_connection((address, port), timeout=timeout_s)
     except OSError as error:
@@ -152,6 +157,8 @@ class SshSession:
 
     def connect(self) -> None:
         """Open the connection if it is not open: pinned host key first, then the login."""
+        import paramiko
+
         with self._lock:
             if self._transport is not None and self._transport.is_active():
                 return
@@ -208,6 +215,8 @@ class SshSession:
         self, argv: list[str], *, stdin: bytes = b"", timeout_s: float = 120.0
     ) -> tuple[int, bytes, bytes]:
         """Run argv (joined with shlex for the remote shell); (exit status, stdout, stderr)."""
+        import paramiko
+
         try:
             channel = self._live_transport().open_session(timeout=self.target.timeout_s)
         except (paramiko.SSHException, OSError, EOFError) as error:
@@ -244,6 +253,8 @@ class SshSession:
 
     def sftp(self) -> paramiko.SFTPClient:
         """The connection's SFTP client (callers hold `lock` while they use it)."""
+        import paramiko
+
         with self._lock:
             if self._sftp is None:
                 try:
@@ -385,6 +396,8 @@ class SshRunner:
         The copy is made under a temporary name and renamed at the end, so a present
         target is always complete.
         """
+        import paramiko
+
         target = f"{self.work_root}/cache/{digest}/{local.name}"
 
         def send(session: SshSession) -> str:
@@ -435,6 +448,8 @@ class SshRunner:
         return self._with_retry(probe)
 
     def _read_file(self, path: str, offset: int, limit: int) -> bytes | None:
+        import paramiko
+
         def fetch(session: SshSession) -> bytes | None:
             with session.lock:
                 try:

@@ -83,22 +83,27 @@ def _why(demand: Demand, available: list[Slot], estimate: service.MemoryEstimate
 
 
 def _lease(engine: Engine, job: Job, slots: list[Slot]) -> Job | None:
-    now = utcnow()
     with Session(engine, expire_on_commit=False) as session:
         try:
-            for slot in slots:
-                session.add(
-                    DeviceLease(
-                        job_id=job.id,  # type: ignore[arg-type]
-                        attempt=job.attempt,
-                        host=slot.host,
-                        kind=slot.kind,
-                        device_index=slot.index,
-                        simulated=slot.simulated,
-                        acquired_at=now,
-                    )
+            leases = [
+                DeviceLease(
+                    job_id=job.id,  # type: ignore[arg-type]
+                    attempt=job.attempt,
+                    host=slot.host,
+                    kind=slot.kind,
+                    device_index=slot.index,
+                    simulated=slot.simulated,
                 )
+                for slot in slots
+            ]
+            session.add_all(leases)
             session.flush()
+            # Stamped once the inserts went through: they may have waited for the write lock
+            # (or for the release of the same device) to commit, and a lease is acquired when
+            # it exists, not when the pass decided on it.
+            now = utcnow()
+            for lease in leases:
+                lease.acquired_at = now
             moved = session.execute(
                 update(Job)
                 .where(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -497,6 +498,16 @@ def lora_config(settings: LoraSettings | None) -> LoraConfig | None:
     )
 
 
+def steps_done(checkpoint: Path) -> tuple[int, int] | None:
+    """(step, max_steps) when a Trainer checkpoint already holds every step of its run."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, max_steps = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (step, max_steps) if 0 < max_steps <= step else None
+
+
 def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None:
     """Train with progress records, then save the final model (or adapter) to output_dir/model."""
     from transformers import PrinterCallback
@@ -523,9 +534,19 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     print(f"model: {total} parameters, {trainable} trainable, device {trainer.args.device}")
 
     resume = str(config.resume_from) if config.resume_from else None
-    if resume:
-        print(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    done = steps_done(config.resume_from) if config.resume_from else None
+    if resume and done is not None:
+        # Killed after its last checkpoint: training again would run a step past max_steps
+        # (at learning rate 0). The checkpoint is the trained model: load it and export it.
+        step, max_steps = done
+        print(f"the checkpoint at step {step} holds all {max_steps} steps: exporting it")
+        writer.started(max_steps=max_steps)
+        trainer._load_from_checkpoint(resume)
+        trainer.state.global_step = step
+    else:
+        if resume:
+            print(f"resuming from {resume}")
+        trainer.train(resume_from_checkpoint=resume)
     if progress.stopped:
         writer.stopped(step=trainer.state.global_step)
         raise StoppedOnRequest(trainer.state.global_step)
@@ -678,6 +699,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, value in HF_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # Runs report to the platform only (report_to is empty), yet TRL imports wandb at module level
+    # wherever it is installed (verl brings it): 1.2 s of a run's start. A None entry makes
+    # find_spec answer "not installed", so nothing imports it.
+    sys.modules.setdefault("wandb", None)  # type: ignore[arg-type]
     print(f"{config.algorithm} run in {config.output_dir}")
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
