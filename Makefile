@@ -8,7 +8,7 @@ TP := $(VENV)/bin/tp
 INSTALLED_TRAIN := $(VENV)/.installed-train
 INSTALLED_DEV := $(VENV)/.installed-dev
 
-.PHONY: up down status install install-dev test lint format clean frontend frontend-api \
+.PHONY: up down status install install-dev test test-fast lint format clean frontend frontend-api \
 	frontend-deps dev-frontend screenshots
 
 FRONTEND_DEPS := frontend/node_modules/.package-lock.json
@@ -49,12 +49,24 @@ down:
 status: install
 	@$(TP) status
 
+# Tests run in parallel (pytest-xdist): each worker has its own Redis, TP_HOMEs and platforms;
+# a test file stays on one worker (its module-wide platform starts once), and the files that
+# start platforms and train form three chains (tests/conftest.py, CHAINS) beside a worker for
+# the unit tests. Most of the suite waits on trainings and services: more workers than cores.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+
 ## test: install the test dependencies and run the whole suite
 ## (Python, the dashboard's Vitest and Playwright tests, in Debian's chromium)
 test: install-dev
 	@scripts/ensure_test_packages.sh
 	@$(MAKE) --no-print-directory frontend-deps
-	$(WITH_NODE) $(PY) -m pytest
+	$(WITH_NODE) $(PY) -m pytest $(PYTEST_PARALLEL) --durations=30
+
+## test-fast: the inner loop, under 3 minutes: no training, no whole platform, no browser
+test-fast: install-dev
+	@scripts/ensure_test_packages.sh
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow and not browser"
 
 # --- the web dashboard (frontend/; its build in training_platform/dashboard is committed, so
 # `make up` needs no Node.js; a test fails when the build or the typed client is stale) ---

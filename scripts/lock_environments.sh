@@ -100,6 +100,7 @@ EOF
 cat >"$WORK/dev.in" <<'EOF'
 pytest
 pytest-timeout
+pytest-xdist
 httpx2
 hypothesis
 ruff

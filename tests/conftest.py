@@ -77,11 +77,101 @@ def start_redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"a test redis-server did not start on port {port}")
 
 
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in pytest-xdist's controller: its workers run the tests, each with its own Redis,
+    session directory and platforms, so that parallel workers never share state."""
+    return hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _redis_process
-    if hasattr(config, "workerinput"):
+    if _runs_tests(config):
+        _redis_process = start_redis_server(REDIS_PORT, SESSION_DIR)
+    elif "TP_TEST_TINY_MODEL" not in os.environ:
+        # xdist's controller builds the tiny model once for all its workers (they inherit the
+        # variable): each would otherwise build the same one.
+        import sys
+
+        path = SESSION_DIR / "tiny-qwen2"
+        subprocess.run(
+            [sys.executable, "-m", "training_platform.assets", "build-model", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        os.environ["TP_TEST_TINY_MODEL"] = str(path)
+
+
+# How `make test` spreads the suite over pytest-xdist workers (--dist loadgroup): each test
+# file is one unit of work, so its module-wide platform or training runs once; the files that
+# start platforms and train are put in three chains, each run by one worker one file after the
+# other, so that at most three of them load the two cores at once, while a fourth worker takes
+# the unit tests. The chains come first, and are balanced by their measured durations.
+CHAINS: dict[str, tuple[str, ...]] = {
+    "chain-a": (
+        "tests/e2e/test_platform.py",  # these four share the session's platform
+        "tests/e2e/test_algorithms.py",
+        "tests/e2e/test_resume.py",
+        "tests/cli/test_cli.py",
+        "tests/e2e/test_make.py",
+        "tests/e2e/test_postgres_platform.py",
+        "tests/e2e/test_monitoring.py",
+        "tests/trainers/test_trl_rl.py",
+    ),
+    "chain-b": (
+        "tests/e2e/test_pipelines.py",
+        "tests/e2e/test_durability.py",
+        "tests/trainers/test_trl_train.py",
+        "tests/trainers/test_verl_cpu_sft.py",
+    ),
+    "chain-c": (
+        "tests/e2e/test_scheduling.py",
+        "tests/e2e/test_dashboard.py",
+        "tests/e2e/test_remote_hosts.py",
+        "tests/runners/test_ray.py",
+        "tests/trainers/test_evaluate.py",
+        "tests/trainers/test_verl_run.py",
+        "tests/trainers/test_verl_ext.py",
+    ),
+}
+_CHAIN_OF = {
+    path: (name, index) for name, paths in CHAINS.items() for index, path in enumerate(paths)
+}
+
+
+def _unit_of(path: str) -> tuple[int, str, int]:
+    """Where a test file runs: (0, its chain, its place in it) or (1, the file itself, 0)."""
+    chain = _CHAIN_OF.get(path)
+    return (0, chain[0], chain[1]) if chain else (1, path, 0)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
+    """--dist loadgroup schedules whole files and chains (xdist's own grouping by the
+    xdist_group mark rewrites node ids, which pytest 9 ignores)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ChainScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit_of(nodeid.split("::", 1)[0])[1]
+
+    return ChainScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --dist loadgroup, the chains come first, each in its order (see CHAINS).
+
+    Runs in each xdist worker, whose collection is what the controller schedules; there xdist
+    sets option.loadgroup (and resets dist and numprocesses)."""
+    if not getattr(config.option, "loadgroup", False):
         return
-    _redis_process = start_redis_server(REDIS_PORT, SESSION_DIR)
+    root = Path(str(config.rootpath))
+    missing = [path for path in _CHAIN_OF if not (root / path).is_file()]
+    if missing:
+        raise pytest.UsageError(f"CHAINS names files that do not exist: {missing}")
+    items.sort(key=lambda item: _unit_of(Path(str(item.path)).relative_to(root).as_posix()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -130,13 +220,14 @@ def isolated_redis_url() -> str:
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 
-def create_pg_database() -> str:
-    """A fresh, empty PostgreSQL database; returns its URL."""
+def create_pg_database(template: str | None = None) -> str:
+    """A fresh PostgreSQL database, empty or a copy of `template`'s; returns its URL."""
     import psycopg
 
     name = f"tp_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template.rsplit("/", 1)[1]}"' if template else ""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"{copy}')
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
@@ -155,11 +246,20 @@ def drop_pg_database(url: str) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each persistence test runs twice: on SQLite and on a throwaway PostgreSQL database."""
+    """Each persistence test runs twice: on SQLite and on a throwaway PostgreSQL database.
+
+    Empty, unless the test asks for `engine`: then a copy of the database bootstrapped once
+    per session (schema at head, admin token, bundled catalog), which is what `engine` gives.
+    """
+    bootstrapped = "engine" in request.fixturenames
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'platform.db'}"
+        path = tmp_path / "platform.db"
+        if bootstrapped:
+            shutil.copyfile(request.getfixturevalue("template_home") / "platform.db", path)
+        yield f"sqlite:///{path}"
         return
-    url = create_pg_database()
+    template = request.getfixturevalue("pg_template") if bootstrapped else None
+    url = create_pg_database(template)
     try:
         yield url
     finally:
@@ -171,10 +271,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The bundled tiny model, built once per session."""
+    """The bundled tiny model, built once per session (once per run under pytest-xdist)."""
     from training_platform.assets import build_tiny_model
 
-    return build_tiny_model(SESSION_DIR / "tiny-qwen2")
+    return build_tiny_model(Path(os.environ.get("TP_TEST_TINY_MODEL", SESSION_DIR / "tiny-qwen2")))
 
 
 def install_tiny_model(home: Path, source: Path) -> None:
@@ -201,25 +301,66 @@ def sqlite_settings(tmp_path: Path, redis_url: str):  # type: ignore[no-untyped-
     return load_settings(home=tmp_path / "home", redis_url=redis_url)
 
 
-def _bootstrapped(settings, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from training_platform.bootstrap import bootstrap
+@pytest.fixture(scope="session")
+def template_home(tiny_model_dir: Path) -> Path:
+    """A TP_HOME bootstrapped once per session (SQLite inside it), which tests get copies of:
+    the same state `bootstrap` makes, without paying for it in every test."""
+    from sqlalchemy import text
 
-    install_tiny_model(settings.home, tiny_model_dir)
-    return bootstrap(settings)
+    from training_platform.bootstrap import bootstrap
+    from training_platform.core.settings import load_settings
+
+    home = SESSION_DIR / "template-home"
+    install_tiny_model(home, tiny_model_dir)
+    engine = bootstrap(load_settings(home=home, redis_url=f"{REDIS_BASE}/0"))
+    with engine.connect() as connection:  # everything into the main file: it is copied alone
+        connection.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    engine.dispose()
+    return home
+
+
+@pytest.fixture(scope="session")
+def pg_template(template_home: Path) -> Iterator[str]:
+    """A PostgreSQL database bootstrapped once per session for `template_home` (its token)."""
+    from training_platform.bootstrap import bootstrap
+    from training_platform.core.settings import load_settings
+
+    url = create_pg_database()
+    settings = load_settings(home=template_home, database_url=url, redis_url=f"{REDIS_BASE}/0")
+    bootstrap(settings).dispose()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+def _from_template(settings, template_home: Path):  # type: ignore[no-untyped-def]
+    """The engine of a TP_HOME copied from the template (the database was copied already when
+    it lives outside TP_HOME)."""
+    from training_platform.core.db import get_engine
+
+    inside = settings.database_url is None
+    shutil.copytree(
+        template_home,
+        settings.home,
+        ignore=None if inside else shutil.ignore_patterns("platform.db*"),
+        dirs_exist_ok=True,
+    )
+    return get_engine(settings)
 
 
 @pytest.fixture
-def engine(settings, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def engine(settings, template_home: Path):  # type: ignore[no-untyped-def]
     """A migrated database with the admin token and the bundled catalog."""
-    engine = _bootstrapped(settings, tiny_model_dir)
+    engine = _from_template(settings, template_home)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
-def sqlite_engine(sqlite_settings, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def sqlite_engine(sqlite_settings, template_home: Path):  # type: ignore[no-untyped-def]
     """Like `engine`, on SQLite only."""
-    engine = _bootstrapped(sqlite_settings, tiny_model_dir)
+    engine = _from_template(sqlite_settings, template_home)
     yield engine
     engine.dispose()
 
@@ -235,6 +376,77 @@ def api(settings, engine):  # type: ignore[no-untyped-def]
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield client
+
+
+# --- jobs on the in-memory runner (supervisor, ingestion and monitoring tests) -------------
+
+
+def metrics_record(step: int, **values: float) -> bytes:
+    """One metrics.jsonl line, as the trainers write it (NaN written as NaN)."""
+    import json
+
+    record = {"type": "metrics", "step": step, "time": "2026-11-27T00:00:00+00:00"}
+    return (json.dumps({**record, "values": values}) + "\n").encode()
+
+
+@pytest.fixture
+def metrics_line():  # type: ignore[no-untyped-def]
+    """One metrics.jsonl record, as the trainers write it (NaN written as NaN)."""
+    return metrics_record
+
+
+@pytest.fixture
+def runner():  # type: ignore[no-untyped-def]
+    """The in-memory runner: runs nothing, the test scripts what each run writes and does."""
+    from training_platform.runners.memory import MemoryRunner
+
+    return MemoryRunner()
+
+
+@pytest.fixture
+def running_job(engine, settings, runner):  # type: ignore[no-untyped-def]
+    """Submit, prepare and start a job on the in-memory runner; returns (job, run dir)."""
+    from sqlmodel import Session
+
+    from training_platform.jobs import preparation, service
+    from training_platform.jobs.models import Job
+    from training_platform.jobs.schemas import JobCreate
+    from training_platform.jobs.state import JobStatus, transition
+
+    def start(**overrides):  # type: ignore[no-untyped-def]
+        body = {
+            "name": "watched",
+            "algorithm": "sft",
+            "model": "tiny-qwen2",
+            "dataset": "tiny-sft",
+            "hyperparameters": {"max_steps": 50},
+            **overrides,
+        }
+        with Session(engine, expire_on_commit=False) as session:
+            job, _ = service.submit(
+                session=session, request=JobCreate.model_validate(body), actor="test"
+            )
+            session.commit()
+        preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="test")
+        with Session(engine, expire_on_commit=False) as session:
+            job = session.get(Job, job.id)
+            transition(
+                session,
+                job,
+                JobStatus.STARTING,
+                actor="worker",
+                reason="test",
+                values={"node": settings.node_name, "runner": runner.kind},
+            )
+            run_dir = str(service.run_dir_for(settings, job))
+            plan = service.plan_for_job(session=session, settings=settings, job=job, python="py")
+            job.runner_handle = runner.submit(plan, run_dir)
+            session.add(job)
+            transition(session, job, JobStatus.RUNNING, actor="worker", reason="test")
+            session.commit()
+        return job, run_dir
+
+    return start
 
 
 # --- the whole platform, started with `tp up` ----------------------------------------------

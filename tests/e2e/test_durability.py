@@ -366,7 +366,9 @@ def test_a_hanging_training_is_flagged_stalled_with_its_stack_and_failed_by_poli
                 "max_completion_length": 8,
                 "reward": "file:hangs",
             },
-            "policy": {"stall_timeout_s": 20, "on_stall": "fail"},
+            # Longer than the trainer's silent start (its imports take ~8 s idle, 3x that on
+            # a loaded machine), so that the stall found is the hang in the reward.
+            "policy": {"stall_timeout_s": 40, "on_stall": "fail"},
         },
     )
     done = _wait(platform, job["id"], lambda j: j["status"] in FINAL, "the stall policy", 180)

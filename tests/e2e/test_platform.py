@@ -213,10 +213,10 @@ def test_cancel_a_running_job_stops_every_process_of_it(platform) -> None:  # ty
     assert again.status_code == 409
 
 
-def test_ten_jobs_start_in_priority_order_and_one_key_makes_one_job(platform) -> None:  # type: ignore[no-untyped-def]
+def test_queued_jobs_start_in_priority_order_and_one_key_makes_one_job(platform) -> None:  # type: ignore[no-untyped-def]
     blocker = _submit(platform, _long("blocker", priority=9))
     _wait_running_with_progress(platform, blocker["id"])
-    priorities = [3, 7, 1, 9, 5, 7, 0, 5, 8, 2]
+    priorities = [3, 7, 9, 7]  # a tie (7) starts in submission order
     submitted = []
     for index, priority in enumerate(priorities):
         body = {
@@ -232,7 +232,7 @@ def test_ten_jobs_start_in_priority_order_and_one_key_makes_one_job(platform) ->
     with platform.client() as client:
         client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
     finished = [
-        platform.wait_status(j["id"], {"succeeded", "failed", "cancelled"}, timeout=300)
+        platform.wait_status(j["id"], {"succeeded", "failed", "cancelled"}, timeout=420)
         for j in submitted
     ]
     assert all(j["status"] == "succeeded" for j in finished), [j["error"] for j in finished]

@@ -19,8 +19,8 @@ from training_platform.system.tasks import PING_LIST, ping
 from training_platform.worker.queues import DEFAULT, broker_priority
 
 
-def _worker(redis_url: str, home: Path, queue: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, TP_REDIS_URL=redis_url, TP_HOME=str(home))
+def _worker(redis_url: str, home: Path, queue: str, **settings: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, TP_REDIS_URL=redis_url, TP_HOME=str(home), **settings)
     return subprocess.Popen(
         [
             sys.executable,
@@ -93,3 +93,23 @@ def test_user_priority_direction_is_written_once() -> None:
     assert broker_priority(9) == 0 and broker_priority(0) == 9
     with pytest.raises(ValueError, match="0-9"):
         broker_priority(10)
+
+
+def test_worker_processes_are_replaced_after_their_quota_of_tasks(  # type: ignore[no-untyped-def]
+    redis_url: str, tmp_path: Path
+) -> None:
+    # What a task leaves behind in a pool process (libraries, caches) goes with the process.
+    channel = uuid.uuid4().hex
+    for index in range(6):
+        ping.apply_async(args=[channel, str(index)], queue=DEFAULT)
+    worker = _worker(redis_url, tmp_path / "home", DEFAULT, TP_WORKER_MAX_TASKS_PER_CHILD="2")
+    try:
+        client = redis.Redis.from_url(redis_url)
+        _wait_for(client, PING_LIST + channel, 6)
+        pids = [item.decode().split()[2] for item in client.lrange(PING_LIST + channel, 0, -1)]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert len(pids) == 6
+    assert [len(set(pids[i : i + 2])) for i in range(0, 6, 2)] == [1, 1, 1]
+    assert len(set(pids)) == 3  # a new process every second task
