@@ -401,7 +401,12 @@ def test_a_recycled_pid_is_not_our_run_and_is_never_signalled(
 
     stale_dir = tmp_path / "stale"
     stale_dir.mkdir()
-    stale = {**other, "run_dir": str(stale_dir), "create_time": other["create_time"] - 3600}
+    stale = {
+        **other,
+        "run_dir": str(stale_dir),
+        "create_time": other["create_time"] - 3600,
+        "started_s": other["started_s"] - 3600,
+    }
 
     assert runner.poll(stale).status == "lost"
     runner.cancel(stale, force=False)

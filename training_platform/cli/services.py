@@ -28,6 +28,7 @@ import httpx
 import psutil
 import redis
 
+from training_platform.core import processes
 from training_platform.core.settings import Settings, environ_for_children
 from training_platform.worker.config import DEFAULT_REDIS_URL
 from training_platform.worker.queues import (
@@ -92,10 +93,7 @@ def is_alive(state: dict[str, Any] | None) -> bool:
         return False
     try:
         process = psutil.Process(int(state["pid"]))
-        return (
-            abs(process.create_time() - float(state["create_time"])) < 1.0
-            and process.status() != psutil.STATUS_ZOMBIE
-        )
+        return processes.is_same(process, state) and process.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, KeyError, ValueError):
         return False
 
@@ -270,8 +268,7 @@ def spawn(settings: Settings, spec: ServiceSpec) -> dict[str, Any]:
             close_fds=True,
         )
     state = {
-        "pid": process.pid,
-        "create_time": psutil.Process(process.pid).create_time(),
+        **processes.identity(process.pid),
         "argv": spec.argv,
         "log": str(log_path),
         "started_at": datetime.now(UTC).isoformat(),

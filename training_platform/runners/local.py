@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from training_platform.backends.base import LaunchPlan
+from training_platform.core import processes
 from training_platform.runners import launcher
 from training_platform.runners.base import (
     Handle,
@@ -79,8 +80,7 @@ class LocalRunner:
             "runner": KIND,
             "node": self.node,
             "run_dir": str(directory),
-            "pid": process.pid,
-            "create_time": _create_time(process.pid),
+            **processes.identity(process.pid),
         }
         (directory / LAUNCHER_FILE).write_text(json.dumps(handle))
         return handle
@@ -289,31 +289,20 @@ def _py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def _create_time(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
 def _leader_is_ours(handle: Handle) -> bool:
     # Guards against a recycled pid: the leader must be the very process we started.
     try:
         process = psutil.Process(int(handle["pid"]))
-        return (
-            abs(process.create_time() - float(handle["create_time"])) < 1.0
-            and process.status() != psutil.STATUS_ZOMBIE
-        )
+        return processes.is_same(process, handle) and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
 
 def _pid_taken_by_another(handle: Handle) -> bool:
     try:
-        created = psutil.Process(int(handle["pid"])).create_time()
+        return not processes.is_same(psutil.Process(int(handle["pid"])), handle)
     except psutil.Error:
         return False
-    return abs(created - float(handle["create_time"])) >= 1.0
 
 
 def _members(handle: Handle) -> list[int]:
@@ -324,9 +313,8 @@ def _members(handle: Handle) -> list[int]:
         # The kernel reuses no pid while a process group of that id exists, so another
         # process under our pid means our group is gone and any group there is theirs.
         return []
-    started = float(handle["create_time"])
     found = []
-    for process in psutil.process_iter(["pid", "status", "create_time"]):
+    for process in psutil.process_iter(["pid", "status"]):
         try:
             if process.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(process.pid) != group:
                 continue
@@ -335,7 +323,10 @@ def _members(handle: Handle) -> list[int]:
         if process.pid == group and not leader_ours:
             continue
         # Without our leader, only processes born after it can be ours.
-        if not leader_ours and process.info["create_time"] < started - 1.0:
+        try:
+            if not leader_ours and processes.started_before(process, handle):
+                continue
+        except psutil.Error:
             continue
         found.append(process.pid)
     return found

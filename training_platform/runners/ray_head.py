@@ -54,6 +54,7 @@ from typing import Any
 
 import psutil
 
+from training_platform.core import processes
 from training_platform.runners.launcher import INHERITED
 
 STATE_FILE = "head.json"
@@ -138,8 +139,7 @@ def start_head(
         )
     _STARTED[process.pid] = process
     state = {
-        "pid": process.pid,
-        "create_time": psutil.Process(process.pid).create_time(),
+        **processes.identity(process.pid),
         "address": address,
         "port": port,
         "dashboard_port": dashboard_port,
@@ -312,7 +312,7 @@ def _leader(state: dict[str, Any]) -> psutil.Process | None:
     """The recorded `ray start` process if it still lives (not a recycled pid)."""
     try:
         process = psutil.Process(int(state["pid"]))
-        if abs(process.create_time() - float(state["create_time"])) < 1.0 and _alive(process):
+        if processes.is_same(process, state) and _alive(process):
             return process
     except psutil.Error:
         pass
@@ -342,18 +342,18 @@ def _markers(temp_dir: Path, state: dict[str, Any]) -> re.Pattern[str]:
 
 def _ours(state: dict[str, Any], markers: re.Pattern[str]) -> dict[int, psutil.Process]:
     """Live processes in the head's process group or naming its temp dir in their argv."""
-    group, started = int(state["pid"]), float(state["create_time"])
+    group = int(state["pid"])
     found: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+    for process in psutil.process_iter(["cmdline", "status"]):
         if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
             # A group id outlives no member, but an old process cannot belong to a group
             # made after it: the create time guards against a recycled leader pid.
-            in_group = os.getpgid(process.pid) == group and process.info["create_time"] >= (
-                started - 1.0
+            in_group = os.getpgid(process.pid) == group and not processes.started_before(
+                process, state
             )
-        except ProcessLookupError:
+        except (ProcessLookupError, psutil.Error):
             continue
         command = " ".join(process.info["cmdline"] or ())
         if in_group or markers.search(command):
