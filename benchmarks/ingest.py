@@ -13,8 +13,9 @@ API while four jobs ingest flat out.
    with nothing around it. Rounds alternate baselines and platform; medians are reported.
 2. Contention (SQLite, where writers queue for one lock): an API process (uvicorn) answers
    GET /api/v1/jobs and POST /api/v1/jobs from a client, first idle, then while 4 processes
-   each ingest a job's metrics file as fast as they can. Reports failed requests and GET
-   p50/p99 idle and under load.
+   each ingest a job's metrics file as fast as they can, each from a thread lowered as the
+   platform's workers lower the thread that watches a run (`processes.at_low_priority`).
+   Reports failed requests and GET p50/p99 idle and under load.
 
 A private redis-server and TP_HOME are used and removed; tables first, then one RESULT line.
 """
@@ -218,15 +219,22 @@ def throughput(database_url: str | None, scratch: Path, args: argparse.Namespace
 def _ingest_worker(home: str, redis_url: str, job_id: int, run_dir: str, seconds: float) -> None:
     """Ingest one job's file from the start again and again until `seconds` have passed."""
     os.environ.update(TP_HOME=home, TP_REDIS_URL=redis_url)
+    from training_platform.core import processes
     from training_platform.core.db import get_engine
     from training_platform.core.settings import load_settings
 
     settings = load_settings()
     engine = get_engine(settings)
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        clear(engine, job_id)
-        ingest_all(engine, settings, job_id, Path(run_dir))
+
+    def flat_out() -> None:
+        while time.monotonic() < deadline:
+            clear(engine, job_id)
+            ingest_all(engine, settings, job_id, Path(run_dir))
+
+    # As in the platform: a worker ingests in its watch thread, at the lower priority
+    # `processes.at_low_priority` gives bookkeeping.
+    processes.at_low_priority(flat_out)
 
 
 def _client_load(base: str, token: str, seconds: float, post_every: int) -> dict[str, Any]:

@@ -79,3 +79,25 @@ def test_a_command_name_with_spaces_and_parentheses_is_read(tmp_path: Path) -> N
     finally:
         process.kill()
         process.wait()
+
+
+def test_low_priority_work_runs_lowered_and_leaves_its_caller_and_later_children_as_they_were() -> (
+    None
+):
+    before = processes.thread_nice()
+    inside = processes.at_low_priority(processes.thread_nice)
+    assert inside == min(19, before + processes.BACKGROUND_NICE)
+    assert processes.thread_nice() == before
+    # A process started afterwards by the caller runs at the caller's priority, not lowered.
+    child = subprocess.run(
+        ["python3", "-c", "import os; print(os.nice(0))"], capture_output=True, text=True
+    )
+    assert int(child.stdout) == before
+
+
+def test_low_priority_work_hands_its_error_to_the_caller() -> None:
+    def broken() -> None:
+        raise KeyError("lost")
+
+    with pytest.raises(KeyError, match="lost"):
+        processes.at_low_priority(broken)

@@ -11,10 +11,18 @@ made a live process look like another one. Records written before this (only an 
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+
+T = TypeVar("T")
+
+# How much lower than its caller a bookkeeping thread runs (the nice value added).
+BACKGROUND_NICE = 10
 
 # Start times are kept in clock ticks (1/100 s); a tick of slack for rounding.
 SAME_START_S = 0.05
@@ -65,3 +73,43 @@ def started_before(process: psutil.Process, record: dict[str, Any], slack_s: flo
     if record.get("started_s") is not None:
         return started_s(process) < float(record["started_s"]) - slack_s
     return process.create_time() < float(record["create_time"]) - slack_s
+
+
+def thread_nice() -> int:
+    """The calling thread's nice value (Linux keeps one per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def at_low_priority(work: Callable[[], T], name: str = "low-priority") -> T:
+    """Run work in a thread of its own, BACKGROUND_NICE lower in CPU priority, and return
+    what it returns (or raise what it raised).
+
+    For bookkeeping that must not compete with what people wait for: a worker watching a run
+    (ingesting its metrics and logs) yields the CPU to the trainer and to the API's requests.
+    Only that thread is lowered: the calling thread keeps its priority, and so do the
+    processes it starts later (a child inherits the nice value of the thread that forks it).
+    Elsewhere than on Linux the work runs in the calling thread, unchanged.
+    """
+    if sys.platform != "linux":
+        return work()
+    result: list[T] = []
+    raised: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            lowered = min(19, thread_nice() + BACKGROUND_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lowered)
+        except OSError:
+            pass  # not allowed here: run at the caller's priority
+        try:
+            result.append(work())
+        except BaseException as error:  # handed to the caller, who raises it
+            raised.append(error)
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short joins: the caller still handles its signals
+    if raised:
+        raise raised[0]
+    return result[0]

@@ -18,6 +18,7 @@ from sqlmodel import Session, col
 
 from training_platform.backends.base import LaunchContext, LaunchPlan
 from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core import processes
 from training_platform.core.settings import Settings
 from training_platform.jobs import service
 from training_platform.jobs.models import Job
@@ -154,7 +155,12 @@ def run_job(
     waiter = make_waiter(handle, poll_s) if make_waiter is not None else None
     try:
         pause = waiter.wait if waiter is not None else lambda: sleep(poll_s)
-        return _watch(engine, settings, runners, job_id, attempt, pause, actor)
+        # Watching (ingesting the run's output) is bookkeeping: it yields the CPU to the
+        # trainer and the API, so that a burst of metrics never slows either.
+        return processes.at_low_priority(
+            lambda: _watch(engine, settings, runners, job_id, attempt, pause, actor),
+            name=f"watch-job-{job_id}",
+        )
     finally:
         if waiter is not None:
             waiter.close()

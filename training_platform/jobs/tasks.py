@@ -12,6 +12,7 @@ from celery.signals import worker_process_init
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from training_platform.core import processes
 from training_platform.core.db import get_engine
 from training_platform.core.settings import Settings, get_settings
 from training_platform.hosts import service as hosts
@@ -40,7 +41,8 @@ TICK_LOCK = f"{KEY_PREFIX}supervisor:tick"
 
 
 @lru_cache(maxsize=1)
-def _runners() -> dict[str, Runner]:
+def runners_here() -> dict[str, Runner]:
+    """The runners of this node: its own runs, and remote hosts' over SSH or Ray."""
     settings = get_settings()
     return {
         "local": LocalRunner(node=settings.node_name),
@@ -129,7 +131,7 @@ def prepare_job(job_id: int, attempt: int) -> str:
 def run_job(job_id: int, attempt: int) -> str:
     """Start a job's attempt and hold this training slot until its process ends."""
     settings = get_settings()
-    runners = _runners()
+    runners = runners_here()
     with Session(_engine()) as session:
         job = session.get(Job, job_id)
         node = job.node if job is not None else None
@@ -190,7 +192,7 @@ def _start_remote(
 @app.task(name="tp.jobs.cancel")
 def cancel_job(job_id: int) -> None:
     """Signal a cancelling job's process group; the supervisor finishes the job."""
-    engine, settings, runners = _engine(), get_settings(), _runners()
+    engine, settings, runners = _engine(), get_settings(), runners_here()
     with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None or job.status != JobStatus.CANCELLING.value or job.runner_handle is None:
@@ -211,12 +213,16 @@ def supervisor_tick() -> dict[str, Any]:
     if not lock.acquire():
         return {"skipped": True}
     try:
-        report = supervisor.tick(
-            _engine(),
-            settings,
-            _runners(),
-            broker=RedisBrokerView(redis_url(settings)),
-            dispatch=supervisor.resender(_engine(), CeleryDispatcher()),
+        # Reconciling ingests unwatched runs' output: bookkeeping, at a lower CPU priority.
+        report = processes.at_low_priority(
+            lambda: supervisor.tick(
+                _engine(),
+                settings,
+                runners_here(),
+                broker=RedisBrokerView(redis_url(settings)),
+                dispatch=supervisor.resender(_engine(), CeleryDispatcher()),
+            ),
+            name="supervisor-tick",
         )
         client.set(SUPERVISOR_HEARTBEAT_KEY, str(time.time()))
         from training_platform.scheduling.tasks import run_pass
