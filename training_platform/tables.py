@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
+from training_platform.evaluation.models import Evaluation, EvaluationSample, EvaluationScore
 from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.monitoring.models import (
@@ -30,6 +31,9 @@ __all__ = [
     "Checkpoint",
     "DatasetEntry",
     "DeviceLease",
+    "Evaluation",
+    "EvaluationSample",
+    "EvaluationScore",
     "GpuDevice",
     "GpuSample",
     "Host",

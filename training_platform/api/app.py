@@ -23,6 +23,7 @@ from training_platform.catalog.routes import router as catalog_router
 from training_platform.core.logging import setup_logging
 from training_platform.core.settings import Settings, get_settings
 from training_platform.datasets.routes import router as datasets_router
+from training_platform.evaluation.routes import router as evaluations_router
 from training_platform.hosts.routes import router as hosts_router
 from training_platform.hosts.routes import secrets_router
 from training_platform.hosts.service import BootstrapRequests
@@ -155,6 +156,7 @@ def create_app(
     api.include_router(pipelines_router)
     api.include_router(catalog_router)
     api.include_router(datasets_router)
+    api.include_router(evaluations_router)
     api.include_router(gpus_router)
     api.include_router(backends_router)
     api.include_router(hosts_router)

@@ -6,17 +6,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from training_platform.cli import services
 from training_platform.cli.client import ApiClient, ApiError, read_token
-from training_platform.core.settings import Settings, SettingsError, load_settings
+from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
+from training_platform.cli.evaluation import eval_app
+from training_platform.core.settings import Settings
 
 app = typer.Typer(
     help="training_platform: post-train LLMs with verl and TRL.", no_args_is_help=True
@@ -35,9 +36,8 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(rewards_app, name="rewards")
+app.add_typer(eval_app, name="eval")
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 TERMINAL = {"succeeded", "failed", "cancelled"}
 STATUS_STYLE = {
     "queued": "cyan",
@@ -55,33 +55,6 @@ STATUS_STYLE = {
     "pending": "dim",
     "skipped": "dim",
 }
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print an error and exit non-zero."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    """Settings, or a clear message naming the bad TP_* variable."""
-    try:
-        return load_settings()
-    except SettingsError as error:
-        fail(str(error), 2)
-
-
-def client() -> ApiClient:
-    """An API client from the settings."""
-    return ApiClient.from_settings(settings_or_exit())
-
-
-def call(action: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a client call, turning API errors into messages and exit codes."""
-    try:
-        return action(*args, **kwargs)
-    except ApiError as error:
-        fail(error.message, 2 if error.status in (400, 422) else 1)
 
 
 # --- platform ------------------------------------------------------------------------------

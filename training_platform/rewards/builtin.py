@@ -8,14 +8,37 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 RewardFunction = Callable[..., float]
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# A number: thousands groups ("1,234") or plain digits, an optional fraction, and a minus sign
+# that is not the operator of "5-3". The one parser of the platform: evaluation scorers and
+# the evaluate program import it from here (this file stays standalone).
+_NUMBER = re.compile(r"(?:(?<![\d.])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+# LaTeX's final-answer box, "\boxed{7}": where a text has one, its last one is the answer.
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 # "12 + 7 = 19." -- the answer shape of the bundled arithmetic datasets.
 _EQUATION = re.compile(r"-?\d+(?:\.\d+)?\s*[-+*/x]\s*-?\d+(?:\.\d+)?\s*=\s*-?\d+(?:\.\d+)?\.?")
 _ENDS_WITH_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\.?$")
+
+
+def last_number(text: str) -> Decimal | None:
+    """The answer number of a text: the last number inside its last \\boxed{...} when it has
+    one, else the last number written in it; None when it holds none.
+
+    "1,234" is 1234, "-3.5" is -3.5, "5-3" ends with 3, "\\boxed{7} (not 8)" is 7.
+    """
+    boxed = _BOXED.findall(text)
+    found = _NUMBER.findall(boxed[-1]) if boxed else []
+    found = found or _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return Decimal(found[-1].replace(",", ""))
+    except InvalidOperation:  # pragma: no cover - the pattern only matches valid numbers
+        return None
 
 
 def _as_number(text: str) -> float | None:
@@ -29,14 +52,11 @@ def math_answer(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None
 ) -> float:
     """1.0 when the last number in the response equals the ground truth, else 0.0."""
-    numbers = _NUMBER.findall(solution_str)
-    if not numbers:
+    got = last_number(solution_str)
+    if got is None:
         return 0.0
-    expected = _as_number(str(ground_truth))
-    got = _as_number(numbers[-1])
-    if expected is None or got is None:
-        return 1.0 if numbers[-1] == str(ground_truth).strip() else 0.0
-    return 1.0 if abs(got - expected) < 1e-9 else 0.0
+    expected = last_number(str(ground_truth))
+    return 1.0 if expected is not None and got == expected else 0.0
 
 
 def format(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> float:

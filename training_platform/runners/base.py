@@ -14,7 +14,9 @@ from typing import Any, Literal, Protocol
 
 from training_platform.backends.base import LaunchPlan
 
-Stream = Literal["log", "metrics"]
+# A run's files the platform reads: its log and metrics, an evaluation's generations and result.
+Stream = Literal["log", "metrics", "predictions", "results"]
+OUTPUT_FILES: dict[str, str] = {"predictions": "predictions.jsonl", "results": "results.json"}
 Handle = dict[str, Any]
 
 

@@ -20,6 +20,7 @@ from training_platform.backends.base import LaunchPlan
 from training_platform.core import processes
 from training_platform.runners import launcher
 from training_platform.runners.base import (
+    OUTPUT_FILES,
     Handle,
     RunnerError,
     RunState,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 KIND = "local"
 LAUNCHER_FILE = "launcher.json"
 LAUNCHER_PATH = str(Path(launcher.__file__).resolve())
-_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE}
+_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE, **OUTPUT_FILES}
 
 
 class LocalRunner:

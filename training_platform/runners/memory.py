@@ -61,7 +61,7 @@ class MemoryRunner:
     def read(self, handle: Handle, stream: Stream, offset: int, limit: int) -> bytes:
         """Bytes the test wrote to the run's log or metrics."""
         run = self.runs[handle["run_dir"]]
-        data = run.log if stream == "log" else run.metrics
+        data = {"log": run.log, "metrics": run.metrics}.get(stream, b"")
         return bytes(data[offset : offset + limit])
 
     def cancel(self, handle: Handle, *, force: bool) -> None:

@@ -52,6 +52,7 @@ from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from training_platform.backends.base import LaunchPlan
 from training_platform.runners.base import (
+    OUTPUT_FILES,
     Handle,
     RunnerError,
     RunState,
@@ -73,7 +74,7 @@ LAUNCHER_MODULE = "training_platform.runners.launcher"
 REQUEST_TIMEOUT_S = 30.0
 # How long a forced cancel lets the launcher record the trainer's death before killing it.
 FORCE_GRACE_S = 5.0
-_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE}
+_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE, **OUTPUT_FILES}
 _ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _LIVE = {JobStatus.PENDING, JobStatus.RUNNING}
 _MESSAGE_MAX = 2000

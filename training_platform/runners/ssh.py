@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from training_platform.backends.base import LaunchPlan
-from training_platform.runners.base import Handle, RunnerError, RunState, Stream
+from training_platform.runners.base import OUTPUT_FILES, Handle, RunnerError, RunState, Stream
 from training_platform.runners.launcher import EXIT_FILE, LOG_FILE, METRICS_FILE, STOP_FILE
 
 if TYPE_CHECKING:  # imported where used: processes that never open SSH never load it
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 KIND = "ssh"
 AGENT = "training_platform.runners.agent"
-_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE}
+_STREAM_FILES: dict[str, str] = {"log": LOG_FILE, "metrics": METRICS_FILE, **OUTPUT_FILES}
 # Backoff between reconnection attempts after a dropped connection (seconds).
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 # How long a "still running" answer of the agent is trusted before asking again.

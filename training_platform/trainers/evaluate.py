@@ -13,7 +13,8 @@ Records in `metrics_path` (see training_platform.trainers.progress): `started` w
 the number of batches, one `metrics` record per batch with the running
 {"accuracy", "correct", "total"} (so each key's last value is the result), then a `summary`
 record with the same keys plus eval_runtime. No checkpoint: the run saves no model. Files in
-`output_dir`: predictions.jsonl (one {"prompt", "answer", "completion", "correct"} per row) and
+`output_dir`: predictions.jsonl (one {"index", "seconds", "prompt", "answer", "completion",
+"correct"} per row: its row number and its share of its batch's generation time) and
 results.json ({"metric", "accuracy", "correct", "total", "model_path", "engine"}).
 
 Exit status: 0 when results.json is written, 1 when the run fails (traceback on stderr), 2 when
@@ -27,16 +28,16 @@ import importlib
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from training_platform.rewards.builtin import last_number
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -59,21 +60,6 @@ Generate = Callable[[list[str]], list[str]]
 
 
 # --- scoring -----------------------------------------------------------------------------
-
-# A number: thousands groups ("1,234") or plain digits, an optional fraction, and a minus sign
-# that is not the operator of "5-3".
-_NUMBER = re.compile(r"(?:(?<![\d.])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
-
-
-def last_number(text: str) -> Decimal | None:
-    """The last number written in `text`, or None when it holds none."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return Decimal(found[-1].replace(",", ""))
-    except InvalidOperation:  # pragma: no cover - the pattern only matches valid numbers
-        return None
 
 
 def numeric_match(completion: str, answer: str) -> bool:
@@ -348,12 +334,19 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     with (config.output_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as predictions:
         for step, indices in enumerate(plan, start=1):
             batch = [rows[i] for i in indices]
+            began = time.monotonic()
             completions = generate([prompt_text(tokenizer, messages) for messages, _ in batch])
-            for (messages, answer), completion in zip(batch, completions, strict=True):
+            # Batched: each sample's share of the batch's generation time.
+            seconds = round((time.monotonic() - began) / len(batch), 6)
+            for index, (messages, answer), completion in zip(
+                indices, batch, completions, strict=True
+            ):
                 hit = score(completion, answer)
                 correct += hit
                 total += 1
                 record = {
+                    "index": index,
+                    "seconds": seconds,
                     "prompt": messages[-1]["content"],
                     "answer": answer,
                     "completion": completion,

@@ -67,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.scheduling.pass": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.pipelines.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.evaluation.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.hosts.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.monitoring.notify": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },
@@ -97,6 +98,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
             "pipelines": {
                 "task": "tp.pipelines.tick",
+                "schedule": settings.supervisor_interval_s,
+                "options": {
+                    "queue": MAINTENANCE,
+                    "priority": broker_priority(PRIORITY_MAX),
+                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
+                },
+            },
+            "evaluation": {
+                "task": "tp.evaluation.tick",
                 "schedule": settings.supervisor_interval_s,
                 "options": {
                     "queue": MAINTENANCE,

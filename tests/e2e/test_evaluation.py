@@ -1,0 +1,165 @@
+"""Evaluation for real, on the session's platform: the bundled model and a trained job's final
+model generate on tiny-math-eval through generation jobs (the transformers engine, real Celery
+workers), their generations are stored once, scored, re-scored without a new job, and compared
+sample by sample."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GENERATION = {"max_new_tokens": 12, "max_samples": 12, "batch_size": 6, "engine": "transformers"}
+
+
+def _wait(client: Any, evaluation_id: int, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/evaluations/{evaluation_id}").json()
+        if body["status"] != "pending":
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"evaluation {evaluation_id} stayed pending: {body}")
+
+
+def _all_samples(client: Any, evaluation_id: int) -> list[dict[str, Any]]:
+    page = client.get(f"/api/v1/evaluations/{evaluation_id}/samples", params={"limit": 500})
+    assert page.status_code == 200, page.text
+    return list(page.json()["items"])
+
+
+def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ignore[no-untyped-def]
+    with platform.client() as client:
+        trained = client.post(
+            "/api/v1/jobs",
+            json={
+                "name": "eval e2e sft",
+                "algorithm": "sft",
+                "model": "tiny-qwen2",
+                "dataset": "tiny-sft",
+                "hyperparameters": {"max_steps": 20, "learning_rate": 1e-3},
+            },
+        )
+        assert trained.status_code == 201, trained.text
+        job_id = trained.json()["id"]
+        # Bad requests are refused with the field named, and store nothing.
+        before = client.get("/api/v1/evaluations").json()["total"]
+        for body, field in (
+            ({"model": "tiny-qwen2", "scorer": "nope"}, "scorer"),
+            ({"model": "tiny-qwen2", "scorer": "regex:("}, "scorer"),
+            ({"model": "no-such-model"}, "model"),
+            ({"job": 2**31 - 1}, "job"),
+        ):
+            refused = client.post(
+                "/api/v1/evaluations",
+                json={"name": "bad", "dataset": "tiny-math-eval", **body},
+            )
+            assert refused.status_code == 422, refused.text
+            assert field in str(refused.json()["detail"][0]["loc"]), refused.text
+        both = client.post(
+            "/api/v1/evaluations",
+            json={"name": "bad", "dataset": "tiny-math-eval", "model": "tiny-qwen2", "job": 1},
+        )
+        assert both.status_code == 422 and "exactly one" in both.text
+        assert client.get("/api/v1/evaluations").json()["total"] == before
+
+        base = client.post(
+            "/api/v1/evaluations",
+            json={
+                "name": "base",
+                "model": "tiny-qwen2",
+                "dataset": "tiny-math-eval",
+                "scorer": "numeric",
+                "generation": GENERATION,
+            },
+        )
+        assert base.status_code == 201, base.text
+        base_id = base.json()["id"]
+        platform.wait_status(job_id, {"succeeded"}, timeout=300)
+        tuned = client.post(
+            "/api/v1/evaluations",
+            json={
+                "name": "tuned",
+                "job": job_id,
+                "dataset": "tiny-math-eval",
+                "scorer": "numeric",
+                "generation": GENERATION,
+            },
+        )
+        assert tuned.status_code == 201, tuned.text
+        tuned_id = tuned.json()["id"]
+        assert tuned.json()["model"] != "tiny-qwen2"
+
+        a, b = _wait(client, base_id), _wait(client, tuned_id)
+        for result in (a, b):
+            assert result["status"] == "succeeded", result
+            assert result["samples"] == 12 and result["engine_used"] == "transformers"
+            numeric = result["summary"]["numeric"]
+            assert numeric["n"] == 12 and numeric["interval"] == "wilson"
+            assert 0.0 <= numeric["ci_low"] <= numeric["mean"] <= numeric["ci_high"] <= 1.0
+        # One row per sample, with the dataset's reference and the model's output.
+        rows_a = _all_samples(client, base_id)
+        assert [r["idx"] for r in rows_a] == list(range(12))
+        assert all(r["reference"] and "numeric" in r["scores"] for r in rows_a)
+        assert sum(r["scores"]["numeric"] for r in rows_a) / 12 == pytest.approx(
+            a["summary"]["numeric"]["mean"]
+        )
+
+        # Re-scoring generates nothing: no new job, the same outputs, a second summary.
+        jobs_before = client.get("/api/v1/jobs", params={"limit": 1}).json()["total"]
+        for evaluation_id in (base_id, tuned_id):
+            again = client.post(
+                f"/api/v1/evaluations/{evaluation_id}/rescore", json={"scorer": "rouge_l"}
+            )
+            assert again.status_code == 200, again.text
+            assert set(again.json()["summary"]) == {"numeric", "rouge_l"}
+        assert client.get("/api/v1/jobs", params={"limit": 1}).json()["total"] == jobs_before
+        rows_a = _all_samples(client, base_id)
+        rows_b = _all_samples(client, tuned_id)
+        assert [r["output"] for r in rows_a] == [r["output"] for r in _all_samples(client, base_id)]
+
+        # The comparison's counts are those the stored rows give.
+        for scorer in ("numeric", "rouge_l"):
+            compared = client.get(
+                "/api/v1/evaluations/compare",
+                params={"a": base_id, "b": tuned_id, "scorer": scorer, "limit": 500},
+            )
+            assert compared.status_code == 200, compared.text
+            result = compared.json()
+            recount = {"improved": 0, "regressed": 0, "unchanged": 0}
+            for row_a, row_b in zip(rows_a, rows_b, strict=True):
+                sa, sb = row_a["scores"][scorer], row_b["scores"][scorer]
+                recount[
+                    "improved" if sb > sa + 1e-9 else "regressed" if sb < sa - 1e-9 else "unchanged"
+                ] += 1
+            assert {k: result["stats"][k] for k in recount} == recount
+            assert result["stats"]["n"] == 12
+            assert result["stats"]["test"] == ("mcnemar" if scorer == "numeric" else "bootstrap")
+            for change, wanted in recount.items():
+                filtered = client.get(
+                    "/api/v1/evaluations/compare",
+                    params={"a": base_id, "b": tuned_id, "scorer": scorer, "change": change},
+                ).json()
+                assert filtered["total"] == wanted
+                assert all(s["change"] == change for s in filtered["samples"])
+                assert all(s["output_a"] != s["output_b"] for s in filtered["samples"]) or (
+                    change == "unchanged"
+                )
+        missing = client.get(
+            "/api/v1/evaluations/compare", params={"a": base_id, "b": tuned_id, "scorer": "exact"}
+        )
+        assert missing.status_code == 422 and "rescore it first" in missing.text
+
+    # The same through the CLI.
+    shown = platform.tp("eval", "show", str(tuned_id), "--samples", "3", check=True)
+    assert "numeric: " in shown.stdout and "rouge_l: " in shown.stdout, shown.stdout
+    compared = platform.tp(
+        "eval", "compare", str(base_id), str(tuned_id), "--scorer", "numeric", check=True
+    )
+    assert "of 12" in compared.stdout and "mcnemar" in compared.stdout, compared.stdout
+    refused = platform.tp("eval", "rescore", str(base_id), "nope")
+    assert refused.returncode == 2 and "unknown scorer" in refused.stderr, refused.stderr

@@ -1,0 +1,41 @@
+"""What every `tp` command group shares: the consoles, errors, and the API client."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from training_platform.cli.client import ApiClient, ApiError
+from training_platform.core.settings import Settings, SettingsError, load_settings
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error and exit non-zero."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    """Settings, or a clear message naming the bad TP_* variable."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        fail(str(error), 2)
+
+
+def client() -> ApiClient:
+    """An API client from the settings."""
+    return ApiClient.from_settings(settings_or_exit())
+
+
+def call(action: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call, turning API errors into messages and exit codes."""
+    try:
+        return action(*args, **kwargs)
+    except ApiError as error:
+        fail(error.message, 2 if error.status in (400, 422) else 1)

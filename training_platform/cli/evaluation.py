@@ -1,0 +1,182 @@
+"""`tp eval`: evaluate a model, show its result, re-score it, compare two evaluations."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from training_platform.cli.common import call, client, console, fail
+
+eval_app = typer.Typer(
+    help="Evaluations: run, show, rescore, compare (generations are stored once).",
+    no_args_is_help=True,
+)
+
+
+def _score_line(spec: str, summary: dict[str, Any]) -> str:
+    if summary.get("mean") is None:
+        return f"{spec}: no samples"
+    interval = ""
+    if summary.get("ci_low") is not None:
+        interval = (
+            f"  95% [{summary['ci_low']:.4f}, {summary['ci_high']:.4f}] ({summary['interval']})"
+        )
+    stderr = f" ± {summary['stderr']:.4f}" if summary.get("stderr") is not None else ""
+    return f"{spec}: {summary['mean']:.4f}{stderr}{interval}  n={summary['n']}"
+
+
+def _print(evaluation: dict[str, Any]) -> None:
+    engine = evaluation["engine_used"] or evaluation["engine"]
+    console.print(
+        f"evaluation {evaluation['id']} {evaluation['name']}: [bold]{evaluation['status']}[/bold]"
+        f"  model {evaluation['model']} on {evaluation['dataset']}"
+        f"  (job {evaluation['job_id']}, engine {engine})",
+        highlight=False,
+    )
+    if evaluation["error"]:
+        console.print(f"  error: {evaluation['error']}", highlight=False)
+    for spec, summary in evaluation["summary"].items():
+        console.print(f"  {_score_line(spec, summary)}", highlight=False)
+
+
+@eval_app.command("run")
+def eval_run(
+    name: str,
+    dataset: Annotated[str, typer.Option(help="A prompt/answer dataset, by name or id.")],
+    model: Annotated[str | None, typer.Option(help="A registered model.")] = None,
+    job: Annotated[int | None, typer.Option(help="Or: the final model of this job.")] = None,
+    scorer: Annotated[str, typer.Option(help="exact, numeric, ..., regex:PATTERN")] = "numeric",
+    max_samples: Annotated[int | None, typer.Option(min=1)] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    engine: Annotated[str, typer.Option(help="auto, transformers or vllm.")] = "auto",
+    gpus: Annotated[int, typer.Option(min=0)] = 0,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+) -> None:
+    """Evaluate a model (or a job's final model) on a dataset; --wait prints its result."""
+    body: dict[str, Any] = {
+        "name": name,
+        "dataset": int(dataset) if dataset.isdigit() else dataset,
+        "scorer": scorer,
+        "generation": {
+            "max_samples": max_samples,
+            "max_new_tokens": max_new_tokens,
+            "engine": engine,
+        },
+        "resources": {"gpus": gpus},
+    }
+    if model is not None:
+        body["model"] = int(model) if model.isdigit() else model
+    if job is not None:
+        body["job"] = job
+    with client() as api:
+        evaluation = call(api.request, "POST", "/api/v1/evaluations", json=body)
+        console.print(
+            f"evaluation {evaluation['id']} submitted (job {evaluation['job_id']})",
+            highlight=False,
+        )
+        if not wait:
+            return
+        while evaluation["status"] == "pending":
+            time.sleep(1)
+            evaluation = call(api.get, f"evaluations/{evaluation['id']}")
+    _print(evaluation)
+    if evaluation["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@eval_app.command("list")
+def eval_list(limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
+    """Evaluations, newest first."""
+    with client() as api:
+        page = call(api.request, "GET", "/api/v1/evaluations", params={"limit": limit})
+    if not page["items"]:
+        console.print("no evaluations yet")
+        return
+    table = Table("id", "name", "status", "model", "dataset", "score")
+    for row in page["items"]:
+        summary = row["summary"].get(row["scorer"], {})
+        mean = summary.get("mean")
+        score = f"{row['scorer']} {mean:.4f}" if mean is not None else "-"
+        table.add_row(
+            str(row["id"]), row["name"], row["status"], row["model"], row["dataset"], score
+        )
+    console.print(table)
+
+
+@eval_app.command("show")
+def eval_show(
+    evaluation_id: int,
+    samples: Annotated[int, typer.Option(min=0, max=500, help="Show this many samples.")] = 0,
+) -> None:
+    """An evaluation's scores (mean, standard error, 95% interval) and its first samples."""
+    with client() as api:
+        evaluation = call(api.get, f"evaluations/{evaluation_id}")
+        rows = []
+        if samples:
+            rows = call(
+                api.request,
+                "GET",
+                f"/api/v1/evaluations/{evaluation_id}/samples",
+                params={"limit": samples},
+            )["items"]
+    _print(evaluation)
+    if rows:
+        table = Table("idx", "reference", "output", "scores")
+        for row in rows:
+            scores = ", ".join(f"{k}={v:.3g}" for k, v in row["scores"].items())
+            table.add_row(str(row["idx"]), row["reference"], row["output"], scores)
+        console.print(table)
+
+
+@eval_app.command("rescore")
+def eval_rescore(evaluation_id: int, scorer: str) -> None:
+    """Score an evaluation's stored generations with another scorer (no new generation)."""
+    with client() as api:
+        evaluation = call(
+            api.request,
+            "POST",
+            f"/api/v1/evaluations/{evaluation_id}/rescore",
+            json={"scorer": scorer},
+        )
+    _print(evaluation)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    a: int,
+    b: int,
+    scorer: Annotated[str | None, typer.Option(help="Default: A's scorer.")] = None,
+    change: Annotated[
+        str | None, typer.Option(help="Show samples that improved, regressed or unchanged.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 10,
+) -> None:
+    """B against A on the same samples: improved / regressed / unchanged and a paired test."""
+    if change not in (None, "improved", "regressed", "unchanged"):
+        fail("--change must be improved, regressed or unchanged", 2)
+    params: dict[str, Any] = {"a": a, "b": b, "limit": limit}
+    if scorer:
+        params["scorer"] = scorer
+    if change:
+        params["change"] = change
+    with client() as api:
+        result = call(api.request, "GET", "/api/v1/evaluations/compare", params=params)
+    stats = result["stats"]
+    verdict = "significant" if stats["significant"] else "not significant"
+    console.print(
+        f"{result['scorer']}: {stats['mean_a']:.4f} -> {stats['mean_b']:.4f} "
+        f"(delta {stats['delta']:+.4f}, {stats['test']} p={stats['p_value']:.4g}, {verdict})\n"
+        f"improved {stats['improved']}, regressed {stats['regressed']}, "
+        f"unchanged {stats['unchanged']} of {stats['n']}",
+        highlight=False,
+    )
+    if result["samples"]:
+        table = Table("idx", "change", "reference", "A", "B")
+        for row in result["samples"]:
+            table.add_row(
+                str(row["idx"]), row["change"], row["reference"], row["output_a"], row["output_b"]
+            )
+        console.print(table)

@@ -1,0 +1,175 @@
+"""HTTP routes of the evaluation context: parse, call the service, commit, then dispatch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, status
+
+from training_platform.api.deps import (
+    CurrentToken,
+    DispatcherDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+)
+from training_platform.core.types import DB_INT_MAX
+from training_platform.evaluation import scoring, service
+from training_platform.evaluation.models import Evaluation
+from training_platform.evaluation.schemas import (
+    ComparisonPublic,
+    EvaluationCreate,
+    EvaluationPublic,
+    EvaluationsPublic,
+    Rescore,
+    SamplePublic,
+    SamplesPublic,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+IdQuery = Annotated[int, Query(ge=1, le=DB_INT_MAX)]
+
+
+def to_public(evaluation: Evaluation) -> EvaluationPublic:
+    assert evaluation.id is not None
+    return EvaluationPublic(
+        id=evaluation.id,
+        name=evaluation.name,
+        model=evaluation.model_name,
+        model_id=evaluation.model_id,
+        dataset=evaluation.dataset_name,
+        dataset_id=evaluation.dataset_id,
+        job_id=evaluation.job_id,
+        engine=evaluation.engine,
+        engine_used=evaluation.engine_used,
+        params=evaluation.params,
+        scorer=evaluation.scorer,
+        summary=evaluation.summary,
+        status=evaluation.status,
+        error=evaluation.error,
+        samples=evaluation.samples,
+        created_by=evaluation.created_by,
+        created_at=evaluation.created_at,
+        finished_at=evaluation.finished_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_evaluation(
+    body: EvaluationCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> EvaluationPublic:
+    """Evaluate a model: its generation job is queued; results follow when it ends."""
+    evaluation, job = service.create(
+        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+    )
+    session.commit()
+    try:
+        dispatcher.dispatch(job)
+    except Exception as error:  # stored; the supervisor resends the message
+        log.warning("evaluation job %s: start message not sent (%s)", job.id, error)
+    return to_public(evaluation)
+
+
+@router.get("")
+def list_evaluations(
+    session: SessionDep,
+    _: CurrentToken,
+    evaluation_status: Annotated[
+        list[Literal["pending", "succeeded", "failed", "cancelled"]] | None,
+        Query(alias="status"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: OffsetQuery = 0,
+) -> EvaluationsPublic:
+    """Evaluations, newest first."""
+    rows, count = service.list_evaluations(
+        session=session, status=evaluation_status, limit=limit, offset=offset
+    )
+    return EvaluationsPublic(items=[to_public(e) for e in rows], total=count)
+
+
+@router.get("/scorers")
+def scorers(_: CurrentToken) -> dict[str, str]:
+    """Every scorer spec and what it measures."""
+    return scoring.describe()
+
+
+@router.get("/compare")
+def compare(
+    session: SessionDep,
+    _: CurrentToken,
+    a: IdQuery,
+    b: IdQuery,
+    scorer: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    change: Annotated[Literal["improved", "regressed", "unchanged"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: OffsetQuery = 0,
+) -> ComparisonPublic:
+    """B against A on their shared samples: counts, delta and paired test; a page of samples
+    (both outputs side by side), optionally only those that improved, regressed or did not
+    change."""
+    spec, paired, shown, count = service.compare(
+        session=session, a_id=a, b_id=b, spec=scorer, change=change, limit=limit, offset=offset
+    )
+    return ComparisonPublic(
+        a=a, b=b, scorer=spec, stats=paired.to_dict(), samples=shown, total=count
+    )
+
+
+@router.get("/{evaluation_id}")
+def get_evaluation(evaluation_id: IdPath, session: SessionDep, _: CurrentToken) -> EvaluationPublic:
+    """One evaluation with its summary per scorer (mean, standard error, 95% interval)."""
+    return to_public(service.get(session=session, evaluation_id=evaluation_id))
+
+
+@router.get("/{evaluation_id}/samples")
+def evaluation_samples(
+    evaluation_id: IdPath,
+    session: SessionDep,
+    _: CurrentToken,
+    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: OffsetQuery = 0,
+) -> SamplesPublic:
+    """A page of samples with every score they have; q searches prompt, reference and output."""
+    rows, count = service.samples(
+        session=session, evaluation_id=evaluation_id, q=q, limit=limit, offset=offset
+    )
+    return SamplesPublic(
+        items=[
+            SamplePublic(
+                idx=s.idx,
+                prompt=s.prompt,
+                reference=s.reference,
+                output=s.output,
+                labels=s.labels,
+                scores=scores,
+            )
+            for s, scores in rows
+        ],
+        total=count,
+    )
+
+
+@router.post("/{evaluation_id}/rescore")
+def rescore(
+    evaluation_id: IdPath, body: Rescore, session: SessionDep, _: CurrentToken
+) -> EvaluationPublic:
+    """Score the stored generations with another scorer; nothing is generated again."""
+    evaluation = service.rescore(session=session, evaluation_id=evaluation_id, spec=body.scorer)
+    session.commit()
+    return to_public(evaluation)
+
+
+@router.delete("/{evaluation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_evaluation(evaluation_id: IdPath, session: SessionDep, _: CurrentToken) -> None:
+    """Delete an ended evaluation with its samples and scores (its job stays)."""
+    service.delete_evaluation(session=session, evaluation_id=evaluation_id)
+    session.commit()

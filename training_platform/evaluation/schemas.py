@@ -1,0 +1,124 @@
+"""Request and response shapes of the evaluation context."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training_platform.core.types import DB_INT_MAX
+from training_platform.jobs.schemas import JobName, Ref, Resources
+
+ScorerSpec = Field(
+    "numeric",
+    min_length=1,
+    max_length=256,
+    description="exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.",
+)
+
+
+class Generation(BaseModel):
+    """How the outputs are generated (greedy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_samples: int | None = Field(None, ge=1, le=1_000_000, description="First N rows only.")
+    batch_size: int = Field(16, ge=1, le=1024)
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vLLM on GPUs where installed, transformers otherwise."
+    )
+
+
+class EvaluationCreate(BaseModel):
+    """Evaluate a catalog model (or a job's final model) on a dataset with a scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: JobName
+    model: Ref | None = Field(None, description="A registered model, by name or id.")
+    job: int | None = Field(
+        None, ge=1, le=DB_INT_MAX, description="Or: the final model of this succeeded job."
+    )
+    dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
+    scorer: str = ScorerSpec
+    generation: Generation = Field(default_factory=Generation)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EvaluationCreate:
+        if (self.model is None) == (self.job is None):
+            raise ValueError("name exactly one of model and job")
+        return self
+
+
+class Rescore(BaseModel):
+    """Score the stored generations again with another scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scorer: str = ScorerSpec
+
+
+class EvaluationPublic(BaseModel):
+    id: int
+    name: str
+    model: str
+    model_id: int
+    dataset: str
+    dataset_id: int
+    job_id: int | None
+    engine: str
+    engine_used: str | None
+    params: dict[str, Any]
+    scorer: str
+    summary: dict[str, Any]
+    status: str
+    error: str | None
+    samples: int
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class EvaluationsPublic(BaseModel):
+    items: list[EvaluationPublic]
+    total: int
+
+
+class SamplePublic(BaseModel):
+    idx: int
+    prompt: str
+    reference: str
+    output: str
+    labels: dict[str, Any]
+    scores: dict[str, float]
+
+
+class SamplesPublic(BaseModel):
+    items: list[SamplePublic]
+    total: int
+
+
+class PairedSample(BaseModel):
+    idx: int
+    prompt: str
+    reference: str
+    output_a: str
+    output_b: str
+    score_a: float
+    score_b: float
+    change: Literal["improved", "regressed", "unchanged"]
+
+
+class ComparisonPublic(BaseModel):
+    """B against A on the samples both have, by one scorer."""
+
+    a: int
+    b: int
+    scorer: str
+    stats: dict[str, Any]
+    samples: list[PairedSample]
+    total: int  # samples matching the filter (the page holds at most `limit`)

@@ -1,0 +1,145 @@
+"""Scorers: how one generated output is judged against its reference, as a number in [0, 1].
+
+A scorer is named by a spec string, stored with every score it gave, so that one evaluation's
+generations can be scored by several scorers without generating again:
+
+    exact          1 when output and reference are equal, case, spacing and one final period aside
+    numeric        1 when the answer numbers are equal (the platform's one number parser,
+                   training_platform.rewards.builtin.last_number: "1,234", "-3.5", "\\boxed{7}")
+    contains       1 when the output contains the reference (case and spacing aside)
+    choice         multiple choice: 1 when the option letter the output names ("(B)", "B)",
+                   "answer is B", a lone "B") is the reference's
+    regex:PATTERN  the first match of PATTERN in the output (its first group when it has one)
+                   compared with the reference as `exact` does
+    bleu           sentence BLEU (sacrebleu), scaled to [0, 1]
+    rouge_l        ROUGE-L F-measure (rouge-score)
+
+Pass/fail scorers give only 0 or 1 (`binary`): their results compare with McNemar's test, the
+others with a paired bootstrap (training_platform.evaluation.stats).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from training_platform.core.errors import InvalidInput
+from training_platform.rewards.builtin import last_number
+
+MAX_PATTERN = 200
+# Where an output names its option, in order of trust: "(B)", "B)" / "B." / "B:", "answer is B",
+# then any lone capital letter but "I" (a word, not an option).
+_CHOICES = (
+    re.compile(r"\(([A-Z])\)"),
+    re.compile(r"\b([A-Z])[).:](?!\w)"),
+    re.compile(r"(?i:answer)\s*(?:is|:)?\s*([A-Z])\b"),
+    re.compile(r"\b([A-HJ-Z])\b"),
+)
+
+
+def normalize(text: str) -> str:
+    """Text as `exact` compares it: spacing collapsed, one trailing period off, casefolded."""
+    return " ".join(text.split()).removesuffix(".").rstrip().casefold()
+
+
+def _exact(output: str, reference: str) -> float:
+    return float(normalize(output) == normalize(reference))
+
+
+def _numeric(output: str, reference: str) -> float:
+    expected = last_number(reference)
+    return float(expected is not None and last_number(output) == expected)
+
+
+def _contains(output: str, reference: str) -> float:
+    wanted = normalize(reference)
+    return float(bool(wanted) and wanted in normalize(output))
+
+
+def option(text: str) -> str | None:
+    """The option letter a text names, or None."""
+    stripped = text.strip()
+    if len(stripped) == 1 and stripped.isalpha():
+        return stripped.upper()
+    for pattern in _CHOICES:
+        found = pattern.search(text)
+        if found is not None:
+            return found.group(1)
+    return None
+
+
+def _choice(output: str, reference: str) -> float:
+    expected = option(reference)
+    return float(expected is not None and option(output) == expected)
+
+
+def _bleu(output: str, reference: str) -> float:
+    import sacrebleu
+
+    return min(1.0, max(0.0, sacrebleu.sentence_bleu(output, [reference]).score / 100.0))
+
+
+@cache
+def _rouge() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def _rouge_l(output: str, reference: str) -> float:
+    return float(_rouge().score(reference, output)["rougeL"].fmeasure)
+
+
+_FIXED: dict[str, tuple[Callable[[str, str], float], bool, str]] = {
+    "exact": (_exact, True, "equal, case, spacing and one final period aside"),
+    "numeric": (_numeric, True, "the answer numbers are equal"),
+    "contains": (_contains, True, "the output contains the reference"),
+    "choice": (_choice, True, "the same option letter"),
+    "bleu": (_bleu, False, "sentence BLEU / 100 (sacrebleu)"),
+    "rouge_l": (_rouge_l, False, "ROUGE-L F-measure (rouge-score)"),
+}
+SCORERS = (*_FIXED, "regex:PATTERN")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A checked scorer spec and its function."""
+
+    spec: str
+    binary: bool
+    score: Callable[[str, str], float]
+
+
+def parse(spec: str, field: tuple[str, ...] = ("body", "scorer")) -> Scorer:
+    """The scorer a spec names; InvalidInput naming `field` when it names none."""
+    if spec in _FIXED:
+        function, binary, _ = _FIXED[spec]
+        return Scorer(spec, binary, function)
+    if spec.startswith("regex:"):
+        pattern = spec.removeprefix("regex:")
+        if not pattern or len(pattern) > MAX_PATTERN:
+            raise InvalidInput(field, f"a regex scorer needs a pattern of 1-{MAX_PATTERN} chars")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise InvalidInput(field, f"the regex does not compile: {error}") from error
+
+        def extract(output: str, reference: str) -> float:
+            found = compiled.search(output)
+            if found is None:
+                return 0.0
+            value = found.group(1) if compiled.groups else found.group(0)
+            return _exact(value or "", reference)
+
+        return Scorer(spec, True, extract)
+    raise InvalidInput(field, f"unknown scorer {spec!r}; one of: {', '.join(SCORERS)}")
+
+
+def describe() -> dict[str, str]:
+    """Each scorer's spec and what it measures (for the API and the CLI)."""
+    found = {name: text for name, (_, _, text) in _FIXED.items()}
+    found["regex:PATTERN"] = "the first match (its first group) equals the reference"
+    return found

@@ -1,0 +1,434 @@
+"""Evaluations: submit one as a generation job, store its generations once when the job ends,
+score them with any scorer, and compare two evaluations sample by sample.
+
+The generation job is an ordinary job (builtin/evaluate) on the jobs queue: it is scheduled,
+leased, watched, cancelled and logged like every other. When it has ended, `collect` (the
+evaluation tick) reads its predictions through the job's runner, stores one row per sample and
+the first scorer's scores, in one transaction that a compare-and-set on the status guards (two
+ticks never store twice). Re-scoring reads the stored rows only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, update
+from sqlmodel import Session, col, select
+
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core.errors import Conflict, DomainError, InvalidInput, NotFound
+from training_platform.core.settings import Settings
+from training_platform.core.types import utcnow
+from training_platform.evaluation import scoring, stats
+from training_platform.evaluation.models import Evaluation, EvaluationSample, EvaluationScore
+from training_platform.evaluation.schemas import EvaluationCreate, PairedSample
+from training_platform.jobs import service as jobs
+from training_platform.jobs.models import Job
+from training_platform.jobs.schemas import JobCreate
+from training_platform.jobs.state import TERMINAL, JobStatus
+from training_platform.runners.base import Runner
+
+log = logging.getLogger(__name__)
+
+PENDING, SUCCEEDED, FAILED, CANCELLED = "pending", "succeeded", "failed", "cancelled"
+STATUSES = (PENDING, SUCCEEDED, FAILED, CANCELLED)
+READ_CHUNK = 1 << 20
+# Most bytes of generations one evaluation may store (its predictions file).
+MAX_PREDICTIONS_BYTES = 512 << 20
+CHANGES = ("improved", "regressed", "unchanged")
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+def _final_model(session: Session, settings: Settings, job_id: int) -> ModelEntry:
+    """The catalog entry of a job's final model, registered now when it is not yet."""
+    model = session.exec(select(ModelEntry).where(col(ModelEntry.job_id) == job_id)).first()
+    if model is not None:
+        return model
+    try:
+        path = jobs.final_model_path(session=session, settings=settings, job_id=job_id)
+    except DomainError as error:
+        raise InvalidInput(("body", "job"), error.message) from None
+    return catalog.register_model(
+        session=session,
+        settings=settings,
+        name=f"job-{job_id}-final",
+        path=None,
+        hub_id=None,
+        description=f"final model of job {job_id}",
+        job_output=path,
+        job_id=job_id,
+    )
+
+
+def create(
+    *, session: Session, settings: Settings, request: EvaluationCreate, actor: str
+) -> tuple[Evaluation, Job]:
+    """Store the evaluation and its queued generation job; nothing is written when it is refused."""
+    scorer = scoring.parse(request.scorer)
+    model_ref = (
+        request.model if request.job is None else _final_model(session, settings, request.job).id
+    )
+    assert model_ref is not None
+    generation = request.generation
+    job_request = JobCreate(
+        name=f"eval {request.name}"[:200],
+        backend="builtin",
+        algorithm="evaluate",
+        model=model_ref,
+        dataset=request.dataset,
+        hyperparameters={
+            # The program's own running accuracy (its progress line); the platform scores.
+            "metric": "numeric_match" if scorer.spec == "numeric" else "exact_match",
+            "max_new_tokens": generation.max_new_tokens,
+            "max_samples": generation.max_samples,
+            "batch_size": generation.batch_size,
+            "engine": generation.engine,
+        },
+        resources=request.resources,
+        priority=request.priority,
+    )
+    job, _ = jobs.submit(session=session, request=job_request, actor=actor)
+    model = session.get(ModelEntry, job.model_id)
+    dataset = session.get(DatasetEntry, job.dataset_id)
+    assert model is not None and dataset is not None and job.id is not None
+    evaluation = Evaluation(
+        name=request.name,
+        model_id=job.model_id,
+        model_name=model.name,
+        dataset_id=job.dataset_id,
+        dataset_name=dataset.name,
+        job_id=job.id,
+        engine=generation.engine,
+        params=generation.model_dump(),
+        scorer=scorer.spec,
+        status=PENDING,
+        created_by=actor,
+    )
+    session.add(evaluation)
+    session.flush()
+    return evaluation, job
+
+
+# --- collect ---------------------------------------------------------------------------------
+
+
+def _read_all(runner: Runner, handle: dict[str, Any], stream: Any) -> bytes:
+    parts: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = runner.read(handle, stream, offset, READ_CHUNK)
+        parts.append(chunk)
+        offset += len(chunk)
+        if len(chunk) < READ_CHUNK:
+            return b"".join(parts)
+        if offset > MAX_PREDICTIONS_BYTES:
+            raise ValueError(f"more than {MAX_PREDICTIONS_BYTES >> 20} MiB of generations")
+
+
+@dataclass(frozen=True)
+class _Generation:
+    idx: int
+    prompt: str
+    reference: str
+    output: str
+    labels: dict[str, Any]
+
+
+def _parse_predictions(data: bytes) -> list[_Generation]:
+    samples: dict[int, _Generation] = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            idx = int(record.get("index", number - 1))
+            sample = _Generation(
+                idx=idx,
+                prompt=str(record["prompt"]),
+                reference=str(record["answer"]),
+                output=str(record["completion"]),
+                labels=record.get("labels") or {},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"predictions line {number} is unreadable: {error}") from error
+        samples[idx] = sample
+    return [samples[idx] for idx in sorted(samples)]
+
+
+def _end(session: Session, evaluation: Evaluation, status: str, values: dict[str, Any]) -> bool:
+    """Compare-and-set pending -> status; False when another pass got there first."""
+    result = session.execute(
+        update(Evaluation)
+        .where(col(Evaluation.id) == evaluation.id, col(Evaluation.status) == PENDING)
+        .values(status=status, finished_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def collect(session: Session, runners: Mapping[str, Runner], evaluation: Evaluation) -> bool:
+    """Store the generations of an evaluation whose job has ended; True when it was settled."""
+    job = session.get(Job, evaluation.job_id) if evaluation.job_id is not None else None
+    if job is None:
+        ended = _end(session, evaluation, FAILED, {"error": "its generation job was deleted"})
+        session.commit()
+        return ended
+    status = JobStatus(job.status)
+    if status not in TERMINAL:
+        return False
+    if status is not JobStatus.SUCCEEDED:
+        final = CANCELLED if status is JobStatus.CANCELLED else FAILED
+        reason = job.error or f"its generation job {job.id} ended {job.status}"
+        ended = _end(session, evaluation, final, {"error": reason})
+        session.commit()
+        return ended
+    handle = job.runner_handle or {}
+    runner = runners.get(str(handle.get("runner")))
+    if runner is None or not runner.owns(handle):
+        return False  # another node's run: the worker there collects it
+    try:
+        samples = _parse_predictions(_read_all(runner, handle, "predictions"))
+        results = json.loads(_read_all(runner, handle, "results") or b"{}")
+        if not samples:
+            raise ValueError("the job wrote no generations")
+    except (OSError, ValueError) as error:
+        ended = _end(session, evaluation, FAILED, {"error": f"generations unreadable: {error}"})
+        session.commit()
+        return ended
+    scorer = scoring.parse(evaluation.scorer)
+    scores = [scorer.score(s.output, s.reference) for s in samples]
+    summary = {scorer.spec: stats.summarize(scores, binary=scorer.binary).to_dict()}
+    values = {"samples": len(samples), "summary": summary, "engine_used": results.get("engine")}
+    if not _end(session, evaluation, SUCCEEDED, values):
+        session.rollback()
+        return False
+    assert evaluation.id is not None
+    session.execute(
+        EvaluationSample.__table__.insert(),  # type: ignore[attr-defined]
+        [{**asdict(s), "evaluation_id": evaluation.id} for s in samples],
+    )
+    _store_scores(session, evaluation.id, scorer.spec, [s.idx for s in samples], scores)
+    session.commit()
+    log.info("evaluation %s: %d generations stored", evaluation.id, len(samples))
+    return True
+
+
+def _store_scores(
+    session: Session,
+    evaluation_id: int,
+    spec: str,
+    idx: Sequence[int],
+    scores: Sequence[float],
+) -> None:
+    session.execute(
+        EvaluationScore.__table__.insert(),  # type: ignore[attr-defined]
+        [
+            {"evaluation_id": evaluation_id, "scorer": spec, "idx": i, "score": score}
+            for i, score in zip(idx, scores, strict=True)
+        ],
+    )
+
+
+def collect_all(session: Session, runners: Mapping[str, Runner]) -> list[int]:
+    """Settle every pending evaluation whose job has ended; the ids settled."""
+    pending = session.exec(
+        select(Evaluation)
+        .join(Job, col(Job.id) == col(Evaluation.job_id), isouter=True)
+        .where(col(Evaluation.status) == PENDING)
+        .where(col(Job.id).is_(None) | col(Job.status).in_([s.value for s in TERMINAL]))
+    ).all()
+    settled = []
+    for evaluation in pending:
+        try:
+            if collect(session, runners, evaluation):
+                settled.append(evaluation.id)
+        except Exception:  # one broken evaluation must not stop the others
+            session.rollback()
+            log.exception("collecting evaluation %s failed", evaluation.id)
+    return [i for i in settled if i is not None]
+
+
+# --- read, score again, compare --------------------------------------------------------------
+
+
+def get(*, session: Session, evaluation_id: int) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None:
+        raise NotFound(f"evaluation {evaluation_id} does not exist")
+    return evaluation
+
+
+def list_evaluations(
+    *, session: Session, status: Sequence[str] | None, limit: int, offset: int
+) -> tuple[Sequence[Evaluation], int]:
+    query = select(Evaluation)
+    counted = select(func.count()).select_from(Evaluation)
+    if status:
+        query = query.where(col(Evaluation.status).in_(status))
+        counted = counted.where(col(Evaluation.status).in_(status))
+    rows = session.exec(query.order_by(col(Evaluation.id).desc()).limit(limit).offset(offset))
+    return rows.all(), int(session.exec(counted).one())
+
+
+def _succeeded(session: Session, evaluation_id: int, field: str = "id") -> Evaluation:
+    evaluation = get(session=session, evaluation_id=evaluation_id)
+    if evaluation.status != SUCCEEDED:
+        raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; it has no results")
+    return evaluation
+
+
+def _scores(session: Session, evaluation_id: int, spec: str) -> dict[int, float]:
+    rows = session.exec(
+        select(EvaluationScore.idx, EvaluationScore.score).where(
+            col(EvaluationScore.evaluation_id) == evaluation_id,
+            col(EvaluationScore.scorer) == spec,
+        )
+    ).all()
+    return {int(idx): float(score) for idx, score in rows}
+
+
+def rescore(*, session: Session, evaluation_id: int, spec: str) -> Evaluation:
+    """Score the stored generations with another scorer (nothing is generated again)."""
+    scorer = scoring.parse(spec)
+    evaluation = _succeeded(session, evaluation_id)
+    if scorer.spec in evaluation.summary:
+        return evaluation
+    samples = session.exec(
+        select(EvaluationSample)
+        .where(col(EvaluationSample.evaluation_id) == evaluation_id)
+        .order_by(col(EvaluationSample.idx))
+    ).all()
+    scores = [scorer.score(s.output, s.reference) for s in samples]
+    _store_scores(session, evaluation_id, scorer.spec, [s.idx for s in samples], scores)
+    summary = {
+        **evaluation.summary,
+        scorer.spec: stats.summarize(scores, binary=scorer.binary).to_dict(),
+    }
+    evaluation.summary = summary
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def samples(
+    *,
+    session: Session,
+    evaluation_id: int,
+    q: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[tuple[EvaluationSample, dict[str, float]]], int]:
+    """A page of samples (prompt, reference or output containing q), each with its scores."""
+    get(session=session, evaluation_id=evaluation_id)
+    where = [col(EvaluationSample.evaluation_id) == evaluation_id]
+    if q:
+        pattern = f"%{q.replace('%', '').replace('_', '')}%"
+        where.append(
+            col(EvaluationSample.prompt).ilike(pattern)
+            | col(EvaluationSample.output).ilike(pattern)
+            | col(EvaluationSample.reference).ilike(pattern)
+        )
+    total = int(
+        session.exec(select(func.count()).select_from(EvaluationSample).where(*where)).one()
+    )
+    page = session.exec(
+        select(EvaluationSample)
+        .where(*where)
+        .order_by(col(EvaluationSample.idx))
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    by_idx: dict[int, dict[str, float]] = {s.idx: {} for s in page}
+    if page:
+        rows = session.exec(
+            select(EvaluationScore).where(
+                col(EvaluationScore.evaluation_id) == evaluation_id,
+                col(EvaluationScore.idx).in_(list(by_idx)),
+            )
+        ).all()
+        for row in rows:
+            by_idx[row.idx][row.scorer] = row.score
+    return [(s, by_idx[s.idx]) for s in page], total
+
+
+def compare(
+    *,
+    session: Session,
+    a_id: int,
+    b_id: int,
+    spec: str | None,
+    change: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[str, stats.Paired, list[PairedSample], int]:
+    """B against A on the samples both have: the paired statistics and a page of samples."""
+    a = _succeeded(session, a_id)
+    b = _succeeded(session, b_id)
+    if a.dataset_id != b.dataset_id:
+        raise InvalidInput(
+            ("query", "b"),
+            f"evaluation {b_id} ran on {b.dataset_name}, {a_id} on {a.dataset_name}: "
+            "only evaluations of the same dataset compare",
+        )
+    scorer = scoring.parse(spec or a.scorer, ("query", "scorer"))
+    for evaluation in (a, b):
+        if scorer.spec not in evaluation.summary:
+            raise InvalidInput(
+                ("query", "scorer"),
+                f"evaluation {evaluation.id} has no {scorer.spec} scores; rescore it first",
+            )
+    scores_a, scores_b = _scores(session, a_id, scorer.spec), _scores(session, b_id, scorer.spec)
+    shared = sorted(set(scores_a) & set(scores_b))
+    paired = stats.compare(
+        [scores_a[i] for i in shared], [scores_b[i] for i in shared], binary=scorer.binary
+    )
+    chosen = [
+        i for i in shared if change is None or stats.classify(scores_a[i], scores_b[i]) == change
+    ]
+    page = chosen[offset : offset + limit]
+    rows_a = _samples_at(session, a_id, page)
+    rows_b = _samples_at(session, b_id, page)
+    shown = [
+        PairedSample(
+            idx=i,
+            prompt=rows_a[i].prompt,
+            reference=rows_a[i].reference,
+            output_a=rows_a[i].output,
+            output_b=rows_b[i].output,
+            score_a=scores_a[i],
+            score_b=scores_b[i],
+            change=stats.classify(scores_a[i], scores_b[i]),
+        )
+        for i in page
+    ]
+    return scorer.spec, paired, shown, len(chosen)
+
+
+def _samples_at(session: Session, evaluation_id: int, idx: list[int]) -> dict[int, Any]:
+    if not idx:
+        return {}
+    rows = session.exec(
+        select(EvaluationSample).where(
+            col(EvaluationSample.evaluation_id) == evaluation_id,
+            col(EvaluationSample.idx).in_(idx),
+        )
+    ).all()
+    return {row.idx: row for row in rows}
+
+
+def delete_evaluation(*, session: Session, evaluation_id: int) -> None:
+    """Remove an ended evaluation with its rows (its job stays, with its own log)."""
+    evaluation = get(session=session, evaluation_id=evaluation_id)
+    if evaluation.status == PENDING:
+        raise Conflict(f"evaluation {evaluation_id} is still pending; cancel its job first")
+    for table in (EvaluationScore, EvaluationSample):
+        session.execute(delete(table).where(col(table.evaluation_id) == evaluation_id))
+    session.delete(evaluation)
+    session.flush()
