@@ -136,6 +136,136 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/evaluations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Evaluations
+         * @description Evaluations, newest first.
+         */
+        get: operations["list_evaluations_api_v1_evaluations_get"];
+        put?: never;
+        /**
+         * Create Evaluation
+         * @description Evaluate a model: its generation job is queued; results follow when it ends.
+         */
+        post: operations["create_evaluation_api_v1_evaluations_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/compare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Compare
+         * @description B against A on their shared samples: counts, delta and paired test; a page of samples
+         *     (both outputs side by side), optionally only those that improved, regressed or did not
+         *     change.
+         */
+        get: operations["compare_api_v1_evaluations_compare_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/scorers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Scorers
+         * @description Every scorer spec and what it measures.
+         */
+        get: operations["scorers_api_v1_evaluations_scorers_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/{evaluation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Evaluation
+         * @description One evaluation with its summary per scorer (mean, standard error, 95% interval).
+         */
+        get: operations["get_evaluation_api_v1_evaluations__evaluation_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Evaluation
+         * @description Delete an ended evaluation with its samples and scores (its job stays).
+         */
+        delete: operations["delete_evaluation_api_v1_evaluations__evaluation_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/{evaluation_id}/rescore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rescore
+         * @description Score the stored generations with another scorer; nothing is generated again.
+         */
+        post: operations["rescore_api_v1_evaluations__evaluation_id__rescore_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/{evaluation_id}/samples": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Evaluation Samples
+         * @description A page of samples with every score they have; q searches prompt, reference and output.
+         */
+        get: operations["evaluation_samples_api_v1_evaluations__evaluation_id__samples_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/gpus": {
         parameters: {
             query?: never;
@@ -1235,6 +1365,26 @@ export interface components {
             step: number;
         };
         /**
+         * ComparisonPublic
+         * @description B against A on the samples both have, by one scorer.
+         */
+        ComparisonPublic: {
+            /** A */
+            a: number;
+            /** B */
+            b: number;
+            /** Samples */
+            samples: components["schemas"]["PairedSample"][];
+            /** Scorer */
+            scorer: string;
+            /** Stats */
+            stats: {
+                [key: string]: unknown;
+            };
+            /** Total */
+            total: number;
+        };
+        /**
          * DatasetPublic
          * @description A registered dataset (never its server path).
          */
@@ -1280,6 +1430,123 @@ export interface components {
              * @description A virtualenv directory (its bin/python).
              */
             venv?: string | null;
+        };
+        /**
+         * EvaluationCreate
+         * @description Evaluate a catalog model (or a job's final model) on a dataset with a scorer.
+         */
+        EvaluationCreate: {
+            /**
+             * Dataset
+             * @description A prompt/answer dataset, by name or id.
+             */
+            dataset: string | number;
+            generation?: components["schemas"]["Generation"];
+            /**
+             * Job
+             * @description Or: the final model of this succeeded job.
+             */
+            job?: number | null;
+            /**
+             * Model
+             * @description A registered model, by name or id.
+             */
+            model?: string | number | null;
+            /** Name */
+            name: string;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+            /**
+             * Scorer
+             * @description exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.
+             * @default numeric
+             */
+            scorer: string;
+        };
+        /** EvaluationPublic */
+        EvaluationPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Dataset */
+            dataset: string;
+            /** Dataset Id */
+            dataset_id: number;
+            /** Engine */
+            engine: string;
+            /** Engine Used */
+            engine_used: string | null;
+            /** Error */
+            error: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: number | null;
+            /** Model */
+            model: string;
+            /** Model Id */
+            model_id: number;
+            /** Name */
+            name: string;
+            /** Params */
+            params: {
+                [key: string]: unknown;
+            };
+            /** Samples */
+            samples: number;
+            /** Scorer */
+            scorer: string;
+            /** Status */
+            status: string;
+            /** Summary */
+            summary: {
+                [key: string]: unknown;
+            };
+        };
+        /** EvaluationsPublic */
+        EvaluationsPublic: {
+            /** Items */
+            items: components["schemas"]["EvaluationPublic"][];
+            /** Total */
+            total: number;
+        };
+        /**
+         * Generation
+         * @description How the outputs are generated (greedy).
+         */
+        Generation: {
+            /**
+             * Batch Size
+             * @default 16
+             */
+            batch_size: number;
+            /**
+             * Engine
+             * @description auto: vLLM on GPUs where installed, transformers otherwise.
+             * @default auto
+             * @enum {string}
+             */
+            engine: "auto" | "transformers" | "vllm";
+            /**
+             * Max New Tokens
+             * @default 32
+             */
+            max_new_tokens: number;
+            /**
+             * Max Samples
+             * @description First N rows only.
+             */
+            max_samples?: number | null;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -1839,6 +2106,28 @@ export interface components {
              */
             path?: string | null;
         };
+        /** PairedSample */
+        PairedSample: {
+            /**
+             * Change
+             * @enum {string}
+             */
+            change: "improved" | "regressed" | "unchanged";
+            /** Idx */
+            idx: number;
+            /** Output A */
+            output_a: string;
+            /** Output B */
+            output_b: string;
+            /** Prompt */
+            prompt: string;
+            /** Reference */
+            reference: string;
+            /** Score A */
+            score_a: number;
+            /** Score B */
+            score_b: number;
+        };
         /**
          * PauseRequest
          * @description How to pause a running job.
@@ -2042,6 +2331,18 @@ export interface components {
             total: number | null;
         };
         /**
+         * Rescore
+         * @description Score the stored generations again with another scorer.
+         */
+        Rescore: {
+            /**
+             * Scorer
+             * @description exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.
+             * @default numeric
+             */
+            scorer: string;
+        };
+        /**
          * Resources
          * @description What a job needs from the machine.
          */
@@ -2104,6 +2405,32 @@ export interface components {
             sha256: string;
             /** Size Bytes */
             size_bytes: number;
+        };
+        /** SamplePublic */
+        SamplePublic: {
+            /** Idx */
+            idx: number;
+            /** Labels */
+            labels: {
+                [key: string]: unknown;
+            };
+            /** Output */
+            output: string;
+            /** Prompt */
+            prompt: string;
+            /** Reference */
+            reference: string;
+            /** Scores */
+            scores: {
+                [key: string]: number;
+            };
+        };
+        /** SamplesPublic */
+        SamplesPublic: {
+            /** Items */
+            items: components["schemas"]["SamplePublic"][];
+            /** Total */
+            total: number;
         };
         /**
          * StagePublic
@@ -2554,6 +2881,263 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_evaluations_api_v1_evaluations_get: {
+        parameters: {
+            query?: {
+                status?: ("pending" | "succeeded" | "failed" | "cancelled")[] | null;
+                limit?: number;
+                /** @description Rows to skip. */
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationsPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_evaluation_api_v1_evaluations_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EvaluationCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    compare_api_v1_evaluations_compare_get: {
+        parameters: {
+            query: {
+                a: number;
+                b: number;
+                scorer?: string | null;
+                change?: ("improved" | "regressed" | "unchanged") | null;
+                limit?: number;
+                /** @description Rows to skip. */
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ComparisonPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    scorers_api_v1_evaluations_scorers_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
+                };
+            };
+        };
+    };
+    get_evaluation_api_v1_evaluations__evaluation_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                evaluation_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_evaluation_api_v1_evaluations__evaluation_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                evaluation_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    rescore_api_v1_evaluations__evaluation_id__rescore_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                evaluation_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Rescore"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    evaluation_samples_api_v1_evaluations__evaluation_id__samples_get: {
+        parameters: {
+            query?: {
+                q?: string | null;
+                limit?: number;
+                /** @description Rows to skip. */
+                offset?: number;
+            };
+            header?: never;
+            path: {
+                evaluation_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SamplesPublic"];
+                };
             };
             /** @description Validation Error */
             422: {
