@@ -235,8 +235,9 @@ def test_a_run_on_the_tiny_model_records_accuracy(
     predictions = _lines(run_dir / "predictions.jsonl")
     assert len(predictions) == 8
     expected = prepared_rows("tiny-math-eval")[:8]
-    for prediction, row in zip(predictions, expected, strict=True):
-        assert set(prediction) == {"prompt", "answer", "completion", "correct"}
+    for index, (prediction, row) in enumerate(zip(predictions, expected, strict=True)):
+        assert set(prediction) == {"index", "seconds", "prompt", "answer", "completion", "correct"}
+        assert prediction["index"] == index and prediction["seconds"] > 0
         assert prediction["prompt"] == row["prompt"][-1]["content"]
         assert prediction["answer"] == row["reward_model"]["ground_truth"]
         assert prediction["correct"] is numeric_match(

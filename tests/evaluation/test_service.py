@@ -1,0 +1,152 @@
+"""Collecting an evaluation when its job ends, on SQLite and PostgreSQL: stored once, failures
+carried over, re-scoring and comparing from the stored rows. The generation itself runs for
+real in tests/e2e/test_evaluation.py; here the run directory holds what the program writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from training_platform.core.errors import Conflict, InvalidInput
+from training_platform.evaluation import service
+from training_platform.evaluation.models import Evaluation, EvaluationSample, EvaluationScore
+from training_platform.evaluation.schemas import EvaluationCreate
+from training_platform.jobs.models import Job
+from training_platform.runners.local import LocalRunner
+
+NODE = "eval-node"
+
+
+def _submit(engine: Any, settings: Any, name: str = "e") -> int:
+    with Session(engine) as session:
+        request = EvaluationCreate(
+            name=name, model="tiny-qwen2", dataset="tiny-math-eval", scorer="numeric"
+        )
+        evaluation, _ = service.create(
+            session=session, settings=settings, request=request, actor="test"
+        )
+        session.commit()
+        assert evaluation.id is not None
+        return evaluation.id
+
+
+def _end_job(engine: Any, evaluation_id: int, status: str, run_dir: Path, **values: Any) -> None:
+    with Session(engine) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        handle = {"runner": "local", "node": NODE, "run_dir": str(run_dir), "pid": 1}
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == evaluation.job_id)
+            .values(status=status, runner_handle=handle, **values)
+        )
+        session.commit()
+
+
+def _write_run(run_dir: Path, outputs: list[str]) -> None:
+    run_dir.mkdir(parents=True)
+    with (run_dir / "predictions.jsonl").open("w") as handle:
+        for index, output in enumerate(outputs):
+            record = {"index": index, "prompt": f"What is {index} + 1?", "answer": str(index + 1)}
+            handle.write(json.dumps({**record, "completion": output, "correct": False}) + "\n")
+    (run_dir / "results.json").write_text(json.dumps({"engine": "transformers"}))
+
+
+def _collect(engine: Any) -> list[int]:
+    with Session(engine) as session:
+        return service.collect_all(session, {"local": LocalRunner(node=NODE)})
+
+
+def test_generations_are_stored_once_and_scored(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first, second = _submit(engine, settings, "a"), _submit(engine, settings, "b")
+    assert _collect(engine) == []  # their jobs have not ended
+    _write_run(tmp_path / "a", ["1", "so 2", "no", "4"])
+    _write_run(tmp_path / "b", ["1", "9", "3", "\\boxed{4}"])
+    _end_job(engine, first, "succeeded", tmp_path / "a")
+    _end_job(engine, second, "succeeded", tmp_path / "b")
+    assert sorted(_collect(engine)) == [first, second]
+    assert _collect(engine) == []  # settled: nothing is stored twice
+    with Session(engine) as session:
+        evaluation = session.get(Evaluation, first)
+        assert evaluation is not None and evaluation.status == "succeeded"
+        assert evaluation.samples == 4 and evaluation.engine_used == "transformers"
+        assert evaluation.summary["numeric"]["mean"] == pytest.approx(0.75)
+        stored = session.exec(
+            select(func.count())
+            .select_from(EvaluationSample)
+            .where(col(EvaluationSample.evaluation_id) == first)
+        ).one()
+        assert stored == 4
+        # Scored again from the stored rows: a second scorer, the first one's rows untouched.
+        service.rescore(session=session, evaluation_id=first, spec="exact")
+        service.rescore(session=session, evaluation_id=first, spec="exact")  # once only
+        session.commit()
+        scores = session.exec(
+            select(EvaluationScore.scorer, func.count())
+            .where(col(EvaluationScore.evaluation_id) == first)
+            .group_by(col(EvaluationScore.scorer))
+        ).all()
+        assert dict(scores) == {"numeric": 4, "exact": 4}
+        spec, paired, shown, total = service.compare(
+            session=session, a_id=first, b_id=second, spec=None, change="regressed",
+            limit=10, offset=0,
+        )  # fmt: skip
+        assert spec == "numeric"
+        assert (paired.improved, paired.regressed, paired.unchanged) == (1, 1, 2)
+        assert total == 1 and shown[0].idx == 1 and shown[0].output_b == "9"
+
+
+def test_a_failed_or_cancelled_job_ends_its_evaluation_with_the_reason(
+    engine, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    failed, cancelled = _submit(engine, settings, "f"), _submit(engine, settings, "c")
+    _end_job(engine, failed, "failed", tmp_path / "f", error="out of memory")
+    _end_job(engine, cancelled, "cancelled", tmp_path / "c")
+    assert sorted(_collect(engine)) == [failed, cancelled]
+    with Session(engine) as session:
+        first = session.get(Evaluation, failed)
+        second = session.get(Evaluation, cancelled)
+        assert first is not None and second is not None
+        assert (first.status, first.error) == ("failed", "out of memory")
+        assert second.status == "cancelled" and "cancelled" in (second.error or "")
+        with pytest.raises(Conflict, match="has no results"):
+            service.rescore(session=session, evaluation_id=failed, spec="exact")
+
+
+def test_a_job_that_wrote_no_generations_fails_its_evaluation(
+    engine, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    evaluation_id = _submit(engine, settings)
+    (tmp_path / "empty").mkdir()
+    _end_job(engine, evaluation_id, "succeeded", tmp_path / "empty")
+    assert _collect(engine) == [evaluation_id]
+    with Session(engine) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None and evaluation.status == "failed"
+        assert "wrote no generations" in (evaluation.error or "")
+
+
+def test_a_refused_request_stores_nothing(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        jobs_before = session.exec(select(func.count()).select_from(Job)).one()
+        for request, field in (
+            (dict(model="tiny-qwen2", dataset="no-such-data"), "dataset"),
+            (dict(model="tiny-qwen2", dataset="tiny-math-eval", scorer="regex:("), "scorer"),
+            (dict(job=99999, dataset="tiny-math-eval"), "job"),
+        ):
+            with pytest.raises(InvalidInput) as raised:
+                service.create(
+                    session=session,
+                    settings=settings,
+                    request=EvaluationCreate(name="x", **request),
+                    actor="test",
+                )
+            assert raised.value.loc[-1] == field
+            session.rollback()
+        assert session.exec(select(func.count()).select_from(Job)).one() == jobs_before
+        assert session.exec(select(func.count()).select_from(Evaluation)).one() == 0
