@@ -27,7 +27,7 @@ from functools import cache
 from typing import Any
 
 from training_platform.core.errors import InvalidInput
-from training_platform.rewards.builtin import last_number
+from training_platform.rewards.builtin import last_number, normalize_answer
 
 MAX_PATTERN = 200
 # Where an output names its option, in order of trust: "(B)", "B)" / "B." / "B:", "answer is B",
@@ -40,13 +40,8 @@ _CHOICES = (
 )
 
 
-def normalize(text: str) -> str:
-    """Text as `exact` compares it: spacing collapsed, one trailing period off, casefolded."""
-    return " ".join(text.split()).removesuffix(".").rstrip().casefold()
-
-
 def _exact(output: str, reference: str) -> float:
-    return float(normalize(output) == normalize(reference))
+    return float(normalize_answer(output) == normalize_answer(reference))
 
 
 def _numeric(output: str, reference: str) -> float:
@@ -55,8 +50,8 @@ def _numeric(output: str, reference: str) -> float:
 
 
 def _contains(output: str, reference: str) -> float:
-    wanted = normalize(reference)
-    return float(bool(wanted) and wanted in normalize(output))
+    wanted = normalize_answer(reference)
+    return float(bool(wanted) and wanted in normalize_answer(output))
 
 
 def option(text: str) -> str | None:

@@ -36,11 +36,9 @@ from training_platform.runners.base import Runner
 log = logging.getLogger(__name__)
 
 PENDING, SUCCEEDED, FAILED, CANCELLED = "pending", "succeeded", "failed", "cancelled"
-STATUSES = (PENDING, SUCCEEDED, FAILED, CANCELLED)
 READ_CHUNK = 1 << 20
 # Most bytes of generations one evaluation may store (its predictions file).
 MAX_PREDICTIONS_BYTES = 512 << 20
-CHANGES = ("improved", "regressed", "unchanged")
 
 
 # --- submit ----------------------------------------------------------------------------------
@@ -277,7 +275,7 @@ def list_evaluations(
     return rows.all(), int(session.exec(counted).one())
 
 
-def _succeeded(session: Session, evaluation_id: int, field: str = "id") -> Evaluation:
+def _succeeded(session: Session, evaluation_id: int) -> Evaluation:
     evaluation = get(session=session, evaluation_id=evaluation_id)
     if evaluation.status != SUCCEEDED:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; it has no results")

@@ -41,6 +41,12 @@ def last_number(text: str) -> Decimal | None:
         return None
 
 
+def normalize_answer(text: str) -> str:
+    """An answer as exact comparisons see it: spacing collapsed, one trailing period off,
+    casefolded (the evaluate program and the evaluation scorers share it)."""
+    return " ".join(text.split()).removesuffix(".").rstrip().casefold()
+
+
 def _as_number(text: str) -> float | None:
     try:
         return float(text.strip().replace(",", ""))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from training_platform.rewards.builtin import last_number
+from training_platform.rewards.builtin import last_number, normalize_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -66,11 +66,6 @@ def numeric_match(completion: str, answer: str) -> bool:
     """Whether the completion's last number equals the answer's, numerically."""
     expected = last_number(answer)
     return expected is not None and last_number(completion) == expected
-
-
-def normalize_answer(text: str) -> str:
-    """Text as exact_match compares it: spacing collapsed, one trailing period off, casefolded."""
-    return " ".join(text.split()).removesuffix(".").rstrip().casefold()
 
 
 def exact_match(completion: str, answer: str) -> bool:
