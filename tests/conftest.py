@@ -570,8 +570,10 @@ def start_platform(
         TP_PORT=str(free_port()),
         TP_FLOWER_PORT=str(free_port()),
         TP_SUPERVISOR_INTERVAL_S="1",
-        **extra,
+        # Flower and its task events cost CPU the other tests need: on where a test looks at it.
+        TP_FLOWER="false",
     )
+    env.update(extra)
     platform = Platform(home, env)
     platform.tp("up", "--timeout", "120", check=True)
     return platform
@@ -583,7 +585,9 @@ def platform(tiny_model_dir: Path) -> Iterator[Platform]:
     tmp = Path(tempfile.mkdtemp(prefix="platform-", dir=SESSION_DIR))
     # Two simulated GPUs, so that GPU jobs (verl plans) can be submitted; CPU jobs use the CPU
     # training slot as before.
-    started = start_platform(tmp, tiny_model_dir, redis_db=15, TP_SIMULATED_GPUS="2")
+    started = start_platform(
+        tmp, tiny_model_dir, redis_db=15, TP_SIMULATED_GPUS="2", TP_FLOWER="true"
+    )
     yield started
     started.tp("down", "--jobs")
 

@@ -43,3 +43,21 @@ def test_secrets_stay_off_command_lines(sqlite_settings) -> None:  # type: ignor
     password = services.flower_password(sqlite_settings)
     for spec in services.service_specs(sqlite_settings, "redis://127.0.0.1:6379/0"):
         assert password not in " ".join(spec.argv)
+
+
+def test_without_flower_nothing_starts_it_no_event_is_sent_and_status_says_off(
+    sqlite_settings,
+) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.worker.config import celery_config
+
+    sqlite_settings.home.mkdir(parents=True)
+    assert services.FLOWER in [s.name for s in services.service_specs(sqlite_settings, "redis://x")]
+    assert celery_config(sqlite_settings)["worker_send_task_events"] is True
+    off = sqlite_settings.model_copy(update={"flower": False})
+    assert services.FLOWER not in [s.name for s in services.service_specs(off, "redis://x")]
+    config = celery_config(off)
+    assert config["worker_send_task_events"] is False and config["task_send_sent_event"] is False
+    flower = next(s for s in services.health(off) if s.name == services.FLOWER)
+    assert (flower.running, flower.healthy) == (False, True) and "TP_FLOWER=false" in flower.detail
+    stopped = next(s for s in services.health(sqlite_settings) if s.name == services.FLOWER)
+    assert (stopped.running, stopped.healthy) == (False, False)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def watched(start_module_platform):  # type: ignore[no-untyped-def]
-    return start_module_platform(redis_db=9, TP_TRAINING_SLOTS="1")
+    return start_module_platform(redis_db=9, TP_TRAINING_SLOTS="1", TP_FLOWER="true")
 
 
 def sft(name: str, steps: int, **extra: Any) -> dict[str, Any]:

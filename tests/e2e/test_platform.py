@@ -213,32 +213,19 @@ def test_cancel_a_running_job_stops_every_process_of_it(platform) -> None:  # ty
     assert again.status_code == 409
 
 
-def test_queued_jobs_start_in_priority_order_and_one_key_makes_one_job(platform) -> None:  # type: ignore[no-untyped-def]
-    blocker = _submit(platform, _long("blocker", priority=9))
-    _wait_running_with_progress(platform, blocker["id"])
-    priorities = [3, 7, 9, 7]  # a tie (7) starts in submission order
-    submitted = []
-    for index, priority in enumerate(priorities):
-        body = {
-            **SFT,
-            "name": f"p{priority}-{index}",
-            "priority": priority,
-            "hyperparameters": {"max_steps": 1},
-        }
-        key = f"ten-{uuid.uuid4()}"
-        first = _submit(platform, body, key)
-        assert _submit(platform, body, key)["id"] == first["id"]  # the same key never makes two
-        submitted.append(first)
+def test_one_idempotency_key_makes_one_job_and_a_fresh_job_can_be_cancelled(platform) -> None:  # type: ignore[no-untyped-def]
+    # The order in which queued jobs start is tested on one device (e2e/test_scheduling.py).
+    body = {**SFT, "name": "once", "hyperparameters": {"max_steps": 1}}
+    key = f"ten-{uuid.uuid4()}"
+    first = _submit(platform, body, key)
+    assert _submit(platform, body, key)["id"] == first["id"]  # the same key never makes two
+    other = _submit(platform, body, f"ten-{uuid.uuid4()}")
+    assert other["id"] != first["id"]
     with platform.client() as client:
-        client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
-    finished = [
-        platform.wait_status(j["id"], {"succeeded", "failed", "cancelled"}, timeout=420)
-        for j in submitted
-    ]
-    assert all(j["status"] == "succeeded" for j in finished), [j["error"] for j in finished]
-    started = sorted(finished, key=lambda j: j["started_at"])
-    order = [(j["priority"], j["id"]) for j in started]
-    assert order == sorted(order, key=lambda pair: (-pair[0], pair[1])), order
+        for job in (first, other):
+            assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
+    for job in (first, other):
+        assert platform.wait_status(job["id"], {"cancelled"}, timeout=60)["status"] == "cancelled"
 
 
 def test_restart_keeps_a_training_running_and_readopts_it(platform) -> None:  # type: ignore[no-untyped-def]

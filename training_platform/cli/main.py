@@ -71,7 +71,7 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start the whole platform (Redis if needed, API, workers, beat, Flower)."""
+    """Start the whole platform (Redis if needed, API, workers, beat, Flower unless off)."""
     from training_platform.bootstrap import bootstrap
 
     settings = settings_or_exit()
@@ -110,11 +110,12 @@ def up(
     console.print(f"  dashboard {settings.resolved_api_url}/ (log in with the token below)")
     console.print(f"  API docs  {settings.resolved_api_url}/docs")
     console.print(f"  token     {settings.admin_token_file}")
-    flower_file = settings.home / "flower-password"
-    console.print(
-        f"  Flower    http://127.0.0.1:{settings.flower_port} "
-        f"(user {settings.flower_user}, password in {flower_file})"
-    )
+    if settings.flower:
+        flower_file = settings.home / "flower-password"
+        console.print(
+            f"  Flower    http://127.0.0.1:{settings.flower_port} "
+            f"(user {settings.flower_user}, password in {flower_file})"
+        )
     console.print(
         "  try       tp jobs submit --name demo --algorithm sft --model tiny-qwen2 "
         "--dataset tiny-sft -p max_steps=40 -p learning_rate=1e-3 --watch"
@@ -263,7 +264,9 @@ def _kill_leftover_trainings(settings: Settings) -> None:
 def _print_status(statuses: list[services.ServiceStatus]) -> None:
     table = Table("service", "pid", "state", "detail")
     for status in statuses:
-        if status.healthy:
+        if status.healthy and not status.running and status.name != services.REDIS:
+            state = "[dim]off[/dim]"
+        elif status.healthy:
             state = "[green]healthy[/green]"
         elif status.running:
             state = "[yellow]unhealthy[/yellow]"

@@ -188,9 +188,7 @@ def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> lis
     env["PYTHONUNBUFFERED"] = "1"
     celery = [sys.executable, "-m", "celery", "-A", "training_platform.worker.app"]
     quiet = ["--without-mingle", "--without-gossip", "-l", "INFO"]
-    flower_env = dict(env)
-    flower_env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{flower_password(settings)}"
-    return [
+    specs = [
         ServiceSpec(
             API,
             [
@@ -243,12 +241,18 @@ def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> lis
             [*celery, "beat", "-s", str(settings.state_dir / "celerybeat-schedule"), "-l", "INFO"],
             env,
         ),
-        ServiceSpec(
-            FLOWER,
-            [*celery, "flower", "--address=127.0.0.1", f"--port={settings.flower_port}"],
-            flower_env,
-        ),
     ]
+    if settings.flower:
+        flower_env = dict(env)
+        flower_env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{flower_password(settings)}"
+        specs.append(
+            ServiceSpec(
+                FLOWER,
+                [*celery, "flower", "--address=127.0.0.1", f"--port={settings.flower_port}"],
+                flower_env,
+            )
+        )
+    return specs
 
 
 def spawn(settings: Settings, spec: ServiceSpec) -> dict[str, Any]:
@@ -418,6 +422,9 @@ def health(settings: Settings) -> list[ServiceStatus]:
             healthy = redis_answers(redis_url)
             detail = redis_url + ("" if running else " (not started by tp)")
             statuses.append(ServiceStatus(name, pid, running, healthy, detail))
+            continue
+        if not running and name == FLOWER and not settings.flower:
+            statuses.append(ServiceStatus(name, None, False, True, "not started (TP_FLOWER=false)"))
             continue
         if not running:
             statuses.append(ServiceStatus(name, None, False, False, "stopped"))

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     )
     broker_visibility_timeout_s: Annotated[int, Field(ge=60)] = 86400
 
+    flower: bool = Field(
+        default=True,
+        description="Start Flower with `tp up`; when false, workers send no task events either.",
+    )
     flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555
     flower_user: str = Field(default="admin", min_length=1)
     flower_password: SecretStr | None = None

@@ -1,18 +1,52 @@
-"""A ping task: records when it ran, so callers can measure round trips and ordering."""
+"""Platform-wide tasks: the maintenance tick beat sends every supervisor period, and a ping
+that records when it ran (so callers can measure round trips and ordering)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from training_platform.core.settings import get_settings
+from training_platform.evaluation.tasks import evaluation_tick
+from training_platform.jobs.tasks import supervisor_tick
+from training_platform.pipelines.tasks import pipelines_tick
 from training_platform.worker.app import app
 from training_platform.worker.config import redis_url
 from training_platform.worker.queues import KEY_PREFIX
 
 PING_LIST = f"{KEY_PREFIX}ping:"
+
+log = logging.getLogger(__name__)
+
+# In this order: a job the supervisor finishes advances its pipeline and has its evaluation
+# collected in the same pass.
+MAINTENANCE: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
+    ("supervisor", supervisor_tick),
+    ("pipelines", pipelines_tick),
+    ("evaluation", evaluation_tick),
+)
+
+
+@app.task(name="tp.system.tick")
+def maintenance_tick() -> dict[str, Any]:
+    """The supervisor, pipelines and evaluation passes, one after another, as one task.
+
+    One message per period instead of three halves what beat and the general worker spend
+    on an idle platform. Each pass keeps its own lock, and runs even when one before it failed.
+    """
+    report: dict[str, Any] = {}
+    for name, run in MAINTENANCE:
+        try:
+            report[name] = run()
+        except Exception as error:
+            log.exception("the %s pass failed", name)
+            report[name] = {"error": f"{type(error).__name__}: {error}"}
+    return report
 
 
 @app.task(name="tp.system.ping")

@@ -63,6 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "tp.jobs.run": {"queue": TRAINING, "routing_key": TRAINING},
             "tp.jobs.prepare": {"queue": PREPROCESSING, "routing_key": PREPROCESSING},
+            "tp.system.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.supervisor.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.pass": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
@@ -80,37 +81,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # caches of big datasets) cannot make a long-lived worker grow without bound.
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024,  # KiB
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events feed Flower; nothing else reads them.
+        "worker_send_task_events": settings.flower,
+        "task_send_sent_event": settings.flower,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {
-            "supervisor": {
-                "task": "tp.supervisor.tick",
+            # The supervisor, pipelines and evaluation passes (system/tasks.py), in one message.
+            "maintenance": {
+                "task": "tp.system.tick",
                 "schedule": settings.supervisor_interval_s,
                 "options": {
                     "queue": MAINTENANCE,
                     "priority": broker_priority(PRIORITY_MAX),
                     # A tick that waited this long is stale; the next one is already coming.
-                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
-                },
-            },
-            "pipelines": {
-                "task": "tp.pipelines.tick",
-                "schedule": settings.supervisor_interval_s,
-                "options": {
-                    "queue": MAINTENANCE,
-                    "priority": broker_priority(PRIORITY_MAX),
-                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
-                },
-            },
-            "evaluation": {
-                "task": "tp.evaluation.tick",
-                "schedule": settings.supervisor_interval_s,
-                "options": {
-                    "queue": MAINTENANCE,
-                    "priority": broker_priority(PRIORITY_MAX),
                     "expires": max(settings.supervisor_interval_s * 5, 10.0),
                 },
             },
