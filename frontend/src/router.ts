@@ -15,6 +15,18 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/PipelineDetailPage.vue"),
     props: true,
   },
+  { path: "/evaluations", name: "evaluations", component: () => import("./pages/EvaluationsPage.vue") },
+  {
+    path: "/evaluations/compare",
+    name: "evaluation-compare",
+    component: () => import("./pages/EvaluationComparePage.vue"),
+  },
+  {
+    path: "/evaluations/:id(\\d+)",
+    name: "evaluation",
+    component: () => import("./pages/EvaluationDetailPage.vue"),
+    props: true,
+  },
   { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
   { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },
   { path: "/:rest(.*)*", name: "not-found", component: () => import("./pages/NotFoundPage.vue") },

@@ -62,10 +62,11 @@ def test_math_eval_rows_are_held_out_and_correct() -> None:
     rows = _rows("tiny-math-eval")
     assert len(rows) == 50
     for row in rows:
-        assert list(row) == ["prompt", "answer"]
+        assert list(row) == ["prompt", "answer", "op"]  # op: a label to break results down by
         a, op, b = row["prompt"].removeprefix("What is ").rstrip("?").split(" ")
         expected = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert row["answer"] == str(expected)
+        assert row["op"] == {"+": "addition", "-": "subtraction"}[op]
     prompts = {row["prompt"] for row in rows}
     assert len(prompts) == 50
     assert prompts.isdisjoint(row["prompt"] for row in _rows("tiny-math"))

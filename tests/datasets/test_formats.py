@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from training_platform.datasets import formats
@@ -42,8 +44,35 @@ def test_prompt_answer_becomes_verls_rl_layout() -> None:
         "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": "4"},
-        "extra_info": {"index": 7, "split": "train"},
+        "extra_info": {"index": 7, "split": "train", "labels": "{}"},
     }
+
+
+def test_an_rl_row_keeps_the_plain_fields_of_its_source_as_labels() -> None:
+    source = {
+        "prompt": "What is 2 + 2?",
+        "answer": 4,
+        "difficulty": "easy",
+        "level": 2,
+        "checked": True,
+        "tags": ["not", "plain"],
+        "note": "x" * 500,
+    }
+    row = formats.convert_row("prompt_answer", "rl", source, 0)
+    labels = json.loads(row["extra_info"]["labels"])
+    assert labels == {"difficulty": "easy", "level": 2, "checked": True, "note": "x" * 200}
+    verl = {
+        "data_source": "gsm8k",
+        "prompt": [{"role": "user", "content": "q"}],
+        "reward_model": {"ground_truth": "1"},
+        "extra_info": {"index": 3, "split": "test", "tenant": "acme"},
+        "difficulty": "hard",
+    }
+    labels = json.loads(formats.convert_row("rl", "rl", verl, 0)["extra_info"]["labels"])
+    assert labels == {"tenant": "acme", "difficulty": "hard"}
+    many = {"prompt": "q", "answer": 1, **{f"k{i}": i for i in range(40)}}
+    labels = json.loads(formats.convert_row("prompt_answer", "rl", many, 0)["extra_info"]["labels"])
+    assert len(labels) == formats.MAX_LABELS
 
 
 def test_preference_keeps_plain_strings() -> None:

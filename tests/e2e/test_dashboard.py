@@ -7,6 +7,7 @@ TP_TEST_SCREENSHOTS=docs/screenshots (`make screenshots`) they replace the ones 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -326,3 +327,95 @@ def test_overview_shows_the_apis_counts_queues_and_recent_pipelines(
         expect(page.get_by_text(f"#{pipeline['id']} {pipeline['name']}")).to_be_visible()
     expect(page.locator("[data-test=no-waiting]")).to_be_visible()  # nothing queued now
     page.screenshot(path=str(shots / "overview.png"))
+
+
+def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_samples(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    jobs = _api(dash, "GET", "/jobs", params={"status": "succeeded", "limit": 500})["items"]
+    trained = next(j for j in jobs if j["name"] == "dashboard sft")  # the form test's job
+    # Prompts the job trained on, with a label. A tiny model's outputs rarely share a word with
+    # a short answer (ROUGE-L 0 for both models), so each answer also carries words such
+    # models do write: two different models then score differently sample by sample.
+    common = "what is the assistant answer 1 11 111 1111 11111111"
+    rows = []
+    for line in (ROOT / "training_platform/assets/datasets/tiny-sft.jsonl").open():
+        user, assistant = json.loads(line)["messages"]
+        kind = "arithmetic" if user["content"].startswith("What is") else "words"
+        answer = f"{assistant['content']} {common}"
+        rows.append({"prompt": user["content"], "answer": answer, "kind": kind})
+        if len(rows) == 8:
+            break
+    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    _api(dash, "POST", "/datasets", params={"name": "seen", "filename": "seen.jsonl"}, content=body)
+    generation = {"max_samples": 8, "max_new_tokens": 12}
+    base = _api(
+        dash,
+        "POST",
+        "/evaluations",
+        json={
+            "name": "base",
+            "model": "tiny-qwen2",
+            "dataset": "seen",
+            "scorer": "rouge_l",
+            "generation": generation,
+        },
+    )
+    _login(page, dash.token)
+    page.click("a:has-text('Evaluations')")
+    form = page.locator("[data-test=new-evaluation]")
+    form.locator("input[name=name]").fill("tuned")
+    form.locator("select[name=target]").select_option("job")
+    form.locator("input[name=job]").fill(str(trained["id"]))
+    form.locator("select[name=dataset]").select_option("seen")
+    form.locator("select[name=scorer]").select_option("rouge_l")
+    form.locator("input[name=max_samples]").fill(str(generation["max_samples"]))
+    form.locator("input[name=max_new_tokens]").fill(str(generation["max_new_tokens"]))
+    page.click("[data-test=submit-evaluation]")
+    expect(page).to_have_url(re.compile(r"/evaluations/\d+$"))
+    tuned_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator(".topline [data-test=status]")).to_have_text("succeeded", timeout=300_000)
+
+    # The score and the breakdown by the dataset's label are the API's.
+    stored = _api(dash, "GET", f"/evaluations/{tuned_id}")
+    assert stored["model"] == f"job-{trained['id']}-final"
+    summary = stored["summary"]["rouge_l"]
+    expect(page.locator("[data-scorer=rouge_l]")).to_contain_text(f"n={summary['n']}")
+    page.locator("[data-test=breakdown] select[name=label]").select_option("kind")
+    groups = _api(dash, "GET", f"/evaluations/{tuned_id}/breakdown", params={"label": "kind"})
+    rows = page.locator("[data-test=breakdown-table] tbody tr")
+    expect(rows).to_have_count(len(groups["groups"]))
+    page.screenshot(path=str(shots / "evaluation-result.png"))
+
+    deadline = time.monotonic() + 300
+    while _api(dash, "GET", f"/evaluations/{base['id']}")["status"] == "pending":
+        assert time.monotonic() < deadline, "the base evaluation did not end"
+        time.sleep(1)
+    # A is whichever side the other regressed against (the two models' outputs differ).
+    first = _api(dash, "GET", "/evaluations/compare", params={"a": base["id"], "b": tuned_id})
+    a, b = (base["id"], tuned_id) if first["stats"]["regressed"] else (tuned_id, base["id"])
+    regressed = _api(
+        dash,
+        "GET",
+        "/evaluations/compare",
+        params={"a": a, "b": b, "change": "regressed", "limit": 500},
+    )
+    assert regressed["total"] > 0, first["stats"]
+
+    page.click("a:has-text('Evaluations')")
+    page.locator("select[name=compare-a]").select_option(str(a))
+    page.locator("select[name=compare-b]").select_option(str(b))
+    page.click("[data-test=open-compare]")
+    expect(page).to_have_url(re.compile(r"/evaluations/compare\?"))
+    stats = page.locator("[data-test=comparison-stats]")
+    expect(stats).to_contain_text(f"on {regressed['stats']['n']} shared samples")
+    stats.locator("button[data-change=regressed]").click()
+    expect(page).to_have_url(re.compile(r"change=regressed"))
+    shown = page.locator("[data-test=compare-table] tbody tr")
+    expect(shown).to_have_count(min(regressed["total"], 25))
+    for sample in regressed["samples"][:25]:
+        row = page.locator(f"[data-test=compare-table] tr[data-sample='{sample['idx']}']")
+        expect(row).to_have_attribute("data-change", "regressed")
+        expect(row.locator("[data-test=output-a]")).to_contain_text(sample["output_a"].strip())
+        expect(row.locator("[data-test=output-b]")).to_contain_text(sample["output_b"].strip())
+    page.screenshot(path=str(shots / "evaluation-compare.png"))

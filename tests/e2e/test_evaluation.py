@@ -108,6 +108,16 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
         assert sum(r["scores"]["numeric"] for r in rows_a) / 12 == pytest.approx(
             a["summary"]["numeric"]["mean"]
         )
+        # By the dataset's label (tiny-math-eval rows carry "op"): the stored rows' figures.
+        by_op = client.get(f"/api/v1/evaluations/{base_id}/breakdown", params={"label": "op"})
+        assert by_op.status_code == 200, by_op.text
+        assert by_op.json()["labels"] == ["op"] and by_op.json()["scorer"] == "numeric"
+        groups = {g["value"]: g for g in by_op.json()["groups"]}
+        assert set(groups) == {r["labels"]["op"] for r in rows_a}
+        for op, group in groups.items():
+            scores = [r["scores"]["numeric"] for r in rows_a if r["labels"]["op"] == op]
+            assert group["n"] == len(scores)
+            assert group["mean"] == pytest.approx(sum(scores) / len(scores))
 
         # Re-scoring generates nothing: no new job, the same outputs, a second summary.
         jobs_before = client.get("/api/v1/jobs", params={"limit": 1}).json()["total"]
@@ -155,8 +165,9 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
         assert missing.status_code == 422 and "rescore it first" in missing.text
 
     # The same through the CLI.
-    shown = platform.tp("eval", "show", str(tuned_id), "--samples", "3", check=True)
+    shown = platform.tp("eval", "show", str(tuned_id), "--samples", "3", "--by", "op", check=True)
     assert "numeric: " in shown.stdout and "rouge_l: " in shown.stdout, shown.stdout
+    assert "op=addition: numeric: " in shown.stdout, shown.stdout
     compared = platform.tp(
         "eval", "compare", str(base_id), str(tuned_id), "--scorer", "numeric", check=True
     )

@@ -53,7 +53,9 @@ def _write_run(run_dir: Path, outputs: list[str]) -> None:
     with (run_dir / "predictions.jsonl").open("w") as handle:
         for index, output in enumerate(outputs):
             record = {"index": index, "prompt": f"What is {index} + 1?", "answer": str(index + 1)}
-            handle.write(json.dumps({**record, "completion": output, "correct": False}) + "\n")
+            labels = {"difficulty": "hard" if index % 2 else "easy"} if index < 3 else {}
+            record.update(completion=output, correct=False, labels=labels)
+            handle.write(json.dumps(record) + "\n")
     (run_dir / "results.json").write_text(json.dumps({"engine": "transformers"}))
 
 
@@ -99,6 +101,21 @@ def test_generations_are_stored_once_and_scored(engine, settings, tmp_path: Path
         assert spec == "numeric"
         assert (paired.improved, paired.regressed, paired.unchanged) == (1, 1, 2)
         assert total == 1 and shown[0].idx == 1 and shown[0].output_b == "9"
+        # By a dataset label: outputs "1", "so 2", "no", "4" -> easy 0 and 2, hard 1, none 3.
+        spec, keys, groups = service.breakdown(
+            session=session, evaluation_id=first, spec=None, label="difficulty"
+        )
+        assert (spec, keys) == ("numeric", ["difficulty"])
+        by_value = {value: (summary.n, summary.mean) for value, summary in groups}
+        assert by_value == {"easy": (2, 0.5), "hard": (1, 1.0), "(none)": (1, 1.0)}
+        for bad, field in ((dict(label="tenant"), "label"), (dict(spec="bleu"), "scorer")):
+            with pytest.raises(InvalidInput) as raised:
+                service.breakdown(
+                    session=session,
+                    evaluation_id=first,
+                    **{"spec": None, "label": "difficulty", **bad},  # type: ignore[arg-type]
+                )
+            assert raised.value.loc[-1] == field
 
 
 def test_a_failed_or_cancelled_job_ends_its_evaluation_with_the_reason(
@@ -150,3 +167,63 @@ def test_a_refused_request_stores_nothing(engine, settings) -> None:  # type: ig
             session.rollback()
         assert session.exec(select(func.count()).select_from(Job)).one() == jobs_before
         assert session.exec(select(func.count()).select_from(Evaluation)).one() == 0
+
+
+def test_a_checkpoint_is_evaluated_as_its_own_catalog_model(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.catalog.models import ModelEntry
+    from training_platform.jobs import service as jobs
+    from training_platform.jobs.models import Checkpoint
+
+    trained = _submit(engine, settings, "the job that trained")
+    with Session(engine) as session:
+        job = session.get(Job, session.get(Evaluation, trained).job_id)  # type: ignore[union-attr]
+        assert job is not None and job.id is not None
+        run_dir = jobs.attempt_dir(settings, job, job.attempt)
+        for step in (2, 4):
+            (run_dir / f"checkpoints/checkpoint-{step}").mkdir(parents=True)
+            (run_dir / f"checkpoints/checkpoint-{step}/config.json").write_text("{}")
+            session.add(
+                Checkpoint(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    step=step,
+                    path=f"checkpoints/checkpoint-{step}",
+                )
+            )
+        (run_dir / "model").mkdir()
+        (run_dir / "model/config.json").write_text("{}")
+        session.add(
+            Checkpoint(job_id=job.id, attempt=job.attempt, step=5, path="model", final=True)
+        )
+        job.status, job.outputs = "succeeded", {"model": "model"}
+        session.add(job)
+        session.commit()
+        job_id = job.id
+
+    def evaluate(**target: Any) -> str:
+        with Session(engine) as session:
+            request = EvaluationCreate(name="ckpt", dataset="tiny-math-eval", **target)
+            evaluation, _ = service.create(
+                session=session, settings=settings, request=request, actor="test"
+            )
+            session.commit()
+            return evaluation.model_name
+
+    checkpoint = {"job": job_id, "step": 4}
+    assert evaluate(checkpoint=checkpoint) == f"job-{job_id}-step-4"
+    assert evaluate(checkpoint=checkpoint) == f"job-{job_id}-step-4"  # registered once
+    assert evaluate(job=job_id) == f"job-{job_id}-final"  # not taken for the checkpoint
+    with Session(engine) as session:
+        entries = session.exec(select(ModelEntry).where(ModelEntry.job_id == job_id)).all()
+        assert sorted(e.name for e in entries) == [f"job-{job_id}-final", f"job-{job_id}-step-4"]
+        with pytest.raises(InvalidInput) as raised:
+            service.create(
+                session=session,
+                settings=settings,
+                request=EvaluationCreate(
+                    name="x", dataset="tiny-math-eval", checkpoint={"job": job_id, "step": 3}
+                ),
+                actor="test",
+            )
+        assert raised.value.loc[-1] == "checkpoint"
+        assert "no checkpoint at step 3 (it has: 2, 4)" in raised.value.message

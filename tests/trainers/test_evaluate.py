@@ -236,8 +236,12 @@ def test_a_run_on_the_tiny_model_records_accuracy(
     assert len(predictions) == 8
     expected = prepared_rows("tiny-math-eval")[:8]
     for index, (prediction, row) in enumerate(zip(predictions, expected, strict=True)):
-        assert set(prediction) == {"index", "seconds", "prompt", "answer", "completion", "correct"}
+        assert set(prediction) == {
+            *("index", "seconds", "prompt", "answer", "completion", "correct", "labels")
+        }
         assert prediction["index"] == index and prediction["seconds"] > 0
+        assert prediction["labels"] == json.loads(row["extra_info"]["labels"])  # {"op": ...}
+        assert prediction["labels"]["op"] in ("addition", "subtraction")
         assert prediction["prompt"] == row["prompt"][-1]["content"]
         assert prediction["answer"] == row["reward_model"]["ground_truth"]
         assert prediction["correct"] is numeric_match(

@@ -183,8 +183,10 @@ def math_rows() -> list[Row]:
 
 
 def math_eval_rows() -> list[Row]:
-    """Held-out math rows: the next unique prompts of the same stream after tiny-math's."""
-    return _unique(_math_candidates(), MATH_ROWS + MATH_EVAL_ROWS)[MATH_ROWS:]
+    """Held-out math rows: the next unique prompts of the same stream after tiny-math's, each
+    labelled with its operation (what evaluation results break down by)."""
+    rows = _unique(_math_candidates(), MATH_ROWS + MATH_EVAL_ROWS)[MATH_ROWS:]
+    return [{**row, "op": "addition" if " + " in row["prompt"] else "subtraction"} for row in rows]
 
 
 GENERATORS: dict[str, Callable[[], list[Row]]] = {

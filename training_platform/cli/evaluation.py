@@ -48,6 +48,9 @@ def eval_run(
     dataset: Annotated[str, typer.Option(help="A prompt/answer dataset, by name or id.")],
     model: Annotated[str | None, typer.Option(help="A registered model.")] = None,
     job: Annotated[int | None, typer.Option(help="Or: the final model of this job.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Or: a job's checkpoint, as JOB:STEP (e.g. 12:200).")
+    ] = None,
     scorer: Annotated[str, typer.Option(help="exact, numeric, ..., regex:PATTERN")] = "numeric",
     max_samples: Annotated[int | None, typer.Option(min=1)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
@@ -55,7 +58,8 @@ def eval_run(
     gpus: Annotated[int, typer.Option(min=0)] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
 ) -> None:
-    """Evaluate a model (or a job's final model) on a dataset; --wait prints its result."""
+    """Evaluate a model (a job's final model, or a checkpoint) on a dataset; --wait prints
+    its result."""
     body: dict[str, Any] = {
         "name": name,
         "dataset": int(dataset) if dataset.isdigit() else dataset,
@@ -71,6 +75,11 @@ def eval_run(
         body["model"] = int(model) if model.isdigit() else model
     if job is not None:
         body["job"] = job
+    if checkpoint is not None:
+        job_id, _, step = checkpoint.partition(":")
+        if not (job_id.isdigit() and step.isdigit()):
+            fail(f"--checkpoint {checkpoint!r}: give JOB:STEP, two whole numbers (e.g. 12:200)")
+        body["checkpoint"] = {"job": int(job_id), "step": int(step)}
     with client() as api:
         evaluation = call(api.request, "POST", "/api/v1/evaluations", json=body)
         console.print(
@@ -110,10 +119,22 @@ def eval_list(limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
 def eval_show(
     evaluation_id: int,
     samples: Annotated[int, typer.Option(min=0, max=500, help="Show this many samples.")] = 0,
+    by: Annotated[
+        str | None, typer.Option(help="The score by the value of this dataset label.")
+    ] = None,
 ) -> None:
-    """An evaluation's scores (mean, standard error, 95% interval) and its first samples."""
+    """An evaluation's scores (mean, standard error, 95% interval), by a dataset label with
+    --by, and its first samples."""
     with client() as api:
         evaluation = call(api.get, f"evaluations/{evaluation_id}")
+        groups = []
+        if by is not None:
+            groups = call(
+                api.request,
+                "GET",
+                f"/api/v1/evaluations/{evaluation_id}/breakdown",
+                params={"label": by},
+            )["groups"]
         rows = []
         if samples:
             rows = call(
@@ -123,6 +144,8 @@ def eval_show(
                 params={"limit": samples},
             )["items"]
     _print(evaluation)
+    for group in groups:
+        console.print(f"  {by}={group['value']}: {_score_line(evaluation['scorer'], group)}")
     if rows:
         table = Table("idx", "reference", "output", "scores")
         for row in rows:

@@ -8,13 +8,21 @@ Source formats (what users upload, as JSONL, a JSON array or Parquet):
   rl               verl's RL layout: data_source, prompt (messages), reward_model.ground_truth
 
 Data tasks (what backends read; see training_platform/backends/base.py): sft, preference, rl.
+An rl row keeps the source row's other plain fields (difficulty, tenant, ...) as labels:
+`extra_info.labels`, a JSON object in a string, so that evaluations can break results down.
 Pure functions: no I/O here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+# Labels an rl row keeps: plain values only, this many at most, strings cut to this length.
+MAX_LABELS = 16
+MAX_LABEL_KEY = 64
+MAX_LABEL_TEXT = 200
 
 SOURCE_FORMATS = ("messages", "prompt_response", "preference", "prompt_answer", "rl")
 TASK_OF_FORMAT: dict[str, str] = {
@@ -96,6 +104,30 @@ def _answer(row: Mapping[str, Any], key: str = "answer") -> str:
     return text
 
 
+def labels_of(row: Mapping[str, Any], skip: frozenset[str]) -> dict[str, str | int | float | bool]:
+    """The plain fields of a row (strings, numbers, booleans) other than `skip`, as labels."""
+    found: dict[str, str | int | float | bool] = {}
+    for key, value in row.items():
+        if len(found) == MAX_LABELS:
+            break
+        if key in skip or not isinstance(key, str) or len(key) > MAX_LABEL_KEY:
+            continue
+        if isinstance(value, str):
+            found[key] = value[:MAX_LABEL_TEXT]
+        elif isinstance(value, bool | int | float):
+            found[key] = value
+    return found
+
+
+PROMPT_ANSWER_FIELDS = frozenset({"prompt", "answer", "messages"})
+RL_FIELDS = frozenset({"data_source", "prompt", "ability", "reward_model", "extra_info"})
+RL_EXTRA_INFO = frozenset({"index", "split", "labels"})
+
+
+def _rl_extra_info(index: int, labels: Mapping[str, Any]) -> dict[str, Any]:
+    return {"index": index, "split": "train", "labels": json.dumps(dict(labels))}
+
+
 def _prompt_text(messages: list[dict[str, str]]) -> str:
     # DPO rows keep a plain prompt: the last user turn carries the question.
     return (
@@ -138,7 +170,7 @@ def convert_row(fmt: str, task: str, row: Mapping[str, Any], index: int) -> dict
             "prompt": _prompt_messages(row),
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": _answer(row)},
-            "extra_info": {"index": index, "split": "train"},
+            "extra_info": _rl_extra_info(index, labels_of(row, PROMPT_ANSWER_FIELDS)),
         }
     # fmt == "rl": already verl's layout; check what verl and the reward function read.
     reward = row.get("reward_model")
@@ -153,5 +185,14 @@ def convert_row(fmt: str, task: str, row: Mapping[str, Any], index: int) -> dict
             "style": str(reward.get("style") or "rule"),
             "ground_truth": _answer(reward, "ground_truth"),
         },
-        "extra_info": {"index": index, "split": "train"},
+        "extra_info": _rl_extra_info(index, _rl_labels(row)),
     }
+
+
+def _rl_labels(row: Mapping[str, Any]) -> dict[str, Any]:
+    extra = row.get("extra_info")
+    found = labels_of(extra, RL_EXTRA_INFO) if isinstance(extra, Mapping) else {}
+    for key, value in labels_of(row, RL_FIELDS).items():
+        if len(found) < MAX_LABELS:
+            found.setdefault(key, value)
+    return found

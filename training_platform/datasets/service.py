@@ -22,7 +22,7 @@ from training_platform.datasets import formats, reader
 
 MAX_REPORTED_ERRORS = 20
 # Bump when a conversion changes: prepared files of the old version are then rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: rl rows keep their labels (extra_info.labels)
 
 
 class UploadTooLarge(InvalidInput):

@@ -19,10 +19,12 @@ from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation import scoring, service
 from training_platform.evaluation.models import Evaluation
 from training_platform.evaluation.schemas import (
+    BreakdownPublic,
     ComparisonPublic,
     EvaluationCreate,
     EvaluationPublic,
     EvaluationsPublic,
+    LabelGroup,
     Rescore,
     SamplePublic,
     SamplesPublic,
@@ -155,6 +157,27 @@ def evaluation_samples(
             for s, scores in rows
         ],
         total=count,
+    )
+
+
+@router.get("/{evaluation_id}/breakdown")
+def evaluation_breakdown(
+    evaluation_id: IdPath,
+    session: SessionDep,
+    _: CurrentToken,
+    label: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    scorer: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+) -> BreakdownPublic:
+    """The score (mean, standard error, 95% interval) by the value of one dataset label; the
+    label keys the samples have, to choose from."""
+    spec, keys, groups = service.breakdown(
+        session=session, evaluation_id=evaluation_id, spec=scorer, label=label
+    )
+    return BreakdownPublic(
+        scorer=spec,
+        label=label,
+        labels=keys,
+        groups=[LabelGroup(value=value, **summary.to_dict()) for value, summary in groups],
     )
 
 

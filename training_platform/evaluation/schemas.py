@@ -31,8 +31,17 @@ class Generation(BaseModel):
     )
 
 
+class CheckpointRef(BaseModel):
+    """A checkpoint a job wrote, by the job and the step it was saved at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: int = Field(..., ge=1, le=DB_INT_MAX)
+    step: int = Field(..., ge=0, le=DB_INT_MAX)
+
+
 class EvaluationCreate(BaseModel):
-    """Evaluate a catalog model (or a job's final model) on a dataset with a scorer."""
+    """Evaluate a catalog model, a job's final model or one of its checkpoints on a dataset."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +49,9 @@ class EvaluationCreate(BaseModel):
     model: Ref | None = Field(None, description="A registered model, by name or id.")
     job: int | None = Field(
         None, ge=1, le=DB_INT_MAX, description="Or: the final model of this succeeded job."
+    )
+    checkpoint: CheckpointRef | None = Field(
+        None, description="Or: a checkpoint of a job (registered as job-N-step-S)."
     )
     dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
     scorer: str = ScorerSpec
@@ -49,8 +61,8 @@ class EvaluationCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> EvaluationCreate:
-        if (self.model is None) == (self.job is None):
-            raise ValueError("name exactly one of model and job")
+        if sum(x is not None for x in (self.model, self.job, self.checkpoint)) != 1:
+            raise ValueError("name exactly one of model, job and checkpoint")
         return self
 
 
@@ -100,6 +112,25 @@ class SamplePublic(BaseModel):
 class SamplesPublic(BaseModel):
     items: list[SamplePublic]
     total: int
+
+
+class LabelGroup(BaseModel):
+    value: str
+    n: int
+    mean: float | None
+    stderr: float | None
+    ci_low: float | None
+    ci_high: float | None
+    interval: str
+
+
+class BreakdownPublic(BaseModel):
+    """One scorer's result by the value of a dataset label (e.g. difficulty)."""
+
+    scorer: str
+    label: str | None
+    labels: list[str]  # the label keys the samples have
+    groups: list[LabelGroup]
 
 
 class PairedSample(BaseModel):

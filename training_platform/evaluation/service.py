@@ -44,22 +44,35 @@ MAX_PREDICTIONS_BYTES = 512 << 20
 # --- submit ----------------------------------------------------------------------------------
 
 
-def _final_model(session: Session, settings: Settings, job_id: int) -> ModelEntry:
-    """The catalog entry of a job's final model, registered now when it is not yet."""
-    model = session.exec(select(ModelEntry).where(col(ModelEntry.job_id) == job_id)).first()
-    if model is not None:
-        return model
+def _job_model(
+    session: Session, settings: Settings, job_id: int, step: int | None = None
+) -> ModelEntry:
+    """The catalog entry of a job's final model (or of its checkpoint at `step`), registered
+    now when it is not yet (as job-N-final, job-N-step-S)."""
     try:
-        path = jobs.final_model_path(session=session, settings=settings, job_id=job_id)
+        if step is None:
+            path = jobs.final_model_path(session=session, settings=settings, job_id=job_id)
+        else:
+            path = jobs.checkpoint_path(
+                session=session, settings=settings, job_id=job_id, step=step
+            )
     except DomainError as error:
-        raise InvalidInput(("body", "job"), error.message) from None
+        field = ("body", "job") if step is None else ("body", "checkpoint")
+        raise InvalidInput(field, error.message) from None
+    registered = session.exec(
+        select(ModelEntry).where(col(ModelEntry.job_id) == job_id, ModelEntry.path == path)
+    ).first()
+    if registered is not None:
+        return registered
     return catalog.register_model(
         session=session,
         settings=settings,
-        name=f"job-{job_id}-final",
+        name=f"job-{job_id}-final" if step is None else f"job-{job_id}-step-{step}",
         path=None,
         hub_id=None,
-        description=f"final model of job {job_id}",
+        description=f"final model of job {job_id}"
+        if step is None
+        else f"checkpoint of job {job_id} at step {step}",
         job_output=path,
         job_id=job_id,
     )
@@ -70,9 +83,12 @@ def create(
 ) -> tuple[Evaluation, Job]:
     """Store the evaluation and its queued generation job; nothing is written when it is refused."""
     scorer = scoring.parse(request.scorer)
-    model_ref = (
-        request.model if request.job is None else _final_model(session, settings, request.job).id
-    )
+    model_ref: int | str | None = request.model
+    if request.job is not None:
+        model_ref = _job_model(session, settings, request.job).id
+    elif request.checkpoint is not None:
+        ref = request.checkpoint
+        model_ref = _job_model(session, settings, ref.job, ref.step).id
     assert model_ref is not None
     generation = request.generation
     job_request = JobCreate(
@@ -147,12 +163,13 @@ def _parse_predictions(data: bytes) -> list[_Generation]:
         try:
             record = json.loads(line)
             idx = int(record.get("index", number - 1))
+            labels = record.get("labels")
             sample = _Generation(
                 idx=idx,
                 prompt=str(record["prompt"]),
                 reference=str(record["answer"]),
                 output=str(record["completion"]),
-                labels=record.get("labels") or {},
+                labels=labels if isinstance(labels, dict) else {},
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"predictions line {number} is unreadable: {error}") from error
@@ -313,6 +330,47 @@ def rescore(*, session: Session, evaluation_id: int, spec: str) -> Evaluation:
     session.add(evaluation)
     session.flush()
     return evaluation
+
+
+NO_LABEL = "(none)"
+
+
+def breakdown(
+    *, session: Session, evaluation_id: int, spec: str | None, label: str | None
+) -> tuple[str, list[str], list[tuple[str, stats.Summary]]]:
+    """The score by the value of one dataset label: (scorer, the label keys the samples have,
+    [(value, summary)] by value; empty without a label). Samples without it form "(none)"."""
+    evaluation = _succeeded(session, evaluation_id)
+    chosen = evaluation.scorer if spec is None else scoring.parse(spec).spec
+    if chosen not in evaluation.summary:
+        raise InvalidInput(
+            ("query", "scorer"),
+            f"evaluation {evaluation_id} has no {chosen!r} scores yet (rescore it first)",
+        )
+    rows = session.exec(
+        select(EvaluationSample.idx, EvaluationSample.labels).where(
+            col(EvaluationSample.evaluation_id) == evaluation_id
+        )
+    ).all()
+    keys = sorted({key for _, labels in rows for key in (labels or {})})
+    if label is None:
+        return chosen, keys, []
+    if label not in keys:
+        have = ", ".join(keys) if keys else "none"
+        raise InvalidInput(
+            ("query", "label"), f"no sample has the label {label!r} (labels: {have})"
+        )
+    scores = _scores(session, evaluation_id, chosen)
+    groups: dict[str, list[float]] = {}
+    for idx, labels in rows:
+        value = (labels or {}).get(label)
+        groups.setdefault(NO_LABEL if value is None else str(value), []).append(scores[idx])
+    binary = scoring.parse(chosen).binary
+    return (
+        chosen,
+        keys,
+        [(value, stats.summarize(got, binary=binary)) for value, got in sorted(groups.items())],
+    )
 
 
 def samples(

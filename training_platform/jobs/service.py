@@ -870,6 +870,37 @@ def final_model_path(*, session: Session, settings: Settings, job_id: int) -> st
     return str(directory.relative_to(settings.home))
 
 
+def checkpoint_path(*, session: Session, settings: Settings, job_id: int, step: int) -> str:
+    """A job's checkpoint at `step` (its latest attempt's), relative to TP_HOME."""
+    job = get_job(session=session, job_id=job_id)
+    found = session.exec(
+        select(Checkpoint)
+        .where(
+            Checkpoint.job_id == job_id,
+            Checkpoint.step == step,
+            col(Checkpoint.final).is_(False),
+        )
+        .order_by(col(Checkpoint.attempt).desc())
+    ).first()
+    if found is None:
+        steps = sorted({c.step for c in checkpoints(session=session, job_id=job_id) if not c.final})
+        have = ", ".join(map(str, steps)) if steps else "none"
+        raise InvalidInput(
+            ("body", "checkpoint", "step"),
+            f"job {job_id} has no checkpoint at step {step} (it has: {have})",
+        )
+    directory = attempt_dir(settings, job, found.attempt) / found.path
+    if (
+        not (directory / "config.json").is_file()
+        and not (directory / "adapter_config.json").is_file()
+    ):
+        raise InvalidInput(
+            ("body", "checkpoint"),
+            f"job {job_id}'s checkpoint at step {step} is not on this node or its files are gone",
+        )
+    return str(directory.relative_to(settings.home))
+
+
 def wait_estimates(*, session: Session, jobs: Sequence[Job]) -> dict[int, float]:
     """Rough waits for queued jobs: mean recent duration x jobs ahead / training slots.
 

@@ -535,7 +535,7 @@ def lineage(*, session: Session, job_id: int) -> dict[str, Any]:
     registered = {m.path.rsplit("/", 1)[-1]: m.name for m in produced}
     artifacts = []
     for checkpoint in jobs.checkpoints(session=session, job_id=job_id):
-        name = registered.get(checkpoint.path) if checkpoint.final else None
+        name = registered.get(checkpoint.path.rsplit("/", 1)[-1])
         artifacts.append(
             {
                 "kind": "model" if checkpoint.final else "checkpoint",

@@ -14,7 +14,8 @@ the number of batches, one `metrics` record per batch with the running
 {"accuracy", "correct", "total"} (so each key's last value is the result), then a `summary`
 record with the same keys plus eval_runtime. No checkpoint: the run saves no model. Files in
 `output_dir`: predictions.jsonl (one {"index", "seconds", "prompt", "answer", "completion",
-"correct"} per row: its row number and its share of its batch's generation time) and
+"correct", "labels"} per row: its row number, its share of its batch's generation time, and the
+dataset's labels of the row) and
 results.json ({"metric", "accuracy", "correct", "total", "model_path", "engine"}).
 
 Exit status: 0 when results.json is written, 1 when the run fails (traceback on stderr), 2 when
@@ -32,6 +33,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -148,8 +150,28 @@ def load_config(path: Path) -> EvalConfig:
 # --- data --------------------------------------------------------------------------------
 
 
-def load_rows(path: Path, max_samples: int | None) -> list[tuple[list[dict[str, str]], str]]:
-    """(prompt messages, ground truth) of the first `max_samples` rows; ConfigError if none."""
+@dataclass(frozen=True)
+class Row:
+    """One sample: the prompt as chat messages, its ground truth, and its dataset labels."""
+
+    messages: list[dict[str, str]]
+    answer: str
+    labels: dict[str, Any]
+
+
+def _labels(extra_info: Any) -> dict[str, Any]:
+    # Prepared rl rows carry their labels as a JSON object in a string (datasets/formats.py).
+    text = extra_info.get("labels") if isinstance(extra_info, dict) else None
+    try:
+        labels = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return labels if isinstance(labels, dict) else {}
+
+
+def load_rows(path: Path, max_samples: int | None) -> list[Row]:
+    """Prompt messages, ground truth and labels of the first `max_samples` rows; ConfigError
+    if none."""
     import pyarrow.parquet as pq
 
     try:
@@ -162,7 +184,8 @@ def load_rows(path: Path, max_samples: int | None) -> list[tuple[list[dict[str, 
             f"dataset_path: rl data needs column(s) {', '.join(missing)}; "
             f"the file has {', '.join(names)}"
         )
-    table = pq.read_table(path, columns=["prompt", "reward_model"])
+    columns = ["prompt", "reward_model", *(["extra_info"] if "extra_info" in names else [])]
+    table = pq.read_table(path, columns=columns)
     if max_samples is not None:
         table = table.slice(0, max_samples)
     rows = []
@@ -173,7 +196,7 @@ def load_rows(path: Path, max_samples: int | None) -> list[tuple[list[dict[str, 
         if not prompt or not isinstance(reward, dict) or reward.get("ground_truth") is None:
             raise ConfigError(f"dataset_path: row {number} has no prompt or no ground truth")
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-        rows.append((messages, str(reward["ground_truth"])))
+        rows.append(Row(messages, str(reward["ground_truth"]), _labels(row.get("extra_info"))))
     if not rows:
         raise ConfigError(f"dataset_path: {path} has no rows to evaluate")
     return rows
@@ -330,22 +353,21 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         for step, indices in enumerate(plan, start=1):
             batch = [rows[i] for i in indices]
             began = time.monotonic()
-            completions = generate([prompt_text(tokenizer, messages) for messages, _ in batch])
+            completions = generate([prompt_text(tokenizer, row.messages) for row in batch])
             # Batched: each sample's share of the batch's generation time.
             seconds = round((time.monotonic() - began) / len(batch), 6)
-            for index, (messages, answer), completion in zip(
-                indices, batch, completions, strict=True
-            ):
-                hit = score(completion, answer)
+            for index, row, completion in zip(indices, batch, completions, strict=True):
+                hit = score(completion, row.answer)
                 correct += hit
                 total += 1
                 record = {
                     "index": index,
                     "seconds": seconds,
-                    "prompt": messages[-1]["content"],
-                    "answer": answer,
+                    "prompt": row.messages[-1]["content"],
+                    "answer": row.answer,
                     "completion": completion,
                     "correct": hit,
+                    "labels": row.labels,
                 }
                 predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
             predictions.flush()

@@ -226,6 +226,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/evaluations/{evaluation_id}/breakdown": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Evaluation Breakdown
+         * @description The score (mean, standard error, 95% interval) by the value of one dataset label; the
+         *     label keys the samples have, to choose from.
+         */
+        get: operations["evaluation_breakdown_api_v1_evaluations__evaluation_id__breakdown_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations/{evaluation_id}/rescore": {
         parameters: {
             query?: never;
@@ -1338,6 +1359,20 @@ export interface components {
             environment_set: "gpu-verl" | "train-cpu";
         };
         /**
+         * BreakdownPublic
+         * @description One scorer's result by the value of a dataset label (e.g. difficulty).
+         */
+        BreakdownPublic: {
+            /** Groups */
+            groups: components["schemas"]["LabelGroup"][];
+            /** Label */
+            label: string | null;
+            /** Labels */
+            labels: string[];
+            /** Scorer */
+            scorer: string;
+        };
+        /**
          * CheckpointPublic
          * @description A checkpoint or final model of a job, with the metrics reported at its step.
          */
@@ -1361,6 +1396,16 @@ export interface components {
             path: string;
             /** Size Bytes */
             size_bytes: number | null;
+            /** Step */
+            step: number;
+        };
+        /**
+         * CheckpointRef
+         * @description A checkpoint a job wrote, by the job and the step it was saved at.
+         */
+        CheckpointRef: {
+            /** Job */
+            job: number;
             /** Step */
             step: number;
         };
@@ -1433,9 +1478,11 @@ export interface components {
         };
         /**
          * EvaluationCreate
-         * @description Evaluate a catalog model (or a job's final model) on a dataset with a scorer.
+         * @description Evaluate a catalog model, a job's final model or one of its checkpoints on a dataset.
          */
         EvaluationCreate: {
+            /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
+            checkpoint?: components["schemas"]["CheckpointRef"] | null;
             /**
              * Dataset
              * @description A prompt/answer dataset, by name or id.
@@ -1973,6 +2020,23 @@ export interface components {
             name: string;
             /** Value */
             value: number | null;
+        };
+        /** LabelGroup */
+        LabelGroup: {
+            /** Ci High */
+            ci_high: number | null;
+            /** Ci Low */
+            ci_low: number | null;
+            /** Interval */
+            interval: string;
+            /** Mean */
+            mean: number | null;
+            /** N */
+            n: number;
+            /** Stderr */
+            stderr: number | null;
+            /** Value */
+            value: string;
         };
         /**
          * LineagePublic
@@ -3067,6 +3131,40 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    evaluation_breakdown_api_v1_evaluations__evaluation_id__breakdown_get: {
+        parameters: {
+            query?: {
+                label?: string | null;
+                scorer?: string | null;
+            };
+            header?: never;
+            path: {
+                evaluation_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BreakdownPublic"];
+                };
             };
             /** @description Validation Error */
             422: {

@@ -22,6 +22,37 @@ export type HostCreate = S["HostCreate"];
 export type Model = S["ModelPublic"];
 export type Dataset = S["DatasetPublic"];
 export type AlertRule = S["AlertRule"];
+export type Evaluation = S["EvaluationPublic"];
+export type EvaluationsPage = S["EvaluationsPublic"];
+export type EvaluationSamples = S["SamplesPublic"];
+export type EvaluationBreakdown = S["BreakdownPublic"];
+export type Comparison = S["ComparisonPublic"];
+
+/** One scorer's result (evaluation/stats.py Summary): the API types it as a free object. */
+export interface ScoreSummary {
+  n: number;
+  mean: number | null;
+  stderr: number | null;
+  ci_low: number | null;
+  ci_high: number | null;
+  interval: string;
+}
+
+/** B against A on the same samples (evaluation/stats.py Paired). */
+export interface PairedStats {
+  n: number;
+  mean_a: number | null;
+  mean_b: number | null;
+  delta: number | null;
+  improved: number;
+  regressed: number;
+  unchanged: number;
+  test: string;
+  p_value: number | null;
+  ci_low: number | null;
+  ci_high: number | null;
+  significant: boolean;
+}
 
 export interface Alert {
   id: number;

@@ -1,0 +1,1 @@
+import{o as e}from"./format-CJEsKGrI.js";function t(t){if(!t||t.mean===null)return`no samples`;let n=t.stderr===null?``:` ± ${e(t.stderr,3)}`,r=t.ci_low!==null&&t.ci_high!==null?`  95% [${e(t.ci_low,3)}, ${e(t.ci_high,3)}] (${t.interval})`:``;return`${e(t.mean,4)}${n}${r}  n=${t.n}`}function n(e,t){let n=e[t];return n&&typeof n==`object`?n:null}export{n,t};
