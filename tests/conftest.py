@@ -123,7 +123,6 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_pipelines.py",
         "tests/e2e/test_durability.py",
         "tests/trainers/test_trl_train.py",
-        "tests/trainers/test_verl_cpu_sft.py",
     ),
     "chain-c": (
         "tests/e2e/test_scheduling.py",
@@ -133,6 +132,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/trainers/test_evaluate.py",
         "tests/trainers/test_verl_run.py",
         "tests/trainers/test_verl_ext.py",
+        "tests/trainers/test_verl_cpu_sft.py",
     ),
 }
 _CHAIN_OF = {
