@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlmodel import Session
 
+from training_platform.core.errors import InvalidInput
 from training_platform.jobs.supervisor import reconcile_job
 from training_platform.monitoring import webhooks
 
@@ -39,6 +40,12 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    """The receivers listen on loopback: an administrator's opt-in (TP_ALLOW_PRIVATE_URLS)."""
+    return settings.model_copy(update={"allow_private_urls": True})
 
 
 @pytest.fixture
@@ -98,3 +105,47 @@ def test_events_and_alerts_are_sent_once_as_json_and_slack_and_failures_retried(
 def test_a_webhook_needs_an_http_url(api) -> None:  # type: ignore[no-untyped-def]
     refused = api.post("/api/v1/webhooks", json={"name": "x", "url": "file:///etc/passwd"})
     assert refused.status_code == 422 and "http" in refused.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8000/hook",
+        "https://100.64.0.1/hook",
+    ],
+)
+def test_internal_addresses_are_refused_unless_allowed(url: str) -> None:
+    from training_platform.core.netguard import internal_reason
+
+    reason = internal_reason(url)
+    assert reason is not None and "internal address" in reason
+    assert "hook" not in reason and "meta-data" not in reason  # never the path
+    assert internal_reason("https://93.184.216.34/hook") is None  # a public address
+
+
+def test_by_default_a_webhook_to_an_internal_address_is_refused_and_nothing_is_sent(
+    api, engine, settings, receivers
+) -> None:  # type: ignore[no-untyped-def]
+    plain = receivers[0]
+    strict = settings.model_copy(update={"allow_private_urls": False})
+    with Session(engine) as session:
+        with pytest.raises(InvalidInput) as refused:
+            webhooks.create(
+                session=session, settings=strict, name="in", url=plain.url, format="json",
+                events=["job.failed"],
+            )  # fmt: skip
+        assert refused.value.loc == ("body", "url")
+        assert "internal address" in refused.value.message
+        assert "s3cr3t" not in refused.value.message
+        session.rollback()
+        assert webhooks.list_webhooks(session=session) == []
+    # Stored while allowed, then disallowed: the test delivery is refused, nothing arrives.
+    assert api.post("/api/v1/webhooks", json={"name": "in", "url": plain.url}).status_code == 201
+    with Session(engine) as session:
+        result = webhooks.send_test(session=session, settings=strict, name="in")
+    assert result["delivered"] is False and "internal address" in result["error"]
+    assert plain.bodies == []

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     )
     broker_visibility_timeout_s: Annotated[int, Field(ge=60)] = 86400
 
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Webhooks may target loopback, private and link-local addresses "
+        "(off: such URLs are refused, and nothing is sent to them).",
+    )
     flower: bool = Field(
         default=True,
         description="Start Flower with `tp up`; when false, workers send no task events either.",

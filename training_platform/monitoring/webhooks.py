@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from training_platform.core.db import insert_for
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
+from training_platform.core.netguard import internal_reason
 from training_platform.core.secrets import SecretBox
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -41,18 +42,29 @@ TIMEOUT_S = 5.0
 BATCH = 500
 
 
-def _check_url(url: str) -> str:
+def _check_url(url: str, settings: Settings) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(("body", "url"), "must be an http:// or https:// URL with a host")
+    refused = _refused(url, settings)
+    if refused:
+        raise InvalidInput(("body", "url"), refused)
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def _refused(url: str, settings: Settings) -> str | None:
+    """Why nothing may be sent to this URL (an internal address), or None."""
+    if settings.allow_private_urls:
+        return None
+    reason = internal_reason(url)
+    return f"{reason}: refused (TP_ALLOW_PRIVATE_URLS=true allows it)" if reason else None
 
 
 def create(
     *, session: Session, settings: Settings, name: str, url: str, format: str, events: list[str]
 ) -> Webhook:
     """Store a webhook (its URL encrypted); commits."""
-    hint = _check_url(url)
+    hint = _check_url(url, settings)
     if session.exec(select(Webhook).where(Webhook.name == name)).first():
         raise Conflict(f"a webhook named {name!r} exists already")
     cursor = session.get(NotificationCursor, 1)
@@ -255,12 +267,17 @@ def send(
                 continue
             body = slack_body(delivery.payload) if hook.format == "slack" else delivery.payload
             delivery.attempts += 1
-            try:
-                answer = http.post(box.decrypt(hook.url), json=body)
-                ok, problem = answer.is_success, f"HTTP {answer.status_code}"
-            except httpx.HTTPError as error:
-                # The URL (a secret) must not reach the logs: name only the kind of failure.
-                ok, problem = False, type(error).__name__
+            url = box.decrypt(hook.url)
+            refused = _refused(url, settings)
+            if refused:
+                ok, problem = False, refused
+            else:
+                try:
+                    answer = http.post(url, json=body)
+                    ok, problem = answer.is_success, f"HTTP {answer.status_code}"
+                except httpx.HTTPError as error:
+                    # The URL (a secret) must not reach the logs: name only the kind of failure.
+                    ok, problem = False, type(error).__name__
             if ok:
                 delivery.status, delivery.sent_at, delivery.last_error = "sent", utcnow(), None
                 report["sent"] += 1
@@ -290,10 +307,12 @@ def send_test(*, session: Session, settings: Settings, name: str) -> dict[str, A
     hook = get(session=session, name=name)
     body = payload("test", None, "a test notification from training_platform", None)
     body = slack_body({**body, "event": "test.sent"}) if hook.format == "slack" else body
+    url = SecretBox.for_settings(settings).decrypt(hook.url)
+    refused = _refused(url, settings)
+    if refused:
+        return {"delivered": False, "error": refused}
     try:
-        answer = httpx.post(
-            SecretBox.for_settings(settings).decrypt(hook.url), json=body, timeout=TIMEOUT_S
-        )
+        answer = httpx.post(url, json=body, timeout=TIMEOUT_S)
         return {"delivered": answer.is_success, "status_code": answer.status_code}
     except httpx.HTTPError as error:
         return {"delivered": False, "error": type(error).__name__}
