@@ -341,7 +341,8 @@ def breakdown(
     """The score by the value of one dataset label: (scorer, the label keys the samples have,
     [(value, summary)] by value; empty without a label). Samples without it form "(none)"."""
     evaluation = _succeeded(session, evaluation_id)
-    chosen = evaluation.scorer if spec is None else scoring.parse(spec).spec
+    scorer = scoring.parse(evaluation.scorer if spec is None else spec)
+    chosen = scorer.spec
     if chosen not in evaluation.summary:
         raise InvalidInput(
             ("query", "scorer"),
@@ -365,11 +366,13 @@ def breakdown(
     for idx, labels in rows:
         value = (labels or {}).get(label)
         groups.setdefault(NO_LABEL if value is None else str(value), []).append(scores[idx])
-    binary = scoring.parse(chosen).binary
     return (
         chosen,
         keys,
-        [(value, stats.summarize(got, binary=binary)) for value, got in sorted(groups.items())],
+        [
+            (value, stats.summarize(got, binary=scorer.binary))
+            for value, got in sorted(groups.items())
+        ],
     )
 
 

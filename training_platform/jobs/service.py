@@ -853,6 +853,11 @@ def last_metric_values(*, session: Session, job_id: int) -> dict[str, float | No
     return {key: value for key, value in rows}
 
 
+def _holds_model(directory: Path) -> bool:
+    """A saved model (config.json) or a PEFT adapter (adapter_config.json) is there."""
+    return (directory / "config.json").is_file() or (directory / "adapter_config.json").is_file()
+
+
 def final_model_path(*, session: Session, settings: Settings, job_id: int) -> str:
     """The final model of a succeeded job, relative to TP_HOME (for registering it)."""
     job = get_job(session=session, job_id=job_id)
@@ -862,10 +867,7 @@ def final_model_path(*, session: Session, settings: Settings, job_id: int) -> st
             ("body", "job_id"), f"job {job_id} has no final model (it is {job.status})"
         )
     directory = run_dir_for(settings, job) / model
-    if (
-        not (directory / "config.json").is_file()
-        and not (directory / "adapter_config.json").is_file()
-    ):
+    if not _holds_model(directory):
         raise InvalidInput(("body", "job_id"), f"job {job_id}'s model files are gone")
     return str(directory.relative_to(settings.home))
 
@@ -890,10 +892,7 @@ def checkpoint_path(*, session: Session, settings: Settings, job_id: int, step: 
             f"job {job_id} has no checkpoint at step {step} (it has: {have})",
         )
     directory = attempt_dir(settings, job, found.attempt) / found.path
-    if (
-        not (directory / "config.json").is_file()
-        and not (directory / "adapter_config.json").is_file()
-    ):
+    if not _holds_model(directory):
         raise InvalidInput(
             ("body", "checkpoint"),
             f"job {job_id}'s checkpoint at step {step} is not on this node or its files are gone",

@@ -258,6 +258,7 @@ def send(
     if not due:
         return report
     box = SecretBox.for_settings(settings)
+    refusals: dict[int | None, str | None] = {}
     own = client is None
     http = client or httpx.Client(timeout=TIMEOUT_S, follow_redirects=False)
     try:
@@ -268,7 +269,9 @@ def send(
             body = slack_body(delivery.payload) if hook.format == "slack" else delivery.payload
             delivery.attempts += 1
             url = box.decrypt(hook.url)
-            refused = _refused(url, settings)
+            if hook.id not in refusals:  # resolved once per webhook and pass
+                refusals[hook.id] = _refused(url, settings)
+            refused = refusals[hook.id]
             if refused:
                 ok, problem = False, refused
             else:

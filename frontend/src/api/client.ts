@@ -1,5 +1,6 @@
 import createClient, { type Middleware } from "openapi-fetch";
 import type { paths } from "./schema";
+import type { ValidationIssue } from "./types";
 import { TOKEN_KEY } from "@/stores/auth";
 
 // One typed client for the whole API; its types are generated from the OpenAPI document
@@ -55,6 +56,25 @@ export function describeError(error: unknown, status?: number): string {
       .join("; ");
   }
   return JSON.stringify(error);
+}
+
+/** A 422 answer's entries, or none for any other answer. */
+export function validationIssues(error: unknown, status: number): ValidationIssue[] | null {
+  const detail = (error as { detail?: unknown } | undefined)?.detail;
+  return status === 422 && Array.isArray(detail) ? (detail as ValidationIssue[]) : null;
+}
+
+/** Per-field messages of a 422 (the first loc after "body"), and the rest as one sentence. */
+export function fieldMessages(found: ValidationIssue[]): { fields: Record<string, string>; general: string | null } {
+  const fields: Record<string, string> = {};
+  const general: string[] = [];
+  for (const item of found) {
+    const loc = (item.loc ?? []).filter((p) => p !== "body");
+    const key = loc.length ? String(loc[0]) : "";
+    if (key) fields[key] = fields[key] ? `${fields[key]}; ${item.msg}` : item.msg;
+    else general.push(item.msg);
+  }
+  return { fields, general: general.length ? general.join("; ") : null };
 }
 
 export class ApiError extends Error {
