@@ -113,6 +113,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_algorithms.py",
         "tests/e2e/test_resume.py",
         "tests/e2e/test_evaluation.py",
+        "tests/e2e/test_serving.py",
         "tests/cli/test_cli.py",
         "tests/e2e/test_make.py",
         "tests/e2e/test_postgres_platform.py",
@@ -585,8 +586,14 @@ def platform(tiny_model_dir: Path) -> Iterator[Platform]:
     tmp = Path(tempfile.mkdtemp(prefix="platform-", dir=SESSION_DIR))
     # Two simulated GPUs, so that GPU jobs (verl plans) can be submitted; CPU jobs use the CPU
     # training slot as before.
+    # Private URLs allowed: the serving test registers the platform's own API as an endpoint.
     started = start_platform(
-        tmp, tiny_model_dir, redis_db=15, TP_SIMULATED_GPUS="2", TP_FLOWER="true"
+        tmp,
+        tiny_model_dir,
+        redis_db=15,
+        TP_SIMULATED_GPUS="2",
+        TP_FLOWER="true",
+        TP_ALLOW_PRIVATE_URLS="true",
     )
     yield started
     started.tp("down", "--jobs")

@@ -22,6 +22,7 @@ from training_platform.pipelines.models import (
     PipelineStageRun,
 )
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
+from training_platform.serving.models import Endpoint
 
 metadata = SQLModel.metadata
 
@@ -31,6 +32,7 @@ __all__ = [
     "Checkpoint",
     "DatasetEntry",
     "DeviceLease",
+    "Endpoint",
     "Evaluation",
     "EvaluationSample",
     "EvaluationScore",

@@ -103,11 +103,19 @@ def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(  # type: ignore
 def test_missing_fields_and_bad_json_are_422(api) -> None:  # type: ignore[no-untyped-def]
     response = api.post("/api/v1/jobs", json={"name": "x"})
     assert response.status_code == 422
-    assert {tuple(d["loc"]) for d in response.json()["detail"]} >= {
-        ("body", "algorithm"),
-        ("body", "model"),
-        ("body", "dataset"),
-    }
+    assert {tuple(d["loc"]) for d in response.json()["detail"]} == {("body", "algorithm")}
+    # What the pair needs: a model, and a dataset of its data task (serve takes none).
+    for body, loc, message in (
+        ({"dataset": "tiny-sft"}, ("body", "model"), "trl/sft needs a model"),
+        ({"model": "tiny-qwen2"}, ("body", "dataset"), "trl/sft needs a dataset of sft data"),
+    ):
+        refused = api.post("/api/v1/jobs", json={"name": "x", "algorithm": "sft", **body})
+        assert refused.status_code == 422, refused.text
+        assert tuple(refused.json()["detail"][0]["loc"]) == loc
+        assert message in refused.json()["detail"][0]["msg"]
+    serve = {"name": "x", "backend": "builtin", "algorithm": "serve", "model": "tiny-qwen2"}
+    refused = api.post("/api/v1/jobs", json={**serve, "dataset": "tiny-sft"})
+    assert refused.status_code == 422 and "takes no dataset" in refused.text
     assert (
         api.post(
             "/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
@@ -222,7 +230,9 @@ def test_catalog_and_backends_are_listed(api) -> None:  # type: ignore[no-untype
     pairs = {(b["backend"], b["algorithm"]): b for b in backends}
     assert set(pairs) == {("trl", a) for a in ("sft", "dpo", "grpo", "gspo", "ppo")} | {
         ("verl", a) for a in ("sft", "ppo", "grpo", "gspo")
-    } | {("builtin", "evaluate")}
+    } | {("builtin", "evaluate"), ("builtin", "serve")}
+    assert pairs[("builtin", "serve")]["data_task"] is None
+    assert pairs[("builtin", "serve")]["dataset_formats"] == []
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "verl"} == {"gpu"}
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "trl"} == {"any"}
     assert pairs[("trl", "dpo")]["data_task"] == "preference"

@@ -56,6 +56,9 @@ CHANGED: dict[str, Any] = {
     "max_samples": 20,
     "batch_size": 4,
     "engine": "transformers",
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "seed": 3,
 }
 
 
@@ -94,9 +97,13 @@ def test_the_parameters_their_defaults_and_descriptions() -> None:
         "max_samples": None,
         "batch_size": 16,
         "engine": "auto",
+        "endpoint": None,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
     }
-    assert set(CHANGED) == set(defaults)
-    assert [name for name in defaults if CHANGED[name] == defaults[name]] == []
+    assert set(CHANGED) == set(defaults) - {"endpoint"}
+    assert [name for name in CHANGED if CHANGED[name] == defaults[name]] == []
     fields = EvaluateParameters.model_fields
     assert [name for name, field in fields.items() if not field.description] == []
     assert EvaluateParameters.model_json_schema()["additionalProperties"] is False
@@ -187,7 +194,8 @@ def test_a_dataset_of_another_data_task_is_refused() -> None:
         ({"batch_size": 0}, "batch_size", "greater than or equal to 1"),
         ({"batch_size": 2048}, "batch_size", "less than or equal to 1024"),
         ({"engine": "sglang"}, "engine", "Input should be"),
-        ({"temperature": 0.7}, "temperature", "Extra inputs"),
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"beam_width": 4}, "beam_width", "Extra inputs"),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_field(
@@ -198,3 +206,21 @@ def test_bad_parameters_are_refused_naming_the_field(
     assert caught.value.loc == ("body", "hyperparameters", field)
     assert caught.value.status_code == 422
     assert message in caught.value.message
+
+
+def test_an_endpoint_is_planned_with_its_key_apart_from_the_config() -> None:
+    parameters = validate_parameters(backend(), {"endpoint": "remote"})
+    assert parameters.engine == "api"  # type: ignore[attr-defined]
+    view = {"name": "remote", "base_url": "https://example.com/v1", "model": "m"}
+    context = dataclasses.replace(
+        CONTEXT, model_path="", endpoint=view, endpoint_key="sk-secret-123"
+    )
+    plan = backend().plan(parameters, context)
+    config = json.loads(plan.files[CONFIG_FILE])
+    assert config["endpoint"] == view and config["api_key_file"] == "endpoint.key"
+    assert config["engine"] == "api" and "endpoint.key" not in plan.files
+    assert plan.secrets == {"endpoint.key": "sk-secret-123"}
+    assert "sk-secret-123" not in json.dumps(plan.to_dict()) + repr(plan) + repr(context)
+    for values in ({"engine": "api"}, {"endpoint": "remote", "engine": "transformers"}):
+        with pytest.raises(InvalidInput):
+            validate_parameters(backend(), values)

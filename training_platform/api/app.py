@@ -44,6 +44,8 @@ from training_platform.monitoring.routes import router as live_router
 from training_platform.pipelines.routes import lineage_router
 from training_platform.pipelines.routes import router as pipelines_router
 from training_platform.scheduling.routes import router as gpus_router
+from training_platform.serving.routes import endpoints_router
+from training_platform.serving.routes import router as serving_router
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -157,6 +159,8 @@ def create_app(
     api.include_router(catalog_router)
     api.include_router(datasets_router)
     api.include_router(evaluations_router)
+    api.include_router(serving_router)
+    api.include_router(endpoints_router)
     api.include_router(gpus_router)
     api.include_router(backends_router)
     api.include_router(hosts_router)

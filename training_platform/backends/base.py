@@ -40,6 +40,10 @@ class LaunchContext:
     reward_path: str | None = None  # file holding the reward function (RL algorithms)
     reward_function: str | None = None  # its name in that file
     platform_dir: str = ""  # the installed training_platform package on that host
+    # An endpoint the run calls (evaluation of an endpoint): its address and limits, and its
+    # API key apart, for the plan's secrets only.
+    endpoint: Mapping[str, Any] | None = None
+    endpoint_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,12 @@ class LaunchPlan:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)  # run-dir-relative path -> content
+    # Files written with mode 0600 and never stored: not in to_dict, plan.json or the job's
+    # plan (an endpoint's API key). The program reads and removes them.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form, as stored on the job and written to plan.json."""
+        """JSON form, as stored on the job and written to plan.json: without the secrets."""
         return {
             "backend": self.backend,
             "algorithm": self.algorithm,
@@ -62,15 +69,20 @@ class LaunchPlan:
             "files": dict(self.files),
         }
 
+    def to_payload(self) -> dict[str, Any]:
+        """to_dict with the secrets, for a runner that hands the plan to another process."""
+        return {**self.to_dict(), "secrets": dict(self.secrets)}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LaunchPlan:
-        """Inverse of to_dict."""
+        """Inverse of to_dict (and of to_payload)."""
         return cls(
             backend=str(data["backend"]),
             algorithm=str(data["algorithm"]),
             argv=tuple(str(a) for a in data["argv"]),
             env={str(k): str(v) for k, v in dict(data.get("env", {})).items()},
             files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
+            secrets={str(k): str(v) for k, v in dict(data.get("secrets", {})).items()},
         )
 
 
@@ -81,7 +93,8 @@ class Backend(Protocol):
     algorithm: ClassVar[str]
     description: ClassVar[str]
     requires_gpu: ClassVar[bool]
-    data_task: ClassVar[str]  # one of DATA_TASKS: what the prepared dataset must hold
+    # One of DATA_TASKS: what the prepared dataset must hold; None: the pair takes no dataset.
+    data_task: ClassVar[str | None]
     parameters: ClassVar[type[BaseModel]]
     # Whether the trainer saves a checkpoint and exits when STOP_FILE appears in its run
     # directory (pause, time limit); otherwise it can only be killed or suspended.

@@ -22,7 +22,7 @@ class BackendPublic(BaseModel):
     description: str
     hosts: Literal["gpu", "any"]
     requires_gpu: bool
-    data_task: str
+    data_task: str | None  # None: the pair takes no dataset (serve)
     dataset_formats: list[str]
     parameters: dict[str, Any]
 
@@ -38,7 +38,7 @@ def list_backends(_: CurrentToken) -> list[BackendPublic]:
             hosts="gpu" if b.requires_gpu else "any",
             requires_gpu=b.requires_gpu,
             data_task=b.data_task,
-            dataset_formats=formats_for_task(b.data_task),
+            dataset_formats=formats_for_task(b.data_task) if b.data_task else [],
             parameters=b.parameters.model_json_schema(),
         )
         for b in all_backends()

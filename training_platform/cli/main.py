@@ -1192,7 +1192,7 @@ def backends(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             item["backend"],
             item["algorithm"],
             item["hosts"],
-            item["data_task"],
+            item["data_task"] or "-",
             ", ".join(item["parameters"].get("properties", {})),
         )
     console.print(table)

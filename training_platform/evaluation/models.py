@@ -26,8 +26,9 @@ class Evaluation(SQLModel, table=True):
     name: str = Field(max_length=200)
     # What was evaluated: a catalog model (a job's final model is registered as one). Lineage,
     # not foreign keys, as for a model's producer job: the catalog stays independent.
-    model_id: int = Field(index=True)
-    model_name: str = Field(max_length=200)
+    model_id: int | None = Field(default=None, index=True)  # None for an endpoint
+    model_name: str = Field(max_length=200)  # or the endpoint's name
+    endpoint: str | None = Field(default=None, max_length=200)
     dataset_id: int = Field(index=True)
     dataset_name: str = Field(max_length=200)
     # The job that generates; its log, progress and cancel are the evaluation's.

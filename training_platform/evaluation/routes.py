@@ -42,6 +42,7 @@ def to_public(evaluation: Evaluation) -> EvaluationPublic:
         name=evaluation.name,
         model=evaluation.model_name,
         model_id=evaluation.model_id,
+        endpoint=evaluation.endpoint,
         dataset=evaluation.dataset_name,
         dataset_id=evaluation.dataset_id,
         job_id=evaluation.job_id,

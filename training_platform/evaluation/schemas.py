@@ -26,9 +26,14 @@ class Generation(BaseModel):
     max_new_tokens: int = Field(32, ge=1, le=4096)
     max_samples: int | None = Field(None, ge=1, le=1_000_000, description="First N rows only.")
     batch_size: int = Field(16, ge=1, le=1024)
-    engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="auto: vLLM on GPUs where installed, transformers otherwise."
+    engine: Literal["auto", "transformers", "vllm", "api"] = Field(
+        "auto",
+        description="auto: vLLM on GPUs where installed, transformers otherwise; "
+        "api (the only one) for an endpoint.",
     )
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")
 
 
 class CheckpointRef(BaseModel):
@@ -53,6 +58,9 @@ class EvaluationCreate(BaseModel):
     checkpoint: CheckpointRef | None = Field(
         None, description="Or: a checkpoint of a job (registered as job-N-step-S)."
     )
+    endpoint: str | None = Field(
+        None, min_length=1, max_length=200, description="Or: an endpoint, by name (api engine)."
+    )
     dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
     scorer: str = ScorerSpec
     generation: Generation = Field(default_factory=Generation)
@@ -61,8 +69,9 @@ class EvaluationCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> EvaluationCreate:
-        if sum(x is not None for x in (self.model, self.job, self.checkpoint)) != 1:
-            raise ValueError("name exactly one of model, job and checkpoint")
+        targets = (self.model, self.job, self.checkpoint, self.endpoint)
+        if sum(x is not None for x in targets) != 1:
+            raise ValueError("name exactly one of model, job, checkpoint and endpoint")
         return self
 
 
@@ -77,8 +86,9 @@ class Rescore(BaseModel):
 class EvaluationPublic(BaseModel):
     id: int
     name: str
-    model: str
-    model_id: int
+    model: str  # the model's catalog name, or the endpoint's name
+    model_id: int | None  # None for an endpoint
+    endpoint: str | None
     dataset: str
     dataset_id: int
     job_id: int | None

@@ -44,7 +44,7 @@ MAX_PREDICTIONS_BYTES = 512 << 20
 # --- submit ----------------------------------------------------------------------------------
 
 
-def _job_model(
+def job_model(
     session: Session, settings: Settings, job_id: int, step: int | None = None
 ) -> ModelEntry:
     """The catalog entry of a job's final model (or of its checkpoint at `step`), registered
@@ -85,12 +85,21 @@ def create(
     scorer = scoring.parse(request.scorer)
     model_ref: int | str | None = request.model
     if request.job is not None:
-        model_ref = _job_model(session, settings, request.job).id
+        model_ref = job_model(session, settings, request.job).id
     elif request.checkpoint is not None:
         ref = request.checkpoint
-        model_ref = _job_model(session, settings, ref.job, ref.step).id
-    assert model_ref is not None
+        model_ref = job_model(session, settings, ref.job, ref.step).id
     generation = request.generation
+    if request.endpoint is not None:
+        from training_platform.serving.service import get_endpoint
+
+        get_endpoint(session=session, ref=request.endpoint)  # 404 before anything is written
+        if generation.engine not in ("auto", "api"):
+            raise InvalidInput(
+                ("body", "generation", "engine"), "an endpoint is evaluated by the api engine"
+            )
+    elif generation.engine == "api":
+        raise InvalidInput(("body", "generation", "engine"), "the api engine needs an endpoint")
     job_request = JobCreate(
         name=f"eval {request.name}"[:200],
         backend="builtin",
@@ -103,20 +112,26 @@ def create(
             "max_new_tokens": generation.max_new_tokens,
             "max_samples": generation.max_samples,
             "batch_size": generation.batch_size,
-            "engine": generation.engine,
+            "engine": "api" if request.endpoint is not None else generation.engine,
+            "endpoint": request.endpoint,
+            "temperature": generation.temperature,
+            "top_p": generation.top_p,
+            "seed": generation.seed,
         },
         resources=request.resources,
         priority=request.priority,
     )
     job, _ = jobs.submit(session=session, request=job_request, actor=actor)
-    model = session.get(ModelEntry, job.model_id)
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
     dataset = session.get(DatasetEntry, job.dataset_id)
-    assert model is not None and dataset is not None and job.id is not None
+    assert dataset is not None and dataset.id is not None and job.id is not None
+    assert model is not None or request.endpoint is not None
     evaluation = Evaluation(
         name=request.name,
         model_id=job.model_id,
-        model_name=model.name,
-        dataset_id=job.dataset_id,
+        model_name=model.name if model is not None else str(request.endpoint),
+        endpoint=request.endpoint,
+        dataset_id=dataset.id,
         dataset_name=dataset.name,
         job_id=job.id,
         engine=generation.engine,

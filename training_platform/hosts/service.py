@@ -45,6 +45,7 @@ from training_platform.runners.ssh import (
 )
 from training_platform.scheduling import service as scheduling
 from training_platform.scheduling.inventory import DeviceReading, HostReading
+from training_platform.serving.service import reencrypt_keys as reencrypt_endpoint_keys
 
 log = logging.getLogger(__name__)
 DEFAULT_WORK_DIR = "training_platform"
@@ -477,7 +478,8 @@ def remove(*, session: Session, host: RemoteHost) -> None:
 
 
 def rotate_secrets(*, session: Session, settings: Settings) -> int:
-    """Re-encrypt every stored secret under a new key (see core/secrets.rotate_keys)."""
+    """Re-encrypt every stored secret (hosts' credentials and Ray tokens, endpoints' API keys)
+    under a new key (see core/secrets.rotate_keys)."""
 
     def reencrypt(box: SecretBox) -> int:
         count = 0
@@ -488,6 +490,7 @@ def rotate_secrets(*, session: Session, settings: Settings) -> int:
                 host.ray_token = box.rotate(host.ray_token)
                 count += 1
             session.add(host)
+        count += reencrypt_endpoint_keys(session, box)
         session.commit()
         return count
 

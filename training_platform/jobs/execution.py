@@ -174,9 +174,11 @@ def _plan(
     run_dir: str,
     stage: Callable[[LaunchContext], LaunchContext] | None,
 ) -> LaunchPlan:
-    model = session.get(ModelEntry, job.model_id)
-    dataset = session.get(DatasetEntry, job.dataset_id)
-    if model is None or dataset is None:
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
+    dataset = session.get(DatasetEntry, job.dataset_id) if job.dataset_id is not None else None
+    if (model is None and job.model_id is not None) or (
+        dataset is None and job.dataset_id is not None
+    ):
         raise RuntimeError("the job's model or dataset was removed from the catalog")
     python = getattr(runner, "python", "python3")
     return service.plan_for_job(

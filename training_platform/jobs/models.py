@@ -28,8 +28,10 @@ class Job(SQLModel, table=True):
     name: str = Field(max_length=200)
     backend: str = Field(max_length=32)
     algorithm: str = Field(max_length=32)
-    model_id: int = Field(foreign_key="models.id", index=True)
-    dataset_id: int = Field(foreign_key="datasets.id", index=True)
+    # None for an evaluation of an endpoint (the model is behind it, not in the catalog).
+    model_id: int | None = Field(default=None, foreign_key="models.id", index=True)
+    # None for an algorithm that takes no data (serve).
+    dataset_id: int | None = Field(default=None, foreign_key="datasets.id", index=True)
     spec: dict[str, Any] = Field(sa_type=JSONType)
     priority: int = Field(index=True)
     queue: str = Field(max_length=32)

@@ -7,6 +7,7 @@ prepared, and the move to queued is a compare-and-set.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -31,11 +32,13 @@ def prepare_job(
         job = session.get(Job, job_id)
         if job is None or job.attempt != attempt or job.status != JobStatus.PENDING.value:
             return None
+        task = get_backend(job.backend, job.algorithm).data_task
+        if task is None:
+            return _queue(session, job, actor, "nothing to prepare: it takes no dataset", {})
         dataset = session.get(DatasetEntry, job.dataset_id)
         try:
             if dataset is None:
                 raise DomainError("the job's dataset was deleted")
-            task = get_backend(job.backend, job.algorithm).data_task
             prepared = datasets.prepare(settings, dataset, task)
         except (DomainError, OSError, ValueError) as error:
             message = getattr(error, "message", str(error))
@@ -53,21 +56,31 @@ def prepare_job(
             except StaleJob:
                 pass
             return None
-        inputs = dict(job.inputs or {})
-        inputs["dataset"] = prepared.as_input(settings.home, dataset)
-        now = utcnow()
-        try:
-            transition(
-                session,
-                job,
-                JobStatus.QUEUED,
-                actor=actor,
-                reason=f"dataset prepared: {prepared.rows} rows of {task} data, "
-                f"sha256 {prepared.sha256[:12]}",
-                # No start message yet: the scheduler sends it once the job holds devices.
-                values={"inputs": inputs, "queued_at": now, "dispatched_at": None},
-            )
-            session.commit()
-        except StaleJob:
-            return None  # cancelled (or prepared by another delivery) meanwhile
-        return job
+        inputs = {"dataset": prepared.as_input(settings.home, dataset)}
+        reason = (
+            f"dataset prepared: {prepared.rows} rows of {task} data, sha256 {prepared.sha256[:12]}"
+        )
+        return _queue(session, job, actor, reason, inputs)
+
+
+def _queue(
+    session: Session, job: Job, actor: str, reason: str, inputs: dict[str, Any]
+) -> Job | None:
+    try:
+        transition(
+            session,
+            job,
+            JobStatus.QUEUED,
+            actor=actor,
+            reason=reason,
+            # No start message yet: the scheduler sends it once the job holds devices.
+            values={
+                "inputs": {**(job.inputs or {}), **inputs},
+                "queued_at": utcnow(),
+                "dispatched_at": None,
+            },
+        )
+        session.commit()
+    except StaleJob:
+        return None  # cancelled (or prepared by another delivery) meanwhile
+    return job

@@ -72,8 +72,10 @@ def to_public(
         name=job.name,
         backend=job.backend,
         algorithm=job.algorithm,
-        model=str(job.spec.get("model", job.model_id)),
-        dataset=str(job.spec.get("dataset", job.dataset_id)),
+        model=str(job.spec.get("model") or job.model_id) if job.model_id is not None else None,
+        dataset=(
+            str(job.spec.get("dataset") or job.dataset_id) if job.dataset_id is not None else None
+        ),
         spec=job.spec,
         priority=job.priority,
         queue=job.queue,

@@ -155,8 +155,15 @@ class JobCreate(BaseModel):
     name: JobName
     backend: str = Field("trl", max_length=32, description="Training engine: trl or verl.")
     algorithm: str = Field(..., max_length=32, description="sft, ppo, grpo, dpo or gspo.")
-    model: Ref = Field(..., description="Registered model, by name or id.")
-    dataset: Ref = Field(..., description="Registered dataset, by name or id.")
+    model: Ref | None = Field(
+        None,
+        description="Registered model, by name or id; every job needs one but an evaluation "
+        "of an endpoint (hyperparameters.endpoint).",
+    )
+    dataset: Ref | None = Field(
+        None,
+        description="Registered dataset, by name or id; every algorithm but serve needs one.",
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(
@@ -200,8 +207,8 @@ class JobPublic(BaseModel):
     name: str
     backend: str
     algorithm: str
-    model: str
-    dataset: str
+    model: str | None  # None for an evaluation of an endpoint
+    dataset: str | None  # None for an algorithm that takes no data (serve)
     spec: dict[str, Any]
     priority: int
     queue: str

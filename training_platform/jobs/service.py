@@ -81,23 +81,34 @@ class ValidatedJob:
     request: JobCreate
     backend: Backend
     parameters: BaseModel
-    model: ModelEntry
-    dataset: DatasetEntry
+    model: ModelEntry | None  # None for an evaluation of an endpoint
+    dataset: DatasetEntry | None  # None for an algorithm that takes no data (serve)
 
 
 def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     """Check a submission against the backend and the catalog; InvalidInput names the field."""
     backend, parameters, dataset = check_request(session=session, request=request)
+    pair = f"{backend.backend}/{backend.algorithm}"
+    if getattr(parameters, "endpoint", None) is not None:
+        if request.model is not None:
+            raise InvalidInput(("body", "model"), f"{pair} of an endpoint takes no model")
+        return ValidatedJob(request, backend, parameters, None, dataset)
+    if request.model is None:
+        raise InvalidInput(("body", "model"), f"{pair} needs a model")
     model = catalog.resolve_model(session=session, ref=request.model)
     return ValidatedJob(request, backend, parameters, model, dataset)
 
 
-def check_request(
-    *, session: Session, request: JobCreate
-) -> tuple[Backend, BaseModel, DatasetEntry]:
-    """Every check of `validate` but the model's (a pipeline stage may get its model later)."""
-    backend = get_backend(request.backend, request.algorithm)
-    parameters = validate_parameters(backend, request.hyperparameters, gpus=request.resources.gpus)
+def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> DatasetEntry | None:
+    pair = f"{backend.backend}/{backend.algorithm}"
+    if backend.data_task is None:
+        if request.dataset is not None:
+            raise InvalidInput(("body", "dataset"), f"{pair} takes no dataset; leave it out")
+        return None
+    if request.dataset is None:
+        raise InvalidInput(
+            ("body", "dataset"), f"{pair} needs a dataset of {backend.data_task} data"
+        )
     dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
     if formats.TASK_OF_FORMAT.get(dataset.format) != backend.data_task:
         fitting = ", ".join(formats.formats_for_task(backend.data_task))
@@ -107,6 +118,16 @@ def check_request(
             f"{backend.backend}/{backend.algorithm} needs {backend.data_task} data "
             f"(formats: {fitting})",
         )
+    return dataset
+
+
+def check_request(
+    *, session: Session, request: JobCreate
+) -> tuple[Backend, BaseModel, DatasetEntry | None]:
+    """Every check of `validate` but the model's (a pipeline stage may get its model later)."""
+    backend = get_backend(request.backend, request.algorithm)
+    parameters = validate_parameters(backend, request.hyperparameters, gpus=request.resources.gpus)
+    dataset = _dataset_of(session, request, backend)
     reward = getattr(parameters, "reward", None)
     if isinstance(reward, str):
         rewards.resolve(session=session, choice=reward, platform_dir="")
@@ -130,8 +151,8 @@ def _normalized_spec(checked: ValidatedJob, rules: Sequence[AlertRule]) -> dict[
     return ({"alerts": alerts} if alerts else {}) | {
         "backend": checked.backend.backend,
         "algorithm": checked.backend.algorithm,
-        "model": checked.model.name,
-        "dataset": checked.dataset.name,
+        "model": checked.model.name if checked.model else None,
+        "dataset": checked.dataset.name if checked.dataset else None,
         "hyperparameters": checked.parameters.model_dump(mode="json"),
         "resources": checked.request.resources.model_dump(mode="json", exclude_none=True),
         "policy": checked.request.policy.model_dump(mode="json"),
@@ -169,8 +190,8 @@ def submit(
         name=request.name,
         backend=checked.backend.backend,
         algorithm=checked.backend.algorithm,
-        model_id=checked.model.id,  # type: ignore[arg-type]
-        dataset_id=checked.dataset.id,  # type: ignore[arg-type]
+        model_id=checked.model.id if checked.model else None,
+        dataset_id=checked.dataset.id if checked.dataset else None,
         spec=_normalized_spec(checked, alert_rules_for(session=session, request=request)),
         priority=request.priority,
         queue=QUEUE_FOR_JOBS,
@@ -204,7 +225,7 @@ def submit(
             from_status=None,
             to_status=JobStatus.PENDING.value,
             actor=actor,
-            reason="submitted; the dataset is being prepared",
+            reason="submitted; the dataset is being prepared" if checked.dataset else "submitted",
             created_at=now,
         )
     )
@@ -239,8 +260,8 @@ def launch_context(
     job_spec: dict[str, Any],
     backend: Backend,
     parameters: BaseModel,
-    model: ModelEntry,
-    dataset_path: Path,
+    model: ModelEntry | None,
+    dataset_path: Path | None,
     run_dir: Path,
     python: str,
     resume_from: Path | None = None,
@@ -257,13 +278,19 @@ def launch_context(
         if isinstance(reward, str)
         else (None, None)
     )
-    location, is_local = catalog.model_location(settings, model)
+    location, is_local = catalog.model_location(settings, model) if model else ("", True)
+    endpoint_ref = getattr(parameters, "endpoint", None)
+    endpoint, endpoint_key = None, None
+    if isinstance(endpoint_ref, str):
+        from training_platform.serving.service import launch_view
+
+        endpoint, endpoint_key = launch_view(session=session, settings=settings, ref=endpoint_ref)
     return LaunchContext(
         run_dir=str(run_dir),
         python=python,
         model_path=location,
-        dataset_path=str(dataset_path),
-        dataset_format=backend.data_task,
+        dataset_path=str(dataset_path) if dataset_path else "",
+        dataset_format=backend.data_task or "",
         model_is_local=is_local,
         gpus=int(job_spec.get("resources", {}).get("gpus", 0)),
         devices=devices,
@@ -273,6 +300,8 @@ def launch_context(
         reward_path=reward_path,
         reward_function=reward_function,
         platform_dir=platform_dir,
+        endpoint=endpoint,
+        endpoint_key=endpoint_key,
     )
 
 
@@ -289,7 +318,11 @@ def plan_for_request(
         backend=checked.backend,
         parameters=checked.parameters,
         model=checked.model,
-        dataset_path=datasets.prepared_path(settings, checked.dataset, checked.backend.data_task),
+        dataset_path=(
+            datasets.prepared_path(settings, checked.dataset, checked.backend.data_task)
+            if checked.dataset and checked.backend.data_task
+            else None
+        ),
         run_dir=run_dir,
         python=python,
     )
@@ -316,9 +349,11 @@ def plan_for_job(
     parameters = validate_parameters(
         backend, job.spec["hyperparameters"], gpus=int(job.spec.get("resources", {}).get("gpus", 0))
     )
-    model = session.get(ModelEntry, job.model_id)
-    dataset = session.get(DatasetEntry, job.dataset_id)
-    if model is None or dataset is None:
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
+    dataset = session.get(DatasetEntry, job.dataset_id) if job.dataset_id is not None else None
+    if (model is None and job.model_id is not None) or (
+        dataset is None and backend.data_task is not None
+    ):
         raise Conflict(f"job {job.id} names a model or dataset that no longer exists")
     inputs = job.inputs or {}
     prepared = inputs.get("dataset")
@@ -326,6 +361,8 @@ def plan_for_job(
         catalog.managed_path(settings.home, prepared["path"])
         if prepared
         else datasets.prepared_path(settings, dataset, backend.data_task)
+        if dataset is not None and backend.data_task is not None
+        else None
     )
     resume = inputs.get("resume_from")
     assert job.id is not None

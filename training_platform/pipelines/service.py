@@ -155,6 +155,8 @@ def check_stage(
     try:
         backend, _, _ = jobs.check_request(session=session, request=job)
         if not model_from_upstream:
+            if job.model is None:
+                raise InvalidInput(("body", "model"), "a stage needs a model or an upstream")
             catalog.resolve_model(session=session, ref=job.model)
     except InvalidInput as error:
         loc = error.loc[1:] if error.loc[:1] == ("body",) else error.loc
@@ -525,8 +527,8 @@ def _origin(session: Session, job_id: int | None) -> dict[str, Any] | None:
 def lineage(*, session: Session, job_id: int) -> dict[str, Any]:
     """Where a job's model and data came from, which stage ran it, and what it produced."""
     job = jobs.get_job(session=session, job_id=job_id)
-    model = session.get(ModelEntry, job.model_id)
-    dataset = session.get(DatasetEntry, job.dataset_id)
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
+    dataset = session.get(DatasetEntry, job.dataset_id) if job.dataset_id is not None else None
     prepared = dict((job.inputs or {}).get("dataset") or {})
     prepared.pop("path", None)
     prepared.pop("source", None)

@@ -6,7 +6,7 @@ over there: the same detached launcher, process group, exit.json and signals. Ar
 that carry data (plans, handles) arrive on stdin as JSON, never on the command line.
 
     info                      the host: Python, platform, GPUs (NVML / nvidia-smi), CPUs
-    submit RUN_DIR            stdin: a plan (LaunchPlan.to_dict()); prints the handle
+    submit RUN_DIR            stdin: a plan (LaunchPlan.to_payload()); prints the handle
     find RUN_DIR              the handle recorded in RUN_DIR, or null
     poll|cancel|force-cancel|stop|suspend|resume|stack|pids      stdin: a handle
 """

@@ -7,6 +7,7 @@ A handle is plain JSON persisted on the job, so any process can pick a run up ag
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,12 @@ from typing import Any, Literal, Protocol
 from training_platform.backends.base import LaunchPlan
 
 # A run's files the platform reads: its log and metrics, an evaluation's generations and result.
-Stream = Literal["log", "metrics", "predictions", "results"]
-OUTPUT_FILES: dict[str, str] = {"predictions": "predictions.jsonl", "results": "results.json"}
+Stream = Literal["log", "metrics", "predictions", "results", "endpoint"]
+OUTPUT_FILES: dict[str, str] = {
+    "predictions": "predictions.jsonl",
+    "results": "results.json",
+    "endpoint": "endpoint.json",  # where a serve job's server listens (trainers/serve.py)
+}
 Handle = dict[str, Any]
 
 
@@ -89,12 +94,20 @@ def write_run_dir(plan: LaunchPlan, directory: Path, plan_file: str) -> None:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    for relative, content in plan.files.items():
+    for secret, (relative, content) in [
+        *((False, item) for item in plan.files.items()),
+        *((True, item) for item in plan.secrets.items()),
+    ]:
         target = (directory / relative).resolve()
         if not target.is_relative_to(directory.resolve()):
             raise RunnerError(f"plan file {relative!r} escapes the run directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        if secret:
+            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(content)
+        else:
+            target.write_text(content)
     (directory / plan_file).write_text(json.dumps(plan.to_dict(), indent=2))
 
 

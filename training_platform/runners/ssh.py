@@ -494,7 +494,7 @@ class SshRunner:
         """Start the plan in run_dir on the host (the agent writes its files there)."""
         if not run_dir.startswith(f"{self.run_root}/"):
             raise RunnerError(f"{run_dir} is outside the host's run root {self.run_root}")
-        inner = self.agent("submit", run_dir, payload=plan.to_dict())
+        inner = self.agent("submit", run_dir, payload=plan.to_payload())
         return {"runner": KIND, "host": self.target.name, "run_dir": run_dir, "remote": inner}
 
     def find(self, run_dir: str) -> Handle | None:

@@ -52,7 +52,7 @@ def _key(slot: Slot) -> tuple[str, str, int]:
 
 
 def _estimate(session: Session, settings: Settings, job: Job) -> service.MemoryEstimate:
-    model = session.get(ModelEntry, job.model_id)
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
     directory = None
     if model is not None and model.source != "hub":
         try:

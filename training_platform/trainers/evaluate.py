@@ -2,8 +2,10 @@
 
 A launch plan of the builtin/evaluate pair starts this program in the run directory. It reads
 the first `max_samples` rows of a prepared rl dataset (verl's layout: `prompt` chat messages,
-`reward_model.ground_truth`), generates greedily for each prompt through the model's chat
-template, and scores every completion against its ground truth with a rule metric:
+`reward_model.ground_truth`), generates for each prompt (greedily unless a temperature is
+set) through the model's chat template, or (the api engine) asks an OpenAI-compatible
+endpoint for a chat completion of the prompt's messages, and scores every completion against
+its ground truth with a rule metric:
 
     numeric_match  the last number of the completion equals the last number of the answer
     exact_match    the two are equal once case, surrounding and repeated whitespace and one
@@ -13,9 +15,10 @@ Records in `metrics_path` (see training_platform.trainers.progress): `started` w
 the number of batches, one `metrics` record per batch with the running
 {"accuracy", "correct", "total"} (so each key's last value is the result), then a `summary`
 record with the same keys plus eval_runtime. No checkpoint: the run saves no model. Files in
-`output_dir`: predictions.jsonl (one {"index", "seconds", "prompt", "answer", "completion",
-"correct", "labels"} per row: its row number, its share of its batch's generation time, and the
-dataset's labels of the row) and
+`output_dir`: predictions.jsonl (one {"index", "seconds", "tokens", "prompt", "answer",
+"completion", "correct", "labels"} per row: its row number, its latency (its share of its
+batch's generation time where generation is batched), completion tokens where the engine
+reports them, and the dataset's labels of the row) and
 results.json ({"metric", "accuracy", "correct", "total", "model_path", "engine"}).
 
 Exit status: 0 when results.json is written, 1 when the run fails (traceback on stderr), 2 when
@@ -30,9 +33,11 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -57,8 +62,10 @@ HF_ENV_DEFAULTS = {
 }
 
 Metric = Literal["exact_match", "numeric_match"]
-Engine = Literal["auto", "transformers", "vllm"]
+Engine = Literal["auto", "transformers", "vllm", "api"]
 Generate = Callable[[list[str]], list[str]]
+# The api engine: chat messages in; (text, seconds, completion tokens) out, per sample.
+ApiGenerate = Callable[[list[list[dict[str, str]]]], list[tuple[str, float, int | None]]]
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -99,13 +106,30 @@ def _parquet(path: Path) -> Path:
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 
 
+class EndpointConfig(BaseModel):
+    """An OpenAI-compatible server to call (the api engine); its key is in a file apart."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    concurrency: int = Field(default=8, ge=1)
+    max_retries: int = Field(default=3, ge=0)
+    rate_limit: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
 class EvalConfig(BaseModel):
     """What eval_config.json holds (written by backends/builtin/evaluate.py)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    # A local directory (full model, or a PEFT adapter with adapter_config.json) or a hub id.
-    model_path: str = Field(min_length=1)
+    # A local directory (full model, or a PEFT adapter with adapter_config.json) or a hub id;
+    # "" with an endpoint.
+    model_path: str = ""
+    endpoint: EndpointConfig | None = None
+    api_key_file: str | None = None  # run-dir-relative, 0600; removed once read
     dataset_path: Annotated[Path, AfterValidator(_absolute), AfterValidator(_parquet)]
     output_dir: AbsolutePath
     metrics_path: AbsolutePath
@@ -115,6 +139,9 @@ class EvalConfig(BaseModel):
     max_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     engine: Engine = "auto"
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = Field(default=0, ge=0)
 
 
 class ConfigError(Exception):
@@ -140,6 +167,8 @@ def load_config(path: Path) -> EvalConfig:
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from error
     config = parse_config(text)
+    if (config.endpoint is None) == (not config.model_path):
+        raise ConfigError("model_path: name a model or an endpoint, not both or neither")
     if Path(config.model_path).is_absolute() and not Path(config.model_path).is_dir():
         raise ConfigError(f"model_path: no such directory: {config.model_path}")
     if not config.dataset_path.is_file():
@@ -227,8 +256,10 @@ def vllm_available() -> bool:
 
 def choose_engine(
     requested: Engine, *, gpus: int, cuda: bool, vllm: bool, adapter: bool
-) -> Literal["transformers", "vllm"]:
+) -> Literal["transformers", "vllm", "api"]:
     """The engine that runs: auto takes vLLM only with real GPUs, vLLM and a full model."""
+    if requested == "api":
+        return "api"
     if requested == "vllm":
         if not vllm:
             raise ConfigError("engine: vllm is not installed on this host; use transformers")
@@ -275,16 +306,22 @@ def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBas
         raise ConfigError(f"model_path: cannot load {config.model_path}: {error}") from error
     model.to(device)
     model.eval()
+    torch.manual_seed(config.seed)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {parameters} parameters, device {device}")
 
     def generate(texts: list[str]) -> list[str]:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(device)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+            if config.temperature > 0
+            else {"do_sample": False}
+        )
         with torch.no_grad():
             output = model.generate(
                 **batch,
-                do_sample=False,
+                **sampling,
                 max_new_tokens=config.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
             )
@@ -299,13 +336,87 @@ def vllm_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> Ge
     """Greedy generation with vLLM over the leased GPUs (tensor parallel)."""
     vllm: Any = importlib.import_module("vllm")
     llm = vllm.LLM(model=config.model_path, tensor_parallel_size=config.gpus or 1)
-    sampling = vllm.SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens)
+    sampling = vllm.SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+        max_tokens=config.max_new_tokens,
+    )
 
     def generate(texts: list[str]) -> list[str]:
         # Token ids, so that vLLM adds no second BOS to a template that already has one.
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         outputs = llm.generate([{"prompt_token_ids": list(i)} for i in ids], sampling)
         return [str(output.outputs[0].text) for output in outputs]
+
+    return generate
+
+
+class _Pace:
+    """Start at most `rate` requests per second across threads (None: no limit)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._gap = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self._gap:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._gap
+        time.sleep(max(0.0, start - now))
+
+
+def read_key(config: EvalConfig) -> str | None:
+    """The endpoint's API key from its 0600 file, which is removed at once."""
+    if config.api_key_file is None:
+        return None
+    path = config.output_dir / config.api_key_file
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"api_key_file: cannot read it: {error.strerror}") from error
+    path.unlink(missing_ok=True)
+    return key
+
+
+def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
+    """Chat completions from an endpoint: `concurrency` requests in flight, paced to its rate
+    limit, each retried by the OpenAI client on 429, 5xx and connection errors with backoff."""
+    from openai import OpenAI
+
+    endpoint = config.endpoint
+    assert endpoint is not None
+    client = OpenAI(
+        base_url=endpoint.base_url,
+        api_key=key or "none",
+        max_retries=endpoint.max_retries,
+        timeout=endpoint.timeout_s,
+    )
+    pace = _Pace(endpoint.rate_limit)
+    pool = ThreadPoolExecutor(max_workers=endpoint.concurrency)
+
+    def one(messages: list[dict[str, str]]) -> tuple[str, float, int | None]:
+        pace.wait()
+        began = time.monotonic()
+        reply = client.chat.completions.create(
+            model=endpoint.model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed,
+        )
+        seconds = time.monotonic() - began
+        text = reply.choices[0].message.content or "" if reply.choices else ""
+        tokens = reply.usage.completion_tokens if reply.usage is not None else None
+        return text, seconds, tokens
+
+    def generate(batch: list[list[dict[str, str]]]) -> list[tuple[str, float, int | None]]:
+        return list(pool.map(one, batch))
 
     return generate
 
@@ -318,7 +429,7 @@ def batches(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
+def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
     """Generate, score and record; returns the content of results.json."""
     rows = load_rows(config.dataset_path, config.max_samples)
     print(f"dataset: {len(rows)} rows from {config.dataset_path}")
@@ -326,19 +437,34 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         config.engine,
         gpus=config.gpus,
         # Without GPUs torch need not be imported yet: bad input is reported at once.
-        cuda=config.gpus > 0 and _cuda_available(),
+        cuda=config.gpus > 0 and config.endpoint is None and _cuda_available(),
         vllm=vllm_available(),
-        adapter=adapter_base(config.model_path) is not None,
+        adapter=bool(config.model_path) and adapter_base(config.model_path) is not None,
     )
-    print(f"engine: {engine}")
+    print(f"engine: {engine}" + (f" ({config.endpoint.name})" if config.endpoint else ""))
     # progress imports transformers, and with it torch.
     from training_platform.trainers.progress import ProgressWriter, console_line
 
-    tokenizer = load_tokenizer(config.model_path)
-    if engine == "vllm":
-        generate = vllm_generator(config, tokenizer)
+    run_batch: Callable[[list[Row]], list[tuple[str, float, int | None]]]
+    if engine == "api":
+        call = api_generator(config, key)
+
+        def run_batch(batch: list[Row]) -> list[tuple[str, float, int | None]]:
+            return call([row.messages for row in batch])
+
     else:
-        generate = transformers_generator(config, tokenizer)
+        tokenizer = load_tokenizer(config.model_path)
+        if engine == "vllm":
+            generate = vllm_generator(config, tokenizer)
+        else:
+            generate = transformers_generator(config, tokenizer)
+
+        def run_batch(batch: list[Row]) -> list[tuple[str, float, int | None]]:
+            began = time.monotonic()
+            completions = generate([prompt_text(tokenizer, row.messages) for row in batch])
+            # Batched: each sample's share of the batch's generation time.
+            share = (time.monotonic() - began) / len(batch)
+            return [(completion, share, None) for completion in completions]
 
     score = METRICS[config.metric]
     plan = batches(len(rows), config.batch_size)
@@ -352,17 +478,17 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     with (config.output_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as predictions:
         for step, indices in enumerate(plan, start=1):
             batch = [rows[i] for i in indices]
-            began = time.monotonic()
-            completions = generate([prompt_text(tokenizer, row.messages) for row in batch])
-            # Batched: each sample's share of the batch's generation time.
-            seconds = round((time.monotonic() - began) / len(batch), 6)
-            for index, row, completion in zip(indices, batch, completions, strict=True):
+            outputs = run_batch(batch)
+            for index, row, (completion, seconds, tokens) in zip(
+                indices, batch, outputs, strict=True
+            ):
                 hit = score(completion, row.answer)
                 correct += hit
                 total += 1
                 record = {
                     "index": index,
-                    "seconds": seconds,
+                    "seconds": round(seconds, 6),
+                    "tokens": tokens,
                     "prompt": row.messages[-1]["content"],
                     "answer": row.answer,
                     "completion": completion,
@@ -382,7 +508,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "accuracy": correct / total,
         "correct": correct,
         "total": total,
-        "model_path": Path(config.model_path).name,
+        "model_path": config.endpoint.name if config.endpoint else Path(config.model_path).name,
         "engine": engine,
     }
     (config.output_dir / RESULTS_FILE).write_text(
@@ -409,9 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     try:
         config = load_config(args.config)
+        key = read_key(config)  # first: the file is gone whatever happens next
         config.output_dir.mkdir(parents=True, exist_ok=True)
         print(f"evaluation in {config.output_dir}: {config.metric} on {config.dataset_path}")
-        evaluate(config)
+        evaluate(config, key)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

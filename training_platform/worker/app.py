@@ -16,6 +16,7 @@ TASK_MODULES = [
     "training_platform.monitoring.tasks",
     "training_platform.pipelines.tasks",
     "training_platform.scheduling.tasks",
+    "training_platform.serving.tasks",
     "training_platform.system.tasks",
 ]
 

@@ -69,6 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "tp.scheduling.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.pipelines.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.evaluation.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
+            "tp.serving.tick": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.hosts.refresh": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
             "tp.monitoring.notify": {"queue": MAINTENANCE, "routing_key": MAINTENANCE},
         },

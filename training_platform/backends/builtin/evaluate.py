@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training_platform.backends.base import LaunchContext, LaunchPlan, register
 from training_platform.core.errors import InvalidInput
@@ -19,6 +19,7 @@ __all__ = ["CONFIG_FILE", "EVALUATE_MODULE", "BuiltinEvaluate", "EvaluateParamet
 
 EVALUATE_MODULE = "training_platform.trainers.evaluate"
 CONFIG_FILE = "eval_config.json"
+KEY_FILE = "endpoint.key"
 
 
 class EvaluateParameters(BaseModel):
@@ -38,13 +39,32 @@ class EvaluateParameters(BaseModel):
         None, ge=1, description="Score only the first this many rows; absent: every row."
     )
     batch_size: int = Field(16, ge=1, le=1024, description="Prompts generated together.")
-    engine: Literal["auto", "transformers", "vllm"] = Field(
+    engine: Literal["auto", "transformers", "vllm", "api"] = Field(
         "auto",
         description=(
             "Generation engine. auto: vLLM when the job has GPUs and vLLM is installed on the "
-            "host, otherwise transformers (always transformers on CPU)."
+            "host, otherwise transformers (always transformers on CPU); api with an endpoint."
         ),
     )
+    endpoint: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="An endpoint to evaluate (by name) instead of a model: the api engine.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")
+
+    @model_validator(mode="after")
+    def _engine_of_endpoint(self) -> EvaluateParameters:
+        if self.endpoint is not None and self.engine not in ("auto", "api"):
+            raise ValueError(f"an endpoint is evaluated by the api engine, not {self.engine}")
+        if self.endpoint is None and self.engine == "api":
+            raise ValueError("the api engine needs an endpoint")
+        if self.endpoint is not None:
+            self.engine = "api"
+        return self
 
 
 @register
@@ -77,8 +97,17 @@ class BuiltinEvaluate:
             "output_dir": context.run_dir,
             "metrics_path": f"{context.run_dir}/metrics.jsonl",
             "gpus": gpus,
-            **hyperparameters.model_dump(),
+            **hyperparameters.model_dump(exclude={"endpoint"}),
         }
+        secrets: dict[str, str] = {}
+        if getattr(hyperparameters, "endpoint", None) is not None:
+            if context.endpoint is None:
+                raise InvalidInput(("body", "hyperparameters", "endpoint"), "unknown endpoint")
+            config["endpoint"] = dict(context.endpoint)
+            if context.endpoint_key:
+                # Never in the config, the stored plan or an argv: a 0600 file the run removes.
+                secrets[KEY_FILE] = context.endpoint_key
+                config["api_key_file"] = KEY_FILE
         env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if context.model_is_local:
             env["HF_HUB_OFFLINE"] = "1"
@@ -92,4 +121,5 @@ class BuiltinEvaluate:
             argv=(context.python, "-m", EVALUATE_MODULE, "--config", CONFIG_FILE),
             env=env,
             files={CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
+            secrets=secrets,
         )

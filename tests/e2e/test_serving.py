@@ -1,0 +1,218 @@
+"""Serving for real, on the session's platform: a serve job starts `transformers serve` for the
+bundled model; the OpenAI SDK talks to it through the platform's API with a platform token;
+an endpoint registered with another token as its encrypted API key is evaluated by the api
+engine, and that key is found nowhere it must not be: not in the database, Redis, the run
+directories, the logs, a process's command line or any answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+pytestmark = pytest.mark.slow
+
+
+def _ready(client: Any, job_id: int, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    served: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = {s["job_id"]: s for s in client.get("/api/v1/serving").json()}
+        served = found.get(job_id, {})
+        if served.get("ready"):
+            return served
+        assert served.get("status") not in ("failed", "cancelled"), served
+        time.sleep(0.5)
+    raise AssertionError(f"serve job {job_id} never answered: {served}")
+
+
+class _CommandLines:
+    """Every process command line seen while it runs, sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for process in psutil.process_iter(["cmdline"]):
+                self.seen.add(" ".join(process.info["cmdline"] or []))
+            time.sleep(0.05)
+
+    def __enter__(self) -> _CommandLines:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _files_holding(root: Path, secret: bytes) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and secret in path.read_bytes():
+                found.append(str(path))
+        except OSError:
+            continue
+    return found
+
+
+def _redis_values(url: str) -> bytes:
+    client = redis.Redis.from_url(url)
+    parts = []
+    for key in client.scan_iter(count=1000):
+        parts.append(key)
+        dumped = client.dump(key)
+        if dumped:
+            parts.append(dumped)
+    return b"\n".join(parts)
+
+
+def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -> None:  # type: ignore[no-untyped-def]
+    from openai import AuthenticationError, OpenAI
+
+    answers: list[str] = []
+    with platform.client() as client:
+        # A simulated GPU: the serve job runs on the CPU and leaves the CPU slot to the
+        # evaluation below.
+        started = client.post(
+            "/api/v1/serving",
+            json={"model": "tiny-qwen2", "engine": "transformers", "resources": {"gpus": 1}},
+        )
+        assert started.status_code == 201, started.text
+        job_id = started.json()["id"]
+        assert started.json()["dataset"] is None and started.json()["algorithm"] == "serve"
+        served = _ready(client, job_id)
+        assert served["url"] == f"/api/v1/serving/{job_id}/v1"
+        assert served["engine"] == "transformers"
+
+        # The OpenAI SDK, through the platform's API with the platform's token.
+        sdk = OpenAI(base_url=platform.base_url + served["url"], api_key=platform.token)
+        reply = sdk.chat.completions.create(
+            model="tiny-qwen2", messages=[{"role": "user", "content": "2+3?"}], max_tokens=6
+        )
+        assert reply.model == "tiny-qwen2" and reply.usage and reply.usage.completion_tokens > 0
+        assert isinstance(reply.choices[0].message.content, str)
+        chunks = list(
+            sdk.chat.completions.create(
+                model="tiny-qwen2",
+                messages=[{"role": "user", "content": "1+1?"}],
+                max_tokens=4,
+                stream=True,
+            )
+        )
+        assert len(chunks) >= 2 and {c.model for c in chunks} == {"tiny-qwen2"}
+        assert [m.id for m in sdk.models.list().data] == ["tiny-qwen2"]
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=platform.base_url + served["url"], api_key="wrong").models.list()
+        # No server path in any answer.
+        assert str(platform.home) not in reply.model_dump_json()
+
+        # An endpoint whose key is a second platform token; the platform calls its own proxy.
+        created = client.post("/api/v1/tokens", json={"name": "endpoint-key"})
+        assert created.status_code == 201, created.text
+        secret = created.json()["token"]
+        endpoint = {
+            "name": "served-tiny",
+            "base_url": f"{platform.base_url}{served['url']}",
+            "model": "tiny-qwen2",
+            "api_key": secret,
+            "concurrency": 4,
+            "max_retries": 2,
+            "rate_limit": 50,
+        }
+        for bad, field in (
+            ({"base_url": "ftp://example.com/v1"}, "base_url"),
+            ({"base_url": "http://u:p@example.com/v1"}, "base_url"),
+            ({"name": "serve-job-1"}, "name"),
+            ({"concurrency": 0}, "concurrency"),
+        ):
+            refused = client.post("/api/v1/endpoints", json={**endpoint, **bad})
+            assert refused.status_code == 422, refused.text
+            assert field in str(refused.json()["detail"][0]["loc"]), refused.text
+            answers.append(refused.text)
+        registered = client.post("/api/v1/endpoints", json=endpoint)
+        assert registered.status_code == 201, registered.text
+        assert registered.json()["has_api_key"] is True
+        assert client.post("/api/v1/endpoints", json=endpoint).status_code == 409
+        listed = client.get("/api/v1/endpoints")
+        names = {e["name"]: e for e in listed.json()}
+        assert names[f"serve-job-{job_id}"]["model"] == "tiny-qwen2"
+        assert names[f"serve-job-{job_id}"]["base_url"] == served["url"]
+        answers += [registered.text, listed.text]
+
+        with _CommandLines() as lines:
+            evaluation = client.post(
+                "/api/v1/evaluations",
+                json={
+                    "name": "via api",
+                    "endpoint": "served-tiny",
+                    "dataset": "tiny-math-eval",
+                    "scorer": "numeric",
+                    "generation": {"max_new_tokens": 6, "max_samples": 8},
+                },
+            )
+            assert evaluation.status_code == 201, evaluation.text
+            evaluation_id = evaluation.json()["id"]
+            deadline = time.monotonic() + 240
+            result: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                result = client.get(f"/api/v1/evaluations/{evaluation_id}").json()
+                if result["status"] != "pending":
+                    break
+                time.sleep(0.5)
+        assert result["status"] == "succeeded", result
+        assert result["engine_used"] == "api" and result["samples"] == 8
+        assert result["endpoint"] == "served-tiny" and result["model_id"] is None
+        assert result["model"] == "served-tiny"
+        samples = client.get(f"/api/v1/evaluations/{evaluation_id}/samples").json()["items"]
+        assert len(samples) == 8 and all(isinstance(s["output"], str) for s in samples)
+        eval_job = result["job_id"]
+        for path in (
+            f"/api/v1/jobs/{eval_job}",
+            f"/api/v1/jobs/{eval_job}/plan",
+            f"/api/v1/jobs/{eval_job}/logs",
+            f"/api/v1/jobs/{eval_job}/events",
+            f"/api/v1/evaluations/{evaluation_id}",
+            f"/api/v1/evaluations/{evaluation_id}/samples",
+        ):
+            answer = client.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            answers.append(answer.text)
+
+        # The key: nowhere.
+        assert not [a for a in answers if secret in a]
+        assert not [line for line in lines.seen if secret in line]
+        assert _files_holding(platform.home, secret.encode()) == []
+        assert secret.encode() not in _redis_values(platform.env["TP_REDIS_URL"])
+        # The run read its key file and removed it.
+        plan = client.get(f"/api/v1/jobs/{eval_job}/plan").json()
+        assert (
+            "endpoint.key" not in plan["files"]
+            and not (Path(plan["run_dir"]) / "endpoint.key").exists()
+        )
+
+        # Stopping the job stops serving: its endpoint goes, the way in says why.
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+        platform.wait_status(job_id, {"cancelled"}, timeout=60)
+        gone = client.post(
+            f"{served['url']}/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert gone.status_code == 409 and "cancelled" in gone.text, gone.text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            endpoints = {e["name"] for e in client.get("/api/v1/endpoints").json()}
+            if f"serve-job-{job_id}" not in endpoints:
+                break
+            time.sleep(0.5)
+        assert endpoints == {"served-tiny"} or f"serve-job-{job_id}" not in endpoints
+        assert client.delete("/api/v1/endpoints/served-tiny").status_code == 204
