@@ -6,6 +6,8 @@ directories, the logs, a process's command line or any answer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -115,6 +117,13 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
             OpenAI(base_url=platform.base_url + served["url"], api_key="wrong").models.list()
         # No server path in any answer.
         assert str(platform.home) not in reply.model_dump_json()
+        # The same from the CLI.
+        listed = platform.tp("serve", "list", check=True).stdout
+        assert "serve-job" not in listed and str(job_id) in listed and "yes" in listed
+        chat = platform.tp("serve", "chat", str(job_id), "2+3?", "--max-tokens", "4", check=True)
+        assert chat.returncode == 0
+        refused = platform.tp("endpoints", "add", "x", "--base-url", "ftp://h/v1", "--model", "m")
+        assert refused.returncode == 2 and "base_url" in refused.stderr, refused.stderr
 
         # An endpoint whose key is a second platform token; the platform calls its own proxy.
         created = client.post("/api/v1/tokens", json={"name": "endpoint-key"})
@@ -200,8 +209,21 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
             and not (Path(plan["run_dir"]) / "endpoint.key").exists()
         )
 
+        # A key from the environment, never on the command line.
+        env = {**platform.env, "CLI_ENDPOINT_KEY": secret}
+        added = subprocess.run(
+            [sys.executable, "-m", "training_platform", "endpoints", "add", "cli-ep",
+             "--base-url", endpoint["base_url"], "--model", "tiny-qwen2",
+             "--api-key-env", "CLI_ENDPOINT_KEY"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0 and "stored encrypted" in added.stdout, added.stderr
+        shown = platform.tp("endpoints", "list", check=True).stdout
+        assert "cli-ep" in shown and secret not in shown
+        platform.tp("endpoints", "rm", "cli-ep", check=True)
+
         # Stopping the job stops serving: its endpoint goes, the way in says why.
-        assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+        platform.tp("serve", "stop", str(job_id), check=True)
         platform.wait_status(job_id, {"cancelled"}, timeout=60)
         gone = client.post(
             f"{served['url']}/chat/completions",

@@ -51,15 +51,20 @@ def eval_run(
     checkpoint: Annotated[
         str | None, typer.Option(help="Or: a job's checkpoint, as JOB:STEP (e.g. 12:200).")
     ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Or: an endpoint, by name (the api engine).")
+    ] = None,
     scorer: Annotated[str, typer.Option(help="exact, numeric, ..., regex:PATTERN")] = "numeric",
     max_samples: Annotated[int | None, typer.Option(min=1)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
-    engine: Annotated[str, typer.Option(help="auto, transformers or vllm.")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto, transformers, vllm or api.")] = "auto",
+    temperature: Annotated[float, typer.Option(min=0, max=2, help="0: greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
     gpus: Annotated[int, typer.Option(min=0)] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
 ) -> None:
-    """Evaluate a model (a job's final model, or a checkpoint) on a dataset; --wait prints
-    its result."""
+    """Evaluate a model (a job's final model, a checkpoint, or an endpoint) on a dataset;
+    --wait prints its result."""
     body: dict[str, Any] = {
         "name": name,
         "dataset": int(dataset) if dataset.isdigit() else dataset,
@@ -68,6 +73,8 @@ def eval_run(
             "max_samples": max_samples,
             "max_new_tokens": max_new_tokens,
             "engine": engine,
+            "temperature": temperature,
+            "seed": seed,
         },
         "resources": {"gpus": gpus},
     }
@@ -75,6 +82,8 @@ def eval_run(
         body["model"] = int(model) if model.isdigit() else model
     if job is not None:
         body["job"] = job
+    if endpoint is not None:
+        body["endpoint"] = endpoint
     if checkpoint is not None:
         job_id, _, step = checkpoint.partition(":")
         if not (job_id.isdigit() and step.isdigit()):

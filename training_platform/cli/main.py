@@ -17,6 +17,7 @@ from training_platform.cli import services
 from training_platform.cli.client import ApiClient, ApiError, read_token
 from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
 from training_platform.cli.evaluation import eval_app
+from training_platform.cli.serving import endpoints_app, serve_app
 from training_platform.core.settings import Settings
 
 app = typer.Typer(
@@ -37,6 +38,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(rewards_app, name="rewards")
 app.add_typer(eval_app, name="eval")
+app.add_typer(serve_app, name="serve")
+app.add_typer(endpoints_app, name="endpoints")
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 STATUS_STYLE = {
