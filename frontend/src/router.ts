@@ -27,6 +27,7 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/EvaluationDetailPage.vue"),
     props: true,
   },
+  { path: "/serving", name: "serving", component: () => import("./pages/ServingPage.vue") },
   { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
   { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },
   { path: "/:rest(.*)*", name: "not-found", component: () => import("./pages/NotFoundPage.vue") },

@@ -419,3 +419,48 @@ def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_sam
         expect(row.locator("[data-test=output-a]")).to_contain_text(sample["output_a"].strip())
         expect(row.locator("[data-test=output-b]")).to_contain_text(sample["output_b"].strip())
     page.screenshot(path=str(shots / "evaluation-compare.png"))
+
+
+def test_serve_a_trained_model_from_the_browser_and_chat_with_it(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    jobs = _api(dash, "GET", "/jobs", params={"status": "succeeded", "limit": 500})["items"]
+    trained = next(j for j in jobs if j["name"] == "dashboard sft")
+    model = f"job-{trained['id']}-final"  # registered by the evaluation test
+    _login(page, dash.token)
+    page.click("a:has-text('Serving & chat')")
+    expect(page.locator("[data-test=chat]")).to_contain_text("No served model answers yet.")
+    form = page.locator("[data-test=serve-form]")
+    form.locator("select[name=serve-model]").select_option(model)
+    form.locator("select[name=serve-engine]").select_option("transformers")
+    page.click("[data-test=start-serving]")
+    row = page.locator("[data-test=served-table] tr[data-served]").first
+    expect(row.locator("[data-ready=true]")).to_be_visible(timeout=180_000)
+    job_id = int(str(row.get_attribute("data-served")))
+
+    chat = page.locator("[data-test=chat]")
+    chat.locator("select[name=chat-job]").select_option(str(job_id))
+    chat.locator("input[name=max-tokens]").fill("12")
+    chat.locator("textarea[name=message]").fill("What is 2 + 3?")
+    page.click("[data-test=send]")
+    expect(chat.locator("[data-role=user]")).to_have_count(1)
+    reply = chat.locator("[data-role=assistant]")
+    expect(reply).to_have_count(1, timeout=60_000)
+    expect(reply.locator("strong")).to_have_text(model)
+    # The served model's own (greedy) answer to the same conversation, through the API.
+    asked = {
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    answer = _api(dash, "POST", f"/serving/{job_id}/v1/chat/completions", json=asked)
+    assert answer["model"] == model
+    text = answer["choices"][0]["message"]["content"] or "(empty reply)"
+    assert reply.locator("pre").inner_text().strip() == text.strip()
+    page.screenshot(path=str(shots / "serving-chat.png"))
+
+    row.locator("button:has-text('Stop')").click()
+    deadline = time.monotonic() + 60
+    while _api(dash, "GET", f"/jobs/{job_id}")["status"] != "cancelled":
+        assert time.monotonic() < deadline, "the serve job was not stopped"
+        time.sleep(0.5)

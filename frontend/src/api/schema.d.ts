@@ -136,6 +136,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Endpoints
+         * @description Every endpoint: those registered and those of running serve jobs (never a key).
+         */
+        get: operations["list_endpoints_api_v1_endpoints_get"];
+        put?: never;
+        /**
+         * Create Endpoint
+         * @description Register an OpenAI-compatible server; its API key is stored encrypted.
+         */
+        post: operations["create_endpoint_api_v1_endpoints_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/endpoints/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Endpoint
+         * @description Forget a registered endpoint and its key.
+         */
+        delete: operations["delete_endpoint_api_v1_endpoints__name__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations": {
         parameters: {
             query?: never;
@@ -1047,6 +1091,90 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/serving": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Served
+         * @description Serve jobs (newest first) and whether their server answers.
+         */
+        get: operations["list_served_api_v1_serving_get"];
+        put?: never;
+        /**
+         * Start Serving
+         * @description Start a serve job; cancel it (DELETE-like: POST /jobs/{id}/cancel) to stop serving.
+         */
+        post: operations["start_serving_api_v1_serving_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/serving/{job_id}/v1/chat/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Chat Completions
+         * @description OpenAI chat completions from the served model (stream: true for server-sent events).
+         */
+        post: operations["chat_completions_api_v1_serving__job_id__v1_chat_completions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/serving/{job_id}/v1/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Completions
+         * @description OpenAI text completions from the served model.
+         */
+        post: operations["completions_api_v1_serving__job_id__v1_completions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/serving/{job_id}/v1/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Models
+         * @description The one model the job serves, by its catalog name.
+         */
+        get: operations["models_api_v1_serving__job_id__v1_models_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/tokens": {
         parameters: {
             query?: never;
@@ -1322,7 +1450,7 @@ export interface components {
             /** Backend */
             backend: string;
             /** Data Task */
-            data_task: string;
+            data_task: string | null;
             /** Dataset Formats */
             dataset_formats: string[];
             /** Description */
@@ -1459,6 +1587,87 @@ export interface components {
             task: string | null;
         };
         /**
+         * EndpointCreate
+         * @description Register an OpenAI-compatible server; its key is stored encrypted and never shown.
+         */
+        EndpointCreate: {
+            /**
+             * Api Key
+             * @description Sent as Authorization: Bearer.
+             */
+            api_key?: string | null;
+            /**
+             * Base Url
+             * @description Up to /v1, e.g. https://host/v1.
+             */
+            base_url: string;
+            /**
+             * Concurrency
+             * @description Requests in flight at once.
+             * @default 8
+             */
+            concurrency: number;
+            /**
+             * Max Retries
+             * @description Retries on 429, 5xx and connection errors, with backoff.
+             * @default 3
+             */
+            max_retries: number;
+            /**
+             * Model
+             * @description The model name sent in requests.
+             */
+            model: string;
+            /** Name */
+            name: string;
+            /**
+             * Rate Limit
+             * @description Most requests started per second; absent: no limit.
+             */
+            rate_limit?: number | null;
+            /**
+             * Timeout S
+             * @description Per request.
+             * @default 120
+             */
+            timeout_s: number;
+        };
+        /**
+         * EndpointPublic
+         * @description An endpoint as clients see it: whether it has a key, never the key.
+         */
+        EndpointPublic: {
+            /** Base Url */
+            base_url: string;
+            /** Concurrency */
+            concurrency: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Engine */
+            engine: string | null;
+            /** Has Api Key */
+            has_api_key: boolean;
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: number | null;
+            /** Max Retries */
+            max_retries: number;
+            /** Model */
+            model: string;
+            /** Name */
+            name: string;
+            /** Rate Limit */
+            rate_limit: number | null;
+            /** Timeout S */
+            timeout_s: number;
+        };
+        /**
          * Environment
          * @description The Python environment on the host that has the platform installed: one of the three.
          */
@@ -1488,6 +1697,11 @@ export interface components {
              * @description A prompt/answer dataset, by name or id.
              */
             dataset: string | number;
+            /**
+             * Endpoint
+             * @description Or: an endpoint, by name (api engine).
+             */
+            endpoint?: string | null;
             generation?: components["schemas"]["Generation"];
             /**
              * Job
@@ -1527,6 +1741,8 @@ export interface components {
             dataset: string;
             /** Dataset Id */
             dataset_id: number;
+            /** Endpoint */
+            endpoint: string | null;
             /** Engine */
             engine: string;
             /** Engine Used */
@@ -1542,7 +1758,7 @@ export interface components {
             /** Model */
             model: string;
             /** Model Id */
-            model_id: number;
+            model_id: number | null;
             /** Name */
             name: string;
             /** Params */
@@ -1579,11 +1795,11 @@ export interface components {
             batch_size: number;
             /**
              * Engine
-             * @description auto: vLLM on GPUs where installed, transformers otherwise.
+             * @description auto: vLLM on GPUs where installed, transformers otherwise; api (the only one) for an endpoint.
              * @default auto
              * @enum {string}
              */
-            engine: "auto" | "transformers" | "vllm";
+            engine: "auto" | "transformers" | "vllm" | "api";
             /**
              * Max New Tokens
              * @default 32
@@ -1594,6 +1810,24 @@ export interface components {
              * @description First N rows only.
              */
             max_samples?: number | null;
+            /**
+             * Seed
+             * @description For sampling (temperature > 0).
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Temperature
+             * @description 0: greedy.
+             * @default 0
+             */
+            temperature: number;
+            /**
+             * Top P
+             * @description Nucleus sampling: the top mass kept.
+             * @default 1
+             */
+            top_p: number;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -1790,18 +2024,18 @@ export interface components {
             backend: string;
             /**
              * Dataset
-             * @description Registered dataset, by name or id.
+             * @description Registered dataset, by name or id; every algorithm but serve needs one.
              */
-            dataset: string | number;
+            dataset?: string | number | null;
             /** Hyperparameters */
             hyperparameters?: {
                 [key: string]: unknown;
             };
             /**
              * Model
-             * @description Registered model, by name or id.
+             * @description Registered model, by name or id; every job needs one but an evaluation of an endpoint (hyperparameters.endpoint).
              */
-            model: string | number;
+            model?: string | number | null;
             /** Name */
             name: string;
             policy?: components["schemas"]["JobPolicy"];
@@ -1900,7 +2134,7 @@ export interface components {
             /** Created By */
             created_by: string;
             /** Dataset */
-            dataset: string;
+            dataset: string | null;
             /**
              * Devices
              * @description Leased now, as host:gpu<i> or host:cpu<i>.
@@ -1937,7 +2171,7 @@ export interface components {
              */
             last_progress_at?: string | null;
             /** Model */
-            model: string;
+            model: string | null;
             /** Name */
             name: string;
             /** Node */
@@ -2497,6 +2731,63 @@ export interface components {
             total: number;
         };
         /**
+         * ServeCreate
+         * @description Serve a catalog model or a job's checkpoint until the serve job is cancelled.
+         */
+        ServeCreate: {
+            /** @description Or: a checkpoint of a job. */
+            checkpoint?: components["schemas"]["CheckpointRef"] | null;
+            /**
+             * Engine
+             * @default auto
+             * @enum {string}
+             */
+            engine: "auto" | "transformers" | "vllm";
+            /**
+             * Job
+             * @description Or: the final model of this job.
+             */
+            job?: number | null;
+            /** Max Model Len */
+            max_model_len?: number | null;
+            /**
+             * Model
+             * @description A registered model, by name or id.
+             */
+            model?: string | number | null;
+            /**
+             * Name
+             * @description The job's name; default: serve MODEL.
+             */
+            name?: string | null;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+        };
+        /**
+         * ServedPublic
+         * @description A serve job and whether its server answers through the platform.
+         */
+        ServedPublic: {
+            /** Engine */
+            engine: string | null;
+            /** Job Id */
+            job_id: number;
+            /** Model */
+            model: string;
+            /** Name */
+            name: string;
+            /** Ready */
+            ready: boolean;
+            /** Status */
+            status: string;
+            /** Url */
+            url: string;
+        };
+        /**
          * StagePublic
          * @description A stage as clients see it.
          */
@@ -2934,6 +3225,88 @@ export interface operations {
             header?: never;
             path: {
                 ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_endpoints_api_v1_endpoints_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointPublic"][];
+                };
+            };
+        };
+    };
+    create_endpoint_api_v1_endpoints_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EndpointCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_endpoint_api_v1_endpoints__name__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
             };
             cookie?: never;
         };
@@ -4626,6 +4999,165 @@ export interface operations {
                     "application/json": {
                         [key: string]: number;
                     };
+                };
+            };
+        };
+    };
+    list_served_api_v1_serving_get: {
+        parameters: {
+            query?: {
+                include_ended?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ServedPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    start_serving_api_v1_serving_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ServeCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    chat_completions_api_v1_serving__job_id__v1_chat_completions_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    completions_api_v1_serving__job_id__v1_completions_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    models_api_v1_serving__job_id__v1_models_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

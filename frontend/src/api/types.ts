@@ -27,6 +27,8 @@ export type EvaluationsPage = S["EvaluationsPublic"];
 export type EvaluationSamples = S["SamplesPublic"];
 export type EvaluationBreakdown = S["BreakdownPublic"];
 export type Comparison = S["ComparisonPublic"];
+export type Served = S["ServedPublic"];
+export type Endpoint = S["EndpointPublic"];
 
 /** One scorer's result (evaluation/stats.py Summary): the API types it as a free object. */
 export interface ScoreSummary {
