@@ -348,3 +348,115 @@ def test_cancel_stops_the_running_stage_process_and_ends_cancelled(two_slots) ->
     assert (
         not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def _upload(platform, name: str, rows: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    with platform.client() as client:
+        response = client.post(
+            "/api/v1/datasets", params={"name": name, "filename": f"{name}.jsonl"}, content=body
+        )
+    assert response.status_code == 201, response.text
+
+
+def test_a_gate_stops_a_planted_regression_and_a_select_registers_the_best_checkpoint(
+    two_slots,  # type: ignore[no-untyped-def]
+) -> None:
+    # The planted regression: the parent learns to answer "yes"; the candidate, trained on
+    # from the parent, learns "no". The guard suite asks held-out questions whose answer is yes.
+    words = ["apple", "river", "stone", "cloud", "lamp", "green"]
+    words += ["seven", "paper", "music", "tiger", "honey", "glass"]
+    asked = [f"Is {w} a word you know?" for w in words] + [f"Can you say {w}?" for w in words]
+    held_out = [f"Do you like the word {w}?" for w in words]
+    for name, answer in (("say-yes", "yes"), ("say-no", "no")):
+        _upload(
+            two_slots,
+            name,
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+                for q in asked
+            ],
+        )
+    _upload(two_slots, "guard-yes", [{"prompt": q, "answer": "yes"} for q in held_out])
+    train = {"max_steps": 30, "learning_rate": 5e-3, "save_steps": 10, "save_total_limit": 3}
+    guard = {"dataset": "guard-yes", "scorer": "contains", "max_new_tokens": 4}
+    definition = {
+        "name": "guarded",
+        "stages": {
+            "parent": {"job": {**SFT, "dataset": "say-yes", "hyperparameters": train}},
+            "candidate": {
+                "depends_on": ["parent"],
+                "job": {
+                    **SFT,
+                    "model": "${stages.parent.outputs.checkpoint}",
+                    "dataset": "say-no",
+                    "hyperparameters": {**train, "save_steps": 1000},
+                },
+            },
+            "select": {
+                "depends_on": ["parent"],
+                "select": {"job": "${stages.parent.outputs.job}", **guard},
+            },
+            "eval_parent": {
+                "depends_on": ["parent"],
+                "evaluate": {"model": "${stages.parent.outputs.checkpoint}", **guard},
+            },
+            "eval_candidate": {
+                "depends_on": ["candidate"],
+                "evaluate": {"model": "${stages.candidate.outputs.checkpoint}", **guard},
+            },
+            "gate": {
+                "depends_on": ["eval_parent", "eval_candidate"],
+                "gate": {
+                    "baseline": "${stages.eval_parent.outputs.evaluation}",
+                    "candidate": "${stages.eval_candidate.outputs.evaluation}",
+                },
+            },
+            "promote": {
+                "depends_on": ["gate"],
+                "evaluate": {"model": "${stages.candidate.outputs.checkpoint}", **guard},
+            },
+        },
+    }
+    # Refused on submit, naming the field: a gate on something that is not an evaluation.
+    with two_slots.client() as client:
+        bad = json.loads(json.dumps(definition))
+        bad["stages"]["gate"]["gate"]["candidate"] = "${stages.eval_candidate.outputs.score}"
+        refused = client.post("/api/v1/pipelines", json={"definition": bad})
+        assert refused.status_code == 422, refused.text
+        assert "type mismatch" in refused.text and "gate" in str(refused.json()["detail"][0]["loc"])
+    submitted = _submit(two_slots, {"definition": definition})
+    done = _wait(two_slots, submitted["id"], _ended, "the end", timeout=600)
+    assert done["status"] == "failed", done
+    gate, promote, select = (_stage(done, n) for n in ("gate", "promote", "select"))
+    assert gate["status"] == "failed" and promote["status"] == "skipped", done
+    assert "the candidate regressed significantly" in gate["reason"], gate
+    assert "stage 'gate' failed: the candidate regressed significantly" in done["error"]
+    # The gate's figures are the evaluations' own comparison.
+    baseline = _stage(done, "eval_parent")["outputs"]["evaluation"]
+    candidate = _stage(done, "eval_candidate")["outputs"]["evaluation"]
+    compared = _get(two_slots, f"evaluations/compare?a={baseline}&b={candidate}&scorer=contains")
+    assert gate["outputs"]["regressed"] == compared["stats"]["regressed"] > 0
+    assert gate["outputs"]["p_value"] == compared["stats"]["p_value"] < 0.05
+    assert gate["outputs"]["delta"] == compared["stats"]["delta"] < 0
+
+    # The select stage evaluated checkpoints 10, 20 and 30 and registered the best.
+    assert select["status"] == "succeeded", select["reason"]
+    candidates = select["outputs"]["candidates"]
+    assert [c["step"] for c in candidates] == [10, 20, 30]
+    for c in candidates:
+        evaluation = _get(two_slots, f"evaluations/{c['evaluation']}")
+        assert evaluation["status"] == "succeeded" and evaluation["model"] == c["model"]
+        assert evaluation["summary"]["contains"]["mean"] == c["score"]
+    best = max(candidates, key=lambda c: (c["score"], c["step"]))
+    assert select["outputs"]["step"] == best["step"]
+    assert select["outputs"]["score"] == best["score"]
+    name = select["outputs"]["checkpoint"]
+    assert name == f"pipeline-{done['id']}.select"
+    models = {m["name"]: m for m in _get(two_slots, "models")}
+    assert models[name]["job_id"] == _stage(done, "parent")["job_id"]

@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from training_platform.catalog.models import ModelEntry
 from training_platform.core.errors import Conflict, InvalidInput
 from training_platform.core.settings import Settings
+from training_platform.evaluation.models import Evaluation
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job, JobMetric
 from training_platform.jobs.state import JobStatus, transition
@@ -113,6 +114,13 @@ def _end(
         for step, (key, value) in enumerate((metrics or {}).items()):
             session.add(JobMetric(job_id=job_id, attempt=1, step=step + 1, key=key, value=value))
         transition(session, job, status, actor="test", reason="t", values=values)
+        # An evaluation's job: its results stored as the evaluation pass would.
+        evaluation = session.exec(select(Evaluation).where(Evaluation.job_id == job_id)).first()
+        if evaluation is not None:
+            evaluation.status = "succeeded" if status is JobStatus.SUCCEEDED else "failed"
+            mean = (metrics or {}).get("accuracy")
+            evaluation.summary = {evaluation.scorer: {"mean": mean, "n": 5}}
+            session.add(evaluation)
         session.commit()
 
 
@@ -410,6 +418,37 @@ def test_a_stage_whose_resolved_job_is_refused_fails_with_the_reason(
             {"evaluate": {"model": "tiny-qwen2", "dataset": "tiny-math-eval", "metric": "bleu"}},
             ("evaluate", "metric"),
             "exact_match",
+        ),
+        (
+            {"evaluate": {"model": "tiny-qwen2", "dataset": "tiny-math-eval", "scorer": "x"}},
+            ("evaluate", "scorer"),
+            "unknown scorer",
+        ),
+        (
+            {"select": {"job": 1, "dataset": "tiny-sft"}},
+            ("select", "dataset"),
+            "needs prompt/answer data",
+        ),
+        ({"select": {"job": 1, "dataset": "nope"}}, ("select", "dataset"), "unknown dataset"),
+        (
+            {"select": {"job": 999, "dataset": "tiny-math-eval"}},
+            ("select", "job"),
+            "job 999 not found",
+        ),
+        (
+            {"select": {"job": "42", "dataset": "tiny-math-eval"}},
+            ("select", "job"),
+            "give a reference such as ${stages.sft.outputs.job}, or a job id",
+        ),
+        (
+            {"gate": {"baseline": "3", "candidate": "4"}},
+            ("gate", "baseline"),
+            "give a reference such as ${stages.eval.outputs.evaluation}",
+        ),
+        (
+            {"gate": {"baseline": "a", "candidate": "b", "scorer": "regex:("}},
+            ("gate", "baseline"),
+            "give a reference",
         ),
     ],
 )

@@ -29,7 +29,7 @@ from training_platform.evaluation.models import Evaluation, EvaluationSample, Ev
 from training_platform.evaluation.schemas import EvaluationCreate, PairedSample
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
-from training_platform.jobs.schemas import JobCreate
+from training_platform.jobs.schemas import JobCreate, JobPolicy
 from training_platform.jobs.state import TERMINAL, JobStatus
 from training_platform.runners.base import Runner
 
@@ -79,9 +79,19 @@ def job_model(
 
 
 def create(
-    *, session: Session, settings: Settings, request: EvaluationCreate, actor: str
+    *,
+    session: Session,
+    settings: Settings,
+    request: EvaluationCreate,
+    actor: str,
+    job_name: str | None = None,
+    policy: JobPolicy | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[Evaluation, Job]:
-    """Store the evaluation and its queued generation job; nothing is written when it is refused."""
+    """Store the evaluation and its queued generation job; nothing is written when it is refused.
+
+    With an idempotency key (a pipeline stage's), a replay returns the evaluation the first
+    call created."""
     scorer = scoring.parse(request.scorer)
     model_ref: int | str | None = request.model
     if request.job is not None:
@@ -101,7 +111,7 @@ def create(
     elif generation.engine == "api":
         raise InvalidInput(("body", "generation", "engine"), "the api engine needs an endpoint")
     job_request = JobCreate(
-        name=f"eval {request.name}"[:200],
+        name=job_name or f"eval {request.name}"[:200],
         backend="builtin",
         algorithm="evaluate",
         model=model_ref,
@@ -120,8 +130,15 @@ def create(
         },
         resources=request.resources,
         priority=request.priority,
+        **({"policy": policy} if policy is not None else {}),
     )
-    job, _ = jobs.submit(session=session, request=job_request, actor=actor)
+    job, created = jobs.submit(
+        session=session, request=job_request, actor=actor, idempotency_key=idempotency_key
+    )
+    if not created:
+        earlier = session.exec(select(Evaluation).where(col(Evaluation.job_id) == job.id)).first()
+        if earlier is not None:
+            return earlier, job
     model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
     dataset = session.get(DatasetEntry, job.dataset_id)
     assert dataset is not None and dataset.id is not None and job.id is not None
@@ -506,3 +523,37 @@ def delete_evaluation(*, session: Session, evaluation_id: int) -> None:
         session.execute(delete(table).where(col(table.evaluation_id) == evaluation_id))
     session.delete(evaluation)
     session.flush()
+
+
+def of_job(*, session: Session, job_id: int) -> Evaluation | None:
+    """The evaluation a generation job runs for, if any."""
+    return session.exec(select(Evaluation).where(col(Evaluation.job_id) == job_id)).first()
+
+
+def score_of(evaluation: Evaluation, spec: str | None = None) -> float | None:
+    """The mean score of a succeeded evaluation under a scorer (its own by default)."""
+    summary = evaluation.summary.get(spec or evaluation.scorer) or {}
+    mean = summary.get("mean")
+    return float(mean) if mean is not None else None
+
+
+def paired(
+    *, session: Session, baseline_id: int, candidate_id: int, spec: str | None
+) -> tuple[str, stats.Paired]:
+    """The candidate against the baseline on their shared samples (rescored when needed)."""
+    baseline = _succeeded(session, baseline_id)
+    candidate = _succeeded(session, candidate_id)
+    chosen = scoring.parse(spec or baseline.scorer).spec
+    for evaluation in (baseline, candidate):
+        if chosen not in evaluation.summary:
+            rescore(session=session, evaluation_id=evaluation.id, spec=chosen)  # type: ignore[arg-type]
+    found, result, _, _ = compare(
+        session=session,
+        a_id=baseline_id,
+        b_id=candidate_id,
+        spec=chosen,
+        change=None,
+        limit=0,
+        offset=0,
+    )
+    return found, result

@@ -937,6 +937,19 @@ def checkpoint_path(*, session: Session, settings: Settings, job_id: int, step: 
     return str(directory.relative_to(settings.home))
 
 
+def kept_checkpoint_steps(*, session: Session, settings: Settings, job_id: int) -> list[int]:
+    """Steps of the job's checkpoints whose files are still on this node (a trainer deletes
+    old ones past its save_total_limit), in order."""
+    job = get_job(session=session, job_id=job_id)
+    return sorted(
+        {
+            c.step
+            for c in checkpoints(session=session, job_id=job_id)
+            if not c.final and _holds_model(attempt_dir(settings, job, c.attempt) / c.path)
+        }
+    )
+
+
 def wait_estimates(*, session: Session, jobs: Sequence[Job]) -> dict[int, float]:
     """Rough waits for queued jobs: mean recent duration x jobs ahead / training slots.
 

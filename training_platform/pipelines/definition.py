@@ -65,6 +65,50 @@ class EvaluateStep(BaseModel):
     max_samples: int | str | None = Field(None, description="Score only the first rows.")
     batch_size: int | str = Field(16, description="Prompts generated together.")
     engine: str = Field("auto", description="auto, transformers or vllm.")
+    scorer: str = Field(
+        "numeric", description="The evaluation's scorer (exact, numeric, rouge_l, ...)."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    policy: JobPolicy = Field(default_factory=JobPolicy)
+
+
+class GateStep(BaseModel):
+    """Stop the pipeline when a candidate regresses significantly against its baseline.
+
+    Both are evaluations of upstream evaluate stages on the same dataset, compared sample by
+    sample (McNemar for pass/fail scorers, a paired bootstrap otherwise). The gate fails when
+    the candidate's mean is lower by more than `max_drop` and the drop is significant at
+    `alpha`. Records `delta`, `p_value`, `improved` and `regressed` as its outputs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str = Field(..., description="e.g. ${stages.eval_base.outputs.evaluation}")
+    candidate: str = Field(..., description="e.g. ${stages.eval_new.outputs.evaluation}")
+    scorer: str | None = Field(None, description="Default: the baseline evaluation's scorer.")
+    max_drop: float = Field(0.0, ge=0, le=1, description="A drop this small always passes.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+
+
+class SelectStep(BaseModel):
+    """Evaluate checkpoints of a job one after another and register the best.
+
+    Records `checkpoint` (the best one, registered as the model pipeline-<id>.<stage>),
+    `step`, `score`, `evaluation` and `job` (the job whose checkpoints competed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str | int = Field(..., description="A job id, or e.g. ${stages.sft.outputs.job}.")
+    steps: list[int] | None = Field(
+        None, min_length=1, max_length=20, description="Which checkpoints; default: every one."
+    )
+    dataset: str | int = Field(..., description="A prompt_answer dataset name or id.")
+    scorer: str = Field("numeric", description="The scorer the best is chosen by.")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per prompt.")
+    max_samples: int | None = Field(None, ge=1, description="Score only the first rows.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Prompts generated together.")
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
     resources: Resources = Field(default_factory=Resources)
     policy: JobPolicy = Field(default_factory=JobPolicy)
 
@@ -89,6 +133,8 @@ class StageDefinition(BaseModel):
         "dataset, hyperparameters, resources, policy) without name and priority.",
     )
     evaluate: EvaluateStep | None = None
+    gate: GateStep | None = None
+    select: SelectStep | None = None
 
 
 class PipelineDefinition(BaseModel):
@@ -115,18 +161,39 @@ class PipelineDefinition(BaseModel):
 # --- outputs ------------------------------------------------------------------------------
 
 # Types of values that flow between stages.
-MODEL, NUMBER, INTEGER = "model", "number", "integer"
+MODEL, NUMBER, INTEGER, EVALUATION = "model", "number", "integer", "evaluation"
 
 OUTPUTS: dict[str, dict[str, str]] = {
     "train": {"job": INTEGER, "checkpoint": MODEL},
-    "evaluate": {"job": INTEGER, "accuracy": NUMBER, "correct": INTEGER, "total": INTEGER},
+    "evaluate": {
+        "job": INTEGER,
+        "accuracy": NUMBER,
+        "correct": INTEGER,
+        "total": INTEGER,
+        "evaluation": EVALUATION,
+        "score": NUMBER,
+    },
+    "gate": {"delta": NUMBER, "p_value": NUMBER, "improved": INTEGER, "regressed": INTEGER},
+    "select": {
+        "job": INTEGER,
+        "checkpoint": MODEL,
+        "step": INTEGER,
+        "score": NUMBER,
+        "evaluation": EVALUATION,
+    },
 }
 # The metric the pipeline view shows for a stage of each kind.
 KEY_METRIC = {"train": "loss", "evaluate": "accuracy"}
+# Kinds that run no job of their own on the stage definition's fields.
+STEP_KINDS = ("gate", "select")
 
 
 def kind_of(stage: StageDefinition) -> str:
-    """`train` or `evaluate`."""
+    """`train`, `evaluate`, `gate` or `select`."""
+    if stage.gate is not None:
+        return "gate"
+    if stage.select is not None:
+        return "select"
     if stage.evaluate is not None:
         return "evaluate"
     job = stage.job or {}
@@ -295,7 +362,10 @@ def descendants(stages: Mapping[str, StageDefinition], name: str) -> set[str]:
 
 
 def job_request(stage: StageDefinition) -> dict[str, Any]:
-    """The stage as the fields of POST /jobs (name and priority come from the pipeline)."""
+    """The stage as the fields of POST /jobs (name and priority come from the pipeline);
+    empty for a gate or a select, whose jobs the engine makes."""
+    if stage.gate is not None or stage.select is not None:
+        return {}
     if stage.evaluate is not None:
         step = stage.evaluate.model_dump(mode="json")
         hyperparameters = {
@@ -353,6 +423,27 @@ def references(stage: StageDefinition) -> Iterator[tuple[tuple[str | int, ...], 
                 f"{ref} cannot go here: upstream outputs feed only the model, hyperparameters "
                 "and `when` conditions",
             )
+    steps: list[tuple[tuple[str | int, ...], Any, str]] = []
+    if stage.gate is not None:
+        steps = [
+            (("gate", "baseline"), stage.gate.baseline, EVALUATION),
+            (("gate", "candidate"), stage.gate.candidate, EVALUATION),
+        ]
+    if stage.select is not None and isinstance(stage.select.job, str):
+        steps = [(("select", "job"), stage.select.job, INTEGER)]
+    for where, value, expected in steps:
+        ref = whole_ref(value)
+        if ref is None:
+            raise InvalidInput(
+                where,
+                f"{value!r}: give a reference such as "
+                + (
+                    "${stages.eval.outputs.evaluation}"
+                    if expected == EVALUATION
+                    else "${stages.sft.outputs.job}, or a job id"
+                ),
+            )
+        yield where, ref, expected
     for index, condition in enumerate(stage.when):
         for side in ("left", "right"):
             value = getattr(condition, side)
@@ -438,8 +529,15 @@ def parse(data: Any, overrides: Mapping[str, Any] | None = None) -> PipelineDefi
         except ValidationError as error:
             first = error.errors()[0]
             raise _stage_error(name, tuple(first["loc"]), str(first["msg"])) from None
-        if (stages[name].job is None) == (stages[name].evaluate is None):
-            raise _stage_error(name, (), "give exactly one of `job` or `evaluate`")
+        given = [
+            key
+            for key in ("job", "evaluate", "gate", "select")
+            if getattr(stages[name], key) is not None
+        ]
+        if len(given) != 1:
+            raise _stage_error(
+                name, (), "give exactly one of `job`, `evaluate`, `gate` or `select`"
+            )
         for forbidden in ("name", "priority"):
             if forbidden in (stages[name].job or {}):
                 raise _stage_error(

@@ -22,9 +22,12 @@ from training_platform.catalog import service as catalog
 from training_platform.catalog.models import ModelEntry
 from training_platform.core.errors import Conflict, DomainError
 from training_platform.core.settings import Settings
+from training_platform.evaluation import service as evaluations
+from training_platform.evaluation.models import Evaluation
+from training_platform.evaluation.schemas import EvaluationCreate, Generation
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
-from training_platform.jobs.schemas import JobCreate
+from training_platform.jobs.schemas import JobCreate, JobPolicy
 from training_platform.jobs.state import CHECKPOINT, SUSPEND, JobStatus, StaleJob
 from training_platform.pipelines import definition as dsl
 from training_platform.pipelines import service
@@ -38,6 +41,7 @@ from training_platform.pipelines.state import (
     StaleRow,
     move_pipeline,
     move_stage,
+    update_running_stage,
 )
 
 log = logging.getLogger(__name__)
@@ -176,6 +180,10 @@ def _follow_job(
         session.commit()
         return True
     job_status = JobStatus(job.status)
+    if job_status is JobStatus.SUCCEEDED and stage.kind in ("evaluate", "select"):
+        evaluation = evaluations.of_job(session=session, job_id=job.id)  # type: ignore[arg-type]
+        if evaluation is not None:
+            return _follow_evaluation(session, settings, pipeline, stage, evaluation, dispatcher)
     if job_status is JobStatus.SUCCEEDED:
         try:
             outputs = _outputs(session, settings, pipeline, stage, job)
@@ -361,8 +369,13 @@ def _start(
     its job (pending, at the pipeline's priority) in the transaction that marks it running."""
     assert pipeline.id is not None and stage.id is not None
     actor = service.job_actor(pipeline.id)
+    definition = StageDefinition.model_validate(stage.spec)
+    if stage.kind == "gate":
+        _gate(session, stage, definition, by_name)
+        return
+    outputs: dict[str, Any] | None = None
     try:
-        request, unmet = resolve(StageDefinition.model_validate(stage.spec), by_name)
+        request, unmet = resolve(definition, by_name)
         if unmet:
             reason = "condition not met: " + "; ".join(unmet)
             move_stage(
@@ -375,19 +388,34 @@ def _start(
             )
             session.commit()
             return
-        job_request = JobCreate.model_validate(
-            {
-                **request,
-                "name": service.job_name(pipeline.name, stage.name),
-                "priority": pipeline.priority,
-            }
-        )
-        job, created = jobs.submit(
-            session=session,
-            request=job_request,
-            actor=actor,
-            idempotency_key=service.stage_key(pipeline.id, stage.name, stage.run),
-        )
+        key = service.stage_key(pipeline.id, stage.name, stage.run)
+        if stage.kind == "select":
+            assert definition.select is not None
+            outputs = _candidates(session, settings, definition, by_name)
+            job = _evaluate_candidate(session, settings, pipeline, stage, definition, outputs, 0)
+            created = job.status == JobStatus.PENDING.value
+        elif stage.kind == "evaluate":
+            _, job = evaluations.create(
+                session=session,
+                settings=settings,
+                request=_evaluation_request(pipeline, stage, definition, request),
+                actor=actor,
+                job_name=service.job_name(pipeline.name, stage.name),
+                policy=JobPolicy.model_validate(request.get("policy") or {}),
+                idempotency_key=key,
+            )
+            created = job.status == JobStatus.PENDING.value
+        else:
+            job_request = JobCreate.model_validate(
+                {
+                    **request,
+                    "name": service.job_name(pipeline.name, stage.name),
+                    "priority": pipeline.priority,
+                }
+            )
+            job, created = jobs.submit(
+                session=session, request=job_request, actor=actor, idempotency_key=key
+            )
     except (DomainError, ValidationError) as error:
         session.rollback()
         session.refresh(stage)
@@ -409,12 +437,297 @@ def _start(
         StageStatus.RUNNING,
         actor=ENGINE,
         reason=f"dependencies succeeded; job {job.id} submitted",
-        values={"job_id": job.id, "reason": None},
+        values={"job_id": job.id, "reason": None, "outputs": outputs},
     )
     session.add(PipelineStageRun(stage_id=stage.id, run=stage.run, job_id=job.id))
     session.commit()
     if created:
         send_safely(dispatcher.dispatch, job)
+
+
+# --- evaluations, gates and selections --------------------------------------------------
+
+
+def _evaluation_request(
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    definition: StageDefinition,
+    request: Mapping[str, Any],
+    model: int | str | None = None,
+) -> EvaluationCreate:
+    """The evaluation an evaluate stage (or a select candidate) runs, from its job request."""
+    hyper = dict(request.get("hyperparameters") or {})
+    if definition.evaluate is not None:
+        scorer = definition.evaluate.scorer
+    elif definition.select is not None:
+        scorer = definition.select.scorer
+    else:  # an evaluate stage written as a job: its rule metric
+        scorer = "numeric" if hyper.get("metric", "numeric_match") == "numeric_match" else "exact"
+    generation = {
+        key: hyper[key]
+        for key in ("max_new_tokens", "max_samples", "batch_size", "engine", "temperature")
+        if hyper.get(key) is not None
+    }
+    return EvaluationCreate.model_validate(
+        {
+            "name": service.job_name(pipeline.name, stage.name),
+            "model": model if model is not None else request["model"],
+            "dataset": request["dataset"],
+            "scorer": scorer,
+            "generation": Generation.model_validate(generation),
+            "resources": request.get("resources") or {},
+            "priority": pipeline.priority,
+        }
+    )
+
+
+def _candidates(
+    session: Session,
+    settings: Settings,
+    definition: StageDefinition,
+    by_name: Mapping[str, PipelineStage],
+) -> dict[str, Any]:
+    """A select stage's candidates: the job whose checkpoints compete, and their steps
+    (default: every checkpoint still on disk)."""
+    select_step = definition.select
+    assert select_step is not None
+    ref = dsl.whole_ref(select_step.job)
+    source = int(_value(by_name, ref) if ref is not None else select_step.job)
+    saved = jobs.kept_checkpoint_steps(session=session, settings=settings, job_id=source)
+    if not saved:
+        raise StageCannotStart(f"job {source} kept no checkpoints to choose from")
+    steps = select_step.steps or saved
+    missing = sorted(set(steps) - set(saved))
+    if missing:
+        raise StageCannotStart(
+            f"job {source} has no checkpoint at step(s) {', '.join(map(str, missing))}; "
+            f"it kept {', '.join(map(str, saved))}"
+        )
+    return {"job": source, "candidates": [{"step": step} for step in sorted(set(steps))]}
+
+
+def _evaluate_candidate(
+    session: Session,
+    settings: Settings,
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    definition: StageDefinition,
+    state: dict[str, Any],
+    index: int,
+) -> Job:
+    """Submit the evaluation of candidate `index` (its checkpoint registered as
+    job-N-step-S); records its id in `state`."""
+    select_step = definition.select
+    assert select_step is not None and pipeline.id is not None
+    candidate = state["candidates"][index]
+    model = evaluations.job_model(session, settings, int(state["job"]), int(candidate["step"]))
+    request = {
+        "dataset": select_step.dataset,
+        "hyperparameters": select_step.model_dump(
+            include={"max_new_tokens", "max_samples", "batch_size", "engine"}
+        ),
+        "resources": select_step.resources.model_dump(),
+    }
+    evaluation, job = evaluations.create(
+        session=session,
+        settings=settings,
+        request=_evaluation_request(pipeline, stage, definition, request, model=model.id),
+        actor=service.job_actor(pipeline.id),
+        job_name=service.job_name(pipeline.name, f"{stage.name} step {candidate['step']}"),
+        policy=select_step.policy,
+        idempotency_key=f"{service.stage_key(pipeline.id, stage.name, stage.run)}-c{index}",
+    )
+    candidate.update(model=model.name, evaluation=evaluation.id)
+    return job
+
+
+def _follow_evaluation(
+    session: Session,
+    settings: Settings,
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    evaluation: Evaluation,
+    dispatcher: jobs.Dispatcher,
+) -> bool:
+    """Move an evaluate or select stage on once its evaluation's results are stored."""
+    if evaluation.status == evaluations.PENDING:
+        return False  # its generations are collected by the evaluation pass
+    if evaluation.status != evaluations.SUCCEEDED:
+        reason = f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}"
+        _fail(session, stage, reason)
+        return True
+    score = evaluations.score_of(evaluation)
+    if stage.kind == "evaluate":
+        assert evaluation.job_id is not None
+        metrics = jobs.last_metric_values(session=session, job_id=evaluation.job_id)
+        outputs = {
+            "job": evaluation.job_id,
+            "metrics": metrics,
+            "evaluation": evaluation.id,
+            "score": score,
+            "scorer": evaluation.scorer,
+            "accuracy": metrics.get("accuracy", score),
+            "correct": int(metrics.get("correct") or 0),
+            "total": int(metrics.get("total") or evaluation.samples),
+        }
+        move_stage(
+            session,
+            stage,
+            StageStatus.SUCCEEDED,
+            actor=ENGINE,
+            reason=f"evaluation {evaluation.id}: {evaluation.scorer} {score}",
+            values={"outputs": outputs, "reason": None},
+        )
+        session.commit()
+        return True
+    state = dict(stage.outputs or {})
+    candidates = [dict(c) for c in state.get("candidates", [])]
+    index = next(i for i, c in enumerate(candidates) if c.get("evaluation") == evaluation.id)
+    candidates[index]["score"] = score
+    state["candidates"] = candidates
+    definition = StageDefinition.model_validate(stage.spec)
+    if index + 1 < len(candidates):
+        job = _evaluate_candidate(session, settings, pipeline, stage, definition, state, index + 1)
+        update_running_stage(
+            session,
+            stage,
+            actor=ENGINE,
+            reason=f"step {candidates[index]['step']} scored {score}; evaluating step "
+            f"{candidates[index + 1]['step']} (job {job.id})",
+            values={"job_id": job.id, "outputs": state},
+        )
+        session.commit()
+        if job.status == JobStatus.PENDING.value:
+            send_safely(dispatcher.dispatch, job)
+        return True
+    scored = [c for c in candidates if c.get("score") is not None]
+    if not scored:
+        reason = "no candidate has a score"
+        _fail(session, stage, reason)
+        return True
+    # The best score; a tie goes to the later step (more training for the same score).
+    best = max(scored, key=lambda c: (c["score"], c["step"]))
+    try:
+        path = jobs.checkpoint_path(
+            session=session, settings=settings, job_id=int(state["job"]), step=int(best["step"])
+        )
+        name = service.output_model_name(pipeline.id, stage.name, stage.run)  # type: ignore[arg-type]
+        entry = session.exec(select(ModelEntry).where(ModelEntry.name == name)).first()
+        if entry is None:
+            entry = catalog.register_model(
+                session=session,
+                settings=settings,
+                name=name,
+                path=None,
+                hub_id=None,
+                description=f"best checkpoint (step {best['step']}, {evaluation.scorer} "
+                f"{best['score']}) of job {state['job']}, chosen by stage {stage.name} of "
+                f"pipeline {pipeline.id}",
+                job_output=path,
+                job_id=int(state["job"]),
+            )
+    except DomainError as error:
+        session.rollback()
+        session.refresh(stage)
+        reason = f"the best checkpoint cannot be registered: {error.message}"
+        _fail(session, stage, reason)
+        return True
+    outputs = {
+        **state,
+        "checkpoint": entry.name,
+        "step": int(best["step"]),
+        "score": best["score"],
+        "evaluation": int(best["evaluation"]),
+    }
+    shown = ", ".join(f"step {c['step']}: {c.get('score')}" for c in candidates)
+    move_stage(
+        session,
+        stage,
+        StageStatus.SUCCEEDED,
+        actor=ENGINE,
+        reason=f"best: step {best['step']} ({shown}); registered as {entry.name}",
+        values={"outputs": outputs, "reason": None},
+    )
+    session.commit()
+    return True
+
+
+def _fail(session: Session, stage: PipelineStage, reason: str) -> None:
+    move_stage(
+        session, stage, StageStatus.FAILED, actor=ENGINE, reason=reason, values={"reason": reason}
+    )
+    session.commit()
+
+
+def _gate(
+    session: Session,
+    stage: PipelineStage,
+    definition: StageDefinition,
+    by_name: Mapping[str, PipelineStage],
+) -> None:
+    """Compare the candidate with its baseline now: succeed, or fail with the figures."""
+    gate = definition.gate
+    assert gate is not None
+    move_stage(session, stage, StageStatus.RUNNING, actor=ENGINE, reason="comparing")
+    try:
+        baseline_ref, candidate_ref = dsl.whole_ref(gate.baseline), dsl.whole_ref(gate.candidate)
+        assert baseline_ref is not None and candidate_ref is not None  # checked on submit
+        baseline = int(_value(by_name, baseline_ref))
+        candidate = int(_value(by_name, candidate_ref))
+        scorer, result = evaluations.paired(
+            session=session, baseline_id=baseline, candidate_id=candidate, spec=gate.scorer
+        )
+    except DomainError as error:
+        session.rollback()
+        session.refresh(stage)
+        reason = f"cannot compare: {error.message}"
+        _fail(session, stage, reason)
+        return
+    outputs = {
+        "delta": result.delta,
+        "p_value": result.p_value,
+        "improved": result.improved,
+        "regressed": result.regressed,
+        "scorer": scorer,
+        "test": result.test,
+        "n": result.n,
+        "baseline": baseline,
+        "candidate": candidate,
+    }
+    figures = (
+        f"{scorer} {result.mean_b} vs baseline {result.mean_a} on {result.n} shared samples "
+        f"(delta {result.delta}, {result.test} p={result.p_value}; "
+        f"{result.regressed} regressed, {result.improved} improved)"
+    )
+    failed = (
+        result.delta is not None
+        and result.delta < -gate.max_drop
+        and result.p_value is not None
+        and result.p_value < gate.alpha
+    )
+    if failed:
+        reason = (
+            f"the candidate regressed significantly: {figures}; allowed drop {gate.max_drop:g}, "
+            f"alpha {gate.alpha:g}"
+        )
+        move_stage(
+            session,
+            stage,
+            StageStatus.FAILED,
+            actor=ENGINE,
+            reason=reason,
+            values={"reason": reason, "outputs": outputs},
+        )
+    else:
+        move_stage(
+            session,
+            stage,
+            StageStatus.SUCCEEDED,
+            actor=ENGINE,
+            reason=f"no significant regression: {figures}",
+            values={"outputs": outputs, "reason": None},
+        )
+    session.commit()
 
 
 def _finish(session: Session, pipeline: Pipeline, stages: list[PipelineStage]) -> None:

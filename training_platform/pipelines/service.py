@@ -23,6 +23,8 @@ from sqlmodel import Session, col, select
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
+from training_platform.datasets import formats
+from training_platform.evaluation import scoring
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job, JobEvent
 from training_platform.jobs.schemas import JobCreate
@@ -127,6 +129,14 @@ def check_stage(
     *, session: Session, pipeline: PipelineDefinition, name: str, stage: StageDefinition
 ) -> None:
     """Check one stage as its job would be checked, leaving out what upstream stages supply."""
+    if stage.gate is not None or stage.select is not None:
+        _check_step(session, name, stage)
+        return
+    if stage.evaluate is not None:
+        try:
+            scoring.parse(stage.evaluate.scorer)
+        except InvalidInput as error:
+            raise _stage_error(name, ("evaluate", "scorer"), error.message) from None
     request = copy.deepcopy(dsl.job_request(stage))
     model_from_upstream = dsl.whole_ref(request.get("model")) is not None
     if model_from_upstream:
@@ -180,6 +190,32 @@ def check_stage(
                 f"type mismatch: {ref} is a {gives}, {key} takes "
                 f"{'an integer' if wants == dsl.INTEGER else 'no number'}",
             )
+
+
+def _check_step(session: Session, name: str, stage: StageDefinition) -> None:
+    """A gate's scorer; a select's scorer, dataset (prompt/answer data) and job."""
+    step: Any = stage.gate if stage.gate is not None else stage.select
+    field = "gate" if stage.gate is not None else "select"
+    try:
+        if step.scorer is not None:
+            scoring.parse(step.scorer)
+    except InvalidInput as error:
+        raise _stage_error(name, (field, "scorer"), error.message) from None
+    if stage.select is None:
+        return
+    try:
+        dataset = catalog.resolve_dataset(session=session, ref=stage.select.dataset)
+    except InvalidInput as error:
+        raise _stage_error(name, ("select", "dataset"), error.message) from None
+    if formats.TASK_OF_FORMAT.get(dataset.format) != "rl":
+        raise _stage_error(
+            name,
+            ("select", "dataset"),
+            f"dataset {dataset.name!r} has format {dataset.format!r}; "
+            "an evaluation needs prompt/answer data",
+        )
+    if isinstance(stage.select.job, int) and session.get(Job, stage.select.job) is None:
+        raise _stage_error(name, ("select", "job"), f"job {stage.select.job} not found")
 
 
 def request_hash(request: PipelineSubmit) -> str:

@@ -183,3 +183,28 @@ def move_stage(
     session.flush()
     session.refresh(stage)
     return stage
+
+
+def update_running_stage(
+    session: Session, stage: PipelineStage, *, actor: str, reason: str, values: dict[str, Any]
+) -> PipelineStage:
+    """Change a running stage's job or outputs (a select moving to its next candidate) if
+    nobody changed it since it was read; recorded as an event; flush, do not commit."""
+    if stage.status != StageStatus.RUNNING.value:
+        raise Conflict(f"stage {stage.name!r} is {stage.status}, not running")
+    result = session.execute(
+        update(PipelineStage)
+        .where(
+            PipelineStage.id == stage.id,  # type: ignore[arg-type]
+            PipelineStage.version == stage.version,  # type: ignore[arg-type]
+        )
+        .values(**values, version=stage.version + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise StaleRow(f"stage {stage.name!r} changed meanwhile; try again")
+    _event(session, stage.pipeline_id, stage.name, stage.status, stage.status, actor, reason)
+    session.flush()
+    session.refresh(stage)
+    return stage
