@@ -87,6 +87,7 @@ torch==$TORCH_VERSION
 transformers==5.10.4
 trl==1.16.0
 peft
+openai
 datasets
 accelerate
 tokenizers
