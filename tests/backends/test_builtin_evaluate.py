@@ -56,6 +56,8 @@ CHANGED: dict[str, Any] = {
     "max_samples": 20,
     "batch_size": 4,
     "engine": "transformers",
+    "kv_cache_gib": 2.0,
+    "enforce_eager": True,
     "temperature": 0.7,
     "top_p": 0.9,
     "seed": 3,
@@ -98,6 +100,8 @@ def test_the_parameters_their_defaults_and_descriptions() -> None:
         "batch_size": 16,
         "engine": "auto",
         "endpoint": None,
+        "kv_cache_gib": 1.0,
+        "enforce_eager": False,
         "temperature": 0.0,
         "top_p": 1.0,
         "seed": 0,
@@ -224,3 +228,23 @@ def test_an_endpoint_is_planned_with_its_key_apart_from_the_config() -> None:
     for values in ({"engine": "api"}, {"endpoint": "remote", "engine": "transformers"}):
         with pytest.raises(InvalidInput):
             validate_parameters(backend(), values)
+
+
+def test_the_vllm_engine_runs_in_vllms_own_environment() -> None:
+    context = dataclasses.replace(
+        CONTEXT, vllm_python="/opt/vllm/bin/python", devices=(), gpus=0, simulated_devices=False
+    )
+    on_cpu = backend().plan(validate_parameters(backend(), {"engine": "vllm"}), context)
+    assert on_cpu.argv[0] == "/opt/vllm/bin/python"
+    assert on_cpu.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    transformers = backend().plan(
+        validate_parameters(backend(), {"engine": "transformers"}), context
+    )
+    assert transformers.argv[0] == CONTEXT.python
+    # auto takes vLLM only with GPUs; without a vLLM environment the platform's own Python.
+    auto_cpu = dataclasses.replace(context, gpus=0, devices=(), simulated_devices=False)
+    assert backend().plan(validate_parameters(backend(), {}), auto_cpu).argv[0] == CONTEXT.python
+    plain = dataclasses.replace(CONTEXT, vllm_python="")
+    assert backend().plan(validate_parameters(backend(), {"engine": "vllm"}), plain).argv[0] == (
+        CONTEXT.python
+    )

@@ -238,3 +238,76 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
             time.sleep(0.5)
         assert endpoints == {"served-tiny"} or f"serve-job-{job_id}" not in endpoints
         assert client.delete("/api/v1/endpoints/served-tiny").status_code == 204
+        # The platform is shared: leave no token behind for the tests that list them.
+        assert client.post("/api/v1/tokens/endpoint-key/revoke").status_code == 200
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python").is_file(),
+    reason=".venv-vllm is missing: make vllm-env (make test builds it)",
+)
+def test_the_vllm_engine_evaluates_and_serves_on_the_cpu(platform) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's CPU build, in its own environment, for real: an evaluation and a serve job."""
+    from openai import OpenAI
+
+    from training_platform.assets.tiny import WIDE_HEADS, build_tiny_model
+
+    # The tiny model with 32-dimensional heads (vLLM's CPU attention has no 16).
+    build_tiny_model(platform.home / "models" / "tiny-qwen2-wide", overrides=WIDE_HEADS)
+    with platform.client() as client:
+        registered = client.post(
+            "/api/v1/models",
+            json={
+                "name": "tiny-qwen2-wide",
+                "path": str(platform.home / "models" / "tiny-qwen2-wide"),
+            },
+        )
+        assert registered.status_code == 201, registered.text
+        evaluation = client.post(
+            "/api/v1/evaluations",
+            json={
+                "name": "vllm",
+                "model": "tiny-qwen2-wide",
+                "dataset": "tiny-math-eval",
+                "generation": {
+                    "engine": "vllm",
+                    "max_samples": 16,
+                    "max_new_tokens": 8,
+                    "enforce_eager": True,
+                },
+            },
+        )
+        assert evaluation.status_code == 201, evaluation.text
+        started = client.post(
+            "/api/v1/serving",
+            json={
+                "model": "tiny-qwen2-wide",
+                "engine": "vllm",
+                "enforce_eager": True,
+                "max_model_len": 256,
+                "resources": {"gpus": 1},
+            },
+        )
+        assert started.status_code == 201, started.text
+        job_id = started.json()["id"]
+        deadline = time.monotonic() + 300
+        result: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            result = client.get(f"/api/v1/evaluations/{evaluation.json()['id']}").json()
+            if result["status"] != "pending":
+                break
+            time.sleep(0.5)
+        assert result["status"] == "succeeded", result
+        assert result["engine_used"] == "vllm" and result["samples"] == 16
+        plan = client.get(f"/api/v1/jobs/{result['job_id']}/plan").json()
+        assert plan["argv"][0].endswith(".venv-vllm/bin/python")
+
+        served = _ready(client, job_id, timeout=300)
+        assert served["engine"] == "vllm"
+        sdk = OpenAI(base_url=platform.base_url + served["url"], api_key=platform.token)
+        reply = sdk.chat.completions.create(
+            model="tiny-qwen2-wide", messages=[{"role": "user", "content": "2+3?"}], max_tokens=4
+        )
+        assert reply.model == "tiny-qwen2-wide" and reply.usage and reply.usage.completion_tokens
+        platform.tp("serve", "stop", str(job_id), check=True)
+        platform.wait_status(job_id, {"cancelled"}, timeout=60)

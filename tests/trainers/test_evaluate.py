@@ -150,7 +150,8 @@ def _config(model: Path, data: Path, run_dir: Path, **values: Any) -> dict[str, 
         ({"dataset_path": "/d/data.jsonl"}, "dataset_path: Value error, must be a .parquet"),
         ({"metric": "bleu"}, "metric:"),
         ({"batch_size": 0}, "batch_size:"),
-        ({"temperature": 0.5}, "temperature: Extra inputs"),
+        ({"temperature": -1.0}, "temperature:"),
+        ({"beam_width": 4}, "beam_width: Extra inputs"),
     ],
 )
 def test_a_bad_config_is_refused_in_one_line(change: dict[str, Any], where: str) -> None:
@@ -237,9 +238,10 @@ def test_a_run_on_the_tiny_model_records_accuracy(
     expected = prepared_rows("tiny-math-eval")[:8]
     for index, (prediction, row) in enumerate(zip(predictions, expected, strict=True)):
         assert set(prediction) == {
-            *("index", "seconds", "prompt", "answer", "completion", "correct", "labels")
+            *("index", "seconds", "tokens", "prompt", "answer", "completion", "correct", "labels")
         }
         assert prediction["index"] == index and prediction["seconds"] > 0
+        assert prediction["tokens"] is None  # batched generate reports no per-sample count
         assert prediction["labels"] == json.loads(row["extra_info"]["labels"])  # {"op": ...}
         assert prediction["labels"]["op"] in ("addition", "subtraction")
         assert prediction["prompt"] == row["prompt"][-1]["content"]

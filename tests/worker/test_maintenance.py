@@ -16,7 +16,12 @@ def test_beat_sends_one_maintenance_message_per_period_and_notifications_apart()
     schedule = celery_config(load_settings(supervisor_interval_s=2))["beat_schedule"]
     every_period = {e["task"] for e in schedule.values() if e["schedule"] == 2}
     assert every_period == {"tp.system.tick", "tp.monitoring.notify"}
-    assert [name for name, _ in tasks.MAINTENANCE] == ["supervisor", "pipelines", "evaluation"]
+    assert [name for name, _ in tasks.MAINTENANCE] == [
+        "supervisor",
+        "pipelines",
+        "evaluation",
+        "serving",
+    ]
 
 
 def test_a_failing_pass_is_reported_and_the_later_ones_still_run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,14 +206,17 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _build_into(path: Path, seed: int) -> None:
+def _build_into(path: Path, seed: int, overrides: Mapping[str, Any] | None = None) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tokenizer()
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = Qwen2Config(
-        vocab_size=len(tokenizer), eos_token_id=eos_id, pad_token_id=pad_id, **MODEL_CONFIG
+        vocab_size=len(tokenizer),
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        **{**MODEL_CONFIG, **(overrides or {})},
     )
     # Weight init draws from torch's global RNG; fork it so the caller's RNG state is untouched.
     with torch.random.fork_rng(devices=[]):
@@ -227,8 +230,16 @@ def _build_into(path: Path, seed: int) -> None:
     tokenizer.save_pretrained(path)
 
 
-def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
-    """Build the tiny model and tokenizer into `dest` (atomic, idempotent); return `dest`."""
+# Heads of 32 dimensions (vLLM's CPU attention supports 32, 64, 80, ... 256; the tiny model's
+# are 16): the same size otherwise, for tests of the vllm engine.
+WIDE_HEADS: dict[str, Any] = {"num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+def build_tiny_model(
+    dest: Path, *, seed: int = 0, overrides: Mapping[str, Any] | None = None
+) -> Path:
+    """Build the tiny model and tokenizer into `dest` (atomic, idempotent); return `dest`.
+    `overrides` change its config (WIDE_HEADS: a model vLLM's CPU build can run)."""
     dest = Path(dest).resolve()
     if is_complete_model(dest):
         return dest
@@ -238,7 +249,7 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     # Build beside `dest` so the final rename stays on one filesystem and is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        _build_into(tmp, seed)
+        _build_into(tmp, seed, overrides)
         # mkdtemp and transformers' weight writer make private modes; workers that load the
         # model may run as other users.
         tmp.chmod(0o755)

@@ -40,6 +40,9 @@ class LaunchContext:
     reward_path: str | None = None  # file holding the reward function (RL algorithms)
     reward_function: str | None = None  # its name in that file
     platform_dir: str = ""  # the installed training_platform package on that host
+    # The interpreter of a vLLM environment on that host ("" when it has none): the vllm
+    # engine's programs run with it (vLLM pins its own torch and transformers).
+    vllm_python: str = ""
     # An endpoint the run calls (evaluation of an endpoint): its address and limits, and its
     # API key apart, for the plan's secrets only.
     endpoint: Mapping[str, Any] | None = None

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -75,8 +76,14 @@ class Settings(BaseSettings):
 
     allow_private_urls: bool = Field(
         default=False,
-        description="Webhooks may target loopback, private and link-local addresses "
-        "(off: such URLs are refused, and nothing is sent to them).",
+        description="Webhooks and endpoints may target loopback, private and link-local "
+        "addresses (off: such URLs are refused, and nothing is sent to them).",
+    )
+    vllm_python: Path | None = Field(
+        default=None,
+        description="The Python of the vLLM environment on this node (`make vllm-env` builds "
+        ".venv-vllm beside the platform's .venv, found without this); unset and absent: "
+        "the vllm engine runs only where vLLM imports in the platform's own environment.",
     )
     flower: bool = Field(
         default=True,
@@ -201,6 +208,14 @@ class Settings(BaseSettings):
     def resolved_api_url(self) -> str:
         """Where clients reach the API."""
         return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def resolved_vllm_python(self) -> str | None:
+        """TP_VLLM_PYTHON, else .venv-vllm beside the environment the platform runs in."""
+        if self.vllm_python is not None:
+            return str(self.vllm_python)
+        beside = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+        return str(beside) if beside.is_file() else None
 
     @property
     def runs_dir(self) -> Path:

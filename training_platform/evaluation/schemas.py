@@ -31,6 +31,9 @@ class Generation(BaseModel):
         description="auto: vLLM on GPUs where installed, transformers otherwise; "
         "api (the only one) for an endpoint.",
     )
+    enforce_eager: bool = Field(
+        False, description="vLLM: no torch.compile or graph capture (starts sooner, runs slower)."
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")

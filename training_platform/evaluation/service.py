@@ -124,6 +124,7 @@ def create(
             "batch_size": generation.batch_size,
             "engine": "api" if request.endpoint is not None else generation.engine,
             "endpoint": request.endpoint,
+            "enforce_eager": generation.enforce_eager,
             "temperature": generation.temperature,
             "top_p": generation.top_p,
             "seed": generation.seed,

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,8 @@ def launch_context(
         platform_dir=platform_dir,
         endpoint=endpoint,
         endpoint_key=endpoint_key,
+        # Only this node's: a remote host's vLLM (if any) is in its platform environment.
+        vllm_python=(settings.resolved_vllm_python or "") if python == sys.executable else "",
     )
 
 

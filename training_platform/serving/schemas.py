@@ -68,6 +68,9 @@ class ServeCreate(BaseModel):
     checkpoint: CheckpointRef | None = Field(None, description="Or: a checkpoint of a job.")
     engine: Literal["auto", "transformers", "vllm"] = "auto"
     max_model_len: int | None = Field(None, ge=16, le=1 << 20)
+    enforce_eager: bool = Field(
+        False, description="vLLM: no torch.compile or graph capture (starts sooner, runs slower)."
+    )
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
 

@@ -201,6 +201,8 @@ def start(*, session: Session, settings: Settings, request: ServeCreate, actor: 
     hyperparameters: dict[str, Any] = {"engine": request.engine}
     if request.max_model_len is not None:
         hyperparameters["max_model_len"] = request.max_model_len
+    if request.enforce_eager:
+        hyperparameters["enforce_eager"] = True
     job, _ = jobs.submit(
         session=session,
         request=JobCreate(

@@ -139,6 +139,8 @@ class EvalConfig(BaseModel):
     max_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     engine: Engine = "auto"
+    kv_cache_gib: float = Field(default=1.0, gt=0)  # read by vLLM from the environment
+    enforce_eager: bool = False
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int = Field(default=0, ge=0)
@@ -332,10 +334,19 @@ def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBas
     return generate
 
 
-def vllm_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> Generate:
-    """Greedy generation with vLLM over the leased GPUs (tensor parallel)."""
+def vllm_generator(
+    config: EvalConfig, tokenizer: PreTrainedTokenizerBase, max_len: int | None = None
+) -> Generate:
+    """Generation with vLLM over the leased GPUs (tensor parallel), or its CPU build."""
     vllm: Any = importlib.import_module("vllm")
-    llm = vllm.LLM(model=config.model_path, tensor_parallel_size=config.gpus or 1)
+    llm = vllm.LLM(
+        model=config.model_path,
+        tensor_parallel_size=config.gpus or 1,
+        enforce_eager=config.enforce_eager,
+        # Prompt and completion of the longest row, not the model's whole context: the KV
+        # cache it reserves follows from it.
+        max_model_len=max_len,
+    )
     sampling = vllm.SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,
@@ -455,7 +466,13 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
     else:
         tokenizer = load_tokenizer(config.model_path)
         if engine == "vllm":
-            generate = vllm_generator(config, tokenizer)
+            longest = max(
+                len(tokenizer(prompt_text(tokenizer, row.messages))["input_ids"]) for row in rows
+            )
+            limit = getattr(tokenizer, "model_max_length", None) or 1 << 20
+            generate = vllm_generator(
+                config, tokenizer, min(limit, longest + config.max_new_tokens + 8)
+            )
         else:
             generate = transformers_generator(config, tokenizer)
 

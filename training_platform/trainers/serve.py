@@ -57,6 +57,7 @@ class ServeConfig(BaseModel):
     engine: Literal["auto", "transformers", "vllm"] = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     kv_cache_gib: float = Field(default=1.0, gt=0)
+    enforce_eager: bool = False
     start_timeout_s: float = Field(default=600.0, gt=0)
 
 
@@ -117,6 +118,8 @@ def server_command(
         ]
         if config.max_model_len is not None:
             argv += ["--max-model-len", str(config.max_model_len)]
+        if config.enforce_eager:
+            argv.append("--enforce-eager")
         env = {} if config.gpus else {"VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gib:g}"}
         return argv, env, "served"
     argv = [

@@ -52,6 +52,12 @@ class EvaluateParameters(BaseModel):
         max_length=200,
         description="An endpoint to evaluate (by name) instead of a model: the api engine.",
     )
+    kv_cache_gib: float = Field(
+        1.0, gt=0, le=1024, description="vLLM on CPU: GiB of memory for its KV cache."
+    )
+    enforce_eager: bool = Field(
+        False, description="vLLM: no torch.compile or graph capture (starts sooner, runs slower)."
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")
@@ -109,6 +115,17 @@ class BuiltinEvaluate:
                 secrets[KEY_FILE] = context.endpoint_key
                 config["api_key_file"] = KEY_FILE
         env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        python = context.python
+        engine = getattr(hyperparameters, "engine", "auto")
+        if context.vllm_python and (engine == "vllm" or (engine == "auto" and gpus > 0)):
+            # vLLM's own environment (its torch and transformers pins differ from training's).
+            python = context.vllm_python
+            if not gpus:
+                kv_cache = getattr(hyperparameters, "kv_cache_gib", 1.0)
+                env["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache:g}"
+                # The engine core in this process: a second process would import vLLM (and
+                # torch) again, seconds of CPU an offline batch does not need.
+                env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if context.model_is_local:
             env["HF_HUB_OFFLINE"] = "1"
         if context.devices:
@@ -118,7 +135,7 @@ class BuiltinEvaluate:
         return LaunchPlan(
             backend=self.backend,
             algorithm=self.algorithm,
-            argv=(context.python, "-m", EVALUATE_MODULE, "--config", CONFIG_FILE),
+            argv=(python, "-m", EVALUATE_MODULE, "--config", CONFIG_FILE),
             env=env,
             files={CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
             secrets=secrets,

@@ -37,6 +37,9 @@ class ServeParameters(BaseModel):
     kv_cache_gib: float = Field(
         1.0, gt=0, le=1024, description="vLLM on CPU: GiB of memory for its KV cache."
     )
+    enforce_eager: bool = Field(
+        False, description="vLLM: no torch.compile or graph capture (starts sooner, runs slower)."
+    )
     start_timeout_s: float = Field(
         600.0, gt=0, le=86400, description="Give up when the server does not answer by then."
     )
@@ -77,10 +80,13 @@ class BuiltinServe:
             env["HF_HUB_OFFLINE"] = "1"
         if context.devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in context.devices)
+        python = context.python
+        if context.vllm_python and getattr(hyperparameters, "engine", "auto") != "transformers":
+            python = context.vllm_python  # vLLM's own environment
         return LaunchPlan(
             backend=self.backend,
             algorithm=self.algorithm,
-            argv=(context.python, "-m", SERVE_MODULE, "--config", CONFIG_FILE),
+            argv=(python, "-m", SERVE_MODULE, "--config", CONFIG_FILE),
             env=env,
             files={CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
         )
