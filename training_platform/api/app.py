@@ -136,6 +136,9 @@ def create_app(
         log.info("API ready on %s", settings.resolved_api_url)
         yield
         await hub.stop()
+        serving_client = getattr(app.state, "serving_client", None)
+        if serving_client is not None:  # made on the first request to a served model
+            await serving_client.aclose()
 
     app = FastAPI(
         title="training_platform",

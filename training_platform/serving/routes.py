@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -119,7 +120,25 @@ def start_serving(
 # --- the way in ------------------------------------------------------------------------------
 
 
+# Where a served job's requests go, by job, for TARGET_TTL_S: a burst of requests costs one
+# lookup (a job that stops is seen within that time; its server refuses meanwhile: 502).
+TARGET_TTL_S = 1.0
+_targets: dict[int, tuple[float, tuple[Endpoint, str, str]]] = {}
+
+
 def _target(session: Any, settings: Any, job_id: int) -> tuple[Endpoint, str, str]:
+    now = time.monotonic()
+    cached = _targets.get(job_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    found = _lookup(session, settings, job_id)
+    if len(_targets) > 1000:
+        _targets.clear()
+    _targets[job_id] = (now + TARGET_TTL_S, found)
+    return found
+
+
+def _lookup(session: Any, settings: Any, job_id: int) -> tuple[Endpoint, str, str]:
     endpoint, name = service.served_endpoint(session=session, job_id=job_id)
     model = session.exec(select(ModelEntry).where(ModelEntry.name == name)).first()
     path = catalog.model_location(settings, model)[0] if model is not None else ""
