@@ -1794,6 +1794,12 @@ export interface components {
              */
             batch_size: number;
             /**
+             * Enforce Eager
+             * @description vLLM: no torch.compile or graph capture (starts sooner, runs slower).
+             * @default false
+             */
+            enforce_eager: boolean;
+            /**
              * Engine
              * @description auto: vLLM on GPUs where installed, transformers otherwise; api (the only one) for an endpoint.
              * @default auto
@@ -2737,6 +2743,12 @@ export interface components {
         ServeCreate: {
             /** @description Or: a checkpoint of a job. */
             checkpoint?: components["schemas"]["CheckpointRef"] | null;
+            /**
+             * Enforce Eager
+             * @description vLLM: no torch.compile or graph capture (starts sooner, runs slower).
+             * @default false
+             */
+            enforce_eager: boolean;
             /**
              * Engine
              * @default auto
