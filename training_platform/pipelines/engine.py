@@ -169,15 +169,7 @@ def _follow_job(
     job = session.get(Job, stage.job_id) if stage.job_id is not None else None
     if job is None:
         reason = "its job was deleted"
-        move_stage(
-            session,
-            stage,
-            StageStatus.FAILED,
-            actor=ENGINE,
-            reason=reason,
-            values={"reason": reason},
-        )
-        session.commit()
+        _fail(session, stage, reason)
         return True
     job_status = JobStatus(job.status)
     if job_status is JobStatus.SUCCEEDED and stage.kind in ("evaluate", "select"):
@@ -213,15 +205,7 @@ def _follow_job(
     if job_status is JobStatus.FAILED and job.retry_at is None:
         first_line = (job.error or "no error recorded").strip().splitlines()[0]
         reason = f"job {job.id} failed: {first_line}"
-        move_stage(
-            session,
-            stage,
-            StageStatus.FAILED,
-            actor=ENGINE,
-            reason=reason,
-            values={"reason": reason},
-        )
-        session.commit()
+        _fail(session, stage, reason)
         return True
     if job_status is JobStatus.CANCELLED:
         reason = f"job {job.id} was cancelled"
@@ -421,15 +405,7 @@ def _start(
         session.refresh(stage)
         message = getattr(error, "message", None) or str(error)
         reason = f"could not start: {message}"
-        move_stage(
-            session,
-            stage,
-            StageStatus.FAILED,
-            actor=ENGINE,
-            reason=reason,
-            values={"reason": reason},
-        )
-        session.commit()
+        _fail(session, stage, reason)
         return
     move_stage(
         session,

@@ -167,18 +167,7 @@ def move_stage(
         columns.setdefault("started_at", now)
     if target in STAGE_TERMINAL:
         columns.setdefault("finished_at", now)
-    result = session.execute(
-        update(PipelineStage)
-        .where(
-            PipelineStage.id == stage.id,  # type: ignore[arg-type]
-            PipelineStage.version == stage.version,  # type: ignore[arg-type]
-        )
-        .values(**columns)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise StaleRow(f"stage {stage.name!r} changed meanwhile; try again")
+    _update_stage(session, stage, columns)
     _event(session, stage.pipeline_id, stage.name, source.value, target.value, actor, reason)
     session.flush()
     session.refresh(stage)
@@ -192,19 +181,24 @@ def update_running_stage(
     nobody changed it since it was read; recorded as an event; flush, do not commit."""
     if stage.status != StageStatus.RUNNING.value:
         raise Conflict(f"stage {stage.name!r} is {stage.status}, not running")
+    _update_stage(session, stage, {**values, "version": stage.version + 1, "updated_at": utcnow()})
+    _event(session, stage.pipeline_id, stage.name, stage.status, stage.status, actor, reason)
+    session.flush()
+    session.refresh(stage)
+    return stage
+
+
+def _update_stage(session: Session, stage: PipelineStage, columns: dict[str, Any]) -> None:
+    """Write `columns` if the stage's version is still the one read; else roll back, StaleRow."""
     result = session.execute(
         update(PipelineStage)
         .where(
             PipelineStage.id == stage.id,  # type: ignore[arg-type]
             PipelineStage.version == stage.version,  # type: ignore[arg-type]
         )
-        .values(**values, version=stage.version + 1, updated_at=utcnow())
+        .values(**columns)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise StaleRow(f"stage {stage.name!r} changed meanwhile; try again")
-    _event(session, stage.pipeline_id, stage.name, stage.status, stage.status, actor, reason)
-    session.flush()
-    session.refresh(stage)
-    return stage
