@@ -22,6 +22,11 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/EvaluationComparePage.vue"),
   },
   {
+    path: "/evaluations/rank",
+    name: "evaluation-rank",
+    component: () => import("./pages/EvaluationRankPage.vue"),
+  },
+  {
     path: "/evaluations/:id(\\d+)",
     name: "evaluation",
     component: () => import("./pages/EvaluationDetailPage.vue"),

@@ -419,6 +419,13 @@ def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_sam
         expect(row.locator("[data-test=output-a]")).to_contain_text(sample["output_a"].strip())
         expect(row.locator("[data-test=output-b]")).to_contain_text(sample["output_b"].strip())
     page.screenshot(path=str(shots / "evaluation-compare.png"))
+    # Candidates ranked against a baseline: the figures of the same compare.
+    page.goto(f"/evaluations/rank?baseline={a}&candidate={b}")
+    ranked = page.locator(f"[data-test=ranking-table] tr[data-candidate='{b}']")
+    wanted = regressed["stats"]
+    expect(ranked.locator("td").nth(4)).to_have_text(str(wanted["improved"]))
+    expect(ranked.locator("td").nth(5)).to_have_text(str(wanted["regressed"]))
+    expect(ranked.locator("td").nth(6)).to_have_text(wanted["test"])
 
 
 def test_serve_a_trained_model_from_the_browser_and_chat_with_it(

@@ -163,6 +163,20 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
             "/api/v1/evaluations/compare", params={"a": base_id, "b": tuned_id, "scorer": "exact"}
         )
         assert missing.status_code == 422 and "rescore it first" in missing.text
+        # Candidates against a baseline: each one's figures are its compare's.
+        ranked = client.get(
+            "/api/v1/evaluations/rank",
+            params={"baseline": base_id, "candidate": [tuned_id], "scorer": "numeric"},
+        )
+        assert ranked.status_code == 200, ranked.text
+        assert ranked.json()["baseline_mean"] == a["summary"]["numeric"]["mean"]
+        (only,) = ranked.json()["candidates"]
+        pair = client.get(
+            "/api/v1/evaluations/compare",
+            params={"a": base_id, "b": tuned_id, "scorer": "numeric"},
+        ).json()
+        assert only["evaluation"] == tuned_id and only["stats"] == pair["stats"]
+        assert only["p_adjusted"] == pair["stats"]["p_value"]  # one test: nothing to adjust
 
     # The same through the CLI.
     shown = platform.tp("eval", "show", str(tuned_id), "--samples", "3", "--by", "op", check=True)
@@ -172,5 +186,7 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
         "eval", "compare", str(base_id), str(tuned_id), "--scorer", "numeric", check=True
     )
     assert "of 12" in compared.stdout and "mcnemar" in compared.stdout, compared.stdout
+    twice = platform.tp("eval", "compare", str(base_id), str(tuned_id), str(tuned_id))
+    assert twice.returncode != 0 and "candidate" in twice.stderr, twice.stderr
     refused = platform.tp("eval", "rescore", str(base_id), "nope")
     assert refused.returncode == 2 and "unknown scorer" in refused.stderr, refused.stderr

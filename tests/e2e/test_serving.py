@@ -165,8 +165,14 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
                     "name": "via api",
                     "endpoint": "served-tiny",
                     "dataset": "tiny-math-eval",
-                    "scorer": "numeric",
-                    "generation": {"max_new_tokens": 6, "max_samples": 8},
+                    # Two sampled completions per prompt, each its own request.
+                    "scorer": "pass@2:numeric",
+                    "generation": {
+                        "max_new_tokens": 6,
+                        "max_samples": 6,
+                        "n": 2,
+                        "temperature": 0.8,
+                    },
                 },
             )
             assert evaluation.status_code == 201, evaluation.text
@@ -179,11 +185,13 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
                     break
                 time.sleep(0.5)
         assert result["status"] == "succeeded", result
-        assert result["engine_used"] == "api" and result["samples"] == 8
+        assert result["engine_used"] == "api" and result["samples"] == 6
         assert result["endpoint"] == "served-tiny" and result["model_id"] is None
         assert result["model"] == "served-tiny"
+        assert result["summary"]["pass@2:numeric"]["n"] == 6
         samples = client.get(f"/api/v1/evaluations/{evaluation_id}/samples").json()["items"]
-        assert len(samples) == 8 and all(isinstance(s["output"], str) for s in samples)
+        assert len(samples) == 6 and all(isinstance(s["output"], str) for s in samples)
+        assert all(len(s["outputs"]) == 2 and s["outputs"][0] == s["output"] for s in samples)
         eval_job = result["job_id"]
         for path in (
             f"/api/v1/jobs/{eval_job}",

@@ -40,7 +40,16 @@ def test_graded_scorers_give_partial_credit_and_are_not_binary() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "reason"),
-    [("nope", "unknown scorer"), ("regex:", "needs a pattern"), ("regex:(", "does not compile")],
+    [
+        ("nope", "unknown scorer"),
+        ("regex:", "needs a pattern"),
+        ("regex:(", "does not compile"),
+        ("pass@0:numeric", "needs K in 1-64"),
+        ("pass@2", "needs K in 1-64"),
+        ("pass@2:bleu", "not a pass/fail scorer"),
+        ("pass@2:pass@1:exact", "not a pass/fail scorer"),
+        ("pass@2:nope", "unknown scorer"),
+    ],
 )
 def test_a_bad_scorer_is_refused_with_the_field(spec: str, reason: str) -> None:
     with pytest.raises(InvalidInput, match=reason) as raised:
@@ -111,3 +120,26 @@ def test_paired_bootstrap_sees_noise_as_noise() -> None:
 )  # fmt: skip
 def test_the_option_an_output_names(text: str, letter: str | None) -> None:
     assert scoring.option(text) == letter
+
+
+def test_pass_at_k_is_the_unbiased_estimator() -> None:
+    scorer = scoring.parse("pass@02:numeric")
+    assert scorer.spec == "pass@2:numeric" and scorer.k == 2 and not scorer.binary
+    outputs = ["1", "2", "7", "x"]  # 1 of 4 right
+    # 1 - C(3, 2) / C(4, 2) = 1 - 3/6
+    assert scorer.judge(outputs, "7") == pytest.approx(0.5)
+    assert scoring.parse("pass@1:numeric").judge(outputs, "7") == pytest.approx(0.25)
+    assert scoring.parse("pass@4:numeric").judge(outputs, "7") == 1.0
+    assert scoring.parse("pass@3:numeric").judge(outputs, "9") == 0.0
+    # By brute force: the share of the k-subsets with at least one pass.
+    from itertools import combinations
+
+    passes = [True, False, True, False, False, False]
+    for k in range(1, 7):
+        subsets = list(combinations(passes, k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert scoring.pass_at_k(6, 2, k) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="needs 2 completions"):
+        scorer.judge(["7"], "7")
+    # Every other scorer judges the first completion.
+    assert scoring.parse("numeric").judge(["x", "7"], "7") == 0.0

@@ -227,3 +227,103 @@ def test_a_checkpoint_is_evaluated_as_its_own_catalog_model(engine, settings) ->
             )
         assert raised.value.loc[-1] == "checkpoint"
         assert "no checkpoint at step 3 (it has: 2, 4)" in raised.value.message
+
+
+def test_candidates_are_ranked_against_a_baseline_with_adjusted_p_values(
+    engine, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # 24 questions: the baseline answers 6; "better" answers all, "same" what the baseline
+    # does, "worse" none.
+    n = 24
+    right = [str(i + 1) for i in range(n)]
+    outputs = {
+        "base": right[:6] + ["x"] * (n - 6),
+        "better": right,
+        "same": right[:6] + ["y"] * (n - 6),
+        "worse": ["z"] * n,
+    }
+    ids = {}
+    for name, written in outputs.items():
+        ids[name] = _submit(engine, settings, name)
+        _write_run(tmp_path / name, written)
+        _end_job(engine, ids[name], "succeeded", tmp_path / name)
+    assert len(_collect(engine)) == 4
+    with Session(engine) as session:
+        candidates = [ids["worse"], ids["same"], ids["better"]]
+        spec, base, ranked = service.rank(
+            session=session, baseline_id=ids["base"], candidate_ids=candidates, spec=None
+        )
+        assert spec == "numeric" and base.id == ids["base"]
+        assert [r.evaluation.id for r in ranked] == [ids["better"], ids["same"], ids["worse"]]
+        better, same, worse = ranked
+        assert (better.paired.improved, better.paired.regressed) == (18, 0)
+        assert better.significant and worse.significant and not same.significant
+        assert same.paired.p_value == 1.0 and same.p_adjusted == 1.0
+        # Adjusted over three tests: never below the raw p-value.
+        assert better.p_adjusted is not None and better.paired.p_value is not None
+        assert better.p_adjusted >= better.paired.p_value
+        # Each candidate's figures are those of a compare of the pair alone.
+        _, alone, _, _ = service.compare(
+            session=session, a_id=ids["base"], b_id=ids["worse"], spec=None, change=None,
+            limit=1, offset=0,
+        )  # fmt: skip
+        assert worse.paired == alone
+        for bad in ([], [ids["better"], ids["better"]], [ids["base"]]):
+            with pytest.raises(InvalidInput) as raised:
+                service.rank(session=session, baseline_id=ids["base"], candidate_ids=bad, spec=None)
+            assert raised.value.loc == ("query", "candidate")
+        with pytest.raises(InvalidInput) as raised:
+            service.rank(
+                session=session, baseline_id=ids["base"], candidate_ids=candidates, spec="bleu"
+            )
+        assert raised.value.loc == ("query", "scorer")
+
+
+def test_pass_at_k_scores_the_stored_completions_and_needs_enough(
+    engine, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    with Session(engine) as session:
+        request = EvaluationCreate.model_validate(
+            {
+                "name": "sampled", "model": "tiny-qwen2", "dataset": "tiny-math-eval",
+                "scorer": "pass@2:numeric", "generation": {"n": 3, "temperature": 0.8},
+            }
+        )  # fmt: skip
+        evaluation, _ = service.create(
+            session=session, settings=settings, request=request, actor="test"
+        )
+        session.commit()
+        evaluation_id = evaluation.id
+        assert evaluation_id is not None and evaluation.params["n"] == 3
+        too_many = EvaluationCreate.model_validate(
+            {**request.model_dump(), "name": "x", "scorer": "pass@4:numeric"}
+        )
+        with pytest.raises(InvalidInput, match="needs at least 4 completions") as raised:
+            service.create(session=session, settings=settings, request=too_many, actor="test")
+        assert raised.value.loc == ("body", "scorer")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    draws = [["1", "x", "y"], ["2", "2", "y"], ["x", "y", "z"]]  # answers 1, 2, 3
+    with (run_dir / "predictions.jsonl").open("w") as handle:
+        for index, completions in enumerate(draws):
+            record = {"index": index, "prompt": "p", "answer": str(index + 1)}
+            record.update(completion=completions[0], completions=completions)
+            handle.write(json.dumps(record) + "\n")
+    _end_job(engine, evaluation_id, "succeeded", run_dir)
+    assert _collect(engine) == [evaluation_id]
+    with Session(engine) as session:
+        stored = session.get(Evaluation, evaluation_id)
+        assert stored is not None and stored.status == "succeeded", stored
+        # pass@2 of 3 with 1, 2 and 0 passing: 2/3, 1, 0.
+        assert stored.summary["pass@2:numeric"]["mean"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+        rows = service.samples(session=session, evaluation_id=evaluation_id, q=None, limit=9,
+                               offset=0)[0]  # fmt: skip
+        assert [s.outputs for s, _ in rows] == draws
+        # Rescored from the stored completions: pass@1 is the mean pass rate; plain scorers
+        # judge the first completion.
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="pass@1:numeric")
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="numeric")
+        assert stored.summary["pass@1:numeric"]["mean"] == pytest.approx((1 / 3 + 2 / 3) / 3)
+        assert stored.summary["numeric"]["mean"] == pytest.approx(2 / 3)
+        with pytest.raises(InvalidInput, match="needs at least 5"):
+            service.rescore(session=session, evaluation_id=evaluation_id, spec="pass@5:numeric")

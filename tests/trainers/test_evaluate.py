@@ -292,6 +292,32 @@ def test_a_peft_adapter_is_evaluated_on_its_base_model(
     assert len(_lines(run_dir / "predictions.jsonl")) == 2
 
 
+@pytest.mark.slow
+def test_n_sampled_completions_per_prompt_are_recorded_and_seeded(
+    tiny_model_dir: Path, eval_data: Path, tmp_path: Path
+) -> None:
+    found = []
+    for attempt in ("one", "two"):
+        run_dir = tmp_path / attempt
+        config = _config(
+            tiny_model_dir, eval_data, run_dir, max_samples=3, batch_size=2, n=4,
+            temperature=1.0, seed=7, max_new_tokens=8,
+        )  # fmt: skip
+        result = evaluate(config, run_dir)
+        assert result.returncode == 0, result.stderr[-4000:]
+        predictions = _lines(run_dir / "predictions.jsonl")
+        assert [p["index"] for p in predictions] == [0, 1, 2]
+        for prediction in predictions:
+            assert len(prediction["completions"]) == 4
+            assert prediction["completion"] == prediction["completions"][0]
+        found.append([p["completions"] for p in predictions])
+    assert found[0] == found[1]  # the same seed draws the same completions
+    # Sampled: a random model's four draws of a prompt are not all one text.
+    assert any(len(set(draws)) > 1 for draws in found[0])
+    greedy = evaluate(_config(tiny_model_dir, eval_data, tmp_path / "g", n=2), tmp_path / "g")
+    assert greedy.returncode == 2 and "n: more than one completion" in greedy.stderr
+
+
 def test_a_missing_model_is_a_config_error(eval_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = evaluate(_config(tmp_path / "no-such-model", eval_data, run_dir), run_dir)

@@ -54,12 +54,17 @@ def eval_run(
     endpoint: Annotated[
         str | None, typer.Option(help="Or: an endpoint, by name (the api engine).")
     ] = None,
-    scorer: Annotated[str, typer.Option(help="exact, numeric, ..., regex:PATTERN")] = "numeric",
+    scorer: Annotated[
+        str, typer.Option(help="exact, numeric, ..., regex:PATTERN, pass@K:SCORER")
+    ] = "numeric",
     max_samples: Annotated[int | None, typer.Option(min=1)] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     engine: Annotated[str, typer.Option(help="auto, transformers, vllm or api.")] = "auto",
     temperature: Annotated[float, typer.Option(min=0, max=2, help="0: greedy.")] = 0.0,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    n: Annotated[
+        int, typer.Option("--n", min=1, max=64, help="Completions per prompt (for pass@K).")
+    ] = 1,
     gpus: Annotated[int, typer.Option(min=0)] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
 ) -> None:
@@ -75,6 +80,7 @@ def eval_run(
             "engine": engine,
             "temperature": temperature,
             "seed": seed,
+            "n": n,
         },
         "resources": {"gpus": gpus},
     }
@@ -178,18 +184,24 @@ def eval_rescore(evaluation_id: int, scorer: str) -> None:
 
 @eval_app.command("compare")
 def eval_compare(
-    a: int,
-    b: int,
+    a: Annotated[int, typer.Argument(help="The baseline evaluation.")],
+    b: Annotated[list[int], typer.Argument(help="One candidate evaluation, or several.")],
     scorer: Annotated[str | None, typer.Option(help="Default: A's scorer.")] = None,
     change: Annotated[
         str | None, typer.Option(help="Show samples that improved, regressed or unchanged.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 10,
 ) -> None:
-    """B against A on the same samples: improved / regressed / unchanged and a paired test."""
+    """B against A on the same samples: improved / regressed / unchanged and a paired test.
+    With several B: each against A, best first, p-values adjusted for their number."""
     if change not in (None, "improved", "regressed", "unchanged"):
         fail("--change must be improved, regressed or unchanged", 2)
-    params: dict[str, Any] = {"a": a, "b": b, "limit": limit}
+    if len(b) > 1:
+        if change:
+            fail("--change shows the samples of one comparison: name one B", 2)
+        _rank(a, b, scorer)
+        return
+    params: dict[str, Any] = {"a": a, "b": b[0], "limit": limit}
     if scorer:
         params["scorer"] = scorer
     if change:
@@ -212,3 +224,37 @@ def eval_compare(
                 str(row["idx"]), row["change"], row["reference"], row["output_a"], row["output_b"]
             )
         console.print(table)
+
+
+def _rank(baseline: int, candidates: list[int], scorer: str | None) -> None:
+    params: dict[str, Any] = {"baseline": baseline, "candidate": candidates}
+    if scorer:
+        params["scorer"] = scorer
+    with client() as api:
+        result = call(api.request, "GET", "/api/v1/evaluations/rank", params=params)
+    mean = result["baseline_mean"]
+    console.print(
+        f"{result['scorer']}: baseline {result['baseline']} {result['baseline_name']} "
+        f"{'-' if mean is None else f'{mean:.4f}'}; candidates best first "
+        "(p adjusted over all of them, Benjamini-Hochberg)",
+        highlight=False,
+    )
+    table = Table("evaluation", "name", "mean", "delta", "improved", "regressed", "p", "p adj.", "")
+    for row in result["candidates"]:
+        stats = row["stats"]
+
+        def number(value: float | None, form: str) -> str:
+            return "-" if value is None else format(value, form)
+
+        table.add_row(
+            str(row["evaluation"]),
+            row["name"],
+            number(stats["mean_b"], ".4f"),
+            number(stats["delta"], "+.4f"),
+            str(stats["improved"]),
+            str(stats["regressed"]),
+            number(stats["p_value"], ".4g"),
+            number(row["p_adjusted"], ".4g"),
+            "significant" if row["significant"] else "",
+        )
+    console.print(table)

@@ -60,8 +60,10 @@ class EvaluationSample(SQLModel, table=True):
     idx: int  # the row of the dataset: samples of two evaluations pair by it
     prompt: str = Field(sa_column=Column(Text, nullable=False))
     reference: str = Field(sa_column=Column(Text, nullable=False))
-    output: str = Field(sa_column=Column(Text, nullable=False))
+    output: str = Field(sa_column=Column(Text, nullable=False))  # the first completion
     labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    # All n completions when n > 1 were sampled per prompt (pass@k scores them); else None.
+    outputs: list[str] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class EvaluationScore(SQLModel, table=True):

@@ -25,6 +25,8 @@ from training_platform.evaluation.schemas import (
     EvaluationPublic,
     EvaluationsPublic,
     LabelGroup,
+    RankedCandidate,
+    RankingPublic,
     Rescore,
     SamplePublic,
     SamplesPublic,
@@ -126,6 +128,40 @@ def compare(
     )
 
 
+@router.get("/rank")
+def rank(
+    session: SessionDep,
+    _: CurrentToken,
+    baseline: IdQuery,
+    candidate: Annotated[list[Annotated[int, Query(ge=1, le=DB_INT_MAX)]], Query()],
+    scorer: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+) -> RankingPublic:
+    """N candidates (`candidate`, repeated) against one baseline on the samples each shares
+    with it, best first: each with the paired test of a compare and its p-value adjusted over
+    all candidates (Benjamini-Hochberg)."""
+    spec, base, ranked = service.rank(
+        session=session, baseline_id=baseline, candidate_ids=candidate, spec=scorer
+    )
+    assert base.id is not None
+    return RankingPublic(
+        baseline=base.id,
+        baseline_name=base.name,
+        baseline_mean=service.score_of(base, spec),
+        scorer=spec,
+        candidates=[
+            RankedCandidate(
+                evaluation=r.evaluation.id or 0,
+                name=r.evaluation.name,
+                model=r.evaluation.model_name,
+                stats=r.paired.to_dict(),
+                p_adjusted=r.p_adjusted,
+                significant=r.significant,
+            )
+            for r in ranked
+        ],
+    )
+
+
 @router.get("/{evaluation_id}")
 def get_evaluation(evaluation_id: IdPath, session: SessionDep, _: CurrentToken) -> EvaluationPublic:
     """One evaluation with its summary per scorer (mean, standard error, 95% interval)."""
@@ -152,6 +188,7 @@ def evaluation_samples(
                 prompt=s.prompt,
                 reference=s.reference,
                 output=s.output,
+                outputs=s.outputs,
                 labels=s.labels,
                 scores=scores,
             )

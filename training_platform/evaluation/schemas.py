@@ -14,7 +14,8 @@ ScorerSpec = Field(
     "numeric",
     min_length=1,
     max_length=256,
-    description="exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.",
+    description="exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or "
+    "pass@K:SCORER (of n >= K completions per prompt).",
 )
 
 
@@ -37,6 +38,18 @@ class Generation(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")
+    n: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Completions per prompt (sampled: needs temperature > 0); pass@k scores them.",
+    )
+
+    @model_validator(mode="after")
+    def _sampled(self) -> Generation:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 completions per prompt need a temperature > 0 (sampling)")
+        return self
 
 
 class CheckpointRef(BaseModel):
@@ -118,6 +131,7 @@ class SamplePublic(BaseModel):
     prompt: str
     reference: str
     output: str
+    outputs: list[str] | None  # all n completions, when the evaluation sampled n > 1
     labels: dict[str, Any]
     scores: dict[str, float]
 
@@ -166,3 +180,22 @@ class ComparisonPublic(BaseModel):
     stats: dict[str, Any]
     samples: list[PairedSample]
     total: int  # samples matching the filter (the page holds at most `limit`)
+
+
+class RankedCandidate(BaseModel):
+    evaluation: int
+    name: str
+    model: str
+    stats: dict[str, Any]  # the paired test against the baseline, as in a compare
+    p_adjusted: float | None  # Benjamini-Hochberg over all the candidates
+    significant: bool  # on the adjusted p-value
+
+
+class RankingPublic(BaseModel):
+    """N candidates against one baseline on the same samples, best mean first."""
+
+    baseline: int
+    baseline_name: str
+    baseline_mean: float | None
+    scorer: str
+    candidates: list[RankedCandidate]

@@ -13,6 +13,12 @@ generations can be scored by several scorers without generating again:
                    compared with the reference as `exact` does
     bleu           sentence BLEU (sacrebleu), scaled to [0, 1]
     rouge_l        ROUGE-L F-measure (rouge-score)
+    pass@K:SCORER  of the n completions sampled per prompt (n >= K), the chance that at least
+                   one of K drawn without replacement passes the pass/fail SCORER: the unbiased
+                   estimator 1 - C(n-c, K) / C(n, K), c of the n passing (Chen et al., 2021);
+                   pass@1 is the mean pass rate over the n
+
+Every other scorer judges the first completion of a prompt.
 
 Pass/fail scorers give only 0 or 1 (`binary`): their results compare with McNemar's test, the
 others with a paired bootstrap (training_platform.evaluation.stats).
@@ -20,8 +26,9 @@ others with a paired bootstrap (training_platform.evaluation.stats).
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -96,7 +103,16 @@ _FIXED: dict[str, tuple[Callable[[str, str], float], bool, str]] = {
     "bleu": (_bleu, False, "sentence BLEU / 100 (sacrebleu)"),
     "rouge_l": (_rouge_l, False, "ROUGE-L F-measure (rouge-score)"),
 }
-SCORERS = (*_FIXED, "regex:PATTERN")
+SCORERS = (*_FIXED, "regex:PATTERN", "pass@K:SCORER")
+MAX_K = 64
+
+
+def pass_at_k(n: int, passed: int, k: int) -> float:
+    """The chance that at least one of k of n completions (`passed` of them passing), drawn
+    without replacement, passes."""
+    if n - passed < k:
+        return 1.0
+    return 1.0 - math.comb(n - passed, k) / math.comb(n, k)
 
 
 @dataclass(frozen=True)
@@ -106,10 +122,30 @@ class Scorer:
     spec: str
     binary: bool
     score: Callable[[str, str], float]
+    k: int | None = None  # pass@k: judged on all of a prompt's completions
+
+    def judge(self, outputs: Sequence[str], reference: str) -> float:
+        """The score of one prompt's completions (the first one, but for pass@k)."""
+        if self.k is None:
+            return self.score(outputs[0], reference)
+        if len(outputs) < self.k:
+            raise ValueError(f"{self.spec} needs {self.k} completions per prompt")
+        passed = sum(self.score(output, reference) >= 1.0 for output in outputs)
+        return pass_at_k(len(outputs), passed, self.k)
 
 
 def parse(spec: str, field: tuple[str, ...] = ("body", "scorer")) -> Scorer:
     """The scorer a spec names; InvalidInput naming `field` when it names none."""
+    if spec.startswith("pass@"):
+        head, _, inner = spec.removeprefix("pass@").partition(":")
+        if not head.isdigit() or not 1 <= int(head) <= MAX_K or not inner:
+            raise InvalidInput(
+                field, f"pass@K:SCORER needs K in 1-{MAX_K} and a scorer, as in pass@4:numeric"
+            )
+        base = parse(inner, field)
+        if not base.binary or base.k is not None:
+            raise InvalidInput(field, f"pass@K counts passes: {inner} is not a pass/fail scorer")
+        return Scorer(f"pass@{int(head)}:{base.spec}", False, base.score, int(head))
     if spec in _FIXED:
         function, binary, _ = _FIXED[spec]
         return Scorer(spec, binary, function)
@@ -137,4 +173,7 @@ def describe() -> dict[str, str]:
     """Each scorer's spec and what it measures (for the API and the CLI)."""
     found = {name: text for name, (_, _, text) in _FIXED.items()}
     found["regex:PATTERN"] = "the first match (its first group) equals the reference"
+    found["pass@K:SCORER"] = (
+        "of n >= K sampled completions, the chance that one of K passes SCORER (unbiased)"
+    )
     return found

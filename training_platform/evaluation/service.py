@@ -93,6 +93,7 @@ def create(
     With an idempotency key (a pipeline stage's), a replay returns the evaluation the first
     call created."""
     scorer = scoring.parse(request.scorer)
+    _enough_completions(scorer, request.generation.n, ("body", "scorer"))
     model_ref: int | str | None = request.model
     if request.job is not None:
         model_ref = job_model(session, settings, request.job).id
@@ -128,6 +129,7 @@ def create(
             "temperature": generation.temperature,
             "top_p": generation.top_p,
             "seed": generation.seed,
+            "n": generation.n,
         },
         resources=request.resources,
         priority=request.priority,
@@ -163,6 +165,15 @@ def create(
     return evaluation, job
 
 
+def _enough_completions(scorer: scoring.Scorer, n: int, field: tuple[str, ...]) -> None:
+    if scorer.k is not None and scorer.k > n:
+        raise InvalidInput(
+            field,
+            f"{scorer.spec} needs at least {scorer.k} completions per prompt; "
+            f"the evaluation samples {n} (generation.n)",
+        )
+
+
 # --- collect ---------------------------------------------------------------------------------
 
 
@@ -186,6 +197,10 @@ class _Generation:
     reference: str
     output: str
     labels: dict[str, Any]
+    outputs: list[str] | None
+
+    def completions(self) -> list[str]:
+        return self.outputs or [self.output]
 
 
 def _parse_predictions(data: bytes) -> list[_Generation]:
@@ -197,12 +212,14 @@ def _parse_predictions(data: bytes) -> list[_Generation]:
             record = json.loads(line)
             idx = int(record.get("index", number - 1))
             labels = record.get("labels")
+            several = record.get("completions")
             sample = _Generation(
                 idx=idx,
                 prompt=str(record["prompt"]),
                 reference=str(record["answer"]),
                 output=str(record["completion"]),
                 labels=labels if isinstance(labels, dict) else {},
+                outputs=[str(c) for c in several] if isinstance(several, list) else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"predictions line {number} is unreadable: {error}") from error
@@ -251,7 +268,12 @@ def collect(session: Session, runners: Mapping[str, Runner], evaluation: Evaluat
         session.commit()
         return ended
     scorer = scoring.parse(evaluation.scorer)
-    scores = [scorer.score(s.output, s.reference) for s in samples]
+    try:
+        scores = [scorer.judge(s.completions(), s.reference) for s in samples]
+    except ValueError as error:
+        ended = _end(session, evaluation, FAILED, {"error": f"cannot score: {error}"})
+        session.commit()
+        return ended
     summary = {scorer.spec: stats.summarize(scores, binary=scorer.binary).to_dict()}
     values = {"samples": len(samples), "summary": summary, "engine_used": results.get("engine")}
     if not _end(session, evaluation, SUCCEEDED, values):
@@ -348,12 +370,13 @@ def rescore(*, session: Session, evaluation_id: int, spec: str) -> Evaluation:
     evaluation = _succeeded(session, evaluation_id)
     if scorer.spec in evaluation.summary:
         return evaluation
+    _enough_completions(scorer, int(evaluation.params.get("n", 1)), ("body", "scorer"))
     samples = session.exec(
         select(EvaluationSample)
         .where(col(EvaluationSample.evaluation_id) == evaluation_id)
         .order_by(col(EvaluationSample.idx))
     ).all()
-    scores = [scorer.score(s.output, s.reference) for s in samples]
+    scores = [scorer.judge(s.outputs or [s.output], s.reference) for s in samples]
     _store_scores(session, evaluation_id, scorer.spec, [s.idx for s in samples], scores)
     summary = {
         **evaluation.summary,
@@ -501,6 +524,69 @@ def compare(
         for i in page
     ]
     return scorer.spec, paired, shown, len(chosen)
+
+
+MAX_CANDIDATES = 50
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One candidate against the baseline, with its p-value adjusted for the others."""
+
+    evaluation: Evaluation
+    paired: stats.Paired
+    p_adjusted: float | None
+    significant: bool
+
+
+def rank(
+    *, session: Session, baseline_id: int, candidate_ids: Sequence[int], spec: str | None
+) -> tuple[str, Evaluation, list[Ranked]]:
+    """N candidates against one baseline on the samples each shares with it, best first.
+
+    Each candidate gets the paired test of `compare`; their p-values are adjusted together
+    (Benjamini-Hochberg, scipy) so that testing many candidates does not make a lucky one look
+    significant. Scores missing under the scorer are an error, as in `compare`."""
+    if not candidate_ids:
+        raise InvalidInput(("query", "candidate"), "name at least one candidate")
+    if len(set(candidate_ids)) != len(candidate_ids):
+        raise InvalidInput(("query", "candidate"), "a candidate is named twice")
+    if len(candidate_ids) > MAX_CANDIDATES:
+        raise InvalidInput(("query", "candidate"), f"at most {MAX_CANDIDATES} candidates")
+    if baseline_id in candidate_ids:
+        raise InvalidInput(("query", "candidate"), "the baseline is not its own candidate")
+    baseline = _succeeded(session, baseline_id)
+    scorer = scoring.parse(spec or baseline.scorer, ("query", "scorer"))
+    candidates = [_succeeded(session, i) for i in candidate_ids]
+    for evaluation in (baseline, *candidates):
+        if evaluation.dataset_id != baseline.dataset_id:
+            raise InvalidInput(
+                ("query", "candidate"),
+                f"evaluation {evaluation.id} ran on {evaluation.dataset_name}, the baseline on "
+                f"{baseline.dataset_name}: only evaluations of the same dataset compare",
+            )
+        if scorer.spec not in evaluation.summary:
+            raise InvalidInput(
+                ("query", "scorer"),
+                f"evaluation {evaluation.id} has no {scorer.spec} scores; rescore it first",
+            )
+    assert baseline.id is not None
+    base = _scores(session, baseline.id, scorer.spec)
+    results = []
+    for candidate in candidates:
+        assert candidate.id is not None
+        got = _scores(session, candidate.id, scorer.spec)
+        shared = sorted(set(base) & set(got))
+        results.append(
+            stats.compare([base[i] for i in shared], [got[i] for i in shared], binary=scorer.binary)
+        )
+    adjusted = stats.adjust([r.p_value for r in results])
+    ranked = [
+        Ranked(c, r, p, p is not None and p < stats.SIGNIFICANCE and r.delta not in (None, 0.0))
+        for c, r, p in zip(candidates, results, adjusted, strict=True)
+    ]
+    ranked.sort(key=lambda r: (r.paired.mean_b is None, -(r.paired.mean_b or 0.0)))
+    return scorer.spec, baseline, ranked
 
 
 def _samples_at(session: Session, evaluation_id: int, idx: list[int]) -> dict[int, Any]:

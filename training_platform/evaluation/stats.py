@@ -134,3 +134,15 @@ def compare(a: Sequence[float], b: Sequence[float], *, binary: bool) -> Paired:
         n, mean_a, mean_b, delta, improved, regressed, unchanged, "bootstrap", p, low, high,
         not (low <= 0.0 <= high),
     )  # fmt: skip
+
+
+def adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg adjusted p-values (scipy) of several tests made together; None
+    (no test) stays None and does not count."""
+    present = [p for p in p_values if p is not None]
+    if not present:
+        return list(p_values)
+    from scipy import stats
+
+    adjusted = iter(float(p) for p in stats.false_discovery_control(present, method="bh"))
+    return [None if p is None else next(adjusted) for p in p_values]

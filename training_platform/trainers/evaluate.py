@@ -18,7 +18,9 @@ record with the same keys plus eval_runtime. No checkpoint: the run saves no mod
 `output_dir`: predictions.jsonl (one {"index", "seconds", "tokens", "prompt", "answer",
 "completion", "correct", "labels"} per row: its row number, its latency (its share of its
 batch's generation time where generation is batched), completion tokens where the engine
-reports them, and the dataset's labels of the row) and
+reports them, and the dataset's labels of the row; with `n` > 1 samples per prompt also
+"completions", all n of them, the first being "completion", which the running accuracy
+scores) and
 results.json ({"metric", "accuracy", "correct", "total", "model_path", "engine"}).
 
 Exit status: 0 when results.json is written, 1 when the run fails (traceback on stderr), 2 when
@@ -63,9 +65,12 @@ HF_ENV_DEFAULTS = {
 
 Metric = Literal["exact_match", "numeric_match"]
 Engine = Literal["auto", "transformers", "vllm", "api"]
-Generate = Callable[[list[str]], list[str]]
-# The api engine: chat messages in; (text, seconds, completion tokens) out, per sample.
-ApiGenerate = Callable[[list[list[dict[str, str]]]], list[tuple[str, float, int | None]]]
+# Prompts in; the n completions of each out.
+Generate = Callable[[list[str]], list[list[str]]]
+# One row's n completions, its seconds and its completion tokens (None: not reported).
+Generated = tuple[list[str], float, int | None]
+# The api engine: chat messages in, per row what it generated.
+ApiGenerate = Callable[[list[list[dict[str, str]]]], list[Generated]]
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class EvalConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int = Field(default=0, ge=0)
+    n: int = Field(default=1, ge=1)  # completions per prompt (sampled: temperature > 0)
 
 
 class ConfigError(Exception):
@@ -175,6 +181,8 @@ def load_config(path: Path) -> EvalConfig:
         raise ConfigError(f"model_path: no such directory: {config.model_path}")
     if not config.dataset_path.is_file():
         raise ConfigError(f"dataset_path: no such file: {config.dataset_path}")
+    if config.n > 1 and config.temperature == 0:
+        raise ConfigError("n: more than one completion per prompt needs a temperature > 0")
     return config
 
 
@@ -292,7 +300,8 @@ def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
 
 
 def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> Generate:
-    """Greedy batched generation with transformers on one device (a GPU when there is one)."""
+    """Batched generation (greedy, or n sampled completions per prompt) with transformers on
+    one device (a GPU when there is one)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -312,7 +321,7 @@ def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBas
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {parameters} parameters, device {device}")
 
-    def generate(texts: list[str]) -> list[str]:
+    def generate(texts: list[str]) -> list[list[str]]:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(device)
         sampling: dict[str, Any] = (
@@ -326,10 +335,13 @@ def transformers_generator(config: EvalConfig, tokenizer: PreTrainedTokenizerBas
                 **sampling,
                 max_new_tokens=config.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
+                num_return_sequences=config.n,
             )
-        # Left padding: every prompt ends at the same column, new tokens follow it.
+        # Left padding: every prompt ends at the same column, new tokens follow it; the n
+        # sequences of a prompt are consecutive rows.
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return [str(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = [str(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [texts[i : i + config.n] for i in range(0, len(texts), config.n)]
 
     return generate
 
@@ -352,13 +364,14 @@ def vllm_generator(
         top_p=config.top_p,
         seed=config.seed,
         max_tokens=config.max_new_tokens,
+        n=config.n,
     )
 
-    def generate(texts: list[str]) -> list[str]:
+    def generate(texts: list[str]) -> list[list[str]]:
         # Token ids, so that vLLM adds no second BOS to a template that already has one.
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         outputs = llm.generate([{"prompt_token_ids": list(i)} for i in ids], sampling)
-        return [str(output.outputs[0].text) for output in outputs]
+        return [[str(one.text) for one in output.outputs] for output in outputs]
 
     return generate
 
@@ -410,7 +423,8 @@ def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
     pace = _Pace(endpoint.rate_limit)
     pool = ThreadPoolExecutor(max_workers=endpoint.concurrency)
 
-    def one(messages: list[dict[str, str]]) -> tuple[str, float, int | None]:
+    def one(request: tuple[list[dict[str, str]], int]) -> tuple[str, float, int | None]:
+        messages, draw = request
         pace.wait()
         began = time.monotonic()
         reply = client.chat.completions.create(
@@ -419,15 +433,24 @@ def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
             max_tokens=config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
-            seed=config.seed,
+            # The n completions of a prompt are n requests (not every server takes `n`),
+            # each with its own seed.
+            seed=config.seed + draw,
         )
         seconds = time.monotonic() - began
         text = reply.choices[0].message.content or "" if reply.choices else ""
         tokens = reply.usage.completion_tokens if reply.usage is not None else None
         return text, seconds, tokens
 
-    def generate(batch: list[list[dict[str, str]]]) -> list[tuple[str, float, int | None]]:
-        return list(pool.map(one, batch))
+    def generate(batch: list[list[dict[str, str]]]) -> list[Generated]:
+        replies = list(pool.map(one, [(m, draw) for m in batch for draw in range(config.n)]))
+        found: list[Generated] = []
+        for start in range(0, len(replies), config.n):
+            mine = replies[start : start + config.n]
+            counted = [t for _, _, t in mine]
+            tokens = None if None in counted else sum(t or 0 for t in counted)
+            found.append(([text for text, _, _ in mine], sum(s for _, s, _ in mine), tokens))
+        return found
 
     return generate
 
@@ -456,11 +479,11 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
     # progress imports transformers, and with it torch.
     from training_platform.trainers.progress import ProgressWriter, console_line
 
-    run_batch: Callable[[list[Row]], list[tuple[str, float, int | None]]]
+    run_batch: Callable[[list[Row]], list[Generated]]
     if engine == "api":
         call = api_generator(config, key)
 
-        def run_batch(batch: list[Row]) -> list[tuple[str, float, int | None]]:
+        def run_batch(batch: list[Row]) -> list[Generated]:
             return call([row.messages for row in batch])
 
     else:
@@ -476,7 +499,7 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
         else:
             generate = transformers_generator(config, tokenizer)
 
-        def run_batch(batch: list[Row]) -> list[tuple[str, float, int | None]]:
+        def run_batch(batch: list[Row]) -> list[Generated]:
             began = time.monotonic()
             completions = generate([prompt_text(tokenizer, row.messages) for row in batch])
             # Batched: each sample's share of the batch's generation time.
@@ -496,13 +519,14 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
         for step, indices in enumerate(plan, start=1):
             batch = [rows[i] for i in indices]
             outputs = run_batch(batch)
-            for index, row, (completion, seconds, tokens) in zip(
+            for index, row, (completions, seconds, tokens) in zip(
                 indices, batch, outputs, strict=True
             ):
+                completion = completions[0]
                 hit = score(completion, row.answer)
                 correct += hit
                 total += 1
-                record = {
+                record: dict[str, Any] = {
                     "index": index,
                     "seconds": round(seconds, 6),
                     "tokens": tokens,
@@ -512,6 +536,8 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
                     "correct": hit,
                     "labels": row.labels,
                 }
+                if config.n > 1:
+                    record["completions"] = completions
                 predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
             predictions.flush()
             values = {"accuracy": correct / total, "correct": correct, "total": total}

@@ -226,6 +226,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/evaluations/rank": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Rank
+         * @description N candidates (`candidate`, repeated) against one baseline on the samples each shares
+         *     with it, best first: each with the paired test of a compare and its p-value adjusted over
+         *     all candidates (Benjamini-Hochberg).
+         */
+        get: operations["rank_api_v1_evaluations_rank_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations/scorers": {
         parameters: {
             query?: never;
@@ -1723,7 +1745,7 @@ export interface components {
             resources?: components["schemas"]["Resources"];
             /**
              * Scorer
-             * @description exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.
+             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or pass@K:SCORER (of n >= K completions per prompt).
              * @default numeric
              */
             scorer: string;
@@ -1816,6 +1838,12 @@ export interface components {
              * @description First N rows only.
              */
             max_samples?: number | null;
+            /**
+             * N
+             * @description Completions per prompt (sampled: needs temperature > 0); pass@k scores them.
+             * @default 1
+             */
+            n: number;
             /**
              * Seed
              * @description For sampling (temperature > 0).
@@ -2634,6 +2662,39 @@ export interface components {
             /** Total */
             total: number | null;
         };
+        /** RankedCandidate */
+        RankedCandidate: {
+            /** Evaluation */
+            evaluation: number;
+            /** Model */
+            model: string;
+            /** Name */
+            name: string;
+            /** P Adjusted */
+            p_adjusted: number | null;
+            /** Significant */
+            significant: boolean;
+            /** Stats */
+            stats: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * RankingPublic
+         * @description N candidates against one baseline on the same samples, best mean first.
+         */
+        RankingPublic: {
+            /** Baseline */
+            baseline: number;
+            /** Baseline Mean */
+            baseline_mean: number | null;
+            /** Baseline Name */
+            baseline_name: string;
+            /** Candidates */
+            candidates: components["schemas"]["RankedCandidate"][];
+            /** Scorer */
+            scorer: string;
+        };
         /**
          * Rescore
          * @description Score the stored generations again with another scorer.
@@ -2641,7 +2702,7 @@ export interface components {
         Rescore: {
             /**
              * Scorer
-             * @description exact, numeric, contains, choice, bleu, rouge_l or regex:PATTERN.
+             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or pass@K:SCORER (of n >= K completions per prompt).
              * @default numeric
              */
             scorer: string;
@@ -2720,6 +2781,8 @@ export interface components {
             };
             /** Output */
             output: string;
+            /** Outputs */
+            outputs: string[] | null;
             /** Prompt */
             prompt: string;
             /** Reference */
@@ -3433,6 +3496,39 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ComparisonPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    rank_api_v1_evaluations_rank_get: {
+        parameters: {
+            query: {
+                baseline: number;
+                candidate: number[];
+                scorer?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RankingPublic"];
                 };
             };
             /** @description Validation Error */

@@ -27,6 +27,7 @@ export type EvaluationsPage = S["EvaluationsPublic"];
 export type EvaluationSamples = S["SamplesPublic"];
 export type EvaluationBreakdown = S["BreakdownPublic"];
 export type Comparison = S["ComparisonPublic"];
+export type Ranking = S["RankingPublic"];
 export type Served = S["ServedPublic"];
 export type Endpoint = S["EndpointPublic"];
 

@@ -61,6 +61,12 @@ class EvaluateParameters(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the top mass kept.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="For sampling (temperature > 0).")
+    n: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Completions per prompt (sampled: needs temperature > 0); pass@k scores them.",
+    )
 
     @model_validator(mode="after")
     def _engine_of_endpoint(self) -> EvaluateParameters:
@@ -70,6 +76,8 @@ class EvaluateParameters(BaseModel):
             raise ValueError("the api engine needs an endpoint")
         if self.endpoint is not None:
             self.engine = "api"
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 completions per prompt need a temperature > 0 (sampling)")
         return self
 
 
