@@ -4,7 +4,13 @@ from sqlmodel import SQLModel
 
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
-from training_platform.evaluation.models import Evaluation, EvaluationSample, EvaluationScore
+from training_platform.evaluation.models import (
+    Evaluation,
+    EvaluationSample,
+    EvaluationScore,
+    EvaluationScoring,
+    Rubric,
+)
 from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.monitoring.models import (
@@ -36,6 +42,7 @@ __all__ = [
     "Evaluation",
     "EvaluationSample",
     "EvaluationScore",
+    "EvaluationScoring",
     "GpuDevice",
     "GpuSample",
     "Host",
@@ -52,6 +59,7 @@ __all__ = [
     "PlatformSetting",
     "RemoteHost",
     "RewardFileEntry",
+    "Rubric",
     "Webhook",
     "WebhookDelivery",
     "metadata",

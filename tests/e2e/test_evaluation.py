@@ -188,5 +188,21 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
     assert "of 12" in compared.stdout and "mcnemar" in compared.stdout, compared.stdout
     twice = platform.tp("eval", "compare", str(base_id), str(tuned_id), str(tuned_id))
     assert twice.returncode != 0 and "candidate" in twice.stderr, twice.stderr
+    # An uploaded reward file scores on a worker, in a process of its own (--wait waits).
+    source = (
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    return 1.0 if ground_truth in solution_str else len(extra_info['prompt']) / 1e4\n"
+    )
+    with platform.client() as client:
+        uploaded = client.post(
+            "/api/v1/rewards", params={"name": "has-answer"}, content=source.encode()
+        )
+        assert uploaded.status_code == 201, uploaded.text
+    scored = platform.tp("eval", "rescore", str(base_id), "file:has-answer", "--wait", check=True)
+    assert "file:has-answer: " in scored.stdout, scored.stdout
+    with platform.client() as client:
+        rows = _all_samples(client, base_id)
+    expected = [1.0 if r["reference"] in r["output"] else len(r["prompt"]) / 1e4 for r in rows]
+    assert [r["scores"]["file:has-answer"] for r in rows] == pytest.approx(expected)
     refused = platform.tp("eval", "rescore", str(base_id), "nope")
     assert refused.returncode == 2 and "unknown scorer" in refused.stderr, refused.stderr

@@ -142,14 +142,36 @@ def test_cancel_over_ssh_leaves_no_process_of_the_job_on_the_server(remote, sshd
             if shown["status"] == "running" and (shown["progress"] or {}).get("step"):
                 break
             time.sleep(0.5)
-        assert sshd.user_processes(), "the training should be running on the server"
+        run_dir = collect(remote, client.get(f"/api/v1/jobs/{job['id']}/plan"))["run_dir"]
+        assert _processes_of(sshd, run_dir), "the training should be running on the server"
         assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
     ended = remote.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, timeout=90)
     assert ended["status"] == "cancelled"
+    # The job's processes (those in its run directory), not the platform's short probes of
+    # the host, which run as the same user.
     deadline = time.monotonic() + 30
-    while sshd.user_processes() and time.monotonic() < deadline:
+    left = _processes_of(sshd, run_dir)
+    while left and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert sshd.user_processes() == []
+        left = _processes_of(sshd, run_dir)
+    assert left == []
+
+
+def _processes_of(sshd, run_dir: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The server user's live processes that run in (or name) a job's run directory."""
+    import psutil
+
+    found = []
+    for pid in sshd.user_processes():
+        try:
+            process = psutil.Process(pid)
+            command = " ".join(process.cmdline())
+            where = process.cwd()
+        except psutil.Error:
+            continue  # gone meanwhile
+        if where.startswith(run_dir) or run_dir in command:
+            found.append(f"{pid} {command[:200]}")
+    return found
 
 
 def test_a_crash_of_the_api_and_workers_mid_run_re_adopts_the_remote_run(remote, sshd) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ directories, the logs, a process's command line or any answer."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -204,6 +205,33 @@ def test_serve_chat_and_evaluate_an_endpoint_without_leaking_its_key(platform) -
             answer = client.get(path)
             assert answer.status_code == 200, (path, answer.text)
             answers.append(answer.text)
+
+        # An LLM judge through the same endpoint, on a worker: a stored rubric, a reply kept
+        # with each score.
+        rubric = client.post(
+            "/api/v1/evaluations/rubrics",
+            json={"name": "plain", "text": "Q: {prompt}\nA: {output}\nScore 0-10:"},
+        )
+        assert rubric.status_code == 201, rubric.text
+        no_output = client.post(
+            "/api/v1/evaluations/rubrics", json={"name": "blind", "text": "Score {prompt}"}
+        )
+        assert no_output.status_code == 422 and "text" in no_output.text
+        judge = "judge:served-tiny:plain"
+        queued = client.post(f"/api/v1/evaluations/{evaluation_id}/rescore", json={"scorer": judge})
+        assert queued.status_code == 200, queued.text
+        assert [s["status"] for s in queued.json()["scorings"]] in (["queued"], ["running"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            judged = client.get(f"/api/v1/evaluations/{evaluation_id}").json()
+            if judged["scorings"][0]["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+        assert judged["scorings"][0]["status"] == "succeeded", judged["scorings"]
+        assert judged["summary"][judge]["n"] == 6
+        samples = client.get(f"/api/v1/evaluations/{evaluation_id}/samples").json()["items"]
+        assert all(0.0 <= s["scores"][judge] <= 1.0 and judge in s["details"] for s in samples)
+        answers += [queued.text, json.dumps(judged), json.dumps(samples)]
 
         # The key: nowhere.
         assert not [a for a in answers if secret in a]

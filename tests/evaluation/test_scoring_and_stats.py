@@ -49,6 +49,11 @@ def test_graded_scorers_give_partial_credit_and_are_not_binary() -> None:
         ("pass@2:bleu", "not a pass/fail scorer"),
         ("pass@2:pass@1:exact", "not a pass/fail scorer"),
         ("pass@2:nope", "unknown scorer"),
+        ("pass@2:file:mine", "not a pass/fail scorer"),
+        ("reward:nope", "unknown builtin reward"),
+        ("file:", "needs the name of an uploaded reward file"),
+        ("file:../etc/passwd", "needs the name of an uploaded reward file"),
+        ("judge:only-endpoint", "needs an endpoint and a rubric"),
     ],
 )
 def test_a_bad_scorer_is_refused_with_the_field(spec: str, reason: str) -> None:
@@ -143,3 +148,28 @@ def test_pass_at_k_is_the_unbiased_estimator() -> None:
         scorer.judge(["7"], "7")
     # Every other scorer judges the first completion.
     assert scoring.parse("numeric").judge(["x", "7"], "7") == 0.0
+
+
+def test_worker_scorers_are_deferred_and_builtin_rewards_score_here() -> None:
+    judge = scoring.parse("judge:gpt-mini:helpful")
+    assert (judge.deferred, judge.target, judge.rubric) == ("judge", "gpt-mini", "helpful")
+    assert scoring.parse("file:mine").deferred == "file"
+    reward = scoring.parse("reward:math_answer")
+    assert reward.deferred is None and not reward.binary
+    assert reward.score("so it is 12", "12") == 1.0 and reward.score("13", "12") == 0.0
+
+
+def test_a_judge_is_asked_the_rubric_and_its_last_number_is_the_score() -> None:
+    from training_platform.evaluation.deferred import Item, judge_prompt, verdict
+
+    item = Item(prompt="2+2?", reference="4", output="{reference} is 5", labels={})
+    rubric = "Q: {prompt}\nA: {output}\nRight answer: {reference}\nScore 0-10."
+    # One pass: the output's own "{reference}" is text, not a placeholder.
+    assert judge_prompt(rubric, item) == (
+        "Q: 2+2?\nA: {reference} is 5\nRight answer: 4\nScore 0-10."
+    )
+    assert verdict("Reasoning... Score: 7", 10) == pytest.approx(0.7)
+    assert verdict("**8/10**", 10) == pytest.approx(0.8)  # a final fraction is one
+    assert verdict("Score: 4 / 5.", 100) == pytest.approx(0.8)
+    assert verdict("12", 10) == 1.0 and verdict("-3", 10) == 0.0
+    assert verdict("no idea", 10) == 0.0

@@ -318,7 +318,7 @@ def test_pass_at_k_scores_the_stored_completions_and_needs_enough(
         assert stored.summary["pass@2:numeric"]["mean"] == pytest.approx((2 / 3 + 1 + 0) / 3)
         rows = service.samples(session=session, evaluation_id=evaluation_id, q=None, limit=9,
                                offset=0)[0]  # fmt: skip
-        assert [s.outputs for s, _ in rows] == draws
+        assert [s.outputs for s, _, _ in rows] == draws
         # Rescored from the stored completions: pass@1 is the mean pass rate; plain scorers
         # judge the first completion.
         service.rescore(session=session, evaluation_id=evaluation_id, spec="pass@1:numeric")
@@ -327,3 +327,96 @@ def test_pass_at_k_scores_the_stored_completions_and_needs_enough(
         assert stored.summary["numeric"]["mean"] == pytest.approx(2 / 3)
         with pytest.raises(InvalidInput, match="needs at least 5"):
             service.rescore(session=session, evaluation_id=evaluation_id, spec="pass@5:numeric")
+
+
+REWARD_FILE = b"""
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    # Partial credit: 1 for the answer, 0.25 for any digit, else 0.
+    if solution_str.strip() == ground_truth:
+        return 1.0
+    return 0.25 if any(c.isdigit() for c in solution_str) else 0.0
+"""
+
+
+def test_an_uploaded_reward_file_scores_on_a_worker_once(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.catalog import rewards
+    from training_platform.evaluation.models import EvaluationScoring
+
+    evaluation_id = _submit(engine, settings)
+    _write_run(tmp_path / "run", ["1", "so 2", "no", "4"])
+    _end_job(engine, evaluation_id, "succeeded", tmp_path / "run")
+    assert _collect(engine) == [evaluation_id]
+    with Session(engine) as session:
+        with pytest.raises(InvalidInput, match="upload it first") as raised:
+            service.rescore(session=session, evaluation_id=evaluation_id, spec="file:partial")
+        assert raised.value.loc == ("body", "scorer")
+        rewards.register(session=session, home=settings.home, name="partial", source=REWARD_FILE)
+        service.rescore(
+            session=session, evaluation_id=evaluation_id, spec="file:partial", actor="t"
+        )
+        session.commit()
+        queued = session.get(EvaluationScoring, (evaluation_id, "file:partial"))
+        assert queued is not None and (queued.status, queued.attempt) == ("queued", 1)
+        assert "file:partial" not in session.get(Evaluation, evaluation_id).summary  # type: ignore[union-attr]
+    with Session(engine) as session:
+        assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "succeeded"
+    with Session(engine) as session:  # delivered twice: scored once
+        assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "skipped"
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        # outputs "1", "so 2", "no", "4" against 1..4: 1, 0.25, 0, 1
+        assert evaluation.summary["file:partial"]["mean"] == pytest.approx(2.25 / 4)
+        assert evaluation.summary["numeric"]["mean"] == pytest.approx(0.75)  # kept
+        rows, _ = service.samples(
+            session=session, evaluation_id=evaluation_id, q=None, limit=9, offset=0
+        )
+        assert [scores["file:partial"] for _, scores, _ in rows] == [1.0, 0.25, 0.0, 1.0]
+
+    # A file that fails on a sample fails the scoring with the sample and the reason; asked
+    # again, it is a new attempt.
+    broken = b"def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+    broken += b"    return 1 / len(solution_str.replace('no', ''))\n"
+    with Session(engine) as session:
+        rewards.register(session=session, home=settings.home, name="broken", source=broken)
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:broken")
+        session.commit()
+        assert service.run_scoring(session, settings, evaluation_id, "file:broken") == "failed"
+        failed = session.get(EvaluationScoring, (evaluation_id, "file:broken"))
+        assert failed is not None and failed.error is not None
+        assert "sample 2: ZeroDivisionError" in failed.error, failed.error
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:broken")
+        session.commit()
+        session.refresh(failed)
+        assert (failed.status, failed.attempt, failed.error) == ("queued", 2, None)
+
+
+def test_a_lost_scoring_is_sent_again_as_a_new_attempt(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from training_platform.catalog import rewards
+    from training_platform.core.types import utcnow
+    from training_platform.evaluation.models import EvaluationScoring
+
+    evaluation_id = _submit(engine, settings)
+    _write_run(tmp_path / "run", ["1", "2"])
+    _end_job(engine, evaluation_id, "succeeded", tmp_path / "run")
+    _collect(engine)
+    with Session(engine) as session:
+        rewards.register(session=session, home=settings.home, name="partial", source=REWARD_FILE)
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:partial")
+        session.commit()
+        assert service.stale_scorings(session) == []  # just queued
+        row = session.get(EvaluationScoring, (evaluation_id, "file:partial"))
+        assert row is not None
+        # Its worker took it and went silent for longer than LOST_AFTER_S.
+        long_ago = utcnow() - timedelta(seconds=service.LOST_AFTER_S + 1)
+        session.execute(
+            update(EvaluationScoring)
+            .where(col(EvaluationScoring.evaluation_id) == evaluation_id)
+            .values(status="running", updated_at=long_ago)
+        )
+        session.commit()
+        assert service.stale_scorings(session) == [(evaluation_id, "file:partial")]
+        session.refresh(row)
+        assert (row.status, row.attempt) == ("queued", 2)
+        assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "succeeded"

@@ -40,6 +40,14 @@ def _print(evaluation: dict[str, Any]) -> None:
         console.print(f"  error: {evaluation['error']}", highlight=False)
     for spec, summary in evaluation["summary"].items():
         console.print(f"  {_score_line(spec, summary)}", highlight=False)
+    for scoring in evaluation.get("scorings", []):
+        if scoring["status"] != "succeeded":
+            error = f": {scoring['error']}" if scoring["error"] else ""
+            console.print(
+                f"  {scoring['scorer']}: {scoring['status']} on a worker "
+                f"({scoring['done']} scored){error}",
+                highlight=False,
+            )
 
 
 @eval_app.command("run")
@@ -170,8 +178,15 @@ def eval_show(
 
 
 @eval_app.command("rescore")
-def eval_rescore(evaluation_id: int, scorer: str) -> None:
-    """Score an evaluation's stored generations with another scorer (no new generation)."""
+def eval_rescore(
+    evaluation_id: int,
+    scorer: str,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a scorer that runs on a worker.")
+    ] = False,
+) -> None:
+    """Score an evaluation's stored generations with another scorer (no new generation).
+    file:NAME and judge:ENDPOINT:RUBRIC run on a worker; --wait waits for them."""
     with client() as api:
         evaluation = call(
             api.request,
@@ -179,7 +194,21 @@ def eval_rescore(evaluation_id: int, scorer: str) -> None:
             f"/api/v1/evaluations/{evaluation_id}/rescore",
             json={"scorer": scorer},
         )
+        while wait and (scoring := _scoring(evaluation, scorer)) is not None:
+            if scoring["status"] not in ("queued", "running"):
+                break
+            time.sleep(1)
+            evaluation = call(api.get, f"evaluations/{evaluation_id}")
     _print(evaluation)
+    scoring = _scoring(evaluation, scorer)
+    if scoring is not None and scoring["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _scoring(evaluation: dict[str, Any], scorer: str) -> dict[str, Any] | None:
+    if scorer in evaluation["summary"]:
+        return None
+    return next((s for s in evaluation.get("scorings", []) if s["scorer"] == scorer), None)
 
 
 @eval_app.command("compare")
@@ -258,3 +287,53 @@ def _rank(baseline: int, candidates: list[int], scorer: str | None) -> None:
             "significant" if row["significant"] else "",
         )
     console.print(table)
+
+
+rubrics_app = typer.Typer(
+    help="Rubrics an LLM judge is asked about each sample (scorer judge:ENDPOINT:RUBRIC).",
+    no_args_is_help=True,
+)
+eval_app.add_typer(rubrics_app, name="rubrics")
+
+
+@rubrics_app.command("add")
+def rubrics_add(
+    name: str,
+    text_file: Annotated[
+        typer.FileText,
+        typer.Option(
+            "--file",
+            help="The rubric's text, with {output} (and {prompt}, {reference}); - reads stdin.",
+        ),
+    ],
+    max_score: Annotated[
+        float, typer.Option(min=0.001, max=1000, help="The judge answers 0 to this.")
+    ] = 10.0,
+) -> None:
+    """Store a rubric."""
+    body = {"name": name, "text": text_file.read(), "max_score": max_score}
+    with client() as api:
+        rubric = call(api.request, "POST", "/api/v1/evaluations/rubrics", json=body)
+    console.print(f"rubric {rubric['name']} stored (0 to {rubric['max_score']:g})", highlight=False)
+
+
+@rubrics_app.command("list")
+def rubrics_list() -> None:
+    """Stored rubrics."""
+    with client() as api:
+        rubrics = call(api.request, "GET", "/api/v1/evaluations/rubrics")
+    if not rubrics:
+        console.print("no rubrics yet")
+        return
+    table = Table("name", "max score", "text")
+    for rubric in rubrics:
+        table.add_row(rubric["name"], f"{rubric['max_score']:g}", rubric["text"][:80])
+    console.print(table)
+
+
+@rubrics_app.command("rm")
+def rubrics_rm(name: str) -> None:
+    """Delete a rubric."""
+    with client() as api:
+        call(api.request, "DELETE", f"/api/v1/evaluations/rubrics/{name}")
+    console.print(f"rubric {name} deleted", highlight=False)

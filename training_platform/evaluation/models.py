@@ -78,3 +78,39 @@ class EvaluationScore(SQLModel, table=True):
     scorer: str = Field(sa_column=Column(String(256), nullable=False))
     idx: int
     score: float = Field(sa_column=Column(Float, nullable=False))
+    # Why, where the scorer says: a judge's reply.
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class EvaluationScoring(SQLModel, table=True):
+    """A scorer that runs on a worker (an uploaded file, an LLM judge) scoring the stored
+    generations of one evaluation: queued, running, then succeeded or failed."""
+
+    __tablename__ = "evaluation_scorings"
+    __table_args__ = (PrimaryKeyConstraint("evaluation_id", "scorer"),)
+
+    evaluation_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False)
+    )
+    scorer: str = Field(sa_column=Column(String(256), nullable=False))
+    status: str = Field(max_length=16)
+    attempt: int = 1  # a new attempt when the last one was lost (its worker died)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    done: int = 0  # samples scored so far
+    requested_by: str = Field(max_length=200)
+    requested_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Rubric(SQLModel, table=True):
+    """What an LLM judge is asked about each sample: a text with {prompt}, {reference} and
+    {output} in it, answered with a number from 0 to max_score."""
+
+    __tablename__ = "rubrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    max_score: float = 10.0
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -6,6 +6,7 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
+from fastapi import Path as PathParam
 
 from training_platform.api.deps import (
     CurrentToken,
@@ -17,7 +18,7 @@ from training_platform.api.deps import (
 )
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation import scoring, service
-from training_platform.evaluation.models import Evaluation
+from training_platform.evaluation.models import Evaluation, EvaluationScoring, Rubric
 from training_platform.evaluation.schemas import (
     BreakdownPublic,
     ComparisonPublic,
@@ -28,8 +29,11 @@ from training_platform.evaluation.schemas import (
     RankedCandidate,
     RankingPublic,
     Rescore,
+    RubricCreate,
+    RubricPublic,
     SamplePublic,
     SamplesPublic,
+    ScoringPublic,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,9 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 IdQuery = Annotated[int, Query(ge=1, le=DB_INT_MAX)]
 
 
-def to_public(evaluation: Evaluation) -> EvaluationPublic:
+def to_public(
+    evaluation: Evaluation, scorings: list[EvaluationScoring] | None = None
+) -> EvaluationPublic:
     assert evaluation.id is not None
     return EvaluationPublic(
         id=evaluation.id,
@@ -59,7 +65,19 @@ def to_public(evaluation: Evaluation) -> EvaluationPublic:
         created_by=evaluation.created_by,
         created_at=evaluation.created_at,
         finished_at=evaluation.finished_at,
+        scorings=[
+            ScoringPublic.model_validate(row, from_attributes=True) for row in scorings or []
+        ],
     )
+
+
+def _with_scorings(session: SessionDep, evaluation: Evaluation) -> EvaluationPublic:
+    assert evaluation.id is not None
+    return to_public(evaluation, service.scorings(session, [evaluation.id])[evaluation.id])
+
+
+def _rubric(rubric: Rubric) -> RubricPublic:
+    return RubricPublic.model_validate(rubric, from_attributes=True)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -97,13 +115,45 @@ def list_evaluations(
     rows, count = service.list_evaluations(
         session=session, status=evaluation_status, limit=limit, offset=offset
     )
-    return EvaluationsPublic(items=[to_public(e) for e in rows], total=count)
+    found = service.scorings(session, [e.id for e in rows if e.id is not None])
+    return EvaluationsPublic(items=[to_public(e, found.get(e.id or 0)) for e in rows], total=count)
 
 
 @router.get("/scorers")
 def scorers(_: CurrentToken) -> dict[str, str]:
     """Every scorer spec and what it measures."""
     return scoring.describe()
+
+
+@router.get("/rubrics")
+def list_rubrics(session: SessionDep, _: CurrentToken) -> list[RubricPublic]:
+    """The rubrics an LLM judge can be asked (judge:ENDPOINT:RUBRIC)."""
+    return [_rubric(r) for r in service.list_rubrics(session=session)]
+
+
+@router.post("/rubrics", status_code=status.HTTP_201_CREATED)
+def create_rubric(body: RubricCreate, session: SessionDep, token: CurrentToken) -> RubricPublic:
+    """Store a rubric: the question an LLM judge is asked about each sample."""
+    rubric = service.create_rubric(
+        session=session,
+        name=body.name,
+        text=body.text,
+        max_score=body.max_score,
+        actor=f"token:{token.name}",
+    )
+    session.commit()
+    return _rubric(rubric)
+
+
+@router.delete("/rubrics/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_rubric(
+    name: Annotated[str, PathParam(min_length=1, max_length=200)],
+    session: SessionDep,
+    _: CurrentToken,
+) -> None:
+    """Delete a rubric (scores it gave stay)."""
+    service.delete_rubric(session=session, name=name)
+    session.commit()
 
 
 @router.get("/compare")
@@ -165,7 +215,7 @@ def rank(
 @router.get("/{evaluation_id}")
 def get_evaluation(evaluation_id: IdPath, session: SessionDep, _: CurrentToken) -> EvaluationPublic:
     """One evaluation with its summary per scorer (mean, standard error, 95% interval)."""
-    return to_public(service.get(session=session, evaluation_id=evaluation_id))
+    return _with_scorings(session, service.get(session=session, evaluation_id=evaluation_id))
 
 
 @router.get("/{evaluation_id}/samples")
@@ -191,8 +241,9 @@ def evaluation_samples(
                 outputs=s.outputs,
                 labels=s.labels,
                 scores=scores,
+                details=details,
             )
-            for s, scores in rows
+            for s, scores, details in rows
         ],
         total=count,
     )
@@ -221,12 +272,26 @@ def evaluation_breakdown(
 
 @router.post("/{evaluation_id}/rescore")
 def rescore(
-    evaluation_id: IdPath, body: Rescore, session: SessionDep, _: CurrentToken
+    evaluation_id: IdPath, body: Rescore, session: SessionDep, token: CurrentToken
 ) -> EvaluationPublic:
-    """Score the stored generations with another scorer; nothing is generated again."""
-    evaluation = service.rescore(session=session, evaluation_id=evaluation_id, spec=body.scorer)
+    """Score the stored generations with another scorer; nothing is generated again. An
+    uploaded file or an LLM judge scores on a worker: the answer lists it in `scorings`
+    (queued), and its summary appears when it has succeeded."""
+    evaluation = service.rescore(
+        session=session, evaluation_id=evaluation_id, spec=body.scorer, actor=f"token:{token.name}"
+    )
     session.commit()
-    return to_public(evaluation)
+    scorer = scoring.parse(body.scorer)
+    if scorer.deferred and scorer.spec not in evaluation.summary:
+        from training_platform.evaluation.tasks import send_scoring
+
+        try:
+            send_scoring(evaluation_id, scorer.spec)
+        except Exception as error:  # stored; the evaluation tick sends it again
+            log.warning(
+                "scoring %s of %s: message not sent (%s)", body.scorer, evaluation_id, error
+            )
+    return _with_scorings(session, evaluation)
 
 
 @router.delete("/{evaluation_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -14,8 +14,10 @@ ScorerSpec = Field(
     "numeric",
     min_length=1,
     max_length=256,
-    description="exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or "
-    "pass@K:SCORER (of n >= K completions per prompt).",
+    description="exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, "
+    "pass@K:SCORER (of n >= K completions per prompt), reward:NAME (a builtin reward), "
+    "file:NAME (an uploaded reward file, on a worker) or judge:ENDPOINT:RUBRIC (an LLM judge, "
+    "on a worker).",
 )
 
 
@@ -99,6 +101,44 @@ class Rescore(BaseModel):
     scorer: str = ScorerSpec
 
 
+class ScoringPublic(BaseModel):
+    """A scorer running on a worker for this evaluation (an uploaded file, an LLM judge)."""
+
+    scorer: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    error: str | None
+    done: int  # samples scored so far
+    attempt: int
+    requested_by: str
+    requested_at: datetime
+    updated_at: datetime
+
+
+class RubricCreate(BaseModel):
+    """What an LLM judge is asked about each sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+    text: str = Field(
+        ...,
+        min_length=1,
+        max_length=20_000,
+        description="The question, with {output} and optionally {prompt} and {reference} in "
+        "it; the judge answers with a number from 0 to max_score.",
+    )
+    max_score: float = Field(10.0, gt=0, le=1000)
+
+
+class RubricPublic(BaseModel):
+    id: int
+    name: str
+    text: str
+    max_score: float
+    created_by: str
+    created_at: datetime
+
+
 class EvaluationPublic(BaseModel):
     id: int
     name: str
@@ -119,6 +159,9 @@ class EvaluationPublic(BaseModel):
     created_by: str
     created_at: datetime
     finished_at: datetime | None
+    scorings: list[ScoringPublic] = Field(
+        default_factory=list, description="Scorers queued or run on a worker."
+    )
 
 
 class EvaluationsPublic(BaseModel):
@@ -134,6 +177,9 @@ class SamplePublic(BaseModel):
     outputs: list[str] | None  # all n completions, when the evaluation sampled n > 1
     labels: dict[str, Any]
     scores: dict[str, float]
+    details: dict[str, str] = Field(
+        default_factory=dict, description="Why, by scorer, where it says: a judge's reply."
+    )
 
 
 class SamplesPublic(BaseModel):

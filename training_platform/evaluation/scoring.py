@@ -1,4 +1,5 @@
-"""Scorers: how one generated output is judged against its reference, as a number in [0, 1].
+"""Scorers: how one generated output is judged against its reference, as a number (in [0, 1]
+but for reward functions, which give what they give).
 
 A scorer is named by a spec string, stored with every score it gave, so that one evaluation's
 generations can be scored by several scorers without generating again:
@@ -18,7 +19,18 @@ generations can be scored by several scorers without generating again:
                    estimator 1 - C(n-c, K) / C(n, K), c of the n passing (Chen et al., 2021);
                    pass@1 is the mean pass rate over the n
 
-Every other scorer judges the first completion of a prompt.
+    reward:NAME    a builtin reward function (math_answer, format): the value it gives
+    file:NAME      an uploaded reward file (tp rewards upload): its compute_score, called as
+                   verl calls it (data_source "evaluation", the output as solution_str, the
+                   reference as ground_truth, extra_info {"prompt", "labels"}). It is user code:
+                   it runs on a worker, in a process of its own, never in the API
+    judge:ENDPOINT:RUBRIC
+                   an LLM judge: the endpoint is asked the stored rubric about each sample and
+                   the last number of its reply over the rubric's max_score (clipped to [0, 1])
+                   is the score, 0 when it names none; its reply is kept with the score
+
+Every other scorer judges the first completion of a prompt. file: and judge: scorers are
+`deferred`: a rescore with one is queued for a worker (training_platform.evaluation.tasks).
 
 Pass/fail scorers give only 0 or 1 (`binary`): their results compare with McNemar's test, the
 others with a paired bootstrap (training_platform.evaluation.stats).
@@ -103,7 +115,9 @@ _FIXED: dict[str, tuple[Callable[[str, str], float], bool, str]] = {
     "bleu": (_bleu, False, "sentence BLEU / 100 (sacrebleu)"),
     "rouge_l": (_rouge_l, False, "ROUGE-L F-measure (rouge-score)"),
 }
-SCORERS = (*_FIXED, "regex:PATTERN", "pass@K:SCORER")
+SCORERS = (
+    *_FIXED, "regex:PATTERN", "pass@K:SCORER", "reward:NAME", "file:NAME", "judge:ENDPOINT:RUBRIC"
+)  # fmt: skip
 MAX_K = 64
 
 
@@ -123,6 +137,10 @@ class Scorer:
     binary: bool
     score: Callable[[str, str], float]
     k: int | None = None  # pass@k: judged on all of a prompt's completions
+    # Run on a worker: "file" (an uploaded reward file), "judge" (an endpoint); None: here.
+    deferred: str | None = None
+    target: str = ""  # the reward file's name, or the judge's endpoint
+    rubric: str = ""  # the judge's rubric
 
     def judge(self, outputs: Sequence[str], reference: str) -> float:
         """The score of one prompt's completions (the first one, but for pass@k)."""
@@ -134,8 +152,42 @@ class Scorer:
         return pass_at_k(len(outputs), passed, self.k)
 
 
+def _unscored(output: str, reference: str) -> float:
+    raise RuntimeError("a deferred scorer runs on a worker")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
 def parse(spec: str, field: tuple[str, ...] = ("body", "scorer")) -> Scorer:
-    """The scorer a spec names; InvalidInput naming `field` when it names none."""
+    """The scorer a spec names; InvalidInput naming `field` when it names none. Whether the
+    file, endpoint or rubric it names exists is the service's to check."""
+    if spec.startswith("reward:"):
+        from training_platform.rewards.builtin import BUILTIN_REWARDS
+
+        name = spec.removeprefix("reward:")
+        function = BUILTIN_REWARDS.get(name)
+        if function is None:
+            raise InvalidInput(
+                field, f"unknown builtin reward {name!r}; one of: {', '.join(BUILTIN_REWARDS)}"
+            )
+
+        chosen = function
+
+        def reward(output: str, reference: str) -> float:
+            return float(chosen("evaluation", output, reference, None))
+
+        return Scorer(spec, False, reward)
+    if spec.startswith("file:"):
+        name = spec.removeprefix("file:")
+        if not NAME.fullmatch(name):
+            raise InvalidInput(field, "file:NAME needs the name of an uploaded reward file")
+        return Scorer(spec, False, _unscored, deferred="file", target=name)
+    if spec.startswith("judge:"):
+        endpoint, _, rubric = spec.removeprefix("judge:").partition(":")
+        if not NAME.fullmatch(endpoint) or not NAME.fullmatch(rubric):
+            raise InvalidInput(field, "judge:ENDPOINT:RUBRIC needs an endpoint and a rubric name")
+        return Scorer(spec, False, _unscored, deferred="judge", target=endpoint, rubric=rubric)
     if spec.startswith("pass@"):
         head, _, inner = spec.removeprefix("pass@").partition(":")
         if not head.isdigit() or not 1 <= int(head) <= MAX_K or not inner:
@@ -143,7 +195,7 @@ def parse(spec: str, field: tuple[str, ...] = ("body", "scorer")) -> Scorer:
                 field, f"pass@K:SCORER needs K in 1-{MAX_K} and a scorer, as in pass@4:numeric"
             )
         base = parse(inner, field)
-        if not base.binary or base.k is not None:
+        if not base.binary or base.k is not None or base.deferred:
             raise InvalidInput(field, f"pass@K counts passes: {inner} is not a pass/fail scorer")
         return Scorer(f"pass@{int(head)}:{base.spec}", False, base.score, int(head))
     if spec in _FIXED:
@@ -176,4 +228,7 @@ def describe() -> dict[str, str]:
     found["pass@K:SCORER"] = (
         "of n >= K sampled completions, the chance that one of K passes SCORER (unbiased)"
     )
+    found["reward:NAME"] = "a builtin reward function's value (math_answer, format)"
+    found["file:NAME"] = "an uploaded reward file's compute_score (run on a worker)"
+    found["judge:ENDPOINT:RUBRIC"] = "an LLM judge's score by a stored rubric (run on a worker)"
     return found

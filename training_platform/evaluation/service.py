@@ -25,7 +25,13 @@ from training_platform.core.errors import Conflict, DomainError, InvalidInput, N
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.evaluation import scoring, stats
-from training_platform.evaluation.models import Evaluation, EvaluationSample, EvaluationScore
+from training_platform.evaluation.models import (
+    Evaluation,
+    EvaluationSample,
+    EvaluationScore,
+    EvaluationScoring,
+    Rubric,
+)
 from training_platform.evaluation.schemas import EvaluationCreate, PairedSample
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
@@ -296,14 +302,36 @@ def _store_scores(
     spec: str,
     idx: Sequence[int],
     scores: Sequence[float],
+    details: Sequence[str | None] | None = None,
 ) -> None:
     session.execute(
         EvaluationScore.__table__.insert(),  # type: ignore[attr-defined]
         [
-            {"evaluation_id": evaluation_id, "scorer": spec, "idx": i, "score": score}
-            for i, score in zip(idx, scores, strict=True)
+            {
+                "evaluation_id": evaluation_id,
+                "scorer": spec,
+                "idx": i,
+                "score": score,
+                "detail": details[n] if details is not None else None,
+            }
+            for n, (i, score) in enumerate(zip(idx, scores, strict=True))
         ],
     )
+
+
+def _add_summary(session: Session, evaluation_id: int, spec: str, summary: stats.Summary) -> None:
+    """Add one scorer's summary to the evaluation's, read under a row lock (PostgreSQL; on
+    SQLite the transaction has written already, which serialises writers) so that two
+    scorings finishing together keep both."""
+    evaluation = session.exec(
+        select(Evaluation)
+        .where(col(Evaluation.id) == evaluation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    evaluation.summary = {**evaluation.summary, spec: summary.to_dict()}
+    session.add(evaluation)
+    session.flush()
 
 
 def collect_all(session: Session, runners: Mapping[str, Runner]) -> list[int]:
@@ -364,28 +392,245 @@ def _scores(session: Session, evaluation_id: int, spec: str) -> dict[int, float]
     return {int(idx): float(score) for idx, score in rows}
 
 
-def rescore(*, session: Session, evaluation_id: int, spec: str) -> Evaluation:
-    """Score the stored generations with another scorer (nothing is generated again)."""
+def rescore(*, session: Session, evaluation_id: int, spec: str, actor: str = "") -> Evaluation:
+    """Score the stored generations with another scorer (nothing is generated again).
+
+    A deferred scorer (an uploaded file, an LLM judge) is queued instead: its scoring row is
+    stored (or a failed one asked again) and the caller sends `tp.evaluation.score`."""
     scorer = scoring.parse(spec)
     evaluation = _succeeded(session, evaluation_id)
     if scorer.spec in evaluation.summary:
         return evaluation
     _enough_completions(scorer, int(evaluation.params.get("n", 1)), ("body", "scorer"))
-    samples = session.exec(
+    if scorer.deferred:
+        _check_deferred(session, scorer)
+        row = session.get(EvaluationScoring, (evaluation_id, scorer.spec))
+        if row is None:
+            session.add(
+                EvaluationScoring(
+                    evaluation_id=evaluation_id,
+                    scorer=scorer.spec,
+                    status=QUEUED,
+                    requested_by=actor,
+                )
+            )
+        elif row.status == FAILED:
+            row.status, row.error, row.done = QUEUED, None, 0
+            row.attempt += 1
+            row.requested_by, row.requested_at = actor, utcnow()
+            row.updated_at = utcnow()
+            session.add(row)
+        session.flush()
+        return evaluation
+    samples = _stored(session, evaluation_id)
+    scores = [scorer.judge(s.outputs or [s.output], s.reference) for s in samples]
+    _store_scores(session, evaluation_id, scorer.spec, [s.idx for s in samples], scores)
+    _add_summary(session, evaluation_id, scorer.spec, stats.summarize(scores, binary=scorer.binary))
+    return evaluation
+
+
+def _stored(session: Session, evaluation_id: int) -> Sequence[EvaluationSample]:
+    return session.exec(
         select(EvaluationSample)
         .where(col(EvaluationSample.evaluation_id) == evaluation_id)
         .order_by(col(EvaluationSample.idx))
     ).all()
-    scores = [scorer.judge(s.outputs or [s.output], s.reference) for s in samples]
-    _store_scores(session, evaluation_id, scorer.spec, [s.idx for s in samples], scores)
-    summary = {
-        **evaluation.summary,
-        scorer.spec: stats.summarize(scores, binary=scorer.binary).to_dict(),
-    }
-    evaluation.summary = summary
-    session.add(evaluation)
+
+
+# --- scorers that run on a worker ------------------------------------------------------------
+
+QUEUED, RUNNING = "queued", "running"
+# A queued scoring whose message was lost is sent again after this long; a running one whose
+# worker has not reported for this long is taken to be lost with it and queued again.
+RESEND_AFTER_S = 60.0
+LOST_AFTER_S = 900.0
+
+
+def _check_deferred(session: Session, scorer: scoring.Scorer) -> None:
+    """What a deferred scorer names exists; InvalidInput on the scorer otherwise."""
+    from training_platform.catalog.models import RewardFileEntry
+
+    field = ("body", "scorer")
+    if scorer.deferred == "file":
+        if (
+            session.exec(
+                select(RewardFileEntry).where(col(RewardFileEntry.name) == scorer.target)
+            ).first()
+            is None
+        ):
+            raise InvalidInput(
+                field, f"no reward file {scorer.target!r}; upload it first (tp rewards upload)"
+            )
+        return
+    from training_platform.serving.models import Endpoint
+
+    if session.exec(select(Endpoint).where(col(Endpoint.name) == scorer.target)).first() is None:
+        raise InvalidInput(field, f"no endpoint {scorer.target!r} (tp endpoints list)")
+    if session.exec(select(Rubric).where(col(Rubric.name) == scorer.rubric)).first() is None:
+        raise InvalidInput(field, f"no rubric {scorer.rubric!r} (tp eval rubrics list)")
+
+
+def scorings(session: Session, evaluation_ids: Sequence[int]) -> dict[int, list[EvaluationScoring]]:
+    """The worker scorings of some evaluations, by evaluation."""
+    found: dict[int, list[EvaluationScoring]] = {i: [] for i in evaluation_ids}
+    if evaluation_ids:
+        rows = session.exec(
+            select(EvaluationScoring)
+            .where(col(EvaluationScoring.evaluation_id).in_(list(evaluation_ids)))
+            .order_by(col(EvaluationScoring.requested_at))
+        ).all()
+        for row in rows:
+            found[row.evaluation_id].append(row)
+    return found
+
+
+def _move(session: Session, row: EvaluationScoring, before: str, after: str, **values: Any) -> bool:
+    """Compare-and-set of a scoring's status (and attempt); False when another got there."""
+    result = session.execute(
+        update(EvaluationScoring)
+        .where(
+            col(EvaluationScoring.evaluation_id) == row.evaluation_id,
+            col(EvaluationScoring.scorer) == row.scorer,
+            col(EvaluationScoring.status) == before,
+            col(EvaluationScoring.attempt) == row.attempt,
+        )
+        .values(status=after, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def run_scoring(
+    session: Session, settings: Settings, evaluation_id: int, spec: str, *, heartbeat: Any = None
+) -> str:
+    """Claim a queued scoring, run its scorer here (a worker) and store its scores and summary
+    in one transaction; the status it ended in, or "skipped" when it was not queued."""
+    from training_platform.evaluation import deferred
+
+    row = session.get(EvaluationScoring, (evaluation_id, spec))
+    if row is None or row.status != QUEUED:
+        return "skipped"
+    if not _move(session, row, QUEUED, RUNNING):
+        session.rollback()
+        return "skipped"
+    session.commit()
+    try:
+        scorer = scoring.parse(spec)
+        samples = _stored(session, evaluation_id)
+        items = [
+            deferred.Item(prompt=s.prompt, reference=s.reference, output=s.output, labels=s.labels)
+            for s in samples
+        ]
+        details: list[str | None] | None = None
+        if scorer.deferred == "file":
+            from training_platform.catalog.models import RewardFileEntry
+
+            entry = session.exec(
+                select(RewardFileEntry).where(col(RewardFileEntry.name) == scorer.target)
+            ).first()
+            if entry is None:
+                raise deferred.ScoringFailed(f"the reward file {scorer.target!r} was deleted")
+            scores = deferred.run_file(settings.home / entry.path, items)
+        else:
+            from training_platform.serving.service import launch_view
+
+            rubric = session.exec(select(Rubric).where(col(Rubric.name) == scorer.rubric)).first()
+            if rubric is None:
+                raise deferred.ScoringFailed(f"the rubric {scorer.rubric!r} was deleted")
+            view, key = launch_view(session=session, settings=settings, ref=scorer.target)
+            judged = deferred.run_judge(
+                view, key, rubric.text, rubric.max_score, items, progress=heartbeat
+            )
+            scores = [score for score, _ in judged]
+            details = [reply for _, reply in judged]
+    except (deferred.ScoringFailed, DomainError) as error:
+        session.rollback()
+        message = error.message if isinstance(error, DomainError) else str(error)
+        _move(session, row, RUNNING, FAILED, error=message)
+        session.commit()
+        return FAILED
+    # Stored with the status, or not at all: a scoring another worker took over meanwhile
+    # (this one was thought lost) does not store twice.
+    if not _move(session, row, RUNNING, SUCCEEDED, done=len(scores)):
+        session.rollback()
+        return "skipped"
+    _store_scores(session, evaluation_id, spec, [s.idx for s in samples], scores, details)
+    _add_summary(session, evaluation_id, spec, stats.summarize(scores, binary=False))
+    session.commit()
+    log.info("evaluation %s: %d samples scored by %s", evaluation_id, len(scores), spec)
+    return SUCCEEDED
+
+
+def beat(session: Session, evaluation_id: int, spec: str, done: int) -> None:
+    """A running scoring's progress, which also says its worker is alive."""
+    session.execute(
+        update(EvaluationScoring)
+        .where(
+            col(EvaluationScoring.evaluation_id) == evaluation_id,
+            col(EvaluationScoring.scorer) == spec,
+            col(EvaluationScoring.status) == RUNNING,
+        )
+        .values(done=done, updated_at=utcnow())
+    )
+    session.commit()
+
+
+def stale_scorings(session: Session) -> list[tuple[int, str]]:
+    """Scorings to send again: queued ones whose message may be lost, and running ones whose
+    worker stopped reporting (queued again as a new attempt)."""
+    from datetime import timedelta
+
+    now = utcnow()
+    rows = session.exec(
+        select(EvaluationScoring).where(
+            (
+                (col(EvaluationScoring.status) == QUEUED)
+                & (col(EvaluationScoring.updated_at) < now - timedelta(seconds=RESEND_AFTER_S))
+            )
+            | (
+                (col(EvaluationScoring.status) == RUNNING)
+                & (col(EvaluationScoring.updated_at) < now - timedelta(seconds=LOST_AFTER_S))
+            )
+        )
+    ).all()
+    again = []
+    for row in rows:
+        if row.status == RUNNING:
+            moved = _move(session, row, RUNNING, QUEUED, attempt=row.attempt + 1)
+        else:
+            moved = _move(session, row, QUEUED, QUEUED)  # its clock restarts
+        if moved:
+            again.append((row.evaluation_id, row.scorer))
+    session.commit()
+    return again
+
+
+# --- rubrics ---------------------------------------------------------------------------------
+
+
+def create_rubric(
+    *, session: Session, name: str, text: str, max_score: float, actor: str
+) -> Rubric:
+    if "{output}" not in text:
+        raise InvalidInput(("body", "text"), "a rubric must show the judge the {output}")
+    if session.exec(select(Rubric).where(col(Rubric.name) == name)).first() is not None:
+        raise Conflict(f"a rubric named {name!r} exists already")
+    rubric = Rubric(name=name, text=text, max_score=max_score, created_by=actor)
+    session.add(rubric)
     session.flush()
-    return evaluation
+    return rubric
+
+
+def list_rubrics(*, session: Session) -> Sequence[Rubric]:
+    return session.exec(select(Rubric).order_by(col(Rubric.name))).all()
+
+
+def delete_rubric(*, session: Session, name: str) -> None:
+    rubric = session.exec(select(Rubric).where(col(Rubric.name) == name)).first()
+    if rubric is None:
+        raise NotFound(f"rubric {name!r} does not exist")
+    session.delete(rubric)
+    session.flush()
 
 
 NO_LABEL = "(none)"
@@ -439,7 +684,7 @@ def samples(
     q: str | None,
     limit: int,
     offset: int,
-) -> tuple[list[tuple[EvaluationSample, dict[str, float]]], int]:
+) -> tuple[list[tuple[EvaluationSample, dict[str, float], dict[str, str]]], int]:
     """A page of samples (prompt, reference or output containing q), each with its scores."""
     get(session=session, evaluation_id=evaluation_id)
     where = [col(EvaluationSample.evaluation_id) == evaluation_id]
@@ -461,6 +706,7 @@ def samples(
         .offset(offset)
     ).all()
     by_idx: dict[int, dict[str, float]] = {s.idx: {} for s in page}
+    details: dict[int, dict[str, str]] = {s.idx: {} for s in page}
     if page:
         rows = session.exec(
             select(EvaluationScore).where(
@@ -470,7 +716,9 @@ def samples(
         ).all()
         for row in rows:
             by_idx[row.idx][row.scorer] = row.score
-    return [(s, by_idx[s.idx]) for s in page], total
+            if row.detail is not None:
+                details[row.idx][row.scorer] = row.detail
+    return [(s, by_idx[s.idx], details[s.idx]) for s in page], total
 
 
 def compare(
@@ -606,7 +854,7 @@ def delete_evaluation(*, session: Session, evaluation_id: int) -> None:
     evaluation = get(session=session, evaluation_id=evaluation_id)
     if evaluation.status == PENDING:
         raise Conflict(f"evaluation {evaluation_id} is still pending; cancel its job first")
-    for table in (EvaluationScore, EvaluationSample):
+    for table in (EvaluationScoring, EvaluationScore, EvaluationSample):
         session.execute(delete(table).where(col(table.evaluation_id) == evaluation_id))
     session.delete(evaluation)
     session.flush()

@@ -376,7 +376,7 @@ def vllm_generator(
     return generate
 
 
-class _Pace:
+class Pace:
     """Start at most `rate` requests per second across threads (None: no limit)."""
 
     def __init__(self, rate: float | None) -> None:
@@ -420,7 +420,7 @@ def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
         max_retries=endpoint.max_retries,
         timeout=endpoint.timeout_s,
     )
-    pace = _Pace(endpoint.rate_limit)
+    pace = Pace(endpoint.rate_limit)
     pool = ThreadPoolExecutor(max_workers=endpoint.concurrency)
 
     def one(request: tuple[list[dict[str, str]], int]) -> tuple[str, float, int | None]:

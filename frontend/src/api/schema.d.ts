@@ -248,6 +248,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/evaluations/rubrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Rubrics
+         * @description The rubrics an LLM judge can be asked (judge:ENDPOINT:RUBRIC).
+         */
+        get: operations["list_rubrics_api_v1_evaluations_rubrics_get"];
+        put?: never;
+        /**
+         * Create Rubric
+         * @description Store a rubric: the question an LLM judge is asked about each sample.
+         */
+        post: operations["create_rubric_api_v1_evaluations_rubrics_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/rubrics/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Rubric
+         * @description Delete a rubric (scores it gave stay).
+         */
+        delete: operations["delete_rubric_api_v1_evaluations_rubrics__name__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations/scorers": {
         parameters: {
             query?: never;
@@ -324,7 +368,9 @@ export interface paths {
         put?: never;
         /**
          * Rescore
-         * @description Score the stored generations with another scorer; nothing is generated again.
+         * @description Score the stored generations with another scorer; nothing is generated again. An
+         *     uploaded file or an LLM judge scores on a worker: the answer lists it in `scorings`
+         *     (queued), and its summary appears when it has succeeded.
          */
         post: operations["rescore_api_v1_evaluations__evaluation_id__rescore_post"];
         delete?: never;
@@ -1745,7 +1791,7 @@ export interface components {
             resources?: components["schemas"]["Resources"];
             /**
              * Scorer
-             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or pass@K:SCORER (of n >= K completions per prompt).
+             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, pass@K:SCORER (of n >= K completions per prompt), reward:NAME (a builtin reward), file:NAME (an uploaded reward file, on a worker) or judge:ENDPOINT:RUBRIC (an LLM judge, on a worker).
              * @default numeric
              */
             scorer: string;
@@ -1791,6 +1837,11 @@ export interface components {
             samples: number;
             /** Scorer */
             scorer: string;
+            /**
+             * Scorings
+             * @description Scorers queued or run on a worker.
+             */
+            scorings?: components["schemas"]["ScoringPublic"][];
             /** Status */
             status: string;
             /** Summary */
@@ -2702,7 +2753,7 @@ export interface components {
         Rescore: {
             /**
              * Scorer
-             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, or pass@K:SCORER (of n >= K completions per prompt).
+             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, pass@K:SCORER (of n >= K completions per prompt), reward:NAME (a builtin reward), file:NAME (an uploaded reward file, on a worker) or judge:ENDPOINT:RUBRIC (an LLM judge, on a worker).
              * @default numeric
              */
             scorer: string;
@@ -2771,8 +2822,51 @@ export interface components {
             /** Size Bytes */
             size_bytes: number;
         };
+        /**
+         * RubricCreate
+         * @description What an LLM judge is asked about each sample.
+         */
+        RubricCreate: {
+            /**
+             * Max Score
+             * @default 10
+             */
+            max_score: number;
+            /** Name */
+            name: string;
+            /**
+             * Text
+             * @description The question, with {output} and optionally {prompt} and {reference} in it; the judge answers with a number from 0 to max_score.
+             */
+            text: string;
+        };
+        /** RubricPublic */
+        RubricPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Id */
+            id: number;
+            /** Max Score */
+            max_score: number;
+            /** Name */
+            name: string;
+            /** Text */
+            text: string;
+        };
         /** SamplePublic */
         SamplePublic: {
+            /**
+             * Details
+             * @description Why, by scorer, where it says: a judge's reply.
+             */
+            details?: {
+                [key: string]: string;
+            };
             /** Idx */
             idx: number;
             /** Labels */
@@ -2798,6 +2892,37 @@ export interface components {
             items: components["schemas"]["SamplePublic"][];
             /** Total */
             total: number;
+        };
+        /**
+         * ScoringPublic
+         * @description A scorer running on a worker for this evaluation (an uploaded file, an LLM judge).
+         */
+        ScoringPublic: {
+            /** Attempt */
+            attempt: number;
+            /** Done */
+            done: number;
+            /** Error */
+            error: string | null;
+            /**
+             * Requested At
+             * Format: date-time
+             */
+            requested_at: string;
+            /** Requested By */
+            requested_by: string;
+            /** Scorer */
+            scorer: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "succeeded" | "failed";
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
         };
         /**
          * ServeCreate
@@ -3530,6 +3655,88 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["RankingPublic"];
                 };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_rubrics_api_v1_evaluations_rubrics_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RubricPublic"][];
+                };
+            };
+        };
+    };
+    create_rubric_api_v1_evaluations_rubrics_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RubricCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RubricPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_rubric_api_v1_evaluations_rubrics__name__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Validation Error */
             422: {

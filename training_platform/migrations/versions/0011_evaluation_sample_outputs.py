@@ -1,4 +1,4 @@
-"""evaluation samples keep all n completions of a prompt (pass@k)
+"""evaluation: all n completions of a sample (pass@k), scorings on workers, judge rubrics
 
 Revision ID: 0011
 Revises: 0010
@@ -8,8 +8,11 @@ Create Date: 2026-12-04 10:00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+import training_platform.core.types
 
 revision: str = '0011'
 down_revision: str | None = '0010'
@@ -20,10 +23,38 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgres
 
 
 def upgrade() -> None:
-    # A new nullable column: SQLite adds it in place (no table rebuild).
+    # New nullable columns: SQLite adds them in place (no table rebuild).
     op.add_column('evaluation_samples', sa.Column('outputs', JSON, nullable=True))
+    op.add_column('evaluation_scores', sa.Column('detail', sa.Text(), nullable=True))
+    op.create_table('evaluation_scorings',
+    sa.Column('evaluation_id', sa.Integer(), nullable=False),
+    sa.Column('scorer', sa.String(length=256), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('done', sa.Integer(), nullable=False),
+    sa.Column('requested_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('requested_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['evaluation_id'], ['evaluations.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('evaluation_id', 'scorer')
+    )
+    op.create_table('rubrics',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('max_score', sa.Float(), nullable=False),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('rubrics')
+    op.drop_table('evaluation_scorings')
+    with op.batch_alter_table('evaluation_scores', schema=None) as batch_op:
+        batch_op.drop_column('detail')
     with op.batch_alter_table('evaluation_samples', schema=None) as batch_op:
         batch_op.drop_column('outputs')
