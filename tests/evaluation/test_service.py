@@ -301,6 +301,11 @@ def test_pass_at_k_scores_the_stored_completions_and_needs_enough(
         with pytest.raises(InvalidInput, match="needs at least 4 completions") as raised:
             service.create(session=session, settings=settings, request=too_many, actor="test")
         assert raised.value.loc == ("body", "scorer")
+        on_a_worker = EvaluationCreate.model_validate(
+            {**request.model_dump(), "name": "x", "scorer": "file:mine"}
+        )
+        with pytest.raises(InvalidInput, match="runs on a worker once the generations"):
+            service.create(session=session, settings=settings, request=on_a_worker, actor="t")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     draws = [["1", "x", "y"], ["2", "2", "y"], ["x", "y", "z"]]  # answers 1, 2, 3

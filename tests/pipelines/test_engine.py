@@ -425,6 +425,11 @@ def test_a_stage_whose_resolved_job_is_refused_fails_with_the_reason(
             "unknown scorer",
         ),
         (
+            {"select": {"job": 1, "dataset": "tiny-math-eval", "scorer": "judge:e:r"}},
+            ("select", "scorer"),
+            "runs on a worker",
+        ),
+        (
             {"select": {"job": 1, "dataset": "tiny-sft"}},
             ("select", "dataset"),
             "needs prompt/answer data",
@@ -447,6 +452,11 @@ def test_a_stage_whose_resolved_job_is_refused_fails_with_the_reason(
         ),
         (
             {"gate": {"baseline": "a", "candidate": "b", "scorer": "regex:("}},
+            ("gate", "scorer"),
+            "does not compile",
+        ),
+        (
+            {"gate": {"baseline": "a", "candidate": "b"}},
             ("gate", "baseline"),
             "give a reference",
         ),

@@ -99,6 +99,12 @@ def create(
     With an idempotency key (a pipeline stage's), a replay returns the evaluation the first
     call created."""
     scorer = scoring.parse(request.scorer)
+    if scorer.deferred:
+        raise InvalidInput(
+            ("body", "scorer"),
+            f"{scorer.spec} runs on a worker once the generations are stored: evaluate with "
+            "another scorer, then rescore with this one",
+        )
     _enough_completions(scorer, request.generation.n, ("body", "scorer"))
     model_ref: int | str | None = request.model
     if request.job is not None:

@@ -18,7 +18,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from training_platform.core.errors import InvalidInput
 from training_platform.jobs.schemas import JobName, JobPolicy, Resources
@@ -65,11 +72,29 @@ class EvaluateStep(BaseModel):
     max_samples: int | str | None = Field(None, description="Score only the first rows.")
     batch_size: int | str = Field(16, description="Prompts generated together.")
     engine: str = Field("auto", description="auto, transformers or vllm.")
-    scorer: str = Field(
+    scorer: InlineScorer = Field(
         "numeric", description="The evaluation's scorer (exact, numeric, rouge_l, ...)."
     )
     resources: Resources = Field(default_factory=Resources)
     policy: JobPolicy = Field(default_factory=JobPolicy)
+
+
+def _inline_scorer(spec: str | None) -> str | None:
+    """A scorer a stage runs in the pipeline pass: not one that runs on a worker."""
+    if spec is None:
+        return None
+    from training_platform.evaluation import scoring
+
+    try:
+        scorer = scoring.parse(spec)
+    except InvalidInput as error:
+        raise ValueError(error.message) from None
+    if scorer.deferred:
+        raise ValueError(f"{spec} runs on a worker; a stage scores with an inline scorer")
+    return spec
+
+
+InlineScorer = Annotated[str, AfterValidator(_inline_scorer)]
 
 
 class GateStep(BaseModel):
@@ -85,7 +110,9 @@ class GateStep(BaseModel):
 
     baseline: str = Field(..., description="e.g. ${stages.eval_base.outputs.evaluation}")
     candidate: str = Field(..., description="e.g. ${stages.eval_new.outputs.evaluation}")
-    scorer: str | None = Field(None, description="Default: the baseline evaluation's scorer.")
+    scorer: InlineScorer | None = Field(
+        None, description="Default: the baseline evaluation's scorer."
+    )
     max_drop: float = Field(0.0, ge=0, le=1, description="A drop this small always passes.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
 
@@ -104,7 +131,7 @@ class SelectStep(BaseModel):
         None, min_length=1, max_length=20, description="Which checkpoints; default: every one."
     )
     dataset: str | int = Field(..., description="A prompt_answer dataset name or id.")
-    scorer: str = Field("numeric", description="The scorer the best is chosen by.")
+    scorer: InlineScorer = Field("numeric", description="The scorer the best is chosen by.")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per prompt.")
     max_samples: int | None = Field(None, ge=1, description="Score only the first rows.")
     batch_size: int = Field(16, ge=1, le=1024, description="Prompts generated together.")
