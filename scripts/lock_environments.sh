@@ -88,6 +88,7 @@ transformers==5.10.4
 trl==1.16.0
 peft
 openai
+lm-eval==0.4.13
 datasets
 accelerate
 tokenizers

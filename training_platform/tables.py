@@ -5,11 +5,13 @@ from sqlmodel import SQLModel
 from training_platform.auth.models import ApiToken
 from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
 from training_platform.evaluation.models import (
+    EvalSuite,
     Evaluation,
     EvaluationSample,
     EvaluationScore,
     EvaluationScoring,
     Rubric,
+    SuiteRun,
 )
 from training_platform.hosts.models import RemoteHost
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
@@ -39,6 +41,7 @@ __all__ = [
     "DatasetEntry",
     "DeviceLease",
     "Endpoint",
+    "EvalSuite",
     "Evaluation",
     "EvaluationSample",
     "EvaluationScore",
@@ -60,6 +63,7 @@ __all__ = [
     "RemoteHost",
     "RewardFileEntry",
     "Rubric",
+    "SuiteRun",
     "Webhook",
     "WebhookDelivery",
     "metadata",

@@ -22,6 +22,11 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/EvaluationComparePage.vue"),
   },
   {
+    path: "/evaluations/suites",
+    name: "evaluation-suites",
+    component: () => import("./pages/EvaluationSuitesPage.vue"),
+  },
+  {
     path: "/evaluations/rank",
     name: "evaluation-rank",
     component: () => import("./pages/EvaluationRankPage.vue"),

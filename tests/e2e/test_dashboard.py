@@ -428,6 +428,32 @@ def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_sam
     expect(ranked.locator("td").nth(6)).to_have_text(wanted["test"])
 
 
+def test_a_suite_run_from_the_browser_shows_each_dataset_and_their_mean(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    items = [{"dataset": "tiny-math-eval", "scorer": "numeric", "max_samples": 4}]
+    _api(dash, "POST", "/evaluations/suites", json={"name": "guard", "items": items})
+    _login(page, dash.token)
+    page.click("a:has-text('Evaluations')")
+    page.click("[data-test=suites-link]")
+    expect(page.locator("[data-test=suites] tr[data-suite=guard]")).to_contain_text(
+        "tiny-math-eval (numeric)"
+    )
+    expect(page.locator("[data-test=suite-runs]")).to_contain_text("No suite runs yet.")
+    form = page.locator("[data-test=run-suite]")
+    form.locator("select[name=suite]").select_option("guard")
+    form.locator("select[name=model]").select_option("tiny-qwen2")
+    form.locator("input[name=run-name]").fill("browser")
+    page.click("[data-test=start-suite-run]")
+    row = page.locator("[data-test=suite-runs-table] tr[data-run]").first
+    expect(row.locator("[data-test=status]")).to_contain_text("succeeded", timeout=180_000)
+    run = _api(dash, "GET", "/evaluations/suite-runs", params={"suite": "guard"})["items"][0]
+    assert run["status"] == "succeeded" and run["mean"] is not None
+    expect(row.locator("[data-test=mean]")).not_to_have_text("—")
+    expect(row).to_contain_text("tiny-math-eval")
+    page.screenshot(path=str(shots / "evaluation-suites.png"))
+
+
 def test_serve_a_trained_model_from_the_browser_and_chat_with_it(
     page: Page, dash: Any, shots: Path
 ) -> None:

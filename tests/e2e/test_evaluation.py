@@ -206,3 +206,40 @@ def test_evaluate_rescore_and_compare_two_models(platform) -> None:  # type: ign
     assert [r["scores"]["file:has-answer"] for r in rows] == pytest.approx(expected)
     refused = platform.tp("eval", "rescore", str(base_id), "nope")
     assert refused.returncode == 2 and "unknown scorer" in refused.stderr, refused.stderr
+
+
+def test_a_suite_from_lm_eval_tasks_evaluates_a_model_on_each(platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """lm-eval tasks with their data on this machine: imported by the CLI as datasets and a
+    suite (nothing is downloaded), then one model evaluated on each through real jobs."""
+    from tests.evaluation.lm_eval_fixture import write_tasks
+
+    tasks = write_tasks(tmp_path)
+    imported = platform.tp(
+        "eval", "suites", "import-lm-eval", "lmx", "--task", "tiny_add", "--task", "tiny_pick",
+        "--include-path", str(tasks), "--no-bundled", check=True,
+    )  # fmt: skip
+    assert "suite lmx: lmx-tiny_add=numeric, lmx-tiny_pick=choice" in imported.stdout
+    refused = platform.tp(
+        "eval", "suites", "import-lm-eval", "lmy", "--task", "tiny_likely",
+        "--include-path", str(tasks), "--no-bundled",
+    )  # fmt: skip
+    assert refused.returncode == 1 and "loglikelihood" in refused.stderr, refused.stderr
+    ran = platform.tp(
+        "eval", "suites", "run", "lmx", "--name", "tiny", "--model", "tiny-qwen2",
+        "--max-new-tokens", "6", "--engine", "transformers", "--wait", check=True,
+    )  # fmt: skip
+    assert "succeeded" in ran.stdout, ran.stdout
+    with platform.client() as client:
+        runs = client.get("/api/v1/evaluations/suite-runs", params={"suite": "lmx"}).json()
+        (run,) = runs["items"]
+        assert run["status"] == "succeeded" and run["model"] == "tiny-qwen2"
+        assert [i["dataset"] for i in run["items"]] == ["lmx-tiny_add", "lmx-tiny_pick"]
+        means = []
+        for item in run["items"]:
+            rows = _all_samples(client, item["evaluation"])
+            assert len(rows) == {"lmx-tiny_add": 5, "lmx-tiny_pick": 4}[item["dataset"]]
+            assert all(r["labels"]["lm_eval_task"] in ("tiny_add", "tiny_pick") for r in rows)
+            scores = [r["scores"][item["scorer"]] for r in rows]
+            assert item["summary"]["mean"] == pytest.approx(sum(scores) / len(scores))
+            means.append(item["summary"]["mean"])
+        assert run["mean"] == pytest.approx(sum(means) / 2)

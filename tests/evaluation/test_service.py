@@ -425,3 +425,58 @@ def test_a_lost_scoring_is_sent_again_as_a_new_attempt(engine, settings, tmp_pat
         session.refresh(row)
         assert (row.status, row.attempt) == ("queued", 2)
         assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "succeeded"
+
+
+def test_a_suite_runs_one_evaluation_per_dataset_and_averages_them(
+    engine, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.evaluation.schemas import SuiteCreate, SuiteRunCreate
+
+    with Session(engine) as session:
+        for bad, where, reason in (
+            ({"dataset": "tiny-sft"}, "dataset", "a suite needs prompts with references"),
+            ({"dataset": "nope"}, "dataset", "nope"),
+            ({"scorer": "judge:e:r"}, "scorer", "runs on a worker"),
+            ({"scorer": "regex:("}, "scorer", "does not compile"),
+        ):
+            item = {"dataset": "tiny-math-eval", "scorer": "numeric", **bad}
+            request = SuiteCreate.model_validate({"name": "bad", "items": [item]})
+            with pytest.raises(InvalidInput, match=reason) as raised:
+                service.create_suite(session=session, request=request, actor="t")
+            assert raised.value.loc == ("body", "items", 0, where)
+        request = SuiteCreate.model_validate(
+            {
+                "name": "math",
+                "items": [
+                    {"dataset": "tiny-math-eval", "scorer": "numeric", "max_samples": 4},
+                    {"dataset": "tiny-math-eval", "scorer": "exact"},
+                ],
+            }
+        )
+        service.create_suite(session=session, request=request, actor="t")
+        session.commit()
+        with pytest.raises(Conflict):
+            service.create_suite(session=session, request=request, actor="t")
+        run, jobs = service.run_suite(
+            session=session,
+            settings=settings,
+            suite_name="math",
+            request=SuiteRunCreate(name="base", model="tiny-qwen2"),
+            actor="t",
+        )
+        session.commit()
+        assert len(jobs) == 2 and len(run.evaluation_ids) == 2
+        first, second = (session.get(Evaluation, i) for i in run.evaluation_ids)
+        assert first is not None and second is not None
+        assert (first.scorer, first.params["max_samples"]) == ("numeric", 4)
+        assert (second.scorer, second.params["max_samples"]) == ("exact", None)
+        assert service.suite_run_result(session, run)[:2] == ("pending", None)
+    for number, evaluation_id in enumerate(run.evaluation_ids):
+        _write_run(tmp_path / str(number), ["1", "so 2", "no", "4"])
+        _end_job(engine, evaluation_id, "succeeded", tmp_path / str(number))
+    _collect(engine)
+    with Session(engine) as session:
+        state, mean, items = service.suite_run_result(session, run)
+        # numeric 3/4 and exact 2/4 ("1" and "4"): each dataset counts once.
+        assert state == "succeeded" and mean == pytest.approx((0.75 + 0.5) / 2)
+        assert [scorer for _, scorer in items] == ["numeric", "exact"]

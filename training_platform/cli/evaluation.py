@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -337,3 +338,176 @@ def rubrics_rm(name: str) -> None:
     with client() as api:
         call(api.request, "DELETE", f"/api/v1/evaluations/rubrics/{name}")
     console.print(f"rubric {name} deleted", highlight=False)
+
+
+suites_app = typer.Typer(
+    help="Suites: named sets of datasets a model is evaluated on together (lm-eval tasks too).",
+    no_args_is_help=True,
+)
+eval_app.add_typer(suites_app, name="suites")
+
+
+def _item(text: str) -> dict[str, Any]:
+    dataset, _, rest = text.partition("=")
+    scorer, _, limit = rest.partition("@")
+    if not dataset or (limit and not limit.isdigit()):
+        fail(
+            f"--item {text!r}: give DATASET[=SCORER][@MAX_SAMPLES], e.g. tiny-math-eval=numeric@50"
+        )
+    item: dict[str, Any] = {"dataset": dataset, "scorer": scorer or "numeric"}
+    if limit:
+        item["max_samples"] = int(limit)
+    return item
+
+
+@suites_app.command("add")
+def suites_add(
+    name: str,
+    item: Annotated[
+        list[str], typer.Option(help="DATASET[=SCORER][@MAX_SAMPLES]; repeat for each dataset.")
+    ],
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Store a suite of datasets, each with its scorer."""
+    body = {"name": name, "items": [_item(i) for i in item], "description": description}
+    with client() as api:
+        suite = call(api.request, "POST", "/api/v1/evaluations/suites", json=body)
+    console.print(f"suite {suite['name']}: {len(suite['items'])} dataset(s)", highlight=False)
+
+
+@suites_app.command("list")
+def suites_list() -> None:
+    """Stored suites."""
+    with client() as api:
+        suites = call(api.request, "GET", "/api/v1/evaluations/suites")
+    if not suites:
+        console.print("no suites yet")
+        return
+    table = Table("name", "datasets", "description")
+    for suite in suites:
+        items = ", ".join(f"{i['dataset']}={i['scorer']}" for i in suite["items"])
+        table.add_row(suite["name"], items, suite["description"])
+    console.print(table)
+
+
+@suites_app.command("rm")
+def suites_rm(name: str) -> None:
+    """Delete a suite (its runs and their evaluations stay)."""
+    with client() as api:
+        call(api.request, "DELETE", f"/api/v1/evaluations/suites/{name}")
+    console.print(f"suite {name} deleted", highlight=False)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    mean = "-" if run["mean"] is None else f"{run['mean']:.4f}"
+    console.print(
+        f"suite run {run['id']} {run['name']}: [bold]{run['status']}[/bold]  {run['model']} on "
+        f"{run['suite']}, mean of the datasets {mean}",
+        highlight=False,
+    )
+    table = Table("dataset", "scorer", "evaluation", "status", "score")
+    for item in run["items"]:
+        summary = item["summary"] or {}
+        table.add_row(
+            item["dataset"],
+            item["scorer"],
+            str(item["evaluation"]),
+            item["status"],
+            _score_line(item["scorer"], summary) if summary else "-",
+        )
+    console.print(table)
+
+
+@suites_app.command("run")
+def suites_run(
+    suite: str,
+    name: Annotated[str, typer.Option(help="The run's name.")],
+    model: Annotated[str | None, typer.Option(help="A registered model.")] = None,
+    job: Annotated[int | None, typer.Option(help="Or: the final model of this job.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Or: an endpoint.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    engine: Annotated[str, typer.Option(help="auto, transformers, vllm or api.")] = "auto",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for every result.")] = False,
+) -> None:
+    """Evaluate a model on every dataset of a suite."""
+    body: dict[str, Any] = {
+        "name": name,
+        "generation": {"max_new_tokens": max_new_tokens, "engine": engine},
+    }
+    if model is not None:
+        body["model"] = int(model) if model.isdigit() else model
+    if job is not None:
+        body["job"] = job
+    if endpoint is not None:
+        body["endpoint"] = endpoint
+    with client() as api:
+        run = call(api.request, "POST", f"/api/v1/evaluations/suites/{suite}/runs", json=body)
+        while wait and run["status"] == "pending":
+            time.sleep(1)
+            run = call(api.get, f"evaluations/suite-runs/{run['id']}")
+    _print_run(run)
+    if wait and run["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@suites_app.command("show")
+def suites_show(run_id: int) -> None:
+    """A suite run: each dataset's result and their mean."""
+    with client() as api:
+        _print_run(call(api.get, f"evaluations/suite-runs/{run_id}"))
+
+
+@suites_app.command("import-lm-eval")
+def suites_import_lm_eval(
+    name: Annotated[str, typer.Argument(help="The suite; its datasets are named NAME-TASK.")],
+    task: Annotated[list[str], typer.Option(help="An lm-evaluation-harness task; repeat.")],
+    include_path: Annotated[
+        Path | None, typer.Option(help="A folder of your own lm-eval task YAML files.")
+    ] = None,
+    bundled: Annotated[
+        bool, typer.Option(help="Also look among lm-eval's bundled tasks (slower to index).")
+    ] = True,
+    limit: Annotated[int | None, typer.Option(min=1, help="First N documents per task.")] = None,
+) -> None:
+    """Build a suite from lm-eval tasks whose data is on this machine already (nothing is
+    downloaded): each task becomes a prompt/answer dataset, uploaded, and one suite names them."""
+    import json
+    import tempfile
+
+    try:
+        from training_platform.evaluation.lm_eval_tasks import TaskError, load_tasks
+    except ImportError:
+        fail("lm-eval is not installed here (pip install lm-eval)")
+    try:
+        found = load_tasks(
+            task,
+            include_path=str(include_path) if include_path else None,
+            bundled=bundled,
+            limit=limit,
+        )
+    except TaskError as error:
+        fail(str(error))
+    items = []
+    with client() as api, tempfile.TemporaryDirectory(prefix="tp-lm-eval-") as scratch:
+        for rows in found:
+            dataset = f"{name}-{rows.task}"[:200]
+            path = Path(scratch) / f"{rows.task}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows.rows), encoding="utf-8")
+            uploaded = call(
+                api.upload,
+                "datasets",
+                path,
+                name=dataset,
+                filename=path.name,
+                format="prompt_answer",
+                description=f"lm-eval task {rows.task} ({rows.output_type})",
+            )
+            console.print(
+                f"dataset {uploaded['name']}: {uploaded['rows']} rows of {rows.task}",
+                highlight=False,
+            )
+            items.append({"dataset": dataset, "scorer": rows.scorer})
+        body = {"name": name, "items": items, "description": "lm-eval: " + ", ".join(task)}
+        suite = call(api.request, "POST", "/api/v1/evaluations/suites", json=body)
+    scored = ", ".join(f"{i['dataset']}={i['scorer']}" for i in suite["items"])
+    console.print(f"suite {suite['name']}: {scored}", highlight=False)

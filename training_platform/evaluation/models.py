@@ -114,3 +114,33 @@ class Rubric(SQLModel, table=True):
     max_score: float = 10.0
     created_by: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class EvalSuite(SQLModel, table=True):
+    """A named set of datasets, each with its scorer, a model is evaluated on together (built
+    by hand, or by `tp eval suites import-lm-eval` from lm-evaluation-harness tasks)."""
+
+    __tablename__ = "eval_suites"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    # [{"dataset": name, "scorer": spec, "max_samples": int | None}]
+    items: list[dict[str, Any]] = Field(sa_type=JSONType)
+    description: str = Field(default="", max_length=1000)
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SuiteRun(SQLModel, table=True):
+    """One model evaluated on every dataset of a suite: one evaluation per item."""
+
+    __tablename__ = "suite_runs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    suite: str = Field(max_length=200, index=True)
+    model_name: str = Field(max_length=200)  # what was evaluated, as its evaluations name it
+    evaluation_ids: list[int] = Field(sa_type=JSONType)  # in the suite's item order
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -18,7 +18,13 @@ from training_platform.api.deps import (
 )
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation import scoring, service
-from training_platform.evaluation.models import Evaluation, EvaluationScoring, Rubric
+from training_platform.evaluation.models import (
+    EvalSuite,
+    Evaluation,
+    EvaluationScoring,
+    Rubric,
+    SuiteRun,
+)
 from training_platform.evaluation.schemas import (
     BreakdownPublic,
     ComparisonPublic,
@@ -34,6 +40,12 @@ from training_platform.evaluation.schemas import (
     SamplePublic,
     SamplesPublic,
     ScoringPublic,
+    SuiteCreate,
+    SuitePublic,
+    SuiteRunCreate,
+    SuiteRunItem,
+    SuiteRunPublic,
+    SuiteRunsPublic,
 )
 
 log = logging.getLogger(__name__)
@@ -154,6 +166,106 @@ def delete_rubric(
     """Delete a rubric (scores it gave stay)."""
     service.delete_rubric(session=session, name=name)
     session.commit()
+
+
+def _suite(suite: EvalSuite) -> SuitePublic:
+    return SuitePublic.model_validate(suite, from_attributes=True)
+
+
+def _suite_run(session: SessionDep, run: SuiteRun) -> SuiteRunPublic:
+    assert run.id is not None
+    state, mean, items = service.suite_run_result(session, run)
+    return SuiteRunPublic(
+        id=run.id,
+        name=run.name,
+        suite=run.suite,
+        model=run.model_name,
+        status=state,
+        mean=mean,
+        items=[
+            SuiteRunItem(
+                dataset=evaluation.dataset_name if evaluation else "(deleted)",
+                scorer=scorer,
+                evaluation=evaluation_id,
+                status=evaluation.status if evaluation else "failed",
+                summary=evaluation.summary.get(scorer) if evaluation else None,
+            )
+            for evaluation_id, (evaluation, scorer) in zip(run.evaluation_ids, items, strict=True)
+        ],
+        created_by=run.created_by,
+        created_at=run.created_at,
+    )
+
+
+@router.get("/suites")
+def list_suites(session: SessionDep, _: CurrentToken) -> list[SuitePublic]:
+    """Suites: named sets of datasets, each with its scorer."""
+    return [_suite(s) for s in service.list_suites(session=session)]
+
+
+@router.post("/suites", status_code=status.HTTP_201_CREATED)
+def create_suite(body: SuiteCreate, session: SessionDep, token: CurrentToken) -> SuitePublic:
+    """Store a suite."""
+    suite = service.create_suite(session=session, request=body, actor=f"token:{token.name}")
+    session.commit()
+    return _suite(suite)
+
+
+@router.delete("/suites/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_suite(
+    name: Annotated[str, PathParam(min_length=1, max_length=200)],
+    session: SessionDep,
+    _: CurrentToken,
+) -> None:
+    """Delete a suite (its runs and their evaluations stay)."""
+    service.delete_suite(session=session, name=name)
+    session.commit()
+
+
+@router.post("/suites/{name}/runs", status_code=status.HTTP_201_CREATED)
+def run_suite(
+    name: Annotated[str, PathParam(min_length=1, max_length=200)],
+    body: SuiteRunCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> SuiteRunPublic:
+    """Evaluate a model on every dataset of the suite: one evaluation (and its generation
+    job) per dataset, all stored together or none."""
+    run, jobs = service.run_suite(
+        session=session,
+        settings=settings,
+        suite_name=name,
+        request=body,
+        actor=f"token:{token.name}",
+    )
+    session.commit()
+    for job in jobs:
+        try:
+            dispatcher.dispatch(job)
+        except Exception as error:  # stored; the supervisor resends the message
+            log.warning("evaluation job %s: start message not sent (%s)", job.id, error)
+    return _suite_run(session, run)
+
+
+@router.get("/suite-runs")
+def list_suite_runs(
+    session: SessionDep,
+    _: CurrentToken,
+    suite: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: OffsetQuery = 0,
+) -> SuiteRunsPublic:
+    """Suite runs, newest first, each with its datasets' results."""
+    rows, count = service.list_suite_runs(session=session, suite=suite, limit=limit, offset=offset)
+    return SuiteRunsPublic(items=[_suite_run(session, r) for r in rows], total=count)
+
+
+@router.get("/suite-runs/{run_id}")
+def get_suite_run(run_id: IdPath, session: SessionDep, _: CurrentToken) -> SuiteRunPublic:
+    """One suite run: each dataset's evaluation and score, and their mean once all are in."""
+    return _suite_run(session, service.get_suite_run(session=session, run_id=run_id))
 
 
 @router.get("/compare")

@@ -245,3 +245,81 @@ class RankingPublic(BaseModel):
     baseline_mean: float | None
     scorer: str
     candidates: list[RankedCandidate]
+
+
+class SuiteItem(BaseModel):
+    """One dataset of a suite and how it is scored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
+    scorer: str = ScorerSpec
+    max_samples: int | None = Field(None, ge=1, le=1_000_000, description="First N rows only.")
+
+
+class SuiteCreate(BaseModel):
+    """A named set of datasets a model is evaluated on together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+    items: list[SuiteItem] = Field(..., min_length=1, max_length=50)
+    description: str = Field("", max_length=1000)
+
+
+class SuitePublic(BaseModel):
+    id: int
+    name: str
+    items: list[dict[str, Any]]
+    description: str
+    created_by: str
+    created_at: datetime
+
+
+class SuiteRunCreate(BaseModel):
+    """Evaluate one model on every dataset of a suite (one evaluation each)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: JobName
+    model: Ref | None = Field(None, description="A registered model, by name or id.")
+    job: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Or: a job's final model.")
+    checkpoint: CheckpointRef | None = Field(None, description="Or: a job's checkpoint.")
+    endpoint: str | None = Field(None, min_length=1, max_length=200, description="Or: an endpoint.")
+    generation: Generation = Field(default_factory=Generation)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SuiteRunCreate:
+        targets = (self.model, self.job, self.checkpoint, self.endpoint)
+        if sum(x is not None for x in targets) != 1:
+            raise ValueError("name exactly one of model, job, checkpoint and endpoint")
+        return self
+
+
+class SuiteRunItem(BaseModel):
+    dataset: str
+    scorer: str
+    evaluation: int
+    status: str
+    summary: dict[str, Any] | None  # the evaluation's summary under the item's scorer
+
+
+class SuiteRunPublic(BaseModel):
+    """A suite run: each dataset's result, and their unweighted mean once all succeeded."""
+
+    id: int
+    name: str
+    suite: str
+    model: str
+    status: Literal["pending", "succeeded", "failed"]  # failed: one of them failed
+    mean: float | None  # the mean of the items' means (each dataset counts once)
+    items: list[SuiteRunItem]
+    created_by: str
+    created_at: datetime
+
+
+class SuiteRunsPublic(BaseModel):
+    items: list[SuiteRunPublic]
+    total: int

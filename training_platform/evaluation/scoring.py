@@ -159,7 +159,7 @@ def _unscored(output: str, reference: str) -> float:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
-def parse(spec: str, field: tuple[str, ...] = ("body", "scorer")) -> Scorer:
+def parse(spec: str, field: tuple[str | int, ...] = ("body", "scorer")) -> Scorer:
     """The scorer a spec names; InvalidInput naming `field` when it names none. Whether the
     file, endpoint or rubric it names exists is the service's to check."""
     if spec.startswith("reward:"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,13 +27,20 @@ from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.evaluation import scoring, stats
 from training_platform.evaluation.models import (
+    EvalSuite,
     Evaluation,
     EvaluationSample,
     EvaluationScore,
     EvaluationScoring,
     Rubric,
+    SuiteRun,
 )
-from training_platform.evaluation.schemas import EvaluationCreate, PairedSample
+from training_platform.evaluation.schemas import (
+    EvaluationCreate,
+    PairedSample,
+    SuiteCreate,
+    SuiteRunCreate,
+)
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
 from training_platform.jobs.schemas import JobCreate, JobPolicy
@@ -898,3 +906,145 @@ def paired(
         offset=0,
     )
     return found, result
+
+
+# --- suites ----------------------------------------------------------------------------------
+
+RL_FORMATS = ("prompt_answer", "rl")
+
+
+def create_suite(*, session: Session, request: SuiteCreate, actor: str) -> EvalSuite:
+    """Store a suite; each item's dataset must hold prompts with references and its scorer
+    must score where the results are stored (not on a worker)."""
+    if session.exec(select(EvalSuite).where(col(EvalSuite.name) == request.name)).first():
+        raise Conflict(f"a suite named {request.name!r} exists already")
+    items = []
+    for number, item in enumerate(request.items):
+        field = ("body", "items", number)
+        try:
+            dataset = catalog.resolve_dataset(session=session, ref=item.dataset)
+        except DomainError as error:
+            raise InvalidInput((*field, "dataset"), error.message) from None
+        if dataset.format not in RL_FORMATS:
+            raise InvalidInput(
+                (*field, "dataset"),
+                f"{dataset.name} is {dataset.format} data; a suite needs prompts with "
+                f"references ({', '.join(RL_FORMATS)})",
+            )
+        scorer = scoring.parse(item.scorer, (*field, "scorer"))
+        if scorer.deferred:
+            raise InvalidInput(
+                (*field, "scorer"), f"{scorer.spec} runs on a worker: rescore with it instead"
+            )
+        items.append(
+            {"dataset": dataset.name, "scorer": scorer.spec, "max_samples": item.max_samples}
+        )
+    suite = EvalSuite(
+        name=request.name, items=items, description=request.description, created_by=actor
+    )
+    session.add(suite)
+    session.flush()
+    return suite
+
+
+def list_suites(*, session: Session) -> Sequence[EvalSuite]:
+    return session.exec(select(EvalSuite).order_by(col(EvalSuite.name))).all()
+
+
+def get_suite(*, session: Session, name: str) -> EvalSuite:
+    suite = session.exec(select(EvalSuite).where(col(EvalSuite.name) == name)).first()
+    if suite is None:
+        raise NotFound(f"suite {name!r} does not exist")
+    return suite
+
+
+def delete_suite(*, session: Session, name: str) -> None:
+    """Delete a suite (its runs and their evaluations stay)."""
+    session.delete(get_suite(session=session, name=name))
+    session.flush()
+
+
+def run_suite(
+    *, session: Session, settings: Settings, suite_name: str, request: SuiteRunCreate, actor: str
+) -> tuple[SuiteRun, list[Job]]:
+    """One evaluation per item of the suite, in one transaction: all are stored or none."""
+    suite = get_suite(session=session, name=suite_name)
+    evaluations: list[int] = []
+    queued: list[Job] = []
+    model_name = ""
+    for item in suite.items:
+        generation = request.generation.model_copy(
+            update={"max_samples": item.get("max_samples") or request.generation.max_samples}
+        )
+        evaluation, job = create(
+            session=session,
+            settings=settings,
+            request=EvaluationCreate(
+                name=f"{request.name}:{item['dataset']}"[:200],
+                model=request.model,
+                job=request.job,
+                checkpoint=request.checkpoint,
+                endpoint=request.endpoint,
+                dataset=item["dataset"],
+                scorer=item["scorer"],
+                generation=generation,
+                resources=request.resources,
+                priority=request.priority,
+            ),
+            actor=actor,
+        )
+        assert evaluation.id is not None
+        evaluations.append(evaluation.id)
+        queued.append(job)
+        model_name = evaluation.model_name
+    run = SuiteRun(
+        name=request.name,
+        suite=suite.name,
+        model_name=model_name,
+        evaluation_ids=evaluations,
+        created_by=actor,
+    )
+    session.add(run)
+    session.flush()
+    return run, queued
+
+
+def get_suite_run(*, session: Session, run_id: int) -> SuiteRun:
+    run = session.get(SuiteRun, run_id)
+    if run is None:
+        raise NotFound(f"suite run {run_id} does not exist")
+    return run
+
+
+def list_suite_runs(
+    *, session: Session, suite: str | None, limit: int, offset: int
+) -> tuple[Sequence[SuiteRun], int]:
+    query = select(SuiteRun)
+    counted = select(func.count()).select_from(SuiteRun)
+    if suite:
+        query = query.where(col(SuiteRun.suite) == suite)
+        counted = counted.where(col(SuiteRun.suite) == suite)
+    rows = session.exec(query.order_by(col(SuiteRun.id).desc()).limit(limit).offset(offset))
+    return rows.all(), int(session.exec(counted).one())
+
+
+def suite_run_result(
+    session: Session, run: SuiteRun
+) -> tuple[str, float | None, list[tuple[Evaluation | None, str]]]:
+    """(status, mean of the items' means once all succeeded, (evaluation, scorer) per item)."""
+    found = {
+        e.id: e
+        for e in session.exec(
+            select(Evaluation).where(col(Evaluation.id).in_(run.evaluation_ids))
+        ).all()
+    }
+    items = [(found.get(i), found[i].scorer if i in found else "") for i in run.evaluation_ids]
+    states = [e.status if e is not None else FAILED for e, _ in items]
+    if any(s in (FAILED, CANCELLED) for s in states):
+        return FAILED, None, items
+    if any(s == PENDING for s in states):
+        return PENDING, None, items
+    means = [score_of(e) for e, _ in items if e is not None]
+    if any(m is None for m in means) or not means:
+        return SUCCEEDED, None, items
+    return SUCCEEDED, math.fsum(m for m in means if m is not None) / len(means), items

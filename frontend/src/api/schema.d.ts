@@ -312,6 +312,111 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/evaluations/suite-runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Suite Runs
+         * @description Suite runs, newest first, each with its datasets' results.
+         */
+        get: operations["list_suite_runs_api_v1_evaluations_suite_runs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/suite-runs/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Suite Run
+         * @description One suite run: each dataset's evaluation and score, and their mean once all are in.
+         */
+        get: operations["get_suite_run_api_v1_evaluations_suite_runs__run_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/suites": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Suites
+         * @description Suites: named sets of datasets, each with its scorer.
+         */
+        get: operations["list_suites_api_v1_evaluations_suites_get"];
+        put?: never;
+        /**
+         * Create Suite
+         * @description Store a suite.
+         */
+        post: operations["create_suite_api_v1_evaluations_suites_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/suites/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Suite
+         * @description Delete a suite (its runs and their evaluations stay).
+         */
+        delete: operations["delete_suite_api_v1_evaluations_suites__name__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/evaluations/suites/{name}/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run Suite
+         * @description Evaluate a model on every dataset of the suite: one evaluation (and its generation
+         *     job) per dataset, all stored together or none.
+         */
+        post: operations["run_suite_api_v1_evaluations_suites__name__runs_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations/{evaluation_id}": {
         parameters: {
             query?: never;
@@ -3034,6 +3139,147 @@ export interface components {
             }[];
         };
         /**
+         * SuiteCreate
+         * @description A named set of datasets a model is evaluated on together.
+         */
+        SuiteCreate: {
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /** Items */
+            items: components["schemas"]["SuiteItem"][];
+            /** Name */
+            name: string;
+        };
+        /**
+         * SuiteItem
+         * @description One dataset of a suite and how it is scored.
+         */
+        SuiteItem: {
+            /**
+             * Dataset
+             * @description A prompt/answer dataset, by name or id.
+             */
+            dataset: string | number;
+            /**
+             * Max Samples
+             * @description First N rows only.
+             */
+            max_samples?: number | null;
+            /**
+             * Scorer
+             * @description exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, pass@K:SCORER (of n >= K completions per prompt), reward:NAME (a builtin reward), file:NAME (an uploaded reward file, on a worker) or judge:ENDPOINT:RUBRIC (an LLM judge, on a worker).
+             * @default numeric
+             */
+            scorer: string;
+        };
+        /** SuitePublic */
+        SuitePublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Description */
+            description: string;
+            /** Id */
+            id: number;
+            /** Items */
+            items: {
+                [key: string]: unknown;
+            }[];
+            /** Name */
+            name: string;
+        };
+        /**
+         * SuiteRunCreate
+         * @description Evaluate one model on every dataset of a suite (one evaluation each).
+         */
+        SuiteRunCreate: {
+            /** @description Or: a job's checkpoint. */
+            checkpoint?: components["schemas"]["CheckpointRef"] | null;
+            /**
+             * Endpoint
+             * @description Or: an endpoint.
+             */
+            endpoint?: string | null;
+            generation?: components["schemas"]["Generation"];
+            /**
+             * Job
+             * @description Or: a job's final model.
+             */
+            job?: number | null;
+            /**
+             * Model
+             * @description A registered model, by name or id.
+             */
+            model?: string | number | null;
+            /** Name */
+            name: string;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+        };
+        /** SuiteRunItem */
+        SuiteRunItem: {
+            /** Dataset */
+            dataset: string;
+            /** Evaluation */
+            evaluation: number;
+            /** Scorer */
+            scorer: string;
+            /** Status */
+            status: string;
+            /** Summary */
+            summary: {
+                [key: string]: unknown;
+            } | null;
+        };
+        /**
+         * SuiteRunPublic
+         * @description A suite run: each dataset's result, and their unweighted mean once all succeeded.
+         */
+        SuiteRunPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Id */
+            id: number;
+            /** Items */
+            items: components["schemas"]["SuiteRunItem"][];
+            /** Mean */
+            mean: number | null;
+            /** Model */
+            model: string;
+            /** Name */
+            name: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "succeeded" | "failed";
+            /** Suite */
+            suite: string;
+        };
+        /** SuiteRunsPublic */
+        SuiteRunsPublic: {
+            /** Items */
+            items: components["schemas"]["SuiteRunPublic"][];
+            /** Total */
+            total: number;
+        };
+        /**
          * TemplatePublic
          * @description A shipped pipeline template.
          */
@@ -3767,6 +4013,188 @@ export interface operations {
                     "application/json": {
                         [key: string]: string;
                     };
+                };
+            };
+        };
+    };
+    list_suite_runs_api_v1_evaluations_suite_runs_get: {
+        parameters: {
+            query?: {
+                suite?: string | null;
+                limit?: number;
+                /** @description Rows to skip. */
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuiteRunsPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_suite_run_api_v1_evaluations_suite_runs__run_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuiteRunPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_suites_api_v1_evaluations_suites_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuitePublic"][];
+                };
+            };
+        };
+    };
+    create_suite_api_v1_evaluations_suites_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SuiteCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuitePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_suite_api_v1_evaluations_suites__name__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    run_suite_api_v1_evaluations_suites__name__runs_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SuiteRunCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuiteRunPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

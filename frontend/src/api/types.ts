@@ -28,6 +28,9 @@ export type EvaluationSamples = S["SamplesPublic"];
 export type EvaluationBreakdown = S["BreakdownPublic"];
 export type Comparison = S["ComparisonPublic"];
 export type Ranking = S["RankingPublic"];
+export type Suite = S["SuitePublic"];
+export type SuiteRun = S["SuiteRunPublic"];
+export type SuiteRunsPage = S["SuiteRunsPublic"];
 export type Served = S["ServedPublic"];
 export type Endpoint = S["EndpointPublic"];
 

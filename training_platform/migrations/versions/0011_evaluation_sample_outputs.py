@@ -1,4 +1,5 @@
-"""evaluation: all n completions of a sample (pass@k), scorings on workers, judge rubrics
+"""evaluation: all n completions of a sample (pass@k), scorings on workers, judge rubrics,
+suites and their runs
 
 Revision ID: 0011
 Revises: 0010
@@ -49,9 +50,34 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+    op.create_table('eval_suites',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('items', JSON, nullable=False),
+    sa.Column('description', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name')
+    )
+    op.create_table('suite_runs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('suite', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('model_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('evaluation_ids', JSON, nullable=False),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
+    )
+    with op.batch_alter_table('suite_runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_suite_runs_suite'), ['suite'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table('suite_runs')
+    op.drop_table('eval_suites')
     op.drop_table('rubrics')
     op.drop_table('evaluation_scorings')
     with op.batch_alter_table('evaluation_scores', schema=None) as batch_op:
