@@ -61,6 +61,7 @@ CHANGED: dict[str, Any] = {
     "temperature": 0.7,
     "top_p": 0.9,
     "seed": 3,
+    "n": 4,
 }
 
 
@@ -105,6 +106,7 @@ def test_the_parameters_their_defaults_and_descriptions() -> None:
         "temperature": 0.0,
         "top_p": 1.0,
         "seed": 0,
+        "n": 1,
     }
     assert set(CHANGED) == set(defaults) - {"endpoint"}
     assert [name for name in CHANGED if CHANGED[name] == defaults[name]] == []
@@ -199,6 +201,7 @@ def test_a_dataset_of_another_data_task_is_refused() -> None:
         ({"batch_size": 2048}, "batch_size", "less than or equal to 1024"),
         ({"engine": "sglang"}, "engine", "Input should be"),
         ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"n": 65}, "n", "less than or equal to 64"),
         ({"beam_width": 4}, "beam_width", "Extra inputs"),
     ],
 )

@@ -52,7 +52,7 @@ def _shared_pairs(values: RlParameters, context: LaunchContext) -> Pairs:
         (f"{ACTOR}.strategy", values.strategy),
         (f"{ACTOR}.optim.lr", values.actor_lr),
         (f"{ACTOR}.ppo_mini_batch_size", values.ppo_mini_batch_size),
-        (f"{ACTOR}.ppo_micro_batch_size_per_gpu", values.micro_batch_size_per_gpu),
+        (f"{ACTOR}.ppo_micro_batch_size_per_gpu", values.micro),
         (f"{ACTOR}.fsdp_config.param_offload", values.param_offload),
         (f"{ACTOR}.fsdp_config.optimizer_offload", values.optimizer_offload),
         (f"{ROLLOUT}.name", rollout.name),
@@ -61,7 +61,7 @@ def _shared_pairs(values: RlParameters, context: LaunchContext) -> Pairs:
         (f"{ROLLOUT}.top_p", rollout.top_p),
         (f"{ROLLOUT}.tensor_model_parallel_size", rollout.tensor_model_parallel_size),
         (f"{ROLLOUT}.gpu_memory_utilization", rollout.gpu_memory_utilization),
-        (f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu", values.micro_batch_size_per_gpu),
+        (f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu", values.micro),
         (f"{ROLLOUT}.seed", values.seed),
         ("trainer.val_before_train", values.val_before_train),
         ("trainer.max_actor_ckpt_to_keep", values.max_checkpoints),
@@ -86,7 +86,7 @@ def _reference_pairs(values: RlParameters) -> Pairs:
     return [
         (
             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
-            values.micro_batch_size_per_gpu,
+            values.micro,
         ),
         ("actor_rollout_ref.ref.fsdp_config.param_offload", values.param_offload),
     ]
@@ -104,7 +104,7 @@ def _ppo_pairs(values: PpoParameters, context: LaunchContext) -> Pairs:
         ("+critic.model.override_config.attn_implementation", values.attn_implementation),
         ("critic.strategy", values.strategy),
         ("critic.optim.lr", values.critic_lr),
-        ("critic.ppo_micro_batch_size_per_gpu", values.micro_batch_size_per_gpu),
+        ("critic.ppo_micro_batch_size_per_gpu", values.micro),
         ("critic.fsdp.param_offload", values.param_offload),
         ("critic.fsdp.optimizer_offload", values.optimizer_offload),
         ("trainer.max_critic_ckpt_to_keep", values.max_checkpoints),

@@ -10,6 +10,63 @@ from training_platform.backends.verl.common import VerlCommon, field_error, gpus
 
 VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's MaxLoRARanks, which verl checks against
 REWARD_PATTERN = r"^(file:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MICRO_BATCH_CHOICES = (4, 2, 1)  # 4 was the fixed default before; smaller when 4 does not divide
+
+
+def batch_problems(
+    *, train_batch_size: int, n: int, ppo_mini_batch_size: int, micro: int | None, gpus: int
+) -> list[tuple[tuple[str, ...], str]]:
+    """What verl's update loop would refuse at its first step, by field: the batch rules of
+    its trainer (ActorConfig.validate, validate_config) and of its engine workers
+    (train_mini_batch splits ppo_mini_batch_size x rollout.n over the data-parallel ranks,
+    make_iterator cuts each rank's share of a step into mini batches, prepare_micro_batches cuts
+    a mini batch into micro batches; each asserts an exact division). The FSDP actor, critic
+    and reference are data parallel over every GPU of the job."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    if ppo_mini_batch_size > train_batch_size:
+        found.append(
+            (("ppo_mini_batch_size",), f"must be at most train_batch_size ({train_batch_size})")
+        )
+    elif train_batch_size % ppo_mini_batch_size:
+        found.append(
+            (
+                ("ppo_mini_batch_size",),
+                f"must divide train_batch_size ({train_batch_size}): a step is cut into whole "
+                "mini batches",
+            )
+        )
+    if (train_batch_size * n) % gpus:
+        found.append(
+            (
+                ("train_batch_size",),
+                f"train_batch_size x rollout.n ({train_batch_size * n}) must be divisible by the "
+                f"GPU count ({gpus})",
+            )
+        )
+    mini = ppo_mini_batch_size * n
+    if mini % gpus:
+        found.append(
+            (
+                ("ppo_mini_batch_size",),
+                f"ppo_mini_batch_size x rollout.n ({mini}) must be divisible by the GPU count "
+                f"({gpus}): each GPU takes an equal share of a mini batch",
+            )
+        )
+    elif micro is not None and (mini // gpus) % micro:
+        found.append(
+            (
+                ("micro_batch_size_per_gpu",),
+                f"must divide each GPU's share of a mini batch: ppo_mini_batch_size x rollout.n / "
+                f"GPUs = {mini // gpus}",
+            )
+        )
+    return found
+
+
+def default_micro_batch(*, ppo_mini_batch_size: int, n: int, gpus: int) -> int:
+    """The largest of MICRO_BATCH_CHOICES that divides each GPU's share of a mini batch."""
+    share = ppo_mini_batch_size * n // gpus if (ppo_mini_batch_size * n) % gpus == 0 else 1
+    return next(m for m in MICRO_BATCH_CHOICES if share % m == 0)
 
 
 class RolloutOptions(BaseModel):
@@ -48,8 +105,14 @@ class RlParameters(VerlCommon):
     ppo_mini_batch_size: int = Field(
         16, ge=1, le=65_536, description="Prompts per policy update within a step."
     )
-    micro_batch_size_per_gpu: int = Field(
-        4, ge=1, le=4096, description="Sequences per forward pass on one GPU."
+    micro_batch_size_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Sequences per forward pass on one GPU (policy, critic, reference and "
+        "rollout log-probs). It must divide each GPU's share of a mini batch "
+        "(ppo_mini_batch_size x rollout.n / GPUs); default: the largest of "
+        f"{', '.join(map(str, MICRO_BATCH_CHOICES))} that does.",
     )
     max_prompt_length: int = Field(512, ge=16, le=131_072, description="Prompt tokens (at most).")
     max_response_length: int = Field(
@@ -87,19 +150,27 @@ class RlParameters(VerlCommon):
                 f"vLLM serves LoRA ranks up to {VLLM_MAX_LORA_RANK}",
                 self.lora.rank,
             )
-        if self.ppo_mini_batch_size > self.train_batch_size:
-            raise field_error(
-                ("ppo_mini_batch_size",),
-                f"must be at most train_batch_size ({self.train_batch_size})",
-                self.ppo_mini_batch_size,
+        if self.micro_batch_size_per_gpu is None:
+            self.micro_batch_size_per_gpu = default_micro_batch(
+                ppo_mini_batch_size=self.ppo_mini_batch_size, n=self.rollout.n, gpus=gpus
             )
-        if (self.train_batch_size * self.rollout.n) % gpus:
-            raise field_error(
-                ("train_batch_size",),
-                f"train_batch_size x rollout.n must be divisible by the GPU count ({gpus})",
-                self.train_batch_size,
-            )
+        problems = batch_problems(
+            train_batch_size=self.train_batch_size,
+            n=self.rollout.n,
+            ppo_mini_batch_size=self.ppo_mini_batch_size,
+            micro=self.micro_batch_size_per_gpu,
+            gpus=gpus,
+        )
+        if problems:
+            loc, message = problems[0]
+            raise field_error(loc, message, getattr(self, loc[0]))
         return self
+
+    @property
+    def micro(self) -> int:
+        """micro_batch_size_per_gpu, filled in by validation."""
+        assert self.micro_batch_size_per_gpu is not None
+        return self.micro_batch_size_per_gpu
 
 
 class PpoParameters(RlParameters):

@@ -39,7 +39,13 @@ class VerlSftParameters(VerlCommon):
     grad_clip: float = Field(1.0, gt=0, le=1000, description="Gradient norm clipping.")
     train_batch_size: int = Field(32, ge=1, le=65_536, description="Examples per step, all GPUs.")
     micro_batch_size_per_gpu: int = Field(
-        4, ge=1, le=4096, description="Examples per forward pass on one GPU."
+        4,
+        ge=1,
+        le=4096,
+        description="verl SFT batches by token count (use_dynamic_bsz, on by default: each "
+        "forward pass on a GPU takes whole examples up to max_token_len_per_gpu, 8,192 tokens), "
+        "so this does not set the examples per forward pass; verl reads it as the validation "
+        "batch size and where token-count batching is off.",
     )
     max_length: int = Field(1024, ge=16, le=131_072, description="Tokens per example.")
     truncation: Literal["error", "left", "right"] = Field(
