@@ -112,6 +112,8 @@ CHANGED: dict[str, dict[str, Any]] = {
         **COMMON_CHANGED,
         **RL_CHANGED,
         "kl_coef": 0.1,
+        "kl_loss_coef": 0.01,
+        "kl_estimator": "k3",
         "cliprange": 0.1,
         "cliprange_value": 0.5,
         "vf_coef": 0.5,

@@ -304,6 +304,52 @@ def test_ppo_trains_a_critic_on_the_policy_model(tiny_model_dir: Path) -> None:
     assert config.critic.strategy == config.actor_rollout_ref.actor.strategy
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3", "low_var_kl"])
+def test_kl_in_the_reward_and_as_a_loss_reach_verl_with_their_estimator(
+    algorithm: str, estimator: str, tiny_model_dir: Path
+) -> None:
+    from verl.trainer.ppo.core_algos import kl_penalty
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    values = {"kl_coef": 0.1, "kl_loss_coef": 0.02, "kl_estimator": estimator}
+    plan = make_plan(algorithm, values, context_for(tiny_model_dir))
+    config = compose_with_verl(algorithm, verl_overrides(plan))
+    verl_accepts(algorithm, config)
+    actor = config.actor_rollout_ref.actor
+    assert config.algorithm.use_kl_in_reward is True
+    assert (config.algorithm.kl_penalty, config.algorithm.kl_ctrl.kl_coef) == (estimator, 0.1)
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.02, estimator)
+    assert need_reference_policy(config)
+    # verl computes every estimator the platform offers.
+    import torch
+
+    kl_penalty(torch.zeros(1, 2), torch.full((1, 2), -0.5), estimator)
+
+    off = make_plan(algorithm, {"kl_coef": 0, "kl_loss_coef": 0}, context_for(tiny_model_dir))
+    config = compose_with_verl(algorithm, verl_overrides(off))
+    verl_accepts(algorithm, config)
+    assert config.algorithm.use_kl_in_reward is False
+    assert config.actor_rollout_ref.actor.use_kl_loss is False
+    assert not need_reference_policy(config)
+
+
+def test_ppo_penalises_kl_in_the_reward_by_default_as_the_trl_backend_does(
+    tiny_model_dir: Path,
+) -> None:
+    from training_platform.backends.trl.ppo import PpoParameters as TrlPpo
+    from training_platform.backends.verl.rl_parameters import PpoParameters as VerlPpo
+
+    config = _algorithm_config("ppo", tiny_model_dir)
+    assert config.algorithm.use_kl_in_reward is True and config.algorithm.kl_penalty == "k1"
+    assert (
+        config.algorithm.kl_ctrl.kl_coef
+        == TrlPpo().kl_coef
+        == VerlPpo.model_fields["kl_coef"].default
+    )
+    assert config.actor_rollout_ref.actor.use_kl_loss is False
+
+
 def test_the_cpu_smoke_mode_composes(tiny_model_dir: Path) -> None:
     context = LaunchContext(**{**context_for(tiny_model_dir).__dict__, "gpus": 0, "devices": ()})
     plan = make_plan("sft", {"device": "cpu", "lora": {"rank": 4}}, context)

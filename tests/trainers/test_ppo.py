@@ -213,3 +213,34 @@ def test_with_lora_the_reference_is_the_model_without_its_adapter(
     _, stats = run.rollout(run.batch_rows(0))
     # A fresh adapter (B = 0) changes nothing yet: policy and reference agree.
     assert stats["ppo/kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_kl_estimators_are_verls() -> None:
+    from training_platform.trainers.ppo import kl_estimate
+
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    d = logprobs - ref
+    assert torch.allclose(kl_estimate(logprobs, ref, "k1"), d)
+    assert torch.allclose(kl_estimate(logprobs, ref, "k2"), 0.5 * d**2)
+    k3 = torch.exp(-d) - 1 + d
+    assert torch.allclose(kl_estimate(logprobs, ref, "k3"), k3)
+    assert (k3 >= 0).all() and float(k3[0, 2]) == 0.0  # same log-prob, no divergence
+    assert torch.allclose(kl_estimate(logprobs, ref, "low_var_kl"), k3.clamp(-10, 10))
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        kl_estimate(logprobs, ref, "k4")
+
+
+def test_a_kl_loss_with_the_chosen_estimator_joins_the_update(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = PpoRun(
+        _config(tiny_model_dir, tmp_path, kl_coef=0.0, kl_loss_coef=0.5, kl_estimator="k3")
+    )
+    batch, stats = run.rollout(run.batch_rows(0))
+    assert stats["ppo/kl"] == 0.0  # no KL in the reward
+    stats = run.update(batch)
+    # The first pass starts at the reference: k3 is 0 there and grows as the policy moves.
+    assert stats["ppo/kl_loss"] >= 0.0
+    plain = PpoRun(_config(tiny_model_dir, tmp_path))
+    assert "ppo/kl_loss" not in plain.update(plain.rollout(plain.batch_rows(0))[0])

@@ -11,12 +11,14 @@ One global step is one PPO iteration:
 1. rollout: sample a completion for each of `per_device_train_batch_size x
    gradient_accumulation_steps x num_mini_batches` prompts with the current policy;
 2. score each completion with the reward function (verl's signature); per-token reward is
-   `-kl_coef x (log pi - log pi_ref)`, plus the score on the completion's last token;
+   `-kl_coef x KL`, plus the score on the completion's last token, where KL is the per-token
+   estimate `kl_estimator` names (k1 = log pi - log pi_ref by default; see `kl_estimate`);
 3. values from a linear value head on the policy's last hidden state (shared trunk, as TRL's
    old AutoModelForCausalLMWithValueHead); advantages by GAE(gamma, lam), whitened;
 4. `ppo_epochs` passes over the batch in `num_mini_batches` optimizer steps, each accumulated
    over micro-batches of `per_device_train_batch_size`: clipped surrogate policy loss plus
-   `vf_coef` x clipped value loss.
+   `vf_coef` x clipped value loss, plus `kl_loss_coef` x the mean KL estimate of the current
+   policy to the reference (0 by default: the KL is in the reward).
 The reference policy is a frozen copy of the starting model (with LoRA: the same model with the
 adapter switched off). The model stays in eval mode throughout: dropout would make the ratio of
 new to old log-probabilities differ from 1 before any update.
@@ -90,6 +92,24 @@ class Rollout:
     values: Tensor  # (B, R)
     advantages: Tensor  # (B, R)
     returns: Tensor  # (B, R)
+    ref_logprobs: Tensor  # (B, R) under the reference policy
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
+    """Per-token estimates of KL(pi || pi_ref) from sampled tokens, as verl names them:
+    k1 = log pi - log pi_ref; k2 = (log pi - log pi_ref)^2 / 2; k3 = r - 1 - log r with
+    r = pi_ref / pi (unbiased and never negative); low_var_kl = k3 clipped to [-10, 10]."""
+    difference = logprobs - ref_logprobs
+    if estimator == "k1":
+        return difference
+    if estimator == "k2":
+        return 0.5 * difference.square()
+    k3 = torch.exp(-difference) - 1.0 + difference
+    if estimator == "k3":
+        return k3
+    if estimator == "low_var_kl":
+        return k3.clamp(-10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -310,7 +330,7 @@ class PpoRun:
                 ref_logits, _ = self.forward(self.policy, sequences, attention_mask, prompt_length)
         ref_logprobs = token_logprobs(ref_logits, responses)
 
-        kl = (logprobs - ref_logprobs) * response_mask
+        kl = kl_estimate(logprobs, ref_logprobs, self.hp.kl_estimator) * response_mask
         rewards = -self.hp.kl_coef * kl
         last = response_mask.sum(-1).long() - 1
         rewards[torch.arange(len(rows), device=self.device), last] += scores
@@ -338,6 +358,7 @@ class PpoRun:
             values=values,
             advantages=advantages,
             returns=returns,
+            ref_logprobs=ref_logprobs,
         )
         return batch, stats
 
@@ -365,6 +386,11 @@ class PpoRun:
         policy_losses = torch.max(-advantages * ratio, -advantages * clipped_ratio)
         policy_loss = masked_mean(policy_losses, mask)
         loss = policy_loss + self.hp.vf_coef * value_loss
+        kl_loss = None
+        if self.hp.kl_loss_coef > 0:
+            kl = kl_estimate(logprobs, batch.ref_logprobs[index], self.hp.kl_estimator)
+            kl_loss = masked_mean(kl, mask)
+            loss = loss + self.hp.kl_loss_coef * kl_loss
 
         with torch.no_grad():
             probabilities = logits.softmax(-1)
@@ -382,6 +408,8 @@ class PpoRun:
                 ),
                 "ppo/entropy": masked_mean(entropy, mask),
             }
+            if kl_loss is not None:
+                stats["ppo/kl_loss"] = kl_loss.detach()
         return loss, stats
 
     def update(self, batch: Rollout) -> dict[str, float]:

@@ -203,6 +203,8 @@ class PpoHyperparameters(_SamplingHyperparameters):
     """PPO: clipped policy loss with a learned value head and a KL penalty in the reward."""
 
     kl_coef: float = Field(default=0.05, ge=0)
+    kl_loss_coef: float = Field(default=0.0, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = "k1"
     cliprange: float = Field(default=0.2, gt=0)
     cliprange_value: float = Field(default=0.2, gt=0)
     vf_coef: float = Field(default=0.1, gt=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,7 +21,18 @@ class PpoParameters(RlParameters):
         8, ge=1, le=4096, description="Prompts per forward pass (one completion each)."
     )
     kl_coef: float = Field(
-        0.05, ge=0, le=10, description="KL penalty per token towards the reference model."
+        0.05,
+        ge=0,
+        le=10,
+        description="Per-token KL penalty towards the reference model, in the reward; 0: off.",
+    )
+    kl_loss_coef: float = Field(
+        0.0, ge=0, le=10, description="Weight of a KL loss term on the policy; 0: off."
+    )
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field(
+        "k1",
+        description="Per-token KL estimate: k1 = log p - log p_ref, k2 = its square / 2, "
+        "k3 = p_ref/p - 1 - log(p_ref/p), low_var_kl = k3 clipped to [-10, 10] (as verl).",
     )
     cliprange: float = Field(0.2, gt=0, le=10, description="Clip range of the policy ratio.")
     cliprange_value: float = Field(

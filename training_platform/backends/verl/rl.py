@@ -20,6 +20,7 @@ from training_platform.backends.verl.common import (
 from training_platform.backends.verl.rl_parameters import (
     GrpoParameters,
     GspoParameters,
+    KlOptions,
     PpoParameters,
     RlParameters,
 )
@@ -34,7 +35,6 @@ def _shared_pairs(values: RlParameters, context: LaunchContext) -> Pairs:
     """Data, policy model, rollout and reward: the same keys for every RL algorithm."""
     rollout = values.rollout
     pairs: Pairs = [
-        ("algorithm.use_kl_in_reward", False),
         ("data.train_files", context.dataset_path),
         # Validation reads the same prepared file: the platform prepares one per job.
         ("data.val_files", context.dataset_path),
@@ -92,12 +92,34 @@ def _reference_pairs(values: RlParameters) -> Pairs:
     ]
 
 
+def _kl_pairs(values: KlOptions) -> Pairs:
+    """KL to the reference policy: in the reward, as a loss term, or both (or neither)."""
+    pairs: Pairs = [
+        ("algorithm.use_kl_in_reward", values.kl_coef > 0),
+        (f"{ACTOR}.use_kl_loss", values.kl_loss_coef > 0),
+    ]
+    if values.kl_coef > 0:
+        pairs += [
+            ("algorithm.kl_penalty", values.kl_estimator),
+            ("algorithm.kl_ctrl.kl_coef", values.kl_coef),
+        ]
+    if values.kl_loss_coef > 0:
+        pairs += [
+            (f"{ACTOR}.kl_loss_coef", values.kl_loss_coef),
+            (f"{ACTOR}.kl_loss_type", values.kl_estimator),
+        ]
+    if values.uses_reference:
+        assert isinstance(values, RlParameters)
+        pairs += _reference_pairs(values)
+    return pairs
+
+
 def _ppo_pairs(values: PpoParameters, context: LaunchContext) -> Pairs:
     return [
         ("algorithm.adv_estimator", "gae"),
         ("algorithm.gamma", values.gamma),
         ("algorithm.lam", values.lam),
-        (f"{ACTOR}.use_kl_loss", False),
+        *_kl_pairs(values),
         ("critic.enable", True),
         # The critic starts from the policy's weights; verl adds the value head.
         ("critic.model.path", context.model_path),
@@ -114,11 +136,8 @@ def _ppo_pairs(values: PpoParameters, context: LaunchContext) -> Pairs:
 def _grpo_pairs(values: GrpoParameters) -> Pairs:
     return [
         ("algorithm.adv_estimator", "grpo"),
-        (f"{ACTOR}.use_kl_loss", True),
-        (f"{ACTOR}.kl_loss_coef", values.kl_loss_coef),
-        (f"{ACTOR}.kl_loss_type", "low_var_kl"),
+        *_kl_pairs(values),
         ("critic.enable", False),
-        *_reference_pairs(values),
     ]
 
 
@@ -129,6 +148,7 @@ def _gspo_pairs(values: GspoParameters) -> Pairs:
         (f"{ACTOR}.loss_agg_mode", "seq-mean-token-mean"),
         (f"{ACTOR}.clip_ratio_low", values.clip_ratio_low),
         (f"{ACTOR}.clip_ratio_high", values.clip_ratio_high),
+        ("algorithm.use_kl_in_reward", False),
         (f"{ACTOR}.use_kl_loss", False),
         ("critic.enable", False),
     ]

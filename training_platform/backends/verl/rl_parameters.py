@@ -173,21 +173,59 @@ class RlParameters(VerlCommon):
         return self.micro_batch_size_per_gpu
 
 
-class PpoParameters(RlParameters):
+KlEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
+KL_ESTIMATOR_TEXT = (
+    "How the KL to the reference policy is estimated per token: k1 = log p - log p_ref, "
+    "k2 = (log p - log p_ref)^2 / 2, k3 = p_ref/p - 1 - log(p_ref/p), low_var_kl = k3 clipped "
+    "to [-10, 10] (verl's kl_penalty / kl_loss_type)."
+)
+
+
+class KlOptions(BaseModel):
+    """KL to the frozen reference policy, as a reward penalty and/or a loss term."""
+
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Per-token KL penalty subtracted from the reward (verl use_kl_in_reward); "
+        "0: off.",
+    )
+    kl_loss_coef: float = Field(
+        0.0, ge=0, le=10, description="Weight of a KL loss term on the policy (verl use_kl_loss)."
+    )
+    kl_estimator: KlEstimator = Field("k1", description=KL_ESTIMATOR_TEXT)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0 or self.kl_loss_coef > 0
+
+
+class PpoParameters(RlParameters, KlOptions):
     """PPO: GAE advantages from a critic trained beside the policy."""
 
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="Per-token KL penalty subtracted from the reward (verl use_kl_in_reward; "
+        "the TRL backend's PPO default too); 0: off.",
+    )
     critic_lr: float = Field(1e-5, gt=0, le=1, description="Critic learning rate.")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount factor.")
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda.")
 
 
-class GrpoParameters(RlParameters):
+class GrpoParameters(RlParameters, KlOptions):
     """GRPO: group-relative advantages, KL to the reference policy as a loss term."""
 
     rollout: GroupRolloutOptions = Field(
         default_factory=GroupRolloutOptions, description="Response generation (groups)."
     )
-    kl_loss_coef: float = Field(0.001, ge=0, le=10, description="Weight of the KL loss.")
+    kl_loss_coef: float = Field(
+        0.001, ge=0, le=10, description="Weight of the KL loss term (verl use_kl_loss); 0: off."
+    )
+    kl_estimator: KlEstimator = Field("low_var_kl", description=KL_ESTIMATOR_TEXT)
 
 
 class GspoParameters(RlParameters):
