@@ -38,8 +38,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -69,8 +70,10 @@ Engine = Literal["auto", "transformers", "vllm", "api"]
 Generate = Callable[[list[str]], list[list[str]]]
 # One row's n completions, its seconds and its completion tokens (None: not reported).
 Generated = tuple[list[str], float, int | None]
-# The api engine: chat messages in, per row what it generated.
-ApiGenerate = Callable[[list[list[dict[str, str]]]], list[Generated]]
+# The api engine: every row's chat messages in; what each generated out, in order, as it comes.
+ApiGenerate = Callable[[list[list[dict[str, str]]]], Iterator[Generated]]
+# Requests the api engine keeps submitted per unit of concurrency (they wait in its pool).
+API_WINDOW = 4
 
 
 # --- scoring -----------------------------------------------------------------------------
@@ -408,8 +411,10 @@ def read_key(config: EvalConfig) -> str | None:
 
 
 def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
-    """Chat completions from an endpoint: `concurrency` requests in flight, paced to its rate
-    limit, each retried by the OpenAI client on 429, 5xx and connection errors with backoff."""
+    """Chat completions from an endpoint: `concurrency` requests in flight all the time (no
+    pause at the end of a batch: the next rows' requests are already submitted), paced to its
+    rate limit, each retried by the OpenAI client on 429, 5xx and connection errors with
+    backoff. Results come back in row order."""
     from openai import OpenAI
 
     endpoint = config.endpoint
@@ -442,15 +447,25 @@ def api_generator(config: EvalConfig, key: str | None) -> ApiGenerate:
         tokens = reply.usage.completion_tokens if reply.usage is not None else None
         return text, seconds, tokens
 
-    def generate(batch: list[list[dict[str, str]]]) -> list[Generated]:
-        replies = list(pool.map(one, [(m, draw) for m in batch for draw in range(config.n)]))
-        found: list[Generated] = []
-        for start in range(0, len(replies), config.n):
-            mine = replies[start : start + config.n]
+    def replies(rows: list[list[dict[str, str]]]) -> Iterator[tuple[str, float, int | None]]:
+        # A bounded window of submitted requests, so that a million rows are not a million
+        # futures at once.
+        window: deque[Future[tuple[str, float, int | None]]] = deque()
+        for messages in rows:
+            for draw in range(config.n):
+                window.append(pool.submit(one, (messages, draw)))
+                if len(window) >= endpoint.concurrency * API_WINDOW:
+                    yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def generate(rows: list[list[dict[str, str]]]) -> Iterator[Generated]:
+        flowing = replies(rows)
+        for _ in rows:
+            mine = [next(flowing) for _ in range(config.n)]
             counted = [t for _, _, t in mine]
             tokens = None if None in counted else sum(t or 0 for t in counted)
-            found.append(([text for text, _, _ in mine], sum(s for _, s, _ in mine), tokens))
-        return found
+            yield [text for text, _, _ in mine], sum(s for _, s, _ in mine), tokens
 
     return generate
 
@@ -481,10 +496,12 @@ def evaluate(config: EvalConfig, key: str | None = None) -> dict[str, Any]:
 
     run_batch: Callable[[list[Row]], list[Generated]]
     if engine == "api":
-        call = api_generator(config, key)
+        # Every row's requests flow through the endpoint's window; a batch only groups the
+        # progress records.
+        flowing = api_generator(config, key)([row.messages for row in rows])
 
         def run_batch(batch: list[Row]) -> list[Generated]:
-            return call([row.messages for row in batch])
+            return [next(flowing) for _ in batch]
 
     else:
         tokenizer = load_tokenizer(config.model_path)
