@@ -83,7 +83,7 @@ GROUP_CHANGED: dict[str, Any] = {
 }
 # Every field differs from its default (test_every_field_is_changed holds that).
 CHANGED: dict[str, dict[str, Any]] = {
-    "sft": {**COMMON_CHANGED, "max_length": 256, "assistant_only_loss": True},
+    "sft": {**COMMON_CHANGED, "max_length": 256, "assistant_only_loss": False},
     "dpo": {
         **COMMON_CHANGED,
         "max_length": 256,

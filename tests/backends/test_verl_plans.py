@@ -333,6 +333,7 @@ def test_sft_needs_a_gpu_unless_the_cpu_smoke_mode_is_chosen() -> None:
         ("ppo", {"ppo_mini_batch_size": 128, "train_batch_size": 64}, 1, "ppo_mini_batch_size"),
         ("grpo", {"train_batch_size": 3, "ppo_mini_batch_size": 3}, 2, "train_batch_size"),
         ("sft", {"train_batch_size": 3}, 2, "train_batch_size"),
+        ("sft", {"assistant_only_loss": False}, 1, "assistant_only_loss"),
         ("ppo", {"no_such_field": 1}, 1, "no_such_field"),
         ("gspo", {"reward": "../../etc/passwd"}, 1, "reward"),
         ("sft", {"lora": {"rank": 8, "target_modules": ["q_proj; rm"]}}, 1, "target_modules"),

@@ -431,6 +431,30 @@ def test_a_dataset_without_its_columns_exits_2(
     assert "config error: dataset_path: sft data needs column(s) messages" in result.stderr
 
 
+@pytest.mark.slow
+def test_assistant_only_sft_without_markers_in_the_template_exits_2(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    plain = tmp_path / "plain-template"
+    shutil.copytree(tiny_model_dir, plain)
+    template = (plain / "chat_template.jinja").read_text(encoding="utf-8")
+    for marker in ("{%- generation %}", "{%- endgeneration %}"):
+        assert marker in template
+        template = template.replace(marker, "")
+    (plain / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config = _config(plain, tmp_path / "run", data_dir / "sft.parquet")
+    result = train(config, tmp_path / "c.json")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "assistant_only_loss: the model's chat template has no {% generation %}" in result.stderr
+    # Every token instead: the same model trains.
+    config["hyperparameters"] = {**config["hyperparameters"], "assistant_only_loss": False}
+    config["hyperparameters"]["max_steps"] = 1
+    result = train(config, tmp_path / "c2.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -515,7 +539,7 @@ def test_defaults_fill_in_hyperparameters(tiny_model_dir: Path, tmp_path: Path) 
         10,
         2,
         None,
-        False,
+        True,  # the assistant turns, as verl SFT learns them
     )
     dpo = parse_config(json.dumps(_config(tiny_model_dir, tmp_path, tmp_path / "d.parquet", "dpo")))
     assert isinstance(dpo, DpoConfig) and dpo.hyperparameters.beta == 0.1

@@ -128,10 +128,11 @@ class Hyperparameters(_Strict):
 
 
 class SftHyperparameters(Hyperparameters):
-    """SFT: next-token loss on the conversations."""
+    """SFT: next-token loss on the assistant turns of the conversations (on every token with
+    assistant_only_loss false)."""
 
     max_length: int = Field(default=128, gt=0)
-    assistant_only_loss: bool = False
+    assistant_only_loss: bool = True
 
 
 class DpoHyperparameters(Hyperparameters):
@@ -567,6 +568,28 @@ def run_trainer(trainer: Trainer, config: TrainConfig, *, adapter: bool) -> None
     print(f"saved final {'adapter' if adapter else 'model'} to {final_dir}")
 
 
+def check_assistant_masks(tokenizer: Any) -> None:
+    """ConfigError unless TRL can tell the assistant's tokens apart in this model's chat
+    template: its own `{% generation %}` markers, or a training template TRL ships for it."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            "hyperparameters.assistant_only_loss: the model has no chat template, so its "
+            "assistant turns cannot be told apart; set assistant_only_loss to false to train "
+            "on every token"
+        )
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        raise ConfigError(
+            "hyperparameters.assistant_only_loss: the model's chat template has no "
+            "{% generation %} markers and TRL ships no training template for it; add the "
+            "markers around the assistant content, or set assistant_only_loss to false to "
+            "train on every token"
+        ) from None
+
+
 def train_sft(config: SftConfig) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer."""
     from transformers import AutoTokenizer
@@ -575,6 +598,8 @@ def train_sft(config: SftConfig) -> None:
 
     hp = config.hyperparameters
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    if hp.assistant_only_loss:
+        check_assistant_masks(tokenizer)
     dataset = task_dataset(config).select_columns(["messages"])
     args = SFTConfig(
         **common_training_args(config),

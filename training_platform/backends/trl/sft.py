@@ -24,7 +24,10 @@ class SftParameters(TrlParameters):
         1024, ge=8, le=131_072, description="Tokens per example; longer ones are truncated."
     )
     assistant_only_loss: bool = Field(
-        False, description="Learn only the assistant turns (needs generation markers)."
+        True,
+        description="Learn only the assistant turns, as verl SFT does (the chat template needs "
+        "{% generation %} markers, or one TRL ships a training template for); false: every "
+        "token.",
     )
 
 

@@ -48,12 +48,24 @@ class VerlSftParameters(VerlCommon):
         "batch size and where token-count batching is off.",
     )
     max_length: int = Field(1024, ge=16, le=131_072, description="Tokens per example.")
+    assistant_only_loss: bool = Field(
+        True,
+        description="verl's SFT dataset masks the loss to the assistant turns: the only choice "
+        "here (the TRL backend also trains on every token).",
+    )
     truncation: Literal["error", "left", "right"] = Field(
         "error", description="What to do with a longer example: fail, or cut it."
     )
 
     @model_validator(mode="after")
     def _fits_the_resources(self, info: ValidationInfo) -> Self:
+        if not self.assistant_only_loss:
+            raise field_error(
+                ("assistant_only_loss",),
+                "verl SFT trains on the assistant turns only; the TRL backend trains on every "
+                "token with assistant_only_loss false",
+                False,
+            )
         gpus = gpus_of(info)
         if self.device == "gpu" and gpus < 1:
             raise field_error(
