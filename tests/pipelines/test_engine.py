@@ -546,3 +546,67 @@ def test_pausing_a_pipeline_pauses_its_running_stage_job_and_resume_resumes_it(
         session.commit()
     _advance(engine, settings, sent, pipeline_id)
     assert _job(engine, job_id).status == "paused"
+
+
+def _scored(engine: Engine, job_id: int, passes: list[int]) -> None:
+    """The stored per-sample scores of an evaluation stage's evaluation (numeric)."""
+    from training_platform.evaluation.models import EvaluationScore
+
+    with Session(engine) as session:
+        evaluation = session.exec(select(Evaluation).where(Evaluation.job_id == job_id)).one()
+        for idx, score in enumerate(passes):
+            session.add(
+                EvaluationScore(
+                    evaluation_id=evaluation.id, scorer="numeric", idx=idx, score=float(score)
+                )
+            )
+        evaluation.samples = len(passes)
+        session.add(evaluation)
+        session.commit()
+
+
+def test_a_gate_over_a_guard_suite_fails_when_one_pair_regresses(
+    engine: Engine, settings: Settings, sent: Sent
+) -> None:
+    evaluate = {"model": "tiny-qwen2", "dataset": "tiny-math-eval"}
+    names = ("base_a", "new_a", "base_b", "new_b")
+    ref = "${stages.%s.outputs.evaluation}"
+    stages: dict[str, Any] = {name: {"evaluate": evaluate} for name in names}
+    stages["gate"] = {
+        "depends_on": list(names),
+        "gate": {
+            "baseline": [ref % "base_a", ref % "base_b"],
+            "candidate": [ref % "new_a", ref % "new_b"],
+        },
+    }
+    uneven = {"baseline": [ref % "base_a"], "candidate": [ref % "new_a", ref % "new_b"]}
+    with pytest.raises(InvalidInput, match="as many evaluations") as raised:
+        _submit(engine, {**stages, "gate": {**stages["gate"], "gate": uneven}})
+    assert "gate" in raised.value.loc
+    pipeline_id = _submit(engine, stages)
+    _advance(engine, settings, sent, pipeline_id)
+    found = _stages(engine, pipeline_id)
+    # Dataset a: unchanged; dataset b: 30 of 40 right before, 10 after.
+    passes = {
+        "base_a": [1] * 30 + [0] * 10,
+        "new_a": [1] * 30 + [0] * 10,
+        "base_b": [1] * 30 + [0] * 10,
+        "new_b": [1] * 10 + [0] * 30,
+    }
+    for name in names:
+        job_id = found[name].job_id
+        accuracy = sum(passes[name]) / 40
+        _end(engine, settings, job_id, JobStatus.SUCCEEDED, {"accuracy": accuracy}, model=False)
+        _scored(engine, job_id, passes[name])
+    _advance(engine, settings, sent, pipeline_id)
+    assert _advance(engine, settings, sent, pipeline_id) == "failed"
+    gate = _stages(engine, pipeline_id)["gate"]
+    assert gate.status == "failed"
+    assert "the candidate regressed significantly" in gate.reason
+    with Session(engine) as session:
+        new_b = session.exec(
+            select(Evaluation).where(Evaluation.job_id == found["new_b"].job_id)
+        ).one()
+    assert f"evaluations {new_b.id} vs" in gate.reason and "adjusted" in gate.reason
+    assert gate.outputs["pairs"] == 2 and gate.outputs["candidate"] == new_b.id
+    assert gate.outputs["delta"] == pytest.approx(-0.5) and gate.outputs["regressed"] == 20

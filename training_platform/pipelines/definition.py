@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from training_platform.core.errors import InvalidInput
@@ -95,6 +96,11 @@ def _inline_scorer(spec: str | None) -> str | None:
 
 
 InlineScorer = Annotated[str, AfterValidator(_inline_scorer)]
+MAX_GATE_PAIRS = 20
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
 
 
 class GateStep(BaseModel):
@@ -103,18 +109,40 @@ class GateStep(BaseModel):
     Both are evaluations of upstream evaluate stages on the same dataset, compared sample by
     sample (McNemar for pass/fail scorers, a paired bootstrap otherwise). The gate fails when
     the candidate's mean is lower by more than `max_drop` and the drop is significant at
-    `alpha`. Records `delta`, `p_value`, `improved` and `regressed` as its outputs.
+    `alpha`. A guard suite is several pairs (lists of the same length, one pair per dataset):
+    the gate fails when any pair regresses so, its p-values adjusted over the pairs
+    (Benjamini-Hochberg). Records `delta` (the worst pair's), `p_value` (that pair's),
+    `improved` and `regressed` (summed over the pairs) as its outputs.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    baseline: str = Field(..., description="e.g. ${stages.eval_base.outputs.evaluation}")
-    candidate: str = Field(..., description="e.g. ${stages.eval_new.outputs.evaluation}")
+    baseline: str | list[str] = Field(
+        ...,
+        description="e.g. ${stages.eval_base.outputs.evaluation}, or one per dataset of a guard "
+        "suite.",
+    )
+    candidate: str | list[str] = Field(
+        ..., description="e.g. ${stages.eval_new.outputs.evaluation}, paired with the baseline."
+    )
     scorer: InlineScorer | None = Field(
         None, description="Default: the baseline evaluation's scorer."
     )
     max_drop: float = Field(0.0, ge=0, le=1, description="A drop this small always passes.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> GateStep:
+        baselines, candidates = self.pairs()
+        if len(baselines) != len(candidates):
+            raise ValueError("baseline and candidate must list as many evaluations each")
+        if not 1 <= len(baselines) <= MAX_GATE_PAIRS:
+            raise ValueError(f"a gate compares 1 to {MAX_GATE_PAIRS} pairs")
+        return self
+
+    def pairs(self) -> tuple[list[str], list[str]]:
+        """The baselines and the candidates, as lists."""
+        return _as_list(self.baseline), _as_list(self.candidate)
 
 
 class SelectStep(BaseModel):
@@ -452,10 +480,12 @@ def references(stage: StageDefinition) -> Iterator[tuple[tuple[str | int, ...], 
             )
     steps: list[tuple[tuple[str | int, ...], Any, str]] = []
     if stage.gate is not None:
-        steps = [
-            (("gate", "baseline"), stage.gate.baseline, EVALUATION),
-            (("gate", "candidate"), stage.gate.candidate, EVALUATION),
-        ]
+        for side in ("baseline", "candidate"):
+            value = getattr(stage.gate, side)
+            if isinstance(value, list):
+                steps += [(("gate", side, i), item, EVALUATION) for i, item in enumerate(value)]
+            else:
+                steps.append((("gate", side), value, EVALUATION))
     if stage.select is not None and isinstance(stage.select.job, str):
         steps = [(("select", "job"), stage.select.job, INTEGER)]
     for where, value, expected in steps:

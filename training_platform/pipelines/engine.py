@@ -23,6 +23,7 @@ from training_platform.catalog.models import ModelEntry
 from training_platform.core.errors import Conflict, DomainError
 from training_platform.core.settings import Settings
 from training_platform.evaluation import service as evaluations
+from training_platform.evaluation import stats
 from training_platform.evaluation.models import Evaluation
 from training_platform.evaluation.schemas import EvaluationCreate, Generation
 from training_platform.jobs import service as jobs
@@ -641,50 +642,68 @@ def _gate(
     definition: StageDefinition,
     by_name: Mapping[str, PipelineStage],
 ) -> None:
-    """Compare the candidate with its baseline now: succeed, or fail with the figures."""
+    """Compare each candidate with its baseline now: succeed, or fail with the figures."""
     gate = definition.gate
     assert gate is not None
     move_stage(session, stage, StageStatus.RUNNING, actor=ENGINE, reason="comparing")
+    compared: list[tuple[int, int, str, Any]] = []
     try:
-        baseline_ref, candidate_ref = dsl.whole_ref(gate.baseline), dsl.whole_ref(gate.candidate)
-        assert baseline_ref is not None and candidate_ref is not None  # checked on submit
-        baseline = int(_value(by_name, baseline_ref))
-        candidate = int(_value(by_name, candidate_ref))
-        scorer, result = evaluations.paired(
-            session=session, baseline_id=baseline, candidate_id=candidate, spec=gate.scorer
-        )
+        for baseline_value, candidate_value in zip(*gate.pairs(), strict=True):
+            baseline_ref = dsl.whole_ref(baseline_value)
+            candidate_ref = dsl.whole_ref(candidate_value)
+            assert baseline_ref is not None and candidate_ref is not None  # checked on submit
+            baseline = int(_value(by_name, baseline_ref))
+            candidate = int(_value(by_name, candidate_ref))
+            scorer, result = evaluations.paired(
+                session=session, baseline_id=baseline, candidate_id=candidate, spec=gate.scorer
+            )
+            compared.append((baseline, candidate, scorer, result))
     except DomainError as error:
         session.rollback()
         session.refresh(stage)
         reason = f"cannot compare: {error.message}"
         _fail(session, stage, reason)
         return
+    # Several pairs (a guard suite): their p-values are adjusted together, so that more
+    # datasets do not mean more chances of a false alarm.
+    adjusted = stats.adjust([r.p_value for _, _, _, r in compared])
+    figures, regressions = [], []
+    for (baseline, candidate, scorer, result), p_value in zip(compared, adjusted, strict=True):
+        text = (
+            f"{scorer} {result.mean_b} vs baseline {result.mean_a} on {result.n} shared samples "
+            f"(evaluations {candidate} vs {baseline}; delta {result.delta}, {result.test} "
+            f"p={p_value}{' adjusted' if len(compared) > 1 else ''}; {result.regressed} "
+            f"regressed, {result.improved} improved)"
+        )
+        figures.append(text)
+        if (
+            result.delta is not None
+            and result.delta < -gate.max_drop
+            and p_value is not None
+            and p_value < gate.alpha
+        ):
+            regressions.append(text)
+    worst = min(
+        range(len(compared)),
+        key=lambda i: compared[i][3].delta if compared[i][3].delta is not None else 0.0,
+    )
+    _, _, scorer, result = compared[worst]
     outputs = {
         "delta": result.delta,
-        "p_value": result.p_value,
-        "improved": result.improved,
-        "regressed": result.regressed,
+        "p_value": adjusted[worst],
+        "improved": sum(r.improved for _, _, _, r in compared),
+        "regressed": sum(r.regressed for _, _, _, r in compared),
         "scorer": scorer,
         "test": result.test,
-        "n": result.n,
-        "baseline": baseline,
-        "candidate": candidate,
+        "n": sum(r.n for _, _, _, r in compared),
+        "baseline": compared[worst][0],
+        "candidate": compared[worst][1],
+        "pairs": len(compared),
     }
-    figures = (
-        f"{scorer} {result.mean_b} vs baseline {result.mean_a} on {result.n} shared samples "
-        f"(delta {result.delta}, {result.test} p={result.p_value}; "
-        f"{result.regressed} regressed, {result.improved} improved)"
-    )
-    failed = (
-        result.delta is not None
-        and result.delta < -gate.max_drop
-        and result.p_value is not None
-        and result.p_value < gate.alpha
-    )
-    if failed:
+    if regressions:
         reason = (
-            f"the candidate regressed significantly: {figures}; allowed drop {gate.max_drop:g}, "
-            f"alpha {gate.alpha:g}"
+            f"the candidate regressed significantly: {'; '.join(regressions)}; allowed drop "
+            f"{gate.max_drop:g}, alpha {gate.alpha:g}"
         )
         move_stage(
             session,
@@ -700,7 +719,7 @@ def _gate(
             stage,
             StageStatus.SUCCEEDED,
             actor=ENGINE,
-            reason=f"no significant regression: {figures}",
+            reason=f"no significant regression: {'; '.join(figures)}",
             values={"outputs": outputs, "reason": None},
         )
     session.commit()
