@@ -1,8 +1,13 @@
 import { computed, type WritableComputedRef } from "vue";
-import { useRoute, useRouter } from "vue-router";
+import { type LocationQuery, useRoute, useRouter } from "vue-router";
 
 // Page state that lives in the URL (filters, sort, tabs, selections), so a reload or a
 // shared link shows the same view. Writing replaces the history entry.
+
+// The query a navigation now on its way will set: writes that follow before it lands (a
+// filter, then the page back to 1) build on it, not on the route they started from, so the
+// first write is not undone by the second.
+let pending: LocationQuery | null = null;
 
 export function useQueryParam(key: string, fallback = ""): WritableComputedRef<string> {
   const route = useRoute();
@@ -13,10 +18,13 @@ export function useQueryParam(key: string, fallback = ""): WritableComputedRef<s
       return typeof value === "string" ? value : fallback;
     },
     set(value: string) {
-      const query = { ...route.query };
+      const query: LocationQuery = { ...(pending ?? route.query) };
       if (value === fallback || value === "") delete query[key];
       else query[key] = value;
-      void router.replace({ query });
+      pending = query;
+      void router.replace({ query }).finally(() => {
+        if (pending === query) pending = null;
+      });
     },
   });
 }
