@@ -528,6 +528,7 @@ def run_scoring(
         session.rollback()
         return "skipped"
     session.commit()
+    key: str | None = None
     try:
         scorer = scoring.parse(spec)
         samples = _stored(session, evaluation_id)
@@ -557,9 +558,17 @@ def run_scoring(
             )
             scores = [score for score, _ in judged]
             details = [reply for _, reply in judged]
-    except (deferred.ScoringFailed, DomainError) as error:
+    except Exception as error:  # anything: a scoring that raised must not stay "running"
         session.rollback()
-        message = error.message if isinstance(error, DomainError) else str(error)
+        if isinstance(error, DomainError):
+            message = error.message
+        elif isinstance(error, deferred.ScoringFailed):
+            message = str(error)
+        else:
+            log.exception("scoring %s of evaluation %s failed", spec, evaluation_id)
+            message = f"{type(error).__name__}: {error}"[:1000]
+        if key:
+            message = message.replace(key, "***")  # never stored, whatever echoed it
         _move(session, row, RUNNING, FAILED, error=message)
         session.commit()
         return FAILED
