@@ -565,10 +565,10 @@ def run_scoring(
         elif isinstance(error, deferred.ScoringFailed):
             message = str(error)
         else:
-            log.exception("scoring %s of evaluation %s failed", spec, evaluation_id)
             message = f"{type(error).__name__}: {error}"[:1000]
         if key:
-            message = message.replace(key, "***")  # never stored, whatever echoed it
+            message = message.replace(key, "***")  # never stored or logged, whatever echoed it
+        log.warning("scoring %s of evaluation %s failed: %s", spec, evaluation_id, message)
         _move(session, row, RUNNING, FAILED, error=message)
         session.commit()
         return FAILED
