@@ -480,3 +480,29 @@ def test_a_suite_runs_one_evaluation_per_dataset_and_averages_them(
         # numeric 3/4 and exact 2/4 ("1" and "4"): each dataset counts once.
         assert state == "succeeded" and mean == pytest.approx((0.75 + 0.5) / 2)
         assert [scorer for _, scorer in items] == ["numeric", "exact"]
+
+
+def test_a_scorer_that_raises_anything_ends_its_scoring_failed(
+    engine, settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.catalog import rewards
+    from training_platform.evaluation import deferred
+    from training_platform.evaluation.models import EvaluationScoring
+
+    evaluation_id = _submit(engine, settings)
+    _write_run(tmp_path / "run", ["1"])
+    _end_job(engine, evaluation_id, "succeeded", tmp_path / "run")
+    _collect(engine)
+
+    def broken(*_: Any, **__: Any) -> list[float]:
+        raise RuntimeError("the worker ran out of something")
+
+    monkeypatch.setattr(deferred, "run_file", broken)
+    with Session(engine) as session:
+        rewards.register(session=session, home=settings.home, name="partial", source=REWARD_FILE)
+        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:partial")
+        session.commit()
+        assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "failed"
+        row = session.get(EvaluationScoring, (evaluation_id, "file:partial"))
+        assert row is not None and row.status == "failed"
+        assert row.error == "RuntimeError: the worker ran out of something"
