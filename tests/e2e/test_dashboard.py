@@ -142,7 +142,9 @@ def test_sft_job_from_the_form_shows_its_loss_growing_live_until_it_succeeds(
     form.locator("select[name=model]").select_option("tiny-qwen2")
     form.locator("select[name=dataset]").select_option("tiny-sft")
     form.locator("input[name=param-max_steps]").fill("150")
-    form.locator("input[name=param-learning_rate]").fill("0.001")
+    # Enough to write answer-shaped text ("1 + 1 = 11.") from the assistant turns alone: the
+    # evaluation test below compares it with the untrained model.
+    form.locator("input[name=param-learning_rate]").fill("0.005")
     form.locator("input[name=param-save_steps]").fill("50")
     page.click("[data-test=preview]")
     plan = page.locator("[data-test=plan]")
