@@ -9,6 +9,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from training_platform.jobs.supervisor import reconcile_job
 
+# A socket that never gets the message it waits for blocks in receive_json: fail in two
+# minutes rather than hold a worker for the suite's ten.
+pytestmark = pytest.mark.timeout(120)
+
 
 def _token(settings) -> str:  # type: ignore[no-untyped-def]
     return str(settings.admin_token_file.read_text().strip())
@@ -116,3 +120,45 @@ def test_the_overview_socket_shows_counts_and_each_job_change(
         assert seen[-1]["job_id"] == job.id
         counts = _receive_until(ws, lambda m: m["type"] == "counts", limit=5)[-1]
         assert counts["counts"] == {"cancelling": 1}
+
+
+def test_a_change_between_a_snapshot_and_the_first_overview_poll_is_reported(
+    engine, running_job
+) -> None:  # type: ignore[no-untyped-def]
+    """The overview poller's first read used to take its own starting mark: a job that changed
+    after a client's snapshot and before that read was never reported to it."""
+    from sqlalchemy import update
+    from sqlmodel import Session, col
+
+    from training_platform.core.types import utcnow
+    from training_platform.jobs.models import Job
+    from training_platform.monitoring import service
+    from training_platform.monitoring.hub import OVERVIEW, LiveHub
+
+    job, _ = running_job()
+
+    def read_changes(mark):  # type: ignore[no-untyped-def]
+        with Session(engine) as session:
+            return service.changes_since(session=session, mark=mark)
+
+    async def scenario() -> dict:  # type: ignore[type-arg]
+        hub = LiveHub("redis://127.0.0.1:1/0", lambda _: None, read_changes)  # no Redis needed
+        subscription = hub.subscribe(OVERVIEW)
+        with Session(engine) as session:  # what the route reads before the snapshot
+            _, _, mark = service.changes_since(session=session, mark=None)
+        with Session(engine) as session:  # the job changes before the poller's first read
+            session.execute(
+                update(Job)
+                .where(col(Job.id) == job.id)
+                .values(status="cancelling", updated_at=utcnow())
+            )
+            session.commit()
+        hub.watch_overview(mark)
+        try:
+            return await asyncio.wait_for(subscription.queue.get(), timeout=10)
+        finally:
+            await hub.stop()
+
+    message = asyncio.run(scenario())
+    assert message["type"] == "status" and message["job"]["id"] == job.id
+    assert message["job"]["status"] == "cancelling"

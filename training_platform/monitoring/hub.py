@@ -70,6 +70,8 @@ class LiveHub:
         self._read_changes = read_changes  # (jobs changed since a mark, counts, new mark)
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._pollers: dict[int, asyncio.Task[None]] = {}
+        self._overview_since: Any = None  # where the overview poller's first read starts
+        self._overview_reading = False  # it has started from there
         self._reader: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
         self.delivered = 0
@@ -107,13 +109,29 @@ class LiveHub:
             await self._client.aclose()
 
     def subscribe(self, job_id: int) -> Subscription:
-        """A new client of a job; its status is polled while anyone watches."""
+        """A new client of a job; its status is polled while anyone watches. An overview
+        client then calls `watch_overview` once it has read its snapshot."""
         subscription = Subscription(job_id)
         self._subscriptions.setdefault(job_id, set()).add(subscription)
-        if job_id not in self._pollers:
-            poll = self._poll_overview() if job_id == OVERVIEW else self._poll_status(job_id)
+        if job_id not in self._pollers and job_id != OVERVIEW:
+            poll = self._poll_status(job_id)
             self._pollers[job_id] = asyncio.create_task(poll, name=f"live-status-{job_id}")
         return subscription
+
+    def watch_overview(self, since: Any) -> None:
+        """Poll job changes for overview clients, from `since`: a mark read before the
+        client's snapshot, so that a change between that snapshot and the poller's first read
+        is reported (the first read used to take its own mark and pass over such a change).
+        Until the first read starts, the oldest mark of the clients so far is where it starts.
+        A poller already reading reports whatever changes after its last read: its clients
+        subscribed before their snapshots, so they miss nothing either."""
+        if OVERVIEW not in self._subscriptions or self._overview_reading:
+            return
+        if self._overview_since is None or (since is not None and since < self._overview_since):
+            self._overview_since = since
+        if OVERVIEW not in self._pollers:
+            task = asyncio.create_task(self._poll_overview(), name="live-status-overview")
+            self._pollers[OVERVIEW] = task
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget a client; the last one stops the job's status poller."""
@@ -126,6 +144,8 @@ class LiveHub:
             poller = self._pollers.pop(subscription.job_id, None)
             if poller is not None:
                 poller.cancel()
+            if subscription.job_id == OVERVIEW:
+                self._overview_since, self._overview_reading = None, False
 
     def _fan_out(self, job_id: int, message: dict[str, Any]) -> None:
         for subscription in list(self._subscriptions.get(job_id, ())):
@@ -170,7 +190,8 @@ class LiveHub:
     async def _poll_overview(self) -> None:
         if self._read_changes is None:
             return
-        mark: Any = None
+        mark: Any = self._overview_since
+        self._overview_since, self._overview_reading = None, True
         counts: dict[str, int] | None = None
         while True:
             try:

@@ -246,12 +246,16 @@ async def overview_live(
     hub: LiveHub = websocket.app.state.live_hub
     subscription = hub.subscribe(OVERVIEW)
 
-    def read() -> dict[str, Any]:
+    def read() -> tuple[Any, dict[str, Any]]:
         with Session(websocket.app.state.engine) as session:
-            return service.overview(session=session)
+            # The mark first: a change after it and before the snapshot is reported twice at
+            # worst, never lost.
+            _, _, mark = service.changes_since(session=session, mark=None)
+            return mark, service.overview(session=session)
 
     try:
-        snapshot = await run_in_threadpool(read)
+        mark, snapshot = await run_in_threadpool(read)
+        hub.watch_overview(mark)
         await websocket.send_json({"v": 1, "type": "overview", "job_id": 0, **snapshot})
     except (WebSocketDisconnect, RuntimeError):
         hub.unsubscribe(subscription)
