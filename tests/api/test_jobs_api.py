@@ -63,7 +63,7 @@ def test_same_idempotency_key_twice_gives_one_job(api, engine) -> None:  # type:
     [
         ({"backend": "nope"}, ["body", "backend"], "unknown backend"),
         ({"backend": "verl", "algorithm": "dpo"}, ["body", "algorithm"], "use backend 'trl'"),
-        ({"algorithm": "grpo"}, ["body", "dataset"], "needs rl data"),
+        ({"algorithm": "grpo", "dataset": "tiny-prefs"}, ["body", "dataset"], "needs rl data"),
         ({"model": "missing"}, ["body", "model"], "unknown model 'missing'"),
         ({"dataset": "missing"}, ["body", "dataset"], "unknown dataset 'missing'"),
         ({"name": ""}, ["body", "name"], "at least 1 character"),
@@ -236,7 +236,7 @@ def test_catalog_and_backends_are_listed(api) -> None:  # type: ignore[no-untype
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "verl"} == {"gpu"}
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "trl"} == {"any"}
     assert pairs[("trl", "dpo")]["data_task"] == "preference"
-    assert pairs[("verl", "grpo")]["dataset_formats"] == ["prompt_answer", "rl"]
+    assert pairs[("verl", "grpo")]["dataset_formats"] == ["messages", "prompt_answer", "rl"]
     assert "rollout" in pairs[("verl", "gspo")]["parameters"]["properties"]
     sft = next(b for b in backends if (b["backend"], b["algorithm"]) == ("trl", "sft"))
     lr = sft["parameters"]["properties"]["learning_rate"]

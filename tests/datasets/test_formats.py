@@ -24,10 +24,10 @@ def test_detect_format(row: dict, expected: str | None) -> None:  # type: ignore
     assert formats.detect_format(row) == expected
 
 
-def test_every_format_feeds_exactly_one_task() -> None:
+def test_every_format_feeds_its_task_and_chats_feed_rl_too() -> None:
     assert set(formats.TASK_OF_FORMAT) == set(formats.SOURCE_FORMATS)
     assert formats.formats_for_task("sft") == ["messages", "prompt_response"]
-    assert formats.formats_for_task("rl") == ["prompt_answer", "rl"]
+    assert formats.formats_for_task("rl") == ["messages", "prompt_answer", "rl"]
 
 
 def test_prompt_response_becomes_a_chat() -> None:
@@ -106,8 +106,33 @@ def test_preference_keeps_plain_strings() -> None:
         ("prompt_answer", "rl", {"prompt": "q", "answer": True}, "'answer' must be"),
         ("rl", "rl", {"prompt": "q", "reward_model": {"style": "rule"}}, "ground_truth"),
         ("prompt_answer", "sft", {"prompt": "q", "answer": "1"}, "cannot feed the 'sft' task"),
+        (
+            "messages",
+            "rl",
+            {"messages": [{"role": "assistant", "content": "hi"}]},
+            "needs turns before its last assistant turn",
+        ),
+        ("preference", "rl", {"prompt": "q", "chosen": "a", "rejected": "b"}, "cannot feed"),
     ],
 )
 def test_rows_that_do_not_fit_say_why(fmt: str, task: str, row: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(formats.RowError, match=message):
         formats.convert_row(fmt, task, row, 1)
+
+
+def test_a_chat_feeds_rl_with_its_last_assistant_turn_as_the_reference() -> None:
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2 + 2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3 + 3?"},
+            {"role": "assistant", "content": "6"},
+        ],
+        "difficulty": "easy",
+    }
+    row = formats.convert_row("messages", "rl", chat, 3)
+    assert row["prompt"] == chat["messages"][:-1]
+    assert row["reward_model"] == {"style": "rule", "ground_truth": "6"}
+    assert json.loads(row["extra_info"]["labels"]) == {"difficulty": "easy"}
+    assert formats.formats_for_task("rl") == ["messages", "prompt_answer", "rl"]

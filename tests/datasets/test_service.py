@@ -139,5 +139,9 @@ def test_prepare_writes_the_task_layout_once(sqlite_settings, sqlite_engine) -> 
     assert prepared.path.stat().st_mtime_ns == mtime  # cached, not rebuilt
     sft_rows = pq.read_table(service.prepare(sqlite_settings, sft, "sft").path).to_pylist()
     assert set(sft_rows[0]) == {"messages"} and sft_rows[0]["messages"][-1]["role"] == "assistant"
+    # Chats feed rl too: the last assistant turn is the reference.
+    as_rl = pq.read_table(service.prepare(sqlite_settings, sft, "rl").path).to_pylist()
+    assert as_rl[0]["prompt"] == sft_rows[0]["messages"][:-1]
+    assert as_rl[0]["reward_model"]["ground_truth"] == sft_rows[0]["messages"][-1]["content"]
     with pytest.raises(InvalidInput, match="cannot feed"):
-        service.prepare(sqlite_settings, sft, "rl")
+        service.prepare(sqlite_settings, math, "sft")

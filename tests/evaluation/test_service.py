@@ -434,7 +434,7 @@ def test_a_suite_runs_one_evaluation_per_dataset_and_averages_them(
 
     with Session(engine) as session:
         for bad, where, reason in (
-            ({"dataset": "tiny-sft"}, "dataset", "a suite needs prompts with references"),
+            ({"dataset": "tiny-prefs"}, "dataset", "a suite needs prompts with references"),
             ({"dataset": "nope"}, "dataset", "nope"),
             ({"scorer": "judge:e:r"}, "scorer", "runs on a worker"),
             ({"scorer": "regex:("}, "scorer", "does not compile"),

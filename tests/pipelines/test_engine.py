@@ -410,7 +410,7 @@ def test_a_stage_whose_resolved_job_is_refused_fails_with_the_reason(
         ({"job": {**SFT, "algorithm": "nope"}}, ("job", "algorithm"), "does not support 'nope'"),
         ({"job": {**SFT, "model": "nope"}}, ("job", "model"), "unknown model 'nope'"),
         (
-            {"evaluate": {"model": "tiny-qwen2", "dataset": "tiny-sft"}},
+            {"evaluate": {"model": "tiny-qwen2", "dataset": "tiny-prefs"}},
             ("evaluate", "dataset"),
             "needs rl data",
         ),
@@ -430,7 +430,7 @@ def test_a_stage_whose_resolved_job_is_refused_fails_with_the_reason(
             "runs on a worker",
         ),
         (
-            {"select": {"job": 1, "dataset": "tiny-sft"}},
+            {"select": {"job": 1, "dataset": "tiny-prefs"}},
             ("select", "dataset"),
             "needs prompt/answer data",
         ),

@@ -8,6 +8,9 @@ Source formats (what users upload, as JSONL, a JSON array or Parquet):
   rl               verl's RL layout: data_source, prompt (messages), reward_model.ground_truth
 
 Data tasks (what backends read; see training_platform/backends/base.py): sft, preference, rl.
+A format feeds its own task, and `messages` also feeds rl: the turns before the last assistant
+turn are the prompt and that turn is the reference (an evaluation, or an RL reward's ground
+truth).
 An rl row keeps the source row's other plain fields (difficulty, tenant, ...) as labels:
 `extra_info.labels`, a JSON object in a string, so that evaluations can break results down.
 Pure functions: no I/O here.
@@ -40,9 +43,18 @@ class RowError(ValueError):
     """A row does not fit its format; the message says what is missing or wrong."""
 
 
+# Tasks a format feeds besides its own.
+ALSO_FEEDS: dict[str, tuple[str, ...]] = {"messages": ("rl",)}
+
+
+def can_feed(fmt: str, task: str) -> bool:
+    """Whether rows of a source format can be prepared for a data task."""
+    return TASK_OF_FORMAT.get(fmt) == task or task in ALSO_FEEDS.get(fmt, ())
+
+
 def formats_for_task(task: str) -> list[str]:
     """Source formats that can be prepared for a data task."""
-    return [fmt for fmt, target in TASK_OF_FORMAT.items() if target == task]
+    return [fmt for fmt in TASK_OF_FORMAT if can_feed(fmt, task)]
 
 
 def detect_format(row: Mapping[str, Any]) -> str | None:
@@ -141,8 +153,21 @@ def convert_row(fmt: str, task: str, row: Mapping[str, Any], index: int) -> dict
     """One source row as the data task's row; RowError says why it cannot be."""
     if not isinstance(row, Mapping):
         raise RowError("a row must be a JSON object")
-    if TASK_OF_FORMAT.get(fmt) != task:
+    if not can_feed(fmt, task):
         raise RowError(f"format {fmt!r} cannot feed the {task!r} task")
+    if fmt == "messages" and task == "rl":
+        messages = _messages(row.get("messages"), "messages")
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+        if last < 1:
+            raise RowError("'messages' needs turns before its last assistant turn (the reference)")
+        prompt = messages[:last]
+        return {
+            "data_source": RL_DATA_SOURCE,
+            "prompt": prompt,
+            "ability": "general",
+            "reward_model": {"style": "rule", "ground_truth": messages[last]["content"]},
+            "extra_info": _rl_extra_info(index, labels_of(row, PROMPT_ANSWER_FIELDS)),
+        }
     if fmt == "messages":
         messages = _messages(row.get("messages"), "messages")
         if not any(m["role"] == "assistant" for m in messages):

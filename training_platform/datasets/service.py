@@ -216,7 +216,7 @@ def prepare(settings: Settings, entry: DatasetEntry, task: str) -> Prepared:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if formats.TASK_OF_FORMAT.get(entry.format) != task:
+    if not formats.can_feed(entry.format, task):
         raise InvalidInput(("body", "dataset"), f"format {entry.format!r} cannot feed {task!r}")
     source = catalog.managed_path(settings.home, entry.path)
     target = prepared_path(settings, entry, task)

@@ -25,6 +25,7 @@ from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
+from training_platform.datasets import formats
 from training_platform.evaluation import scoring, stats
 from training_platform.evaluation.models import (
     EvalSuite,
@@ -919,8 +920,6 @@ def paired(
 
 # --- suites ----------------------------------------------------------------------------------
 
-RL_FORMATS = ("prompt_answer", "rl")
-
 
 def create_suite(*, session: Session, request: SuiteCreate, actor: str) -> EvalSuite:
     """Store a suite; each item's dataset must hold prompts with references and its scorer
@@ -934,11 +933,11 @@ def create_suite(*, session: Session, request: SuiteCreate, actor: str) -> EvalS
             dataset = catalog.resolve_dataset(session=session, ref=item.dataset)
         except DomainError as error:
             raise InvalidInput((*field, "dataset"), error.message) from None
-        if dataset.format not in RL_FORMATS:
+        if not formats.can_feed(dataset.format, "rl"):
             raise InvalidInput(
                 (*field, "dataset"),
                 f"{dataset.name} is {dataset.format} data; a suite needs prompts with "
-                f"references ({', '.join(RL_FORMATS)})",
+                f"references ({', '.join(formats.formats_for_task('rl'))})",
             )
         scorer = scoring.parse(item.scorer, (*field, "scorer"))
         if scorer.deferred:

@@ -111,7 +111,7 @@ def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> Datas
             ("body", "dataset"), f"{pair} needs a dataset of {backend.data_task} data"
         )
     dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
-    if formats.TASK_OF_FORMAT.get(dataset.format) != backend.data_task:
+    if not formats.can_feed(dataset.format, backend.data_task):
         fitting = ", ".join(formats.formats_for_task(backend.data_task))
         raise InvalidInput(
             ("body", "dataset"),

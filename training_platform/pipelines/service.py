@@ -207,7 +207,7 @@ def _check_step(session: Session, name: str, stage: StageDefinition) -> None:
         dataset = catalog.resolve_dataset(session=session, ref=stage.select.dataset)
     except InvalidInput as error:
         raise _stage_error(name, ("select", "dataset"), error.message) from None
-    if formats.TASK_OF_FORMAT.get(dataset.format) != "rl":
+    if not formats.can_feed(dataset.format, "rl"):
         raise _stage_error(
             name,
             ("select", "dataset"),
