@@ -85,6 +85,28 @@ def four_gpus(start_module_platform):  # type: ignore[no-untyped-def]
     return start_module_platform(redis_db=12, TP_SIMULATED_GPUS="4")
 
 
+@pytest.fixture(autouse=True)
+def _leave_no_job_running(four_gpus):  # type: ignore[no-untyped-def]
+    """A test that fails midway leaves its blocker holding every device: cancel what is still
+    active, so that the next test does not fail for it."""
+    yield
+    with four_gpus.client() as client:
+        for job in client.get("/api/v1/jobs", params={"limit": 200}).json()["items"]:
+            if job["status"] not in ("succeeded", "failed", "cancelled"):
+                client.post(f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def _wait_queued(platform: Any, job_id: int, timeout: float = 60) -> dict[str, Any]:
+    """The job once its dataset is prepared (a preprocessing task, not part of the submit)."""
+    deadline = time.monotonic() + timeout
+    with platform.client() as client:
+        while True:
+            job = client.get(f"/api/v1/jobs/{job_id}").json()
+            if job["status"] != "pending" or time.monotonic() > deadline:
+                return dict(job)
+            time.sleep(0.2)
+
+
 def test_gpus_endpoint_labels_the_simulated_inventory(four_gpus) -> None:  # type: ignore[no-untyped-def]
     done = four_gpus.tp("gpus")
     assert done.returncode == 0 and "(simulated)" in done.stdout
@@ -117,8 +139,8 @@ def test_mixed_jobs_never_share_a_device_and_go_by_priority(four_gpus) -> None: 
         _submit(four_gpus, f"g{gpus}-p{priority}-{i}", gpus, priority)
         for i, (gpus, priority) in enumerate(plan)
     ]
+    waiting = _wait_queued(four_gpus, jobs[0]["id"])
     with four_gpus.client() as client:
-        waiting = client.get(f"/api/v1/jobs/{jobs[0]['id']}").json()
         assert waiting["status"] == "queued" and waiting["queue_position"] >= 1
         assert waiting["wait_reason"].startswith("waiting for 1 GPU(s)")
         client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
