@@ -52,8 +52,14 @@ vllm-env: $(INSTALLED_VLLM)
 
 install-dev: $(INSTALLED_DEV)
 
+# The project is installed editable, so its bytecode is not written at install time, and
+# not at all where PYTHONDONTWRITEBYTECODE is set: every service and trainer would compile
+# its 170 modules at each start (about 0.1 s of the API's). compileall writes what is stale.
+BYTECODE = $(PY) -m compileall -q training_platform
+
 ## up: install, then start the whole platform and print its URL
 up: install
+	@$(BYTECODE)
 	@$(TP) up
 
 ## down: stop every service `make up` started (trainings keep running; `tp down --jobs`)
@@ -75,11 +81,13 @@ PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 test: install-dev vllm-env
 	@scripts/ensure_test_packages.sh
 	@$(MAKE) --no-print-directory frontend-deps
+	@$(BYTECODE)
 	$(WITH_NODE) $(PY) -m pytest $(PYTEST_PARALLEL) --durations=30
 
 ## test-fast: the inner loop, under 3 minutes: no training, no whole platform, no browser
 test-fast: install-dev
 	@scripts/ensure_test_packages.sh
+	@$(BYTECODE)
 	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow and not browser"
 
 # --- the web dashboard (frontend/; its build in training_platform/dashboard is committed, so

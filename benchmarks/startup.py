@@ -38,24 +38,6 @@ from dispatch import Platform, free_port
 MIB = 2**20
 
 
-def bare_app() -> Any:
-    """FastAPI + SQLModel with one readiness route on the same database."""
-    from fastapi import FastAPI
-    from sqlalchemy import text
-    from sqlmodel import Session, create_engine
-
-    engine = create_engine(os.environ["BENCH_DATABASE_URL"])
-    app = FastAPI()
-
-    @app.get("/readyz")
-    def ready() -> dict[str, bool]:
-        with Session(engine) as session:
-            session.execute(text("SELECT 1"))
-        return {"ready": True}
-
-    return app
-
-
 def time_start(target: str, env: dict[str, str]) -> float:
     """Seconds from spawning uvicorn with `target` to the first 200 from /readyz."""
     port = free_port()
@@ -202,7 +184,7 @@ def main() -> int:
         bootstrap(load_settings(home=home), build_model=True).dispose()
         platform_s, bare_s = [], []
         for _ in range(args.starts):
-            bare_s.append(time_start("startup:bare_app", env))
+            bare_s.append(time_start("bare_api:bare_app", env))
             platform_s.append(time_start("training_platform.api.app:create_app", env))
     finally:
         redis_server.terminate()

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import FastAPI
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from training_platform import __version__
 from training_platform.api import dashboard, errors, health
-from training_platform.api.deps import require_token
+from training_platform.api.deps import API_PREFIX as API_PREFIX  # re-exported
 from training_platform.auth.routes import router as tokens_router
 from training_platform.backends.routes import router as backends_router
 from training_platform.bootstrap import bootstrap
@@ -47,7 +47,6 @@ from training_platform.scheduling.routes import router as gpus_router
 from training_platform.serving.routes import endpoints_router
 from training_platform.serving.routes import router as serving_router
 
-API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
 
 
@@ -154,29 +153,32 @@ def create_app(
 
     app.add_middleware(RequestTimer)
 
-    app.include_router(health.router)
-    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
-    api.include_router(jobs_router)
-    api.include_router(lineage_router)
-    api.include_router(pipelines_router)
-    api.include_router(catalog_router)
-    api.include_router(datasets_router)
-    api.include_router(evaluations_router)
-    api.include_router(serving_router)
-    api.include_router(endpoints_router)
-    api.include_router(gpus_router)
-    api.include_router(backends_router)
-    api.include_router(hosts_router)
-    api.include_router(secrets_router)
-    api.include_router(alerts_router)
-    api.include_router(webhooks_router)
-    api.include_router(telemetry_router)
-    api.include_router(queues_router)
-    api.include_router(tokens_router)
-    api.include_router(alert_rules_router)
-    app.include_router(api)
-    app.include_router(live_router, prefix=API_PREFIX)  # WebSockets check the token themselves
-    app.include_router(metrics_router, dependencies=[Depends(require_token)])
+    # Routes built once by their routers, with their final paths and dependencies, are added
+    # as they are (see api_router); health first, the dashboard's catch-all last.
+    for router in (
+        health.router,
+        jobs_router,
+        lineage_router,
+        pipelines_router,
+        catalog_router,
+        datasets_router,
+        evaluations_router,
+        serving_router,
+        endpoints_router,
+        gpus_router,
+        backends_router,
+        hosts_router,
+        secrets_router,
+        alerts_router,
+        webhooks_router,
+        telemetry_router,
+        queues_router,
+        tokens_router,
+        alert_rules_router,
+        live_router,
+        metrics_router,
+    ):
+        app.router.routes.extend(router.routes)
 
     dashboard.install(app)  # last: its catch-all route answers only what nothing else does
     return app

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -81,6 +81,18 @@ def forget_tokens() -> None:
 
 
 CurrentToken = Annotated[ApiToken, Depends(require_token)]
+
+API_PREFIX = "/api/v1"
+
+
+def api_router(prefix: str = "", *, tags: list[str], authenticated: bool = True) -> APIRouter:
+    """A router whose routes are built once, with their final path under /api/v1 and the
+    bearer token check: create_app adds them to the app as they are. (Including a router
+    builds each of its routes again, dependencies and response model included: a fifth of
+    the API's start.) `authenticated=False` for WebSockets, which check the token themselves.
+    """
+    dependencies = [Depends(require_token)] if authenticated else []
+    return APIRouter(prefix=API_PREFIX + prefix, tags=list(tags), dependencies=dependencies)
 
 
 async def get_dispatcher(request: Request) -> Dispatcher:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import status
 
-from training_platform.api.deps import CurrentToken, SessionDep, forget_tokens
+from training_platform.api.deps import CurrentToken, SessionDep, api_router, forget_tokens
 from training_platform.auth import service
 from training_platform.auth.models import ApiToken
 from training_platform.auth.schemas import TokenCreate, TokenCreated, TokenPublic, TokensPublic
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = api_router("/tokens", tags=["tokens"])
 
 
 def _public(record: ApiToken, current: ApiToken) -> TokenPublic:

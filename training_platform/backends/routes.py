@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel
 
-from training_platform.api.deps import CurrentToken
+from training_platform.api.deps import CurrentToken, api_router
 from training_platform.backends.base import all_backends
 from training_platform.datasets.formats import formats_for_task
 
-router = APIRouter(tags=["backends"])
+router = api_router(tags=["backends"])
 
 
 class BackendPublic(BaseModel):

@@ -5,18 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
+from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, api_router
 from training_platform.catalog import rewards, service
 from training_platform.catalog.models import RewardFileEntry
 from training_platform.catalog.names import CatalogName
 from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service as jobs
 
-router = APIRouter(tags=["catalog"])
+router = api_router(tags=["catalog"])
 
 
 class ModelPublic(BaseModel):

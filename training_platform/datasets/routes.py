@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import Query, Request, status
 from pydantic import BaseModel
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
+from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, api_router
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.catalog.names import CatalogName
@@ -18,7 +18,7 @@ from training_platform.core.errors import NotFound
 from training_platform.datasets import service
 from training_platform.jobs.models import Job
 
-router = APIRouter(tags=["datasets"])
+router = api_router(tags=["datasets"])
 FLUSH_BYTES = 1 << 20
 
 

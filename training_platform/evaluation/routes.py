@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
 from fastapi import Path as PathParam
+from fastapi import Query, status
 
 from training_platform.api.deps import (
     CurrentToken,
@@ -15,6 +15,7 @@ from training_platform.api.deps import (
     OffsetQuery,
     SessionDep,
     SettingsDep,
+    api_router,
 )
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation import scoring, service
@@ -49,7 +50,7 @@ from training_platform.evaluation.schemas import (
 )
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+router = api_router("/evaluations", tags=["evaluations"])
 IdQuery = Annotated[int, Query(ge=1, le=DB_INT_MAX)]
 
 

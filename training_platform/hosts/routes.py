@@ -3,9 +3,9 @@ runs it in its thread pool and the event loop never waits on SSH."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response, status
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep
+from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, api_router
 from training_platform.hosts import service
 from training_platform.hosts.models import RemoteHost
 from training_platform.hosts.schemas import (
@@ -19,8 +19,8 @@ from training_platform.hosts.schemas import (
     TrustKey,
 )
 
-router = APIRouter(prefix="/hosts", tags=["hosts"])
-secrets_router = APIRouter(prefix="/secrets", tags=["hosts"])
+router = api_router("/hosts", tags=["hosts"])
+secrets_router = api_router("/secrets", tags=["hosts"])
 
 
 def _public(host: RemoteHost) -> HostPublic:

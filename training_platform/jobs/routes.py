@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import Body, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session
@@ -22,6 +22,7 @@ from training_platform.api.deps import (
     OffsetQuery,
     SessionDep,
     SettingsDep,
+    api_router,
 )
 from training_platform.backends.base import LaunchPlan
 from training_platform.core.types import DB_INT_MAX
@@ -43,7 +44,7 @@ from training_platform.jobs.state import JobStatus
 from training_platform.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = api_router("/jobs", tags=["jobs"])
 _HOLDS_NOTHING = frozenset(
     {JobStatus.PENDING.value, JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
     | {JobStatus.CANCELLED.value}

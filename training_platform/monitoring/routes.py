@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, IdPath, SessionDep, SettingsDep
+from training_platform.api.deps import CurrentToken, IdPath, SessionDep, SettingsDep, api_router
 from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.core.types import DB_INT_MAX
@@ -30,7 +30,7 @@ from training_platform.monitoring import alerts, defaults, service, telemetry, w
 from training_platform.monitoring.hub import OVERVIEW, RAW, LiveHub, Subscription, encoded
 from training_platform.monitoring.schemas import Hello, json_schema
 
-router = APIRouter(tags=["live"])  # no bearer dependency: WebSockets authenticate below
+router = api_router(tags=["live"], authenticated=False)  # WebSockets authenticate below
 AUTH_TIMEOUT_S = 10.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -265,7 +265,7 @@ async def overview_live(
 
 # --- alerts and Prometheus ---------------------------------------------------------------
 
-alerts_router = APIRouter(prefix="/alerts", tags=["alerts"])
+alerts_router = api_router("/alerts", tags=["alerts"])
 
 
 @alerts_router.get("")
@@ -290,7 +290,7 @@ def acknowledge_alert(alert_id: IdPath, session: SessionDep, token: CurrentToken
     return alerts.public(alert)
 
 
-metrics_router = APIRouter(tags=["monitoring"])
+metrics_router = APIRouter(tags=["monitoring"])  # /metrics, outside /api/v1
 
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse)
@@ -302,7 +302,7 @@ def prometheus_metrics(request: Request, _: CurrentToken) -> PlainTextResponse:
 
 # --- the platform's default alert rules ----------------------------------------------------
 
-alert_rules_router = APIRouter(prefix="/alert-rules", tags=["alerts"])
+alert_rules_router = api_router("/alert-rules", tags=["alerts"])
 
 
 class AlertRulesUpdate(BaseModel):
@@ -343,7 +343,7 @@ def set_alert_rules(
 
 # --- webhooks ------------------------------------------------------------------------------
 
-webhooks_router = APIRouter(prefix="/webhooks", tags=["alerts"])
+webhooks_router = api_router("/webhooks", tags=["alerts"])
 
 
 class WebhookCreate(BaseModel):
@@ -399,7 +399,7 @@ def test_webhook(
 
 # --- GPU telemetry -------------------------------------------------------------------------
 
-telemetry_router = APIRouter(prefix="/jobs", tags=["jobs"])
+telemetry_router = api_router("/jobs", tags=["jobs"])
 
 
 @telemetry_router.get("/{job_id}/gpu")
@@ -424,7 +424,7 @@ def job_gpu_samples(
 
 # --- queues --------------------------------------------------------------------------------
 
-queues_router = APIRouter(tags=["monitoring"])
+queues_router = api_router(tags=["monitoring"])
 
 
 @queues_router.get("/queues")

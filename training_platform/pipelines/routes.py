@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import Body, Header, Query, Response, status
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -18,6 +18,7 @@ from training_platform.api.deps import (
     OffsetQuery,
     SessionDep,
     SettingsDep,
+    api_router,
 )
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -44,8 +45,8 @@ from training_platform.pipelines.schemas import (
 )
 from training_platform.pipelines.state import PipelineStatus, StaleRow
 
-router = APIRouter(prefix="/pipelines", tags=["pipelines"])
-lineage_router = APIRouter(tags=["pipelines"])
+router = api_router("/pipelines", tags=["pipelines"])
+lineage_router = api_router(tags=["pipelines"])
 
 IdempotencyKey = Annotated[
     str | None,

@@ -14,7 +14,6 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -81,6 +80,8 @@ def load_source(request: PipelineSubmit) -> tuple[dict[str, Any], str | None]:
         except NotFound as error:
             raise InvalidInput(("body", "template"), error.message) from None
     if request.yaml is not None:
+        import yaml  # here: only a YAML submission needs it, not every start of the API
+
         try:
             data = yaml.safe_load(request.yaml)
         except yaml.YAMLError as error:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
-from training_platform.api.deps import CurrentToken, SessionDep
+from training_platform.api.deps import CurrentToken, SessionDep, api_router
 from training_platform.scheduling import service
 
-router = APIRouter(tags=["gpus"])
+router = api_router(tags=["gpus"])
 
 
 @router.get("/gpus")

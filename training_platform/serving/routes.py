@@ -16,8 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from fastapi import APIRouter, Request, status
+from fastapi import Request, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlmodel import select
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +27,7 @@ from training_platform.api.deps import (
     IdPath,
     SessionDep,
     SettingsDep,
+    api_router,
 )
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import ModelEntry
@@ -44,8 +44,8 @@ from training_platform.serving.schemas import (
 )
 
 log = logging.getLogger(__name__)
-endpoints_router = APIRouter(prefix="/endpoints", tags=["serving"])
-router = APIRouter(prefix="/serving", tags=["serving"])
+endpoints_router = api_router("/endpoints", tags=["serving"])
+router = api_router("/serving", tags=["serving"])
 MAX_BODY = 16 << 20
 
 
@@ -177,6 +177,8 @@ async def _forward(
     if endpoint.model:
         body["model"] = endpoint.model
     url = f"{endpoint.base_url}/{path}"
+    import httpx  # here: only the proxy uses it; its import costs a tenth of a start
+
     timeout = httpx.Timeout(endpoint.timeout_s, connect=10.0)
     if body.get("stream"):
         client = httpx.AsyncClient(timeout=timeout)

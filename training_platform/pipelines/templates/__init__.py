@@ -7,8 +7,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from training_platform.core.errors import NotFound
 
 FOLDER = Path(__file__).resolve().parent
@@ -26,6 +24,8 @@ class Template:
 @lru_cache(maxsize=1)
 def all_templates() -> dict[str, Template]:
     """Every template, by name."""
+    import yaml  # here: read on first use, not at every start of the API
+
     found = {}
     for path in sorted(FOLDER.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
