@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
+from training_platform.assets.tiny import DATASETS_DIR  # noqa: E402
 from training_platform.backends.base import (  # noqa: E402
     LaunchContext,
     LaunchPlan,
@@ -358,3 +359,44 @@ def test_the_cpu_smoke_mode_composes(tiny_model_dir: Path) -> None:
     assert config.trainer.device == "cpu"
     assert config.engine.strategy == "fsdp2"
     assert OmegaConf.to_container(config.model.override_config) == {"attn_implementation": "sdpa"}
+
+
+def test_the_longest_example_is_counted_as_verl_counts_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Job preparation refuses a verl SFT job whose longest example exceeds max_length; its
+    count must be verl's: each message rendered alone, the system prompt dropped after the
+    first. verl's MultiTurnSFTDataset with truncation "error" raises for exactly those rows."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    from training_platform.backends.verl.lengths import longest_example
+
+    bundled = DATASETS_DIR / "tiny-sft.jsonl"
+    rows = [json.loads(line) for line in bundled.read_text().splitlines()]
+    long_chat = {
+        "messages": [
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": "What is 4 + 18? " * 6},
+            {"role": "assistant", "content": "4 + 18 = 22."},
+            {"role": "user", "content": "And 2 - 1?"},
+            {"role": "assistant", "content": "2 - 1 = 1."},
+        ]
+    }
+    rows = [*rows[:40], long_chat]
+    path = tmp_path / "sft.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    longest, where = longest_example(str(tiny_model_dir), path)
+    assert where == len(rows) - 1
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def verl_dataset(max_length: int) -> Any:
+        config = {"max_length": max_length, "truncation": "error", "messages_key": "messages"}
+        return MultiTurnSFTDataset(str(path), tokenizer, OmegaConf.create(config))
+
+    fits = verl_dataset(longest)
+    assert int(fits[where]["attention_mask"].sum()) == longest
+    with pytest.raises(ValueError, match="is larger than"):
+        verl_dataset(longest - 1)[where]

@@ -27,3 +27,19 @@ def test_events_name_the_worker_by_its_node_name(  # type: ignore[no-untyped-def
             select(JobEvent.actor).where(JobEvent.job_id == job.id).order_by(col(JobEvent.id))
         ).all()
     assert actors == ["test", "worker:gpu-box-7"]
+
+
+def test_a_verl_sft_example_longer_than_max_length_fails_the_job_before_it_is_queued(  # type: ignore[no-untyped-def]
+    submit_job,
+) -> None:
+    # verl raises on such a row mid-run (truncation "error"), after the job holds GPUs.
+    hyperparameters = {"total_steps": 5, "device": "cpu", "max_length": 16}
+    job = submit_job(backend="verl", hyperparameters=hyperparameters)
+    assert job.status == "failed"
+    assert "hyperparameters.max_length: the longest example (row " in job.error
+    assert "over max_length 16" in job.error
+    assert job.plan is None and job.started_at is None
+
+    cut = submit_job(backend="verl", hyperparameters={**hyperparameters, "truncation": "right"})
+    fits = submit_job(backend="verl", hyperparameters={**hyperparameters, "max_length": 256})
+    assert (cut.status, fits.status) == ("queued", "queued")

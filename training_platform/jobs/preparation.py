@@ -7,13 +7,15 @@ prepared, and the move to queued is a compare-and-set.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from training_platform.backends.base import get_backend
-from training_platform.catalog.models import DatasetEntry
+from training_platform.backends.base import get_backend, validate_parameters
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import DomainError
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -32,7 +34,8 @@ def prepare_job(
         job = session.get(Job, job_id)
         if job is None or job.attempt != attempt or job.status != JobStatus.PENDING.value:
             return None
-        task = get_backend(job.backend, job.algorithm).data_task
+        backend = get_backend(job.backend, job.algorithm)
+        task = backend.data_task
         if task is None:
             return _queue(session, job, actor, "nothing to prepare: it takes no dataset", {})
         dataset = session.get(DatasetEntry, job.dataset_id)
@@ -40,6 +43,9 @@ def prepare_job(
             if dataset is None:
                 raise DomainError("the job's dataset was deleted")
             prepared = datasets.prepare(settings, dataset, task)
+            unfit = _examples_unfit(session, settings, job, backend, prepared.path)
+            if unfit is not None:
+                raise DomainError(unfit)
         except (DomainError, OSError, ValueError) as error:
             message = getattr(error, "message", str(error))
             log.warning("job %s: dataset preparation failed: %s", job_id, message)
@@ -61,6 +67,27 @@ def prepare_job(
             f"dataset prepared: {prepared.rows} rows of {task} data, sha256 {prepared.sha256[:12]}"
         )
         return _queue(session, job, actor, reason, inputs)
+
+
+def _examples_unfit(
+    session: Session, settings: Settings, job: Job, backend: Any, dataset_path: Path
+) -> str | None:
+    """What the backend finds wrong with the prepared examples for this job (verl SFT: one
+    longer than max_length), before the job is queued and holds devices; None when nothing,
+    or when the model's tokenizer is not on this machine (a hub id, a remote host's path)."""
+    check = getattr(backend, "check_examples", None)
+    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
+    if check is None or model is None:
+        return None
+    location, is_local = catalog.model_location(settings, model)
+    if not is_local or not Path(location).is_dir():
+        log.info("job %s: examples not measured: the model is not on this machine", job.id)
+        return None
+    parameters = validate_parameters(
+        backend, job.spec["hyperparameters"], gpus=int(job.spec.get("resources", {}).get("gpus", 0))
+    )
+    unfit: str | None = check(parameters, location, dataset_path)
+    return unfit
 
 
 def _queue(

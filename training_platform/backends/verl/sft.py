@@ -6,6 +6,7 @@ verl's FSDP2 engine over gloo with the platform's CPU plugin (trainers/verl_ext/
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, Field, ValidationInfo, model_validator
@@ -22,6 +23,7 @@ from training_platform.backends.verl.common import (
     trainer_pairs,
     wrapper_plan,
 )
+from training_platform.backends.verl.lengths import longest_example
 
 SFT_MODULE = "verl.trainer.sft_trainer"
 
@@ -109,6 +111,23 @@ class VerlSft:
     requires_gpu: ClassVar[bool] = True
     data_task: ClassVar[str] = "sft"
     parameters: ClassVar[type[BaseModel]] = VerlSftParameters
+
+    def check_examples(
+        self, hyperparameters: BaseModel, model_path: str, dataset_path: Path
+    ) -> str | None:
+        """Why the prepared examples cannot run (one longer than max_length, which verl would
+        raise on mid-run with truncation "error"), or None. Called by job preparation."""
+        assert isinstance(hyperparameters, VerlSftParameters)
+        if hyperparameters.truncation != "error":
+            return None
+        longest, row = longest_example(model_path, dataset_path)
+        if longest <= hyperparameters.max_length:
+            return None
+        return (
+            f"hyperparameters.max_length: the longest example (row {row}) is {longest} tokens "
+            f"as verl renders it, over max_length {hyperparameters.max_length}; raise "
+            'max_length, or set truncation to "left" or "right" to cut such examples'
+        )
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:
         """The wrapper's argv and the torchrun command it starts."""
