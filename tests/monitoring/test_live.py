@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from starlette.websockets import WebSocketDisconnect
@@ -162,3 +163,32 @@ def test_a_change_between_a_snapshot_and_the_first_overview_poll_is_reported(
     message = asyncio.run(scenario())
     assert message["type"] == "status" and message["job"]["id"] == job.id
     assert message["job"]["status"] == "cancelling"
+
+
+def test_a_job_that_ends_before_the_status_poller_first_reads_still_reports_its_end(  # type: ignore[no-untyped-def]
+    api, engine, settings, runner, running_job
+) -> None:
+    # Defect (a CI run under load): the poller took its first read as where it started, so a
+    # job that ended between a client's snapshot and that read never sent the client its
+    # final status, and the client waited forever. The poller's reads are held back here
+    # until the job has ended.
+    job, run_dir = running_job()
+    hub = api.app.state.live_hub
+    read_state, gate = hub._read_state, threading.Event()
+
+    def held_back(job_id: int):  # type: ignore[no-untyped-def]
+        gate.wait(30)
+        return read_state(job_id)
+
+    hub._read_state = held_back
+    try:
+        with api.websocket_connect(f"/api/v1/ws/jobs/{job.id}?token={_token(settings)}") as ws:
+            assert ws.receive_json()["job"]["status"] == "running"
+            runner.finish(run_dir, 0)
+            reconcile_job(engine, settings, job.id, {runner.kind: runner})
+            gate.set()
+            status = _receive_until(ws, lambda m: m["type"] == "status", limit=10)[-1]
+            assert status["job"]["status"] == "succeeded"
+    finally:
+        gate.set()
+        hub._read_state = read_state

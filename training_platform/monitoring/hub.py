@@ -109,14 +109,22 @@ class LiveHub:
             await self._client.aclose()
 
     def subscribe(self, job_id: int) -> Subscription:
-        """A new client of a job; its status is polled while anyone watches. An overview
-        client then calls `watch_overview` once it has read its snapshot."""
+        """A new client of a job (or of the overview). Once it has read its snapshot, a job
+        client calls `watch_status` and an overview client `watch_overview`."""
         subscription = Subscription(job_id)
         self._subscriptions.setdefault(job_id, set()).add(subscription)
-        if job_id not in self._pollers and job_id != OVERVIEW:
-            poll = self._poll_status(job_id)
-            self._pollers[job_id] = asyncio.create_task(poll, name=f"live-status-{job_id}")
         return subscription
+
+    def watch_status(self, job_id: int, seen: dict[str, Any] | None) -> None:
+        """Poll a job's status while anyone watches it, reporting every change from `seen`:
+        the state read with the client's snapshot. (The poller used to take its own first
+        read as where it starts, so a job that ended between a client's snapshot and that
+        read never sent the client its final status.) A poller already running goes on from
+        its last read, which a change after this client's snapshot also differs from."""
+        if job_id in self._pollers or job_id not in self._subscriptions or job_id == OVERVIEW:
+            return
+        poll = self._poll_status(job_id, seen)
+        self._pollers[job_id] = asyncio.create_task(poll, name=f"live-status-{job_id}")
 
     def watch_overview(self, since: Any) -> None:
         """Poll job changes for overview clients, from `since`: a mark read before the
@@ -212,8 +220,7 @@ class LiveHub:
                 mark, counts = mark_now, now_counts
             await asyncio.sleep(STATUS_INTERVAL_S)
 
-    async def _poll_status(self, job_id: int) -> None:
-        last: dict[str, Any] | None = None
+    async def _poll_status(self, job_id: int, last: dict[str, Any] | None) -> None:
         while True:
             try:
                 state = await asyncio.to_thread(self._read_state, job_id)

@@ -80,13 +80,18 @@ class _Stream:
 async def _send_snapshot(websocket: WebSocket, job_id: int, last_step: int | None) -> _Stream:
     def read() -> Any:
         with Session(websocket.app.state.engine) as session:
-            return service.snapshot(session=session, job_id=job_id, last_step=last_step)
+            # The state first, in the same session: the status poller reports every change
+            # from it, so nothing between this read and the poller's first falls through.
+            seen = service.read_state(session=session, job_id=job_id)
+            return seen, service.snapshot(session=session, job_id=job_id, last_step=last_step)
 
-    snapshot = await run_in_threadpool(read)
+    seen, snapshot = await run_in_threadpool(read)
     stream = _Stream(last_step, snapshot.log_attempt, snapshot.log_offset)
     for point in snapshot.points:
         stream.steps[point.key] = max(stream.steps.get(point.key, -1), point.step)
     await websocket.send_text(snapshot.model_dump_json())
+    hub: LiveHub = websocket.app.state.live_hub
+    hub.watch_status(job_id, seen)
     return stream
 
 
