@@ -758,19 +758,7 @@ def compare(
     """B against A on the samples both have: the paired statistics and a page of samples."""
     a = _succeeded(session, a_id)
     b = _succeeded(session, b_id)
-    if a.dataset_id != b.dataset_id:
-        raise InvalidInput(
-            ("query", "b"),
-            f"evaluation {b_id} ran on {b.dataset_name}, {a_id} on {a.dataset_name}: "
-            "only evaluations of the same dataset compare",
-        )
-    scorer = scoring.parse(spec or a.scorer, ("query", "scorer"))
-    for evaluation in (a, b):
-        if scorer.spec not in evaluation.summary:
-            raise InvalidInput(
-                ("query", "scorer"),
-                f"evaluation {evaluation.id} has no {scorer.spec} scores; rescore it first",
-            )
+    scorer = _comparable(a, [b], spec, ("query", "b"))
     scores_a, scores_b = _scores(session, a_id, scorer.spec), _scores(session, b_id, scorer.spec)
     shared = sorted(set(scores_a) & set(scores_b))
     paired = stats.compare(
@@ -811,6 +799,28 @@ class Ranked:
     significant: bool
 
 
+def _comparable(
+    baseline: Evaluation, others: Sequence[Evaluation], spec: str | None, loc: tuple[str, ...]
+) -> scoring.Scorer:
+    """The scorer a comparison uses (`spec`, else the baseline's), once every evaluation ran
+    on the baseline's dataset and has its scores; InvalidInput at `loc` or the scorer if not."""
+    scorer = scoring.parse(spec or baseline.scorer, ("query", "scorer"))
+    for evaluation in (baseline, *others):
+        if evaluation.dataset_id != baseline.dataset_id:
+            raise InvalidInput(
+                loc,
+                f"evaluation {evaluation.id} ran on {evaluation.dataset_name}, evaluation "
+                f"{baseline.id} on {baseline.dataset_name}: only evaluations of the same "
+                "dataset compare",
+            )
+        if scorer.spec not in evaluation.summary:
+            raise InvalidInput(
+                ("query", "scorer"),
+                f"evaluation {evaluation.id} has no {scorer.spec} scores; rescore it first",
+            )
+    return scorer
+
+
 def rank(
     *, session: Session, baseline_id: int, candidate_ids: Sequence[int], spec: str | None
 ) -> tuple[str, Evaluation, list[Ranked]]:
@@ -828,20 +838,8 @@ def rank(
     if baseline_id in candidate_ids:
         raise InvalidInput(("query", "candidate"), "the baseline is not its own candidate")
     baseline = _succeeded(session, baseline_id)
-    scorer = scoring.parse(spec or baseline.scorer, ("query", "scorer"))
     candidates = [_succeeded(session, i) for i in candidate_ids]
-    for evaluation in (baseline, *candidates):
-        if evaluation.dataset_id != baseline.dataset_id:
-            raise InvalidInput(
-                ("query", "candidate"),
-                f"evaluation {evaluation.id} ran on {evaluation.dataset_name}, the baseline on "
-                f"{baseline.dataset_name}: only evaluations of the same dataset compare",
-            )
-        if scorer.spec not in evaluation.summary:
-            raise InvalidInput(
-                ("query", "scorer"),
-                f"evaluation {evaluation.id} has no {scorer.spec} scores; rescore it first",
-            )
+    scorer = _comparable(baseline, candidates, spec, ("query", "candidate"))
     assert baseline.id is not None
     base = _scores(session, baseline.id, scorer.spec)
     results = []
