@@ -255,7 +255,7 @@ async def overview_live(
         with Session(websocket.app.state.engine) as session:
             # The mark first: a change after it and before the snapshot is reported twice at
             # worst, never lost.
-            _, _, mark = service.changes_since(session=session, mark=None)
+            mark = service.newest_mark(session=session)
             return mark, service.overview(session=session)
 
     try:

@@ -89,6 +89,12 @@ def overview(*, session: Session) -> dict[str, Any]:
     }
 
 
+def newest_mark(*, session: Session) -> datetime:
+    """Where a watch of job changes starts: the newest change so far."""
+    newest: datetime | None = session.exec(select(func.max(Job.updated_at))).one()
+    return newest or EPOCH
+
+
 def changes_since(
     *, session: Session, mark: datetime | None
 ) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
