@@ -122,7 +122,7 @@ def test_the_sft_grpo_evaluate_template_succeeds_with_grpo_starting_from_the_sft
     assert lineage["pipeline"]["stage"] == "grpo" and lineage["pipeline"]["id"] == done["id"]
     produced = lineage["model"]["produced_by"]
     assert (produced["job_id"], produced["stage"]) == (sft["job_id"], "sft")
-    assert lineage["dataset"]["name"] == "tiny-math" and lineage["dataset"]["prepared"]["sha256"]
+    assert lineage["dataset"]["name"] == "tiny-sft" and lineage["dataset"]["prepared"]["sha256"]
     upstream = _get(platform, f"jobs/{sft['job_id']}/lineage")
     assert [c["job_id"] for c in upstream["consumers"]] == [grpo["job_id"]]
     assert any(a["registered_as"] == sft["outputs"]["checkpoint"] for a in upstream["artifacts"])

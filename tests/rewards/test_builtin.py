@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from training_platform.assets.tiny import DATASETS_DIR
 from training_platform.rewards import builtin
 from training_platform.rewards.builtin import BUILTIN_REWARDS, compute_score, math_answer
 from training_platform.rewards.files import check_reward_file
@@ -52,6 +54,35 @@ def test_math_answer_compares_the_last_number(
 )
 def test_format_scores_the_answer_shape(response: str, expected: float) -> None:
     assert BUILTIN_REWARDS["format"]("tiny-math", response, "54") == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "reference", "expected"),
+    [
+        ("4 + 18 = 22.", "4 + 18 = 22.", 1.0),
+        ("  4 +  18 = 22 ", "4 + 18 = 22.", 1.0),  # spacing and one trailing period
+        ("MILK", "milk", 1.0),
+        ("4 + 18 = 23.", "4 + 18 = 22.", 0.0),
+        ("22", "4 + 18 = 22.", 0.0),  # the number alone is math_answer's business
+        ("door door", "door door door", 0.0),
+        ("", "54", 0.0),
+    ],
+)
+def test_exact_match_pays_only_for_the_reference(
+    response: str, reference: str, expected: float
+) -> None:
+    assert BUILTIN_REWARDS["exact_match"]("d", response, reference) == expected
+
+
+def test_no_fixed_output_earns_exact_match_on_the_quick_start_rl_data() -> None:
+    # sft-grpo-evaluate trains GRPO on tiny-sft's prompts against their last assistant turn.
+    lines = (DATASETS_DIR / "tiny-sft.jsonl").read_text().splitlines()
+    references = [json.loads(line)["messages"][-1]["content"] for line in lines]
+    best = max(
+        sum(BUILTIN_REWARDS["exact_match"]("d", fixed, r) for r in references) / len(references)
+        for fixed in set(references)
+    )
+    assert best <= 1 / 400  # every reference is different: a fixed output earns one row
 
 
 def test_compute_score_uses_math_answer_unless_extra_info_names_another() -> None:

@@ -19,7 +19,7 @@ generations can be scored by several scorers without generating again:
                    estimator 1 - C(n-c, K) / C(n, K), c of the n passing (Chen et al., 2021);
                    pass@1 is the mean pass rate over the n
 
-    reward:NAME    a builtin reward function (math_answer, format): the value it gives
+    reward:NAME    a builtin reward function (math_answer, exact_match, format): the value it gives
     file:NAME      an uploaded reward file (tp rewards upload): its compute_score, called as
                    verl calls it (data_source "evaluation", the output as solution_str, the
                    reference as ground_truth, extra_info {"prompt", "labels"}). It is user code:
@@ -228,7 +228,7 @@ def describe() -> dict[str, str]:
     found["pass@K:SCORER"] = (
         "of n >= K sampled completions, the chance that one of K passes SCORER (unbiased)"
     )
-    found["reward:NAME"] = "a builtin reward function's value (math_answer, format)"
+    found["reward:NAME"] = "a builtin reward function's value (math_answer, exact_match, format)"
     found["file:NAME"] = "an uploaded reward file's compute_score (run on a worker)"
     found["judge:ENDPOINT:RUBRIC"] = "an LLM judge's score by a stored rubric (run on a worker)"
     return found

@@ -65,8 +65,20 @@ def math_answer(
     return 1.0 if expected is not None and got == expected else 0.0
 
 
+def exact_match(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None
+) -> float:
+    """1.0 when the response is the reference, as the evaluation's exact_match compares them
+    (spacing collapsed, one trailing period off, casefolded), else 0.0. Any reference works
+    (an answer, a chat dataset's last assistant turn), and no fixed output satisfies it."""
+    return 1.0 if normalize_answer(solution_str) == normalize_answer(str(ground_truth)) else 0.0
+
+
 def format(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> float:
-    """1.0 for exactly "a + b = c.", 0.5 for another response that ends with a number, else 0."""
+    """1.0 for exactly "a + b = c.", 0.5 for another response that ends with a number, else 0.
+
+    A shape reward: it ignores the reference, so a fixed output in that shape earns it (a
+    policy learns to print one). For the mechanics of RL on a tiny model, never alone."""
     text = solution_str.strip()
     if _EQUATION.fullmatch(text):
         return 1.0
@@ -76,7 +88,11 @@ def format(data_source: str, solution_str: str, ground_truth: Any, extra_info: A
     return 0.0
 
 
-BUILTIN_REWARDS: dict[str, RewardFunction] = {"math_answer": math_answer, "format": format}
+BUILTIN_REWARDS: dict[str, RewardFunction] = {
+    "math_answer": math_answer,
+    "exact_match": exact_match,
+    "format": format,
+}
 DEFAULT_REWARD = "math_answer"
 
 

@@ -29,7 +29,7 @@ CONFIG_FILE = "train_config.json"
 
 # The functions of training_platform/rewards/builtin.py (a test holds the two lists equal);
 # backends are pure and do not import it.
-BUILTIN_REWARDS = ("format", "math_answer")
+BUILTIN_REWARDS = ("exact_match", "format", "math_answer")
 REWARD_FILE_PREFIX = "file:"
 _REWARD_FILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 

@@ -98,7 +98,8 @@ class RlParameters(VerlCommon):
     reward: str = Field(
         "math_answer",
         pattern=REWARD_PATTERN,
-        description="Reward: a builtin name (math_answer, format) or file:<uploaded file name>.",
+        description="Reward: a builtin name (math_answer, exact_match, format) or "
+        "file:<uploaded file name>.",
     )
     actor_lr: float = Field(1e-6, gt=0, le=1, description="Policy learning rate.")
     train_batch_size: int = Field(64, ge=1, le=65_536, description="Prompts per training step.")
