@@ -343,6 +343,22 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
 """
 
 
+def _failed_scoring(
+    session: Session, settings: Any, evaluation_id: int, name: str, source: bytes
+) -> Any:
+    """Upload a reward file, rescore with it and run the scoring, which must fail; its row."""
+    from training_platform.catalog import rewards
+    from training_platform.evaluation.models import EvaluationScoring
+
+    rewards.register(session=session, home=settings.home, name=name, source=source)
+    service.rescore(session=session, evaluation_id=evaluation_id, spec=f"file:{name}")
+    session.commit()
+    assert service.run_scoring(session, settings, evaluation_id, f"file:{name}") == "failed"
+    row = session.get(EvaluationScoring, (evaluation_id, f"file:{name}"))
+    assert row is not None
+    return row
+
+
 def test_an_uploaded_reward_file_scores_on_a_worker_once(engine, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from training_platform.catalog import rewards
     from training_platform.evaluation.models import EvaluationScoring
@@ -382,12 +398,8 @@ def test_an_uploaded_reward_file_scores_on_a_worker_once(engine, settings, tmp_p
     broken = b"def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
     broken += b"    return 1 / len(solution_str.replace('no', ''))\n"
     with Session(engine) as session:
-        rewards.register(session=session, home=settings.home, name="broken", source=broken)
-        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:broken")
-        session.commit()
-        assert service.run_scoring(session, settings, evaluation_id, "file:broken") == "failed"
-        failed = session.get(EvaluationScoring, (evaluation_id, "file:broken"))
-        assert failed is not None and failed.error is not None
+        failed = _failed_scoring(session, settings, evaluation_id, "broken", broken)
+        assert failed.error is not None
         assert "sample 2: ZeroDivisionError" in failed.error, failed.error
         service.rescore(session=session, evaluation_id=evaluation_id, spec="file:broken")
         session.commit()
@@ -485,9 +497,7 @@ def test_a_suite_runs_one_evaluation_per_dataset_and_averages_them(
 def test_a_scorer_that_raises_anything_ends_its_scoring_failed(
     engine, settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from training_platform.catalog import rewards
     from training_platform.evaluation import deferred
-    from training_platform.evaluation.models import EvaluationScoring
 
     evaluation_id = _submit(engine, settings)
     _write_run(tmp_path / "run", ["1"])
@@ -499,10 +509,6 @@ def test_a_scorer_that_raises_anything_ends_its_scoring_failed(
 
     monkeypatch.setattr(deferred, "run_file", broken)
     with Session(engine) as session:
-        rewards.register(session=session, home=settings.home, name="partial", source=REWARD_FILE)
-        service.rescore(session=session, evaluation_id=evaluation_id, spec="file:partial")
-        session.commit()
-        assert service.run_scoring(session, settings, evaluation_id, "file:partial") == "failed"
-        row = session.get(EvaluationScoring, (evaluation_id, "file:partial"))
-        assert row is not None and row.status == "failed"
+        row = _failed_scoring(session, settings, evaluation_id, "partial", REWARD_FILE)
+        assert row.status == "failed"
         assert row.error == "RuntimeError: the worker ran out of something"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -20,6 +20,15 @@ from training_platform.core.errors import InvalidInput
 #   rl          parquet, verl's RL layout: `data_source`, `prompt` (chat messages), `ability`,
 #               `reward_model` {style, ground_truth}, `extra_info` {index, split}
 DATA_TASKS = ("sft", "preference", "rl")
+
+# KL to the reference policy, estimated per token: the same names on both backends (verl's
+# kl_penalty / kl_loss_type; the TRL backend's PPO computes them in trainers/ppo.py).
+KlEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
+KL_ESTIMATOR_TEXT = (
+    "How the KL to the reference policy is estimated per token: k1 = log p - log p_ref, "
+    "k2 = (log p - log p_ref)^2 / 2, k3 = p_ref/p - 1 - log(p_ref/p), low_var_kl = k3 clipped "
+    "to [-10, 10] (verl's kl_penalty / kl_loss_type)."
+)
 
 
 @dataclass(frozen=True)

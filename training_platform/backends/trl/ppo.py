@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
-from training_platform.backends.base import LaunchContext, LaunchPlan, register
+from training_platform.backends.base import (
+    KL_ESTIMATOR_TEXT,
+    KlEstimator,
+    LaunchContext,
+    LaunchPlan,
+    register,
+)
 from training_platform.backends.trl.common import RlParameters, trl_plan
 
 
@@ -29,11 +35,7 @@ class PpoParameters(RlParameters):
     kl_loss_coef: float = Field(
         0.0, ge=0, le=10, description="Weight of a KL loss term on the policy; 0: off."
     )
-    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field(
-        "k1",
-        description="Per-token KL estimate: k1 = log p - log p_ref, k2 = its square / 2, "
-        "k3 = p_ref/p - 1 - log(p_ref/p), low_var_kl = k3 clipped to [-10, 10] (as verl).",
-    )
+    kl_estimator: KlEstimator = Field("k1", description=KL_ESTIMATOR_TEXT)
     cliprange: float = Field(0.2, gt=0, le=10, description="Clip range of the policy ratio.")
     cliprange_value: float = Field(
         0.2, gt=0, le=100, description="Clip range of the value prediction."

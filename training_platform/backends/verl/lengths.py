@@ -13,6 +13,7 @@ Runs where datasets are prepared (the general worker); it needs the model's toke
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,14 @@ def example_length(tokenizer: Any, messages: Sequence[Mapping[str, Any]], system
 
 
 def longest_example(model_path: str, dataset_path: Path) -> tuple[int, int]:
-    """(tokens, row index) of the longest example of a prepared SFT parquet file."""
+    """(tokens, row index) of the longest example of a prepared SFT parquet file. Counted
+    once per model and version of the file in a worker process: jobs on the same data do
+    not tokenize it again."""
+    return _longest(model_path, str(dataset_path), dataset_path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _longest(model_path: str, dataset_path: str, _version: int) -> tuple[int, int]:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 

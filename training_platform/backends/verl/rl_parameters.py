@@ -6,6 +6,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from training_platform.backends.base import KL_ESTIMATOR_TEXT, KlEstimator
 from training_platform.backends.verl.common import VerlCommon, field_error, gpus_of
 
 VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's MaxLoRARanks, which verl checks against
@@ -172,14 +173,6 @@ class RlParameters(VerlCommon):
         """micro_batch_size_per_gpu, filled in by validation."""
         assert self.micro_batch_size_per_gpu is not None
         return self.micro_batch_size_per_gpu
-
-
-KlEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
-KL_ESTIMATOR_TEXT = (
-    "How the KL to the reference policy is estimated per token: k1 = log p - log p_ref, "
-    "k2 = (log p - log p_ref)^2 / 2, k3 = p_ref/p - 1 - log(p_ref/p), low_var_kl = k3 clipped "
-    "to [-10, 10] (verl's kl_penalty / kl_loss_type)."
-)
 
 
 class KlOptions(BaseModel):
