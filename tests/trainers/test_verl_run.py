@@ -32,7 +32,7 @@ from training_platform.trainers.verl_run import (
 )
 
 FAKE_VERL = r"""
-import json, os, pathlib, signal, sys, time
+import json, os, pathlib, signal, subprocess, sys, time
 mode = sys.argv[1]
 log = open(os.environ["VERL_FILE_LOGGER_PATH"], "wb", buffering=0)
 pathlib.Path("env.json").write_text(json.dumps({"PLATFORM_TEST": os.environ.get("PLATFORM_TEST")}))
@@ -67,6 +67,18 @@ if mode == "wait":
 if mode == "die":
     pathlib.Path("ready").write_text("")
     time.sleep(60)
+if mode == "leave":  # a crash that leaves what Ray and vLLM leave: a worker and shared memory
+    own = os.open(f"/dev/shm/{sys.argv[2]}-own", os.O_CREAT | os.O_RDWR)
+    os.write(own, b"x" * 4096)
+    worker = "import sys, time; f = open(sys.argv[1], 'wb'); f.write(b'y' * 4096); f.flush(); "
+    worker += "open('worker-ready', 'w').close(); time.sleep(600)"
+    subprocess.Popen(
+        [sys.executable, "-c", worker, f"/dev/shm/{sys.argv[2]}-worker"], start_new_session=True
+    )
+    while not os.path.exists("worker-ready"):
+        time.sleep(0.05)
+    time.sleep(3)  # long enough for the wrapper to look (every 2 s)
+    os._exit(1)
 line(0, {"val-core/reward": 0.5})
 log.write(b'{"step": 1, "data": {"actor/pg_loss": -0.1, ')  # a line still being written
 time.sleep(1.2)
@@ -252,6 +264,33 @@ def test_a_verl_killed_by_a_signal_kills_the_wrapper_the_same_way(tmp_path: Path
     os.kill(child, signal.SIGKILL)
     wrapper.communicate(timeout=30)
     assert wrapper.returncode == -signal.SIGKILL
+
+
+def test_what_a_crashed_verl_leaves_behind_is_killed_and_removed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    name = f"tp-test-{os.getpid()}-{time.monotonic_ns()}"
+    unrelated = Path(f"/dev/shm/{name}-unrelated")  # another run's: never touched
+    unrelated.write_bytes(b"z")
+    try:
+        code, output = run_wrapper(write_config(run_dir, "leave", name))
+        assert code == 1
+        assert not Path(f"/dev/shm/{name}-own").exists()
+        assert not Path(f"/dev/shm/{name}-worker").exists()
+        assert unrelated.exists()
+        assert not [
+            p for p in Path("/proc").iterdir() if p.name.isdigit() and name in _cmdline(p)
+        ], "the worker in a session of its own survived the run"
+        assert "1 leftover process(es) killed, 2 shared memory file(s) removed" in output
+    finally:
+        for path in Path("/dev/shm").glob(f"{name}-*"):
+            path.unlink()
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def _children(pid: int) -> list[int]:

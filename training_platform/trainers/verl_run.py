@@ -61,6 +61,7 @@ TOKENIZER_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
 )
+SHM_DIR = "/dev/shm/"  # noqa: S108 - POSIX shared memory, cleaned up after verl (Leftovers)
 ADAPTER_SUBDIR = "lora_adapter"  # where verl.model_merger puts a LoRA run's adapter
 
 
@@ -371,6 +372,107 @@ class Children:
         return self.current
 
 
+class Leftovers:
+    """What verl's process tree starts that can outlive verl, found while the run lasts and
+    removed when it has ended, whatever its end.
+
+    Ray's workers start sessions of their own (a cancel that ends the wrapper's process group
+    misses them) and are reparented when their raylet ends; vLLM and verl's weight transfer on
+    CPU keep POSIX shared memory in /dev/shm, which a crashed run leaves behind (gigabytes for
+    a real model). Every SCAN_S this walks /proc for verl's descendants, and for the processes
+    seen before (their own children too), and notes each process (by pid and start time, so a
+    reused pid is never taken for it) and every /dev/shm file it maps or holds open. Only those
+    are killed and removed: another run's segments on the same host are never touched.
+    """
+
+    SCAN_S = 2.0
+
+    def __init__(self, root: int, proc: Path = Path("/proc"), shm: str = SHM_DIR) -> None:
+        self.root = root
+        self.proc = proc
+        self.shm = shm
+        self.processes: dict[int, str] = {}  # pid -> start time (field 22 of /proc/PID/stat)
+        self.segments: set[str] = set()
+        self._scanned = 0.0
+
+    def _stat(self, pid: int) -> tuple[int, str] | None:
+        """(parent pid, start time), or None when the process is gone."""
+        try:
+            text = (self.proc / str(pid) / "stat").read_text()
+        except OSError:
+            return None
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if len(fields) < 20 or not fields[1].isdigit():
+            return None
+        return int(fields[1]), fields[19]
+
+    def _alive(self, pid: int) -> bool:
+        stat = self._stat(pid)
+        return stat is not None and stat[1] == self.processes[pid]
+
+    def _note_segments(self, pid: int) -> None:
+        base = self.proc / str(pid)
+        with contextlib.suppress(OSError):
+            for line in (base / "maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+                if (
+                    len(fields) == 6
+                    and fields[5].startswith(self.shm)
+                    and not fields[5].endswith(" (deleted)")
+                ):
+                    self.segments.add(fields[5])
+        with contextlib.suppress(OSError):
+            for fd in (base / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = str(fd.readlink())
+                    if target.startswith(self.shm) and not target.endswith(" (deleted)"):
+                        self.segments.add(target)
+
+    def scan(self, force: bool = False) -> None:
+        """Note verl's process tree and its shared memory (at most every SCAN_S)."""
+        now = time.monotonic()
+        if not force and now - self._scanned < self.SCAN_S:
+            return
+        self._scanned = now
+        children: dict[int, list[int]] = {}
+        starts: dict[int, str] = {}
+        for entry in self.proc.iterdir():
+            if entry.name.isdigit() and (stat := self._stat(int(entry.name))) is not None:
+                children.setdefault(stat[0], []).append(int(entry.name))
+                starts[int(entry.name)] = stat[1]
+        known = [p for p, start in self.processes.items() if starts.get(p) == start]
+        todo = [self.root, *known]
+        while todo:
+            pid = todo.pop()
+            if pid in starts and pid != os.getpid():
+                self.processes.setdefault(pid, starts[pid])
+                self._note_segments(pid)
+            todo.extend(c for c in children.get(pid, []) if c not in self.processes)
+
+    def clean(self) -> None:
+        """Kill what is still alive of the processes seen, then remove their shared memory."""
+        self.scan(force=True)
+        killed = 0
+        for pid in list(self.processes):
+            if pid != self.root and self._alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        removed = 0
+        freed = 0
+        for path in sorted(self.segments):
+            with contextlib.suppress(OSError):
+                size = Path(path).stat().st_size
+                Path(path).unlink()
+                removed += 1
+                freed += size
+        if killed or removed:
+            _log(
+                f"cleaned up after verl: {killed} leftover process(es) killed, "
+                f"{removed} shared memory file(s) removed ({freed / 2**20:.1f} MiB)"
+            )
+
+
 def _log(message: str) -> None:
     print(f"[verl_run] {message}", flush=True)
 
@@ -494,15 +596,21 @@ def run(config: RunConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, children.forward)
 
+    leftovers = Leftovers(child.pid)
+
     def pump() -> None:
         for step, values in tail.read():
             progress.metrics(step, values)
         for step, directory in checkpoints.finished():
             progress.checkpoint(step, directory)
 
-    while child.poll() is None:
-        pump()
-        time.sleep(POLL_S)
+    try:
+        while child.poll() is None:
+            pump()
+            leftovers.scan()
+            time.sleep(POLL_S)
+    finally:
+        leftovers.clean()
     pump()  # what verl wrote just before it exited
     if child.returncode != 0:
         return child.returncode
