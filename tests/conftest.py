@@ -104,9 +104,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # How `make test` spreads the suite over pytest-xdist workers (--dist loadgroup): each test
 # file is one unit of work, so its module-wide platform or training runs once; the files that
-# start platforms and train are put in three chains, each run by one worker one file after the
-# other, so that at most three of them load the two cores at once, while a fourth worker takes
-# the unit tests. The chains come first, and are balanced by their measured durations.
+# start platforms and train are put in chains, each run by one worker one file after the
+# other. The chains come first (the longest work starts first), and are balanced by their
+# measured durations; verl RL on CPU (about 8 minutes) is a chain of its own.
 CHAINS: dict[str, tuple[str, ...]] = {
     "chain-a": (
         "tests/e2e/test_platform.py",  # these four share the session's platform
@@ -135,6 +135,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/trainers/test_verl_ext.py",
         "tests/trainers/test_verl_cpu_sft.py",
     ),
+    "chain-d": ("tests/e2e/test_verl_rl.py",),
 }
 _CHAIN_OF = {
     path: (name, index) for name, paths in CHAINS.items() for index, path in enumerate(paths)

@@ -28,6 +28,7 @@ from training_platform.backends.verl.common import (
     COMPAT_MODULE,
     CONFIG_FILE,
     CPU_MODULE,
+    CPU_RL_MODULE,
     WRAPPER_MODULE,
     hydra_value,
 )
@@ -204,6 +205,32 @@ def test_the_cpu_smoke_mode_is_one_process_with_the_cpu_plugin() -> None:
     assert found["+model.override_config.attn_implementation"] == "sdpa"
 
 
+@pytest.mark.parametrize("algorithm", RL)
+def test_the_rl_cpu_smoke_mode_runs_verl_in_the_vllm_environment(algorithm: str) -> None:
+    cpu = LaunchContext(
+        **{**GOLDEN_CONTEXT.__dict__, "gpus": 0, "devices": (), "vllm_python": "/opt/vllm/python"}
+    )
+    plan = make_plan(algorithm, cpu, device="cpu")
+    assert plan.argv[0] == GOLDEN_CONTEXT.python  # the wrapper: the training environment's
+    config = wrapper_config(plan)
+    assert config["command"][:3] == ["/opt/vllm/python", "-m", "verl.trainer.main_ppo"]
+    assert config["env"]["VERL_USE_EXTERNAL_MODULES"] == (
+        f"{COMPAT_MODULE},{CPU_MODULE},{CPU_RL_MODULE}"
+    )
+    assert config["env"]["VERL_PLATFORM"] == "cpu_rl"
+    assert config["env"]["TP_VLLM_CPU_RELOADABLE"] == "1"
+    found = overrides(plan)
+    assert found["trainer.device"] == "cpu"
+    assert found["trainer.n_gpus_per_node"] == "1"  # the run's Ray has one logical GPU
+    assert found["+ray_kwargs.ray_init.num_gpus"] == "1"
+    assert found["actor_rollout_ref.rollout.free_cache_engine"] == "false"
+    assert found["+actor_rollout_ref.rollout.enable_sleep_mode"] == "false"
+    assert "CUDA_VISIBLE_DEVICES" not in plan.env
+    without = LaunchContext(**{**cpu.__dict__, "vllm_python": ""})
+    with pytest.raises(ValueError, match="make vllm-env"):
+        make_plan(algorithm, without, device="cpu")
+
+
 def test_steps_are_counted_by_the_wrapper_only_when_not_given() -> None:
     assert wrapper_config(make_plan("grpo", total_steps=7))["max_steps"] == 7
     config = wrapper_config(make_plan("sft", total_epochs=3, train_batch_size=8))
@@ -310,10 +337,25 @@ def test_vllm_caps_the_lora_rank() -> None:
 
 
 @pytest.mark.parametrize("algorithm", RL)
-def test_rl_needs_a_gpu(algorithm: str) -> None:
+def test_rl_needs_a_gpu_unless_the_cpu_smoke_mode_is_chosen(algorithm: str) -> None:
     error = _error(algorithm, {}, gpus=0)
     assert error.loc == ("body", "resources", "gpus")
     assert "gpus >= 1" in error.message
+    assert "'cpu'" in error.message
+    validate_parameters(get_backend("verl", algorithm), {"device": "cpu"}, gpus=0)
+    for values, field in (
+        ({"device": "cpu"}, "device"),
+        ({"device": "cpu", "strategy": "fsdp"}, "strategy"),
+        ({"device": "cpu", "lora": {"rank": 8}}, "lora"),
+        ({"device": "cpu", "param_offload": True}, "param_offload"),
+        ({"device": "cpu", "rollout": {"name": "sglang"}}, "name"),
+        (
+            {"device": "cpu", "rollout": {"tensor_model_parallel_size": 2}},
+            "tensor_model_parallel_size",
+        ),
+    ):
+        gpus = 1 if field == "device" else 0
+        assert _error(algorithm, values, gpus=gpus).loc[-1] == field, values
 
 
 def test_sft_needs_a_gpu_unless_the_cpu_smoke_mode_is_chosen() -> None:

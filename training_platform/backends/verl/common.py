@@ -28,6 +28,7 @@ PROJECT_NAME = "training-platform"
 # Loaded into every verl process through verl's own hook (VERL_USE_EXTERNAL_MODULES).
 COMPAT_MODULE = "training_platform.trainers.verl_ext.compat"
 CPU_MODULE = "training_platform.trainers.verl_ext.cpu"
+CPU_RL_MODULE = "training_platform.trainers.verl_ext.cpu_rl"
 
 HydraScalar = str | int | float | bool | None
 HydraValue = HydraScalar | Sequence[str]

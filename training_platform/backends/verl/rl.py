@@ -1,6 +1,9 @@
 """verl PPO, GRPO and GSPO: `python -m verl.trainer.main_ppo` (Hydra config `ppo_trainer`).
 
-All three run on GPU hosts only: verl's RL loop generates with vLLM or SGLang.
+verl's RL loop generates with vLLM or SGLang on GPU hosts. `device: "cpu"` is a smoke test for
+tiny models, not a way to train: verl runs in the host's vLLM environment (vLLM's CPU build
+with verl over it), on a Ray of its own with one logical GPU, with the platform's CPU modules
+(trainers/verl_ext/cpu.py, cpu_rl.py, vllm_cpu.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pydantic import BaseModel
 from training_platform.backends.base import LaunchContext, LaunchPlan, register
 from training_platform.backends.verl.common import (
     COMPAT_MODULE,
+    CPU_MODULE,
+    CPU_RL_MODULE,
     HydraValue,
     overrides,
     trainer_pairs,
@@ -164,14 +169,54 @@ def _algorithm_pairs(values: RlParameters, context: LaunchContext) -> Pairs:
     raise TypeError(f"no verl RL algorithm takes {type(values).__name__}")
 
 
+# The CPU smoke mode: Ray with one logical GPU (verl's resource pools count GPUs only) and
+# enough logical CPUs for verl's helper actors; vLLM's CPU build has no sleep mode, no cache
+# to free and no CUDA graphs; one worker per helper pool, not eight, on a 1-2 core machine.
+CPU_PAIRS: Pairs = [
+    ("trainer.device", "cpu"),
+    ("+ray_kwargs.ray_init.num_gpus", 1),
+    ("ray_kwargs.ray_init.num_cpus", 16),
+    ("+ray_kwargs.ray_init.include_dashboard", False),
+    (f"{ROLLOUT}.enforce_eager", True),
+    (f"+{ROLLOUT}.enable_sleep_mode", False),
+    (f"{ROLLOUT}.free_cache_engine", False),
+    (f"{ROLLOUT}.agent.num_workers", 1),
+    ("reward.num_workers", 1),
+    ("transfer_queue.backend.SimpleStorage.num_data_storage_units", 1),
+    ("data.dataloader_num_workers", 0),
+]
+CPU_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": f"{COMPAT_MODULE},{CPU_MODULE},{CPU_RL_MODULE}",
+    "VERL_PLATFORM": "cpu_rl",
+    # verl registers its FSDP engines for cuda and npu only; the cuda one runs on CPU tensors.
+    "VERL_ENGINE_DEVICE": "cuda",
+    "VLLM_TARGET_DEVICE": "cpu",
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
+    "TP_VLLM_CPU_RELOADABLE": "1",  # trainers/verl_ext/vllm_cpu.py
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
 def rl_plan(
     values: RlParameters, context: LaunchContext, *, backend: str, algorithm: str
 ) -> LaunchPlan:
     """The wrapper plan around `python -m verl.trainer.main_ppo` with the algorithm's keys."""
+    on_cpu = values.device == "cpu"
+    python = context.python
+    if on_cpu:
+        if not context.vllm_python:
+            raise ValueError(
+                "device 'cpu' runs verl in the host's vLLM environment, and this host has "
+                "none: install it with `make vllm-env` (or set TP_VLLM_PYTHON)"
+            )
+        python = context.vllm_python
     pairs = [
         *_algorithm_pairs(values, context),
         *_shared_pairs(values, context),
-        *trainer_pairs(values, context, experiment=f"verl-{algorithm}", gpus=context.gpus),
+        *trainer_pairs(
+            values, context, experiment=f"verl-{algorithm}", gpus=1 if on_cpu else context.gpus
+        ),
+        *(CPU_PAIRS if on_cpu else []),
     ]
     steps_from = {
         "dataset": context.dataset_path,
@@ -183,8 +228,8 @@ def rl_plan(
         backend=backend,
         algorithm=algorithm,
         context=context,
-        command=[context.python, "-m", RL_MODULE, *overrides(pairs)],
-        verl_env={"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE},
+        command=[python, "-m", RL_MODULE, *overrides(pairs)],
+        verl_env=CPU_ENV if on_cpu else {"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE},
         max_steps=values.total_steps,
         steps_from=None if values.total_steps else steps_from,
         export_final_model=values.export_final_model,

@@ -96,6 +96,13 @@ class GroupRolloutOptions(RolloutOptions):
 class RlParameters(VerlCommon):
     """What PPO, GRPO and GSPO share."""
 
+    device: Literal["gpu", "cpu"] = Field(
+        "gpu",
+        description="cpu: smoke test for tiny models, with gpus 0: a Ray of its own with one "
+        "logical GPU, the actor on the CPU over gloo, rollouts by vLLM's CPU build (the "
+        "host's vLLM environment). A proof of the platform's path, not a way to train.",
+    )
+
     reward: str = Field(
         "math_answer",
         pattern=REWARD_PATTERN,
@@ -131,9 +138,15 @@ class RlParameters(VerlCommon):
     @model_validator(mode="after")
     def _fits_the_resources(self, info: ValidationInfo) -> Self:
         gpus = gpus_of(info)
-        if gpus < 1:
+        if self.device == "cpu":
+            self._fits_the_cpu(gpus)
+            gpus = 1  # the run's Ray has one logical GPU: verl's batch rules see one
+        elif gpus < 1:
             raise field_error(
-                ("gpus",), "verl RL generates with vLLM or SGLang: ask for gpus >= 1", gpus
+                ("gpus",),
+                "verl RL generates with vLLM or SGLang: ask for gpus >= 1, or set device "
+                "'cpu' for the smoke test with a tiny model",
+                gpus,
             )
         tp = self.rollout.tensor_model_parallel_size
         if tp > gpus or gpus % tp:
@@ -167,6 +180,32 @@ class RlParameters(VerlCommon):
             loc, message = problems[0]
             raise field_error(loc, message, getattr(self, loc[0]))
         return self
+
+    def _fits_the_cpu(self, gpus: int) -> None:
+        """What the CPU smoke mode cannot do, by field."""
+        if gpus > 0:
+            raise field_error(
+                ("device",), "device 'cpu' runs without GPUs: ask for gpus = 0", self.device
+            )
+        refusals: list[tuple[tuple[str, ...], str, object]] = [
+            (("strategy",), "the CPU smoke mode needs fsdp2", self.strategy),
+            (("attn_implementation",), "flash-attn needs a GPU", self.attn_implementation),
+            (("param_offload",), "offloading means nothing on CPU", self.param_offload),
+            (("optimizer_offload",), "offloading means nothing on CPU", self.optimizer_offload),
+            (("lora",), "the CPU smoke mode trains all weights", self.lora),
+            (("rollout", "name"), "vLLM's CPU build is the CPU rollout", self.rollout.name),
+        ]
+        wrong = [
+            self.strategy != "fsdp2",
+            self.attn_implementation == "flash_attention_2",
+            self.param_offload,
+            self.optimizer_offload,
+            self.lora is not None,
+            self.rollout.name != "vllm",
+        ]
+        for (loc, message, value), is_wrong in zip(refusals, wrong, strict=True):
+            if is_wrong:
+                raise field_error(loc, message, value)
 
     @property
     def micro(self) -> int:

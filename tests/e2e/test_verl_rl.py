@@ -1,0 +1,177 @@
+"""verl PPO, GRPO and GSPO run through the platform on CPU, from the API to SUCCEEDED.
+
+API -> queue -> worker -> LocalRunner -> trainers/verl_run.py -> `verl.trainer.main_ppo` in
+.venv-vllm (vLLM's CPU build with verl over it) on a Ray started and owned by the run, with one
+logical GPU; the actor and reference compute on the CPU over gloo, the rollouts come from
+verl's vLLM server adapter on vLLM's CPU build, which the platform's plugin keeps reloadable
+after every update (trainers/verl_ext/). The model is the tiny one with 32-dimensional heads
+(vLLM's CPU attention has no 16), random weights.
+
+GRPO is cancelled once its step-8 checkpoint is recorded (what the run started dies with it),
+retried from that checkpoint, and finishes: the reward rises over its 16 steps. The reward is
+this test's own file, uploaded like a user's: the share of digits in the response, dense enough
+for a random tiny model to move in a few steps (a shape reward a constant output earns: the
+mechanics, not math). PPO (with its critic) and GSPO run two steps each, side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import pytest
+
+VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not VLLM_PYTHON.is_file(), reason=".venv-vllm is missing: make vllm-env (make test does)"
+    ),
+]
+
+DIGITS = b'''
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    """The share of the response's characters that are digits."""
+    text = solution_str.strip()
+    return sum(c.isdigit() for c in text) / max(len(text), 1)
+'''
+MODEL = "tiny-qwen2-wide"
+COMMON: dict[str, Any] = {
+    "device": "cpu",
+    "reward": "file:digits",
+    "train_batch_size": 8,
+    "ppo_mini_batch_size": 8,
+    "max_prompt_length": 64,
+    "max_response_length": 16,
+    "val_samples": 8,
+}
+GRPO = {
+    **COMMON,
+    "total_steps": 16,
+    "save_freq": 8,
+    "actor_lr": 2e-3,
+    "kl_loss_coef": 0.04,
+    "rollout": {"n": 8},
+}
+SHORT = {**COMMON, "total_steps": 2, "save_freq": 2}
+# What every verl RL job records, as the platform stores it (verl's own keys).
+KEYS = {"critic/score/mean", "actor/pg_loss", "response_length/mean", "timing_s/step"}
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
+def _submit(client: Any, algorithm: str, hyperparameters: dict[str, Any]) -> int:
+    response = client.post(
+        "/api/v1/jobs",
+        json={
+            "name": f"verl {algorithm} on cpu",
+            "backend": "verl",
+            "algorithm": algorithm,
+            "model": MODEL,
+            "dataset": "tiny-math",
+            "hyperparameters": hyperparameters,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def _values(client: Any, job_id: int, key: str) -> list[float]:
+    points = client.get(f"/api/v1/jobs/{job_id}/metrics", params={"key": key, "limit": 100000})
+    assert points.status_code == 200, points.text
+    return [p["value"] for p in points.json()["points"]]
+
+
+def _keys(client: Any, job_id: int) -> list[str]:
+    response = client.get(f"/api/v1/jobs/{job_id}/metrics", params={"limit": 1})
+    assert response.status_code == 200, response.text
+    return list(response.json()["keys"])
+
+
+def _steps(client: Any, job_id: int, key: str) -> list[int]:
+    points = client.get(f"/api/v1/jobs/{job_id}/metrics", params={"key": key, "limit": 100000})
+    return [p["step"] for p in points.json()["points"]]
+
+
+def _processes_of(run_dir: str) -> list[int]:
+    """Processes whose environment names the run dir: verl's, Ray's and vLLM's of that run."""
+    found = []
+    needle = run_dir.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def platform(start_module_platform):  # type: ignore[no-untyped-def]
+    from training_platform.assets.tiny import WIDE_HEADS, build_tiny_model
+
+    started = start_module_platform(redis_db=11)
+    model_dir = build_tiny_model(started.home / "models" / MODEL, overrides=WIDE_HEADS)
+    with started.client() as client:
+        registered = client.post("/api/v1/models", json={"name": MODEL, "path": str(model_dir)})
+        assert registered.status_code == 201, registered.text
+        uploaded = client.post("/api/v1/rewards", params={"name": "digits"}, content=DIGITS)
+        assert uploaded.status_code == 201, uploaded.text
+    return started
+
+
+@pytest.mark.timeout(1500)
+def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> None:  # type: ignore[no-untyped-def]
+    with platform.client() as client:
+        job_id = _submit(client, "grpo", GRPO)
+        deadline = time.monotonic() + 600
+        checkpoints: list[dict[str, Any]] = []
+        while not any(c["step"] == 8 for c in checkpoints):
+            job = client.get(f"/api/v1/jobs/{job_id}").json()
+            assert job["status"] not in ENDED, job["error"]
+            assert time.monotonic() < deadline, f"no step-8 checkpoint, job {job['status']}"
+            checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
+            time.sleep(1)
+        run_dir = client.get(f"/api/v1/jobs/{job_id}/plan").json()["run_dir"]
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    cancelled = platform.wait_status(job_id, ENDED, timeout=120)
+    assert cancelled["status"] == "cancelled", cancelled["error"]
+    deadline = time.monotonic() + 60
+    while (left := _processes_of(run_dir)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, f"processes of the cancelled run still alive: {left}"
+
+    with platform.client() as client:
+        retried = client.post(f"/api/v1/jobs/{job_id}/retry", params={"from_checkpoint": True})
+        assert retried.status_code == 200, retried.text
+    done = platform.wait_status(job_id, ENDED, timeout=900)
+    assert done["status"] == "succeeded", done["error"]
+    with platform.client() as client:
+        keys = set(_keys(client, job_id))
+        assert KEYS | {"actor/kl_loss"} <= keys, keys
+        assert _steps(client, job_id, "critic/score/mean") == list(range(1, 17))
+        rewards = _values(client, job_id, "critic/score/mean")
+        checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
+    first, last = mean(rewards[:4]), mean(rewards[-4:])
+    print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 4 of 16)")
+    assert last > first, rewards
+    assert [(c["step"], c["final"]) for c in checkpoints] == [(8, False), (16, False), (16, True)]
+    assert done["attempt"] == 2 and done["outputs"]["model"]
+
+
+@pytest.mark.timeout(1500)
+def test_verl_ppo_and_gspo_on_cpu_succeed(platform) -> None:  # type: ignore[no-untyped-def]
+    with platform.client() as client:
+        jobs = {algorithm: _submit(client, algorithm, SHORT) for algorithm in ("ppo", "gspo")}
+    for algorithm, job_id in jobs.items():
+        done = platform.wait_status(job_id, ENDED, timeout=900)
+        assert done["status"] == "succeeded", (algorithm, done["error"])
+        with platform.client() as client:
+            keys = set(_keys(client, job_id))
+        assert keys >= KEYS, (algorithm, keys)
+        if algorithm == "ppo":
+            assert {"critic/vf_loss", "critic/values/mean"} <= keys, keys
