@@ -29,6 +29,13 @@ PROJECT_NAME = "training-platform"
 COMPAT_MODULE = "training_platform.trainers.verl_ext.compat"
 CPU_MODULE = "training_platform.trainers.verl_ext.cpu"
 CPU_RL_MODULE = "training_platform.trainers.verl_ext.cpu_rl"
+# The environment of verl's CPU smoke mode (trainers/verl_ext/cpu.py). verl registers its FSDP
+# engines for cuda and npu only: the cuda one runs on CPU tensors here.
+CPU_ENV = {
+    "VERL_USE_EXTERNAL_MODULES": f"{COMPAT_MODULE},{CPU_MODULE}",
+    "VERL_PLATFORM": "cpu",
+    "VERL_ENGINE_DEVICE": "cuda",
+}
 
 HydraScalar = str | int | float | bool | None
 HydraValue = HydraScalar | Sequence[str]
@@ -95,6 +102,35 @@ def field_error(loc: tuple[str, ...], message: str, value: Any) -> ValidationErr
         type=PydanticCustomError("value_error", message), loc=loc, input=value
     )
     return ValidationError.from_exception_data("parameters", [detail])
+
+
+# What a refusal names: (is it wrong, field location, why, the value).
+Refusal = tuple[bool, tuple[str, ...], str, Any]
+
+
+def refuse_on_cpu(values: VerlCommon, gpus: int, *more: Refusal) -> None:
+    """Raise for the first setting verl's CPU smoke mode cannot run (`more`: the algorithm's)."""
+    refusals: list[Refusal] = [
+        (gpus > 0, ("device",), "device 'cpu' runs without GPUs: ask for gpus = 0", "cpu"),
+        (
+            values.strategy != "fsdp2",
+            ("strategy",),
+            "the CPU smoke mode needs fsdp2",
+            values.strategy,
+        ),
+        (
+            values.attn_implementation == "flash_attention_2",
+            ("attn_implementation",),
+            "flash-attn needs a GPU",
+            values.attn_implementation,
+        ),
+        (values.param_offload, ("param_offload",), "offloading means nothing on CPU", True),
+        (values.optimizer_offload, ("optimizer_offload",), "offloading means nothing on CPU", True),
+        *more,
+    ]
+    for wrong, loc, message, value in refusals:
+        if wrong:
+            raise field_error(loc, message, value)
 
 
 # A backslash needs escaping in a quoted Hydra value only before a quote, an interpolation

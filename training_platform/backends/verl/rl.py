@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from training_platform.backends.base import LaunchContext, LaunchPlan, register
 from training_platform.backends.verl.common import (
     COMPAT_MODULE,
-    CPU_MODULE,
+    CPU_ENV,
     CPU_RL_MODULE,
     HydraValue,
     overrides,
@@ -185,11 +185,10 @@ CPU_PAIRS: Pairs = [
     ("transfer_queue.backend.SimpleStorage.num_data_storage_units", 1),
     ("data.dataloader_num_workers", 0),
 ]
-CPU_ENV = {
-    "VERL_USE_EXTERNAL_MODULES": f"{COMPAT_MODULE},{CPU_MODULE},{CPU_RL_MODULE}",
+CPU_RL_ENV = {
+    **CPU_ENV,
+    "VERL_USE_EXTERNAL_MODULES": f"{CPU_ENV['VERL_USE_EXTERNAL_MODULES']},{CPU_RL_MODULE}",
     "VERL_PLATFORM": "cpu_rl",
-    # verl registers its FSDP engines for cuda and npu only; the cuda one runs on CPU tensors.
-    "VERL_ENGINE_DEVICE": "cuda",
     "VLLM_TARGET_DEVICE": "cpu",
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
     "TP_VLLM_CPU_RELOADABLE": "1",  # trainers/verl_ext/vllm_cpu.py
@@ -229,7 +228,7 @@ def rl_plan(
         algorithm=algorithm,
         context=context,
         command=[python, "-m", RL_MODULE, *overrides(pairs)],
-        verl_env=CPU_ENV if on_cpu else {"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE},
+        verl_env=CPU_RL_ENV if on_cpu else {"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE},
         max_steps=values.total_steps,
         steps_from=None if values.total_steps else steps_from,
         export_final_model=values.export_final_model,

@@ -7,7 +7,12 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from training_platform.backends.base import KL_ESTIMATOR_TEXT, KlEstimator
-from training_platform.backends.verl.common import VerlCommon, field_error, gpus_of
+from training_platform.backends.verl.common import (
+    VerlCommon,
+    field_error,
+    gpus_of,
+    refuse_on_cpu,
+)
 
 VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's MaxLoRARanks, which verl checks against
 REWARD_PATTERN = r"^(file:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -139,7 +144,22 @@ class RlParameters(VerlCommon):
     def _fits_the_resources(self, info: ValidationInfo) -> Self:
         gpus = gpus_of(info)
         if self.device == "cpu":
-            self._fits_the_cpu(gpus)
+            refuse_on_cpu(
+                self,
+                gpus,
+                (
+                    self.lora is not None,
+                    ("lora",),
+                    "the CPU smoke mode trains all weights",
+                    self.lora,
+                ),
+                (
+                    self.rollout.name != "vllm",
+                    ("rollout", "name"),
+                    "vLLM's CPU build is the CPU rollout",
+                    self.rollout.name,
+                ),
+            )
             gpus = 1  # the run's Ray has one logical GPU: verl's batch rules see one
         elif gpus < 1:
             raise field_error(
@@ -180,32 +200,6 @@ class RlParameters(VerlCommon):
             loc, message = problems[0]
             raise field_error(loc, message, getattr(self, loc[0]))
         return self
-
-    def _fits_the_cpu(self, gpus: int) -> None:
-        """What the CPU smoke mode cannot do, by field."""
-        if gpus > 0:
-            raise field_error(
-                ("device",), "device 'cpu' runs without GPUs: ask for gpus = 0", self.device
-            )
-        refusals: list[tuple[tuple[str, ...], str, object]] = [
-            (("strategy",), "the CPU smoke mode needs fsdp2", self.strategy),
-            (("attn_implementation",), "flash-attn needs a GPU", self.attn_implementation),
-            (("param_offload",), "offloading means nothing on CPU", self.param_offload),
-            (("optimizer_offload",), "offloading means nothing on CPU", self.optimizer_offload),
-            (("lora",), "the CPU smoke mode trains all weights", self.lora),
-            (("rollout", "name"), "vLLM's CPU build is the CPU rollout", self.rollout.name),
-        ]
-        wrong = [
-            self.strategy != "fsdp2",
-            self.attn_implementation == "flash_attention_2",
-            self.param_offload,
-            self.optimizer_offload,
-            self.lora is not None,
-            self.rollout.name != "vllm",
-        ]
-        for (loc, message, value), is_wrong in zip(refusals, wrong, strict=True):
-            if is_wrong:
-                raise field_error(loc, message, value)
 
     @property
     def micro(self) -> int:

@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field, ValidationInfo, model_validator
 from training_platform.backends.base import LaunchContext, LaunchPlan, register
 from training_platform.backends.verl.common import (
     COMPAT_MODULE,
-    CPU_MODULE,
+    CPU_ENV,
     HydraValue,
     VerlCommon,
     field_error,
     gpus_of,
     overrides,
+    refuse_on_cpu,
     trainer_pairs,
     wrapper_plan,
 )
@@ -77,19 +78,7 @@ class VerlSftParameters(VerlCommon):
                 self.device,
             )
         if self.device == "cpu":
-            if gpus > 0:
-                raise field_error(
-                    ("device",), "device 'cpu' runs without GPUs: ask for gpus = 0", self.device
-                )
-            if self.strategy != "fsdp2":
-                raise field_error(("strategy",), "the CPU smoke mode needs fsdp2", self.strategy)
-            if self.attn_implementation == "flash_attention_2":
-                raise field_error(
-                    ("attn_implementation",), "flash-attn needs a GPU", self.attn_implementation
-                )
-            if self.param_offload or self.optimizer_offload:
-                field = "param_offload" if self.param_offload else "optimizer_offload"
-                raise field_error((field,), "offloading means nothing on CPU", True)
+            refuse_on_cpu(self, gpus)
         processes = max(gpus, 1)
         if self.train_batch_size % processes:
             raise field_error(
@@ -146,15 +135,7 @@ class VerlSft:
             SFT_MODULE,
             *overrides(_pairs(values, context, processes)),
         ]
-        verl_env = {"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE}
-        if on_cpu:
-            verl_env = {
-                "VERL_USE_EXTERNAL_MODULES": f"{COMPAT_MODULE},{CPU_MODULE}",
-                "VERL_PLATFORM": "cpu",
-                # verl registers its FSDP engines for cuda and npu only; the CPU plugin makes
-                # the cuda one work on CPU tensors.
-                "VERL_ENGINE_DEVICE": "cuda",
-            }
+        verl_env = CPU_ENV if on_cpu else {"VERL_USE_EXTERNAL_MODULES": COMPAT_MODULE}
         steps_from = {
             "dataset": context.dataset_path,
             "batch_size": values.train_batch_size,
