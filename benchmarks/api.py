@@ -221,7 +221,7 @@ def main() -> int:
         token = settings.admin_token_file.read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
         platform_port, bare_port = _free_port(), _free_port()
-        servers.append(_serve("training_platform.api.app:create_app", platform_port, env))
+        servers.append(_serve("training_platform.api.server:create_app", platform_port, env))
         servers.append(_serve("api:bare_app", bare_port, env))
         platform, bare = f"http://127.0.0.1:{platform_port}", f"http://127.0.0.1:{bare_port}"
         _wait(f"{platform}/readyz")

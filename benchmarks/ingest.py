@@ -280,7 +280,8 @@ def contention(scratch: Path, redis_url: str, args: argparse.Namespace) -> dict[
     env["TP_LOG_LEVEL"] = "WARNING"
     api = subprocess.Popen(
         [
-            *(sys.executable, "-m", "uvicorn", "--factory", "training_platform.api.app:create_app"),
+            *(sys.executable, "-m", "uvicorn", "--factory"),
+            "training_platform.api.server:create_app",
             *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
         ],
         env=env,

@@ -322,7 +322,7 @@ def main() -> int:
                 session.refresh(job)
         engine.dispose()
         api_port = _free_port()
-        started.append(_serve("training_platform.api.app:create_app", api_port, env, True))
+        started.append(_serve("training_platform.api.server:create_app", api_port, env, True))
         _wait_port(api_port, "/readyz")
         context = multiprocessing.get_context("spawn")
         watcher = context.Process(target=_watcher, args=(str(home), redis_url, job.id, handle))

@@ -1,12 +1,13 @@
-"""The FastAPI application factory: `uvicorn --factory training_platform.api.app:create_app`."""
+"""The FastAPI application factory (the API process starts it through api/server.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from sqlmodel import Session
@@ -14,38 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from training_platform import __version__
-from training_platform.api import dashboard, errors, health
+from training_platform.api import contexts, dashboard, errors, health
 from training_platform.api.deps import API_PREFIX as API_PREFIX  # re-exported
-from training_platform.auth.routes import router as tokens_router
-from training_platform.backends.routes import router as backends_router
 from training_platform.bootstrap import bootstrap
-from training_platform.catalog.routes import router as catalog_router
 from training_platform.core.logging import setup_logging
 from training_platform.core.settings import Settings, get_settings
-from training_platform.datasets.routes import router as datasets_router
-from training_platform.evaluation.routes import router as evaluations_router
-from training_platform.hosts.routes import router as hosts_router
-from training_platform.hosts.routes import secrets_router
-from training_platform.hosts.service import BootstrapRequests
-from training_platform.jobs.routes import router as jobs_router
-from training_platform.jobs.service import Dispatcher
-from training_platform.monitoring import service as live_service
 from training_platform.monitoring.hub import LiveHub
 from training_platform.monitoring.prometheus import registry_for, timer
-from training_platform.monitoring.routes import (
-    alert_rules_router,
-    alerts_router,
-    metrics_router,
-    queues_router,
-    telemetry_router,
-    webhooks_router,
-)
-from training_platform.monitoring.routes import router as live_router
-from training_platform.pipelines.routes import lineage_router
-from training_platform.pipelines.routes import router as pipelines_router
-from training_platform.scheduling.routes import router as gpus_router
-from training_platform.serving.routes import endpoints_router
-from training_platform.serving.routes import router as serving_router
+
+if TYPE_CHECKING:
+    from training_platform.hosts.service import BootstrapRequests
+    from training_platform.jobs.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +85,11 @@ def create_app(
     settings = settings or get_settings()
     if dispatcher is None:
         dispatcher = cast(
-            Dispatcher, _OnFirstUse("training_platform.jobs.tasks", "CeleryDispatcher")
+            "Dispatcher", _OnFirstUse("training_platform.jobs.tasks", "CeleryDispatcher")
         )
     if bootstrap_requests is None:
         bootstrap_requests = cast(
-            BootstrapRequests,
+            "BootstrapRequests",
             _OnFirstUse("training_platform.hosts.tasks", "CeleryBootstrapRequests"),
         )
 
@@ -120,10 +100,14 @@ def create_app(
         app.state.engine = engine
 
         def read_state(job_id: int) -> dict[str, Any] | None:
+            from training_platform.monitoring import service as live_service
+
             with Session(engine) as session:
                 return live_service.read_state(session=session, job_id=job_id)
 
         def read_changes(mark: Any) -> Any:
+            from training_platform.monitoring import service as live_service
+
             with Session(engine) as session:
                 return live_service.changes_since(session=session, mark=mark)
 
@@ -132,8 +116,10 @@ def create_app(
         app.state.live_hub = hub
         registry, latency = registry_for(engine, settings.broker_url, lambda: hub.clients)
         app.state.prometheus_registry, app.state.request_latency = registry, latency
+        app.state.warm_up = asyncio.create_task(contexts.warm_up(app.router))
         log.info("API ready on %s", settings.resolved_api_url)
         yield
+        app.state.warm_up.cancel()
         await hub.stop()
         serving_client = getattr(app.state, "serving_client", None)
         if serving_client is not None:  # made on the first request to a served model
@@ -153,32 +139,17 @@ def create_app(
 
     app.add_middleware(RequestTimer)
 
-    # Routes built once by their routers, with their final paths and dependencies, are added
-    # as they are (see api_router); health first, the dashboard's catch-all last.
-    for router in (
-        health.router,
-        jobs_router,
-        lineage_router,
-        pipelines_router,
-        catalog_router,
-        datasets_router,
-        evaluations_router,
-        serving_router,
-        endpoints_router,
-        gpus_router,
-        backends_router,
-        hosts_router,
-        secrets_router,
-        alerts_router,
-        webhooks_router,
-        telemetry_router,
-        queues_router,
-        tokens_router,
-        alert_rules_router,
-        live_router,
-        metrics_router,
-    ):
-        app.router.routes.extend(router.routes)
+    # Health first, then a stand-in for each context (api/contexts.py): the warm-up started
+    # with the app puts their routes in place; the dashboard's catch-all last.
+    app.router.routes.extend(health.router.routes)
+    app.router.routes.extend(contexts.Context(spec) for spec in contexts.CONTEXTS)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        contexts.load_all(app.router)
+        return build_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     dashboard.install(app)  # last: its catch-all route answers only what nothing else does
     return app

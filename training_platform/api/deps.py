@@ -16,7 +16,7 @@ from training_platform.auth.models import ApiToken
 from training_platform.auth.service import authenticate, hash_token
 from training_platform.core.settings import Settings
 from training_platform.core.types import DB_BIGINT_MAX, DB_INT_MAX
-from training_platform.jobs.service import Dispatcher
+from training_platform.jobs.dispatch import Dispatcher
 
 _bearer = HTTPBearer(auto_error=False, description="The API token from $TP_HOME/admin-token.")
 

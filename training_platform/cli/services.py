@@ -196,7 +196,7 @@ def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> lis
                 "-m",
                 "uvicorn",
                 "--factory",
-                "training_platform.api.app:create_app",
+                "training_platform.api.server:create_app",
                 "--host",
                 settings.host,
                 "--port",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func
@@ -38,6 +38,7 @@ from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.datasets import formats
 from training_platform.datasets import service as datasets
+from training_platform.jobs.dispatch import Dispatcher as Dispatcher  # re-exported
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.jobs.schemas import QUEUE_FOR_JOBS, AlertRule, JobCreate, JobPolicy
 from training_platform.jobs.state import (
@@ -57,22 +58,6 @@ from training_platform.scheduling.placement import capacity_check
 WAITING_VALUES = frozenset(s.value for s in WAITING)
 SETTLE_ATTEMPTS = 5
 T = TypeVar("T")
-
-
-class Dispatcher(Protocol):
-    """Sends the message that makes a worker start a job (after the commit)."""
-
-    def dispatch(self, job: Job) -> None:
-        """Enqueue the start of the job's current attempt."""
-        ...
-
-    def request_cancel(self, job: Job) -> None:
-        """Ask a worker to signal the job's process group now."""
-        ...
-
-    def request_schedule(self) -> None:
-        """Ask for a scheduling pass now (a job became due for devices)."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
-from training_platform.monitoring.schemas import SCHEMA_VERSION
-
 log = logging.getLogger(__name__)
+# The version of the live messages (monitoring/schemas.py describes them).
+SCHEMA_VERSION = 1
 CHANNEL_PREFIX = "tp:live:job:"
 # Hash job id -> seconds from the newest metric line's timestamp to its storage (Prometheus).
 LAG_KEY = "tp:live:ingestion_lag"

@@ -19,10 +19,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from training_platform.jobs.models import Job
-from training_platform.jobs.state import JobStatus
 from training_platform.monitoring.live import LAG_KEY
-from training_platform.scheduling.models import DeviceLease
 from training_platform.worker.broker import RedisBrokerView
 from training_platform.worker.queues import ALL_QUEUES, PRIORITY_MAX
 
@@ -40,6 +37,11 @@ class PlatformCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Every gauge, fresh."""
+        # Imported on the first scrape: the API's start does without the jobs' models.
+        from training_platform.jobs.models import Job
+        from training_platform.jobs.state import JobStatus
+        from training_platform.scheduling.models import DeviceLease
+
         jobs = GaugeMetricFamily("tp_jobs", "Jobs by status.", labels=["status"])
         waiting = GaugeMetricFamily(
             "tp_jobs_waiting",

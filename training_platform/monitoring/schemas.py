@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+from training_platform.monitoring.live import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 
 class Point(BaseModel):

@@ -23,8 +23,8 @@ from training_platform.api.deps import (
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.jobs import service as jobs
+from training_platform.jobs.dispatch import Dispatcher
 from training_platform.jobs.models import Job
-from training_platform.jobs.service import Dispatcher
 from training_platform.jobs.state import StaleJob
 from training_platform.pipelines import definition as dsl
 from training_platform.pipelines import engine as pipeline_engine
