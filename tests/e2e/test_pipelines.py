@@ -155,7 +155,7 @@ def test_a_killed_middle_stage_fails_the_pipeline_and_retry_reruns_only_it_and_w
                     "base": _sft(5),
                     "middle": {
                         "depends_on": ["base"],
-                        **_sft(200, "${stages.base.outputs.checkpoint}"),
+                        **_sft(80, "${stages.base.outputs.checkpoint}"),
                     },
                     "score": {
                         "depends_on": ["middle"],
@@ -256,7 +256,7 @@ def test_a_crash_of_the_api_and_every_worker_mid_pipeline_loses_and_repeats_no_s
                     "first": _sft(5),
                     "second": {
                         "depends_on": ["first"],
-                        **_sft(300, "${stages.first.outputs.checkpoint}"),
+                        **_sft(150, "${stages.first.outputs.checkpoint}"),
                     },
                     "third": {
                         "depends_on": ["second"],

@@ -12,8 +12,8 @@ retried from that checkpoint, and finishes: the reward rises over its 12 steps. 
 this test's own file, uploaded like a user's: the share of digits in the response, dense enough
 for a random tiny model to move in a few steps (a shape reward a constant output earns: the
 mechanics, not math). The resumed attempt is watched
-over the job's WebSocket, as the dashboard watches it. PPO (with its critic) and GSPO run two
-steps each, side by side.
+over the job's WebSocket, as the dashboard watches it. PPO (with its critic) and GSPO run one
+step each, side by side.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ GRPO = {
     "rollout": {"n": 8},
 }
 # The conversion into a final model is GRPO's to prove; these two skip it.
-SHORT = {**COMMON, "total_steps": 2, "save_freq": 2, "export_final_model": False}
+SHORT = {**COMMON, "total_steps": 1, "save_freq": 1, "export_final_model": False}
 # What every verl RL job records, as the platform stores it (verl's own keys).
 SCORE = "critic/score/mean"
 KEYS = {SCORE, "actor/pg_loss", "response_length/mean", "timing_s/step"}

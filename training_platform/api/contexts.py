@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +97,15 @@ class Context(BaseRoute):
         raise NoMatchFound(name, path_params)
 
 
+# One context is built at a time: FastAPI's route building is not safe in two threads at once
+# (routes sharing an Annotated parameter, IdPath, saw each other's alias), and the warm-up and
+# a request may both be loading.
+_building = threading.Lock()
+
+
 def _routes(spec: Spec) -> list[BaseRoute]:
-    module = importlib.import_module(spec.module)
+    with _building:
+        module = importlib.import_module(spec.module)
     return [route for name in spec.routers for route in getattr(module, name).routes]
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from training_platform.rewards.builtin import last_number, normalize_answer
+from training_platform.trainers.lean import skip_unused_imports
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -593,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     for name, value in HF_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    skip_unused_imports()
     try:
         config = load_config(args.config)
         key = read_key(config)  # first: the file is gone whatever happens next

@@ -32,6 +32,8 @@ from pydantic import (
     field_validator,
 )
 
+from training_platform.trainers.lean import skip_unused_imports
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import LoraConfig
@@ -726,10 +728,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, value in HF_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    # Runs report to the platform only (report_to is empty), yet TRL imports wandb at module level
-    # wherever it is installed (verl brings it): 1.2 s of a run's start. A None entry makes
-    # find_spec answer "not installed", so nothing imports it.
-    sys.modules.setdefault("wandb", None)  # type: ignore[arg-type]
+    skip_unused_imports()
     print(f"{config.algorithm} run in {config.output_dir}")
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
