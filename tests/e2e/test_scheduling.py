@@ -201,6 +201,9 @@ def test_whole_host_jobs_run_strictly_one_after_another_by_priority(four_gpus) -
     _wait_running(four_gpus, blocker["id"])
     # a tie (8) starts in submission order
     jobs = [_submit(four_gpus, f"serial p{p}", WHOLE, p) for p in (2, 8, 5, 8)]
+    # All four wait their turn: a job whose dataset is still being prepared is not a
+    # candidate yet (under load, the second p8 was prepared before the first and went first).
+    assert all(_wait_queued(four_gpus, j["id"])["status"] == "queued" for j in jobs)
     with four_gpus.client() as client:
         client.post(f"/api/v1/jobs/{blocker['id']}/cancel")
     finished = [
