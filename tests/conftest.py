@@ -40,6 +40,8 @@ os.environ["TP_HOME"] = str(SESSION_DIR / "home-default")
 os.environ["TP_REDIS_URL"] = f"{REDIS_BASE}/0"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
+# This worker's warm servers (runners/warm.py), shared by its platforms, stopped at the end.
+os.environ["TP_WARM_DIR"] = str(SESSION_DIR / "warm")
 
 PG_ADMIN_URL = os.environ.get("TP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 _redis_process: subprocess.Popen[bytes] | None = None
@@ -179,6 +181,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from training_platform.runners import warm
+
+    warm.stop_all(SESSION_DIR / "warm")
     if _redis_process is not None:
         _redis_process.terminate()
         _redis_process.wait(timeout=10)

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
         description="A worker process that has grown past this is replaced after its task.",
     )
     train_cpu_threads: Annotated[int, Field(ge=1, le=1024)] = 1
+    warm_starts: bool = Field(
+        default=True,
+        description="Fork local TRL and evaluation runs from a server that has already "
+        "imported their libraries (runners/warm.py).",
+    )
+    warm_dir: Path | None = Field(
+        default=None, description="Where warm servers listen; default: tp-warm-<uid> in TMPDIR."
+    )
     max_upload_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 2048
     model_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -231,6 +240,15 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         """Managed root for datasets."""
         return self.home / "datasets"
+
+    @property
+    def warm_servers_dir(self) -> Path | None:
+        """Where this user's warm servers listen; None when warm starts are off."""
+        if not self.warm_starts:
+            return None
+        if self.warm_dir is not None:
+            return self.warm_dir
+        return Path(tempfile.gettempdir()) / f"tp-warm-{os.getuid()}"
 
     @property
     def state_dir(self) -> Path:

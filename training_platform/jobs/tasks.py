@@ -45,7 +45,7 @@ def runners_here() -> dict[str, Runner]:
     """The runners of this node: its own runs, and remote hosts' over SSH or Ray."""
     settings = get_settings()
     return {
-        "local": LocalRunner(node=settings.node_name),
+        "local": LocalRunner(node=settings.node_name, warm_dir=settings.warm_servers_dir),
         "ssh": RemoteRunners(_engine(), settings, "ssh"),
         "ray": RemoteRunners(_engine(), settings, "ray"),
     }

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 PLAN_FILE = "plan.json"
 LOG_FILE = "output.log"
@@ -61,6 +61,23 @@ def child_environment(
     env = {name: source[name] for name in INHERITED if name in source}
     env.update(plan_env)
     return env
+
+
+class Trainer(Protocol):
+    """The started trainer, as the launcher uses it (a subprocess.Popen, or warm.py's fork)."""
+
+    pid: int
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self) -> int: ...
+
+
+def popen(argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> Trainer:
+    """Start the trainer as a new program (the cold start)."""
+    return subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -108,12 +125,14 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-def run(run_dir: Path) -> int:
-    """Run the plan in run_dir to its end; return the trainer's return code."""
+def run(run_dir: Path, start: Any = popen) -> int:
+    """Run the plan in run_dir to its end; return the trainer's return code.
+
+    `start(argv, cwd, env, log)` starts the trainer (popen, or a fork from a warm server)."""
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     argv = [str(a) for a in plan["argv"]]
     stop_requested: list[int] = []
-    child: subprocess.Popen[bytes] | None = None
+    child: Trainer | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         # A signal aimed at the launcher alone still reaches the trainer; one that arrives
@@ -142,14 +161,7 @@ def run(run_dir: Path) -> int:
         # The devices the trainer may use, as it sees them: leases are checked against this.
         _log(log, f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}")
         try:
-            child = subprocess.Popen(
-                argv,
-                cwd=run_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            child = start(argv, run_dir, env, log)
         except OSError as error:
             _log(log, f"could not start: {error}")
             _write_json_atomic(

@@ -18,7 +18,7 @@ import psutil
 
 from training_platform.backends.base import LaunchPlan
 from training_platform.core import processes
-from training_platform.runners import launcher
+from training_platform.runners import launcher, warm
 from training_platform.runners.base import (
     OUTPUT_FILES,
     Handle,
@@ -49,9 +49,13 @@ class LocalRunner:
 
     kind = KIND
 
-    def __init__(self, *, node: str, python: str | None = None) -> None:
+    def __init__(
+        self, *, node: str, python: str | None = None, warm_dir: Path | None = None
+    ) -> None:
         self.node = node
         self.python = python or sys.executable
+        # Where warm servers listen (runners/warm.py); None: every run starts cold.
+        self.warm = warm.WarmStarter(warm_dir, self.python) if warm_dir else None
 
     def owns(self, handle: Handle) -> bool:
         """A local handle can only be watched from the node that started it."""
@@ -64,6 +68,9 @@ class LocalRunner:
         if existing is not None and self.poll(existing).status == "running":
             raise RunnerError(f"a run is already alive in {run_dir}")
         write_run_dir(plan, directory, PLAN_FILE)
+        pid = self._start_warm(plan, directory)
+        if pid is not None:
+            return self._record(directory, pid)
         with (directory / "launcher.log").open("ab") as launcher_log:
             process = subprocess.Popen(
                 # By path, isolated and without site-packages: the launcher needs only the
@@ -77,11 +84,20 @@ class LocalRunner:
                 start_new_session=True,
                 close_fds=True,
             )
+        return self._record(directory, process.pid)
+
+    def _start_warm(self, plan: LaunchPlan, directory: Path) -> int | None:
+        if self.warm is None:
+            return None
+        env = child_environment({str(k): str(v) for k, v in plan.env.items()})
+        return self.warm.start(directory.resolve(), [str(a) for a in plan.argv], env)
+
+    def _record(self, directory: Path, pid: int) -> Handle:
         handle: Handle = {
             "runner": KIND,
             "node": self.node,
             "run_dir": str(directory),
-            **processes.identity(process.pid),
+            **processes.identity(pid),
         }
         (directory / LAUNCHER_FILE).write_text(json.dumps(handle))
         return handle
