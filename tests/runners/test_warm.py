@@ -8,11 +8,15 @@ suites train through the same path (their platforms run with warm starts on)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.runners.test_local import NODE, wait_ended, wait_for
@@ -84,8 +88,41 @@ def test_runs_after_the_first_fork_warm_and_end_as_cold_runs_do(
     assert warm._request(warm_dir / f"{name}.sock", tmp_path / "missing") is None
     assert not (foreign / "exit.json").exists()
 
-    assert warm.stop_all(warm_dir) >= 1
+    # A server killed outright leaves its socket: the next run starts cold and a new server.
+    first = int((warm_dir / f"{name}.pid").read_text())
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(first) or _zombie(first), "the server to die")
+    assert (warm_dir / f"{name}.sock").exists()
+    code, log = run(runner, tmp_path / "after-kill", trainer_plan())
+    assert code == 2 and "forked warm" not in log
+
+    def new_server() -> bool:
+        path = warm_dir / f"{name}.pid"
+        return path.exists() and int(path.read_text()) != first
+
+    wait_for(new_server, "a new server", timeout=120)
+    wait_for(lambda: _answers(warm_dir / f"{name}.sock"), "the new server to listen", timeout=120)
+    code, log = run(runner, tmp_path / "warm-again", trainer_plan())
+    assert code == 2 and "forked warm" in log
+
+    assert warm.stop_all(warm_dir) == 1
     wait_for(lambda: not (warm_dir / f"{name}.sock").exists(), "the server to stop")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def test_only_trainer_programs_of_the_runners_interpreter_are_eligible() -> None:

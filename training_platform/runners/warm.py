@@ -66,7 +66,8 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 # pyarrow's jemalloc purges in a background thread, and its fork handlers restart it.
 FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
 IDLE_EXIT_S = 900.0
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0  # the server's wait for a request
+ANSWER_TIMEOUT_S = 120.0  # the client's wait for the forked launcher's pid
 _CODE_DIRS = ("trainers", "runners")
 
 
@@ -135,7 +136,12 @@ class WarmStarter:
             if not path.exists():
                 self._spawn(directory, name, argv[2], env)
                 return None
-            return _request(path, run_dir)
+            try:
+                return _request(path, run_dir)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # A server that died without removing its socket: start another.
+                self._spawn(directory, name, argv[2], env)
+                return None
         except (OSError, ValueError):
             return None
 
@@ -146,9 +152,10 @@ class WarmStarter:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return  # another process is starting it
-            if (directory / f"{name}.sock").exists():
-                return
+                return  # a server holds it, or another process is starting one
+            # No server lives (it would hold the lock): what is left of one is stale.
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{name}.sock").unlink()
             with (directory / f"{name}.log").open("ab") as log:
                 subprocess.Popen(
                     [
@@ -172,8 +179,10 @@ class WarmStarter:
 
 
 def _request(path: Path, run_dir: Path) -> int | None:
+    # Once the request is sent, the server may fork: the answer is awaited for long (a
+    # server whose answer cannot be delivered kills the launcher it forked; see _answer).
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(REQUEST_TIMEOUT_S)
+        connection.settimeout(ANSWER_TIMEOUT_S)
         connection.connect(str(path))
         if _peer_uid(connection) != os.getuid():
             return None
@@ -267,7 +276,10 @@ def serve(
                 return 0
             connection, _ = listener.accept()
             with connection:
-                _answer(connection, listener, module, lock)
+                try:
+                    _answer(connection, listener, module, lock)
+                except Exception:  # one bad exchange must not end the server
+                    traceback.print_exc()
     finally:
         for stale in (path, directory / f"{name}.pid"):
             with contextlib.suppress(OSError):
@@ -322,7 +334,15 @@ def _answer(connection: socket.socket, listener: socket.socket, module: str, loc
             code = _launch(run_dir)
         finally:
             os._exit(code)
-    connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    try:
+        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    except OSError:
+        # The client gave up and will start the run cold: this run must not start twice.
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)  # the launcher and the trainer it may have forked
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # a launcher that has not yet led its session
+        raise
 
 
 def _launch(run_dir: Path) -> int:
@@ -373,6 +393,7 @@ def _fork_trainer(argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> 
         os.chdir(cwd)
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
+        log.close()
         os.environ.clear()
         os.environ.update(env)
         sys.path[0] = str(cwd)
