@@ -96,17 +96,24 @@ def test_runs_after_the_first_fork_warm_and_end_as_cold_runs_do(
     code, log = run(runner, tmp_path / "after-kill", trainer_plan())
     assert code == 2 and "forked warm" not in log
 
-    def new_server() -> bool:
+    def new_server_or_refusal() -> bool:
+        # A server refuses (and says why) when its imports left a thread running: then its
+        # runs start cold, which is correct too.
         path = warm_dir / f"{name}.pid"
-        return path.exists() and int(path.read_text()) != first
+        refused = (warm_dir / f"{name}.refused").exists()
+        return refused or (path.exists() and int(path.read_text()) != first)
 
-    wait_for(new_server, "a new server", timeout=120)
-    wait_for(lambda: _answers(warm_dir / f"{name}.sock"), "the new server to listen", timeout=120)
-    code, log = run(runner, tmp_path / "warm-again", trainer_plan())
-    assert code == 2 and "forked warm" in log
+    wait_for(new_server_or_refusal, "a new server", timeout=120)
+    if not (warm_dir / f"{name}.refused").exists():
+        wait_for(lambda: _answers(warm_dir / f"{name}.sock"), "the new server", timeout=120)
+        code, log = run(runner, tmp_path / "warm-again", trainer_plan())
+        assert code == 2 and "forked warm" in log
+    else:
+        code, log = run(runner, tmp_path / "refused", trainer_plan())
+        assert code == 2 and "forked warm" not in log
 
-    assert warm.stop_all(warm_dir) == 1
-    wait_for(lambda: not (warm_dir / f"{name}.sock").exists(), "the server to stop")
+    warm.stop_all(warm_dir)
+    wait_for(lambda: not (warm_dir / f"{name}.pid").exists(), "the servers to stop")
 
 
 def _zombie(pid: int) -> bool:

@@ -66,6 +66,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 # pyarrow's jemalloc purges in a background thread, and its fork handlers restart it.
 FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
 IDLE_EXIT_S = 900.0
+SETTLE_S = 10.0  # how long a server waits for helper threads of the imports to end
 REQUEST_TIMEOUT_S = 10.0  # the server's wait for a request
 ANSWER_TIMEOUT_S = 120.0  # the client's wait for the forked launcher's pid
 _CODE_DIRS = ("trainers", "runners")
@@ -254,6 +255,10 @@ def serve(
     for name_ in PRELOAD[module]:
         importlib.import_module(name_)
     reason = _unsafe_to_fork()
+    deadline = time.monotonic() + SETTLE_S
+    while reason and time.monotonic() < deadline:  # threads some imports start and end
+        time.sleep(0.5)
+        reason = _unsafe_to_fork()
     if reason:
         (directory / f"{name}.refused").write_text(reason + "\n")
         print(f"refusing to serve: {reason}", flush=True)
