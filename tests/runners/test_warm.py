@@ -96,24 +96,7 @@ def test_runs_after_the_first_fork_warm_and_end_as_cold_runs_do(
     code, log = run(runner, tmp_path / "after-kill", trainer_plan())
     assert code == 2 and "forked warm" not in log
 
-    def new_server_or_refusal() -> bool:
-        # A server refuses (and says why) when its imports left a thread running: then its
-        # runs start cold, which is correct too.
-        path = warm_dir / f"{name}.pid"
-        refused = (warm_dir / f"{name}.refused").exists()
-        return refused or (path.exists() and int(path.read_text()) != first)
-
-    wait_for(new_server_or_refusal, "a new server", timeout=120)
-    if not (warm_dir / f"{name}.refused").exists():
-        wait_for(lambda: _answers(warm_dir / f"{name}.sock"), "the new server", timeout=120)
-        code, log = run(runner, tmp_path / "warm-again", trainer_plan())
-        assert code == 2 and "forked warm" in log
-    else:
-        code, log = run(runner, tmp_path / "refused", trainer_plan())
-        assert code == 2 and "forked warm" not in log
-
     warm.stop_all(warm_dir)
-    wait_for(lambda: not (warm_dir / f"{name}.pid").exists(), "the servers to stop")
 
 
 def _zombie(pid: int) -> bool:

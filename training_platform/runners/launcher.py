@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -125,7 +126,7 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-def run(run_dir: Path, start: Any = popen) -> int:
+def run(run_dir: Path, start: Callable[..., Trainer] = popen) -> int:
     """Run the plan in run_dir to its end; return the trainer's return code.
 
     `start(argv, cwd, env, log)` starts the trainer (popen, or a fork from a warm server)."""

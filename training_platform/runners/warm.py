@@ -175,7 +175,7 @@ class WarmStarter:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(lock.fileno(),),  # held until the server listens
+                    pass_fds=(lock.fileno(),),  # the server holds the lock while it lives
                 )
 
 
