@@ -94,6 +94,8 @@ accelerate
 tokenizers
 safetensors
 pyarrow
+# model surgery: merge methods, LoRA merges, lazy tensor loading (LGPL-3.0, used as a library)
+mergekit==0.1.5
 EOF
 
 # verl's vllm/sglang/fsdp/megatron/cpu extras pin torch 2.11: only verl-core is used.

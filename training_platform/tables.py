@@ -3,7 +3,12 @@
 from sqlmodel import SQLModel
 
 from training_platform.auth.models import ApiToken
-from training_platform.catalog.models import DatasetEntry, ModelEntry, RewardFileEntry
+from training_platform.catalog.models import (
+    DatasetEntry,
+    ModelEntry,
+    ModelLineage,
+    RewardFileEntry,
+)
 from training_platform.evaluation.models import (
     EvalSuite,
     Evaluation,
@@ -31,6 +36,7 @@ from training_platform.pipelines.models import (
 )
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 from training_platform.serving.models import Endpoint
+from training_platform.surgery.models import Merge
 
 metadata = SQLModel.metadata
 
@@ -53,7 +59,9 @@ __all__ = [
     "JobEvent",
     "JobLogChunk",
     "JobMetric",
+    "Merge",
     "ModelEntry",
+    "ModelLineage",
     "NotificationCursor",
     "Pipeline",
     "PipelineEvent",

@@ -50,6 +50,7 @@ CONTEXTS: tuple[Spec, ...] = (
         _api("jobs", "pipelines"),
     ),
     Spec("training_platform.catalog.routes", ("router",), _api("models", "rewards")),
+    Spec("training_platform.surgery.routes", ("models_router", "router"), _api("models", "merges")),
     Spec("training_platform.datasets.routes", ("router",), _api("datasets")),
     Spec("training_platform.evaluation.routes", ("router",), _api("evaluations")),
     Spec(

@@ -213,10 +213,9 @@ def _build_into(path: Path, seed: int, overrides: Mapping[str, Any] | None = Non
     tokenizer = build_tokenizer()
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        **{**MODEL_CONFIG, **(overrides or {})},
+        **{"vocab_size": len(tokenizer), **MODEL_CONFIG, **(overrides or {})},
     )
     # Weight init draws from torch's global RNG; fork it so the caller's RNG state is untouched.
     with torch.random.fork_rng(devices=[]):

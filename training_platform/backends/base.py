@@ -56,6 +56,9 @@ class LaunchContext:
     # API key apart, for the plan's secrets only.
     endpoint: Mapping[str, Any] | None = None
     endpoint_key: str | None = field(default=None, repr=False)
+    # Catalog models a plan names by id besides the job's model (a merge's inputs): id ->
+    # local directory, resolved by the platform (a request never carries a path).
+    models: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, PrimaryKeyConstraint
 from sqlmodel import Field, SQLModel
 
-from training_platform.core.types import UTCDateTime, utcnow
+from training_platform.core.types import JSONType, UTCDateTime, utcnow
 
 
 class ModelEntry(SQLModel, table=True):
@@ -17,7 +18,7 @@ class ModelEntry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
-    source: str = Field(max_length=16)  # builtin | local | hub | job
+    source: str = Field(max_length=16)  # builtin | local | hub | job | merge
     path: str = Field(max_length=500)  # relative to TP_HOME for managed models
     description: str = Field(default="", max_length=1000)
     parameters: int | None = Field(default=None, sa_type=BigInteger)
@@ -56,3 +57,27 @@ class RewardFileEntry(SQLModel, table=True):
     size_bytes: int = Field(sa_type=BigInteger)
     description: str = Field(default="", max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ModelLineage(SQLModel, table=True):
+    """Where a model came from, beyond the job that trained it (ModelEntry.job_id): one row
+    per parent of a merge or soup, or the checkpoint a selection chose.
+
+    relation: merged (an input of a merge), base (a merge's base model), soup (a checkpoint
+    averaged into a soup), selected (the checkpoint a selection chose). `detail` holds the
+    parent's part: its weight and density, or the rule a selection applied.
+    """
+
+    __tablename__ = "model_lineage"
+    __table_args__ = (PrimaryKeyConstraint("model_id", "parent_id"),)
+
+    model_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
+    )
+    parent_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    relation: str = Field(max_length=16)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)

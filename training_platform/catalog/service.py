@@ -7,11 +7,11 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlmodel import Session, select
 
-from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.catalog.models import DatasetEntry, ModelEntry, ModelLineage
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 
@@ -185,3 +185,13 @@ def register_model(
     session.add(entry)
     session.flush()
     return entry
+
+
+def add_parent(
+    *, session: Session, model_id: int, parent_id: int, relation: str, detail: dict[str, Any]
+) -> ModelLineage:
+    """Record that a model came from another (a merge's input, a soup's checkpoint)."""
+    row = ModelLineage(model_id=model_id, parent_id=parent_id, relation=relation, detail=detail)
+    session.add(row)
+    session.flush()
+    return row

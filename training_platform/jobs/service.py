@@ -272,6 +272,7 @@ def launch_context(
 
         endpoint, endpoint_key = launch_view(session=session, settings=settings, ref=endpoint_ref)
     return LaunchContext(
+        models=_catalog_models(session, settings, parameters),
         run_dir=str(run_dir),
         python=python,
         model_path=location,
@@ -291,6 +292,26 @@ def launch_context(
         # Only this node's: a remote host's vLLM (if any) is in its platform environment.
         vllm_python=(settings.resolved_vllm_python or "") if python == sys.executable else "",
     )
+
+
+def _catalog_models(session: Session, settings: Settings, parameters: BaseModel) -> dict[int, str]:
+    """The directories of the catalog models the parameters name by id (a merge's inputs)."""
+    named = getattr(parameters, "catalog_models", None)
+    if named is None:
+        return {}
+    found: dict[int, str] = {}
+    for model_id in sorted(named()):
+        entry = session.get(ModelEntry, model_id)
+        if entry is None:
+            raise Conflict(f"catalog model {model_id} no longer exists")
+        location, is_local = catalog.model_location(settings, entry)
+        if not is_local:
+            raise InvalidInput(
+                ("body", "hyperparameters", "models"),
+                f"model {entry.name!r} is a hub id; only local models can be merged",
+            )
+        found[model_id] = location
+    return found
 
 
 def plan_for_request(

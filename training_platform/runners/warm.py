@@ -61,6 +61,13 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "trl.trainer.dpo_trainer",
     ),
     "training_platform.trainers.evaluate": _HF,
+    "training_platform.trainers.merge": (
+        *_HF,
+        "peft",
+        "mergekit.config",
+        "mergekit.merge",
+        "mergekit.options",
+    ),
 }
 # Native threads that the libraries start at import and that survive a fork by design:
 # pyarrow's jemalloc purges in a background thread, and its fork handlers restart it.

@@ -16,6 +16,7 @@ from training_platform.evaluation.tasks import evaluation_tick
 from training_platform.jobs.tasks import supervisor_tick
 from training_platform.pipelines.tasks import pipelines_tick
 from training_platform.serving.tasks import serving_tick
+from training_platform.surgery.tasks import surgery_tick
 from training_platform.worker.app import app
 from training_platform.worker.config import redis_url
 from training_platform.worker.queues import KEY_PREFIX
@@ -24,10 +25,12 @@ PING_LIST = f"{KEY_PREFIX}ping:"
 
 log = logging.getLogger(__name__)
 
-# In this order: a job the supervisor finishes advances its pipeline, has its evaluation
-# collected and (a serve job) its endpoint registered or dropped in the same pass.
+# In this order: a job the supervisor finishes has its merge's model registered, advances its
+# pipeline, has its evaluation collected and (a serve job) its endpoint registered or dropped
+# in the same pass.
 MAINTENANCE: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
     ("supervisor", supervisor_tick),
+    ("surgery", surgery_tick),
     ("pipelines", pipelines_tick),
     ("evaluation", evaluation_tick),
     ("serving", serving_tick),
@@ -36,7 +39,8 @@ MAINTENANCE: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
 
 @app.task(name="tp.system.tick")
 def maintenance_tick() -> dict[str, Any]:
-    """The supervisor, pipelines, evaluation and serving passes, one after another, as one task.
+    """The supervisor, surgery, pipelines, evaluation and serving passes, one after another,
+    as one task.
 
     One message per period instead of three halves what beat and the general worker spend
     on an idle platform. Each pass keeps its own lock, and runs even when one before it failed.

@@ -17,6 +17,7 @@ TASK_MODULES = [
     "training_platform.pipelines.tasks",
     "training_platform.scheduling.tasks",
     "training_platform.serving.tasks",
+    "training_platform.surgery.tasks",
     "training_platform.system.tasks",
 ]
 

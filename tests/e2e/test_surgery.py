@@ -1,0 +1,333 @@
+"""Model surgery for real, on the session's platform: tiny models built with known differences
+are merged by every method through the API (merge jobs on real Celery workers, mergekit
+underneath), each result equals mergekit's own CLI on the same configuration, models that do
+not fit together are refused before any job, and a soup and a selection of a trained job's
+checkpoints are registered with their lineage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training_platform.assets.tiny import build_tiny_model
+
+pytestmark = pytest.mark.slow
+
+# mergekit's CLI (`mergekit-yaml`, its click command) on each configuration, in one process
+# (the same code path; one import of torch instead of one per configuration), then a compare
+# of every tensor with the platform's output, and a generation with the first merged model.
+CLI_AND_COMPARE = r"""
+import json, sys
+from pathlib import Path
+import torch
+from mergekit.scripts.run_yaml import main as mergekit_yaml
+from safetensors.torch import load_file
+
+def tensors(directory):
+    found = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        found.update(load_file(str(path)))
+    return found
+
+report = {}
+for name, run_dir, scratch, seed in json.loads(sys.argv[1]):
+    out = Path(scratch) / name
+    mergekit_yaml.main(
+        [f"{run_dir}/merge.yml", str(out), "--copy-tokenizer", "--random-seed", str(seed),
+         "--lazy-unpickle", "--quiet"],
+        standalone_mode=False,
+    )
+    ours, theirs = tensors(f"{run_dir}/model"), tensors(out)
+    report[name] = {
+        "same_names": sorted(ours) == sorted(theirs),
+        "max_diff": max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours),
+        "tensors": len(ours),
+    }
+from transformers import AutoModelForCausalLM, AutoTokenizer
+first = json.loads(sys.argv[1])[0][1] + "/model"
+model = AutoModelForCausalLM.from_pretrained(first)
+tokenizer = AutoTokenizer.from_pretrained(first)
+ids = tokenizer("1 + 1 =", return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=5, do_sample=False)
+report["generated_tokens"] = int(out.shape[1] - ids.shape[1])
+print(json.dumps(report))
+"""
+
+
+def _wait_merge(client: Any, merge_id: int, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/merges/{merge_id}").json()
+        if body["status"] != "pending":
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"merge {merge_id} stayed pending: {body}")
+
+
+def _register(client: Any, home: Path, name: str, seed: int, **overrides: Any) -> None:
+    directory = build_tiny_model(home / "models" / name, seed=seed, overrides=overrides or None)
+    answer = client.post("/api/v1/models", json={"name": name, "path": str(directory)})
+    assert answer.status_code == 201, answer.text
+
+
+TIES = {"weight": 0.6, "density": 0.5}
+METHODS: dict[str, dict[str, Any]] = {
+    "linear": {
+        "models": [{"model": "sg-a", "weight": 1.0}, {"model": "sg-b", "weight": 3.0}],
+    },
+    "slerp": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b"}],
+        "parameters": {"t": 0.3},
+    },
+    "task_arithmetic": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", "weight": 0.7}, {"model": "sg-c", "weight": 0.4}],
+        "parameters": {"lambda": 0.9},
+    },
+    "ties": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", **TIES}, {"model": "sg-c", "weight": 0.4, "density": 0.8}],
+    },
+    "dare_ties": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", **TIES}, {"model": "sg-c", "weight": 0.4, "density": 0.8}],
+        "seed": 7,
+    },
+    "dare_linear": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", **TIES}, {"model": "sg-c", "weight": 0.4, "density": 0.8}],
+        "parameters": {"rescale": False},
+    },
+    "model_stock": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b"}, {"model": "sg-c"}],
+    },
+    "breadcrumbs": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", **TIES, "gamma": 0.05}],
+    },
+    "della": {
+        "base": {"model": "sg-a"},
+        "models": [{"model": "sg-b", **TIES, "epsilon": 0.1}, {"model": "sg-c", **TIES}],
+    },
+}
+
+
+def test_every_method_equals_mergekit_and_unfit_models_are_refused(platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with platform.client() as client:
+        for name, seed in (("sg-a", 11), ("sg-b", 12), ("sg-c", 13)):
+            _register(client, platform.home, name, seed)
+        _register(client, platform.home, "sg-wide-vocab", 14, vocab_size=2048)
+        _register(client, platform.home, "sg-deep", 15, num_hidden_layers=3)
+
+        # Refused before any job, with the field named, and nothing stored.
+        jobs_before = client.get("/api/v1/jobs").json()["total"]
+        refusals: list[tuple[dict[str, Any], tuple[Any, ...], str]] = [
+            (
+                {**METHODS["slerp"], "models": [{"model": "sg-wide-vocab"}]},
+                ("body", "models", 0),
+                "vocab_size",
+            ),
+            (
+                {**METHODS["slerp"], "models": [{"model": "sg-deep"}]},
+                ("body", "models", 0),
+                "num_hidden_layers",
+            ),
+            ({**METHODS["slerp"], "parameters": {}}, ("body", "parameters", "t"), "needs"),
+            (
+                {**METHODS["slerp"], "parameters": {"t": 1.5}},
+                ("body", "parameters", "t"),
+                "less than or equal",
+            ),
+            (
+                {**METHODS["ties"], "method": "ties", "base": None},
+                ("body", "base"),
+                "needs a base",
+            ),
+            (
+                {
+                    **METHODS["ties"],
+                    "method": "ties",
+                    "models": [{"model": "sg-b", "weight": 1, "density": 0}],
+                },
+                ("body", "models", 0, "density"),
+                "greater than 0",
+            ),
+            (
+                {**METHODS["linear"], "method": "linear", "parameters": {"t": 0.5}},
+                ("body", "parameters", "t"),
+                "takes no t",
+            ),
+            (
+                {**METHODS["slerp"], "models": [{"model": "no-such-model"}]},
+                ("body", "models", 0, "model"),
+                "unknown model",
+            ),
+        ]
+        for body, loc, words in refusals:
+            refused = client.post(
+                "/api/v1/merges", json={"name": "sg-refused", "method": "slerp"} | body
+            )
+            assert refused.status_code == 422, refused.text
+            detail = refused.json()["detail"][0]
+            assert tuple(detail["loc"]) == loc, refused.text
+            assert words in detail["msg"], refused.text
+        vocab = client.post(
+            "/api/v1/merges",
+            json={"name": "sg-refused", "method": "slerp", **refusals[0][0]},
+        ).json()["detail"][0]["msg"]
+        assert "sg-a" in vocab and "sg-wide-vocab" in vocab, vocab
+        assert client.get("/api/v1/jobs").json()["total"] == jobs_before
+        assert client.get("/api/v1/merges").json() == []
+
+        preview = client.post(
+            "/api/v1/merges/preview", json={"name": "sg-p", "method": "ties", **METHODS["ties"]}
+        )
+        assert preview.status_code == 200, preview.text
+        estimate = preview.json()["estimate"]
+        assert estimate["time_class"] == "seconds"
+        assert estimate["parameters"] > 0 and estimate["ram_bytes"] > estimate["output_bytes"]
+        assert "vocab_size" in preview.json()["checked"]
+
+        merges = {}
+        for method, body in METHODS.items():
+            answer = client.post(
+                "/api/v1/merges", json={"name": f"sg-{method}", "method": method, **body}
+            )
+            assert answer.status_code == 201, answer.text
+            merges[method] = answer.json()
+        taken = client.post(
+            "/api/v1/merges", json={"name": "sg-linear", "method": "linear", **METHODS["linear"]}
+        )
+        assert taken.status_code == 409, taken.text
+
+        done = {method: _wait_merge(client, m["id"]) for method, m in merges.items()}
+        for method, merge in done.items():
+            assert merge["status"] == "succeeded", (method, merge)
+        runs = []
+        for method, merge in done.items():
+            job = client.get(f"/api/v1/jobs/{merge['job_id']}").json()
+            assert job["progress"]["total"] == job["progress"]["step"] > 0, job
+            runs.append(
+                (
+                    method,
+                    str(platform.home / "runs" / str(job["id"]) / "attempt-1"),
+                    str(tmp_path),
+                    METHODS[method].get("seed", 0),
+                )
+            )
+        checked = subprocess.run(
+            [sys.executable, "-c", CLI_AND_COMPARE, json.dumps(runs)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr[-3000:]
+        report = json.loads(checked.stdout.strip().splitlines()[-1])
+        for method in METHODS:
+            assert report[method]["same_names"], (method, report[method])
+            assert report[method]["max_diff"] <= 1e-6, (method, report[method])
+        assert report["generated_tokens"] > 0
+
+        # Registered with its lineage and a model card that names the parents.
+        models = {m["name"]: m for m in client.get("/api/v1/models").json()}
+        slerp = models["sg-slerp"]
+        assert slerp["source"] == "merge"
+        lineage = client.get("/api/v1/models/sg-ties/lineage").json()
+        names = {n["id"]: n["name"] for n in lineage["nodes"]}
+        edges = {(names[e["parent"]], e["relation"]) for e in lineage["edges"]}
+        assert edges == {("sg-a", "base"), ("sg-b", "merged"), ("sg-c", "merged")}
+        card = (Path(runs[1][1]) / "model" / "README.md").read_text()
+        assert "`sg-a` (base)" in card and "`sg-b` (input" in card and "slerp" in card
+
+
+def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ignore[no-untyped-def]
+    with platform.client() as client:
+        trained = client.post(
+            "/api/v1/jobs",
+            json={
+                "name": "surgery checkpoints",
+                "algorithm": "sft",
+                "model": "tiny-qwen2",
+                "dataset": "tiny-sft",
+                "hyperparameters": {"max_steps": 6, "save_steps": 2, "learning_rate": 1e-3},
+            },
+        )
+        assert trained.status_code == 201, trained.text
+        job_id = trained.json()["id"]
+        job = platform.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert job["status"] == "succeeded", job
+
+        bad = client.post(
+            "/api/v1/models/soup", json={"name": "sg-soup", "job": job_id, "steps": [2, 5]}
+        )
+        assert bad.status_code == 422 and "steps" in str(bad.json()["detail"][0]["loc"])
+        soup = client.post(
+            "/api/v1/models/soup", json={"name": "sg-soup", "job": job_id, "last": 2}
+        )
+        assert soup.status_code == 201, soup.text
+        result = _wait_merge(client, soup.json()["id"])
+        assert result["status"] == "succeeded", result
+        assert result["kind"] == "soup" and result["method"] == "linear"
+
+        run_dir = platform.home / "runs" / str(job_id) / "attempt-1"
+        soup_job = client.get(f"/api/v1/jobs/{result['job_id']}").json()
+        soup_dir = platform.home / "runs" / str(soup_job["id"]) / "attempt-1" / "model"
+        mean = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, torch\n"
+                "from safetensors.torch import load_file\n"
+                "a, b, s = (load_file(p + '/model.safetensors') for p in sys.argv[1:4])\n"
+                "print(max(float(((a[k] + b[k]) / 2 - s[k]).abs().max()) for k in s))",
+                str(run_dir / "checkpoints" / "checkpoint-4"),
+                str(run_dir / "checkpoints" / "checkpoint-6"),
+                str(soup_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert mean.returncode == 0, mean.stderr[-2000:]
+        assert float(mean.stdout) <= 1e-6, mean.stdout
+
+        lineage = client.get("/api/v1/models/sg-soup/lineage").json()
+        names = {n["id"]: n["name"] for n in lineage["nodes"]}
+        edges = {(names[e["child"]], names[e["parent"]], e["relation"]) for e in lineage["edges"]}
+        assert (
+            "sg-soup",
+            f"job-{job_id}-step-4",
+            "soup",
+        ) in edges and ("sg-soup", f"job-{job_id}-step-6", "soup") in edges
+        assert (f"job-{job_id}-step-6", "tiny-qwen2", "trained") in edges
+
+        unknown = client.post(
+            "/api/v1/models/select",
+            json={"name": "sg-best", "job": job_id, "metric": "nope", "mode": "min"},
+        )
+        assert unknown.status_code == 422 and "loss" in unknown.text, unknown.text
+        chosen = client.post(
+            "/api/v1/models/select",
+            json={"name": "sg-best", "job": job_id, "metric": "loss", "mode": "min"},
+        )
+        assert chosen.status_code == 201, chosen.text
+        body = chosen.json()
+        values = {c["step"]: c["value"] for c in body["candidates"]}
+        assert sorted(values) == [4, 6]  # the kept ones: save_total_limit is 2
+        best = min(values.values())
+        assert body["value"] == best
+        assert body["step"] == min(s for s, v in values.items() if v == best)
+        lineage = client.get("/api/v1/models/sg-best/lineage").json()
+        relations = {e["relation"] for e in lineage["edges"]}
+        assert relations == {"selected", "trained"}

@@ -1,0 +1,139 @@
+"""HTTP routes of the surgery context: merges, soups, selections and lineage."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Path as PathParam
+from fastapi import Query, status
+
+from training_platform.api.deps import (
+    CurrentToken,
+    DispatcherDep,
+    IdPath,
+    OffsetQuery,
+    SessionDep,
+    SettingsDep,
+    api_router,
+)
+from training_platform.jobs.models import Job
+from training_platform.surgery import service
+from training_platform.surgery.models import Merge
+from training_platform.surgery.schemas import (
+    LineagePublic,
+    MergeCreate,
+    MergePreview,
+    MergePublic,
+    SelectCreate,
+    SelectionPublic,
+    SoupCreate,
+)
+
+log = logging.getLogger(__name__)
+router = api_router("/merges", tags=["surgery"])
+models_router = api_router("/models", tags=["surgery"])
+
+
+def to_public(merge: Merge) -> MergePublic:
+    return MergePublic.model_validate(merge, from_attributes=True)
+
+
+def _dispatch(dispatcher: DispatcherDep, job: Job) -> None:
+    try:
+        dispatcher.dispatch(job)
+    except Exception as error:  # stored; the supervisor resends the message
+        log.warning("merge job %s: start message not sent (%s)", job.id, error)
+
+
+@router.get("/methods")
+def list_methods(_: CurrentToken) -> list[dict[str, Any]]:
+    """The merge methods and the parameters each takes."""
+    return service.methods()
+
+
+@router.post("/preview")
+def preview_merge(
+    body: MergeCreate, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> MergePreview:
+    """Check a merge without running it: its models, whether they fit, what it will need."""
+    try:
+        return service.preview(session=session, settings=settings, request=body)
+    finally:
+        session.rollback()  # resolving a job's model registers it; a preview keeps nothing
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_merge(
+    body: MergeCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> MergePublic:
+    """Merge models: checked now, run as a job; the model is registered when it succeeds."""
+    merge, job = service.create(
+        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+    )
+    session.commit()
+    _dispatch(dispatcher, job)
+    return to_public(merge)
+
+
+@router.get("")
+def list_merges(
+    session: SessionDep,
+    _: CurrentToken,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: OffsetQuery = 0,
+) -> list[MergePublic]:
+    """Merges and soups, newest first."""
+    return [to_public(m) for m in service.list_merges(session=session, limit=limit, offset=offset)]
+
+
+@router.get("/{merge_id}")
+def get_merge(merge_id: IdPath, session: SessionDep, _: CurrentToken) -> MergePublic:
+    """One merge or soup."""
+    return to_public(service.get(session=session, merge_id=merge_id))
+
+
+@models_router.post("/soup", status_code=status.HTTP_201_CREATED)
+def create_soup(
+    body: SoupCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> MergePublic:
+    """Average checkpoints of a job (a uniform soup) into a new model."""
+    request = service.soup_request(session=session, settings=settings, request=body)
+    merge, job = service.create(
+        session=session,
+        settings=settings,
+        request=request,
+        actor=f"token:{token.name}",
+        kind="soup",
+    )
+    session.commit()
+    _dispatch(dispatcher, job)
+    return to_public(merge)
+
+
+@models_router.post("/select", status_code=status.HTTP_201_CREATED)
+def select_checkpoint(
+    body: SelectCreate, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> SelectionPublic:
+    """Register a job's best checkpoint under a declared rule (metric or evaluations)."""
+    chosen = service.select_checkpoint(session=session, settings=settings, request=body)
+    session.commit()
+    return chosen
+
+
+@models_router.get("/{model}/lineage")
+def model_lineage(
+    model: Annotated[str, PathParam(min_length=1, max_length=200)],
+    session: SessionDep,
+    _: CurrentToken,
+) -> LineagePublic:
+    """A model's ancestors: merge and soup parents, selections, and the models jobs trained."""
+    return service.lineage(session=session, ref=model)

@@ -1,0 +1,222 @@
+"""Requests and answers of the surgery context: merges, soups, selections and lineage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training_platform.backends.builtin.merge import (
+    Dtype,
+    InputParameters,
+    Method,
+    SharedParameters,
+)
+from training_platform.catalog.names import CatalogName
+from training_platform.core.types import DB_INT_MAX
+from training_platform.evaluation.schemas import CheckpointRef
+from training_platform.jobs.schemas import Ref, Resources
+
+MAX_SOUP = 32
+
+
+class ModelRef(BaseModel):
+    """A model by catalog name or id, a job's final model, or one of a job's checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Ref | None = Field(None, description="A registered model, by name or id.")
+    job: int | None = Field(
+        None, ge=1, le=DB_INT_MAX, description="Or: the final model of this succeeded job."
+    )
+    checkpoint: CheckpointRef | None = Field(
+        None, description="Or: a checkpoint of a job (registered as job-N-step-S)."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelRef:
+        if sum(x is not None for x in (self.model, self.job, self.checkpoint)) != 1:
+            raise ValueError("name exactly one of model, job and checkpoint")
+        return self
+
+
+class MergeInput(ModelRef, InputParameters):
+    """A model to merge and its own parameters (which ones apply depends on the method)."""
+
+
+class MergeCreate(BaseModel):
+    """Merge models into a new catalog model named `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CatalogName = Field(..., description="The merged model's catalog name.")
+    method: Method
+    base: ModelRef | None = Field(
+        None, description="The base model (every method but linear needs one)."
+    )
+    models: list[MergeInput] = Field(..., min_length=1, max_length=16)
+    parameters: SharedParameters = Field(default_factory=SharedParameters)
+    dtype: Dtype | None = Field(None, description="Of the merged weights; default: the base's.")
+    tokenizer: Literal["base", "union"] = Field(
+        "base",
+        description="base: the base's tokenizer (every model must share it); union: every "
+        "token of every model.",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="For the random drops of dare, della.")
+    description: str = Field("", max_length=1000)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-100, le=100)
+
+
+class InputPublic(BaseModel):
+    """A parent of a merge as it was resolved."""
+
+    model_id: int
+    name: str
+    role: Literal["base", "input"]
+    adapter_of: str | None = Field(None, description="An adapter: the model it is merged into.")
+    weight: float | None = None
+    density: float | None = None
+    gamma: float | None = None
+    epsilon: float | None = None
+
+
+class Estimate(BaseModel):
+    """What a merge will need, from the sizes of its inputs' weight files."""
+
+    parameters: int = Field(..., description="Of the merged model.")
+    input_bytes: int = Field(..., description="Weight files read.")
+    output_bytes: int = Field(..., description="The merged model's weights on disk.")
+    disk_bytes: int = Field(..., description="Output plus adapters merged into their bases.")
+    ram_bytes: int = Field(..., description="Peak memory, with tensors loaded one at a time.")
+    largest_tensor_bytes: int
+    time_class: Literal["seconds", "minutes", "hours"]
+
+
+class MergePreview(BaseModel):
+    """A merge request checked: its parents resolved, fitting together, and its needs."""
+
+    inputs: list[InputPublic]
+    estimate: Estimate
+    checked: list[str] = Field(..., description="What was compared between the models.")
+
+
+class MergePublic(BaseModel):
+    """A merge or soup and its job."""
+
+    id: int
+    name: str
+    kind: str
+    method: str
+    inputs: list[dict[str, Any]]
+    parameters: dict[str, Any]
+    dtype: str | None
+    tokenizer: str
+    estimate: dict[str, Any]
+    description: str
+    job_id: int | None
+    model_id: int | None = Field(None, description="The merged model, once registered.")
+    status: str
+    error: str | None
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SoupCreate(BaseModel):
+    """A uniform soup: the mean of checkpoints of one job, registered as `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CatalogName
+    job: int = Field(..., ge=1, le=DB_INT_MAX)
+    steps: list[int] | None = Field(
+        None, min_length=2, max_length=MAX_SOUP, description="These checkpoints."
+    )
+    last: int | None = Field(
+        None, ge=2, le=MAX_SOUP, description="Or: the last this many checkpoints."
+    )
+    dtype: Dtype | None = None
+    description: str = Field("", max_length=1000)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _which(self) -> SoupCreate:
+        if (self.steps is None) == (self.last is None):
+            raise ValueError("give exactly one of steps and last")
+        if self.steps is not None and len(set(self.steps)) != len(self.steps):
+            raise ValueError("steps must not repeat")
+        return self
+
+
+class SelectCreate(BaseModel):
+    """Pick the best checkpoint of a job by a declared rule and register it as `name`.
+
+    By a metric the job logged (its value at each checkpoint's step), or by the evaluations
+    given (each of one checkpoint of the job, by their score under `scorer`). Ties go to the
+    earlier step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CatalogName
+    job: int = Field(..., ge=1, le=DB_INT_MAX)
+    metric: str | None = Field(None, min_length=1, max_length=200, description="e.g. loss.")
+    evaluations: list[int] | None = Field(None, min_length=1, max_length=100)
+    scorer: str | None = Field(
+        None, max_length=256, description="With evaluations; default: each one's own scorer."
+    )
+    mode: Literal["min", "max"] = Field(..., description="Whether lower or higher is better.")
+    description: str = Field("", max_length=1000)
+
+    @model_validator(mode="after")
+    def _by(self) -> SelectCreate:
+        if (self.metric is None) == (self.evaluations is None):
+            raise ValueError("give exactly one of metric and evaluations")
+        return self
+
+
+class Candidate(BaseModel):
+    """A checkpoint a selection considered."""
+
+    step: int
+    value: float | None
+    evaluation_id: int | None = None
+
+
+class SelectionPublic(BaseModel):
+    """The checkpoint chosen, registered as a model, and what it was chosen among."""
+
+    model_id: int
+    name: str
+    step: int
+    value: float
+    rule: str
+    candidates: list[Candidate]
+
+
+class LineageNode(BaseModel):
+    """A model in a lineage graph."""
+
+    id: int
+    name: str
+    source: str
+    job_id: int | None
+
+
+class LineageEdge(BaseModel):
+    """`child` came from `parent`: merged, base, soup, selected or trained (by its job)."""
+
+    child: int
+    parent: int
+    relation: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class LineagePublic(BaseModel):
+    """Every ancestor of a model and how each led to the next."""
+
+    model_id: int
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]

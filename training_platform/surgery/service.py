@@ -1,0 +1,795 @@
+"""Model surgery: merge catalog models with mergekit, average a job's checkpoints into a soup,
+select a job's best checkpoint by a declared rule, and trace a model's lineage.
+
+A merge is checked whole before anything is stored: every model resolves to a local catalog
+directory (a LoRA adapter to its base as well), the method's rules hold, and the models fit
+together (architecture, sizes, vocabulary and tokenizer). It then runs as an ordinary job
+(builtin/merge) on the jobs queue: scheduled, watched, cancelled and logged like every other.
+When that job has ended, `collect` (the surgery pass of the maintenance tick) registers its
+model in the catalog with a lineage row per parent, in one transaction that a compare-and-set
+on the merge's status guards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from training_platform.backends.builtin.merge import (
+    OUT_SHARD_BYTES,
+    RULES,
+    MergeJobInput,
+    MergeJobParameters,
+    method_errors,
+)
+from training_platform.catalog import service as catalog
+from training_platform.catalog.models import ModelEntry, ModelLineage
+from training_platform.core.errors import Conflict, DomainError, InvalidInput, NotFound
+from training_platform.core.settings import Settings
+from training_platform.core.types import utcnow
+from training_platform.evaluation import service as evaluations
+from training_platform.evaluation.models import Evaluation
+from training_platform.jobs import service as jobs
+from training_platform.jobs.models import Job, JobMetric
+from training_platform.jobs.schemas import JobCreate, JobPolicy
+from training_platform.jobs.state import TERMINAL, JobStatus
+from training_platform.surgery.models import Merge
+from training_platform.surgery.schemas import (
+    Candidate,
+    Estimate,
+    InputPublic,
+    LineageEdge,
+    LineageNode,
+    LineagePublic,
+    MergeCreate,
+    MergeInput,
+    MergePreview,
+    ModelRef,
+    SelectCreate,
+    SelectionPublic,
+    SoupCreate,
+)
+
+log = logging.getLogger(__name__)
+
+PENDING, SUCCEEDED, FAILED, CANCELLED = "pending", "succeeded", "failed", "cancelled"
+# What two models must share to be merged tensor by tensor (config.json keys).
+SHAPE_FIELDS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+)
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "F32": 4, "F16": 2, "BF16": 2}
+# The merge program's own memory: Python, torch, transformers and mergekit imported.
+RUNTIME_BYTES = 1 << 30
+READ_BYTES_PER_S = 200e6  # disk and merge math together, for the time class only
+
+
+# --- resolving inputs ------------------------------------------------------------------------
+
+
+@dataclass
+class Resolved:
+    """A merge input: its catalog entry and directory; an adapter's base too."""
+
+    entry: ModelEntry
+    directory: Path
+    loc: tuple[str | int, ...]
+    config: dict[str, Any]  # config.json (an adapter's: its base's)
+    adapter_base: ModelEntry | None = None
+    base_directory: Path | None = None
+
+    @property
+    def model_id(self) -> int:
+        assert self.entry.id is not None
+        return self.entry.id
+
+    def weights_dir(self) -> Path:
+        """Where the full weights are (an adapter's base)."""
+        return self.base_directory or self.directory
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _relocated(error: InvalidInput, loc: tuple[str | int, ...]) -> InvalidInput:
+    return InvalidInput(("body", *loc), error.message)
+
+
+def _entry_of(
+    session: Session, settings: Settings, ref: ModelRef, loc: tuple[str | int, ...]
+) -> ModelEntry:
+    try:
+        if ref.job is not None:
+            return evaluations.job_model(session, settings, ref.job)
+        if ref.checkpoint is not None:
+            return evaluations.job_model(session, settings, ref.checkpoint.job, ref.checkpoint.step)
+        assert ref.model is not None
+        return catalog.resolve_model(session=session, ref=ref.model)
+    except InvalidInput as error:
+        field = "job" if ref.job is not None else "checkpoint" if ref.checkpoint else "model"
+        raise _relocated(error, (*loc, field)) from None
+
+
+def is_adapter(directory: Path) -> bool:
+    """A PEFT adapter without full weights."""
+    return (directory / "adapter_config.json").is_file() and not (
+        directory / "config.json"
+    ).is_file()
+
+
+def _local_dir(settings: Settings, entry: ModelEntry, loc: tuple[str | int, ...]) -> Path:
+    location, is_local = catalog.model_location(settings, entry)
+    if not is_local:
+        raise InvalidInput(
+            ("body", *loc),
+            f"model {entry.name!r} is a hub id: register a local copy by path to merge it",
+        )
+    directory = Path(location)
+    if not directory.is_dir():
+        raise InvalidInput(("body", *loc), f"model {entry.name!r}: its files are gone")
+    return directory
+
+
+def resolve(
+    session: Session, settings: Settings, ref: ModelRef, loc: tuple[str | int, ...]
+) -> Resolved:
+    """A merge input by catalog name, job or checkpoint; InvalidInput at `loc` otherwise."""
+    entry = _entry_of(session, settings, ref, loc)
+    directory = _local_dir(settings, entry, loc)
+    if not is_adapter(directory):
+        if not (directory / "config.json").is_file():
+            raise InvalidInput(("body", *loc), f"model {entry.name!r} holds no config.json")
+        return Resolved(entry, directory, loc, _read_json(directory / "config.json"))
+    # A LoRA adapter: its base is the model the job that trained it started from.
+    job = session.get(Job, entry.job_id) if entry.job_id is not None else None
+    base = session.get(ModelEntry, job.model_id) if job and job.model_id is not None else None
+    if base is None:
+        raise InvalidInput(
+            ("body", *loc),
+            f"model {entry.name!r} is a LoRA adapter whose base model is not in the catalog",
+        )
+    base_dir = _local_dir(settings, base, loc)
+    if is_adapter(base_dir):
+        raise InvalidInput(
+            ("body", *loc), f"model {entry.name!r} is an adapter of an adapter ({base.name!r})"
+        )
+    return Resolved(entry, directory, loc, _read_json(base_dir / "config.json"), base, base_dir)
+
+
+# --- fitting together ------------------------------------------------------------------------
+
+
+def _tokenizer_digest(directory: Path) -> str | None:
+    """What identifies a tokenizer's vocabulary: its tokens and ids, special ones included."""
+    data = _read_json(directory / "tokenizer.json")
+    if data:
+        model = data.get("model") or {}
+        vocabulary = {
+            "vocab": model.get("vocab"),
+            "merges": model.get("merges"),
+            "added": [(t.get("id"), t.get("content")) for t in data.get("added_tokens") or []],
+        }
+        encoded = json.dumps(vocabulary, sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()
+    for name in ("tokenizer.model", "vocab.json"):
+        path = directory / name
+        if path.is_file():
+            return catalog.file_digest(path)[0]
+    return None
+
+
+def _chat_template(directory: Path) -> str | None:
+    template = directory / "chat_template.jinja"
+    if template.is_file():
+        return template.read_text(encoding="utf-8")
+    value = _read_json(directory / "tokenizer_config.json").get("chat_template")
+    return value if isinstance(value, str) else None
+
+
+def _tokenizer_dir(item: Resolved) -> Path:
+    if item.base_directory is not None and not (item.directory / "tokenizer_config.json").is_file():
+        return item.base_directory
+    return item.directory
+
+
+def check_fit(items: Sequence[Resolved], tokenizer: str) -> list[str]:
+    """InvalidInput naming both models and the field where two do not fit together; the list
+    of what was compared otherwise. The first item is the reference (the base)."""
+    reference = items[0]
+    checked = [*SHAPE_FIELDS]
+    if tokenizer == "base":
+        checked += ["vocab_size", "tokenizer", "chat_template"]
+
+    def refuse(other: Resolved, field: str, mine: object, theirs: object) -> InvalidInput:
+        return InvalidInput(
+            ("body", *other.loc),
+            f"models {reference.entry.name!r} and {other.entry.name!r} do not fit together: "
+            f"{field} is {mine!r} and {theirs!r}",
+        )
+
+    for other in items[1:]:
+        for field in SHAPE_FIELDS:
+            mine, theirs = reference.config.get(field), other.config.get(field)
+            if mine != theirs:
+                raise refuse(other, field, mine, theirs)
+        if tokenizer != "base":
+            continue
+        mine, theirs = reference.config.get("vocab_size"), other.config.get("vocab_size")
+        if mine != theirs:
+            raise refuse(other, "vocab_size", mine, theirs)
+        ours, their = (
+            _tokenizer_digest(_tokenizer_dir(reference)),
+            _tokenizer_digest(_tokenizer_dir(other)),
+        )
+        if ours != their:
+            raise InvalidInput(
+                ("body", *other.loc),
+                f"models {reference.entry.name!r} and {other.entry.name!r} do not fit together: "
+                "their tokenizers differ (tokenizer: union merges models with different "
+                "vocabularies)",
+            )
+        mine_t, theirs_t = (
+            _chat_template(_tokenizer_dir(reference)),
+            _chat_template(_tokenizer_dir(other)),
+        )
+        if mine_t and theirs_t and mine_t != theirs_t:
+            raise InvalidInput(
+                ("body", *other.loc),
+                f"models {reference.entry.name!r} and {other.entry.name!r} do not fit together: "
+                "their chat_template differs (the merged model keeps the base's)",
+            )
+    return checked
+
+
+# --- resource estimate -----------------------------------------------------------------------
+
+
+def _tensor_sizes(directory: Path) -> tuple[int, int, int]:
+    """(elements, bytes, largest tensor's bytes) of the weights in a directory: from the
+    safetensors headers, or the file sizes of pickled weights."""
+    elements = total = largest = 0
+    for path in sorted(directory.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            count = math.prod(info["shape"])
+            size = count * DTYPE_BYTES.get(info["dtype"], 4)
+            elements, total, largest = elements + count, total + size, max(largest, size)
+    if total == 0:
+        for path in sorted(directory.glob("*.bin")):
+            size = path.stat().st_size
+            total, largest, elements = total + size, max(largest, size), elements + size // 4
+    return elements, total, largest
+
+
+def estimate(items: Sequence[Resolved], dtype: str | None) -> Estimate:
+    """Disk, memory and time a merge of these models will need."""
+    reference = items[0]
+    parameters, _, _ = _tensor_sizes(reference.weights_dir())
+    input_bytes = largest = 0
+    adapters = 0
+    for item in items:
+        _, size, biggest = _tensor_sizes(item.weights_dir())
+        input_bytes += size
+        largest = max(largest, biggest)
+        if item.base_directory is not None:
+            adapters += size  # merged into its base on disk before the merge reads it
+    out_dtype = dtype or str(
+        reference.config.get("dtype") or reference.config.get("torch_dtype") or "float32"
+    )
+    output_bytes = parameters * DTYPE_BYTES.get(out_dtype, 4)
+    # Lazy loading keeps a tensor of each input, its float32 copy for the math and the
+    # result, plus the output shard being filled.
+    working = largest * 2 * (len(items) + 2)
+    ram = RUNTIME_BYTES + min(output_bytes, OUT_SHARD_BYTES) + working
+    seconds = (input_bytes + output_bytes + adapters) / READ_BYTES_PER_S
+    time_class = "seconds" if seconds < 60 else "minutes" if seconds < 3600 else "hours"
+    return Estimate(
+        parameters=parameters,
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        disk_bytes=output_bytes + adapters,
+        ram_bytes=ram,
+        largest_tensor_bytes=largest,
+        time_class=time_class,
+    )
+
+
+# --- merges ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Checked:
+    base: Resolved | None
+    inputs: list[Resolved]
+    estimate: Estimate
+    checked: list[str]
+
+
+def _per_model(item: MergeInput) -> dict[str, Any]:
+    return {k: getattr(item, k) for k in ("weight", "density", "gamma", "epsilon")}
+
+
+def check(session: Session, settings: Settings, request: MergeCreate) -> Checked:
+    """Every check of a merge request, in order: the method's rules, the models, their fit."""
+    errors = method_errors(
+        request.method,
+        request.base is not None,
+        [_per_model(m) for m in request.models],
+        request.parameters.given(),
+    )
+    if errors:
+        loc, message = errors[0]
+        raise InvalidInput(("body", *loc), message)
+    base = resolve(session, settings, request.base, ("base",)) if request.base else None
+    inputs = [
+        resolve(session, settings, item, ("models", index))
+        for index, item in enumerate(request.models)
+    ]
+    everything = [*([base] if base else []), *inputs]
+    seen: dict[int, tuple[str | int, ...]] = {}
+    for item in everything:
+        if item.model_id in seen:
+            raise InvalidInput(
+                ("body", *item.loc), f"model {item.entry.name!r} is named twice in this merge"
+            )
+        seen[item.model_id] = item.loc
+    checked = check_fit(everything, request.tokenizer)
+    return Checked(base, inputs, estimate(everything, request.dtype), checked)
+
+
+def _public_inputs(checked: Checked, request: MergeCreate) -> list[InputPublic]:
+    rows: list[InputPublic] = []
+    if checked.base is not None:
+        rows.append(_input_row(checked.base, "base", {}))
+    for item, asked in zip(checked.inputs, request.models, strict=True):
+        rows.append(_input_row(item, "input", _per_model(asked)))
+    return rows
+
+
+def _input_row(item: Resolved, role: str, values: dict[str, Any]) -> InputPublic:
+    return InputPublic(
+        model_id=item.model_id,
+        name=item.entry.name,
+        role=role,
+        adapter_of=item.adapter_base.name if item.adapter_base else None,
+        **values,
+    )
+
+
+def preview(*, session: Session, settings: Settings, request: MergeCreate) -> MergePreview:
+    """A merge request checked, without storing it (the caller rolls back what resolving
+    registered: a job's model, a checkpoint)."""
+    checked = check(session, settings, request)
+    return MergePreview(
+        inputs=_public_inputs(checked, request), estimate=checked.estimate, checked=checked.checked
+    )
+
+
+def _name_free(session: Session, name: str) -> None:
+    if session.exec(select(ModelEntry).where(ModelEntry.name == name)).first() is not None:
+        raise Conflict(f"a model named {name!r} exists already")
+    pending = session.exec(select(Merge).where(Merge.name == name, Merge.status == PENDING)).first()
+    if pending is not None:
+        raise Conflict(f"merge {pending.id} will register a model named {name!r}")
+
+
+def _job_input(item: Resolved, values: dict[str, Any]) -> MergeJobInput:
+    return MergeJobInput(
+        model_id=item.model_id,
+        adapter_base_id=item.adapter_base.id if item.adapter_base else None,
+        **values,
+    )
+
+
+def create(
+    *,
+    session: Session,
+    settings: Settings,
+    request: MergeCreate,
+    actor: str,
+    kind: str = "merge",
+    job_name: str | None = None,
+    policy: JobPolicy | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Merge, Job]:
+    """Store the merge and its queued job; nothing is written when it is refused. With an
+    idempotency key (a pipeline stage's), a replay returns the merge the first call made."""
+    if idempotency_key is not None:
+        earlier_job = session.exec(
+            select(Job).where(Job.idempotency_key == idempotency_key)
+        ).first()
+        if earlier_job is not None:
+            earlier = session.exec(select(Merge).where(Merge.job_id == earlier_job.id)).first()
+            if earlier is not None:
+                return earlier, earlier_job
+    checked = check(session, settings, request)
+    _name_free(session, request.name)
+    rows = _public_inputs(checked, request)
+    parents = [row.model_dump(exclude_none=True, exclude={"model_id"}) for row in rows]
+    parameters = MergeJobParameters(
+        method=request.method,
+        base=_job_input(checked.base, {}) if checked.base else None,
+        models=[
+            _job_input(item, _per_model(asked))
+            for item, asked in zip(checked.inputs, request.models, strict=True)
+        ],
+        parameters=request.parameters,
+        dtype=request.dtype,
+        tokenizer=request.tokenizer,
+        seed=request.seed,
+        card={"name": request.name, "parents": parents},
+    )
+    first = checked.base or checked.inputs[0]
+    job_request = JobCreate(
+        name=job_name or f"{kind} {request.name}"[:200],
+        backend="builtin",
+        algorithm="merge",
+        model=first.model_id,
+        dataset=None,
+        hyperparameters=parameters.model_dump(mode="json", by_alias=True, exclude_none=True),
+        resources=request.resources,
+        priority=request.priority,
+        **({"policy": policy} if policy is not None else {}),
+    )
+    job, _ = jobs.submit(
+        session=session, request=job_request, actor=actor, idempotency_key=idempotency_key
+    )
+    merge = Merge(
+        name=request.name,
+        kind=kind,
+        method=request.method,
+        inputs=[row.model_dump(exclude_none=True) for row in rows],
+        parameters=request.parameters.given(),
+        dtype=request.dtype,
+        tokenizer=request.tokenizer,
+        estimate=checked.estimate.model_dump(),
+        description=request.description,
+        job_id=job.id,
+        status=PENDING,
+        created_by=actor,
+    )
+    session.add(merge)
+    session.flush()
+    return merge, job
+
+
+def get(*, session: Session, merge_id: int) -> Merge:
+    """A merge, or NotFound."""
+    merge = session.get(Merge, merge_id)
+    if merge is None:
+        raise NotFound(f"merge {merge_id} not found")
+    return merge
+
+
+def list_merges(*, session: Session, limit: int = 100, offset: int = 0) -> Sequence[Merge]:
+    """Merges and soups, newest first."""
+    return session.exec(
+        select(Merge).order_by(col(Merge.id).desc()).offset(offset).limit(limit)
+    ).all()
+
+
+def of_job(*, session: Session, job_id: int) -> Merge | None:
+    """The merge a job runs, if it runs one."""
+    return session.exec(select(Merge).where(Merge.job_id == job_id)).first()
+
+
+def _settle(session: Session, merge: Merge, status: str, values: dict[str, Any]) -> bool:
+    moved = session.execute(
+        update(Merge)
+        .where(col(Merge.id) == merge.id, col(Merge.status) == PENDING)
+        .values(status=status, finished_at=utcnow(), **values)
+    )
+    return bool(getattr(moved, "rowcount", 0))
+
+
+def collect(session: Session, settings: Settings, merge: Merge, job: Job) -> bool:
+    """Settle a merge whose job has ended: register its model with its lineage when the job
+    succeeded. True when this call settled it (a compare-and-set: two passes never both do)."""
+    if job.status != JobStatus.SUCCEEDED.value:
+        status = CANCELLED if job.status == JobStatus.CANCELLED.value else FAILED
+        done = _settle(session, merge, status, {"error": job.error or f"its job {job.status}"})
+        session.commit()
+        return done
+    try:
+        path = jobs.final_model_path(session=session, settings=settings, job_id=job.id or 0)
+        _name_free_now(session, merge)
+    except DomainError as error:
+        done = _settle(session, merge, FAILED, {"error": error.message})
+        session.commit()
+        return done
+    entry = ModelEntry(
+        name=merge.name,
+        source="merge",
+        path=path,
+        description=merge.description
+        or f"{merge.kind} ({merge.method}) of "
+        + ", ".join(str(row["name"]) for row in merge.inputs),
+        parameters=merge.estimate.get("parameters"),
+        job_id=job.id,
+    )
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None
+    if not _settle(session, merge, SUCCEEDED, {"model_id": entry.id}):
+        session.rollback()  # another pass registered it
+        return False
+    relation_of = {"base": "base", "input": "soup" if merge.kind == "soup" else "merged"}
+    for row in merge.inputs:
+        detail = {k: v for k, v in row.items() if k not in ("model_id", "name", "role")}
+        catalog.add_parent(
+            session=session,
+            model_id=entry.id,
+            parent_id=int(row["model_id"]),
+            relation=relation_of[str(row["role"])],
+            detail=detail,
+        )
+    session.commit()
+    log.info("merge %s: registered model %s (%s)", merge.id, entry.id, merge.name)
+    return True
+
+
+def _name_free_now(session: Session, merge: Merge) -> None:
+    taken = session.exec(select(ModelEntry).where(ModelEntry.name == merge.name)).first()
+    if taken is not None:
+        raise Conflict(f"a model named {merge.name!r} was registered meanwhile")
+
+
+def collect_all(session: Session, settings: Settings) -> list[int]:
+    """Settle every pending merge whose job has ended; the ids settled."""
+    rows = session.exec(
+        select(Merge, Job)
+        .join(Job, col(Job.id) == col(Merge.job_id))
+        .where(Merge.status == PENDING, col(Job.status).in_([s.value for s in TERMINAL]))
+    ).all()
+    settled: list[int] = []
+    for merge, job in rows:
+        try:
+            if collect(session, settings, merge, job):
+                settled.append(merge.id or 0)
+        except Exception:
+            session.rollback()
+            log.exception("merge %s could not be settled", merge.id)
+    return settled
+
+
+# --- soups and selections --------------------------------------------------------------------
+
+
+def soup_request(*, session: Session, settings: Settings, request: SoupCreate) -> MergeCreate:
+    """The merge a uniform soup is: linear, equal weights, over the chosen checkpoints."""
+    steps = jobs.kept_checkpoint_steps(session=session, settings=settings, job_id=request.job)
+    if request.steps is not None:
+        missing = sorted(set(request.steps) - set(steps))
+        if missing:
+            have = ", ".join(map(str, steps)) or "none"
+            raise InvalidInput(
+                ("body", "steps"),
+                f"job {request.job} has no checkpoint at steps {missing} (it has: {have})",
+            )
+        chosen = sorted(request.steps)
+    else:
+        assert request.last is not None
+        if len(steps) < request.last:
+            raise InvalidInput(
+                ("body", "last"),
+                f"job {request.job} has {len(steps)} checkpoints, fewer than {request.last}",
+            )
+        chosen = steps[-request.last :]
+    return MergeCreate.model_validate(
+        {
+            "name": request.name,
+            "method": "linear",
+            "models": [
+                {"checkpoint": {"job": request.job, "step": step}, "weight": 1.0} for step in chosen
+            ],
+            "parameters": {"normalize": True},
+            "dtype": request.dtype,
+            "description": request.description
+            or f"uniform soup of job {request.job}'s checkpoints at steps "
+            + ", ".join(map(str, chosen)),
+            "resources": request.resources,
+            "priority": request.priority,
+        }
+    )
+
+
+def _metric_candidates(
+    session: Session, job_id: int, steps: list[int], key: str
+) -> list[Candidate]:
+    """Each checkpoint's value of a logged metric: the last logged at or before its step."""
+    rows = session.exec(
+        select(JobMetric.step, JobMetric.value)
+        .where(JobMetric.job_id == job_id, JobMetric.key == key)
+        .order_by(col(JobMetric.step))
+    ).all()
+    if not rows:
+        keys = sorted(
+            set(session.exec(select(JobMetric.key).where(JobMetric.job_id == job_id)).all())
+        )
+        raise InvalidInput(
+            ("body", "metric"),
+            f"job {job_id} logged no {key!r}; it logged: {', '.join(keys) or 'nothing'}",
+        )
+    candidates: list[Candidate] = []
+    for step in steps:
+        before = [value for at, value in rows if at <= step]
+        candidates.append(Candidate(step=step, value=before[-1] if before else None))
+    return candidates
+
+
+def _evaluation_candidates(
+    session: Session, settings: Settings, request: SelectCreate
+) -> list[Candidate]:
+    assert request.evaluations is not None
+    by_path = {
+        jobs.checkpoint_path(
+            session=session, settings=settings, job_id=request.job, step=step
+        ): step
+        for step in jobs.kept_checkpoint_steps(
+            session=session, settings=settings, job_id=request.job
+        )
+    }
+    candidates: list[Candidate] = []
+    for index, evaluation_id in enumerate(request.evaluations):
+        loc = ("body", "evaluations", index)
+        evaluation = session.get(Evaluation, evaluation_id)
+        if evaluation is None:
+            raise InvalidInput(loc, f"evaluation {evaluation_id} not found")
+        if evaluation.status != evaluations.SUCCEEDED:
+            raise InvalidInput(loc, f"evaluation {evaluation_id} is {evaluation.status}")
+        model = session.get(ModelEntry, evaluation.model_id) if evaluation.model_id else None
+        step = by_path.get(model.path) if model is not None else None
+        if model is None or model.job_id != request.job or step is None:
+            raise InvalidInput(
+                loc,
+                f"evaluation {evaluation_id} is not of a kept checkpoint of job {request.job}",
+            )
+        value = evaluations.score_of(evaluation, request.scorer)
+        if value is None:
+            raise InvalidInput(
+                ("body", "scorer"),
+                f"evaluation {evaluation_id} has no score under {request.scorer}",
+            )
+        candidates.append(Candidate(step=step, value=value, evaluation_id=evaluation_id))
+    return candidates
+
+
+def select_checkpoint(
+    *, session: Session, settings: Settings, request: SelectCreate
+) -> SelectionPublic:
+    """Register the job's best checkpoint under the rule as `request.name`."""
+    if session.exec(select(ModelEntry).where(ModelEntry.name == request.name)).first():
+        raise Conflict(f"a model named {request.name!r} exists already")
+    jobs.get_job(session=session, job_id=request.job)
+    steps = jobs.kept_checkpoint_steps(session=session, settings=settings, job_id=request.job)
+    if not steps:
+        raise InvalidInput(("body", "job"), f"job {request.job} has no checkpoints on this node")
+    if request.metric is not None:
+        candidates = _metric_candidates(session, request.job, steps, request.metric)
+        rule = f"{request.mode} of metric {request.metric}"
+    else:
+        candidates = _evaluation_candidates(session, settings, request)
+        rule = f"{request.mode} of evaluation score" + (
+            f" under {request.scorer}" if request.scorer else ""
+        )
+    scored = [c for c in candidates if c.value is not None and math.isfinite(c.value)]
+    if not scored:
+        raise InvalidInput(("body", "metric"), "no checkpoint has a value to compare")
+    sign = 1.0 if request.mode == "max" else -1.0
+    best = max(scored, key=lambda c: (sign * float(c.value or 0.0), -c.step))
+    checkpoint = evaluations.job_model(session, settings, request.job, best.step)
+    assert checkpoint.id is not None and best.value is not None
+    entry = ModelEntry(
+        name=request.name,
+        source="job",
+        path=checkpoint.path,
+        description=request.description
+        or f"job {request.job}'s checkpoint at step {best.step}: {rule} ({best.value:.6g})",
+        parameters=checkpoint.parameters,
+        job_id=request.job,
+    )
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None
+    catalog.add_parent(
+        session=session,
+        model_id=entry.id,
+        parent_id=checkpoint.id,
+        relation="selected",
+        detail={"rule": rule, "step": best.step, "value": best.value},
+    )
+    return SelectionPublic(
+        model_id=entry.id,
+        name=entry.name,
+        step=best.step,
+        value=best.value,
+        rule=rule,
+        candidates=candidates,
+    )
+
+
+# --- lineage ---------------------------------------------------------------------------------
+
+MAX_LINEAGE_NODES = 500
+
+
+def lineage(*, session: Session, ref: str | int) -> LineagePublic:
+    """Every ancestor of a model: merge and soup parents, a selection's checkpoint, and the
+    model each training job started from."""
+    try:
+        root = catalog.resolve_model(session=session, ref=ref)
+    except InvalidInput as error:
+        raise NotFound(error.message) from None
+    assert root.id is not None
+    nodes: dict[int, ModelEntry] = {root.id: root}
+    edges: list[LineageEdge] = []
+    queue = [root]
+    while queue and len(nodes) < MAX_LINEAGE_NODES:
+        entry = queue.pop()
+        assert entry.id is not None
+        parents = session.exec(select(ModelLineage).where(ModelLineage.model_id == entry.id)).all()
+        found = [(row.parent_id, row.relation, dict(row.detail)) for row in parents]
+        if not found and entry.source == "job" and entry.job_id is not None:
+            job = session.get(Job, entry.job_id)
+            if job is not None and job.model_id is not None:
+                detail = {"job": job.id, "algorithm": f"{job.backend}/{job.algorithm}"}
+                found.append((job.model_id, "trained", detail))
+        for parent_id, relation, detail in found:
+            edges.append(
+                LineageEdge(child=entry.id, parent=parent_id, relation=relation, detail=detail)
+            )
+            if parent_id not in nodes:
+                parent = session.get(ModelEntry, parent_id)
+                if parent is not None:
+                    nodes[parent_id] = parent
+                    queue.append(parent)
+    return LineagePublic(
+        model_id=root.id,
+        nodes=[
+            LineageNode(id=e.id or 0, name=e.name, source=e.source, job_id=e.job_id)
+            for e in nodes.values()
+        ],
+        edges=[e for e in edges if e.parent in nodes],
+    )
+
+
+def methods() -> list[dict[str, Any]]:
+    """Each method and what it takes (for the dashboard and the CLI)."""
+    return [
+        {
+            "method": name,
+            "needs_base": rule.base,
+            "models": [rule.min_models, rule.max_models],
+            "per_model": list(rule.per_model),
+            "required": list(rule.required),
+            "parameters": list(rule.shared),
+            "required_parameters": list(rule.shared_required),
+        }
+        for name, rule in RULES.items()
+    ]
