@@ -230,7 +230,7 @@ def test_catalog_and_backends_are_listed(api) -> None:  # type: ignore[no-untype
     pairs = {(b["backend"], b["algorithm"]): b for b in backends}
     assert set(pairs) == {("trl", a) for a in ("sft", "dpo", "grpo", "gspo", "ppo")} | {
         ("verl", a) for a in ("sft", "ppo", "grpo", "gspo")
-    } | {("builtin", "evaluate"), ("builtin", "serve")}
+    } | {("builtin", "evaluate"), ("builtin", "merge"), ("builtin", "serve")}
     assert pairs[("builtin", "serve")]["data_task"] is None
     assert pairs[("builtin", "serve")]["dataset_formats"] == []
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "verl"} == {"gpu"}

@@ -331,3 +331,100 @@ def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ig
         lineage = client.get("/api/v1/models/sg-best/lineage").json()
         relations = {e["relation"] for e in lineage["edges"]}
         assert relations == {"selected", "trained"}
+
+
+def _wait_pipeline(client: Any, pipeline_id: int, timeout: float = 420) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/pipelines/{pipeline_id}").json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"pipeline {pipeline_id} did not end: {body}")
+
+
+def test_a_lora_sft_hands_on_to_grpo_and_a_slerp_merge_stage_is_evaluated(platform) -> None:  # type: ignore[no-untyped-def]
+    definition = {
+        "name": "lora-grpo-merge",
+        "stages": {
+            "sft": {
+                "job": {
+                    "algorithm": "sft",
+                    "model": "tiny-qwen2",
+                    "dataset": "tiny-sft",
+                    "hyperparameters": {
+                        "max_steps": 10,
+                        "learning_rate": 5e-3,
+                        "lora": {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                    },
+                }
+            },
+            "grpo": {
+                "depends_on": ["sft"],
+                "job": {
+                    "algorithm": "grpo",
+                    "model": "${stages.sft.outputs.checkpoint}",
+                    "dataset": "tiny-sft",
+                    "hyperparameters": {
+                        "max_steps": 2,
+                        "per_device_train_batch_size": 8,
+                        "num_generations": 4,
+                        "max_completion_length": 8,
+                        "reward": "exact_match",
+                    },
+                },
+            },
+            "merge": {
+                "depends_on": ["grpo"],
+                "merge": {
+                    "method": "slerp",
+                    "base": "${stages.sft.outputs.checkpoint}",
+                    "models": [{"model": "${stages.grpo.outputs.checkpoint}"}],
+                    "parameters": {"t": 0.5},
+                },
+            },
+            "evaluate": {
+                "depends_on": ["merge"],
+                "evaluate": {
+                    "model": "${stages.merge.outputs.checkpoint}",
+                    "dataset": "tiny-math-eval",
+                    "max_new_tokens": 8,
+                    "max_samples": 8,
+                    "engine": "transformers",
+                },
+            },
+        },
+    }
+    with platform.client() as client:
+        wrong = json.loads(json.dumps(definition))
+        wrong["stages"]["merge"]["merge"]["parameters"] = {}
+        refused = client.post("/api/v1/pipelines", json={"definition": wrong})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"][-3:] == ["merge", "parameters", "t"]
+
+        submitted = client.post("/api/v1/pipelines", json={"definition": definition})
+        assert submitted.status_code == 201, submitted.text
+        done = _wait_pipeline(client, submitted.json()["id"])
+        stages = {s["name"]: s for s in done["stages"]}
+        assert done["status"] == "succeeded", {
+            n: (s["status"], s["reason"]) for n, s in stages.items()
+        }
+
+        # The SFT stage's model is an adapter; GRPO trained on it merged into its base.
+        sft_job = client.get(f"/api/v1/jobs/{stages['sft']['job_id']}/plan").json()
+        assert (Path(sft_job["run_dir"]) / "model" / "adapter_config.json").is_file()
+        grpo_log = client.get(f"/api/v1/jobs/{stages['grpo']['job_id']}/logs").json()["text"]
+        assert "LoRA adapter: merging it into its base" in grpo_log
+
+        merged = stages["merge"]["outputs"]["checkpoint"]
+        lineage = client.get(f"/api/v1/models/{merged}/lineage").json()
+        names = {n["id"]: n["name"] for n in lineage["nodes"]}
+        edges = {(names[e["child"]], names[e["parent"]], e["relation"]) for e in lineage["edges"]}
+        sft_model, grpo_model = (stages[n]["outputs"]["checkpoint"] for n in ("sft", "grpo"))
+        assert (merged, sft_model, "base") in edges and (merged, grpo_model, "merged") in edges
+        assert (grpo_model, sft_model, "trained") in edges
+        assert (sft_model, "tiny-qwen2", "trained") in edges
+        merge = client.get("/api/v1/merges").json()[0]
+        assert merge["inputs"][0]["adapter_of"] == "tiny-qwen2"
+        assert stages["evaluate"]["outputs"]["total"] == 8

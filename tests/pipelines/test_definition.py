@@ -170,7 +170,7 @@ def test_parameters_are_substituted_keeping_their_types_and_overrides_win() -> N
         (
             _pipeline(a={"job": SFT, "evaluate": {"model": "m", "dataset": "d"}}),
             ("stages", "a"),
-            "exactly one of `job`, `evaluate`, `gate` or `select`",
+            "exactly one of `job`, `evaluate`, `gate`, `select` or `merge`",
         ),
         (
             _pipeline(a={"job": {**SFT, "priority": 9}}),

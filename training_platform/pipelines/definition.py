@@ -28,6 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from training_platform.backends.builtin.merge import Dtype as MergeDtype
+from training_platform.backends.builtin.merge import InputParameters, SharedParameters
+from training_platform.backends.builtin.merge import Method as MergeMethod
 from training_platform.core.errors import InvalidInput
 from training_platform.jobs.schemas import JobName, JobPolicy, Resources
 from training_platform.worker.queues import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN
@@ -168,6 +171,42 @@ class SelectStep(BaseModel):
     policy: JobPolicy = Field(default_factory=JobPolicy)
 
 
+class MergeStepInput(InputParameters):
+    """A model of a merge stage: a catalog model or an upstream checkpoint, and its own
+    parameters (which ones apply depends on the method)."""
+
+    model: str | int = Field(
+        ..., description="A model name or id, or e.g. ${stages.sft.outputs.checkpoint}."
+    )
+
+
+class MergeStep(BaseModel):
+    """Merge models with mergekit (the fields of POST /merges but the name): the merged model
+    is registered as pipeline-<id>.<stage>. Records `checkpoint` (that model) and `job`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: MergeMethod
+    base: str | int | None = Field(
+        None, description="The base model, by name or id, or an upstream checkpoint."
+    )
+    models: list[MergeStepInput] = Field(..., min_length=1, max_length=16)
+    parameters: SharedParameters = Field(default_factory=SharedParameters)
+    dtype: MergeDtype | None = None
+    tokenizer: Literal["base", "union"] = "base"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    resources: Resources = Field(default_factory=Resources)
+    policy: JobPolicy = Field(default_factory=JobPolicy)
+
+    def model_fields_with_refs(self) -> list[tuple[tuple[str | int, ...], str | int]]:
+        """Where models are named: ("base",) and ("models", i, "model")."""
+        found: list[tuple[tuple[str | int, ...], str | int]] = []
+        if self.base is not None:
+            found.append((("base",), self.base))
+        found += [(("models", i, "model"), m.model) for i, m in enumerate(self.models)]
+        return found
+
+
 class StageDefinition(BaseModel):
     """One node of the pipeline: a training job or a built-in step."""
 
@@ -190,6 +229,7 @@ class StageDefinition(BaseModel):
     evaluate: EvaluateStep | None = None
     gate: GateStep | None = None
     select: SelectStep | None = None
+    merge: MergeStep | None = None
 
 
 class PipelineDefinition(BaseModel):
@@ -236,17 +276,20 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "score": NUMBER,
         "evaluation": EVALUATION,
     },
+    "merge": {"job": INTEGER, "checkpoint": MODEL},
 }
 # The metric the pipeline view shows for a stage of each kind.
 KEY_METRIC = {"train": "loss", "evaluate": "accuracy"}
 # Kinds that run no job of their own on the stage definition's fields.
-STEP_KINDS = ("gate", "select")
+STEP_KINDS = ("gate", "select", "merge")
 
 
 def kind_of(stage: StageDefinition) -> str:
-    """`train`, `evaluate`, `gate` or `select`."""
+    """`train`, `evaluate`, `gate`, `select` or `merge`."""
     if stage.gate is not None:
         return "gate"
+    if stage.merge is not None:
+        return "merge"
     if stage.select is not None:
         return "select"
     if stage.evaluate is not None:
@@ -418,8 +461,8 @@ def descendants(stages: Mapping[str, StageDefinition], name: str) -> set[str]:
 
 def job_request(stage: StageDefinition) -> dict[str, Any]:
     """The stage as the fields of POST /jobs (name and priority come from the pipeline);
-    empty for a gate or a select, whose jobs the engine makes."""
-    if stage.gate is not None or stage.select is not None:
+    empty for a gate, a select or a merge, whose jobs the engine makes."""
+    if stage.gate is not None or stage.select is not None or stage.merge is not None:
         return {}
     if stage.evaluate is not None:
         step = stage.evaluate.model_dump(mode="json")
@@ -488,6 +531,10 @@ def references(stage: StageDefinition) -> Iterator[tuple[tuple[str | int, ...], 
                 steps.append((("gate", side), value, EVALUATION))
     if stage.select is not None and isinstance(stage.select.job, str):
         steps = [(("select", "job"), stage.select.job, INTEGER)]
+    if stage.merge is not None:
+        for loc, value in stage.merge.model_fields_with_refs():
+            if isinstance(value, str) and "${" in value:
+                steps.append((("merge", *loc), value, MODEL))
     for where, value, expected in steps:
         ref = whole_ref(value)
         if ref is None:
@@ -497,6 +544,8 @@ def references(stage: StageDefinition) -> Iterator[tuple[tuple[str | int, ...], 
                 + (
                     "${stages.eval.outputs.evaluation}"
                     if expected == EVALUATION
+                    else "${stages.sft.outputs.checkpoint}, or a model name"
+                    if expected == MODEL
                     else "${stages.sft.outputs.job}, or a job id"
                 ),
             )
@@ -588,12 +637,12 @@ def parse(data: Any, overrides: Mapping[str, Any] | None = None) -> PipelineDefi
             raise _stage_error(name, tuple(first["loc"]), str(first["msg"])) from None
         given = [
             key
-            for key in ("job", "evaluate", "gate", "select")
+            for key in ("job", "evaluate", "gate", "select", "merge")
             if getattr(stages[name], key) is not None
         ]
         if len(given) != 1:
             raise _stage_error(
-                name, (), "give exactly one of `job`, `evaluate`, `gate` or `select`"
+                name, (), "give exactly one of `job`, `evaluate`, `gate`, `select` or `merge`"
             )
         for forbidden in ("name", "priority"):
             if forbidden in (stages[name].job or {}):

@@ -44,6 +44,8 @@ from training_platform.pipelines.state import (
     move_stage,
     update_running_stage,
 )
+from training_platform.surgery import service as surgery
+from training_platform.surgery.schemas import MergeCreate
 
 log = logging.getLogger(__name__)
 ENGINE = "pipeline-engine"
@@ -173,6 +175,8 @@ def _follow_job(
         _fail(session, stage, reason)
         return True
     job_status = JobStatus(job.status)
+    if job_status is JobStatus.SUCCEEDED and stage.kind == "merge":
+        return _follow_merge(session, settings, stage, job)
     if job_status is JobStatus.SUCCEEDED and stage.kind in ("evaluate", "select"):
         evaluation = evaluations.of_job(session=session, job_id=job.id)  # type: ignore[arg-type]
         if evaluation is not None:
@@ -374,7 +378,19 @@ def _start(
             session.commit()
             return
         key = service.stage_key(pipeline.id, stage.name, stage.run)
-        if stage.kind == "select":
+        if stage.kind == "merge":
+            assert definition.merge is not None
+            _, job = surgery.create(
+                session=session,
+                settings=settings,
+                request=_merge_request(pipeline, stage, definition.merge, by_name),
+                actor=actor,
+                job_name=service.job_name(pipeline.name, stage.name),
+                policy=definition.merge.policy,
+                idempotency_key=key,
+            )
+            created = job.status == JobStatus.PENDING.value
+        elif stage.kind == "select":
             assert definition.select is not None
             outputs = _candidates(session, settings, definition, by_name)
             job = _evaluate_candidate(session, settings, pipeline, stage, definition, outputs, 0)
@@ -420,6 +436,68 @@ def _start(
     session.commit()
     if created:
         send_safely(dispatcher.dispatch, job)
+
+
+# --- merges ---------------------------------------------------------------------------------
+
+
+def _merge_request(
+    pipeline: Pipeline,
+    stage: PipelineStage,
+    step: dsl.MergeStep,
+    by_name: Mapping[str, PipelineStage],
+) -> MergeCreate:
+    """The merge a merge stage runs, its upstream checkpoints filled in."""
+    assert pipeline.id is not None
+
+    def model(value: str | int) -> str | int:
+        ref = dsl.whole_ref(value)
+        return _value(by_name, ref) if ref is not None else value
+
+    body = step.model_dump(mode="json", by_alias=True, exclude={"policy"})
+    body["base"] = {"model": model(step.base)} if step.base is not None else None
+    body["models"] = [
+        {**item, "model": model(original.model)}
+        for item, original in zip(body["models"], step.models, strict=True)
+    ]
+    body["name"] = service.output_model_name(pipeline.id, stage.name, stage.run)
+    body["description"] = f"merge stage {stage.name} of pipeline {pipeline.id} ({pipeline.name})"
+    body["priority"] = pipeline.priority
+    return MergeCreate.model_validate(body)
+
+
+def _follow_merge(session: Session, settings: Settings, stage: PipelineStage, job: Job) -> bool:
+    """Move a merge stage on once its merge's model is registered (by this pass, or by the
+    surgery pass that may have come first)."""
+    assert job.id is not None
+    merge = surgery.of_job(session=session, job_id=job.id)
+    if merge is None:
+        _fail(session, stage, f"job {job.id} runs no merge")
+        return True
+    if merge.status == surgery.PENDING:
+        surgery.collect(session, settings, merge, job)
+        session.refresh(merge)
+    if merge.status != surgery.SUCCEEDED:
+        _fail(session, stage, f"merge {merge.id} {merge.status}: {merge.error}")
+        return True
+    entry = session.get(ModelEntry, merge.model_id) if merge.model_id is not None else None
+    if entry is None:
+        _fail(session, stage, f"merge {merge.id}'s model is gone from the catalog")
+        return True
+    metrics = jobs.last_metric_values(session=session, job_id=job.id)
+    move_stage(
+        session,
+        stage,
+        StageStatus.SUCCEEDED,
+        actor=ENGINE,
+        reason=f"merge {merge.id} registered model {entry.name!r}",
+        values={
+            "outputs": {"job": job.id, "checkpoint": entry.name, "metrics": metrics},
+            "reason": None,
+        },
+    )
+    session.commit()
+    return True
 
 
 # --- evaluations, gates and selections --------------------------------------------------

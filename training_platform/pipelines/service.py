@@ -133,6 +133,9 @@ def check_stage(
     if stage.gate is not None or stage.select is not None:
         _check_step(session, name, stage)
         return
+    if stage.merge is not None:
+        _check_merge(session, name, stage.merge)
+        return
     if stage.evaluate is not None:
         try:
             scoring.parse(stage.evaluate.scorer)
@@ -191,6 +194,28 @@ def check_stage(
                 f"type mismatch: {ref} is a {gives}, {key} takes "
                 f"{'an integer' if wants == dsl.INTEGER else 'no number'}",
             )
+
+
+def _check_merge(session: Session, name: str, step: dsl.MergeStep) -> None:
+    """A merge stage's method rules, and the models it names directly (not upstream ones)."""
+    from training_platform.backends.builtin.merge import method_errors
+
+    errors = method_errors(
+        step.method,
+        step.base is not None,
+        [m.model_dump(include={"weight", "density", "gamma", "epsilon"}) for m in step.models],
+        step.parameters.given(),
+    )
+    if errors:
+        loc, message = errors[0]
+        raise _stage_error(name, ("merge", *loc), message)
+    for loc, value in step.model_fields_with_refs():
+        if dsl.whole_ref(value) is not None:
+            continue
+        try:
+            catalog.resolve_model(session=session, ref=value)
+        except InvalidInput as error:
+            raise _stage_error(name, ("merge", *loc), error.message) from None
 
 
 def _check_step(session: Session, name: str, stage: StageDefinition) -> None:

@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -712,6 +713,37 @@ TRAINERS: dict[str, Callable[[Any], None]] = {
 }
 
 
+START_MODEL_DIR = "start-model"
+
+
+def start_model(model_path: Path, output_dir: Path) -> Path:
+    """The model a run starts from: `model_path`, or, where that holds a LoRA adapter (a LoRA
+    stage's final model), the adapter merged into its base (PEFT's merge_and_unload, in the
+    base's dtype), saved once in the run directory: a LoRA stage hands on like any other."""
+    if (model_path / "config.json").is_file() or not (model_path / "adapter_config.json").is_file():
+        return model_path
+    target = output_dir / START_MODEL_DIR
+    if (target / "config.json").is_file():
+        return target  # an earlier attempt of this run merged it
+    adapter = json.loads((model_path / "adapter_config.json").read_text(encoding="utf-8"))
+    base = Path(str(adapter.get("base_model_name_or_path") or ""))
+    if not base.is_absolute() or not (base / "config.json").is_file():
+        raise ConfigError(f"model_path: a LoRA adapter whose base model {base} is not here")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"model_path holds a LoRA adapter: merging it into its base {base}")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    merged = PeftModel.from_pretrained(model, str(model_path)).merge_and_unload()
+    with_tokenizer = model_path if (model_path / "tokenizer_config.json").is_file() else base
+    staging = output_dir / f".{START_MODEL_DIR}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(with_tokenizer).save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m training_platform.trainers.trl_train")
@@ -732,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config.algorithm} run in {config.output_dir}")
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        TRAINERS[config.algorithm](config)
+        start = start_model(config.model_path, config.output_dir)
+        TRAINERS[config.algorithm](config.model_copy(update={"model_path": start}))
     except ConfigError as error:
         # Found only once the inputs are opened: a dataset without its columns, a reward file
         # without its function.
