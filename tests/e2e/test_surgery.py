@@ -188,6 +188,36 @@ def test_every_method_equals_mergekit_and_unfit_models_are_refused(platform, tmp
         assert client.get("/api/v1/jobs").json()["total"] == jobs_before
         assert client.get("/api/v1/merges").json() == []
 
+        refused_cli = platform.tp(
+            "merge",
+            "run",
+            "sg-cli",
+            "--method",
+            "slerp",
+            "--base",
+            "sg-a",
+            "--model",
+            "sg-wide-vocab",
+            "--param",
+            "t=0.5",
+            "--preview",
+        )
+        assert refused_cli.returncode == 2, refused_cli
+        assert "vocab_size" in refused_cli.stderr
+        previewed = platform.tp(
+            "merge",
+            "run",
+            "sg-cli",
+            "--method",
+            "ties",
+            "--base",
+            "sg-a",
+            "--model",
+            "sg-b@weight=0.5,density=0.5",
+            "--preview",
+            check=True,
+        ).stdout
+        assert "fits together" in previewed and "takes seconds" in previewed
         preview = client.post(
             "/api/v1/merges/preview", json={"name": "sg-p", "method": "ties", **METHODS["ties"]}
         )
@@ -271,11 +301,12 @@ def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ig
             "/api/v1/models/soup", json={"name": "sg-soup", "job": job_id, "steps": [2, 5]}
         )
         assert bad.status_code == 422 and "steps" in str(bad.json()["detail"][0]["loc"])
-        soup = client.post(
-            "/api/v1/models/soup", json={"name": "sg-soup", "job": job_id, "last": 2}
+        souped = platform.tp(
+            "models", "soup", "sg-soup", "--job", str(job_id), "--last", "2", "--wait"
         )
-        assert soup.status_code == 201, soup.text
-        result = _wait_merge(client, soup.json()["id"])
+        assert souped.returncode == 0, souped.stderr
+        assert "succeeded" in souped.stdout and f"job-{job_id}-step-6" in souped.stdout
+        result = client.get("/api/v1/merges").json()[0]
         assert result["status"] == "succeeded", result
         assert result["kind"] == "soup" and result["method"] == "linear"
 
@@ -317,12 +348,15 @@ def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ig
             json={"name": "sg-best", "job": job_id, "metric": "nope", "mode": "min"},
         )
         assert unknown.status_code == 422 and "loss" in unknown.text, unknown.text
-        chosen = client.post(
-            "/api/v1/models/select",
-            json={"name": "sg-best", "job": job_id, "metric": "loss", "mode": "min"},
+        chose = platform.tp(
+            "models", "select", "sg-best", "--job", str(job_id), "--metric", "loss", "--mode", "min"
         )
-        assert chosen.status_code == 201, chosen.text
-        body = chosen.json()
+        assert chose.returncode == 0, chose.stderr
+        assert "registered sg-best" in chose.stdout
+        body = client.post(
+            "/api/v1/models/select",
+            json={"name": "sg-best-again", "job": job_id, "metric": "loss", "mode": "min"},
+        ).json()
         values = {c["step"]: c["value"] for c in body["candidates"]}
         assert sorted(values) == [4, 6]  # the kept ones: save_total_limit is 2
         best = min(values.values())
@@ -331,6 +365,8 @@ def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ig
         lineage = client.get("/api/v1/models/sg-best/lineage").json()
         relations = {e["relation"] for e in lineage["edges"]}
         assert relations == {"selected", "trained"}
+        shown = platform.tp("models", "lineage", "sg-soup", check=True).stdout
+        assert f"<- soup: job-{job_id}-step-4" in shown and "<- trained: tiny-qwen2" in shown
 
 
 def _wait_pipeline(client: Any, pipeline_id: int, timeout: float = 420) -> dict[str, Any]:

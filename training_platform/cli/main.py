@@ -18,6 +18,7 @@ from training_platform.cli.client import ApiClient, ApiError, read_token
 from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
 from training_platform.cli.evaluation import eval_app
 from training_platform.cli.serving import endpoints_app, serve_app
+from training_platform.cli.surgery import merge_app, models_lineage, models_select, models_soup
 from training_platform.core.settings import Settings
 
 app = typer.Typer(
@@ -40,6 +41,10 @@ app.add_typer(rewards_app, name="rewards")
 app.add_typer(eval_app, name="eval")
 app.add_typer(serve_app, name="serve")
 app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(merge_app, name="merge")
+models_app.command("soup")(models_soup)
+models_app.command("select")(models_select)
+models_app.command("lineage")(models_lineage)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 STATUS_STYLE = {
