@@ -116,6 +116,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_algorithms.py",
         "tests/e2e/test_evaluation.py",
         "tests/e2e/test_serving.py",
+        "tests/e2e/test_surgery.py",
         "tests/cli/test_cli.py",
         "tests/e2e/test_make.py",
         "tests/e2e/test_postgres_platform.py",

@@ -36,7 +36,7 @@ from training_platform.pipelines.models import (
 )
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 from training_platform.serving.models import Endpoint
-from training_platform.surgery.models import Merge
+from training_platform.surgery.models import Merge, Sweep
 
 metadata = SQLModel.metadata
 
@@ -72,6 +72,7 @@ __all__ = [
     "RewardFileEntry",
     "Rubric",
     "SuiteRun",
+    "Sweep",
     "Webhook",
     "WebhookDelivery",
     "metadata",

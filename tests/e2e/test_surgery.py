@@ -276,6 +276,51 @@ def test_every_method_equals_mergekit_and_unfit_models_are_refused(platform, tmp
         names = {n["id"]: n["name"] for n in lineage["nodes"]}
         edges = {(names[e["parent"]], e["relation"]) for e in lineage["edges"]}
         assert edges == {("sg-a", "base"), ("sg-b", "merged"), ("sg-c", "merged")}
+        # A sweep of three slerp candidates: each merged and evaluated, ranked, the best kept.
+        swept = client.post(
+            "/api/v1/merges/sweeps",
+            json={
+                "name": "sg-sweep",
+                "merge": {"method": "slerp", **METHODS["slerp"]},
+                "grid": {"t": [0.2, 0.5, 0.8]},
+                "evaluate": {
+                    "dataset": "tiny-math-eval",
+                    "scorer": "numeric",
+                    "generation": {"max_samples": 6, "max_new_tokens": 8, "engine": "transformers"},
+                },
+                "mode": "max",
+            },
+        )
+        assert swept.status_code == 201, swept.text
+        deadline = time.monotonic() + 300
+        sweep = swept.json()
+        while sweep["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            sweep = client.get(f"/api/v1/merges/sweeps/{sweep['id']}").json()
+        assert sweep["status"] == "succeeded", sweep
+        board = sweep["leaderboard"]
+        assert [row["rank"] for row in board] == [1, 2, 3]
+        assert sorted(row["values"]["t"] for row in board) == [0.2, 0.5, 0.8]
+        for row in board:
+            evaluation = client.get(f"/api/v1/evaluations/{row['evaluation_id']}").json()
+            assert evaluation["model_id"] == row["model_id"]
+            assert evaluation["summary"]["numeric"]["mean"] == row["score"]
+        scores = [row["score"] for row in board]
+        assert scores == sorted(scores, reverse=True)
+        best = board[0]
+        assert all(
+            r["index"] > best["index"]
+            for r in board
+            if r["score"] == best["score"] and r is not best
+        )
+        sweep_lineage = client.get("/api/v1/models/sg-sweep/lineage").json()
+        top = {n["id"]: n["name"] for n in sweep_lineage["nodes"]}
+        assert {
+            (top[e["parent"]], e["relation"])
+            for e in sweep_lineage["edges"]
+            if top[e["child"]] == "sg-sweep"
+        } == {(best["name"], "selected")}
+
         card = (Path(runs[1][1]) / "model" / "README.md").read_text()
         assert "`sg-a` (base)" in card and "`sg-b` (input" in card and "slerp" in card
 

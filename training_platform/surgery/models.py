@@ -42,3 +42,31 @@ class Merge(SQLModel, table=True):
     created_by: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Sweep(SQLModel, table=True):
+    """A grid of merges over one or two parameters, each candidate evaluated on one dataset;
+    the best (by the declared rule) is registered as `name`.
+
+    candidates: [{"index", "values": {axis: value}, "merge_id", "evaluation_id", "score",
+    "status"}] in grid order; status of the sweep: pending until every candidate is merged and
+    evaluated (or failed), then succeeded (the best registered) or failed (none could be).
+    """
+
+    __tablename__ = "merge_sweeps"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, index=True)
+    method: str = Field(max_length=32)
+    grid: dict[str, Any] = Field(sa_type=JSONType)
+    # How each candidate is evaluated: {"dataset", "scorer", "generation", "resources"}.
+    evaluate: dict[str, Any] = Field(sa_type=JSONType)
+    mode: str = Field(max_length=8)  # max | min
+    candidates: list[dict[str, Any]] = Field(sa_type=JSONType)
+    model_id: int | None = Field(default=None, index=True)  # the best, once registered
+    status: str = Field(max_length=16, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -19,7 +19,7 @@ from training_platform.api.deps import (
 )
 from training_platform.jobs.models import Job
 from training_platform.surgery import service
-from training_platform.surgery.models import Merge
+from training_platform.surgery.models import Merge, Sweep
 from training_platform.surgery.schemas import (
     LineagePublic,
     MergeCreate,
@@ -28,6 +28,8 @@ from training_platform.surgery.schemas import (
     SelectCreate,
     SelectionPublic,
     SoupCreate,
+    SweepCreate,
+    SweepPublic,
 )
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,57 @@ def list_merges(
 ) -> list[MergePublic]:
     """Merges and soups, newest first."""
     return [to_public(m) for m in service.list_merges(session=session, limit=limit, offset=offset)]
+
+
+def sweep_public(sweep: Sweep) -> SweepPublic:
+    assert sweep.id is not None
+    return SweepPublic(
+        id=sweep.id,
+        name=sweep.name,
+        method=sweep.method,
+        grid=sweep.grid,
+        evaluate=sweep.evaluate,
+        mode=sweep.mode,
+        status=sweep.status,
+        error=sweep.error,
+        model_id=sweep.model_id,
+        leaderboard=service.leaderboard(sweep),
+        created_by=sweep.created_by,
+        created_at=sweep.created_at,
+        finished_at=sweep.finished_at,
+    )
+
+
+@router.post("/sweeps", status_code=status.HTTP_201_CREATED)
+def create_sweep(
+    body: SweepCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> SweepPublic:
+    """A grid of merges: each candidate merged, evaluated and ranked; the best registered."""
+    sweep, started = service.create_sweep(
+        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+    )
+    session.commit()
+    for job in started:
+        _dispatch(dispatcher, job)
+    return sweep_public(sweep)
+
+
+@router.get("/sweeps")
+def list_sweeps(
+    session: SessionDep, _: CurrentToken, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> list[SweepPublic]:
+    """Sweeps, newest first, each with its leaderboard."""
+    return [sweep_public(s) for s in service.list_sweeps(session=session, limit=limit)]
+
+
+@router.get("/sweeps/{sweep_id}")
+def get_sweep(sweep_id: IdPath, session: SessionDep, _: CurrentToken) -> SweepPublic:
+    """A sweep and its leaderboard."""
+    return sweep_public(service.get_sweep(session=session, sweep_id=sweep_id))
 
 
 @router.get("/{merge_id}")

@@ -15,7 +15,7 @@ from training_platform.backends.builtin.merge import (
 )
 from training_platform.catalog.names import CatalogName
 from training_platform.core.types import DB_INT_MAX
-from training_platform.evaluation.schemas import CheckpointRef
+from training_platform.evaluation.schemas import CheckpointRef, Generation
 from training_platform.jobs.schemas import Ref, Resources
 
 MAX_SOUP = 32
@@ -220,3 +220,74 @@ class LineagePublic(BaseModel):
     model_id: int
     nodes: list[LineageNode]
     edges: list[LineageEdge]
+
+
+SWEEP_AXES = ("t", "lambda", "weight", "density", "gamma", "epsilon")
+MAX_SWEEP_VALUES = 8
+MAX_SWEEP_CANDIDATES = 16
+
+
+class MergeTemplate(MergeCreate):
+    """A merge without its name: each candidate of a sweep is this with the grid's values."""
+
+    name: CatalogName = Field("candidate", description="Unused: candidates are named NAME.i.")
+
+
+class SweepEvaluation(BaseModel):
+    """How every candidate is judged: one evaluation each, on the same data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
+    scorer: str = Field("numeric", max_length=256, description="An inline scorer.")
+    generation: Generation = Field(default_factory=Generation)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class SweepCreate(BaseModel):
+    """A grid over one or two merge parameters: every candidate merged, evaluated, ranked, and
+    the best registered as `name` (candidates as NAME.1, NAME.2, ...).
+
+    Grid keys: `t` and `lambda` (global), or `models.I.weight`, `models.I.density`,
+    `models.I.gamma`, `models.I.epsilon` (of the I-th model, from 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CatalogName
+    merge: MergeTemplate
+    grid: dict[str, list[float]] = Field(..., min_length=1, max_length=2)
+    evaluate: SweepEvaluation
+    mode: Literal["min", "max"] = Field("max", description="Whether a higher score is better.")
+    priority: int = Field(0, ge=-100, le=100)
+
+
+class LeaderboardRow(BaseModel):
+    """A candidate of a sweep, ranked by its evaluation's score (ties to the earlier one)."""
+
+    rank: int | None = Field(..., description="None when it could not be merged or evaluated.")
+    index: int
+    name: str
+    values: dict[str, float]
+    merge_id: int
+    model_id: int | None
+    evaluation_id: int | None
+    score: float | None
+    status: str
+
+
+class SweepPublic(BaseModel):
+    """A sweep and its leaderboard."""
+
+    id: int
+    name: str
+    method: str
+    grid: dict[str, list[float]]
+    evaluate: dict[str, Any]
+    mode: str
+    status: str
+    error: str | None
+    model_id: int | None = Field(None, description="The best candidate, registered as name.")
+    leaderboard: list[LeaderboardRow]
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None

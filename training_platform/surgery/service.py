@@ -19,9 +19,11 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
@@ -37,17 +39,23 @@ from training_platform.catalog.models import ModelEntry, ModelLineage
 from training_platform.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
+from training_platform.datasets import formats
+from training_platform.evaluation import scoring
 from training_platform.evaluation import service as evaluations
 from training_platform.evaluation.models import Evaluation
+from training_platform.evaluation.schemas import EvaluationCreate
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job, JobMetric
 from training_platform.jobs.schemas import JobCreate, JobPolicy
 from training_platform.jobs.state import TERMINAL, JobStatus
-from training_platform.surgery.models import Merge
+from training_platform.surgery.models import Merge, Sweep
 from training_platform.surgery.schemas import (
+    MAX_SWEEP_CANDIDATES,
+    MAX_SWEEP_VALUES,
     Candidate,
     Estimate,
     InputPublic,
+    LeaderboardRow,
     LineageEdge,
     LineageNode,
     LineagePublic,
@@ -58,6 +66,7 @@ from training_platform.surgery.schemas import (
     SelectCreate,
     SelectionPublic,
     SoupCreate,
+    SweepCreate,
 )
 
 log = logging.getLogger(__name__)
@@ -793,3 +802,287 @@ def methods() -> list[dict[str, Any]]:
         }
         for name, rule in RULES.items()
     ]
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+_GLOBAL_AXES = ("t", "lambda")
+_MODEL_AXES = ("weight", "density", "gamma", "epsilon")
+
+
+def _grid_points(request: SweepCreate) -> list[dict[str, float]]:
+    """Every combination of the grid's values, in order (the first axis varies slowest)."""
+    axes = list(request.grid.items())
+    for key, values in axes:
+        loc = ("body", "grid", key)
+        if not 1 <= len(values) <= MAX_SWEEP_VALUES:
+            raise InvalidInput(loc, f"give 1 to {MAX_SWEEP_VALUES} values")
+        if len(set(values)) != len(values):
+            raise InvalidInput(loc, "values must not repeat")
+        if any(not math.isfinite(v) for v in values):
+            raise InvalidInput(loc, "values must be finite numbers")
+        parts = key.split(".")
+        if key in _GLOBAL_AXES:
+            continue
+        if len(parts) == 3 and parts[0] == "models" and parts[2] in _MODEL_AXES:
+            if parts[1].isdigit() and int(parts[1]) < len(request.merge.models):
+                continue
+            raise InvalidInput(
+                loc, f"the merge has models 0 to {len(request.merge.models) - 1}, not {parts[1]}"
+            )
+        raise InvalidInput(
+            loc,
+            "sweep t, lambda, or models.I.weight, models.I.density, models.I.gamma or "
+            "models.I.epsilon",
+        )
+    points = [
+        dict(zip([k for k, _ in axes], combo, strict=True))
+        for combo in product(*[values for _, values in axes])
+    ]
+    if not 2 <= len(points) <= MAX_SWEEP_CANDIDATES:
+        raise InvalidInput(
+            ("body", "grid"),
+            f"a sweep has 2 to {MAX_SWEEP_CANDIDATES} candidates, not {len(points)}",
+        )
+    return points
+
+
+def _candidate_request(request: SweepCreate, index: int, point: dict[str, float]) -> MergeCreate:
+    body = request.merge.model_dump(mode="json", by_alias=True)
+    for key, value in point.items():
+        if key in _GLOBAL_AXES:
+            body["parameters"][key] = value
+        else:
+            _, model, field = key.split(".")
+            body["models"][int(model)][field] = value
+    body["name"] = f"{request.name}.{index}"
+    body["priority"] = request.priority
+    body["description"] = f"candidate {index} of sweep {request.name}: " + ", ".join(
+        f"{k} {v:g}" for k, v in point.items()
+    )
+    try:
+        return MergeCreate.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        axis = next(iter(point))
+        raise InvalidInput(
+            ("body", "grid", axis), f"candidate {index} ({point}): {first['msg']}"
+        ) from None
+
+
+def _check_evaluation(session: Session, request: SweepCreate) -> None:
+    spec = request.evaluate
+    try:
+        scorer = scoring.parse(spec.scorer)
+    except InvalidInput as error:
+        raise InvalidInput(("body", "evaluate", "scorer"), error.message) from None
+    if scorer.deferred:
+        raise InvalidInput(
+            ("body", "evaluate", "scorer"), f"{scorer.spec} runs on a worker; give an inline scorer"
+        )
+    try:
+        dataset = catalog.resolve_dataset(session=session, ref=spec.dataset)
+    except InvalidInput as error:
+        raise InvalidInput(("body", "evaluate", "dataset"), error.message) from None
+    if not formats.can_feed(dataset.format, "rl"):
+        raise InvalidInput(
+            ("body", "evaluate", "dataset"),
+            f"dataset {dataset.name!r} has format {dataset.format!r}; an evaluation needs "
+            "prompt/answer data",
+        )
+
+
+def create_sweep(
+    *, session: Session, settings: Settings, request: SweepCreate, actor: str
+) -> tuple[Sweep, list[Job]]:
+    """Store the sweep and one merge (and its queued job) per grid point; nothing is written
+    when any candidate is refused."""
+    points = _grid_points(request)
+    _check_evaluation(session, request)
+    _name_free(session, request.name)
+    candidates: list[dict[str, Any]] = []
+    started: list[Job] = []
+    for index, point in enumerate(points, start=1):
+        merge, job = create(
+            session=session,
+            settings=settings,
+            request=_candidate_request(request, index, point),
+            actor=actor,
+            kind="sweep",
+        )
+        started.append(job)
+        candidates.append(
+            {
+                "index": index,
+                "name": merge.name,
+                "values": point,
+                "merge_id": merge.id,
+                "evaluation_id": None,
+                "score": None,
+                "status": "merging",
+            }
+        )
+    sweep = Sweep(
+        name=request.name,
+        method=request.merge.method,
+        grid=request.grid,
+        evaluate={**request.evaluate.model_dump(mode="json"), "priority": request.priority},
+        mode=request.mode,
+        candidates=candidates,
+        status=PENDING,
+        created_by=actor,
+    )
+    session.add(sweep)
+    session.flush()
+    return sweep, started
+
+
+def get_sweep(*, session: Session, sweep_id: int) -> Sweep:
+    """A sweep, or NotFound."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise NotFound(f"sweep {sweep_id} not found")
+    return sweep
+
+
+def list_sweeps(*, session: Session, limit: int = 100) -> Sequence[Sweep]:
+    """Sweeps, newest first."""
+    return session.exec(select(Sweep).order_by(col(Sweep.id).desc()).limit(limit)).all()
+
+
+def leaderboard(sweep: Sweep) -> list[LeaderboardRow]:
+    """The candidates, best first by the sweep's rule (ties to the earlier candidate), then
+    those that could not be merged or evaluated."""
+    sign = 1.0 if sweep.mode == "max" else -1.0
+    scored = sorted(
+        (c for c in sweep.candidates if c.get("score") is not None),
+        key=lambda c: (-sign * float(c["score"]), int(c["index"])),
+    )
+    rest = [c for c in sweep.candidates if c.get("score") is None]
+    rows: list[LeaderboardRow] = []
+    for rank, candidate in enumerate([*scored, *rest], start=1):
+        rows.append(
+            LeaderboardRow(
+                rank=rank if candidate.get("score") is not None else None,
+                index=int(candidate["index"]),
+                name=str(candidate["name"]),
+                values=dict(candidate["values"]),
+                merge_id=int(candidate["merge_id"]),
+                model_id=candidate.get("model_id"),
+                evaluation_id=candidate.get("evaluation_id"),
+                score=candidate.get("score"),
+                status=str(candidate["status"]),
+            )
+        )
+    return rows
+
+
+def _advance_candidate(
+    session: Session, settings: Settings, sweep: Sweep, candidate: dict[str, Any]
+) -> Job | None:
+    """Move one candidate on: evaluate it once merged, score it once evaluated. The job of an
+    evaluation it started (to dispatch after the commit)."""
+    merge = session.get(Merge, candidate["merge_id"])
+    if merge is None:
+        candidate.update(status=FAILED, error="its merge was deleted")
+        return None
+    if candidate["evaluation_id"] is None:
+        if merge.status == PENDING:
+            return None
+        if merge.status != SUCCEEDED or merge.model_id is None:
+            candidate.update(status=FAILED, error=f"merge {merge.status}: {merge.error}")
+            return None
+        spec = sweep.evaluate
+        evaluation, job = evaluations.create(
+            session=session,
+            settings=settings,
+            request=EvaluationCreate.model_validate(
+                {
+                    "name": f"{merge.name} (sweep {sweep.name})"[:200],
+                    "model": merge.model_id,
+                    "dataset": spec["dataset"],
+                    "scorer": spec["scorer"],
+                    "generation": spec["generation"],
+                    "resources": spec["resources"],
+                    "priority": spec.get("priority", 0),
+                }
+            ),
+            actor=sweep.created_by,
+            idempotency_key=f"sweep-{sweep.id}-candidate-{candidate['index']}",
+        )
+        candidate.update(evaluation_id=evaluation.id, model_id=merge.model_id, status="evaluating")
+        return job if job.status == JobStatus.PENDING.value else None
+    judged = session.get(Evaluation, candidate["evaluation_id"])
+    if judged is None or judged.status == evaluations.PENDING:
+        return None
+    if judged.status != evaluations.SUCCEEDED:
+        candidate.update(status=FAILED, error=f"evaluation {judged.status}")
+        return None
+    candidate.update(
+        status="evaluated", score=evaluations.score_of(judged, sweep.evaluate["scorer"])
+    )
+    return None
+
+
+def _finish_sweep(session: Session, sweep: Sweep) -> None:
+    board = leaderboard(sweep)
+    best = board[0] if board and board[0].rank is not None else None
+    if best is None or best.model_id is None:
+        sweep.status, sweep.error = FAILED, "no candidate was merged and evaluated"
+        sweep.finished_at = utcnow()
+        return
+    chosen = session.get(ModelEntry, best.model_id)
+    if (
+        chosen is None
+        or session.exec(select(ModelEntry).where(ModelEntry.name == sweep.name)).first()
+    ):
+        sweep.status = FAILED
+        sweep.error = f"the best candidate {best.name} could not be registered as {sweep.name}"
+        sweep.finished_at = utcnow()
+        return
+    rule = f"{sweep.mode} of {sweep.evaluate['scorer']} on {sweep.evaluate['dataset']}"
+    entry = ModelEntry(
+        name=sweep.name,
+        source="merge",
+        path=chosen.path,
+        description=f"best of sweep {sweep.id} ({sweep.method}): {best.name}, "
+        + ", ".join(f"{k} {v:g}" for k, v in best.values.items()),
+        parameters=chosen.parameters,
+        job_id=chosen.job_id,
+    )
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None and chosen.id is not None
+    catalog.add_parent(
+        session=session,
+        model_id=entry.id,
+        parent_id=chosen.id,
+        relation="selected",
+        detail={"rule": rule, "score": best.score, **best.values},
+    )
+    sweep.status, sweep.model_id, sweep.finished_at = SUCCEEDED, entry.id, utcnow()
+
+
+def advance_sweeps(session: Session, settings: Settings) -> tuple[list[int], list[Job]]:
+    """Move every pending sweep on; (sweeps that ended, evaluation jobs to dispatch)."""
+    ended: list[int] = []
+    started: list[Job] = []
+    for sweep in session.exec(select(Sweep).where(Sweep.status == PENDING)).all():
+        candidates = [dict(c) for c in sweep.candidates]
+        try:
+            for candidate in candidates:
+                if candidate["status"] in ("evaluated", FAILED):
+                    continue
+                job = _advance_candidate(session, settings, sweep, candidate)
+                if job is not None:
+                    started.append(job)
+            sweep.candidates = candidates
+            if all(c["status"] in ("evaluated", FAILED) for c in candidates):
+                _finish_sweep(session, sweep)
+                ended.append(sweep.id or 0)
+            session.add(sweep)
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.exception("sweep %s could not be moved on", sweep.id)
+    return ended, started

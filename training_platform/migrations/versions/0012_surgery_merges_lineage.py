@@ -1,4 +1,4 @@
-"""surgery: merges and soups, and the lineage of catalog models
+"""surgery: merges, soups and sweeps, and the lineage of catalog models
 
 Revision ID: 0012
 Revises: 0011
@@ -58,9 +58,33 @@ def upgrade() -> None:
     op.create_index(op.f('ix_merges_model_id'), 'merges', ['model_id'], unique=False)
     op.create_index(op.f('ix_merges_name'), 'merges', ['name'], unique=False)
     op.create_index(op.f('ix_merges_status'), 'merges', ['status'], unique=False)
+    op.create_table('merge_sweeps',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('method', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('grid', JSON, nullable=False),
+    sa.Column('evaluate', JSON, nullable=False),
+    sa.Column('mode', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+    sa.Column('candidates', JSON, nullable=False),
+    sa.Column('model_id', sa.Integer(), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
+    )
+    op.create_index(op.f('ix_merge_sweeps_model_id'), 'merge_sweeps', ['model_id'], unique=False)
+    op.create_index(op.f('ix_merge_sweeps_name'), 'merge_sweeps', ['name'], unique=False)
+    op.create_index(op.f('ix_merge_sweeps_status'), 'merge_sweeps', ['status'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_merge_sweeps_status'), table_name='merge_sweeps')
+    op.drop_index(op.f('ix_merge_sweeps_name'), table_name='merge_sweeps')
+    op.drop_index(op.f('ix_merge_sweeps_model_id'), table_name='merge_sweeps')
+    op.drop_table('merge_sweeps')
     op.drop_index(op.f('ix_merges_status'), table_name='merges')
     op.drop_index(op.f('ix_merges_name'), table_name='merges')
     op.drop_index(op.f('ix_merges_model_id'), table_name='merges')
