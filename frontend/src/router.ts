@@ -37,6 +37,8 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/EvaluationDetailPage.vue"),
     props: true,
   },
+  { path: "/models", name: "models", component: () => import("./pages/ModelsPage.vue") },
+  { path: "/surgery", name: "surgery", component: () => import("./pages/SurgeryPage.vue") },
   { path: "/serving", name: "serving", component: () => import("./pages/ServingPage.vue") },
   { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
   { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },

@@ -499,3 +499,41 @@ def test_serve_a_trained_model_from_the_browser_and_chat_with_it(
     while _api(dash, "GET", f"/jobs/{job_id}")["status"] != "cancelled":
         assert time.monotonic() < deadline, "the serve job was not stopped"
         time.sleep(0.5)
+
+
+def test_merge_two_models_from_the_surgery_page_and_open_the_lineage(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    from training_platform.assets.tiny import build_tiny_model
+
+    directory = build_tiny_model(dash.home / "models" / "browser-other", seed=21)
+    _api(dash, "POST", "/models", json={"name": "browser-other", "path": str(directory)})
+    _login(page, dash.token)
+    page.click("nav a:has-text('Surgery')")
+    form = page.locator("[data-test=merge-form]")
+    form.locator("input[name=merge-name]").fill("browser-slerp")
+    form.locator("select[name=method]").select_option("slerp")
+    form.locator("select[name=base]").select_option("tiny-qwen2")
+    form.locator("select[name=input-0]").select_option("browser-other")
+    form.locator("input[name=t]").fill("0.4")
+    page.click("[data-test=check-merge]")
+    expect(page.locator("[data-test=merge-preview]")).to_contain_text("Fits together")
+    expect(page.locator("[data-test=merge-preview]")).to_contain_text("takes seconds")
+    # A refusal reads as the API's reason, next to the form.
+    form.locator("input[name=t]").fill("1.5")
+    page.click("[data-test=check-merge]")
+    expect(page.locator("[data-test=merge-error]")).to_contain_text("parameters.t")
+    form.locator("input[name=t]").fill("0.4")
+    page.click("[data-test=run-merge]")
+    row = page.locator("[data-test=merges] tr[data-merge=browser-slerp]")
+    expect(row.locator("[data-test=status]")).to_contain_text("succeeded", timeout=120_000)
+    page.screenshot(path=str(shots / "surgery.png"))
+    row.locator("[data-test=open-lineage]").click()
+    expect(page).to_have_url(re.compile(r"/models\?lineage=browser-slerp"))
+    tree = page.locator("[data-test=lineage-tree]")
+    expect(tree.locator("li[data-parent=tiny-qwen2][data-relation=base]")).to_be_visible()
+    expect(tree.locator("li[data-parent=browser-other][data-relation=merged]")).to_be_visible()
+    expect(page.locator("[data-test=models] tr[data-model=browser-slerp]")).to_contain_text("merge")
+    page.screenshot(path=str(shots / "models.png"))
+    merge = _api(dash, "GET", "/merges")[0]
+    assert merge["name"] == "browser-slerp" and merge["parameters"] == {"t": 0.4}

@@ -21,10 +21,10 @@ from training_platform.jobs.models import Job
 from training_platform.surgery import service
 from training_platform.surgery.models import Merge, Sweep
 from training_platform.surgery.schemas import (
-    LineagePublic,
     MergeCreate,
     MergePreview,
     MergePublic,
+    ModelLineagePublic,
     SelectCreate,
     SelectionPublic,
     SoupCreate,
@@ -187,6 +187,6 @@ def model_lineage(
     model: Annotated[str, PathParam(min_length=1, max_length=200)],
     session: SessionDep,
     _: CurrentToken,
-) -> LineagePublic:
+) -> ModelLineagePublic:
     """A model's ancestors: merge and soup parents, selections, and the models jobs trained."""
     return service.lineage(session=session, ref=model)

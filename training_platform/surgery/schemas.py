@@ -214,7 +214,7 @@ class LineageEdge(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class LineagePublic(BaseModel):
+class ModelLineagePublic(BaseModel):
     """Every ancestor of a model and how each led to the next."""
 
     model_id: int

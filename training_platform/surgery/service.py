@@ -58,10 +58,10 @@ from training_platform.surgery.schemas import (
     LeaderboardRow,
     LineageEdge,
     LineageNode,
-    LineagePublic,
     MergeCreate,
     MergeInput,
     MergePreview,
+    ModelLineagePublic,
     ModelRef,
     SelectCreate,
     SelectionPublic,
@@ -748,7 +748,7 @@ def select_checkpoint(
 MAX_LINEAGE_NODES = 500
 
 
-def lineage(*, session: Session, ref: str | int) -> LineagePublic:
+def lineage(*, session: Session, ref: str | int) -> ModelLineagePublic:
     """Every ancestor of a model: merge and soup parents, a selection's checkpoint, and the
     model each training job started from."""
     try:
@@ -778,7 +778,7 @@ def lineage(*, session: Session, ref: str | int) -> LineagePublic:
                 if parent is not None:
                     nodes[parent_id] = parent
                     queue.append(parent)
-    return LineagePublic(
+    return ModelLineagePublic(
         model_id=root.id,
         nodes=[
             LineageNode(id=e.id or 0, name=e.name, source=e.source, job_id=e.job_id)

@@ -971,6 +971,134 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/merges": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Merges
+         * @description Merges and soups, newest first.
+         */
+        get: operations["list_merges_api_v1_merges_get"];
+        put?: never;
+        /**
+         * Create Merge
+         * @description Merge models: checked now, run as a job; the model is registered when it succeeds.
+         */
+        post: operations["create_merge_api_v1_merges_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/methods": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Methods
+         * @description The merge methods and the parameters each takes.
+         */
+        get: operations["list_methods_api_v1_merges_methods_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Preview Merge
+         * @description Check a merge without running it: its models, whether they fit, what it will need.
+         */
+        post: operations["preview_merge_api_v1_merges_preview_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/sweeps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Sweeps
+         * @description Sweeps, newest first, each with its leaderboard.
+         */
+        get: operations["list_sweeps_api_v1_merges_sweeps_get"];
+        put?: never;
+        /**
+         * Create Sweep
+         * @description A grid of merges: each candidate merged, evaluated and ranked; the best registered.
+         */
+        post: operations["create_sweep_api_v1_merges_sweeps_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/sweeps/{sweep_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Sweep
+         * @description A sweep and its leaderboard.
+         */
+        get: operations["get_sweep_api_v1_merges_sweeps__sweep_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/{merge_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Merge
+         * @description One merge or soup.
+         */
+        get: operations["get_merge_api_v1_merges__merge_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/models": {
         parameters: {
             query?: never;
@@ -989,6 +1117,66 @@ export interface paths {
          * @description Register a model by directory (inside a model root), Hugging Face id, or job output.
          */
         post: operations["register_model_api_v1_models_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/select": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Select Checkpoint
+         * @description Register a job's best checkpoint under a declared rule (metric or evaluations).
+         */
+        post: operations["select_checkpoint_api_v1_models_select_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/soup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create Soup
+         * @description Average checkpoints of a job (a uniform soup) into a new model.
+         */
+        post: operations["create_soup_api_v1_models_soup_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/{model}/lineage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Model Lineage
+         * @description A model's ancestors: merge and soup parents, selections, and the models jobs trained.
+         */
+        get: operations["model_lineage_api_v1_models__model__lineage_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1674,6 +1862,18 @@ export interface components {
             scorer: string;
         };
         /**
+         * Candidate
+         * @description A checkpoint a selection considered.
+         */
+        Candidate: {
+            /** Evaluation Id */
+            evaluation_id?: number | null;
+            /** Step */
+            step: number;
+            /** Value */
+            value: number | null;
+        };
+        /**
          * CheckpointPublic
          * @description A checkpoint or final model of a job, with the metrics reported at its step.
          */
@@ -1857,6 +2057,44 @@ export interface components {
              * @description A virtualenv directory (its bin/python).
              */
             venv?: string | null;
+        };
+        /**
+         * Estimate
+         * @description What a merge will need, from the sizes of its inputs' weight files.
+         */
+        Estimate: {
+            /**
+             * Disk Bytes
+             * @description Output plus adapters merged into their bases.
+             */
+            disk_bytes: number;
+            /**
+             * Input Bytes
+             * @description Weight files read.
+             */
+            input_bytes: number;
+            /** Largest Tensor Bytes */
+            largest_tensor_bytes: number;
+            /**
+             * Output Bytes
+             * @description The merged model's weights on disk.
+             */
+            output_bytes: number;
+            /**
+             * Parameters
+             * @description Of the merged model.
+             */
+            parameters: number;
+            /**
+             * Ram Bytes
+             * @description Peak memory, with tensors loaded one at a time.
+             */
+            ram_bytes: number;
+            /**
+             * Time Class
+             * @enum {string}
+             */
+            time_class: "seconds" | "minutes" | "hours";
         };
         /**
          * EvaluationCreate
@@ -2192,6 +2430,34 @@ export interface components {
             hosts: components["schemas"]["HostPublic"][];
         };
         /**
+         * InputPublic
+         * @description A parent of a merge as it was resolved.
+         */
+        InputPublic: {
+            /**
+             * Adapter Of
+             * @description An adapter: the model it is merged into.
+             */
+            adapter_of?: string | null;
+            /** Density */
+            density?: number | null;
+            /** Epsilon */
+            epsilon?: number | null;
+            /** Gamma */
+            gamma?: number | null;
+            /** Model Id */
+            model_id: number;
+            /** Name */
+            name: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "base" | "input";
+            /** Weight */
+            weight?: number | null;
+        };
+        /**
          * JobCreate
          * @description A job as submitted: what to train, on what, how, and how urgently.
          */
@@ -2463,6 +2729,65 @@ export interface components {
             value: string;
         };
         /**
+         * LeaderboardRow
+         * @description A candidate of a sweep, ranked by its evaluation's score (ties to the earlier one).
+         */
+        LeaderboardRow: {
+            /** Evaluation Id */
+            evaluation_id: number | null;
+            /** Index */
+            index: number;
+            /** Merge Id */
+            merge_id: number;
+            /** Model Id */
+            model_id: number | null;
+            /** Name */
+            name: string;
+            /**
+             * Rank
+             * @description None when it could not be merged or evaluated.
+             */
+            rank: number | null;
+            /** Score */
+            score: number | null;
+            /** Status */
+            status: string;
+            /** Values */
+            values: {
+                [key: string]: number;
+            };
+        };
+        /**
+         * LineageEdge
+         * @description `child` came from `parent`: merged, base, soup, selected or trained (by its job).
+         */
+        LineageEdge: {
+            /** Child */
+            child: number;
+            /** Detail */
+            detail?: {
+                [key: string]: unknown;
+            };
+            /** Parent */
+            parent: number;
+            /** Relation */
+            relation: string;
+        };
+        /**
+         * LineageNode
+         * @description A model in a lineage graph.
+         */
+        LineageNode: {
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: number | null;
+            /** Name */
+            name: string;
+            /** Source */
+            source: string;
+        };
+        /**
          * LineagePublic
          * @description Where a job's inputs came from and what it produced.
          */
@@ -2517,6 +2842,211 @@ export interface components {
             text: string;
         };
         /**
+         * MergeCreate
+         * @description Merge models into a new catalog model named `name`.
+         */
+        MergeCreate: {
+            /** @description The base model (every method but linear needs one). */
+            base?: components["schemas"]["ModelRef"] | null;
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /**
+             * Dtype
+             * @description Of the merged weights; default: the base's.
+             */
+            dtype?: ("float32" | "bfloat16" | "float16") | null;
+            /**
+             * Method
+             * @enum {string}
+             */
+            method: "linear" | "slerp" | "task_arithmetic" | "ties" | "dare_ties" | "dare_linear" | "model_stock" | "breadcrumbs" | "della";
+            /** Models */
+            models: components["schemas"]["MergeInput"][];
+            /**
+             * Name
+             * @description The merged model's catalog name.
+             */
+            name: string;
+            parameters?: components["schemas"]["SharedParameters"];
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+            /**
+             * Seed
+             * @description For the random drops of dare, della.
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Tokenizer
+             * @description base: the base's tokenizer (every model must share it); union: every token of every model.
+             * @default base
+             * @enum {string}
+             */
+            tokenizer: "base" | "union";
+        };
+        /**
+         * MergeInput
+         * @description A model to merge and its own parameters (which ones apply depends on the method).
+         */
+        MergeInput: {
+            /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
+            checkpoint?: components["schemas"]["CheckpointRef"] | null;
+            /**
+             * Density
+             * @description Share of its task vector kept (ties, dare, della).
+             */
+            density?: number | null;
+            /**
+             * Epsilon
+             * @description della: spread of the drop probabilities around density.
+             */
+            epsilon?: number | null;
+            /**
+             * Gamma
+             * @description breadcrumbs: share of the largest changes dropped.
+             */
+            gamma?: number | null;
+            /**
+             * Job
+             * @description Or: the final model of this succeeded job.
+             */
+            job?: number | null;
+            /**
+             * Model
+             * @description A registered model, by name or id.
+             */
+            model?: string | number | null;
+            /**
+             * Weight
+             * @description Its share (linear) or its task vector's scale.
+             */
+            weight?: number | null;
+        };
+        /**
+         * MergePreview
+         * @description A merge request checked: its parents resolved, fitting together, and its needs.
+         */
+        MergePreview: {
+            /**
+             * Checked
+             * @description What was compared between the models.
+             */
+            checked: string[];
+            estimate: components["schemas"]["Estimate"];
+            /** Inputs */
+            inputs: components["schemas"]["InputPublic"][];
+        };
+        /**
+         * MergePublic
+         * @description A merge or soup and its job.
+         */
+        MergePublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Description */
+            description: string;
+            /** Dtype */
+            dtype: string | null;
+            /** Error */
+            error: string | null;
+            /** Estimate */
+            estimate: {
+                [key: string]: unknown;
+            };
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /** Inputs */
+            inputs: {
+                [key: string]: unknown;
+            }[];
+            /** Job Id */
+            job_id: number | null;
+            /** Kind */
+            kind: string;
+            /** Method */
+            method: string;
+            /**
+             * Model Id
+             * @description The merged model, once registered.
+             */
+            model_id?: number | null;
+            /** Name */
+            name: string;
+            /** Parameters */
+            parameters: {
+                [key: string]: unknown;
+            };
+            /** Status */
+            status: string;
+            /** Tokenizer */
+            tokenizer: string;
+        };
+        /**
+         * MergeTemplate
+         * @description A merge without its name: each candidate of a sweep is this with the grid's values.
+         */
+        MergeTemplate: {
+            /** @description The base model (every method but linear needs one). */
+            base?: components["schemas"]["ModelRef"] | null;
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /**
+             * Dtype
+             * @description Of the merged weights; default: the base's.
+             */
+            dtype?: ("float32" | "bfloat16" | "float16") | null;
+            /**
+             * Method
+             * @enum {string}
+             */
+            method: "linear" | "slerp" | "task_arithmetic" | "ties" | "dare_ties" | "dare_linear" | "model_stock" | "breadcrumbs" | "della";
+            /** Models */
+            models: components["schemas"]["MergeInput"][];
+            /**
+             * Name
+             * @description Unused: candidates are named NAME.i.
+             * @default candidate
+             */
+            name: string;
+            parameters?: components["schemas"]["SharedParameters"];
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+            /**
+             * Seed
+             * @description For the random drops of dare, della.
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Tokenizer
+             * @description base: the base's tokenizer (every model must share it); union: every token of every model.
+             * @default base
+             * @enum {string}
+             */
+            tokenizer: "base" | "union";
+        };
+        /**
          * MetricPoint
          * @description One value at one step.
          */
@@ -2539,6 +3069,18 @@ export interface components {
             last_step: number | null;
             /** Points */
             points: components["schemas"]["MetricPoint"][];
+        };
+        /**
+         * ModelLineagePublic
+         * @description Every ancestor of a model and how each led to the next.
+         */
+        ModelLineagePublic: {
+            /** Edges */
+            edges: components["schemas"]["LineageEdge"][];
+            /** Model Id */
+            model_id: number;
+            /** Nodes */
+            nodes: components["schemas"]["LineageNode"][];
         };
         /**
          * ModelPublic
@@ -2565,6 +3107,24 @@ export interface components {
             parameters: number | null;
             /** Source */
             source: string;
+        };
+        /**
+         * ModelRef
+         * @description A model by catalog name or id, a job's final model, or one of a job's checkpoints.
+         */
+        ModelRef: {
+            /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
+            checkpoint?: components["schemas"]["CheckpointRef"] | null;
+            /**
+             * Job
+             * @description Or: the final model of this succeeded job.
+             */
+            job?: number | null;
+            /**
+             * Model
+             * @description A registered model, by name or id.
+             */
+            model?: string | number | null;
         };
         /**
          * ModelRegister
@@ -3030,6 +3590,61 @@ export interface components {
             updated_at: string;
         };
         /**
+         * SelectCreate
+         * @description Pick the best checkpoint of a job by a declared rule and register it as `name`.
+         *
+         *     By a metric the job logged (its value at each checkpoint's step), or by the evaluations
+         *     given (each of one checkpoint of the job, by their score under `scorer`). Ties go to the
+         *     earlier step.
+         */
+        SelectCreate: {
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /** Evaluations */
+            evaluations?: number[] | null;
+            /** Job */
+            job: number;
+            /**
+             * Metric
+             * @description e.g. loss.
+             */
+            metric?: string | null;
+            /**
+             * Mode
+             * @description Whether lower or higher is better.
+             * @enum {string}
+             */
+            mode: "min" | "max";
+            /** Name */
+            name: string;
+            /**
+             * Scorer
+             * @description With evaluations; default: each one's own scorer.
+             */
+            scorer?: string | null;
+        };
+        /**
+         * SelectionPublic
+         * @description The checkpoint chosen, registered as a model, and what it was chosen among.
+         */
+        SelectionPublic: {
+            /** Candidates */
+            candidates: components["schemas"]["Candidate"][];
+            /** Model Id */
+            model_id: number;
+            /** Name */
+            name: string;
+            /** Rule */
+            rule: string;
+            /** Step */
+            step: number;
+            /** Value */
+            value: number;
+        };
+        /**
          * ServeCreate
          * @description Serve a catalog model or a job's checkpoint until the serve job is cancelled.
          */
@@ -3091,6 +3706,75 @@ export interface components {
             status: string;
             /** Url */
             url: string;
+        };
+        /**
+         * SharedParameters
+         * @description The merge's global parameters (which ones apply depends on the method).
+         */
+        SharedParameters: {
+            /**
+             * Filter Wise
+             * @description model_stock: one ratio per row.
+             */
+            filter_wise?: boolean | null;
+            /**
+             * Int8 Mask
+             * @description Sign masks in int8 (less memory).
+             */
+            int8_mask?: boolean | null;
+            /**
+             * Lambda
+             * @description Scale of the merged task vector.
+             */
+            lambda?: number | null;
+            /**
+             * Normalize
+             * @description Divide by the sum of the weights.
+             */
+            normalize?: boolean | null;
+            /**
+             * Rescale
+             * @description dare, della: keep the task vector's L1 norm.
+             */
+            rescale?: boolean | null;
+            /**
+             * T
+             * @description slerp: 0 is the base, 1 the other.
+             */
+            t?: number | null;
+        };
+        /**
+         * SoupCreate
+         * @description A uniform soup: the mean of checkpoints of one job, registered as `name`.
+         */
+        SoupCreate: {
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /** Dtype */
+            dtype?: ("float32" | "bfloat16" | "float16") | null;
+            /** Job */
+            job: number;
+            /**
+             * Last
+             * @description Or: the last this many checkpoints.
+             */
+            last?: number | null;
+            /** Name */
+            name: string;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            resources?: components["schemas"]["Resources"];
+            /**
+             * Steps
+             * @description These checkpoints.
+             */
+            steps?: number[] | null;
         };
         /**
          * StagePublic
@@ -3278,6 +3962,97 @@ export interface components {
             items: components["schemas"]["SuiteRunPublic"][];
             /** Total */
             total: number;
+        };
+        /**
+         * SweepCreate
+         * @description A grid over one or two merge parameters: every candidate merged, evaluated, ranked, and
+         *     the best registered as `name` (candidates as NAME.1, NAME.2, ...).
+         *
+         *     Grid keys: `t` and `lambda` (global), or `models.I.weight`, `models.I.density`,
+         *     `models.I.gamma`, `models.I.epsilon` (of the I-th model, from 0).
+         */
+        SweepCreate: {
+            evaluate: components["schemas"]["SweepEvaluation"];
+            /** Grid */
+            grid: {
+                [key: string]: number[];
+            };
+            merge: components["schemas"]["MergeTemplate"];
+            /**
+             * Mode
+             * @description Whether a higher score is better.
+             * @default max
+             * @enum {string}
+             */
+            mode: "min" | "max";
+            /** Name */
+            name: string;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+        };
+        /**
+         * SweepEvaluation
+         * @description How every candidate is judged: one evaluation each, on the same data.
+         */
+        SweepEvaluation: {
+            /**
+             * Dataset
+             * @description A prompt/answer dataset, by name or id.
+             */
+            dataset: string | number;
+            generation?: components["schemas"]["Generation"];
+            resources?: components["schemas"]["Resources"];
+            /**
+             * Scorer
+             * @description An inline scorer.
+             * @default numeric
+             */
+            scorer: string;
+        };
+        /**
+         * SweepPublic
+         * @description A sweep and its leaderboard.
+         */
+        SweepPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Error */
+            error: string | null;
+            /** Evaluate */
+            evaluate: {
+                [key: string]: unknown;
+            };
+            /** Finished At */
+            finished_at: string | null;
+            /** Grid */
+            grid: {
+                [key: string]: number[];
+            };
+            /** Id */
+            id: number;
+            /** Leaderboard */
+            leaderboard: components["schemas"]["LeaderboardRow"][];
+            /** Method */
+            method: string;
+            /** Mode */
+            mode: string;
+            /**
+             * Model Id
+             * @description The best candidate, registered as name.
+             */
+            model_id?: number | null;
+            /** Name */
+            name: string;
+            /** Status */
+            status: string;
         };
         /**
          * TemplatePublic
@@ -5243,6 +6018,253 @@ export interface operations {
             };
         };
     };
+    list_merges_api_v1_merges_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description Rows to skip. */
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MergePublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_merge_api_v1_merges_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MergeCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MergePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_methods_api_v1_merges_methods_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    }[];
+                };
+            };
+        };
+    };
+    preview_merge_api_v1_merges_preview_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MergeCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MergePreview"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_sweeps_api_v1_merges_sweeps_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SweepPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_sweep_api_v1_merges_sweeps_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SweepCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SweepPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_sweep_api_v1_merges_sweeps__sweep_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sweep_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SweepPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_merge_api_v1_merges__merge_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                merge_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MergePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     list_models_api_v1_models_get: {
         parameters: {
             query?: never;
@@ -5283,6 +6305,103 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    select_checkpoint_api_v1_models_select_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SelectCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SelectionPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_soup_api_v1_models_soup_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SoupCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MergePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    model_lineage_api_v1_models__model__lineage_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelLineagePublic"];
                 };
             };
             /** @description Validation Error */

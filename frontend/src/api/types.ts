@@ -33,6 +33,21 @@ export type SuiteRun = S["SuiteRunPublic"];
 export type SuiteRunsPage = S["SuiteRunsPublic"];
 export type Served = S["ServedPublic"];
 export type Endpoint = S["EndpointPublic"];
+export type Merge = S["MergePublic"];
+export type MergePreview = S["MergePreview"];
+export type Lineage = S["ModelLineagePublic"];
+export type Sweep = S["SweepPublic"];
+
+/** A merge method and what it takes (surgery/service.py methods()). */
+export interface MergeMethodInfo {
+  method: string;
+  needs_base: boolean;
+  models: [number, number];
+  per_model: string[];
+  required: string[];
+  parameters: string[];
+  required_parameters: string[];
+}
 
 /** One scorer's result (evaluation/stats.py Summary): the API types it as a free object. */
 export interface ScoreSummary {
