@@ -36,7 +36,7 @@ from training_platform.pipelines.models import (
 )
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 from training_platform.serving.models import Endpoint
-from training_platform.surgery.models import Merge, Sweep
+from training_platform.surgery.models import GreedySoup, Merge, Sweep
 
 metadata = SQLModel.metadata
 
@@ -54,6 +54,7 @@ __all__ = [
     "EvaluationScoring",
     "GpuDevice",
     "GpuSample",
+    "GreedySoup",
     "Host",
     "Job",
     "JobEvent",

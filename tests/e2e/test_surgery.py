@@ -410,6 +410,47 @@ def test_soup_and_selection_of_a_jobs_checkpoints(platform) -> None:  # type: ig
         lineage = client.get("/api/v1/models/sg-best/lineage").json()
         relations = {e["relation"] for e in lineage["edges"]}
         assert relations == {"selected", "trained"}
+        # A greedy soup: both checkpoints evaluated, the better first, the other kept only if
+        # the soup of the two scores no worse.
+        greedy = client.post(
+            "/api/v1/merges/greedy-soups",
+            json={
+                "name": "sg-greedy",
+                "job": job_id,
+                "last": 2,
+                "evaluate": {
+                    "dataset": "tiny-math-eval",
+                    "scorer": "numeric",
+                    "generation": {"max_samples": 6, "max_new_tokens": 8, "engine": "transformers"},
+                },
+            },
+        )
+        assert greedy.status_code == 201, greedy.text
+        soup_state = greedy.json()
+        deadline = time.monotonic() + 240
+        while soup_state["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            soup_state = client.get(f"/api/v1/merges/greedy-soups/{soup_state['id']}").json()
+        assert soup_state["status"] == "succeeded", soup_state
+        state = soup_state["state"]
+        singles = {s["step"]: s for s in state["singles"]}
+        for single in singles.values():
+            evaluation = client.get(f"/api/v1/evaluations/{single['evaluation_id']}").json()
+            assert evaluation["summary"]["numeric"]["mean"] == single["score"]
+        first = state["order"][0]
+        assert singles[first]["score"] == max(s["score"] for s in singles.values())
+        [trial] = state["trials"]
+        trial_eval = client.get(f"/api/v1/evaluations/{trial['evaluation_id']}").json()
+        assert trial_eval["summary"]["numeric"]["mean"] == trial["score"]
+        assert trial["kept"] == (trial["score"] >= singles[first]["score"])
+        assert state["soup"] == ([first, trial["step"]] if trial["kept"] else [first])
+        greedy_lineage = client.get("/api/v1/models/sg-greedy/lineage").json()
+        top = {n["id"]: n["name"] for n in greedy_lineage["nodes"]}
+        parents = {
+            top[e["parent"]] for e in greedy_lineage["edges"] if top[e["child"]] == "sg-greedy"
+        }
+        assert parents == {f"job-{job_id}-step-{step}" for step in state["soup"]}
+
         shown = platform.tp("models", "lineage", "sg-soup", check=True).stdout
         assert f"<- soup: job-{job_id}-step-4" in shown and "<- trained: tiny-qwen2" in shown
 

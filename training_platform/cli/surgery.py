@@ -226,8 +226,15 @@ def models_soup(
     steps: Annotated[str | None, typer.Option(help="These steps, comma-separated.")] = None,
     last: Annotated[int | None, typer.Option(min=2, help="Or: the last K checkpoints.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it is registered.")] = False,
+    greedy_on: Annotated[
+        str | None,
+        typer.Option(help="Greedy: evaluate on this dataset, add checkpoints while it helps."),
+    ] = None,
+    scorer: Annotated[str, typer.Option(help="With --greedy-on.")] = "numeric",
+    max_samples: Annotated[int | None, typer.Option(min=1, help="With --greedy-on.")] = None,
 ) -> None:
-    """A uniform soup: the mean of a job's checkpoints, registered as a model."""
+    """A soup of a job's checkpoints: their mean (uniform), or with --greedy-on a greedy soup
+    (each evaluated, then added best first while the soup's score does not drop)."""
     body: dict[str, Any] = {"name": name, "job": job}
     if steps is not None:
         try:
@@ -236,6 +243,14 @@ def models_soup(
             fail(f"--steps {steps!r}: give whole numbers separated by commas")
     if last is not None:
         body["last"] = last
+    if greedy_on is not None:
+        body["evaluate"] = {
+            "dataset": greedy_on,
+            "scorer": scorer,
+            "generation": {"max_samples": max_samples},
+        }
+        _greedy(body, wait)
+        return
     with client() as api:
         merge = call(api.request, "POST", "/api/v1/models/soup", json=body)
         console.print(f"soup {merge['id']} submitted (job {merge['job_id']})", highlight=False)
@@ -244,6 +259,30 @@ def models_soup(
         merge = _wait(api, merge)
     _print_merge(merge)
     if merge["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _greedy(body: dict[str, Any], wait: bool) -> None:
+    with client() as api:
+        soup = call(api.request, "POST", "/api/v1/merges/greedy-soups", json=body)
+        console.print(f"greedy soup {soup['id']} submitted", highlight=False)
+        if not wait:
+            return
+        while soup["status"] == "pending":
+            time.sleep(1)
+            soup = call(api.get, f"merges/greedy-soups/{soup['id']}")
+    state = soup["state"]
+    for single in state.get("singles", []):
+        console.print(f"  step {single['step']}: {single['score']}", highlight=False)
+    for trial in state.get("trials", []):
+        verdict = "kept" if trial["kept"] else "left out"
+        console.print(f"  + step {trial['step']}: {trial['score']} ({verdict})", highlight=False)
+    console.print(
+        f"greedy soup {soup['name']}: {soup['status']}, steps {state.get('soup')}"
+        + (f" ({soup['error']})" if soup["error"] else ""),
+        highlight=False,
+    )
+    if soup["status"] != "succeeded":
         raise typer.Exit(1)
 
 

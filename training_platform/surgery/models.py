@@ -70,3 +70,30 @@ class Sweep(SQLModel, table=True):
     created_by: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class GreedySoup(SQLModel, table=True):
+    """A greedy soup of one job's checkpoints: ranked by their own evaluations, then, best
+    first, each is added to the soup only if the soup's evaluation does not get worse.
+
+    state: {"singles": [{"step", "model_id", "evaluation_id", "score"}], "order": [steps,
+    best first], "soup": [steps kept], "score": the soup's, "soup_model_id", "trial": the
+    checkpoint being tried ({"step", "merge_id", "evaluation_id"}) or None, "trials": [{"step",
+    "merge_id", "evaluation_id", "score", "kept"}]}.
+    """
+
+    __tablename__ = "greedy_soups"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, index=True)
+    job_id: int = Field(index=True)  # the job whose checkpoints are souped
+    evaluate: dict[str, Any] = Field(sa_type=JSONType)
+    mode: str = Field(max_length=8)
+    state: dict[str, Any] = Field(sa_type=JSONType)
+    model_id: int | None = Field(default=None, index=True)
+    status: str = Field(max_length=16, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -21,6 +21,8 @@ from training_platform.jobs.models import Job
 from training_platform.surgery import service
 from training_platform.surgery.models import Merge, Sweep
 from training_platform.surgery.schemas import (
+    GreedySoupCreate,
+    GreedySoupPublic,
     MergeCreate,
     MergePreview,
     MergePublic,
@@ -142,6 +144,32 @@ def list_sweeps(
 def get_sweep(sweep_id: IdPath, session: SessionDep, _: CurrentToken) -> SweepPublic:
     """A sweep and its leaderboard."""
     return sweep_public(service.get_sweep(session=session, sweep_id=sweep_id))
+
+
+@router.post("/greedy-soups", status_code=status.HTTP_201_CREATED)
+def create_greedy_soup(
+    body: GreedySoupCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+    dispatcher: DispatcherDep,
+) -> GreedySoupPublic:
+    """A greedy soup: each checkpoint evaluated, then added best first while the soup's score
+    does not drop; the soup is registered as name."""
+    soup, started = service.create_greedy_soup(
+        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+    )
+    session.commit()
+    for job in started:
+        _dispatch(dispatcher, job)
+    return GreedySoupPublic.model_validate(soup, from_attributes=True)
+
+
+@router.get("/greedy-soups/{soup_id}")
+def get_greedy_soup(soup_id: IdPath, session: SessionDep, _: CurrentToken) -> GreedySoupPublic:
+    """A greedy soup: the checkpoints' scores, each trial, and the soup kept."""
+    soup = service.get_greedy_soup(session=session, soup_id=soup_id)
+    return GreedySoupPublic.model_validate(soup, from_attributes=True)
 
 
 @router.get("/{merge_id}")

@@ -291,3 +291,45 @@ class SweepPublic(BaseModel):
     created_by: str
     created_at: datetime
     finished_at: datetime | None
+
+
+class GreedySoupCreate(BaseModel):
+    """A greedy soup of a job's checkpoints: each evaluated, then added best first while the
+    soup's evaluation does not get worse; the soup is registered as `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CatalogName
+    job: int = Field(..., ge=1, le=DB_INT_MAX)
+    steps: list[int] | None = Field(
+        None, min_length=2, max_length=MAX_SOUP, description="These checkpoints."
+    )
+    last: int | None = Field(
+        None, ge=2, le=MAX_SOUP, description="Or: the last this many checkpoints."
+    )
+    evaluate: SweepEvaluation
+    mode: Literal["min", "max"] = Field("max", description="Whether a higher score is better.")
+    priority: int = Field(0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _which(self) -> GreedySoupCreate:
+        if (self.steps is None) == (self.last is None):
+            raise ValueError("give exactly one of steps and last")
+        return self
+
+
+class GreedySoupPublic(BaseModel):
+    """A greedy soup: the checkpoints' own scores, each trial, and the soup kept."""
+
+    id: int
+    name: str
+    job_id: int
+    evaluate: dict[str, Any]
+    mode: str
+    state: dict[str, Any]
+    model_id: int | None
+    status: str
+    error: str | None
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None

@@ -48,12 +48,13 @@ from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job, JobMetric
 from training_platform.jobs.schemas import JobCreate, JobPolicy
 from training_platform.jobs.state import TERMINAL, JobStatus
-from training_platform.surgery.models import Merge, Sweep
+from training_platform.surgery.models import GreedySoup, Merge, Sweep
 from training_platform.surgery.schemas import (
     MAX_SWEEP_CANDIDATES,
     MAX_SWEEP_VALUES,
     Candidate,
     Estimate,
+    GreedySoupCreate,
     InputPublic,
     LeaderboardRow,
     LineageEdge,
@@ -1086,3 +1087,294 @@ def advance_sweeps(session: Session, settings: Settings) -> tuple[list[int], lis
             session.rollback()
             log.exception("sweep %s could not be moved on", sweep.id)
     return ended, started
+
+
+# --- greedy soups ----------------------------------------------------------------------------
+
+
+def _soup_steps(
+    session: Session, settings: Settings, job_id: int, steps: list[int] | None, last: int | None
+) -> list[int]:
+    kept = jobs.kept_checkpoint_steps(session=session, settings=settings, job_id=job_id)
+    if steps is not None:
+        missing = sorted(set(steps) - set(kept))
+        if missing:
+            have = ", ".join(map(str, kept)) or "none"
+            raise InvalidInput(
+                ("body", "steps"),
+                f"job {job_id} has no checkpoint at steps {missing} (it has: {have})",
+            )
+        return sorted(steps)
+    assert last is not None
+    if len(kept) < last:
+        raise InvalidInput(
+            ("body", "last"), f"job {job_id} has {len(kept)} checkpoints, fewer than {last}"
+        )
+    return kept[-last:]
+
+
+def _evaluate_model(
+    session: Session,
+    settings: Settings,
+    spec: dict[str, Any],
+    model_id: int,
+    name: str,
+    key: str,
+    actor: str,
+) -> tuple[Evaluation, Job]:
+    return evaluations.create(
+        session=session,
+        settings=settings,
+        request=EvaluationCreate.model_validate(
+            {
+                "name": name[:200],
+                "model": model_id,
+                "dataset": spec["dataset"],
+                "scorer": spec["scorer"],
+                "generation": spec["generation"],
+                "resources": spec["resources"],
+                "priority": spec.get("priority", 0),
+            }
+        ),
+        actor=actor,
+        idempotency_key=key,
+    )
+
+
+def create_greedy_soup(
+    *, session: Session, settings: Settings, request: GreedySoupCreate, actor: str
+) -> tuple[GreedySoup, list[Job]]:
+    """Store the soup and an evaluation (and its queued job) per checkpoint."""
+    jobs.get_job(session=session, job_id=request.job)
+    steps = _soup_steps(session, settings, request.job, request.steps, request.last)
+    probe = SweepCreate.model_validate(
+        {
+            "name": request.name,
+            "merge": {"method": "linear", "models": [{"model": "x"}, {"model": "y"}]},
+            "grid": {"t": [0.0, 1.0]},
+            "evaluate": request.evaluate.model_dump(mode="json"),
+        }
+    )
+    _check_evaluation(session, probe)
+    _name_free(session, request.name)
+    spec = {**request.evaluate.model_dump(mode="json"), "priority": request.priority}
+    soup = GreedySoup(
+        name=request.name,
+        job_id=request.job,
+        evaluate=spec,
+        mode=request.mode,
+        state={},
+        status=PENDING,
+        created_by=actor,
+    )
+    session.add(soup)
+    session.flush()
+    singles: list[dict[str, Any]] = []
+    started: list[Job] = []
+    for step in steps:
+        checkpoint = evaluations.job_model(session, settings, request.job, step)
+        assert checkpoint.id is not None
+        evaluation, job = _evaluate_model(
+            session,
+            settings,
+            spec,
+            checkpoint.id,
+            f"{checkpoint.name} (greedy soup {request.name})",
+            f"greedy-soup-{soup.id}-step-{step}",
+            actor,
+        )
+        started.append(job)
+        singles.append(
+            {"step": step, "model_id": checkpoint.id, "evaluation_id": evaluation.id, "score": None}
+        )
+    soup.state = {
+        "singles": singles,
+        "order": [],
+        "soup": [],
+        "score": None,
+        "trial": None,
+        "trials": [],
+    }
+    session.add(soup)
+    session.flush()
+    return soup, started
+
+
+def get_greedy_soup(*, session: Session, soup_id: int) -> GreedySoup:
+    """A greedy soup, or NotFound."""
+    soup = session.get(GreedySoup, soup_id)
+    if soup is None:
+        raise NotFound(f"greedy soup {soup_id} not found")
+    return soup
+
+
+def _score(session: Session, evaluation_id: int | None, scorer: str) -> tuple[str, float | None]:
+    """(pending | scored | failed, the score) of an evaluation."""
+    judged = session.get(Evaluation, evaluation_id) if evaluation_id is not None else None
+    if judged is None:
+        return FAILED, None
+    if judged.status == evaluations.PENDING:
+        return PENDING, None
+    if judged.status != evaluations.SUCCEEDED:
+        return FAILED, None
+    value = evaluations.score_of(judged, scorer)
+    return ("scored", value) if value is not None else (FAILED, None)
+
+
+def _better_or_equal(mode: str, new: float, old: float) -> bool:
+    return new >= old if mode == "max" else new <= old
+
+
+def _grow(
+    session: Session, settings: Settings, soup: GreedySoup, state: dict[str, Any]
+) -> Job | None:
+    """One step of the greedy loop; the job of an evaluation or merge it started, if any."""
+    scorer = soup.evaluate["scorer"]
+    trial = state["trial"]
+    if trial is None:
+        done_steps = {t["step"] for t in state["trials"]}
+        untried = [s for s in state["order"] if s not in state["soup"] and s not in done_steps]
+        if not untried:
+            state["done"] = True
+            return None
+        step = untried[0]
+        index = len(state["trials"]) + 1
+        members = [*state["soup"], step]
+        request = MergeCreate.model_validate(
+            {
+                "name": f"{soup.name}.trial-{index}",
+                "method": "linear",
+                "models": [
+                    {"checkpoint": {"job": soup.job_id, "step": s}, "weight": 1.0} for s in members
+                ],
+                "parameters": {"normalize": True},
+                "description": f"greedy soup {soup.name}, trial {index}: steps "
+                + ", ".join(map(str, members)),
+                "priority": soup.evaluate.get("priority", 0),
+            }
+        )
+        merge, job = create(
+            session=session,
+            settings=settings,
+            request=request,
+            actor=soup.created_by,
+            kind="soup",
+            idempotency_key=f"greedy-soup-{soup.id}-trial-{index}",
+        )
+        state["trial"] = {"step": step, "merge_id": merge.id, "evaluation_id": None}
+        return job if job.status == JobStatus.PENDING.value else None
+    tried = session.get(Merge, trial["merge_id"])
+    if trial["evaluation_id"] is None:
+        if tried is None or tried.status not in (PENDING, SUCCEEDED):
+            state["trials"].append({**trial, "score": None, "kept": False})
+            state["trial"] = None
+            return None
+        if tried.status == PENDING or tried.model_id is None:
+            return None
+        evaluation, job = _evaluate_model(
+            session,
+            settings,
+            soup.evaluate,
+            tried.model_id,
+            f"{tried.name} (greedy soup {soup.name})",
+            f"greedy-soup-{soup.id}-trial-{len(state['trials']) + 1}-evaluation",
+            soup.created_by,
+        )
+        trial["evaluation_id"] = evaluation.id
+        return job if job.status == JobStatus.PENDING.value else None
+    status, value = _score(session, trial["evaluation_id"], scorer)
+    if status == PENDING:
+        return None
+    kept = value is not None and _better_or_equal(soup.mode, value, float(state["score"]))
+    state["trials"].append({**trial, "score": value, "kept": kept})
+    if kept and tried is not None:
+        state["soup"].append(trial["step"])
+        state["score"], state["soup_model_id"] = value, tried.model_id
+    state["trial"] = None
+    return None
+
+
+def _finish_greedy(session: Session, soup: GreedySoup, state: dict[str, Any]) -> None:
+    chosen = session.get(ModelEntry, state.get("soup_model_id"))
+    if (
+        chosen is None
+        or session.exec(select(ModelEntry).where(ModelEntry.name == soup.name)).first()
+    ):
+        soup.status = FAILED
+        soup.error = f"the soup could not be registered as {soup.name}"
+        soup.finished_at = utcnow()
+        return
+    entry = ModelEntry(
+        name=soup.name,
+        source="merge" if chosen.source == "merge" else "job",
+        path=chosen.path,
+        description=f"greedy soup of job {soup.job_id}'s checkpoints at steps "
+        + ", ".join(map(str, state["soup"]))
+        + f" ({soup.mode} of {soup.evaluate['scorer']}: {state['score']:.6g})",
+        parameters=chosen.parameters,
+        job_id=chosen.job_id,
+    )
+    session.add(entry)
+    session.flush()
+    assert entry.id is not None
+    by_step = {s["step"]: s for s in state["singles"]}
+    for step in state["soup"]:
+        catalog.add_parent(
+            session=session,
+            model_id=entry.id,
+            parent_id=int(by_step[step]["model_id"]),
+            relation="soup",
+            detail={"greedy": True, "step": step, "score": by_step[step]["score"]},
+        )
+    soup.status, soup.model_id, soup.finished_at = SUCCEEDED, entry.id, utcnow()
+
+
+def _advance_greedy(
+    session: Session, settings: Settings, soup: GreedySoup, state: dict[str, Any]
+) -> Job | None:
+    scorer = soup.evaluate["scorer"]
+    if not state["order"]:
+        for single in state["singles"]:
+            if single["score"] is None and not single.get("failed"):
+                status, value = _score(session, single["evaluation_id"], scorer)
+                if status == PENDING:
+                    return None
+                single["score"], single["failed"] = value, status == FAILED
+        scored = [s for s in state["singles"] if s["score"] is not None]
+        if not scored:
+            state["done"] = True
+            return None
+        sign = 1.0 if soup.mode == "max" else -1.0
+        ranked = sorted(scored, key=lambda s: (-sign * float(s["score"]), int(s["step"])))
+        best = ranked[0]
+        state["order"] = [int(s["step"]) for s in ranked]
+        state["soup"], state["score"], state["soup_model_id"] = (
+            [best["step"]],
+            best["score"],
+            best["model_id"],
+        )
+    return _grow(session, settings, soup, state)
+
+
+def advance_greedy_soups(session: Session, settings: Settings) -> list[Job]:
+    """Move every pending greedy soup on; the jobs to dispatch."""
+    started: list[Job] = []
+    for soup in session.exec(select(GreedySoup).where(GreedySoup.status == PENDING)).all():
+        state = json.loads(json.dumps(soup.state))  # a copy the JSON column sees as changed
+        try:
+            job = _advance_greedy(session, settings, soup, state)
+            if job is not None:
+                started.append(job)
+            if state.pop("done", False):
+                if state["soup"]:
+                    _finish_greedy(session, soup, state)
+                else:
+                    soup.status, soup.error = FAILED, "no checkpoint could be evaluated"
+                    soup.finished_at = utcnow()
+            soup.state = state
+            session.add(soup)
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.exception("greedy soup %s could not be moved on", soup.id)
+    return started

@@ -1,4 +1,4 @@
-"""surgery: merges, soups and sweeps, and the lineage of catalog models
+"""surgery: merges, soups (greedy ones too) and sweeps, and the lineage of catalog models
 
 Revision ID: 0012
 Revises: 0011
@@ -78,9 +78,34 @@ def upgrade() -> None:
     op.create_index(op.f('ix_merge_sweeps_model_id'), 'merge_sweeps', ['model_id'], unique=False)
     op.create_index(op.f('ix_merge_sweeps_name'), 'merge_sweeps', ['name'], unique=False)
     op.create_index(op.f('ix_merge_sweeps_status'), 'merge_sweeps', ['status'], unique=False)
+    op.create_table('greedy_soups',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('job_id', sa.Integer(), nullable=False),
+    sa.Column('evaluate', JSON, nullable=False),
+    sa.Column('mode', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+    sa.Column('state', JSON, nullable=False),
+    sa.Column('model_id', sa.Integer(), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
+    )
+    op.create_index(op.f('ix_greedy_soups_job_id'), 'greedy_soups', ['job_id'], unique=False)
+    op.create_index(op.f('ix_greedy_soups_model_id'), 'greedy_soups', ['model_id'], unique=False)
+    op.create_index(op.f('ix_greedy_soups_name'), 'greedy_soups', ['name'], unique=False)
+    op.create_index(op.f('ix_greedy_soups_status'), 'greedy_soups', ['status'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f('ix_greedy_soups_status'), table_name='greedy_soups')
+    op.drop_index(op.f('ix_greedy_soups_name'), table_name='greedy_soups')
+    op.drop_index(op.f('ix_greedy_soups_model_id'), table_name='greedy_soups')
+    op.drop_index(op.f('ix_greedy_soups_job_id'), table_name='greedy_soups')
+    op.drop_table('greedy_soups')
     op.drop_index(op.f('ix_merge_sweeps_status'), table_name='merge_sweeps')
     op.drop_index(op.f('ix_merge_sweeps_name'), table_name='merge_sweeps')
     op.drop_index(op.f('ix_merge_sweeps_model_id'), table_name='merge_sweeps')
