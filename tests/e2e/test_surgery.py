@@ -506,6 +506,25 @@ def test_a_lora_sft_hands_on_to_grpo_and_a_slerp_merge_stage_is_evaluated(platfo
                     "parameters": {"t": 0.5},
                 },
             },
+            "sweep": {
+                "depends_on": ["grpo"],
+                "merge": {
+                    "method": "slerp",
+                    "base": "${stages.sft.outputs.checkpoint}",
+                    "models": [{"model": "${stages.grpo.outputs.checkpoint}"}],
+                    "sweep": {
+                        "grid": {"t": [0.25, 0.75]},
+                        "evaluate": {
+                            "dataset": "tiny-math-eval",
+                            "generation": {
+                                "max_samples": 4,
+                                "max_new_tokens": 8,
+                                "engine": "transformers",
+                            },
+                        },
+                    },
+                },
+            },
             "evaluate": {
                 "depends_on": ["merge"],
                 "evaluate": {
@@ -524,6 +543,18 @@ def test_a_lora_sft_hands_on_to_grpo_and_a_slerp_merge_stage_is_evaluated(platfo
         refused = client.post("/api/v1/pipelines", json={"definition": wrong})
         assert refused.status_code == 422, refused.text
         assert refused.json()["detail"][0]["loc"][-3:] == ["merge", "parameters", "t"]
+
+        bad_grid = json.loads(json.dumps(definition))
+        grid = {"t": [0.5], "models.3.weight": [1, 2]}
+        bad_grid["stages"]["sweep"]["merge"]["sweep"]["grid"] = grid
+        refused = client.post("/api/v1/pipelines", json={"definition": bad_grid})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"][-4:] == [
+            "merge",
+            "sweep",
+            "grid",
+            "models.3.weight",
+        ]
 
         submitted = client.post("/api/v1/pipelines", json={"definition": definition})
         assert submitted.status_code == 201, submitted.text
@@ -547,6 +578,16 @@ def test_a_lora_sft_hands_on_to_grpo_and_a_slerp_merge_stage_is_evaluated(platfo
         assert (merged, sft_model, "base") in edges and (merged, grpo_model, "merged") in edges
         assert (grpo_model, sft_model, "trained") in edges
         assert (sft_model, "tiny-qwen2", "trained") in edges
-        merge = client.get("/api/v1/merges").json()[0]
+        merge = next(m for m in client.get("/api/v1/merges").json() if m["name"] == merged)
         assert merge["inputs"][0]["adapter_of"] == "tiny-qwen2"
         assert stages["evaluate"]["outputs"]["total"] == 8
+
+        # The sweeping stage hands on its best candidate, as its leaderboard ranks them.
+        swept = stages["sweep"]["outputs"]
+        sweep = next(
+            s
+            for s in client.get("/api/v1/merges/sweeps").json()
+            if s["name"] == swept["checkpoint"]
+        )
+        assert sweep["status"] == "succeeded" and len(sweep["leaderboard"]) == 2
+        assert swept["score"] == sweep["leaderboard"][0]["score"]

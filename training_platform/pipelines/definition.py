@@ -33,6 +33,7 @@ from training_platform.backends.builtin.merge import InputParameters, SharedPara
 from training_platform.backends.builtin.merge import Method as MergeMethod
 from training_platform.core.errors import InvalidInput
 from training_platform.jobs.schemas import JobName, JobPolicy, Resources
+from training_platform.surgery.schemas import SweepEvaluation
 from training_platform.worker.queues import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN
 
 STAGE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -180,9 +181,23 @@ class MergeStepInput(InputParameters):
     )
 
 
+class MergeSweepSpec(BaseModel):
+    """Make the merge stage a sweep: one candidate per grid point, each evaluated; the best
+    is the stage's checkpoint (candidates are registered as pipeline-<id>.<stage>.<i>)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: dict[str, list[float]] = Field(
+        ..., min_length=1, max_length=2, description="e.g. {t: [0.3, 0.5, 0.7]}."
+    )
+    evaluate: SweepEvaluation
+    mode: Literal["min", "max"] = "max"
+
+
 class MergeStep(BaseModel):
     """Merge models with mergekit (the fields of POST /merges but the name): the merged model
-    is registered as pipeline-<id>.<stage>. Records `checkpoint` (that model) and `job`."""
+    is registered as pipeline-<id>.<stage>. Records `checkpoint` (that model) and `job`; with
+    `sweep`, the best candidate, its `score`, and the first candidate's job."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -195,6 +210,7 @@ class MergeStep(BaseModel):
     dtype: MergeDtype | None = None
     tokenizer: Literal["base", "union"] = "base"
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    sweep: MergeSweepSpec | None = None
     resources: Resources = Field(default_factory=Resources)
     policy: JobPolicy = Field(default_factory=JobPolicy)
 
@@ -276,7 +292,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
         "score": NUMBER,
         "evaluation": EVALUATION,
     },
-    "merge": {"job": INTEGER, "checkpoint": MODEL},
+    "merge": {"job": INTEGER, "checkpoint": MODEL, "score": NUMBER},
 }
 # The metric the pipeline view shows for a stage of each kind.
 KEY_METRIC = {"train": "loss", "evaluate": "accuracy"}

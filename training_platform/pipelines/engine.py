@@ -45,7 +45,7 @@ from training_platform.pipelines.state import (
     update_running_stage,
 )
 from training_platform.surgery import service as surgery
-from training_platform.surgery.schemas import MergeCreate
+from training_platform.surgery.schemas import MergeCreate, SweepCreate
 
 log = logging.getLogger(__name__)
 ENGINE = "pipeline-engine"
@@ -175,6 +175,12 @@ def _follow_job(
         _fail(session, stage, reason)
         return True
     job_status = JobStatus(job.status)
+    if stage.kind == "merge":
+        sweep = surgery.sweep_named(
+            session=session, name=service.output_model_name(pipeline.id or 0, stage.name, stage.run)
+        )
+        if sweep is not None:
+            return _follow_sweep(session, stage, sweep, job)
     if job_status is JobStatus.SUCCEEDED and stage.kind == "merge":
         return _follow_merge(session, settings, stage, job)
     if job_status is JobStatus.SUCCEEDED and stage.kind in ("evaluate", "select"):
@@ -363,6 +369,7 @@ def _start(
         _gate(session, stage, definition, by_name)
         return
     outputs: dict[str, Any] | None = None
+    others: list[Job] = []  # a sweep's other candidates' jobs, sent with the stage's own
     try:
         request, unmet = resolve(definition, by_name)
         if unmet:
@@ -378,7 +385,27 @@ def _start(
             session.commit()
             return
         key = service.stage_key(pipeline.id, stage.name, stage.run)
-        if stage.kind == "merge":
+        if stage.kind == "merge" and definition.merge is not None and definition.merge.sweep:
+            template = _merge_request(pipeline, stage, definition.merge, by_name)
+            sweep = definition.merge.sweep
+            _, candidates = surgery.create_sweep(
+                session=session,
+                settings=settings,
+                request=SweepCreate.model_validate(
+                    {
+                        "name": template.name,
+                        "merge": template.model_dump(mode="json", by_alias=True),
+                        "grid": sweep.grid,
+                        "evaluate": sweep.evaluate.model_dump(mode="json"),
+                        "mode": sweep.mode,
+                        "priority": pipeline.priority,
+                    }
+                ),
+                actor=actor,
+            )
+            job, others = candidates[0], candidates[1:]
+            created = True
+        elif stage.kind == "merge":
             assert definition.merge is not None
             _, job = surgery.create(
                 session=session,
@@ -436,6 +463,8 @@ def _start(
     session.commit()
     if created:
         send_safely(dispatcher.dispatch, job)
+    for other in others:
+        send_safely(dispatcher.dispatch, other)
 
 
 # --- merges ---------------------------------------------------------------------------------
@@ -454,7 +483,7 @@ def _merge_request(
         ref = dsl.whole_ref(value)
         return _value(by_name, ref) if ref is not None else value
 
-    body = step.model_dump(mode="json", by_alias=True, exclude={"policy"})
+    body = step.model_dump(mode="json", by_alias=True, exclude={"policy", "sweep"})
     body["base"] = {"model": model(step.base)} if step.base is not None else None
     body["models"] = [
         {**item, "model": model(original.model)}
@@ -493,6 +522,35 @@ def _follow_merge(session: Session, settings: Settings, stage: PipelineStage, jo
         reason=f"merge {merge.id} registered model {entry.name!r}",
         values={
             "outputs": {"job": job.id, "checkpoint": entry.name, "metrics": metrics},
+            "reason": None,
+        },
+    )
+    session.commit()
+    return True
+
+
+def _follow_sweep(session: Session, stage: PipelineStage, sweep: Any, job: Job) -> bool:
+    """Move a sweeping merge stage on once its sweep has ended (whatever its first
+    candidate's job did: the others may still win)."""
+    if sweep.status == surgery.PENDING:
+        return False
+    if sweep.status != surgery.SUCCEEDED:
+        _fail(session, stage, f"sweep {sweep.id} {sweep.status}: {sweep.error}")
+        return True
+    best = surgery.leaderboard(sweep)[0]
+    move_stage(
+        session,
+        stage,
+        StageStatus.SUCCEEDED,
+        actor=ENGINE,
+        reason=f"sweep {sweep.id}: the best of {len(sweep.candidates)} is {best.name}",
+        values={
+            "outputs": {
+                "job": job.id,
+                "checkpoint": sweep.name,
+                "score": best.score,
+                "metrics": {"score": best.score},
+            },
             "reason": None,
         },
     )

@@ -200,15 +200,41 @@ def _check_merge(session: Session, name: str, step: dsl.MergeStep) -> None:
     """A merge stage's method rules, and the models it names directly (not upstream ones)."""
     from training_platform.backends.builtin.merge import method_errors
 
-    errors = method_errors(
-        step.method,
-        step.base is not None,
-        [m.model_dump(include={"weight", "density", "gamma", "epsilon"}) for m in step.models],
-        step.parameters.given(),
-    )
+    inputs = [m.model_dump(include={"weight", "density", "gamma", "epsilon"}) for m in step.models]
+    shared: dict[str, Any] = step.parameters.given()
+    for axis in step.sweep.grid if step.sweep is not None else {}:
+        # What the sweep sets is given, for each candidate.
+        parts = axis.split(".")
+        if len(parts) == 1:
+            shared[axis] = 0.5
+        elif len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < len(inputs):
+            inputs[int(parts[1])][parts[2]] = 0.5
+    errors = method_errors(step.method, step.base is not None, inputs, shared)
     if errors:
         loc, message = errors[0]
         raise _stage_error(name, ("merge", *loc), message)
+    if step.sweep is not None:
+        from training_platform.surgery import service as surgery
+        from training_platform.surgery.schemas import SweepCreate
+
+        template = step.model_dump(mode="json", by_alias=True, exclude={"sweep", "policy"})
+        template["base"] = {"model": step.base} if step.base is not None else None
+        try:
+            request = SweepCreate.model_validate(
+                {
+                    "name": "sweep",
+                    "merge": template,
+                    "grid": step.sweep.grid,
+                    "evaluate": step.sweep.evaluate.model_dump(mode="json"),
+                }
+            )
+            surgery.check_sweep(session=session, request=request)
+        except InvalidInput as error:
+            where = error.loc[1:] if error.loc[:1] == ("body",) else error.loc
+            raise _stage_error(name, ("merge", "sweep", *where), error.message) from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise _stage_error(name, ("merge", "sweep", *first["loc"]), first["msg"]) from None
     for loc, value in step.model_fields_with_refs():
         if dsl.whole_ref(value) is not None:
             continue

@@ -893,6 +893,12 @@ def _check_evaluation(session: Session, request: SweepCreate) -> None:
         )
 
 
+def check_sweep(*, session: Session, request: SweepCreate) -> None:
+    """A sweep's grid and evaluation, before its models are known (a pipeline's submit)."""
+    _grid_points(request)
+    _check_evaluation(session, request)
+
+
 def create_sweep(
     *, session: Session, settings: Settings, request: SweepCreate, actor: str
 ) -> tuple[Sweep, list[Job]]:
@@ -944,6 +950,13 @@ def get_sweep(*, session: Session, sweep_id: int) -> Sweep:
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
     return sweep
+
+
+def sweep_named(*, session: Session, name: str) -> Sweep | None:
+    """The latest sweep that registers (or registered) its best as `name`."""
+    return session.exec(
+        select(Sweep).where(Sweep.name == name).order_by(col(Sweep.id).desc())
+    ).first()
 
 
 def list_sweeps(*, session: Session, limit: int = 100) -> Sequence[Sweep]:

@@ -995,6 +995,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/merges/greedy-soups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create Greedy Soup
+         * @description A greedy soup: each checkpoint evaluated, then added best first while the soup's score
+         *     does not drop; the soup is registered as name.
+         */
+        post: operations["create_greedy_soup_api_v1_merges_greedy_soups_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/merges/greedy-soups/{soup_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Greedy Soup
+         * @description A greedy soup: the checkpoints' scores, each trial, and the soup kept.
+         */
+        get: operations["get_greedy_soup_api_v1_merges_greedy_soups__soup_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/merges/methods": {
         parameters: {
             query?: never;
@@ -2256,6 +2297,77 @@ export interface components {
              * @default 1
              */
             top_p: number;
+        };
+        /**
+         * GreedySoupCreate
+         * @description A greedy soup of a job's checkpoints: each evaluated, then added best first while the
+         *     soup's evaluation does not get worse; the soup is registered as `name`.
+         */
+        GreedySoupCreate: {
+            evaluate: components["schemas"]["SweepEvaluation"];
+            /** Job */
+            job: number;
+            /**
+             * Last
+             * @description Or: the last this many checkpoints.
+             */
+            last?: number | null;
+            /**
+             * Mode
+             * @description Whether a higher score is better.
+             * @default max
+             * @enum {string}
+             */
+            mode: "min" | "max";
+            /** Name */
+            name: string;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+            /**
+             * Steps
+             * @description These checkpoints.
+             */
+            steps?: number[] | null;
+        };
+        /**
+         * GreedySoupPublic
+         * @description A greedy soup: the checkpoints' own scores, each trial, and the soup kept.
+         */
+        GreedySoupPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Error */
+            error: string | null;
+            /** Evaluate */
+            evaluate: {
+                [key: string]: unknown;
+            };
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: number;
+            /** Mode */
+            mode: string;
+            /** Model Id */
+            model_id: number | null;
+            /** Name */
+            name: string;
+            /** State */
+            state: {
+                [key: string]: unknown;
+            };
+            /** Status */
+            status: string;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -6071,6 +6183,70 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MergePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_greedy_soup_api_v1_merges_greedy_soups_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GreedySoupCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GreedySoupPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_greedy_soup_api_v1_merges_greedy_soups__soup_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soup_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GreedySoupPublic"];
                 };
             };
             /** @description Validation Error */
