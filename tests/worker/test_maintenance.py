@@ -1,5 +1,5 @@
-"""The maintenance tick: one beat message per period runs the supervisor, pipelines and
-evaluation passes, in that order, each even when one before it failed."""
+"""The maintenance tick: one beat message per period runs the supervisor, surgery, pipelines,
+evaluation and serving passes, in that order, each even when one before it failed."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def test_beat_sends_one_maintenance_message_per_period_and_notifications_apart()
     assert every_period == {"tp.system.tick", "tp.monitoring.notify"}
     assert [name for name, _ in tasks.MAINTENANCE] == [
         "supervisor",
+        "surgery",
         "pipelines",
         "evaluation",
         "serving",
