@@ -124,8 +124,8 @@ class MergePublic(BaseModel):
     finished_at: datetime | None
 
 
-class SoupCreate(BaseModel):
-    """A uniform soup: the mean of checkpoints of one job, registered as `name`."""
+class _Checkpoints(BaseModel):
+    """Checkpoints of one job: these steps, or the last few."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -137,18 +137,23 @@ class SoupCreate(BaseModel):
     last: int | None = Field(
         None, ge=2, le=MAX_SOUP, description="Or: the last this many checkpoints."
     )
-    dtype: Dtype | None = None
-    description: str = Field("", max_length=1000)
-    resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
 
     @model_validator(mode="after")
-    def _which(self) -> SoupCreate:
+    def _which(self) -> _Checkpoints:
         if (self.steps is None) == (self.last is None):
             raise ValueError("give exactly one of steps and last")
         if self.steps is not None and len(set(self.steps)) != len(self.steps):
             raise ValueError("steps must not repeat")
         return self
+
+
+class SoupCreate(_Checkpoints):
+    """A uniform soup: the mean of checkpoints of one job, registered as `name`."""
+
+    dtype: Dtype | None = None
+    description: str = Field("", max_length=1000)
+    resources: Resources = Field(default_factory=Resources)
 
 
 class SelectCreate(BaseModel):
@@ -293,29 +298,12 @@ class SweepPublic(BaseModel):
     finished_at: datetime | None
 
 
-class GreedySoupCreate(BaseModel):
+class GreedySoupCreate(_Checkpoints):
     """A greedy soup of a job's checkpoints: each evaluated, then added best first while the
     soup's evaluation does not get worse; the soup is registered as `name`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: CatalogName
-    job: int = Field(..., ge=1, le=DB_INT_MAX)
-    steps: list[int] | None = Field(
-        None, min_length=2, max_length=MAX_SOUP, description="These checkpoints."
-    )
-    last: int | None = Field(
-        None, ge=2, le=MAX_SOUP, description="Or: the last this many checkpoints."
-    )
     evaluate: SweepEvaluation
     mode: Literal["min", "max"] = Field("max", description="Whether a higher score is better.")
-    priority: int = Field(0, ge=-100, le=100)
-
-    @model_validator(mode="after")
-    def _which(self) -> GreedySoupCreate:
-        if (self.steps is None) == (self.last is None):
-            raise ValueError("give exactly one of steps and last")
-        return self
 
 
 class GreedySoupPublic(BaseModel):

@@ -593,24 +593,7 @@ def collect_all(session: Session, settings: Settings) -> list[int]:
 
 def soup_request(*, session: Session, settings: Settings, request: SoupCreate) -> MergeCreate:
     """The merge a uniform soup is: linear, equal weights, over the chosen checkpoints."""
-    steps = jobs.kept_checkpoint_steps(session=session, settings=settings, job_id=request.job)
-    if request.steps is not None:
-        missing = sorted(set(request.steps) - set(steps))
-        if missing:
-            have = ", ".join(map(str, steps)) or "none"
-            raise InvalidInput(
-                ("body", "steps"),
-                f"job {request.job} has no checkpoint at steps {missing} (it has: {have})",
-            )
-        chosen = sorted(request.steps)
-    else:
-        assert request.last is not None
-        if len(steps) < request.last:
-            raise InvalidInput(
-                ("body", "last"),
-                f"job {request.job} has {len(steps)} checkpoints, fewer than {request.last}",
-            )
-        chosen = steps[-request.last :]
+    chosen = _soup_steps(session, settings, request.job, request.steps, request.last)
     return MergeCreate.model_validate(
         {
             "name": request.name,
