@@ -537,3 +537,7 @@ def test_merge_two_models_from_the_surgery_page_and_open_the_lineage(
     page.screenshot(path=str(shots / "models.png"))
     merge = _api(dash, "GET", "/merges")[0]
     assert merge["name"] == "browser-slerp" and merge["parameters"] == {"t": 0.4}
+    # The merge's "Evaluate" link opens the evaluation form with the merged model chosen.
+    page.go_back()
+    page.locator("[data-test=merges] tr[data-merge=browser-slerp] a:has-text('Evaluate')").click()
+    expect(page.locator("select[name=model]")).to_have_value("browser-slerp")

@@ -571,16 +571,26 @@ def _name_free_now(session: Session, merge: Merge) -> None:
 
 
 def collect_all(session: Session, settings: Settings) -> list[int]:
-    """Settle every pending merge whose job has ended; the ids settled."""
+    """Settle every pending merge whose job has ended (a failed job that its retry policy
+    will start again has not); the ids settled."""
     rows = session.exec(
         select(Merge, Job)
-        .join(Job, col(Job.id) == col(Merge.job_id))
-        .where(Merge.status == PENDING, col(Job.status).in_([s.value for s in TERMINAL]))
+        .join(Job, col(Job.id) == col(Merge.job_id), isouter=True)
+        .where(Merge.status == PENDING)
+        .where(
+            col(Job.id).is_(None)
+            | (col(Job.status).in_([s.value for s in TERMINAL]) & col(Job.retry_at).is_(None))
+        )
     ).all()
     settled: list[int] = []
     for merge, job in rows:
         try:
-            if collect(session, settings, merge, job):
+            if job is None:
+                done = _settle(session, merge, FAILED, {"error": "its job was deleted"})
+                session.commit()
+            else:
+                done = collect(session, settings, merge, job)
+            if done:
                 settled.append(merge.id or 0)
         except Exception:
             session.rollback()
