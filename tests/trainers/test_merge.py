@@ -6,6 +6,7 @@ arithmetic mean of its checkpoints: tests/e2e/test_surgery.py.)"""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from training_platform.assets.tiny import build_tiny_model
 
 pytestmark = pytest.mark.slow
 TENSOR = "model.norm.weight"
@@ -62,11 +61,19 @@ def _merge(tmp_path: Path, spec: dict[str, object]) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def test_ties_elects_signs_and_takes_the_disjoint_mean(tmp_path: Path) -> None:
-    # Base 1 everywhere; task vectors (m - base): model b (+2, -1, +3), model c (-1, -2, +1).
-    base = _with_values(build_tiny_model(tmp_path / "a", seed=1), [1.0, 1.0, 1.0])
-    b = _with_values(build_tiny_model(tmp_path / "b", seed=2), [3.0, 0.0, 4.0])
-    c = _with_values(build_tiny_model(tmp_path / "c", seed=3), [0.0, -1.0, 2.0])
+def _copy(source: Path, destination: Path, values: list[float]) -> Path:
+    shutil.copytree(source, destination)
+    return _with_values(destination, values)
+
+
+def test_ties_elects_signs_and_takes_the_disjoint_mean(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Copies of one model, so every other tensor's task vector is 0. Base 1 everywhere; task
+    # vectors (m - base) of the chosen tensor: model b (+2, -1, +3), model c (-1, -2, +1).
+    base = _copy(tiny_model_dir, tmp_path / "a", [1.0, 1.0, 1.0])
+    b = _copy(tiny_model_dir, tmp_path / "b", [3.0, 0.0, 4.0])
+    c = _copy(tiny_model_dir, tmp_path / "c", [0.0, -1.0, 2.0])
     merged = _merge(
         tmp_path,
         {
@@ -84,3 +91,7 @@ def test_ties_elects_signs_and_takes_the_disjoint_mean(tmp_path: Path) -> None:
     expected = torch.ones_like(merged[TENSOR])
     expected[:3] = torch.tensor([3.0, -0.5, 3.0])
     assert torch.allclose(merged[TENSOR], expected, atol=1e-6), merged[TENSOR][:4]
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    for name, tensor in merged.items():
+        if name != TENSOR:
+            assert torch.equal(tensor, original[name]), name
