@@ -87,6 +87,11 @@ def advance(
                 changed = _round(session, settings, pipeline_id, dispatcher)
         except (StaleRow, StaleJob):
             continue  # someone else moved something first: read again
+        except Conflict as error:
+            # A stage another pass moved meanwhile (the API's advance and the tick's both
+            # starting it: the idempotent job submit rolls back and the stage reads as running).
+            log.info("pipeline %s: %s; reading it again", pipeline_id, error.message)
+            continue
         if not changed:
             break
     with Session(engine, expire_on_commit=False) as session:
