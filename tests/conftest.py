@@ -117,6 +117,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_evaluation.py",
         "tests/e2e/test_serving.py",
         "tests/e2e/test_surgery.py",
+        "tests/e2e/test_datasets.py",
         "tests/cli/test_cli.py",
         "tests/e2e/test_make.py",
         "tests/e2e/test_postgres_platform.py",

@@ -20,6 +20,7 @@ from training_platform.auth.service import ensure_admin_token
 from training_platform.catalog import service as catalog
 from training_platform.core.db import get_engine, migrate, session_scope
 from training_platform.core.settings import Settings
+from training_platform.datasets import versions as dataset_versions
 from training_platform.scheduling.service import refresh_local
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _register_assets(engine: Engine, settings: Settings) -> None:
             target = destination / bundled.file
             if not target.exists() or target.read_bytes() != bundled.path.read_bytes():
                 shutil.copyfile(bundled.path, target)
-            catalog.upsert_dataset(
+            entry = catalog.upsert_dataset(
                 session=session,
                 home=settings.home,
                 name=bundled.name,
@@ -69,6 +70,7 @@ def _register_assets(engine: Engine, settings: Settings) -> None:
                 fmt=bundled.format,
                 description=bundled.description,
             )
+            dataset_versions.ensure_current(session=session, entry=entry, origin="builtin")
         model_dir = tiny_model_dir(settings)
         if (model_dir / MODEL_MARKER).exists():
             catalog.upsert_builtin_model(

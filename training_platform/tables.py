@@ -9,6 +9,7 @@ from training_platform.catalog.models import (
     ModelLineage,
     RewardFileEntry,
 )
+from training_platform.datasets.models import DatasetAnalysis, DatasetVersion
 from training_platform.evaluation.models import (
     EvalSuite,
     Evaluation,
@@ -44,7 +45,9 @@ __all__ = [
     "Alert",
     "ApiToken",
     "Checkpoint",
+    "DatasetAnalysis",
     "DatasetEntry",
+    "DatasetVersion",
     "DeviceLease",
     "Endpoint",
     "EvalSuite",

@@ -236,7 +236,13 @@ def test_catalog_and_backends_are_listed(api) -> None:  # type: ignore[no-untype
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "verl"} == {"gpu"}
     assert {pairs[p]["hosts"] for p in pairs if p[0] == "trl"} == {"any"}
     assert pairs[("trl", "dpo")]["data_task"] == "preference"
-    assert pairs[("verl", "grpo")]["dataset_formats"] == ["messages", "prompt_answer", "rl"]
+    assert pairs[("verl", "grpo")]["dataset_formats"] == [
+        "messages",
+        "alpaca",
+        "sharegpt",
+        "prompt_answer",
+        "rl",
+    ]
     assert "rollout" in pairs[("verl", "gspo")]["parameters"]["properties"]
     sft = next(b for b in backends if (b["backend"], b["algorithm"]) == ("trl", "sft"))
     lr = sft["parameters"]["properties"]["learning_rate"]

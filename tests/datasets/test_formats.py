@@ -17,7 +17,10 @@ from training_platform.datasets import formats
         ({"prompt": "q", "answer": "4"}, "prompt_answer"),
         ({"prompt": "q", "response": "r"}, "prompt_response"),
         ({"prompt": [], "reward_model": {}, "data_source": "x"}, "rl"),
+        ({"instruction": "i", "input": "", "output": "o"}, "alpaca"),
+        ({"conversations": [], "system": "s"}, "sharegpt"),
         ({"text": "raw"}, None),
+        ({"prompt": "q", "answer": "4", "response": "r"}, None),
     ],
 )
 def test_detect_format(row: dict, expected: str | None) -> None:  # type: ignore[type-arg]
@@ -26,8 +29,80 @@ def test_detect_format(row: dict, expected: str | None) -> None:  # type: ignore
 
 def test_every_format_feeds_its_task_and_chats_feed_rl_too() -> None:
     assert set(formats.TASK_OF_FORMAT) == set(formats.SOURCE_FORMATS)
-    assert formats.formats_for_task("sft") == ["messages", "prompt_response"]
-    assert formats.formats_for_task("rl") == ["messages", "prompt_answer", "rl"]
+    assert formats.formats_for_task("sft") == ["messages", "alpaca", "sharegpt", "prompt_response"]
+    assert formats.formats_for_task("rl") == RL_FORMATS
+
+
+RL_FORMATS = ["messages", "alpaca", "sharegpt", "prompt_answer", "rl"]
+
+
+def test_detection_names_the_rule_and_an_ambiguous_row_its_candidates() -> None:
+    found = formats.detect({"prompt": "q", "chosen": "a", "rejected": "b", "answer": "x"})
+    # both fit and neither rule's keys contain the other's
+    assert found.ambiguous
+    assert found.candidates == ["preference", "prompt_answer"]
+    found = formats.detect({"prompt": "q", "chosen": "a", "rejected": "b"})
+    assert (found.format, found.rule) == ("preference", "preference: has chosen, prompt, rejected")
+
+
+def test_alpaca_becomes_a_chat_with_system_history_and_input() -> None:
+    row = {
+        "instruction": "Translate",
+        "input": "bonjour",
+        "output": "hello",
+        "system": "You translate.",
+        "history": [["Hi", "Hello!"]],
+        "tenant": "acme",
+    }
+    assert formats.convert_row("alpaca", "sft", row, 1)["messages"] == [
+        {"role": "system", "content": "You translate."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Translate\nbonjour"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    rl = formats.convert_row("alpaca", "rl", row, 1)
+    assert rl["reward_model"]["ground_truth"] == "hello"
+    assert json.loads(rl["extra_info"]["labels"]) == {"tenant": "acme"}
+    plain = formats.convert_row("alpaca", "sft", {"instruction": "Say hi", "output": "hi"}, 1)
+    assert plain["messages"][0] == {"role": "user", "content": "Say hi"}
+
+
+def test_sharegpt_speakers_map_to_roles() -> None:
+    row = {
+        "system": "Be kind.",
+        "conversations": [
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+            {"from": "function_call", "value": "{}"},
+            {"from": "observation", "value": "42"},
+            {"from": "gpt", "value": "It is 42."},
+        ],
+    }
+    roles = [m["role"] for m in formats.convert_row("sharegpt", "sft", row, 1)["messages"]]
+    assert roles == ["system", "user", "assistant", "assistant", "tool", "assistant"]
+    with pytest.raises(formats.RowError, match=r"'conversations'\[0\].from must be one of"):
+        formats.convert_row("sharegpt", "sft", {"conversations": [{"from": "x", "value": "y"}]}, 1)
+    with pytest.raises(formats.RowError, match="no assistant turn"):
+        formats.convert_row(
+            "sharegpt", "sft", {"conversations": [{"from": "human", "value": "y"}]}, 1
+        )
+
+
+def test_a_multi_turn_preference_prompt_keeps_its_turns() -> None:
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3 + 3?"},
+    ]
+    row = formats.convert_row(
+        "preference",
+        "preference",
+        {"prompt": turns, "chosen": [{"role": "assistant", "content": "6"}], "rejected": "7"},
+        1,
+    )
+    assert row == {"prompt": turns, "chosen": "6", "rejected": "7"}
 
 
 def test_prompt_response_becomes_a_chat() -> None:
@@ -75,11 +150,11 @@ def test_an_rl_row_keeps_the_plain_fields_of_its_source_as_labels() -> None:
     assert len(labels) == formats.MAX_LABELS
 
 
-def test_preference_keeps_plain_strings() -> None:
+def test_a_plain_preference_prompt_becomes_one_user_turn() -> None:
     row = formats.convert_row(
         "preference", "preference", {"prompt": "q", "chosen": "yes", "rejected": "no"}, 1
     )
-    assert row == {"prompt": "q", "chosen": "yes", "rejected": "no"}
+    assert row == {"prompt": [{"role": "user", "content": "q"}], "chosen": "yes", "rejected": "no"}
 
 
 @pytest.mark.parametrize(
@@ -135,4 +210,4 @@ def test_a_chat_feeds_rl_with_its_last_assistant_turn_as_the_reference() -> None
     assert row["prompt"] == chat["messages"][:-1]
     assert row["reward_model"] == {"style": "rule", "ground_truth": "6"}
     assert json.loads(row["extra_info"]["labels"]) == {"difficulty": "easy"}
-    assert formats.formats_for_task("rl") == ["messages", "prompt_answer", "rl"]
+    assert formats.formats_for_task("rl") == RL_FORMATS

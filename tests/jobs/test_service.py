@@ -58,6 +58,7 @@ def test_preparation_that_fails_ends_the_job_failed(
     from sqlalchemy import update
 
     from training_platform.catalog.models import DatasetEntry
+    from training_platform.datasets.models import DatasetVersion
     from training_platform.jobs import preparation
 
     job = submit_pending()
@@ -67,11 +68,15 @@ def test_preparation_that_fails_ends_the_job_failed(
         entry = session.get(DatasetEntry, job.dataset_id)
         broken = settings.home / "datasets" / "broken.jsonl"
         broken.write_text('{"messages": "not a list"}\n')
-        session.execute(
-            update(DatasetEntry)
-            .where(DatasetEntry.id == entry.id)
-            .values(path="datasets/broken.jsonl", sha256="0" * 64)
-        )
+        for table, key in (
+            (DatasetEntry, DatasetEntry.id),
+            (DatasetVersion, DatasetVersion.dataset_id),
+        ):
+            session.execute(
+                update(table)
+                .where(key == entry.id)
+                .values(path="datasets/broken.jsonl", sha256="0" * 64)
+            )
         session.commit()
     assert preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="w") is None
     stored = reload_job(job.id)

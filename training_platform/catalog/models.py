@@ -43,6 +43,9 @@ class DatasetEntry(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     description: str = Field(default="", max_length=1000)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The newest version (datasets.models.DatasetVersion); path, format, rows, size and sha256
+    # above are that version's.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class RewardFileEntry(SQLModel, table=True):

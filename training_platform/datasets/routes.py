@@ -1,12 +1,13 @@
-"""HTTP routes of datasets: streamed upload checked row by row, list, show, delete."""
+"""HTTP routes of datasets: streamed upload checked row by row (a preview too), versions,
+diffs, rows, list, show, delete."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Query, Request, status
-from pydantic import BaseModel
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
@@ -15,32 +16,48 @@ from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.catalog.names import CatalogName
 from training_platform.core.errors import NotFound
-from training_platform.datasets import service
+from training_platform.core.settings import Settings
+from training_platform.datasets import formats, service, versions
+from training_platform.datasets.schemas import (
+    DatasetDiff,
+    DatasetPreview,
+    DatasetPublic,
+    DatasetUploaded,
+    DatasetVersionPublic,
+    RowProblem,
+    RowsPage,
+)
 from training_platform.jobs.models import Job
 
 router = api_router(tags=["datasets"])
 FLUSH_BYTES = 1 << 20
 
 
-class DatasetPublic(BaseModel):
-    """A registered dataset (never its server path)."""
-
-    id: int
-    name: str
-    source: str
-    format: str
-    task: str | None
-    rows: int
-    size_bytes: int
-    sha256: str
-    description: str
-    created_at: datetime
-
-
 @router.get("/datasets")
 def list_datasets(session: SessionDep, _: CurrentToken) -> list[DatasetPublic]:
     """Datasets jobs can train on."""
     return [DatasetPublic(**service.describe(d)) for d in catalog.list_datasets(session=session)]
+
+
+FORMAT_HELP = f"{', '.join(formats.SOURCE_FORMATS)}; detected from the first row when left out."
+
+
+async def _receive(request: Request, settings: Settings, filename: str) -> service.IncomingFile:
+    """The request body streamed into an incoming file (removed again on any failure)."""
+    incoming = await run_in_threadpool(service.IncomingFile, settings, filename)
+    buffer = bytearray()
+    try:
+        stream: AsyncIterator[bytes] = request.stream()
+        async for chunk in stream:
+            buffer.extend(chunk)
+            if len(buffer) >= FLUSH_BYTES:
+                await run_in_threadpool(incoming.write, bytes(buffer))
+                buffer.clear()
+        await run_in_threadpool(incoming.write, bytes(buffer))
+    except BaseException:
+        incoming.abort()
+        raise
+    return incoming
 
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)
@@ -53,31 +70,17 @@ async def upload_dataset(
     filename: Annotated[
         str, Query(max_length=255, description="Ends in .jsonl, .json or .parquet.")
     ],
-    format: Annotated[
-        str | None,
-        Query(
-            description="messages, prompt_response, preference, prompt_answer or rl; "
-            "detected from the first row when left out."
-        ),
-    ] = None,
+    format: Annotated[str | None, Query(description=FORMAT_HELP)] = None,
     description: Annotated[str, Query(max_length=1000)] = "",
-) -> DatasetPublic:
+    new_version: Annotated[
+        bool, Query(description="Add the file as the next version of an existing dataset.")
+    ] = False,
+) -> DatasetUploaded:
     """Upload a dataset as the raw request body; every row is checked before it is kept."""
-    incoming = await run_in_threadpool(service.IncomingFile, settings, filename)
-    buffer = bytearray()
-    try:
-        async for chunk in request.stream():
-            buffer.extend(chunk)
-            if len(buffer) >= FLUSH_BYTES:
-                await run_in_threadpool(incoming.write, bytes(buffer))
-                buffer.clear()
-        await run_in_threadpool(incoming.write, bytes(buffer))
-    except BaseException:
-        incoming.abort()
-        raise
+    incoming = await _receive(request, settings, filename)
     sha256 = incoming.finish()
 
-    def register() -> DatasetEntry:
+    def register() -> DatasetUploaded:
         entry = service.register_upload(
             session=session,
             settings=settings,
@@ -87,12 +90,49 @@ async def upload_dataset(
             size=incoming.size,
             fmt=format,
             description=description,
+            new_version=new_version,
         )
+        newest = versions.get(session=session, entry=entry, number=entry.version)
         session.commit()
-        return entry
+        return DatasetUploaded(
+            **service.describe(entry), detected_by=newest.manifest.get("detected_by", "")
+        )
 
-    entry = await run_in_threadpool(register)
-    return DatasetPublic(**service.describe(entry))
+    return await run_in_threadpool(register)
+
+
+@router.post("/datasets/preview")
+async def preview_dataset(
+    request: Request,
+    settings: SettingsDep,
+    _: CurrentToken,
+    filename: Annotated[
+        str, Query(max_length=255, description="Ends in .jsonl, .json or .parquet.")
+    ],
+    format: Annotated[str | None, Query(description=FORMAT_HELP)] = None,
+) -> DatasetPreview:
+    """What uploading this body would register: the format and the rule that chose it, the
+    first rows normalised, and the rows that do not fit. Nothing is kept."""
+    incoming = await _receive(request, settings, filename)
+    incoming.finish()
+
+    def look(path: Path) -> DatasetPreview:
+        try:
+            found = service.inspect(path, format)
+        finally:
+            path.unlink(missing_ok=True)
+        assert found.format is not None
+        return DatasetPreview(
+            format=found.format,
+            detected_by=found.rule,
+            task=formats.TASK_OF_FORMAT[found.format],
+            rows=found.rows,
+            bad_rows=found.bad_rows,
+            errors=[RowProblem(row=n, message=m) for n, m in found.errors],
+            preview=found.preview,
+        )
+
+    return await run_in_threadpool(look, incoming.path)
 
 
 def _entry(session: Session, ref: str) -> DatasetEntry:
@@ -115,3 +155,57 @@ def delete_dataset(ref: str, session: SessionDep, settings: SettingsDep, _: Curr
     in_use = session.exec(select(Job.id).where(Job.dataset_id == entry.id)).first() is not None
     service.delete(session=session, settings=settings, entry=entry, in_use=in_use)
     session.commit()
+
+
+@router.get("/datasets/{ref}/versions")
+def list_versions(ref: str, session: SessionDep, _: CurrentToken) -> list[DatasetVersionPublic]:
+    """Every version of a dataset, newest first."""
+    entry = _entry(session, ref)
+    return [
+        DatasetVersionPublic(**versions.describe(v))
+        for v in versions.of_dataset(session=session, entry=entry)
+    ]
+
+
+@router.get("/datasets/{ref}/versions/{number}")
+def get_version(
+    ref: str, number: int, session: SessionDep, _: CurrentToken
+) -> DatasetVersionPublic:
+    """One version and its manifest."""
+    entry = _entry(session, ref)
+    return DatasetVersionPublic(
+        **versions.describe(versions.get(session=session, entry=entry, number=number))
+    )
+
+
+@router.get("/datasets/{ref}/diff")
+def diff_versions(
+    ref: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: CurrentToken,
+    base: Annotated[int, Query(ge=1, description="The older version.")],
+    other: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
+) -> DatasetDiff:
+    """Rows added and removed between two versions (rows compare by their content)."""
+    entry = _entry(session, ref)
+    first = versions.get(session=session, entry=entry, number=base)
+    second = versions.get(session=session, entry=entry, number=other or entry.version)
+    return DatasetDiff(**service.diff(settings, first, second))
+
+
+@router.get("/datasets/{ref}/rows")
+def list_rows(
+    ref: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: CurrentToken,
+    version: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    q: Annotated[str, Query(max_length=200, description="Rows whose text contains this.")] = "",
+) -> RowsPage:
+    """Page through a version's rows as uploaded, or search them for a text."""
+    entry = _entry(session, ref)
+    chosen = versions.get(session=session, entry=entry, number=version or entry.version)
+    return RowsPage(**service.rows_page(settings, chosen, offset=offset, limit=limit, query=q))

@@ -6,23 +6,28 @@ Functions flush; callers commit. No HTTP, no Celery.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy import delete as sql_delete
+from sqlmodel import Session, col, select
 
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.core.errors import Conflict, InvalidInput
 from training_platform.core.settings import Settings
-from training_platform.datasets import formats, reader
+from training_platform.datasets import formats, reader, versions
+from training_platform.datasets.models import DatasetVersion
 
 MAX_REPORTED_ERRORS = 20
 # Bump when a conversion changes: prepared files of the old version are then rebuilt.
-CONVERTER_VERSION = 2  # 2: rl rows keep their labels (extra_info.labels)
+# 2: rl rows keep their labels (extra_info.labels); 3: a preference prompt is a list of messages
+CONVERTER_VERSION = 3
 
 
 class UploadTooLarge(InvalidInput):
@@ -39,12 +44,37 @@ class Inspection:
     rows: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     bad_rows: int = 0
+    rule: str = ""  # why the format was chosen: the rule that fired, or "given"
+    preview: list[dict[str, Any]] = field(default_factory=list)  # first rows, normalised
 
     def describe_errors(self) -> str:
         """A message listing bad rows by number."""
         shown = "; ".join(f"row {number}: {message}" for number, message in self.errors)
         more = self.bad_rows - len(self.errors)
         return shown + (f"; and {more} more" if more > 0 else "")
+
+
+PREVIEW_ROWS = 5
+
+
+def _detect(number: int, row: dict[str, Any]) -> formats.Detection:
+    found = formats.detect(row)
+    if found.ambiguous:
+        raise InvalidInput(
+            ("query", "format"),
+            f"row {number} fits several formats ("
+            + "; ".join(formats.describe_rule(f) for f in found.candidates)
+            + "); give format= explicitly",
+        )
+    if found.format is None:
+        raise InvalidInput(
+            ("body",),
+            f"row {number}: cannot tell the format from its keys "
+            f"({', '.join(sorted(row)) or 'none'}); the formats are "
+            + "; ".join(formats.describe_rule(f) for f in formats.SOURCE_FORMATS)
+            + "; or give format= explicitly",
+        )
+    return found
 
 
 def inspect(path: Path, fmt: str | None = None) -> Inspection:
@@ -54,25 +84,22 @@ def inspect(path: Path, fmt: str | None = None) -> Inspection:
             ("query", "format"),
             f"unknown format {fmt!r}; one of {', '.join(formats.SOURCE_FORMATS)}",
         )
-    result = Inspection(format=fmt)
+    result = Inspection(format=fmt, rule="given" if fmt else "")
     try:
         for number, row in reader.rows(path):
             if result.format is None and isinstance(row, dict):
-                result.format = formats.detect_format(row)
-                if result.format is None:
-                    raise InvalidInput(
-                        ("body",),
-                        f"row {number}: cannot tell the format from its keys "
-                        f"({', '.join(sorted(row)) or 'none'}); give format= explicitly",
-                    )
+                found = _detect(number, row)
+                result.format, result.rule = found.format, found.rule
             result.rows += 1
             try:
                 if isinstance(row, Exception):
                     raise formats.RowError(str(row))
                 assert result.format is not None
-                formats.convert_row(
+                converted = formats.convert_row(
                     result.format, formats.TASK_OF_FORMAT[result.format], row, number
                 )
+                if len(result.preview) < PREVIEW_ROWS:
+                    result.preview.append(converted)
             except formats.RowError as error:
                 result.bad_rows += 1
                 if len(result.errors) < MAX_REPORTED_ERRORS:
@@ -148,11 +175,19 @@ def register_upload(
     size: int,
     fmt: str | None,
     description: str,
+    new_version: bool = False,
 ) -> DatasetEntry:
-    """Check a received file row by row and register it; the file is removed if refused."""
+    """Check a received file row by row and register it, or add it as the name's next version
+    (`new_version`); the received file is removed whatever happens."""
     try:
-        if session.exec(select(DatasetEntry).where(DatasetEntry.name == name)).first():
-            raise Conflict(f"a dataset named {name!r} exists already")
+        entry = session.exec(select(DatasetEntry).where(DatasetEntry.name == name)).first()
+        if entry is not None and not new_version:
+            raise Conflict(
+                f"a dataset named {name!r} exists already; upload with new_version=true "
+                "to add a version"
+            )
+        if entry is not None and entry.source == "builtin":
+            raise Conflict(f"dataset {name!r} is bundled with the platform")
         found = inspect(received, fmt)
         if found.errors:
             raise InvalidInput(
@@ -160,6 +195,9 @@ def register_upload(
                 f"{found.bad_rows} of {found.rows} rows do not fit format {found.format!r}: "
                 + found.describe_errors(),
             )
+        assert found.format is not None
+        if entry is not None:
+            _check_next_version(entry, found.format, sha256)
         stored = settings.datasets_dir / "uploads" / f"{sha256}{received.suffix}"
         stored.parent.mkdir(parents=True, exist_ok=True)
         if stored.exists():
@@ -168,20 +206,37 @@ def register_upload(
             received.replace(stored)
     finally:
         received.unlink(missing_ok=True)
-    assert found.format is not None
-    entry = DatasetEntry(
-        name=name,
-        source="upload",
-        path=str(stored.relative_to(settings.home)),
-        format=found.format,
-        rows=found.rows,
-        size_bytes=size,
-        sha256=sha256,
-        description=description,
+    parent = entry.version if entry is not None else None
+    if entry is None:
+        entry = DatasetEntry(
+            name=name, source="upload", path="", format="", rows=0, size_bytes=0, sha256=""
+        )
+    entry.path = str(stored.relative_to(settings.home))
+    entry.format, entry.rows, entry.size_bytes, entry.sha256 = (
+        found.format,
+        found.rows,
+        size,
+        sha256,
     )
+    if description or parent is None:
+        entry.description = description
     session.add(entry)
     session.flush()
+    versions.record(
+        session=session, entry=entry, origin="upload", parent=parent, detected_by=found.rule
+    )
     return entry
+
+
+def _check_next_version(entry: DatasetEntry, fmt: str, sha256: str) -> None:
+    if entry.sha256 == sha256:
+        raise Conflict(f"the file is the same as version {entry.version} of {entry.name!r}")
+    if formats.TASK_OF_FORMAT[fmt] != formats.TASK_OF_FORMAT[entry.format]:
+        raise InvalidInput(
+            ("query", "new_version"),
+            f"dataset {entry.name!r} holds {formats.TASK_OF_FORMAT[entry.format]} data "
+            f"(format {entry.format!r}); a file of format {fmt!r} cannot be its next version",
+        )
 
 
 @dataclass(frozen=True)
@@ -193,25 +248,30 @@ class Prepared:
     sha256: str
     rows: int
 
-    def as_input(self, home: Path, source: DatasetEntry) -> dict[str, Any]:
+    def as_input(self, home: Path, source: DatasetEntry, version: DatasetVersion) -> dict[str, Any]:
         """What is recorded on the job."""
         return {
             "task": self.task,
             "path": str(self.path.relative_to(home)),
             "sha256": self.sha256,
             "rows": self.rows,
-            "source": {"id": source.id, "name": source.name, "sha256": source.sha256},
+            "source": {
+                "id": source.id,
+                "name": source.name,
+                "version": version.number,
+                "sha256": version.sha256,
+            },
         }
 
 
-def prepared_path(settings: Settings, entry: DatasetEntry, task: str) -> Path:
+def prepared_path(settings: Settings, entry: DatasetEntry | DatasetVersion, task: str) -> Path:
     """Where the dataset prepared for `task` lives (pure: nothing is checked or built)."""
     return (
         settings.datasets_dir / "prepared" / task / f"{entry.sha256}-v{CONVERTER_VERSION}.parquet"
     )
 
 
-def prepare(settings: Settings, entry: DatasetEntry, task: str) -> Prepared:
+def prepare(settings: Settings, entry: DatasetEntry | DatasetVersion, task: str) -> Prepared:
     """The dataset as a Parquet file for `task`, built once per content and converter version."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -241,17 +301,28 @@ def prepare(settings: Settings, entry: DatasetEntry, task: str) -> Prepared:
 
 
 def delete(*, session: Session, settings: Settings, entry: DatasetEntry, in_use: bool) -> None:
-    """Remove an uploaded dataset no job refers to."""
+    """Remove an uploaded dataset no job refers to, with its versions and their files (a file
+    another dataset also holds stays)."""
     if entry.source == "builtin":
         raise Conflict(f"dataset {entry.name!r} is bundled with the platform")
     if in_use:
         raise Conflict(f"dataset {entry.name!r} is used by jobs; delete those first")
-    path = catalog.managed_path(settings.home, entry.path)
+    held = versions.of_dataset(session=session, entry=entry)
+    files = {v.path: v.sha256 for v in held} | {entry.path: entry.sha256}
+    session.execute(sql_delete(DatasetVersion).where(col(DatasetVersion.dataset_id) == entry.id))
     session.delete(entry)
     session.flush()
-    others = session.exec(select(DatasetEntry).where(DatasetEntry.sha256 == entry.sha256)).first()
-    if others is None:
-        path.unlink(missing_ok=True)
+    for path, sha256 in files.items():
+        kept = session.exec(
+            select(DatasetVersion.id).where(DatasetVersion.sha256 == sha256)
+        ).first()
+        if (
+            kept is None
+            and not session.exec(
+                select(DatasetEntry.id).where(DatasetEntry.sha256 == sha256)
+            ).first()
+        ):
+            catalog.managed_path(settings.home, path).unlink(missing_ok=True)
 
 
 def describe(entry: DatasetEntry) -> dict[str, Any]:
@@ -265,6 +336,72 @@ def describe(entry: DatasetEntry) -> dict[str, Any]:
         "rows": entry.rows,
         "size_bytes": entry.size_bytes,
         "sha256": entry.sha256,
+        "version": entry.version,
         "description": entry.description,
         "created_at": entry.created_at,
     }
+
+
+def row_key(row: Any) -> str:
+    """A row's identity for diffs and exact duplicates: its canonical JSON."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _source_rows(settings: Settings, version: DatasetVersion) -> Iterator[tuple[int, Any]]:
+    path = catalog.managed_path(settings.home, version.path)
+    for number, row in reader.rows(path):
+        if not isinstance(row, Exception):
+            yield number, row
+
+
+def diff(
+    settings: Settings, base: DatasetVersion, other: DatasetVersion, *, limit: int = 20
+) -> dict[str, Any]:
+    """Rows added and removed from `base` to `other`, as multisets of canonical rows."""
+    counts: Counter[str] = Counter(row_key(row) for _, row in _source_rows(settings, base))
+    added: list[dict[str, Any]] = []
+    unchanged = 0
+    added_count = 0
+    for number, row in _source_rows(settings, other):
+        key = row_key(row)
+        if counts[key] > 0:
+            counts[key] -= 1
+            unchanged += 1
+        else:
+            added_count += 1
+            if len(added) < limit:
+                added.append({"row": number, "data": row})
+    removed: list[dict[str, Any]] = []
+    removed_count = 0
+    for number, row in _source_rows(settings, base):
+        key = row_key(row)
+        if counts[key] > 0:
+            counts[key] -= 1
+            removed_count += 1
+            if len(removed) < limit:
+                removed.append({"row": number, "data": row})
+    return {
+        "base": base.number,
+        "other": other.number,
+        "added": added_count,
+        "removed": removed_count,
+        "unchanged": unchanged,
+        "added_rows": added,
+        "removed_rows": removed,
+    }
+
+
+def rows_page(
+    settings: Settings, version: DatasetVersion, *, offset: int, limit: int, query: str = ""
+) -> dict[str, Any]:
+    """A page of a version's rows; with a query, only rows whose text contains it (any case)."""
+    needle = query.casefold()
+    page: list[dict[str, Any]] = []
+    total = 0
+    for number, row in _source_rows(settings, version):
+        if needle and needle not in row_key(row).casefold():
+            continue
+        if offset <= total < offset + limit:
+            page.append({"row": number, "data": row if isinstance(row, dict) else {"value": row}})
+        total += 1
+    return {"version": version.number, "total": total, "offset": offset, "rows": page}

@@ -31,6 +31,7 @@ class Evaluation(SQLModel, table=True):
     endpoint: str | None = Field(default=None, max_length=200)
     dataset_id: int = Field(index=True)
     dataset_name: str = Field(max_length=200)
+    dataset_version: int | None = None  # the version number it evaluated on (pinned)
     # The job that generates; its log, progress and cancel are the evaluation's.
     job_id: int | None = Field(default=None, index=True, unique=True)
     engine: str = Field(max_length=16)  # as asked: auto | transformers | vllm

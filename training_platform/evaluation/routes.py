@@ -66,6 +66,7 @@ def to_public(
         endpoint=evaluation.endpoint,
         dataset=evaluation.dataset_name,
         dataset_id=evaluation.dataset_id,
+        dataset_version=evaluation.dataset_version,
         job_id=evaluation.job_id,
         engine=evaluation.engine,
         engine_used=evaluation.engine_used,

@@ -147,6 +147,7 @@ class EvaluationPublic(BaseModel):
     endpoint: str | None
     dataset: str
     dataset_id: int
+    dataset_version: int | None = None  # the version it evaluated on
     job_id: int | None
     engine: str
     engine_used: str | None

@@ -174,6 +174,7 @@ def create(
         endpoint=request.endpoint,
         dataset_id=dataset.id,
         dataset_name=dataset.name,
+        dataset_version=job.dataset_version,
         job_id=job.id,
         engine=generation.engine,
         params=generation.model_dump(),
@@ -812,6 +813,14 @@ def _comparable(
                 f"evaluation {evaluation.id} ran on {evaluation.dataset_name}, evaluation "
                 f"{baseline.id} on {baseline.dataset_name}: only evaluations of the same "
                 "dataset compare",
+            )
+        if (evaluation.dataset_version or 1) != (baseline.dataset_version or 1):
+            raise InvalidInput(
+                loc,
+                f"evaluation {evaluation.id} ran on version {evaluation.dataset_version} of "
+                f"{evaluation.dataset_name}, evaluation {baseline.id} on version "
+                f"{baseline.dataset_version}: samples pair by row, so only evaluations of the "
+                "same version compare",
             )
         if scorer.spec not in evaluation.summary:
             raise InvalidInput(

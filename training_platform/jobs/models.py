@@ -32,6 +32,7 @@ class Job(SQLModel, table=True):
     model_id: int | None = Field(default=None, foreign_key="models.id", index=True)
     # None for an algorithm that takes no data (serve).
     dataset_id: int | None = Field(default=None, foreign_key="datasets.id", index=True)
+    dataset_version: int | None = None  # the version number it was submitted on (pinned)
     spec: dict[str, Any] = Field(sa_type=JSONType)
     priority: int = Field(index=True)
     queue: str = Field(max_length=32)

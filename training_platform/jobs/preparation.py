@@ -20,6 +20,7 @@ from training_platform.core.errors import DomainError
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.datasets import service as datasets
+from training_platform.datasets import versions as dataset_versions
 from training_platform.jobs.models import Job
 from training_platform.jobs.state import JobStatus, StaleJob, transition
 
@@ -42,7 +43,10 @@ def prepare_job(
         try:
             if dataset is None:
                 raise DomainError("the job's dataset was deleted")
-            prepared = datasets.prepare(settings, dataset, task)
+            version = dataset_versions.pinned(
+                session=session, entry=dataset, number=job.dataset_version
+            )
+            prepared = datasets.prepare(settings, version, task)
             unfit = _examples_unfit(session, settings, job, backend, prepared.path)
             if unfit is not None:
                 raise DomainError(unfit)
@@ -62,9 +66,10 @@ def prepare_job(
             except StaleJob:
                 pass
             return None
-        inputs = {"dataset": prepared.as_input(settings.home, dataset)}
+        inputs = {"dataset": prepared.as_input(settings.home, dataset, version)}
         reason = (
-            f"dataset prepared: {prepared.rows} rows of {task} data, sha256 {prepared.sha256[:12]}"
+            f"dataset prepared: version {version.number}, {prepared.rows} rows of {task} data, "
+            f"sha256 {prepared.sha256[:12]}"
         )
         return _queue(session, job, actor, reason, inputs)
 

@@ -77,6 +77,7 @@ def to_public(
         dataset=(
             str(job.spec.get("dataset") or job.dataset_id) if job.dataset_id is not None else None
         ),
+        dataset_version=job.dataset_version,
         spec=job.spec,
         priority=job.priority,
         queue=job.queue,

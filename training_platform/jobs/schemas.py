@@ -162,7 +162,8 @@ class JobCreate(BaseModel):
     )
     dataset: Ref | None = Field(
         None,
-        description="Registered dataset, by name or id; every algorithm but serve needs one.",
+        description="Registered dataset, by name or id, its newest version; `name@N` pins "
+        "version N. Every algorithm but serve needs one.",
     )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -209,6 +210,7 @@ class JobPublic(BaseModel):
     algorithm: str
     model: str | None  # None for an evaluation of an endpoint
     dataset: str | None  # None for an algorithm that takes no data (serve)
+    dataset_version: int | None = None  # the version it was submitted on
     spec: dict[str, Any]
     priority: int
     queue: str

@@ -38,6 +38,8 @@ from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.datasets import formats
 from training_platform.datasets import service as datasets
+from training_platform.datasets import versions as dataset_versions
+from training_platform.datasets.models import DatasetVersion
 from training_platform.jobs.dispatch import Dispatcher as Dispatcher  # re-exported
 from training_platform.jobs.models import Checkpoint, Job, JobEvent, JobLogChunk, JobMetric
 from training_platform.jobs.schemas import QUEUE_FOR_JOBS, AlertRule, JobCreate, JobPolicy
@@ -69,20 +71,26 @@ class ValidatedJob:
     parameters: BaseModel
     model: ModelEntry | None  # None for an evaluation of an endpoint
     dataset: DatasetEntry | None  # None for an algorithm that takes no data (serve)
+    dataset_version: DatasetVersion | None = None  # the version it runs on (pinned at submit)
 
 
 def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     """Check a submission against the backend and the catalog; InvalidInput names the field."""
     backend, parameters, dataset = check_request(session=session, request=request)
+    version = (
+        dataset_versions.resolve(session=session, ref=request.dataset)[1]
+        if dataset is not None and request.dataset is not None
+        else None
+    )
     pair = f"{backend.backend}/{backend.algorithm}"
     if getattr(parameters, "endpoint", None) is not None:
         if request.model is not None:
             raise InvalidInput(("body", "model"), f"{pair} of an endpoint takes no model")
-        return ValidatedJob(request, backend, parameters, None, dataset)
+        return ValidatedJob(request, backend, parameters, None, dataset, version)
     if request.model is None:
         raise InvalidInput(("body", "model"), f"{pair} needs a model")
     model = catalog.resolve_model(session=session, ref=request.model)
-    return ValidatedJob(request, backend, parameters, model, dataset)
+    return ValidatedJob(request, backend, parameters, model, dataset, version)
 
 
 def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> DatasetEntry | None:
@@ -95,12 +103,12 @@ def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> Datas
         raise InvalidInput(
             ("body", "dataset"), f"{pair} needs a dataset of {backend.data_task} data"
         )
-    dataset = catalog.resolve_dataset(session=session, ref=request.dataset)
-    if not formats.can_feed(dataset.format, backend.data_task):
+    dataset, version = dataset_versions.resolve(session=session, ref=request.dataset)
+    if not formats.can_feed(version.format, backend.data_task):
         fitting = ", ".join(formats.formats_for_task(backend.data_task))
         raise InvalidInput(
             ("body", "dataset"),
-            f"dataset {dataset.name!r} has format {dataset.format!r}; "
+            f"dataset {dataset.name!r} has format {version.format!r}; "
             f"{backend.backend}/{backend.algorithm} needs {backend.data_task} data "
             f"(formats: {fitting})",
         )
@@ -139,6 +147,11 @@ def _normalized_spec(checked: ValidatedJob, rules: Sequence[AlertRule]) -> dict[
         "algorithm": checked.backend.algorithm,
         "model": checked.model.name if checked.model else None,
         "dataset": checked.dataset.name if checked.dataset else None,
+        **(
+            {"dataset_version": checked.dataset_version.number}
+            if checked.dataset_version is not None
+            else {}
+        ),
         "hyperparameters": checked.parameters.model_dump(mode="json"),
         "resources": checked.request.resources.model_dump(mode="json", exclude_none=True),
         "policy": checked.request.policy.model_dump(mode="json"),
@@ -178,6 +191,7 @@ def submit(
         algorithm=checked.backend.algorithm,
         model_id=checked.model.id if checked.model else None,
         dataset_id=checked.dataset.id if checked.dataset else None,
+        dataset_version=checked.dataset_version.number if checked.dataset_version else None,
         spec=_normalized_spec(checked, alert_rules_for(session=session, request=request)),
         priority=request.priority,
         queue=QUEUE_FOR_JOBS,
@@ -328,8 +342,8 @@ def plan_for_request(
         parameters=checked.parameters,
         model=checked.model,
         dataset_path=(
-            datasets.prepared_path(settings, checked.dataset, checked.backend.data_task)
-            if checked.dataset and checked.backend.data_task
+            datasets.prepared_path(settings, checked.dataset_version, checked.backend.data_task)
+            if checked.dataset_version and checked.backend.data_task
             else None
         ),
         run_dir=run_dir,
@@ -369,7 +383,11 @@ def plan_for_job(
     dataset_path = (
         catalog.managed_path(settings.home, prepared["path"])
         if prepared
-        else datasets.prepared_path(settings, dataset, backend.data_task)
+        else datasets.prepared_path(
+            settings,
+            dataset_versions.pinned(session=session, entry=dataset, number=job.dataset_version),
+            backend.data_task,
+        )
         if dataset is not None and backend.data_task is not None
         else None
     )

@@ -357,21 +357,45 @@ def task_dataset(config: TrainConfig) -> Dataset:
     return dataset
 
 
-def preference_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """Preference rows as chat turns when the model has a chat template, else plain text."""
-    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
-    if tokenizer.chat_template is None:
-        return dataset
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """A prompt's turns as one text, for a model without a chat template (as
+    training_platform.datasets.formats.prompt_text; this program imports nothing of the
+    platform's runtime)."""
+    if len(messages) == 1:
+        return str(messages[0]["content"])
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
-    # The model is later prompted through its chat template; train it in that shape.
-    def to_chat(row: dict[str, Any]) -> dict[str, Any]:
+
+def preference_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """Preference rows as chat turns when the model has a chat template, else plain text.
+
+    The prepared prompt is a list of messages: a multi-turn prompt reaches DPO as its turns.
+    """
+    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    chat = tokenizer.chat_template is not None
+    turns = [len(p) if isinstance(p, list) else 1 for p in dataset["prompt"]]
+    print(
+        f"preference prompts: {min(turns)}-{max(turns)} turns, "
+        + ("kept as chat turns" if chat else "joined into text (no chat template)")
+    )
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):  # prepared before prompts became messages
+            prompt = [{"role": "user", "content": prompt}]
+        if not chat:
+            return {
+                "prompt": prompt_text(prompt),
+                "chosen": row["chosen"],
+                "rejected": row["rejected"],
+            }
         return {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in prompt],
             "chosen": [{"role": "assistant", "content": row["chosen"]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]}],
         }
 
-    return dataset.map(to_chat, remove_columns=dataset.column_names)
+    return dataset.map(shape, remove_columns=dataset.column_names)
 
 
 # --- rewards -----------------------------------------------------------------------------

@@ -112,6 +112,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/datasets/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Preview Dataset
+         * @description What uploading this body would register: the format and the rule that chose it, the
+         *     first rows normalised, and the rows that do not fit. Nothing is kept.
+         */
+        post: operations["preview_dataset_api_v1_datasets_preview_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/datasets/{ref}": {
         parameters: {
             query?: never;
@@ -131,6 +152,86 @@ export interface paths {
          * @description Delete an uploaded dataset that no job uses.
          */
         delete: operations["delete_dataset_api_v1_datasets__ref__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/diff": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Diff Versions
+         * @description Rows added and removed between two versions (rows compare by their content).
+         */
+        get: operations["diff_versions_api_v1_datasets__ref__diff_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/rows": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Rows
+         * @description Page through a version's rows as uploaded, or search them for a text.
+         */
+        get: operations["list_rows_api_v1_datasets__ref__rows_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Versions
+         * @description Every version of a dataset, newest first.
+         */
+        get: operations["list_versions_api_v1_datasets__ref__versions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/versions/{number}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Version
+         * @description One version and its manifest.
+         */
+        get: operations["get_version_api_v1_datasets__ref__versions__number__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1972,8 +2073,53 @@ export interface components {
             total: number;
         };
         /**
+         * DatasetDiff
+         * @description Rows of `other` that `base` lacks (added) and rows of `base` gone from `other`.
+         */
+        DatasetDiff: {
+            /** Added */
+            added: number;
+            /** Added Rows */
+            added_rows: components["schemas"]["NumberedRow"][];
+            /** Base */
+            base: number;
+            /** Other */
+            other: number;
+            /** Removed */
+            removed: number;
+            /** Removed Rows */
+            removed_rows: components["schemas"]["NumberedRow"][];
+            /** Unchanged */
+            unchanged: number;
+        };
+        /**
+         * DatasetPreview
+         * @description What an upload would be: the format and why, the first rows normalised, bad rows.
+         */
+        DatasetPreview: {
+            /** Bad Rows */
+            bad_rows: number;
+            /** Detected By */
+            detected_by: string;
+            /** Errors */
+            errors: components["schemas"]["RowProblem"][];
+            /** Format */
+            format: string;
+            /**
+             * Preview
+             * @description The first rows as the trainer reads them.
+             */
+            preview: {
+                [key: string]: unknown;
+            }[];
+            /** Rows */
+            rows: number;
+            /** Task */
+            task: string;
+        };
+        /**
          * DatasetPublic
-         * @description A registered dataset (never its server path).
+         * @description A registered dataset: its newest version's file.
          */
         DatasetPublic: {
             /**
@@ -1999,6 +2145,79 @@ export interface components {
             source: string;
             /** Task */
             task: string | null;
+            /**
+             * Version
+             * @description The newest version's number: what the bare name means.
+             */
+            version: number;
+        };
+        /**
+         * DatasetUploaded
+         * @description An upload: the dataset, and the rule that chose its format.
+         */
+        DatasetUploaded: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Description */
+            description: string;
+            /**
+             * Detected By
+             * @description The detection rule that fired, or 'given'.
+             */
+            detected_by: string;
+            /** Format */
+            format: string;
+            /** Id */
+            id: number;
+            /** Name */
+            name: string;
+            /** Rows */
+            rows: number;
+            /** Sha256 */
+            sha256: string;
+            /** Size Bytes */
+            size_bytes: number;
+            /** Source */
+            source: string;
+            /** Task */
+            task: string | null;
+            /**
+             * Version
+             * @description The newest version's number: what the bare name means.
+             */
+            version: number;
+        };
+        /**
+         * DatasetVersionPublic
+         * @description One version of a dataset and its manifest.
+         */
+        DatasetVersionPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Format */
+            format: string;
+            /** Manifest */
+            manifest: {
+                [key: string]: unknown;
+            };
+            /** Number */
+            number: number;
+            /** Origin */
+            origin: string;
+            /** Parent */
+            parent: number | null;
+            /** Rows */
+            rows: number;
+            /** Sha256 */
+            sha256: string;
+            /** Size Bytes */
+            size_bytes: number;
         };
         /**
          * EndpointCreate
@@ -2193,6 +2412,8 @@ export interface components {
             dataset: string;
             /** Dataset Id */
             dataset_id: number;
+            /** Dataset Version */
+            dataset_version?: number | null;
             /** Endpoint */
             endpoint: string | null;
             /** Engine */
@@ -2592,7 +2813,7 @@ export interface components {
             backend: string;
             /**
              * Dataset
-             * @description Registered dataset, by name or id; every algorithm but serve needs one.
+             * @description Registered dataset, by name or id, its newest version; `name@N` pins version N. Every algorithm but serve needs one.
              */
             dataset?: string | number | null;
             /** Hyperparameters */
@@ -2703,6 +2924,8 @@ export interface components {
             created_by: string;
             /** Dataset */
             dataset: string | null;
+            /** Dataset Version */
+            dataset_version?: number | null;
             /**
              * Devices
              * @description Leased now, as host:gpu<i> or host:cpu<i>.
@@ -3266,6 +3489,18 @@ export interface components {
              */
             path?: string | null;
         };
+        /**
+         * NumberedRow
+         * @description A source row with its number (line of a JSONL file, position otherwise).
+         */
+        NumberedRow: {
+            /** Data */
+            data: {
+                [key: string]: unknown;
+            };
+            /** Row */
+            row: number;
+        };
         /** PairedSample */
         PairedSample: {
             /**
@@ -3598,6 +3833,33 @@ export interface components {
             sha256: string;
             /** Size Bytes */
             size_bytes: number;
+        };
+        /**
+         * RowProblem
+         * @description A row that does not fit the format.
+         */
+        RowProblem: {
+            /** Message */
+            message: string;
+            /** Row */
+            row: number;
+        };
+        /**
+         * RowsPage
+         * @description A page of a version's rows, optionally those whose text contains a query.
+         */
+        RowsPage: {
+            /** Offset */
+            offset: number;
+            /** Rows */
+            rows: components["schemas"]["NumberedRow"][];
+            /**
+             * Total
+             * @description Rows that match (all rows without a query).
+             */
+            total: number;
+            /** Version */
+            version: number;
         };
         /**
          * RubricCreate
@@ -4491,9 +4753,11 @@ export interface operations {
                 name: string;
                 /** @description Ends in .jsonl, .json or .parquet. */
                 filename: string;
-                /** @description messages, prompt_response, preference, prompt_answer or rl; detected from the first row when left out. */
+                /** @description messages, alpaca, sharegpt, prompt_response, preference, prompt_answer, rl; detected from the first row when left out. */
                 format?: string | null;
                 description?: string;
+                /** @description Add the file as the next version of an existing dataset. */
+                new_version?: boolean;
             };
             header?: never;
             path?: never;
@@ -4507,7 +4771,41 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["DatasetPublic"];
+                    "application/json": components["schemas"]["DatasetUploaded"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    preview_dataset_api_v1_datasets_preview_post: {
+        parameters: {
+            query: {
+                /** @description Ends in .jsonl, .json or .parquet. */
+                filename: string;
+                /** @description messages, alpaca, sharegpt, prompt_response, preference, prompt_answer, rl; detected from the first row when left out. */
+                format?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetPreview"];
                 };
             };
             /** @description Validation Error */
@@ -4569,6 +4867,143 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    diff_versions_api_v1_datasets__ref__diff_get: {
+        parameters: {
+            query: {
+                /** @description The older version. */
+                base: number;
+                /** @description Default: the newest. */
+                other?: number | null;
+            };
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetDiff"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_rows_api_v1_datasets__ref__rows_get: {
+        parameters: {
+            query?: {
+                /** @description Default: the newest. */
+                version?: number | null;
+                offset?: number;
+                limit?: number;
+                /** @description Rows whose text contains this. */
+                q?: string;
+            };
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RowsPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_versions_api_v1_datasets__ref__versions_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetVersionPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_version_api_v1_datasets__ref__versions__number__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+                number: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetVersionPublic"];
+                };
             };
             /** @description Validation Error */
             422: {
