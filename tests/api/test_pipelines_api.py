@@ -49,6 +49,16 @@ def test_a_template_submits_and_its_first_stage_job_exists_at_once(api) -> None:
     )
     job = api.get(f"/api/v1/jobs/{sft['job_id']}").json()
     assert job["priority"] == 7 and job["spec"]["hyperparameters"]["max_steps"] == 2
+    # the datasets are pinned at submit: a stage that starts later runs on the same versions
+    assert job["dataset_version"] == 1
+    checked = api.post(
+        "/api/v1/pipelines/validate", json={"template": "sft-dpo", "parameters": {"sft_steps": 2}}
+    )
+    stored = checked.json()["definition"]["stages"]
+    assert (stored["sft"]["job"]["dataset"], stored["dpo"]["job"]["dataset"]) == (
+        "tiny-sft@1",
+        "tiny-prefs@1",
+    )
     lineage = api.get(f"/api/v1/jobs/{sft['job_id']}/lineage").json()
     assert lineage["pipeline"]["stage"] == "sft" and lineage["model"]["name"] == "tiny-qwen2"
     assert lineage["dataset"]["name"] == "tiny-sft" and lineage["model"]["produced_by"] is None

@@ -26,6 +26,7 @@ from training_platform.core.errors import Conflict, DomainError, InvalidInput, N
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.datasets import formats
+from training_platform.datasets import versions as dataset_versions
 from training_platform.evaluation import scoring, stats
 from training_platform.evaluation.models import (
     EvalSuite,
@@ -937,7 +938,7 @@ def create_suite(*, session: Session, request: SuiteCreate, actor: str) -> EvalS
     for number, item in enumerate(request.items):
         field = ("body", "items", number)
         try:
-            dataset = catalog.resolve_dataset(session=session, ref=item.dataset)
+            dataset, _ = dataset_versions.resolve(session=session, ref=item.dataset)
         except DomainError as error:
             raise InvalidInput((*field, "dataset"), error.message) from None
         if not formats.can_feed(dataset.format, "rl"):

@@ -23,6 +23,7 @@ from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.datasets import formats
+from training_platform.datasets import versions as dataset_versions
 from training_platform.evaluation import scoring
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job, JobEvent
@@ -104,7 +105,28 @@ def prepare(*, session: Session, request: PipelineSubmit) -> tuple[PipelineDefin
     definition = dsl.parse(data, request.parameters)
     for name, stage in definition.stages.items():
         check_stage(session=session, pipeline=definition, name=name, stage=stage)
+    _pin_datasets(session, definition)
     return definition, template
+
+
+def _pin_datasets(session: Session, definition: PipelineDefinition) -> None:
+    """Name each dataset as `name@N`, the version current at submit: a stage that starts later
+    runs on what the pipeline was submitted with, whatever is uploaded meanwhile."""
+
+    def pinned(ref: Any) -> Any:
+        if not isinstance(ref, str | int) or dsl.whole_ref(ref) is not None:
+            return ref
+        entry, version = dataset_versions.resolve(session=session, ref=ref)
+        return f"{entry.name}@{version.number}"
+
+    for stage in definition.stages.values():
+        if stage.job is not None and stage.job.get("dataset") is not None:
+            stage.job["dataset"] = pinned(stage.job["dataset"])
+        for step in (stage.evaluate, stage.select):
+            if step is not None:
+                step.dataset = pinned(step.dataset)
+        if stage.merge is not None and stage.merge.sweep is not None:
+            stage.merge.sweep.evaluate.dataset = pinned(stage.merge.sweep.evaluate.dataset)
 
 
 def _stage_error(name: str, loc: Sequence[str | int], message: str) -> InvalidInput:
@@ -256,7 +278,7 @@ def _check_step(session: Session, name: str, stage: StageDefinition) -> None:
     if stage.select is None:
         return
     try:
-        dataset = catalog.resolve_dataset(session=session, ref=stage.select.dataset)
+        dataset, _ = dataset_versions.resolve(session=session, ref=stage.select.dataset)
     except InvalidInput as error:
         raise _stage_error(name, ("select", "dataset"), error.message) from None
     if not formats.can_feed(dataset.format, "rl"):

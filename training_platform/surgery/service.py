@@ -40,6 +40,7 @@ from training_platform.core.errors import Conflict, DomainError, InvalidInput, N
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.datasets import formats
+from training_platform.datasets import versions as dataset_versions
 from training_platform.evaluation import scoring
 from training_platform.evaluation import service as evaluations
 from training_platform.evaluation.models import Evaluation
@@ -875,7 +876,7 @@ def _check_evaluation(session: Session, request: SweepCreate) -> None:
             ("body", "evaluate", "scorer"), f"{scorer.spec} runs on a worker; give an inline scorer"
         )
     try:
-        dataset = catalog.resolve_dataset(session=session, ref=spec.dataset)
+        dataset, _ = dataset_versions.resolve(session=session, ref=spec.dataset)
     except InvalidInput as error:
         raise InvalidInput(("body", "evaluate", "dataset"), error.message) from None
     if not formats.can_feed(dataset.format, "rl"):
