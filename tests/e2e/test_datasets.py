@@ -118,5 +118,19 @@ def test_alpaca_sharegpt_and_multi_turn_preference_files_train_and_evaluate(plat
             assert result["dataset_version"] == 1
         samples = client.get(f"/api/v1/evaluations/{evaluations[1]}/samples").json()["items"]
         assert samples[0]["reference"] == "0 + 0 = 0."
+        # statistics of the multi-turn set, computed by a worker on the preprocessing queue
+        started = client.post(
+            "/api/v1/datasets/e2e-turns/analyses", json={"model": "tiny-qwen2", "max_length": 64}
+        )
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 120
+        while (analysis := started.json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline, analysis
+            time.sleep(0.5)
+            started = client.get(f"/api/v1/datasets/e2e-turns/analyses/{analysis['id']}")
+        assert analysis["status"] == "succeeded", analysis
+        bias = analysis["result"]["preference_bias"]
+        assert bias["chosen_minus_rejected"]["n"] == 16
+        assert sorted(analysis["result"]["lengths"]["roles"]) == ["assistant", "system", "user"]
         log = client.get(f"/api/v1/jobs/{jobs['turns']}/logs").json()
     assert "preference prompts: 4-4 turns, kept as chat turns" in log["text"]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Query, Request, status
+from fastapi import Query, Request, Response, status
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
@@ -15,15 +15,18 @@ from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, ap
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.catalog.names import CatalogName
-from training_platform.core.errors import NotFound
+from training_platform.core.errors import InvalidInput, NotFound
 from training_platform.core.settings import Settings
-from training_platform.datasets import formats, service, versions
+from training_platform.datasets import analyses, analysis, formats, service, versions
 from training_platform.datasets.schemas import (
+    AnalysisCreate,
+    AnalysisPublic,
     DatasetDiff,
     DatasetPreview,
     DatasetPublic,
     DatasetUploaded,
     DatasetVersionPublic,
+    RenderedSample,
     RowProblem,
     RowsPage,
 )
@@ -209,3 +212,85 @@ def list_rows(
     entry = _entry(session, ref)
     chosen = versions.get(session=session, entry=entry, number=version or entry.version)
     return RowsPage(**service.rows_page(settings, chosen, offset=offset, limit=limit, query=q))
+
+
+@router.post("/datasets/{ref}/analyses", status_code=status.HTTP_202_ACCEPTED)
+def analyze_dataset(
+    ref: str,
+    body: AnalysisCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: CurrentToken,
+) -> AnalysisPublic:
+    """Compute a version's statistics on the preprocessing queue; the same options on the same
+    version answer 200 with the analysis there is."""
+    entry = _entry(session, ref)
+    found, created = analyses.request(
+        session=session, settings=settings, entry=entry, body=body, actor=f"token:{token.name}"
+    )
+    session.commit()
+    if created:
+        from training_platform.datasets.tasks import send_analysis
+
+        assert found.id is not None
+        send_analysis(found.id)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return AnalysisPublic(**analyses.describe(found, entry))
+
+
+@router.get("/datasets/{ref}/analyses")
+def list_analyses(ref: str, session: SessionDep, _: CurrentToken) -> list[AnalysisPublic]:
+    """A dataset's analyses, newest first."""
+    entry = _entry(session, ref)
+    return [
+        AnalysisPublic(**analyses.describe(a, entry))
+        for a in analyses.of_dataset(session=session, entry=entry)
+    ]
+
+
+@router.get("/datasets/{ref}/analyses/{analysis_id}")
+def get_analysis(
+    ref: str, analysis_id: int, session: SessionDep, _: CurrentToken
+) -> AnalysisPublic:
+    """One analysis and, once it succeeded, its statistics."""
+    entry = _entry(session, ref)
+    found = analyses.get(session=session, entry=entry, analysis_id=analysis_id)
+    return AnalysisPublic(**analyses.describe(found, entry))
+
+
+@router.get("/datasets/{ref}/rows/{row}/render")
+def render_row(
+    ref: str,
+    row: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: CurrentToken,
+    model: Annotated[str, Query(max_length=200, description="Whose chat template renders it.")],
+    version: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
+    assistant_only_loss: Annotated[
+        bool, Query(description="The SFT setting (both backends' default: true).")
+    ] = True,
+    max_length: Annotated[int | None, Query(ge=1, le=1_048_576)] = None,
+) -> RenderedSample:
+    """One row as the trainer sees it: the chat template's text, the tokens that count toward
+    the loss marked, and those max_length cuts off."""
+    entry = _entry(session, ref)
+    chosen = versions.get(session=session, entry=entry, number=version or entry.version)
+    found = catalog.resolve_model(session=session, ref=model)
+    assert found.id is not None
+    source = service.source_row(settings, chosen, row)
+    tokenizer = analyses.load_tokenizer(settings, session, found.id)
+    try:
+        rendered = analysis.render(
+            source,
+            chosen.format,
+            row,
+            tokenizer=tokenizer,
+            assistant_only=assistant_only_loss,
+            max_length=max_length,
+        )
+    except ValueError as error:
+        raise InvalidInput(("query", "assistant_only_loss"), str(error)) from None
+    return RenderedSample(**rendered)

@@ -89,3 +89,58 @@ class RowsPage(BaseModel):
     total: int = Field(description="Rows that match (all rows without a query).")
     offset: int
     rows: list[NumberedRow]
+
+
+class AnalysisCreate(BaseModel):
+    """What to compute: lengths with a model's tokenizer (characters without one), the share
+    a max length truncates, the label fields to count by."""
+
+    model_config = {"extra": "forbid"}
+
+    version: int | None = Field(None, ge=1, description="Default: the newest.")
+    model: str | int | None = Field(
+        None, description="A catalog model whose tokenizer and chat template measure lengths."
+    )
+    max_length: int | None = Field(
+        None, ge=1, le=1_048_576, description="Report the rows longer than this."
+    )
+    label_fields: list[str] = Field(
+        default_factory=list, max_length=16, description="Fields to count values of."
+    )
+    bins: int = Field(20, ge=1, le=200, description="Histogram bins (equal width).")
+
+
+class AnalysisPublic(BaseModel):
+    """An analysis of one version: pending, running, then its statistics or why it failed."""
+
+    id: int
+    dataset: str
+    version: int
+    status: str
+    options: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class Segment(BaseModel):
+    """A run of tokens of a rendered sample."""
+
+    part: str = Field(description="'' for a conversation; prompt, chosen or rejected.")
+    text: str
+    tokens: int
+    loss: bool = Field(description="Whether these tokens count toward the loss.")
+    truncated: bool = Field(description="Whether max_length cuts these tokens off.")
+
+
+class RenderedSample(BaseModel):
+    """One row as the trainer sees it: its chat template's text with the loss mask."""
+
+    row: int
+    task: str
+    tokens: int
+    loss_tokens: int
+    note: str
+    segments: list[Segment]

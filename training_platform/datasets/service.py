@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
-from training_platform.core.errors import Conflict, InvalidInput
+from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.datasets import formats, reader, versions
 from training_platform.datasets.models import DatasetVersion
@@ -405,3 +405,13 @@ def rows_page(
             page.append({"row": number, "data": row if isinstance(row, dict) else {"value": row}})
         total += 1
     return {"version": version.number, "total": total, "offset": offset, "rows": page}
+
+
+def source_row(settings: Settings, version: DatasetVersion, number: int) -> Any:
+    """One source row by its number; NotFound when the version has no such row."""
+    for found, row in _source_rows(settings, version):
+        if found == number:
+            return row
+        if found > number:
+            break
+    raise NotFound(f"version {version.number} has no row {number}")

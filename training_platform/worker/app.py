@@ -10,6 +10,7 @@ from training_platform.core.settings import get_settings
 from training_platform.worker.config import celery_config
 
 TASK_MODULES = [
+    "training_platform.datasets.tasks",
     "training_platform.evaluation.tasks",
     "training_platform.hosts.tasks",
     "training_platform.jobs.tasks",
