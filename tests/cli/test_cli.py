@@ -114,6 +114,39 @@ def test_catalog_lists(tp) -> None:  # type: ignore[no-untyped-def]
     assert "tiny-sft" in datasets and "messages" in datasets
 
 
+def test_datasets_preview_versions_diff_rows_analyze_and_render(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    first = tmp_path / "sg.jsonl"
+    rows = [
+        {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+        for i in range(6)
+    ]
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shown = tp("datasets", "upload", str(first), "--preview")
+    assert shown.exit_code == 0, shown.output
+    assert "6 rows of sharegpt (sft data), detected by sharegpt: has conversations" in shown.stdout
+    assert tp("datasets", "upload", str(first)).exit_code != 0  # no --name
+    made = tp("datasets", "upload", str(first), "--name", "cli-sg")
+    assert made.exit_code == 0 and "version 1: 6 rows of sharegpt" in made.stdout, made.output
+    second = tmp_path / "sg2.jsonl"
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    again = tp("datasets", "upload", str(second), "--name", "cli-sg", "--new-version")
+    assert again.exit_code == 0 and "version 2: 4 rows" in again.stdout, again.output
+    assert tp("datasets", "upload", str(second), "--name", "cli-sg").exit_code == 1
+    versions = tp("datasets", "versions", "cli-sg").stdout
+    assert versions.index("│ 2 ") < versions.index("│ 1 ")
+    assert "-2 (4 unchanged)" in tp("datasets", "diff", "cli-sg", "--base", "1").stdout
+    found = tp("datasets", "rows", "cli-sg", "--search", "Q5", "--version", "1").stdout
+    assert found.startswith("1 rows (version 1)") and "row 6:" in found
+    stats = tp("datasets", "analyze", "cli-sg", "--model", "tiny-qwen2", "--max-length", "8")
+    assert stats.exit_code == 0, stats.output
+    assert "analysis" in stats.stdout and "of cli-sg@2: 4 rows of sharegpt" in stats.stdout
+    assert "longer than 8:" in stats.stdout
+    shown = tp("datasets", "render", "cli-sg", "1", "--model", "tiny-qwen2")
+    assert shown.exit_code == 0 and "tokens count toward the loss" in shown.stdout, shown.output
+
+
 def test_a_wrong_token_or_no_api_gives_a_message_and_exit_1(tp) -> None:  # type: ignore[no-untyped-def]
     import socket
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from training_platform.cli import services
 from training_platform.cli.client import ApiClient, ApiError, read_token
 from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
+from training_platform.cli.datasets import datasets_app
 from training_platform.cli.evaluation import eval_app
 from training_platform.cli.serving import endpoints_app, serve_app
 from training_platform.cli.surgery import merge_app, models_lineage, models_select, models_soup
@@ -26,7 +27,6 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="Submit and follow training jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Datasets: upload, list, show, delete.", no_args_is_help=True)
 rewards_app = typer.Typer(
     help="Reward functions: builtin ones and uploaded files.", no_args_is_help=True
 )
@@ -1027,64 +1027,6 @@ def models_list() -> None:
     for model in models:
         table.add_row(str(model["id"]), model["name"], model["source"], model["description"])
     console.print(table)
-
-
-@datasets_app.command("list")
-def datasets_list() -> None:
-    """Datasets jobs can train on."""
-    table = Table("id", "name", "format", "task", "rows", "source", "description")
-    with client() as api:
-        items = call(api.catalog, "datasets")
-    for item in items:
-        table.add_row(
-            str(item["id"]),
-            item["name"],
-            item["format"],
-            str(item["task"]),
-            str(item["rows"]),
-            item["source"],
-            item["description"],
-        )
-    console.print(table)
-
-
-@datasets_app.command("upload")
-def datasets_upload(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl/.json/.parquet")
-    ],
-    name: Annotated[str, typer.Option(help="Name jobs will use.")],
-    format: Annotated[
-        str | None, typer.Option(help="Detected from the first row if left out.")
-    ] = None,
-    description: Annotated[str, typer.Option()] = "",
-) -> None:
-    """Upload a dataset; every row is checked, bad rows are reported by number."""
-    params: dict[str, str] = {"name": name, "filename": file.name, "description": description}
-    if format:
-        params["format"] = format
-    with client() as api:
-        item = call(api.upload, "datasets", file, **params)
-    console.print(
-        f"dataset {item['id']} {item['name']}: {item['rows']} rows of {item['format']} "
-        f"({item['task']} data), sha256 {item['sha256'][:12]}",
-        highlight=False,
-    )
-
-
-@datasets_app.command("show")
-def datasets_show(ref: str) -> None:
-    """Show one dataset (by name or id) as JSON."""
-    with client() as api:
-        console.print_json(data=call(api.get, f"datasets/{ref}"))
-
-
-@datasets_app.command("delete")
-def datasets_delete(ref: str) -> None:
-    """Delete an uploaded dataset that no job uses."""
-    with client() as api:
-        call(api.delete, f"datasets/{ref}")
-    console.print(f"dataset {ref} deleted")
 
 
 @models_app.command("register")

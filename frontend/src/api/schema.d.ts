@@ -157,6 +157,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/datasets/{ref}/analyses": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Analyses
+         * @description A dataset's analyses, newest first.
+         */
+        get: operations["list_analyses_api_v1_datasets__ref__analyses_get"];
+        put?: never;
+        /**
+         * Analyze Dataset
+         * @description Compute a version's statistics on the preprocessing queue; the same options on the same
+         *     version answer 200 with the analysis there is.
+         */
+        post: operations["analyze_dataset_api_v1_datasets__ref__analyses_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/analyses/{analysis_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Analysis
+         * @description One analysis and, once it succeeded, its statistics.
+         */
+        get: operations["get_analysis_api_v1_datasets__ref__analyses__analysis_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/datasets/{ref}/diff": {
         parameters: {
             query?: never;
@@ -189,6 +234,27 @@ export interface paths {
          * @description Page through a version's rows as uploaded, or search them for a text.
          */
         get: operations["list_rows_api_v1_datasets__ref__rows_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/rows/{row}/render": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Render Row
+         * @description One row as the trainer sees it: the chat template's text, the tokens that count toward
+         *     the loss marked, and those max_length cuts off.
+         */
+        get: operations["render_row_api_v1_datasets__ref__rows__row__render_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1920,6 +1986,72 @@ export interface components {
              * @description Copied into every job submitted without `alerts` (an explicit empty list keeps none); the notify rule for NaN losses applies to every job anyway.
              */
             items: components["schemas"]["AlertRule"][];
+        };
+        /**
+         * AnalysisCreate
+         * @description What to compute: lengths with a model's tokenizer (characters without one), the share
+         *     a max length truncates, the label fields to count by.
+         */
+        AnalysisCreate: {
+            /**
+             * Bins
+             * @description Histogram bins (equal width).
+             * @default 20
+             */
+            bins: number;
+            /**
+             * Label Fields
+             * @description Fields to count values of.
+             */
+            label_fields?: string[];
+            /**
+             * Max Length
+             * @description Report the rows longer than this.
+             */
+            max_length?: number | null;
+            /**
+             * Model
+             * @description A catalog model whose tokenizer and chat template measure lengths.
+             */
+            model?: string | number | null;
+            /**
+             * Version
+             * @description Default: the newest.
+             */
+            version?: number | null;
+        };
+        /**
+         * AnalysisPublic
+         * @description An analysis of one version: pending, running, then its statistics or why it failed.
+         */
+        AnalysisPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Dataset */
+            dataset: string;
+            /** Error */
+            error: string;
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /** Options */
+            options: {
+                [key: string]: unknown;
+            };
+            /** Result */
+            result: {
+                [key: string]: unknown;
+            } | null;
+            /** Status */
+            status: string;
+            /** Version */
+            version: number;
         };
         /**
          * ArtifactPublic
@@ -3759,6 +3891,24 @@ export interface components {
             scorer: string;
         };
         /**
+         * RenderedSample
+         * @description One row as the trainer sees it: its chat template's text with the loss mask.
+         */
+        RenderedSample: {
+            /** Loss Tokens */
+            loss_tokens: number;
+            /** Note */
+            note: string;
+            /** Row */
+            row: number;
+            /** Segments */
+            segments: components["schemas"]["Segment"][];
+            /** Task */
+            task: string;
+            /** Tokens */
+            tokens: number;
+        };
+        /**
          * Rescore
          * @description Score the stored generations again with another scorer.
          */
@@ -3962,6 +4112,31 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
+        };
+        /**
+         * Segment
+         * @description A run of tokens of a rendered sample.
+         */
+        Segment: {
+            /**
+             * Loss
+             * @description Whether these tokens count toward the loss.
+             */
+            loss: boolean;
+            /**
+             * Part
+             * @description '' for a conversation; prompt, chosen or rejected.
+             */
+            part: string;
+            /** Text */
+            text: string;
+            /** Tokens */
+            tokens: number;
+            /**
+             * Truncated
+             * @description Whether max_length cuts these tokens off.
+             */
+            truncated: boolean;
         };
         /**
          * SelectCreate
@@ -4879,6 +5054,104 @@ export interface operations {
             };
         };
     };
+    list_analyses_api_v1_datasets__ref__analyses_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AnalysisPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    analyze_dataset_api_v1_datasets__ref__analyses_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AnalysisCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AnalysisPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_analysis_api_v1_datasets__ref__analyses__analysis_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+                analysis_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AnalysisPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     diff_versions_api_v1_datasets__ref__diff_get: {
         parameters: {
             query: {
@@ -4940,6 +5213,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RowsPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    render_row_api_v1_datasets__ref__rows__row__render_get: {
+        parameters: {
+            query: {
+                /** @description Whose chat template renders it. */
+                model: string;
+                /** @description Default: the newest. */
+                version?: number | null;
+                /** @description The SFT setting (both backends' default: true). */
+                assistant_only_loss?: boolean;
+                max_length?: number | null;
+            };
+            header?: never;
+            path: {
+                ref: string;
+                row: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RenderedSample"];
                 };
             };
             /** @description Validation Error */

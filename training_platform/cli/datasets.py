@@ -1,0 +1,267 @@
+"""`tp datasets`: upload (with a preview and versions), list, show, versions, diff, rows,
+analyze, render, delete."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from training_platform.cli.common import call, client, console, fail
+
+datasets_app = typer.Typer(
+    help="Datasets: upload, versions, statistics, samples with their loss mask.",
+    no_args_is_help=True,
+)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Datasets jobs can train on (the newest version of each)."""
+    table = Table("id", "name", "format", "task", "rows", "version", "source", "description")
+    with client() as api:
+        items = call(api.catalog, "datasets")
+    for item in items:
+        table.add_row(
+            str(item["id"]),
+            item["name"],
+            item["format"],
+            str(item["task"]),
+            str(item["rows"]),
+            str(item["version"]),
+            item["source"],
+            item["description"],
+        )
+    console.print(table)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl/.json/.parquet")
+    ],
+    name: Annotated[str | None, typer.Option(help="Name jobs will use.")] = None,
+    format: Annotated[
+        str | None, typer.Option(help="Detected from the first row if left out.")
+    ] = None,
+    description: Annotated[str, typer.Option()] = "",
+    new_version: Annotated[
+        bool, typer.Option("--new-version", help="Add the file as NAME's next version.")
+    ] = False,
+    preview: Annotated[
+        bool,
+        typer.Option("--preview", help="Show the detected format and first rows; keep nothing."),
+    ] = False,
+) -> None:
+    """Upload a dataset; every row is checked, bad rows are reported by number."""
+    params: dict[str, Any] = {"filename": file.name}
+    if format:
+        params["format"] = format
+    if preview:
+        with client() as api:
+            shown = call(api.upload, "datasets/preview", file, **params)
+        console.print(
+            f"{shown['rows']} rows of {shown['format']} ({shown['task']} data), "
+            f"detected by {shown['detected_by']}; {shown['bad_rows']} bad",
+            highlight=False,
+        )
+        for problem in shown["errors"]:
+            console.print(f"  row {problem['row']}: {problem['message']}", highlight=False)
+        console.print_json(data=shown["preview"])
+        return
+    if not name:
+        fail("--name is required (or --preview)")
+    params |= {"name": name, "description": description}
+    if new_version:
+        params["new_version"] = "true"
+    with client() as api:
+        item = call(api.upload, "datasets", file, **params)
+    console.print(
+        f"dataset {item['id']} {item['name']} version {item['version']}: {item['rows']} rows of "
+        f"{item['format']} ({item['task']} data, detected by {item['detected_by']}), "
+        f"sha256 {item['sha256'][:12]}",
+        highlight=False,
+    )
+
+
+@datasets_app.command("show")
+def datasets_show(ref: str) -> None:
+    """Show one dataset (by name or id) as JSON."""
+    with client() as api:
+        console.print_json(data=call(api.get, f"datasets/{ref}"))
+
+
+@datasets_app.command("versions")
+def datasets_versions(ref: str) -> None:
+    """The versions of a dataset, newest first (jobs name one as NAME@N)."""
+    table = Table("version", "rows", "format", "origin", "parent", "sha256", "created")
+    with client() as api:
+        items = call(api.get, f"datasets/{ref}/versions")
+    for item in items:
+        table.add_row(
+            str(item["number"]),
+            str(item["rows"]),
+            item["format"],
+            item["origin"],
+            str(item["parent"] or ""),
+            item["sha256"][:12],
+            item["created_at"][:19],
+        )
+    console.print(table)
+
+
+@datasets_app.command("diff")
+def datasets_diff(
+    ref: str,
+    base: Annotated[int, typer.Option(help="The older version.")],
+    other: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+) -> None:
+    """Rows added and removed between two versions."""
+    path = f"datasets/{ref}/diff?base={base}" + (f"&other={other}" if other else "")
+    with client() as api:
+        diff = call(api.get, path)
+    console.print(
+        f"version {diff['base']} -> {diff['other']}: +{diff['added']} -{diff['removed']} "
+        f"({diff['unchanged']} unchanged)",
+        highlight=False,
+    )
+    for sign, rows in (("+", diff["added_rows"]), ("-", diff["removed_rows"])):
+        for row in rows:
+            console.print(f"{sign} row {row['row']}: {row['data']}", highlight=False)
+
+
+@datasets_app.command("rows")
+def datasets_rows(
+    ref: str,
+    version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 10,
+    search: Annotated[str, typer.Option(help="Only rows whose text contains this.")] = "",
+) -> None:
+    """Page through a version's rows, or search them for a text."""
+    params: dict[str, Any] = {"offset": offset, "limit": limit, "q": search}
+    if version is not None:
+        params["version"] = version
+    with client() as api:
+        page = call(api.request, "GET", f"/api/v1/datasets/{ref}/rows", params=params)
+    console.print(f"{page['total']} rows (version {page['version']})", highlight=False)
+    for row in page["rows"]:
+        console.print(f"row {row['row']}: {row['data']}", highlight=False)
+
+
+def _print_histogram(title: str, histogram: dict[str, Any], unit: str) -> None:
+    if not histogram.get("n"):
+        console.print(f"{title}: no data", highlight=False)
+        return
+    console.print(
+        f"{title} ({unit}): n {histogram['n']}, min {histogram['min']:g}, "
+        f"p50 {histogram['p50']:g}, p95 {histogram['p95']:g}, max {histogram['max']:g}",
+        highlight=False,
+    )
+
+
+@datasets_app.command("analyze")
+def datasets_analyze(
+    ref: str,
+    model: Annotated[
+        str | None, typer.Option(help="Measure in this model's tokens (chat template included).")
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(help="Report rows longer than this.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="A field to count values of.")] = None,
+    version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    bins: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    wait: Annotated[bool, typer.Option(help="Wait for the worker and print the result.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result.")] = False,
+) -> None:
+    """Statistics of a version, computed on the preprocessing queue."""
+    body: dict[str, Any] = {"bins": bins, "label_fields": label or []}
+    for key, value in (("model", model), ("max_length", max_length), ("version", version)):
+        if value is not None:
+            body[key] = value
+    with client() as api:
+        found = call(api.request, "POST", f"/api/v1/datasets/{ref}/analyses", json=body)
+        deadline = time.monotonic() + 600
+        while wait and found["status"] in ("pending", "running"):
+            if time.monotonic() > deadline:
+                fail(f"analysis {found['id']} is still {found['status']}")
+            time.sleep(0.5)
+            found = call(api.get, f"datasets/{ref}/analyses/{found['id']}")
+    if not wait:
+        console.print(f"analysis {found['id']}: {found['status']}", highlight=False)
+        return
+    if found["status"] != "succeeded":
+        fail(f"analysis {found['id']} failed: {found['error']}")
+    result = found["result"]
+    if as_json:
+        console.print_json(data=result)
+        return
+    console.print(
+        f"analysis {found['id']} of {found['dataset']}@{found['version']}: {result['rows']} rows "
+        f"of {result['format']}; exact duplicates {result['duplicates']['exact_rows']}",
+        highlight=False,
+    )
+    for name, field in result["fields"].items():
+        kinds = ", ".join(f"{k} {n}" for k, n in field["types"].items())
+        console.print(
+            f"  field {name}: {kinds}; missing {field['missing']}, empty {field['empty']}",
+            highlight=False,
+        )
+    _print_histogram("length", result["lengths"]["total"], result["unit"])
+    for role, histogram in result["lengths"]["roles"].items():
+        _print_histogram(f"  {role} turns", histogram, result["unit"])
+    if "truncation" in result:
+        cut = result["truncation"]
+        console.print(
+            f"longer than {cut['max_length']}: {cut['rows']} rows ({cut['share']:.1%})",
+            highlight=False,
+        )
+    for name, counts in result["labels"].items():
+        shares = ", ".join(f"{v['value']} {v['share']:.1%}" for v in counts["values"][:10])
+        console.print(f"label {name}: {shares}", highlight=False)
+    if "preference_bias" in result:
+        bias = result["preference_bias"]
+        _print_histogram("chosen - rejected", bias["chosen_minus_rejected"], result["unit"])
+        console.print(f"chosen longer in {bias['chosen_longer_share']:.1%}", highlight=False)
+
+
+@datasets_app.command("render")
+def datasets_render(
+    ref: str,
+    row: Annotated[int, typer.Argument(help="The row's number (its line in a JSONL file).")],
+    model: Annotated[str, typer.Option(help="Whose chat template renders it.")],
+    version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    assistant_only_loss: Annotated[bool, typer.Option()] = True,
+    max_length: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """One row as the trainer sees it; the tokens that count toward the loss in green."""
+    params: dict[str, Any] = {"model": model, "assistant_only_loss": assistant_only_loss}
+    if version is not None:
+        params["version"] = version
+    if max_length is not None:
+        params["max_length"] = max_length
+    with client() as api:
+        sample = call(
+            api.request, "GET", f"/api/v1/datasets/{ref}/rows/{row}/render", params=params
+        )
+    for segment in sample["segments"]:
+        style = "green" if segment["loss"] else "dim"
+        if segment["truncated"]:
+            style += " strike"
+        console.print(segment["text"], style=style, end="", markup=False, highlight=False)
+    console.print()
+    console.print(
+        f"{sample['loss_tokens']} of {sample['tokens']} tokens count toward the loss: "
+        f"{sample['note']}",
+        highlight=False,
+    )
+
+
+@datasets_app.command("delete")
+def datasets_delete(ref: str) -> None:
+    """Delete an uploaded dataset (every version) that no job uses."""
+    with client() as api:
+        call(api.delete, f"datasets/{ref}")
+    console.print(f"dataset {ref} deleted")
