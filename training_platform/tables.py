@@ -9,7 +9,7 @@ from training_platform.catalog.models import (
     ModelLineage,
     RewardFileEntry,
 )
-from training_platform.datasets.models import DatasetAnalysis, DatasetVersion
+from training_platform.datasets.models import DatasetAnalysis, DatasetDedup, DatasetVersion
 from training_platform.evaluation.models import (
     EvalSuite,
     Evaluation,
@@ -46,6 +46,7 @@ __all__ = [
     "ApiToken",
     "Checkpoint",
     "DatasetAnalysis",
+    "DatasetDedup",
     "DatasetEntry",
     "DatasetVersion",
     "DeviceLease",

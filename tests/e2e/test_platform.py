@@ -172,13 +172,14 @@ def test_a_dataset_that_cannot_be_prepared_fails_the_job_before_it_queues(platfo
 
     from training_platform.catalog import service as catalog
     from training_platform.core.db import make_engine
+    from training_platform.datasets import versions as dataset_versions
 
     broken = platform.home / "datasets" / "uploads" / "broken.jsonl"
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n' * 3)
     engine = make_engine(f"sqlite:///{platform.home / 'platform.db'}")
     with Session(engine) as session:  # registered behind the upload check's back
-        catalog.upsert_dataset(
+        entry = catalog.upsert_dataset(
             session=session,
             home=platform.home,
             name="broken",
@@ -187,6 +188,7 @@ def test_a_dataset_that_cannot_be_prepared_fails_the_job_before_it_queues(platfo
             description="rows without answers",
             source="upload",
         )
+        dataset_versions.ensure_current(session=session, entry=entry, origin="upload")
         session.commit()
     engine.dispose()
     job = _submit(platform, {**SFT, "name": "unpreparable", "dataset": "broken"})

@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     database_url: str | None = Field(default=None, description="Default: SQLite under TP_HOME.")
     redis_url: str | None = Field(default=None, description="Default: found or started by tp up.")
+    milvus_uri: str | None = Field(
+        default=None,
+        description="A Milvus server (http://host:19530) for vector work; default: Milvus Lite, "
+        "embedded, in a file under TP_HOME.",
+    )
+    vector_lock_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=300.0,
+        description="How long vector work waits for Milvus Lite while another process holds it.",
+    )
     node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 
     training_slots: Annotated[int, Field(ge=1, le=64)] = 1  # CPU training slots of this node
@@ -240,6 +249,11 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         """Managed root for datasets."""
         return self.home / "datasets"
+
+    @property
+    def vectors_dir(self) -> Path:
+        """Milvus Lite's data directory (when no TP_MILVUS_URI names a server)."""
+        return self.home / "vectors"
 
     @property
     def warm_servers_dir(self) -> Path | None:

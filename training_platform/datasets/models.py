@@ -59,3 +59,28 @@ class DatasetAnalysis(SQLModel, table=True):
     created_by: str = Field(default="", max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DatasetDedup(SQLModel, table=True):
+    """A deduplication of one version (or its contamination by another dataset): computed by a
+    task, reviewed by a user, and only then, when accepted, written as a new version."""
+
+    __tablename__ = "dataset_dedups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    version: int
+    # pending | running | review | accepted | discarded | failed
+    status: str = Field(default="pending", max_length=16)
+    # stages, near_threshold, semantic_threshold, against ({id, name, version} or None)
+    options: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    review: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    accepted_version: int | None = None  # the version accepting it wrote
+    error: str = Field(default="", max_length=2000)
+    created_by: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

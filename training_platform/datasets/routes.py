@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
+from fastapi import Path as PathParam
 from fastapi import Query, Request, Response, status
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
@@ -17,7 +18,8 @@ from training_platform.catalog.models import DatasetEntry
 from training_platform.catalog.names import CatalogName
 from training_platform.core.errors import InvalidInput, NotFound
 from training_platform.core.settings import Settings
-from training_platform.datasets import analyses, analysis, formats, service, versions
+from training_platform.core.types import DB_INT_MAX
+from training_platform.datasets import analyses, analysis, dedups, formats, service, versions
 from training_platform.datasets.schemas import (
     AnalysisCreate,
     AnalysisPublic,
@@ -26,13 +28,20 @@ from training_platform.datasets.schemas import (
     DatasetPublic,
     DatasetUploaded,
     DatasetVersionPublic,
+    DedupCreate,
+    DedupPublic,
     RenderedSample,
     RowProblem,
     RowsPage,
+    SearchHit,
+    SearchRequest,
+    SearchResult,
 )
 from training_platform.jobs.models import Job
 
 router = api_router(tags=["datasets"])
+Id = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
+Newest = Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="Default: the newest.")]
 FLUSH_BYTES = 1 << 20
 
 
@@ -171,9 +180,7 @@ def list_versions(ref: str, session: SessionDep, _: CurrentToken) -> list[Datase
 
 
 @router.get("/datasets/{ref}/versions/{number}")
-def get_version(
-    ref: str, number: int, session: SessionDep, _: CurrentToken
-) -> DatasetVersionPublic:
+def get_version(ref: str, number: Id, session: SessionDep, _: CurrentToken) -> DatasetVersionPublic:
     """One version and its manifest."""
     entry = _entry(session, ref)
     return DatasetVersionPublic(
@@ -187,8 +194,10 @@ def diff_versions(
     session: SessionDep,
     settings: SettingsDep,
     _: CurrentToken,
-    base: Annotated[int, Query(ge=1, description="The older version.")],
-    other: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
+    base: Annotated[int, Query(ge=1, le=DB_INT_MAX, description="The older version.")],
+    other: Annotated[
+        int | None, Query(ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    ] = None,
 ) -> DatasetDiff:
     """Rows added and removed between two versions (rows compare by their content)."""
     entry = _entry(session, ref)
@@ -203,8 +212,10 @@ def list_rows(
     session: SessionDep,
     settings: SettingsDep,
     _: CurrentToken,
-    version: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    version: Annotated[
+        int | None, Query(ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     q: Annotated[str, Query(max_length=200, description="Rows whose text contains this.")] = "",
 ) -> RowsPage:
@@ -251,9 +262,7 @@ def list_analyses(ref: str, session: SessionDep, _: CurrentToken) -> list[Analys
 
 
 @router.get("/datasets/{ref}/analyses/{analysis_id}")
-def get_analysis(
-    ref: str, analysis_id: int, session: SessionDep, _: CurrentToken
-) -> AnalysisPublic:
+def get_analysis(ref: str, analysis_id: Id, session: SessionDep, _: CurrentToken) -> AnalysisPublic:
     """One analysis and, once it succeeded, its statistics."""
     entry = _entry(session, ref)
     found = analyses.get(session=session, entry=entry, analysis_id=analysis_id)
@@ -263,12 +272,14 @@ def get_analysis(
 @router.get("/datasets/{ref}/rows/{row}/render")
 def render_row(
     ref: str,
-    row: int,
+    row: Id,
     session: SessionDep,
     settings: SettingsDep,
     _: CurrentToken,
     model: Annotated[str, Query(max_length=200, description="Whose chat template renders it.")],
-    version: Annotated[int | None, Query(ge=1, description="Default: the newest.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    ] = None,
     assistant_only_loss: Annotated[
         bool, Query(description="The SFT setting (both backends' default: true).")
     ] = True,
@@ -294,3 +305,89 @@ def render_row(
     except ValueError as error:
         raise InvalidInput(("query", "assistant_only_loss"), str(error)) from None
     return RenderedSample(**rendered)
+
+
+@router.post("/datasets/{ref}/dedups", status_code=status.HTTP_202_ACCEPTED)
+def dedup_dataset(
+    ref: str, body: DedupCreate, session: SessionDep, token: CurrentToken
+) -> DedupPublic:
+    """Find exact, near and semantic duplicates of a version (or the rows that match another
+    dataset) on the preprocessing queue; nothing is written until the review is accepted."""
+    entry = _entry(session, ref)
+    found = dedups.request(session=session, entry=entry, body=body, actor=f"token:{token.name}")
+    session.commit()
+    from training_platform.datasets.tasks import send_dedup
+
+    assert found.id is not None
+    send_dedup(found.id)
+    return DedupPublic(**dedups.describe(found, entry))
+
+
+@router.get("/datasets/{ref}/dedups")
+def list_dedups(ref: str, session: SessionDep, _: CurrentToken) -> list[DedupPublic]:
+    """A dataset's dedups, newest first."""
+    entry = _entry(session, ref)
+    return [
+        DedupPublic(**dedups.describe(d, entry))
+        for d in dedups.of_dataset(session=session, entry=entry)
+    ]
+
+
+@router.get("/datasets/{ref}/dedups/{dedup_id}")
+def get_dedup(ref: str, dedup_id: Id, session: SessionDep, _: CurrentToken) -> DedupPublic:
+    """One dedup and, once computed, its review: clusters with the kept and dropped rows."""
+    entry = _entry(session, ref)
+    return DedupPublic(
+        **dedups.describe(dedups.get(session=session, entry=entry, dedup_id=dedup_id), entry)
+    )
+
+
+@router.post("/datasets/{ref}/dedups/{dedup_id}/accept", status_code=status.HTTP_201_CREATED)
+def accept_dedup(
+    ref: str,
+    dedup_id: Id,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: CurrentToken,
+    note: Annotated[str, Query(max_length=1000)] = "",
+) -> DatasetVersionPublic:
+    """Write the reviewed version without the dropped rows as the dataset's next version."""
+    entry = _entry(session, ref)
+    found = dedups.get(session=session, entry=entry, dedup_id=dedup_id)
+    version = dedups.accept(session=session, settings=settings, entry=entry, found=found, note=note)
+    session.commit()
+    return DatasetVersionPublic(**versions.describe(version))
+
+
+@router.post("/datasets/{ref}/dedups/{dedup_id}/discard")
+def discard_dedup(ref: str, dedup_id: Id, session: SessionDep, _: CurrentToken) -> DedupPublic:
+    """Close a review without writing anything."""
+    entry = _entry(session, ref)
+    found = dedups.get(session=session, entry=entry, dedup_id=dedup_id)
+    dedups.discard(session=session, found=found)
+    session.commit()
+    return DedupPublic(**dedups.describe(found, entry))
+
+
+@router.post("/datasets/{ref}/search")
+def search_dataset(
+    ref: str, body: SearchRequest, session: SessionDep, settings: SettingsDep, _: CurrentToken
+) -> SearchResult:
+    """Rows like a text or like a row, by the cosine similarity of their MiniLM embeddings in
+    the vector store (a version's collection is built on its first search)."""
+    entry = _entry(session, ref)
+    chosen = versions.get(session=session, entry=entry, number=body.version or entry.version)
+    hits = dedups.search(
+        session=session,
+        settings=settings,
+        entry=entry,
+        version=chosen,
+        query=body.query,
+        row=body.row,
+        limit=body.limit,
+    )
+    rows = {n: r for n, r in service.rows_by_number(settings, chosen, {n for n, _ in hits})}
+    return SearchResult(
+        version=chosen.number,
+        hits=[SearchHit(row=n, score=round(score, 4), data=rows[n]) for n, score in hits],
+    )

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
+
+from training_platform.core.types import DB_INT_MAX
+
+Ref = (
+    Annotated[str, Field(min_length=1, max_length=210)] | Annotated[int, Field(ge=1, le=DB_INT_MAX)]
+)
 
 
 class DatasetPublic(BaseModel):
@@ -97,8 +103,8 @@ class AnalysisCreate(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    version: int | None = Field(None, ge=1, description="Default: the newest.")
-    model: str | int | None = Field(
+    version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    model: Ref | None = Field(
         None, description="A catalog model whose tokenizer and chat template measure lengths."
     )
     max_length: int | None = Field(
@@ -144,3 +150,71 @@ class RenderedSample(BaseModel):
     loss_tokens: int
     note: str
     segments: list[Segment]
+
+
+class DedupCreate(BaseModel):
+    """Which stages to run and their thresholds; with `against`, a contamination report."""
+
+    model_config = {"extra": "forbid"}
+
+    version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    stages: list[str] = Field(
+        default_factory=lambda: ["exact", "near", "semantic"],
+        min_length=1,
+        description="Any of exact, near, semantic (run in that order).",
+    )
+    near_threshold: float = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard similarity of 5-grams for a near pair."
+    )
+    semantic_threshold: float = Field(
+        0.9, gt=0, le=1, description="Cosine similarity of MiniLM embeddings for a semantic pair."
+    )
+    against: Ref | None = Field(
+        None,
+        description="Another dataset (e.g. the evaluation set, name@N pins a version): report "
+        "and drop the rows of this one that match it.",
+    )
+
+
+class DedupPublic(BaseModel):
+    """A dedup: pending, running, then its review (clusters with kept and dropped rows)."""
+
+    id: int
+    dataset: str
+    version: int
+    status: str
+    options: dict[str, Any]
+    review: dict[str, Any] | None
+    accepted_version: int | None
+    error: str
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SearchRequest(BaseModel):
+    """Rows like a text, or like one of the dataset's rows."""
+
+    model_config = {"extra": "forbid"}
+
+    query: str | None = Field(None, min_length=1, max_length=2000)
+    row: int | None = Field(
+        None, ge=1, le=DB_INT_MAX, description="Rows like this row (itself left out)."
+    )
+    version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
+    limit: int = Field(10, ge=1, le=100)
+
+
+class SearchHit(BaseModel):
+    """A row and its cosine similarity to the query."""
+
+    row: int
+    score: float
+    data: dict[str, Any]
+
+
+class SearchResult(BaseModel):
+    """The nearest rows, best first."""
+
+    version: int
+    hits: list[SearchHit]

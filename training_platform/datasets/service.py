@@ -415,3 +415,12 @@ def source_row(settings: Settings, version: DatasetVersion, number: int) -> Any:
         if found > number:
             break
     raise NotFound(f"version {version.number} has no row {number}")
+
+
+def rows_by_number(
+    settings: Settings, version: DatasetVersion, numbers: set[int]
+) -> Iterator[tuple[int, Any]]:
+    """The source rows of these numbers."""
+    for number, row in _source_rows(settings, version):
+        if number in numbers:
+            yield number, row

@@ -202,6 +202,91 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/datasets/{ref}/dedups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Dedups
+         * @description A dataset's dedups, newest first.
+         */
+        get: operations["list_dedups_api_v1_datasets__ref__dedups_get"];
+        put?: never;
+        /**
+         * Dedup Dataset
+         * @description Find exact, near and semantic duplicates of a version (or the rows that match another
+         *     dataset) on the preprocessing queue; nothing is written until the review is accepted.
+         */
+        post: operations["dedup_dataset_api_v1_datasets__ref__dedups_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/dedups/{dedup_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Dedup
+         * @description One dedup and, once computed, its review: clusters with the kept and dropped rows.
+         */
+        get: operations["get_dedup_api_v1_datasets__ref__dedups__dedup_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/dedups/{dedup_id}/accept": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Accept Dedup
+         * @description Write the reviewed version without the dropped rows as the dataset's next version.
+         */
+        post: operations["accept_dedup_api_v1_datasets__ref__dedups__dedup_id__accept_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/dedups/{dedup_id}/discard": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Discard Dedup
+         * @description Close a review without writing anything.
+         */
+        post: operations["discard_dedup_api_v1_datasets__ref__dedups__dedup_id__discard_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/datasets/{ref}/diff": {
         parameters: {
             query?: never;
@@ -257,6 +342,27 @@ export interface paths {
         get: operations["render_row_api_v1_datasets__ref__rows__row__render_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{ref}/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Search Dataset
+         * @description Rows like a text or like a row, by the cosine similarity of their MiniLM embeddings in
+         *     the vector store (a version's collection is built on its first search).
+         */
+        post: operations["search_dataset_api_v1_datasets__ref__search_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2352,6 +2458,74 @@ export interface components {
             size_bytes: number;
         };
         /**
+         * DedupCreate
+         * @description Which stages to run and their thresholds; with `against`, a contamination report.
+         */
+        DedupCreate: {
+            /**
+             * Against
+             * @description Another dataset (e.g. the evaluation set, name@N pins a version): report and drop the rows of this one that match it.
+             */
+            against?: string | number | null;
+            /**
+             * Near Threshold
+             * @description MinHash Jaccard similarity of 5-grams for a near pair.
+             * @default 0.8
+             */
+            near_threshold: number;
+            /**
+             * Semantic Threshold
+             * @description Cosine similarity of MiniLM embeddings for a semantic pair.
+             * @default 0.9
+             */
+            semantic_threshold: number;
+            /**
+             * Stages
+             * @description Any of exact, near, semantic (run in that order).
+             */
+            stages?: string[];
+            /**
+             * Version
+             * @description Default: the newest.
+             */
+            version?: number | null;
+        };
+        /**
+         * DedupPublic
+         * @description A dedup: pending, running, then its review (clusters with kept and dropped rows).
+         */
+        DedupPublic: {
+            /** Accepted Version */
+            accepted_version: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string;
+            /** Dataset */
+            dataset: string;
+            /** Error */
+            error: string;
+            /** Finished At */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /** Options */
+            options: {
+                [key: string]: unknown;
+            };
+            /** Review */
+            review: {
+                [key: string]: unknown;
+            } | null;
+            /** Status */
+            status: string;
+            /** Version */
+            version: number;
+        };
+        /**
          * EndpointCreate
          * @description Register an OpenAI-compatible server; its key is stored encrypted and never shown.
          */
@@ -4114,6 +4288,53 @@ export interface components {
             updated_at: string;
         };
         /**
+         * SearchHit
+         * @description A row and its cosine similarity to the query.
+         */
+        SearchHit: {
+            /** Data */
+            data: {
+                [key: string]: unknown;
+            };
+            /** Row */
+            row: number;
+            /** Score */
+            score: number;
+        };
+        /**
+         * SearchRequest
+         * @description Rows like a text, or like one of the dataset's rows.
+         */
+        SearchRequest: {
+            /**
+             * Limit
+             * @default 10
+             */
+            limit: number;
+            /** Query */
+            query?: string | null;
+            /**
+             * Row
+             * @description Rows like this row (itself left out).
+             */
+            row?: number | null;
+            /**
+             * Version
+             * @description Default: the newest.
+             */
+            version?: number | null;
+        };
+        /**
+         * SearchResult
+         * @description The nearest rows, best first.
+         */
+        SearchResult: {
+            /** Hits */
+            hits: components["schemas"]["SearchHit"][];
+            /** Version */
+            version: number;
+        };
+        /**
          * Segment
          * @description A run of tokens of a rendered sample.
          */
@@ -5152,6 +5373,170 @@ export interface operations {
             };
         };
     };
+    list_dedups_api_v1_datasets__ref__dedups_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DedupPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    dedup_dataset_api_v1_datasets__ref__dedups_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DedupCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DedupPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_dedup_api_v1_datasets__ref__dedups__dedup_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+                dedup_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DedupPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    accept_dedup_api_v1_datasets__ref__dedups__dedup_id__accept_post: {
+        parameters: {
+            query?: {
+                note?: string;
+            };
+            header?: never;
+            path: {
+                ref: string;
+                dedup_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DatasetVersionPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    discard_dedup_api_v1_datasets__ref__dedups__dedup_id__discard_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+                dedup_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DedupPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     diff_versions_api_v1_datasets__ref__diff_get: {
         parameters: {
             query: {
@@ -5253,6 +5638,41 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RenderedSample"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    search_dataset_api_v1_datasets__ref__search_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ref: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SearchRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchResult"];
                 };
             };
             /** @description Validation Error */

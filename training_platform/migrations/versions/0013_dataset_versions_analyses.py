@@ -1,4 +1,5 @@
-"""datasets: versions (a name points to its newest; jobs and evaluations pin theirs) and analyses
+"""datasets: versions (a name points to its newest; jobs and evaluations pin theirs), analyses
+and dedups
 
 Revision ID: 0013
 Revises: 0012
@@ -56,6 +57,22 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_dataset_analyses_dataset_id'), 'dataset_analyses', ['dataset_id'], unique=False)
+    op.create_table('dataset_dedups',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('dataset_id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('options', JSON, nullable=False),
+    sa.Column('review', JSON, nullable=True),
+    sa.Column('accepted_version', sa.Integer(), nullable=True),
+    sa.Column('error', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('created_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', training_platform.core.types.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index(op.f('ix_dataset_dedups_dataset_id'), 'dataset_dedups', ['dataset_id'], unique=False)
     op.add_column('datasets', sa.Column('version', sa.Integer(), server_default='1', nullable=False))
     op.add_column('jobs', sa.Column('dataset_version', sa.Integer(), nullable=True))
     op.add_column('evaluations', sa.Column('dataset_version', sa.Integer(), nullable=True))
@@ -96,6 +113,8 @@ def downgrade() -> None:
     op.drop_column('evaluations', 'dataset_version')
     op.drop_column('jobs', 'dataset_version')
     op.drop_column('datasets', 'version')
+    op.drop_index(op.f('ix_dataset_dedups_dataset_id'), table_name='dataset_dedups')
+    op.drop_table('dataset_dedups')
     op.drop_index(op.f('ix_dataset_analyses_dataset_id'), table_name='dataset_analyses')
     op.drop_table('dataset_analyses')
     op.drop_index(op.f('ix_dataset_versions_dataset_id'), table_name='dataset_versions')

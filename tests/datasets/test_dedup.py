@@ -1,0 +1,212 @@
+"""Deduplication on a file with planted duplicates: each stage (exact hash, MinHash LSH,
+MiniLM embeddings in Milvus Lite) finds its planted set; the review is written as a version
+only when accepted, and a job pins that version. Milvus Lite is never open in two processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training_platform.datasets import dedups
+
+BASE = [
+    ("How do I reset a forgotten email password?", "Use the account recovery page."),
+    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
+    ("Which planet is known as the red planet?", "Mars."),
+    ("How many legs does a spider have?", "Eight."),
+    ("What is the capital city of Australia?", "Canberra."),
+    ("Translate 'thank you' into Spanish.", "Gracias."),
+    ("Name a prime number between 20 and 30.", "23."),
+    ("What gas do plants absorb from the air?", "Carbon dioxide."),
+    ("Suggest a name for a pet goldfish.", "Bubbles."),
+    ("What does HTTP stand for?", "Hypertext Transfer Protocol."),
+    ("How long does an average marathon take to run?", "About four hours."),
+    ("Which instrument has 88 keys?", "The piano."),
+    ("What year did the first human land on the Moon?", "1969."),
+    ("Recommend a good stretch for lower back pain.", "Try the child's pose."),
+    ("What is the chemical symbol for gold?", "Au."),
+    ("How do you say hello in Japanese?", "Konnichiwa."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean."),
+    ("Give me a synonym for happy.", "Joyful."),
+    ("How many minutes are in a day?", "1440."),
+    ("Which country is famous for maple syrup?", "Canada."),
+    ("What should I pack for a winter hiking trip?", "Layers, a hat and gloves."),
+    ("Who wrote the play Hamlet?", "William Shakespeare."),
+    ("What is the square root of 144?", "12."),
+]
+EXACT = {25: 3, 26: 11}  # planted row -> the row it copies (case and spaces changed)
+NEAR = {27: 6, 28: 15}  # a few characters edited
+PARAPHRASED = {29: 1, 30: 4}  # the same question in other words
+NEAR_TEXT = {
+    27: ("What is the capital city of Australia ?", "Canberra"),
+    28: ("Recommend a good stretch for lower back pain!", "Try the child's pose."),
+}
+PARAPHRASE_TEXT = {
+    29: (
+        "I forgot the password of my email, how can I reset it?",
+        "Use the account recovery page.",
+    ),
+    30: ("Which planet do people call the red planet?", "Mars."),
+}
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = [{"prompt": q, "response": a} for q, a in BASE]
+    for source in EXACT.values():
+        q, a = BASE[source - 1]
+        rows.append({"prompt": "  " + q.upper() + " ", "response": a.upper()})
+    for texts in (NEAR_TEXT, PARAPHRASE_TEXT):
+        for number in sorted(texts):
+            q, a = texts[number]
+            rows.append({"prompt": q, "response": a})
+    assert len(rows) == 30
+    return rows
+
+
+def _body(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _precision_recall(found: set[int], planted: set[int]) -> tuple[float, float]:
+    hits = len(found & planted)
+    return (hits / len(found) if found else 1.0), hits / len(planted)
+
+
+def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(  # type: ignore[no-untyped-def]
+    api, settings, engine
+) -> None:
+    assert (
+        api.post(
+            "/api/v1/datasets",
+            params={"name": "planted", "filename": "p.jsonl"},
+            content=_body(_rows()),
+        ).status_code
+        == 201
+    )
+    bad = api.post("/api/v1/datasets/planted/dedups", json={"stages": ["fuzzy"]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "stages"]
+    started = api.post(
+        "/api/v1/datasets/planted/dedups",
+        json={"near_threshold": 0.7, "semantic_threshold": 0.8},
+    )
+    assert started.status_code == 202, started.text
+    dedup_id = started.json()["id"]
+    assert dedups.run(engine, settings, dedup_id) == "review"  # the task's body, here
+    review = api.get(f"/api/v1/datasets/planted/dedups/{dedup_id}").json()["review"]
+    by_stage: dict[str, set[int]] = {}
+    for cluster in review["clusters"]:
+        by_stage.setdefault(cluster["stage"], set()).update(d["row"] for d in cluster["dropped"])
+    report = {}
+    for stage, planted in (("exact", EXACT), ("near", NEAR), ("semantic", PARAPHRASED)):
+        precision, recall = _precision_recall(by_stage.get(stage, set()), set(planted))
+        report[stage] = (precision, recall)
+        kept = {c["kept"]["row"] for c in review["clusters"] if c["stage"] == stage}
+        assert kept == set(planted.values()), (stage, review["clusters"])
+    print(f"dedup precision/recall per stage: {report}")
+    assert all(pr == (1.0, 1.0) for pr in report.values()), report
+    assert review["stages"] == {
+        "exact": {"clusters": 2, "dropped": 2},
+        "near": {"clusters": 2, "dropped": 2},
+        "semantic": {"clusters": 2, "dropped": 2},
+    }
+    assert (review["rows"], review["kept"], review["dropped_rows"]) == (30, 24, list(range(25, 31)))
+
+    # nothing is written before the review is accepted
+    assert api.get("/api/v1/datasets/planted").json()["version"] == 1
+    accepted = api.post(f"/api/v1/datasets/planted/dedups/{dedup_id}/accept")
+    assert accepted.status_code == 201, accepted.text
+    assert (accepted.json()["number"], accepted.json()["rows"], accepted.json()["origin"]) == (
+        2,
+        24,
+        "dedup",
+    )
+    assert accepted.json()["manifest"]["dedup"]["dropped"] == 6
+    again = api.post(f"/api/v1/datasets/planted/dedups/{dedup_id}/accept")
+    assert again.status_code == 409
+    diff = api.get("/api/v1/datasets/planted/diff", params={"base": 1}).json()
+    assert (diff["added"], diff["removed"]) == (0, 6)
+    job = api.post(
+        "/api/v1/jobs",
+        json={"name": "deduped", "algorithm": "sft", "model": "tiny-qwen2", "dataset": "planted"},
+    )
+    assert job.status_code == 201 and job.json()["dataset_version"] == 2
+
+    # rows like a text, and like a row, from the vector store
+    found = api.post(
+        "/api/v1/datasets/planted/search", json={"query": "Who made the Mona Lisa painting?"}
+    ).json()
+    assert found["version"] == 2 and found["hits"][0]["row"] == 3
+    like = api.post("/api/v1/datasets/planted/search", json={"row": 2, "limit": 3}).json()
+    assert 2 not in [h["row"] for h in like["hits"]] and len(like["hits"]) == 3
+
+
+def test_contamination_against_an_evaluation_set(api, settings, engine) -> None:  # type: ignore[no-untyped-def]
+    train = [{"prompt": q, "response": a} for q, a in BASE[:10]]
+    held_out = [
+        {"prompt": BASE[4][0], "answer": BASE[4][1]},
+        {"prompt": "Unrelated?", "answer": "x"},
+    ]
+    for name, rows in (("train-c", train), ("eval-c", held_out)):
+        api.post(
+            "/api/v1/datasets",
+            params={"name": name, "filename": f"{name}.jsonl"},
+            content=_body(rows),
+        )
+    started = api.post(
+        "/api/v1/datasets/train-c/dedups", json={"stages": ["exact", "near"], "against": "eval-c@1"}
+    )
+    assert started.status_code == 202, started.text
+    assert dedups.run(engine, settings, started.json()["id"]) == "review"
+    review = api.get(f"/api/v1/datasets/train-c/dedups/{started.json()['id']}").json()["review"]
+    assert review["dropped_rows"] == [5]
+    (cluster,) = review["clusters"]
+    assert cluster["kept"]["against"] and cluster["kept"]["row"] == 1
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from training_platform.core.settings import Settings
+from training_platform.datasets.vectors import open_store
+settings = Settings(home=Path(sys.argv[1]), vector_lock_timeout_s=60)
+with open_store(settings):
+    opened = time.time()
+    time.sleep(float(sys.argv[2]))
+    closed = time.time()
+print(opened, closed)
+"""
+
+
+def _hold(home: Path, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(home), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_milvus_lite_is_never_open_in_two_processes(tmp_path: Path) -> None:
+    from training_platform.core.settings import Settings
+    from training_platform.datasets.vectors import VectorStoreBusy, open_store
+
+    holders = [_hold(tmp_path, 2.0) for _ in range(2)]
+    spans = sorted(
+        tuple(float(x) for x in process.communicate(timeout=120)[0].split()) for process in holders
+    )
+    assert all(process.returncode == 0 for process in holders)
+    assert spans[1][0] >= spans[0][1], spans  # the second opened after the first closed
+    busy = _hold(tmp_path, 4.0)
+    lock = tmp_path / "vectors" / "store.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().startswith(f"pid {busy.pid}")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with pytest.raises(VectorStoreBusy, match=rf"busy \(pid {busy.pid}\)"):  # noqa: SIM117
+        with open_store(Settings(home=tmp_path, vector_lock_timeout_s=0.5)):
+            pass
+    busy.communicate(timeout=60)
