@@ -145,6 +145,19 @@ def test_datasets_preview_versions_diff_rows_analyze_and_render(tp, tmp_path) ->
     assert "longer than 8:" in stats.stdout
     shown = tp("datasets", "render", "cli-sg", "1", "--model", "tiny-qwen2")
     assert shown.exit_code == 0 and "tokens count toward the loss" in shown.stdout, shown.output
+    third = tmp_path / "sg3.jsonl"
+    third.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))
+    tp("datasets", "upload", str(third), "--name", "cli-sg", "--new-version")
+    review = tp("datasets", "dedup", "cli-sg", "--stages", "exact,near")
+    assert review.exit_code == 0, review.output
+    assert "of cli-sg@3: 7 rows, 1 to drop (exact 1 in 1 clusters" in review.stdout
+    assert "drop row 7 (1.000)" in review.stdout
+    dedup_id = review.stdout.split("tp datasets accept cli-sg ")[1].split()[0]
+    accepted = tp("datasets", "accept", "cli-sg", dedup_id)
+    assert "cli-sg version 4: 6 rows (1 dropped)" in accepted.stdout, accepted.output
+    found = tp("datasets", "search", "cli-sg", "q3", "--limit", "2")
+    assert found.exit_code == 0 and found.stdout.count(" row ") == 2, found.output
+    assert tp("datasets", "search", "cli-sg").exit_code == 1
 
 
 def test_a_wrong_token_or_no_api_gives_a_message_and_exit_1(tp) -> None:  # type: ignore[no-untyped-def]

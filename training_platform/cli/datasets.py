@@ -1,5 +1,5 @@
 """`tp datasets`: upload (with a preview and versions), list, show, versions, diff, rows,
-analyze, render, delete."""
+analyze, render, dedup and accept, search, delete."""
 
 from __future__ import annotations
 
@@ -257,6 +257,107 @@ def datasets_render(
         f"{sample['note']}",
         highlight=False,
     )
+
+
+@datasets_app.command("dedup")
+def datasets_dedup(
+    ref: str,
+    stages: Annotated[str, typer.Option(help="Comma-separated: exact, near, semantic.")] = (
+        "exact,near,semantic"
+    ),
+    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard of 5-grams.")] = 0.8,
+    semantic_threshold: Annotated[float, typer.Option(help="MiniLM cosine similarity.")] = 0.9,
+    against: Annotated[
+        str | None, typer.Option(help="Report the rows that match another dataset instead.")
+    ] = None,
+    version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    show: Annotated[int, typer.Option(help="Clusters to print.")] = 20,
+) -> None:
+    """Find duplicates on a worker and print the review; nothing is written until
+    `tp datasets accept`."""
+    body: dict[str, Any] = {
+        "stages": [s.strip() for s in stages.split(",") if s.strip()],
+        "near_threshold": near_threshold,
+        "semantic_threshold": semantic_threshold,
+    }
+    if against is not None:
+        body["against"] = against
+    if version is not None:
+        body["version"] = version
+    with client() as api:
+        found = call(api.request, "POST", f"/api/v1/datasets/{ref}/dedups", json=body)
+        deadline = time.monotonic() + 3600
+        while found["status"] in ("pending", "running"):
+            if time.monotonic() > deadline:
+                fail(f"dedup {found['id']} is still {found['status']}")
+            time.sleep(0.5)
+            found = call(api.get, f"datasets/{ref}/dedups/{found['id']}")
+    if found["status"] != "review":
+        fail(f"dedup {found['id']} {found['status']}: {found['error']}")
+    review = found["review"]
+    stages_found = ", ".join(
+        f"{stage} {c['dropped']} in {c['clusters']} clusters"
+        for stage, c in review["stages"].items()
+    )
+    console.print(
+        f"dedup {found['id']} of {found['dataset']}@{found['version']}: {review['rows']} rows, "
+        f"{review['dropped']} to drop ({stages_found})",
+        highlight=False,
+    )
+    for cluster in review["clusters"][:show]:
+        kept = cluster["kept"]
+        where = "the other dataset's row" if kept["against"] else "keep row"
+        console.print(
+            f"[{cluster['stage']}] {where} {kept['row']}: {kept['text']!r}", highlight=False
+        )
+        for row in cluster["dropped"]:
+            console.print(
+                f"    drop row {row['row']} ({row['similarity']:.3f}): {row['text']!r}",
+                highlight=False,
+            )
+    if review["dropped"]:
+        console.print(f"accept with: tp datasets accept {ref} {found['id']}", highlight=False)
+
+
+@datasets_app.command("accept")
+def datasets_accept(
+    ref: str,
+    dedup_id: int,
+    note: Annotated[str, typer.Option(help="Kept in the new version's manifest.")] = "",
+) -> None:
+    """Accept a dedup's review: write the version without the dropped rows."""
+    with client() as api:
+        version = call(
+            api.request,
+            "POST",
+            f"/api/v1/datasets/{ref}/dedups/{dedup_id}/accept",
+            params={"note": note},
+        )
+    console.print(
+        f"{ref} version {version['number']}: {version['rows']} rows "
+        f"({version['manifest']['dedup']['dropped']} dropped)",
+        highlight=False,
+    )
+
+
+@datasets_app.command("search")
+def datasets_search(
+    ref: str,
+    query: Annotated[str | None, typer.Argument(help="A text to find rows like.")] = None,
+    row: Annotated[int | None, typer.Option(help="Find rows like this row instead.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+) -> None:
+    """Rows like a text or a row (MiniLM embeddings in the vector store)."""
+    if (query is None) == (row is None):
+        fail("give a query text or --row, not both")
+    body: dict[str, Any] = {"limit": limit, "query": query, "row": row}
+    if version is not None:
+        body["version"] = version
+    with client() as api:
+        found = call(api.request, "POST", f"/api/v1/datasets/{ref}/search", json=body)
+    for hit in found["hits"]:
+        console.print(f"{hit['score']:.3f} row {hit['row']}: {hit['data']}", highlight=False)
 
 
 @datasets_app.command("delete")
