@@ -48,6 +48,22 @@ def test_compose_supervisor_shares_the_training_process_namespace() -> None:
         assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
 
 
+def test_compose_runs_milvus_standalone_for_the_platforms_vector_work() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert "ports" not in milvus  # only the platform's containers reach it
+    assert "healthz" in " ".join(milvus["healthcheck"]["test"])
+    assert "milvus-data" in compose["volumes"]
+    for name in ("api", "worker-general", "worker-training"):
+        service = services[name]
+        assert service["environment"]["TP_MILVUS_URI"] == "http://milvus:19530"
+        assert service["depends_on"]["milvus"]["condition"] == "service_healthy"
+
+
 def test_dockerfile_lints_clean() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
         "hadolint"

@@ -210,3 +210,51 @@ def test_milvus_lite_is_never_open_in_two_processes(tmp_path: Path) -> None:
         with open_store(Settings(home=tmp_path, vector_lock_timeout_s=0.5)):
             pass
     busy.communicate(timeout=60)
+
+
+def test_a_milvus_server_named_by_tp_milvus_uri_is_used_without_the_lock(tmp_path: Path) -> None:
+    import socket
+
+    import numpy as np
+
+    from training_platform.core.settings import Settings
+    from training_platform.datasets.vectors import open_store
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    binary = Path(sys.executable).parent / "milvus-lite"
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "server",
+            "--data-dir",
+            str(tmp_path / "server"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.2)
+        settings = Settings(home=tmp_path / "home", milvus_uri=f"http://127.0.0.1:{port}")
+        vectors = np.eye(4, 384, dtype="float32")
+        with open_store(settings) as store, open_store(settings) as second:  # no lock needed
+            store.create("probe")
+            store.insert("probe", [1, 2, 3, 4], vectors)
+            hits = second.search("probe", vectors[2:3], 2)
+        assert hits[0][0] == (3, pytest.approx(1.0, abs=1e-5))
+        assert not (tmp_path / "home" / "vectors").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
