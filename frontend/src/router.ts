@@ -37,6 +37,7 @@ export const routes: RouteRecordRaw[] = [
     component: () => import("./pages/EvaluationDetailPage.vue"),
     props: true,
   },
+  { path: "/datasets", name: "datasets", component: () => import("./pages/DatasetsPage.vue") },
   { path: "/models", name: "models", component: () => import("./pages/ModelsPage.vue") },
   { path: "/surgery", name: "surgery", component: () => import("./pages/SurgeryPage.vue") },
   { path: "/serving", name: "serving", component: () => import("./pages/ServingPage.vue") },

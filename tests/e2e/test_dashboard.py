@@ -541,3 +541,69 @@ def test_merge_two_models_from_the_surgery_page_and_open_the_lineage(
     page.go_back()
     page.locator("[data-test=merges] tr[data-merge=browser-slerp] a:has-text('Evaluate')").click()
     expect(page.locator("select[name=model]")).to_have_value("browser-slerp")
+
+
+def test_upload_a_dataset_see_statistics_a_loss_mask_and_accept_a_dedup(
+    page: Page, dash: Any, shots: Path, tmp_path: Path
+) -> None:
+    rows = [
+        {
+            "instruction": question,
+            "input": "",
+            "output": answer,
+            "tenant": ["acme", "globex"][i % 2],
+        }
+        for i, (question, answer) in enumerate(
+            [
+                ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
+                ("What is the capital city of Australia?", "Canberra."),
+                ("How many legs does a spider have?", "Eight."),
+                ("Which planet is known as the red planet?", "Mars."),
+                ("What is the chemical symbol for gold?", "Au."),
+                ("  WHO PAINTED THE MONA LISA? ", "Leonardo da Vinci."),
+            ]
+        )
+    ]
+    upload = tmp_path / "browser-alpaca.jsonl"
+    upload.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _login(page, dash.token)
+    page.click("nav a:has-text('Datasets')")
+    page.locator("[data-test=drop-zone] input[type=file]").set_input_files(str(upload))
+    expect(page.locator("[data-test=preview-format]")).to_have_text("alpaca")
+    expect(page.locator("[data-test=preview-rule]")).to_have_text("alpaca: has instruction, output")
+    expect(page.locator("[data-test=preview]")).to_contain_text('"role":"assistant"')
+    expect(page.locator("[data-test=upload-name]")).to_have_value("browser-alpaca")
+    page.click("[data-test=upload-keep]")
+    expect(page.locator("[data-test=uploaded]")).to_contain_text("browser-alpaca version 1: 6 rows")
+    expect(page).to_have_url(re.compile(r"/datasets\?dataset=browser-alpaca"))
+
+    stats = page.locator("[data-test=statistics]")
+    stats.locator("[data-test=analysis-model]").select_option("tiny-qwen2")
+    stats.locator("[data-test=analysis-max-length]").fill("30")
+    stats.locator("[data-test=analysis-labels]").fill("tenant")
+    stats.locator("[data-test=analyze]").click()
+    expect(stats.locator("[data-test=stats-rows]")).to_have_text("6", timeout=120_000)
+    expect(stats.locator("[data-histogram=length] .bar").first).to_be_visible()
+    expect(stats.locator("[data-label=tenant]")).to_contain_text("acme")
+    expect(stats.locator("[data-label=tenant]")).to_contain_text("50.0%")
+    expect(stats.locator("[data-test=stats-truncation]")).to_contain_text("longer than 30")
+    expect(stats.locator("[data-test=stats-duplicates]")).to_have_text("1")
+    page.screenshot(path=str(shots / "datasets-statistics.png"), full_page=True)
+
+    page.locator("[data-test=rows] tr[data-row='1'] [data-test=view-sample]").click()
+    sample = page.locator("[data-test=sample]")
+    expect(sample.locator("[data-loss=true]").first).to_contain_text("Leonardo")
+    expect(sample.locator("[data-loss=false]").first).to_be_visible()
+    assert "Mona Lisa" not in "".join(sample.locator("[data-loss=true]").all_inner_texts())
+
+    dedup = page.locator("[data-test=dedup]")
+    dedup.locator("[data-test=run-dedup]").click()
+    expect(dedup.locator("[data-test=dedup-status]")).to_have_text("review", timeout=180_000)
+    expect(dedup.locator("[data-test=review-dropped]")).to_have_text("1")
+    expect(dedup.locator(".cluster[data-stage=exact] [data-dropped='6']")).to_be_visible()
+    page.screenshot(path=str(shots / "datasets-dedup.png"), full_page=True)
+    dedup.locator("[data-test=accept-dedup]").click()
+    expect(dedup.locator("[data-test=accepted]")).to_contain_text("Version 2 written: 5 rows")
+    expect(page.locator("[data-test=versions] tr[data-version='2']")).to_contain_text("dedup")
+    version = _api(dash, "GET", "/datasets/browser-alpaca")
+    assert (version["version"], version["rows"]) == (2, 5)

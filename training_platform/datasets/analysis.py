@@ -116,7 +116,7 @@ def normalized_text(row: Any) -> str:
                 walk(item)
 
     walk(row)
-    return _SPACE.sub(" ", "\u241f".join(parts)).strip().casefold()
+    return "\u241f".join(_SPACE.sub(" ", part).strip().casefold() for part in parts)
 
 
 class _Stats:

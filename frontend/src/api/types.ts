@@ -198,3 +198,12 @@ export interface ValidationIssue {
   type?: string;
 }
 // --- end of Settings and GPUs & hosts block ---------------------------------------------
+export type DatasetUploaded = S["DatasetUploaded"];
+export type DatasetPreview = S["DatasetPreview"];
+export type DatasetVersion = S["DatasetVersionPublic"];
+export type DatasetDiff = S["DatasetDiff"];
+export type RowsPage = S["RowsPage"];
+export type DatasetAnalysis = S["AnalysisPublic"];
+export type DatasetDedup = S["DedupPublic"];
+export type RenderedSample = S["RenderedSample"];
+export type SearchResult = S["SearchResult"];
