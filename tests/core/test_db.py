@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -224,3 +225,41 @@ def test_schema_head_is_alembics_head_and_a_current_database_is_left_alone(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_a_dataset_registered_before_versions_becomes_its_version_1(settings: Settings) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from training_platform.core.db import alembic_config
+
+    engine = get_engine(settings)
+    config = alembic_config(engine)
+    command.upgrade(config, "0012")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO datasets (name, source, path, format, rows, size_bytes, sha256, "
+                "description, created_at) VALUES ('old', 'upload', 'datasets/uploads/a.jsonl', "
+                "'messages', 3, 99, :sha, '', :at)"
+            ),
+            {"sha": "a" * 64, "at": datetime(2026, 11, 1, tzinfo=UTC)},
+        )
+        dataset_id = connection.execute(text("SELECT id FROM datasets")).scalar_one()
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        version = connection.execute(
+            text("SELECT number, rows, sha256, origin, manifest FROM dataset_versions")
+        ).one()
+        current = connection.execute(text("SELECT version FROM datasets")).scalar_one()
+    manifest = (
+        version.manifest if isinstance(version.manifest, dict) else json.loads(version.manifest)
+    )
+    assert (version.number, version.rows, version.sha256, version.origin) == (
+        1,
+        3,
+        "a" * 64,
+        "upload",
+    )
+    assert manifest["dataset"] == "old" and manifest["file"]["rows"] == 3 and current == 1
+    assert dataset_id
