@@ -7,11 +7,9 @@ done); a failed one is computed again. Functions flush; callers commit.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -19,13 +17,11 @@ from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
 from training_platform.core.errors import InvalidInput, NotFound
 from training_platform.core.settings import Settings
-from training_platform.core.types import utcnow
-from training_platform.datasets import analysis, reader, versions
+from training_platform.datasets import analysis, reader, versions, work
 from training_platform.datasets.models import DatasetAnalysis, DatasetVersion
 from training_platform.datasets.schemas import AnalysisCreate
 
-log = logging.getLogger(__name__)
-PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+SUCCEEDED, FAILED = "succeeded", "failed"
 
 
 def tokenizer_dir(settings: Settings, model: ModelEntry) -> Path:
@@ -88,21 +84,12 @@ def request(
 
 def get(*, session: Session, entry: DatasetEntry, analysis_id: int) -> DatasetAnalysis:
     """One analysis of a dataset."""
-    found = session.get(DatasetAnalysis, analysis_id)
-    if found is None or found.dataset_id != entry.id:
-        raise NotFound(f"dataset {entry.name!r} has no analysis {analysis_id}")
-    return found
+    return work.get(session, DatasetAnalysis, entry, analysis_id)
 
 
 def of_dataset(*, session: Session, entry: DatasetEntry) -> list[DatasetAnalysis]:
     """A dataset's analyses, newest first."""
-    return list(
-        session.exec(
-            select(DatasetAnalysis)
-            .where(DatasetAnalysis.dataset_id == entry.id)
-            .order_by(col(DatasetAnalysis.id).desc())
-        ).all()
-    )
+    return work.of_dataset(session, DatasetAnalysis, entry)
 
 
 def load_tokenizer(settings: Settings, session: Session, model_id: int) -> Any:
@@ -133,34 +120,16 @@ def compute(
 
 
 def run(engine: Engine, settings: Settings, analysis_id: int) -> str:
-    """Compute a pending analysis here; one another worker took (or that is done) is skipped,
-    so a message delivered twice computes once. The status it ends in."""
-    with Session(engine) as session:
-        taken = session.execute(
-            update(DatasetAnalysis)
-            .where(col(DatasetAnalysis.id) == analysis_id, col(DatasetAnalysis.status) == PENDING)
-            .values(status=RUNNING)
-        )
-        session.commit()
-        if taken.rowcount != 1:  # type: ignore[attr-defined]
-            return "skipped"
-        found = session.get(DatasetAnalysis, analysis_id)
-        assert found is not None
+    """Compute a pending analysis here (a message delivered twice computes once); its status."""
+
+    def fill(session: Session, found: DatasetAnalysis) -> None:
         entry = session.get(DatasetEntry, found.dataset_id)
-        try:
-            if entry is None:
-                raise NotFound("the dataset was deleted")
-            version = versions.get(session=session, entry=entry, number=found.version)
-            found.result = compute(settings, session, version, found.options)
-            found.status = SUCCEEDED
-        except Exception as error:  # stored for the user: the analysis ends failed
-            log.warning("analysis %s failed: %s", analysis_id, error)
-            found.status = FAILED
-            found.error = str(getattr(error, "message", error))[:2000]
-        found.finished_at = utcnow()
-        session.add(found)
-        session.commit()
-        return found.status
+        if entry is None:
+            raise NotFound("the dataset was deleted")
+        version = versions.get(session=session, entry=entry, number=found.version)
+        found.result = compute(settings, session, version, found.options)
+
+    return work.run_once(engine, DatasetAnalysis, analysis_id, fill, done=SUCCEEDED)
 
 
 def describe(found: DatasetAnalysis, entry: DatasetEntry) -> dict[str, Any]:

@@ -7,21 +7,18 @@ Functions flush; callers commit.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.settings import Settings
-from training_platform.core.types import utcnow
-from training_platform.datasets import dedup, reader, versions
+from training_platform.datasets import dedup, reader, versions, work
 from training_platform.datasets.models import DatasetDedup, DatasetVersion
 from training_platform.datasets.schemas import DedupCreate
 from training_platform.datasets.vectors import (
@@ -31,7 +28,6 @@ from training_platform.datasets.vectors import (
     open_store,
 )
 
-log = logging.getLogger(__name__)
 PENDING, RUNNING, REVIEW, ACCEPTED, DISCARDED, FAILED = (
     "pending",
     "running",
@@ -95,21 +91,12 @@ def request(
 
 def get(*, session: Session, entry: DatasetEntry, dedup_id: int) -> DatasetDedup:
     """One dedup of a dataset."""
-    found = session.get(DatasetDedup, dedup_id)
-    if found is None or found.dataset_id != entry.id:
-        raise NotFound(f"dataset {entry.name!r} has no dedup {dedup_id}")
-    return found
+    return work.get(session, DatasetDedup, entry, dedup_id)
 
 
 def of_dataset(*, session: Session, entry: DatasetEntry) -> list[DatasetDedup]:
     """A dataset's dedups, newest first."""
-    return list(
-        session.exec(
-            select(DatasetDedup)
-            .where(DatasetDedup.dataset_id == entry.id)
-            .order_by(col(DatasetDedup.id).desc())
-        ).all()
-    )
+    return work.of_dataset(session, DatasetDedup, entry)
 
 
 def _searcher(settings: Settings, name: str) -> Any:
@@ -157,28 +144,11 @@ def compute(session: Session, settings: Settings, found: DatasetDedup) -> dict[s
 
 def run(engine: Engine, settings: Settings, dedup_id: int) -> str:
     """Compute a pending dedup here (a message delivered twice computes once); its status."""
-    with Session(engine) as session:
-        taken = session.execute(
-            update(DatasetDedup)
-            .where(col(DatasetDedup.id) == dedup_id, col(DatasetDedup.status) == PENDING)
-            .values(status=RUNNING)
-        )
-        session.commit()
-        if taken.rowcount != 1:  # type: ignore[attr-defined]
-            return "skipped"
-        found = session.get(DatasetDedup, dedup_id)
-        assert found is not None
-        try:
-            found.review = compute(session, settings, found)
-            found.status = REVIEW
-        except Exception as error:  # stored for the user: the dedup ends failed
-            log.warning("dedup %s failed: %s", dedup_id, error)
-            found.status = FAILED
-            found.error = str(getattr(error, "message", error))[:2000]
-        found.finished_at = utcnow()
-        session.add(found)
-        session.commit()
-        return found.status
+
+    def fill(session: Session, found: DatasetDedup) -> None:
+        found.review = compute(session, settings, found)
+
+    return work.run_once(engine, DatasetDedup, dedup_id, fill, done=REVIEW)
 
 
 def accept(
