@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -215,6 +216,24 @@ def test_plan_endpoints_return_argv_lists(api, settings) -> None:  # type: ignor
     assert "train_config.json" in plan["files"]
     bad = api.post("/api/v1/jobs/plan", json={**BODY, "model": "nope"})
     assert bad.status_code == 422
+    # A validation split: the trainer gets the held-out rows as their own file.
+    split = {**BODY, "validation": {"fraction": 0.1, "seed": 7}}
+    config = json.loads(
+        api.post("/api/v1/jobs/plan", json=split).json()["files"]["train_config.json"]
+    )
+    assert config["validation_path"].endswith("-validation.parquet")
+    assert config["dataset_path"].endswith("-train.parquet")
+    for body, message in (
+        (
+            {**BODY, "algorithm": "grpo", "dataset": "tiny-math", "validation": {"fraction": 0.1}},
+            "trl/grpo does not use a validation split",
+        ),
+        ({**BODY, "validation": {"fraction": 0.1, "field": "x", "value": 1}}, "either fraction"),
+        ({**BODY, "validation": {"field": "x"}}, "value"),
+    ):
+        refused = api.post("/api/v1/jobs/plan", json=body)
+        assert refused.status_code == 422 and message in refused.text, refused.text
+        assert "validation" in refused.json()["detail"][0]["loc"]
     job_id = api.post("/api/v1/jobs", json=BODY).json()["id"]
     stored = api.get(f"/api/v1/jobs/{job_id}/plan").json()
     assert stored["run_dir"] == str(settings.runs_dir / str(job_id) / "attempt-1")

@@ -400,3 +400,22 @@ def test_the_longest_example_is_counted_as_verl_counts_it(
     assert int(fits[where]["attention_mask"].sum()) == longest
     with pytest.raises(ValueError, match="is larger than"):
         verl_dataset(longest - 1)[where]
+
+
+@pytest.mark.parametrize(("algorithm", "values"), [("sft", {"test_freq": 5}), ("grpo", {})])
+def test_a_validation_split_is_what_verl_validates_on(
+    algorithm: str, values: dict[str, Any], tiny_model_dir: Path
+) -> None:
+    import dataclasses
+
+    context = dataclasses.replace(
+        context_for(tiny_model_dir),
+        dataset_format=get_backend("verl", algorithm).data_task,
+        dataset_path="/srv/tp/datasets/prepared/x-train.parquet",
+        validation_path="/srv/tp/datasets/prepared/x-validation.parquet",
+    )
+    if algorithm != "sft":
+        values = {"reward": "numeric"}
+    overrides = verl_overrides(make_plan(algorithm, values, context))
+    assert "data.val_files=/srv/tp/datasets/prepared/x-validation.parquet" in overrides
+    assert "data.train_files=/srv/tp/datasets/prepared/x-train.parquet" in overrides

@@ -145,3 +145,42 @@ def test_prepare_writes_the_task_layout_once(sqlite_settings, sqlite_engine) -> 
     assert as_rl[0]["reward_model"]["ground_truth"] == sft_rows[0]["messages"][-1]["content"]
     with pytest.raises(InvalidInput, match="cannot feed"):
         service.prepare(sqlite_settings, math, "sft")
+
+
+def test_a_validation_split_holds_rows_out_reproducibly(sqlite_settings, sqlite_engine) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from training_platform.catalog import service as catalog
+
+    with Session(sqlite_engine) as session:
+        math = catalog.resolve_dataset(session=session, ref="tiny-math")
+    whole = pq.read_table(service.prepare(sqlite_settings, math, "rl").path).to_pylist()
+    split = {"fraction": 0.1, "seed": 3}
+    prepared = service.prepare(sqlite_settings, math, "rl", split)
+    assert prepared.validation is not None
+    assert (prepared.rows, prepared.validation.rows) == (180, 20)
+    train = pq.read_table(prepared.path).to_pylist()
+    held = pq.read_table(prepared.validation.path).to_pylist()
+    key = lambda row: row["extra_info"]["index"]  # noqa: E731
+    assert sorted(map(key, train + held)) == sorted(map(key, whole))  # a partition
+    assert not {key(r) for r in train} & {key(r) for r in held}
+    again = service.prepare(sqlite_settings, math, "rl", {"fraction": 0.1, "seed": 3})
+    assert again.validation is not None and again.validation.sha256 == prepared.validation.sha256
+    other = service.prepare(sqlite_settings, math, "rl", {"fraction": 0.1, "seed": 4})
+    assert other.validation is not None and other.validation.sha256 != prepared.validation.sha256
+    with pytest.raises(InvalidInput, match="holds out 0 of 200 rows"):
+        service.prepare(sqlite_settings, math, "rl", {"field": "difficulty", "value": "none"})
+
+
+def test_a_split_by_field_holds_out_the_rows_with_its_value() -> None:
+    rows = {
+        1: {"split": "train"},
+        2: {"split": "validation"},
+        3: {"x": 1},
+        4: {"split": "validation"},
+    }
+    assert service.held_out([1, 2, 3, 4], rows, {"field": "split", "value": "validation"}) == {2, 4}
+    drawn = service.held_out(list(range(1, 11)), {}, {"fraction": 0.25, "seed": 0})
+    assert len(drawn) == 2 and drawn == service.held_out(
+        list(range(1, 11)), {}, {"fraction": 0.25, "seed": 0}
+    )

@@ -55,6 +55,7 @@ def test_alpaca_sharegpt_and_multi_turn_preference_files_train_and_evaluate(plat
                 {"from": "human", "value": f"What is {a} + {b}?"},
                 {"from": "gpt", "value": f"{a} + {b} = {a + b}."},
             ],
+            "split": "validation" if a == 0 else "train",
         }
         for a, b in sums
     ]
@@ -88,7 +89,13 @@ def test_alpaca_sharegpt_and_multi_turn_preference_files_train_and_evaluate(plat
                     "algorithm": algorithm,
                     "model": "tiny-qwen2",
                     "dataset": dataset,
-                    "hyperparameters": {"max_steps": 3, "per_device_train_batch_size": 4},
+                    "hyperparameters": {
+                        "max_steps": 3,
+                        "per_device_train_batch_size": 4,
+                        "save_steps": 3,
+                    },
+                    # the alpaca SFT holds a fifth of its rows out and validates on them
+                    **({"validation": {"fraction": 0.2, "seed": 1}} if name == "alpaca" else {}),
                 },
             )
             assert answer.status_code == 201, answer.text
@@ -97,7 +104,16 @@ def test_alpaca_sharegpt_and_multi_turn_preference_files_train_and_evaluate(plat
         for job_id in jobs.values():
             finished = platform.wait_status(job_id, {"succeeded", "failed"}, timeout=300)
             assert finished["status"] == "succeeded", finished
-        # each SFT model is evaluated on the other format's file (its last turn the reference)
+        points = client.get(
+            f"/api/v1/jobs/{jobs['alpaca']}/metrics", params={"key": "eval_loss"}
+        ).json()["points"]
+        assert [p["step"] for p in points] == [3], points  # validated on the held-out rows
+        events = client.get(f"/api/v1/jobs/{jobs['alpaca']}/events").json()
+        assert any(
+            "24 rows of sft data" in e["reason"] and "6 held out" in e["reason"] for e in events
+        )
+        # each SFT model is evaluated on the other format's file (its last turn the reference);
+        # the alpaca model only on the ShareGPT rows marked for validation
         evaluations = []
         for job, dataset in (("alpaca", "e2e-sharegpt"), ("sharegpt", "e2e-alpaca")):
             answer = client.post(
@@ -107,14 +123,19 @@ def test_alpaca_sharegpt_and_multi_turn_preference_files_train_and_evaluate(plat
                     "job": jobs[job],
                     "dataset": dataset,
                     "scorer": "numeric",
-                    "generation": GENERATION,
+                    "generation": {**GENERATION, "max_samples": None if job == "alpaca" else 6},
+                    **(
+                        {"validation": {"field": "split", "value": "validation"}}
+                        if job == "alpaca"
+                        else {}
+                    ),
                 },
             )
             assert answer.status_code == 201, answer.text
             evaluations.append(answer.json()["id"])
-        for evaluation_id in evaluations:
+        for evaluation_id, rows in zip(evaluations, (5, 6), strict=True):
             result = _wait_evaluation(client, evaluation_id)
-            assert result["status"] == "succeeded" and result["samples"] == 6, result
+            assert result["status"] == "succeeded" and result["samples"] == rows, result
             assert result["dataset_version"] == 1
         samples = client.get(f"/api/v1/evaluations/{evaluations[1]}/samples").json()["items"]
         assert samples[0]["reference"] == "0 + 0 = 0."

@@ -40,6 +40,8 @@ class LaunchContext:
     model_path: str  # a local model directory, or a hub id when model_is_local is False
     dataset_path: str  # the prepared dataset file for the backend's data task
     dataset_format: str  # the data task of that file: sft | preference | rl
+    # The held-out rows of the job's validation split, prepared like dataset_path (None: none).
+    validation_path: str | None = None
     model_is_local: bool = True
     devices: tuple[int, ...] = ()  # leased GPU indices (empty: CPU, or none leased yet)
     simulated_devices: bool = False  # the leased GPUs are simulated: run on CPU as one process

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from training_platform.core.types import DB_INT_MAX
 
@@ -218,3 +218,27 @@ class SearchResult(BaseModel):
 
     version: int
     hits: list[SearchHit]
+
+
+class ValidationSplit(BaseModel):
+    """Rows held out for validation: a seeded random fraction, or the rows whose field has a
+    value. Trainers train on the rest and validate on them; an evaluation scores only them."""
+
+    model_config = {"extra": "forbid"}
+
+    fraction: float | None = Field(None, gt=0, lt=1, description="Share of rows held out.")
+    seed: int = Field(0, ge=0, le=DB_INT_MAX, description="Which rows a fraction draws.")
+    field: str | None = Field(
+        None, min_length=1, max_length=128, description="Hold out the rows whose field..."
+    )
+    value: bool | Annotated[int, Field(ge=-DB_INT_MAX, le=DB_INT_MAX)] | str | None = Field(
+        None, description="...has this value."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ValidationSplit:
+        if (self.fraction is None) == (self.field is None):
+            raise ValueError("give either fraction (and seed) or field and value")
+        if self.field is not None and self.value is None:
+            raise ValueError("value: the rows whose field has this value are held out")
+        return self

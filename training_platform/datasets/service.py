@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -240,13 +241,24 @@ def _check_next_version(entry: DatasetEntry, fmt: str, sha256: str) -> None:
 
 
 @dataclass(frozen=True)
+class Held:
+    """The validation rows of a split, prepared as their own file."""
+
+    path: Path
+    sha256: str
+    rows: int
+    split: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """A dataset converted for a data task."""
+    """A dataset converted for a data task (without its validation rows, if it has a split)."""
 
     task: str
     path: Path
     sha256: str
     rows: int
+    validation: Held | None = None
 
     def as_input(self, home: Path, source: DatasetEntry, version: DatasetVersion) -> dict[str, Any]:
         """What is recorded on the job."""
@@ -261,43 +273,117 @@ class Prepared:
                 "version": version.number,
                 "sha256": version.sha256,
             },
-        }
+        } | (
+            {
+                "validation": {
+                    "path": str(self.validation.path.relative_to(home)),
+                    "sha256": self.validation.sha256,
+                    "rows": self.validation.rows,
+                    "split": self.validation.split,
+                }
+            }
+            if self.validation is not None
+            else {}
+        )
 
 
-def prepared_path(settings: Settings, entry: DatasetEntry | DatasetVersion, task: str) -> Path:
-    """Where the dataset prepared for `task` lives (pure: nothing is checked or built)."""
-    return (
-        settings.datasets_dir / "prepared" / task / f"{entry.sha256}-v{CONVERTER_VERSION}.parquet"
-    )
+def split_key(split: dict[str, Any] | None) -> str:
+    """A short name of a split for file names ('' without one)."""
+    if not split:
+        return ""
+    canonical = json.dumps(split, sort_keys=True, separators=(",", ":"))
+    return "-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def prepare(settings: Settings, entry: DatasetEntry | DatasetVersion, task: str) -> Prepared:
-    """The dataset as a Parquet file for `task`, built once per content and converter version."""
+def prepared_path(
+    settings: Settings,
+    entry: DatasetEntry | DatasetVersion,
+    task: str,
+    split: dict[str, Any] | None = None,
+    part: str = "train",
+) -> Path:
+    """Where the dataset prepared for `task` lives (pure: nothing is checked or built); with a
+    split, `part` is train or validation."""
+    name = f"{entry.sha256}-v{CONVERTER_VERSION}{split_key(split)}"
+    if split:
+        name += f"-{part}"
+    return settings.datasets_dir / "prepared" / task / f"{name}.parquet"
+
+
+def held_out(numbers: list[int], rows: dict[int, Any], split: dict[str, Any]) -> set[int]:
+    """The row numbers a split holds out: a seeded random fraction (at least one row), or the
+    rows whose field equals the value."""
+    if split.get("fraction") is not None:
+        count = max(1, round(float(split["fraction"]) * len(numbers)))
+        drawn = random.Random(int(split.get("seed", 0)))  # noqa: S311 (a reproducible draw)
+        return set(drawn.sample(sorted(numbers), count))
+    field_name, value = split["field"], split["value"]
+    return {
+        n
+        for n in numbers
+        if isinstance(rows[n], dict) and field_name in rows[n] and rows[n][field_name] == value
+    }
+
+
+def _write(rows: list[dict[str, Any]], target: Path) -> None:
     import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    pq.write_table(pa.Table.from_pylist(rows), temporary)
+    temporary.replace(target)
+
+
+def prepare(
+    settings: Settings,
+    entry: DatasetEntry | DatasetVersion,
+    task: str,
+    split: dict[str, Any] | None = None,
+) -> Prepared:
+    """The dataset as a Parquet file for `task`, built once per content, converter version and
+    split; with a split, the held-out rows go to a second file."""
     import pyarrow.parquet as pq
 
     if not formats.can_feed(entry.format, task):
         raise InvalidInput(("body", "dataset"), f"format {entry.format!r} cannot feed {task!r}")
     source = catalog.managed_path(settings.home, entry.path)
-    target = prepared_path(settings, entry, task)
-    if not target.exists():
-        converted, errors = [], []
+    target = prepared_path(settings, entry, task, split)
+    held_path = prepared_path(settings, entry, task, split, "validation") if split else None
+    if not target.exists() or (held_path is not None and not held_path.exists()):
+        converted: dict[int, dict[str, Any]] = {}
+        originals: dict[int, Any] = {}
+        errors = []
         for number, row in reader.rows(source):
             try:
                 if isinstance(row, Exception):
                     raise formats.RowError(str(row))
-                converted.append(formats.convert_row(entry.format, task, row, number))
+                converted[number] = formats.convert_row(entry.format, task, row, number)
+                originals[number] = row
             except formats.RowError as error:
                 errors.append(f"row {number}: {error}")
         if errors:  # uploads are checked, so this means the file changed under us
             raise InvalidInput(("body", "dataset"), "; ".join(errors[:MAX_REPORTED_ERRORS]))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        pq.write_table(pa.Table.from_pylist(converted), temporary)
-        temporary.replace(target)
+        numbers = sorted(converted)
+        held = held_out(numbers, originals, split) if split else set()
+        if split and (not held or len(held) == len(numbers)):
+            raise InvalidInput(
+                ("body", "validation"),
+                f"the split holds out {len(held)} of {len(numbers)} rows; it must leave rows "
+                "on both sides",
+            )
+        _write([converted[n] for n in numbers if n not in held], target)
+        if held_path is not None:
+            _write([converted[n] for n in numbers if n in held], held_path)
     digest, _ = catalog.file_digest(target)
     rows = pq.ParquetFile(target).metadata.num_rows
-    return Prepared(task=task, path=target, sha256=digest, rows=int(rows))
+    validation = None
+    if held_path is not None and split is not None:
+        held_digest, _ = catalog.file_digest(held_path)
+        validation = Held(
+            held_path, held_digest, int(pq.ParquetFile(held_path).metadata.num_rows), split
+        )
+    return Prepared(task=task, path=target, sha256=digest, rows=int(rows), validation=validation)
 
 
 def delete(*, session: Session, settings: Settings, entry: DatasetEntry, in_use: bool) -> None:

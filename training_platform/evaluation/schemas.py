@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training_platform.core.types import DB_INT_MAX
+from training_platform.datasets.schemas import ValidationSplit
 from training_platform.jobs.schemas import JobName, Ref, Resources
 
 ScorerSpec = Field(
@@ -80,6 +81,9 @@ class EvaluationCreate(BaseModel):
         None, min_length=1, max_length=200, description="Or: an endpoint, by name (api engine)."
     )
     dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
+    validation: ValidationSplit | None = Field(
+        None, description="Score only the rows this split holds out (as a training job did)."
+    )
     scorer: str = ScorerSpec
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)

@@ -139,6 +139,7 @@ def create(
         algorithm="evaluate",
         model=model_ref,
         dataset=request.dataset,
+        validation=request.validation,
         hyperparameters={
             # The program's own running accuracy (its progress line); the platform scores.
             "metric": "numeric_match" if scorer.spec == "numeric" else "exact_match",
@@ -178,7 +179,12 @@ def create(
         dataset_version=job.dataset_version,
         job_id=job.id,
         engine=generation.engine,
-        params=generation.model_dump(),
+        params=generation.model_dump()
+        | (
+            {"validation": request.validation.model_dump(mode="json", exclude_none=True)}
+            if request.validation is not None
+            else {}
+        ),
         scorer=scorer.spec,
         status=PENDING,
         created_by=actor,
@@ -814,6 +820,12 @@ def _comparable(
                 f"evaluation {evaluation.id} ran on {evaluation.dataset_name}, evaluation "
                 f"{baseline.id} on {baseline.dataset_name}: only evaluations of the same "
                 "dataset compare",
+            )
+        if evaluation.params.get("validation") != baseline.params.get("validation"):
+            raise InvalidInput(
+                loc,
+                f"evaluations {baseline.id} and {evaluation.id} scored different rows of "
+                f"{baseline.dataset_name} (their validation splits differ)",
             )
         if (evaluation.dataset_version or 1) != (baseline.dataset_version or 1):
             raise InvalidInput(

@@ -66,6 +66,10 @@ def stager(
             model_path = runner.upload(local, tree_digest(local))
         dataset = Path(context.dataset_path)
         dataset_path = runner.upload(dataset, file_digest(dataset))
+        validation_path = context.validation_path
+        if validation_path:
+            held = Path(validation_path)
+            validation_path = runner.upload(held, file_digest(held))
         reward_path = context.reward_path
         if reward_path:
             reward = Path(reward_path)
@@ -90,6 +94,7 @@ def stager(
             context,
             model_path=model_path,
             dataset_path=dataset_path,
+            validation_path=validation_path,
             reward_path=reward_path,
             resume_from=resume_from,
             platform_dir=remote_platform_dir,

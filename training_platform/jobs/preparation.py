@@ -46,7 +46,7 @@ def prepare_job(
             version = dataset_versions.pinned(
                 session=session, entry=dataset, number=job.dataset_version
             )
-            prepared = datasets.prepare(settings, version, task)
+            prepared = datasets.prepare(settings, version, task, job.spec.get("validation"))
             unfit = _examples_unfit(session, settings, job, backend, prepared.path)
             if unfit is not None:
                 raise DomainError(unfit)
@@ -70,7 +70,7 @@ def prepare_job(
         reason = (
             f"dataset prepared: version {version.number}, {prepared.rows} rows of {task} data, "
             f"sha256 {prepared.sha256[:12]}"
-        )
+        ) + (f", {prepared.validation.rows} held out" if prepared.validation else "")
         return _queue(session, job, actor, reason, inputs)
 
 

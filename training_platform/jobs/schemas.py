@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from training_platform.core.types import DB_INT_MAX
+from training_platform.datasets.schemas import ValidationSplit
 from training_platform.worker.queues import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
@@ -166,6 +167,11 @@ class JobCreate(BaseModel):
         "version N. Every algorithm but serve needs one.",
     )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    validation: ValidationSplit | None = Field(
+        None,
+        description="Hold rows of the dataset out: the trainer validates on them (TRL SFT and "
+        "DPO, verl), an evaluation scores only them.",
+    )
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(
         PRIORITY_DEFAULT,

@@ -95,6 +95,10 @@ def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
 
 def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> DatasetEntry | None:
     pair = f"{backend.backend}/{backend.algorithm}"
+    if request.validation is not None and not getattr(backend, "validates", False):
+        raise InvalidInput(
+            ("body", "validation"), f"{pair} does not use a validation split; leave it out"
+        )
     if backend.data_task is None:
         if request.dataset is not None:
             raise InvalidInput(("body", "dataset"), f"{pair} takes no dataset; leave it out")
@@ -150,6 +154,11 @@ def _normalized_spec(checked: ValidatedJob, rules: Sequence[AlertRule]) -> dict[
         **(
             {"dataset_version": checked.dataset_version.number}
             if checked.dataset_version is not None
+            else {}
+        ),
+        **(
+            {"validation": checked.request.validation.model_dump(mode="json", exclude_none=True)}
+            if checked.request.validation is not None
             else {}
         ),
         "hyperparameters": checked.parameters.model_dump(mode="json"),
@@ -263,6 +272,7 @@ def launch_context(
     model: ModelEntry | None,
     dataset_path: Path | None,
     run_dir: Path,
+    validation_path: Path | None = None,
     python: str,
     resume_from: Path | None = None,
     devices: tuple[int, ...] = (),
@@ -291,6 +301,7 @@ def launch_context(
         python=python,
         model_path=location,
         dataset_path=str(dataset_path) if dataset_path else "",
+        validation_path=str(validation_path) if validation_path else None,
         dataset_format=backend.data_task or "",
         model_is_local=is_local,
         gpus=int(job_spec.get("resources", {}).get("gpus", 0)),
@@ -334,6 +345,11 @@ def plan_for_request(
     """Dry run: the plan a submission would launch, without storing anything."""
     checked = validate(session=session, request=request)
     run_dir = settings.runs_dir / "<job>" / "attempt-1"
+    split = (
+        request.validation.model_dump(mode="json", exclude_none=True)
+        if request.validation
+        else None
+    )
     context = launch_context(
         session=session,
         settings=settings,
@@ -342,8 +358,17 @@ def plan_for_request(
         parameters=checked.parameters,
         model=checked.model,
         dataset_path=(
-            datasets.prepared_path(settings, checked.dataset_version, checked.backend.data_task)
+            datasets.prepared_path(
+                settings, checked.dataset_version, checked.backend.data_task, split
+            )
             if checked.dataset_version and checked.backend.data_task
+            else None
+        ),
+        validation_path=(
+            datasets.prepared_path(
+                settings, checked.dataset_version, checked.backend.data_task, split, "validation"
+            )
+            if split and checked.dataset_version and checked.backend.data_task
             else None
         ),
         run_dir=run_dir,
@@ -391,6 +416,8 @@ def plan_for_job(
         if dataset is not None and backend.data_task is not None
         else None
     )
+    held = (prepared or {}).get("validation")
+    validation_path = catalog.managed_path(settings.home, held["path"]) if held else None
     resume = inputs.get("resume_from")
     assert job.id is not None
     leases = [
@@ -406,6 +433,7 @@ def plan_for_job(
         parameters=parameters,
         model=model,
         dataset_path=dataset_path,
+        validation_path=validation_path,
         run_dir=Path(run_dir) if run_dir else run_dir_for(settings, job),
         python=python,
         resume_from=catalog.managed_path(settings.home, resume["path"]) if resume else None,

@@ -230,6 +230,8 @@ class RewardSettings(_Strict):
 class _RunConfig(_Strict):
     model_path: AbsolutePath
     dataset_path: DatasetPath
+    # The held-out rows of a validation split (TRL SFT and DPO evaluate on them as they train).
+    validation_path: DatasetPath | None = None
     output_dir: AbsolutePath
     metrics_path: AbsolutePath
     # A checkpoint directory of an earlier run: training continues from its global step.
@@ -324,6 +326,8 @@ def load_config(path: Path) -> TrainConfig:
         raise ConfigError(f"model_path: no such directory: {config.model_path}")
     if not config.dataset_path.is_file():
         raise ConfigError(f"dataset_path: no such file: {config.dataset_path}")
+    if config.validation_path is not None and not config.validation_path.is_file():
+        raise ConfigError(f"validation_path: no such file: {config.validation_path}")
     if config.resume_from is not None and not config.resume_from.is_dir():
         raise ConfigError(f"resume_from: no such directory: {config.resume_from}")
     reward = getattr(config, "reward", None)
@@ -344,16 +348,21 @@ def load_dataset_file(path: Path, *, cache_dir: Path) -> Dataset:
     )
 
 
-def task_dataset(config: TrainConfig) -> Dataset:
-    """The prepared dataset, checked for the columns of its data task."""
-    dataset = load_dataset_file(config.dataset_path, cache_dir=config.output_dir / "cache")
+def task_dataset(config: TrainConfig, *, validation: bool = False) -> Dataset:
+    """The prepared dataset (or its held-out rows), checked for the columns of its data task."""
+    path = config.validation_path if validation else config.dataset_path
+    assert path is not None
+    dataset = load_dataset_file(path, cache_dir=config.output_dir / "cache")
     missing = [c for c in DATA_TASK_COLUMNS[config.dataset_format] if c not in dataset.column_names]
     if missing:
         raise ConfigError(
             f"dataset_path: {config.dataset_format} data needs column(s) {', '.join(missing)}; "
             f"the file has {', '.join(dataset.column_names)}"
         )
-    print(f"dataset: {len(dataset)} rows from {config.dataset_path} ({config.dataset_format})")
+    print(
+        f"{'validation' if validation else 'dataset'}: {len(dataset)} rows from {path} "
+        f"({config.dataset_format})"
+    )
     return dataset
 
 
@@ -501,6 +510,16 @@ def common_training_args(config: TrainConfig) -> dict[str, Any]:
         "logging_steps": hp.logging_steps,
         "save_strategy": "steps",
         "save_steps": hp.save_steps,
+        # A validation split: its loss at every save (eval_loss, ... in the metrics).
+        **(
+            {
+                "eval_strategy": "steps",
+                "eval_steps": hp.save_steps,
+                "per_device_eval_batch_size": hp.per_device_train_batch_size,
+            }
+            if config.validation_path is not None
+            else {}
+        ),
         "save_total_limit": hp.save_total_limit,
         "seed": hp.seed,
         "data_seed": hp.seed,
@@ -628,6 +647,11 @@ def train_sft(config: SftConfig) -> None:
     if hp.assistant_only_loss:
         check_assistant_masks(tokenizer)
     dataset = task_dataset(config).select_columns(["messages"])
+    held = (
+        task_dataset(config, validation=True).select_columns(["messages"])
+        if config.validation_path is not None
+        else None
+    )
     args = SFTConfig(
         **common_training_args(config),
         max_length=hp.max_length,
@@ -638,6 +662,7 @@ def train_sft(config: SftConfig) -> None:
         model=str(config.model_path),
         args=args,
         train_dataset=dataset,
+        eval_dataset=held,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -653,6 +678,11 @@ def train_dpo(config: DpoConfig) -> None:
     hp = config.hyperparameters
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     dataset = preference_dataset(task_dataset(config), tokenizer)
+    held = (
+        preference_dataset(task_dataset(config, validation=True), tokenizer)
+        if config.validation_path is not None
+        else None
+    )
     args = DPOConfig(
         **common_training_args(config),
         max_length=hp.max_length,
@@ -665,6 +695,7 @@ def train_dpo(config: DpoConfig) -> None:
         model=str(config.model_path),
         args=args,
         train_dataset=dataset,
+        eval_dataset=held,
         processing_class=tokenizer,
         peft_config=peft_config,
     )

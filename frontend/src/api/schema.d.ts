@@ -2704,6 +2704,8 @@ export interface components {
              * @default numeric
              */
             scorer: string;
+            /** @description Score only the rows this split holds out (as a training job did). */
+            validation?: components["schemas"]["ValidationSplit"] | null;
         };
         /** EvaluationPublic */
         EvaluationPublic: {
@@ -3141,6 +3143,8 @@ export interface components {
              */
             priority: number;
             resources?: components["schemas"]["Resources"];
+            /** @description Hold rows of the dataset out: the trainer validates on them (TRL SFT and DPO, verl), an evaluation scores only them. */
+            validation?: components["schemas"]["ValidationSplit"] | null;
         };
         /**
          * JobEventPublic
@@ -4949,6 +4953,34 @@ export interface components {
             };
             /** Priority */
             priority: number;
+        };
+        /**
+         * ValidationSplit
+         * @description Rows held out for validation: a seeded random fraction, or the rows whose field has a
+         *     value. Trainers train on the rest and validate on them; an evaluation scores only them.
+         */
+        ValidationSplit: {
+            /**
+             * Field
+             * @description Hold out the rows whose field...
+             */
+            field?: string | null;
+            /**
+             * Fraction
+             * @description Share of rows held out.
+             */
+            fraction?: number | null;
+            /**
+             * Seed
+             * @description Which rows a fraction draws.
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Value
+             * @description ...has this value.
+             */
+            value?: boolean | number | string | null;
         };
         /**
          * WebhookCreate

@@ -92,6 +92,7 @@ class BuiltinEvaluate:
     )
     requires_gpu: ClassVar[bool] = False
     data_task: ClassVar[str] = "rl"
+    validates: ClassVar[bool] = True  # uses a validation split (job.validation)
     parameters: ClassVar[type[BaseModel]] = EvaluateParameters
     graceful_stop: ClassVar[bool] = False
 
@@ -107,7 +108,8 @@ class BuiltinEvaluate:
         gpus = 0 if context.simulated_devices else len(context.devices) or context.gpus
         config: dict[str, Any] = {
             "model_path": context.model_path,
-            "dataset_path": context.dataset_path,
+            # With a validation split, only the held-out rows are evaluated.
+            "dataset_path": context.validation_path or context.dataset_path,
             "output_dir": context.run_dir,
             "metrics_path": f"{context.run_dir}/metrics.jsonl",
             "gpus": gpus,

@@ -170,6 +170,7 @@ def trl_plan(
         "model_path": context.model_path,
         "dataset_path": context.dataset_path,
         "dataset_format": context.dataset_format,
+        **({"validation_path": context.validation_path} if context.validation_path else {}),
         "output_dir": context.run_dir,
         "metrics_path": f"{context.run_dir}/metrics.jsonl",
         "resume_from": context.resume_from,

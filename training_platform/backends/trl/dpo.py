@@ -42,6 +42,7 @@ class TrlDpo:
     description: ClassVar[str] = "Direct preference optimization with TRL (CPU or GPU)."
     requires_gpu: ClassVar[bool] = False
     data_task: ClassVar[str] = "preference"
+    validates: ClassVar[bool] = True  # uses a validation split (job.validation)
     parameters: ClassVar[type[BaseModel]] = DpoParameters
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:

@@ -41,6 +41,7 @@ class TrlSft:
     description: ClassVar[str] = "Supervised fine-tuning with TRL (CPU or GPU)."
     requires_gpu: ClassVar[bool] = False
     data_task: ClassVar[str] = "sft"
+    validates: ClassVar[bool] = True  # uses a validation split (job.validation)
     parameters: ClassVar[type[BaseModel]] = SftParameters
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:

@@ -42,7 +42,7 @@ def _shared_pairs(values: RlParameters, context: LaunchContext) -> Pairs:
     pairs: Pairs = [
         ("data.train_files", context.dataset_path),
         # Validation reads the same prepared file: the platform prepares one per job.
-        ("data.val_files", context.dataset_path),
+        ("data.val_files", context.validation_path or context.dataset_path),
         ("data.val_max_samples", values.val_samples),
         ("data.train_batch_size", values.train_batch_size),
         ("data.max_prompt_length", values.max_prompt_length),
@@ -241,6 +241,7 @@ class _VerlRl:
     algorithm: ClassVar[str]
     requires_gpu: ClassVar[bool] = True
     data_task: ClassVar[str] = "rl"
+    validates: ClassVar[bool] = True  # uses a validation split (job.validation)
     parameters: ClassVar[type[BaseModel]]
 
     def plan(self, hyperparameters: BaseModel, context: LaunchContext) -> LaunchPlan:

@@ -99,6 +99,7 @@ class VerlSft:
     description: ClassVar[str] = "Supervised fine-tuning with verl (FSDP, multi-GPU)."
     requires_gpu: ClassVar[bool] = True
     data_task: ClassVar[str] = "sft"
+    validates: ClassVar[bool] = True  # uses a validation split (job.validation)
     parameters: ClassVar[type[BaseModel]] = VerlSftParameters
 
     def check_examples(
@@ -160,7 +161,10 @@ def _pairs(
     pairs: list[tuple[str, HydraValue]] = [
         ("data.train_files", context.dataset_path),
         # Validation reads the same prepared file: the platform prepares one per job.
-        ("data.val_files", context.dataset_path if values.test_freq else None),
+        (
+            "data.val_files",
+            (context.validation_path or context.dataset_path) if values.test_freq else None,
+        ),
         ("data.messages_key", "messages"),
         ("data.train_batch_size", values.train_batch_size),
         ("data.micro_batch_size_per_gpu", values.micro_batch_size_per_gpu),
