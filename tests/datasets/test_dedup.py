@@ -114,7 +114,7 @@ def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(
     assert review["stages"] == {
         "exact": {"clusters": 2, "dropped": 2},
         "near": {"clusters": 2, "dropped": 2},
-        "semantic": {"clusters": 2, "dropped": 2},
+        "semantic": {"clusters": 2, "dropped": 2, "method": "neighbours"},
     }
     assert (review["rows"], review["kept"], review["dropped_rows"]) == (30, 24, list(range(25, 31)))
 
@@ -258,3 +258,44 @@ def test_a_milvus_server_named_by_tp_milvus_uri_is_used_without_the_lock(tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_semdedup_clusters_then_compares_within_each_cluster() -> None:
+    import numpy as np
+
+    from training_platform.datasets import dedup
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 384))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    copies = base[:20] + rng.normal(scale=0.01, size=(20, 384))  # near-copies of rows 1-20
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    vectors = np.vstack([base, copies]).astype("float32")
+    numbers = list(range(1, 321))
+    pairs = dedup.semdedup_pairs(numbers, vectors, 0.95, clusters=8)
+    assert set(pairs) == {(i, 300 + i) for i in range(1, 21)}
+    assert all(score >= 0.95 for score in pairs.values())
+    assert dedup.semdedup_pairs(numbers, vectors, 0.95, clusters=1).keys() == pairs.keys()
+
+
+def test_a_large_set_is_deduplicated_semantically_by_clusters(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from training_platform.datasets import dedup
+
+    monkeypatch.setattr(dedup, "SEMDEDUP_MIN_ROWS", 10)
+    monkeypatch.setattr(dedup, "ROWS_PER_CLUSTER", 8)
+    rows = {i + 1: dedup.row_text("prompt_response", r, i + 1) for i, r in enumerate(_rows())}
+
+    def no_store(*_: object) -> list[list[tuple[int, float]]]:
+        raise AssertionError("a clustered set asks no neighbours of the vector store")
+
+    review = dedup.run(
+        rows, stages=["semantic"], near_threshold=0.8, semantic_threshold=0.8, search=no_store
+    )
+    assert review["stages"]["semantic"]["method"] == "semdedup"
+    planted = {**EXACT, **NEAR, **PARAPHRASED}
+    dropped = set(review["dropped_rows"])
+    # precision 1; recall as k-means allows (a pair it splits across clusters is not compared)
+    assert dropped <= set(planted) and len(dropped) >= 4, review["clusters"]
+    assert all(
+        c["kept"]["row"] == planted[d["row"]] for c in review["clusters"] for d in c["dropped"]
+    )

@@ -15,6 +15,7 @@ Nothing here writes a dataset: the review is stored, and accepting it writes a n
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 from training_platform.datasets import analysis, formats
 
 STAGES = ("exact", "near", "semantic")
+# Above this many rows the semantic stage clusters (SemDeDup) instead of asking the vector store
+# for every row's neighbours; clusters hold about ROWS_PER_CLUSTER rows.
+SEMDEDUP_MIN_ROWS = 20_000
+ROWS_PER_CLUSTER = 1_000
 SHINGLE = 5
 NUM_PERM = 128
 MAX_SHOWN_CLUSTERS = 500
@@ -139,6 +144,39 @@ def near_pairs(
     return pairs
 
 
+def semdedup_pairs(
+    numbers: Sequence[int], vectors: Any, threshold: float, *, clusters: int | None = None
+) -> dict[tuple[int, int], float]:
+    """SemDeDup (Abbas et al., 2023): k-means over the unit embeddings (scikit-learn, seeded),
+    then every pair inside a cluster whose cosine similarity reaches the threshold. Pairs that
+    k-means puts in different clusters are not seen: the price of not comparing every row with
+    every other."""
+    import numpy as np
+
+    count = len(numbers)
+    k = clusters or max(1, math.ceil(count / ROWS_PER_CLUSTER))
+    if k > 1:
+        from sklearn.cluster import MiniBatchKMeans
+
+        labels = MiniBatchKMeans(
+            n_clusters=k, random_state=0, n_init=3, batch_size=4096
+        ).fit_predict(vectors)
+    else:
+        labels = np.zeros(count, dtype=int)
+    pairs: dict[tuple[int, int], float] = {}
+    for cluster in range(k):
+        members = np.flatnonzero(labels == cluster)
+        if len(members) < 2:
+            continue
+        block = vectors[members]
+        similar = block @ block.T
+        first, second = np.nonzero(np.triu(similar >= threshold, k=1))
+        for i, j in zip(first.tolist(), second.tolist(), strict=True):
+            a, b = numbers[members[i]], numbers[members[j]]
+            pairs[(min(a, b), max(a, b))] = float(similar[i, j])
+    return pairs
+
+
 def semantic_pairs(
     texts: dict[int, str],
     threshold: float,
@@ -147,11 +185,14 @@ def semantic_pairs(
 ) -> dict[tuple[int, int], float]:
     """Pairs whose embeddings' cosine similarity reaches the threshold: every row's nearest
     neighbours among the indexed rows (this set's, or `against`'s as -number). `search(ids,
-    vectors, query_ids, queries)` indexes the vectors and returns each query's neighbours."""
+    vectors, query_ids, queries)` indexes the vectors and returns each query's neighbours.
+    A set of more than SEMDEDUP_MIN_ROWS rows is clustered instead (semdedup_pairs)."""
     from training_platform.datasets.vectors import embed
 
     numbers = sorted(texts)
     vectors = embed([texts[n] for n in numbers])
+    if against is None and len(numbers) > SEMDEDUP_MIN_ROWS:
+        return semdedup_pairs(numbers, vectors, threshold)
     if against is None:
         indexed_ids, indexed = numbers, vectors
     else:
@@ -179,7 +220,7 @@ def run(
     that match it), the rows to drop and counts per stage."""
     remaining = dict(rows)
     clusters: list[Cluster] = []
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -201,6 +242,9 @@ def run(
         for row in dropped:
             remaining.pop(row, None)
         counts[stage] = {"clusters": len(found), "dropped": len(dropped)}
+        if stage == "semantic":
+            clustered = against is None and len(remaining) + len(dropped) > SEMDEDUP_MIN_ROWS
+            counts[stage]["method"] = "semdedup" if clustered else "neighbours"
         clusters += found
     dropped_rows = sorted(set(rows) - set(remaining))
 
