@@ -146,6 +146,19 @@ def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(
     like = api.post("/api/v1/datasets/planted/search", json={"row": 2, "limit": 3}).json()
     assert 2 not in [h["row"] for h in like["hits"]] and len(like["hits"]) == 3
 
+    # deleting the dataset removes its search collection from the vector store
+    from training_platform.datasets.vectors import collection_name, open_store
+
+    dataset_id = api.get("/api/v1/datasets/planted").json()["id"]
+    with open_store(settings) as store:
+        assert store.has(collection_name(dataset_id, 2))
+    job_id = job.json()["id"]
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    assert api.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    assert api.delete("/api/v1/datasets/planted").status_code == 204
+    with open_store(settings) as store:
+        assert not store.has(collection_name(dataset_id, 2))
+
 
 def test_contamination_against_an_evaluation_set(api, settings, engine) -> None:  # type: ignore[no-untyped-def]
     train = [{"prompt": q, "response": a} for q, a in BASE[:10]]

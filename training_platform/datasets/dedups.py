@@ -7,6 +7,7 @@ Functions flush; callers commit.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from training_platform.datasets.vectors import (
     open_store,
 )
 
+log = logging.getLogger(__name__)
 PENDING, RUNNING, REVIEW, ACCEPTED, DISCARDED, FAILED = (
     "pending",
     "running",
@@ -271,3 +273,16 @@ def describe(found: DatasetDedup, entry: DatasetEntry) -> dict[str, Any]:
         "created_at": found.created_at,
         "finished_at": found.finished_at,
     }
+
+
+def drop_collections(settings: Settings, dataset_id: int, numbers: list[int]) -> None:
+    """Remove a deleted dataset's search collections (a failure is logged: the dataset is gone
+    whatever happens, and a collection nobody names is only space)."""
+    if not settings.milvus_uri and not (settings.vectors_dir / "milvus.db").exists():
+        return  # nothing was ever indexed here
+    try:
+        with open_store(settings) as store:
+            for number in numbers:
+                store.drop(collection_name(dataset_id, number))
+    except Exception as error:  # the store is busy or down: leave the collections
+        log.warning("search collections of dataset %s not removed: %s", dataset_id, error)

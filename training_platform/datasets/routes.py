@@ -165,8 +165,14 @@ def delete_dataset(ref: str, session: SessionDep, settings: SettingsDep, _: Curr
     """Delete an uploaded dataset that no job uses."""
     entry = _entry(session, ref)
     in_use = session.exec(select(Job.id).where(Job.dataset_id == entry.id)).first() is not None
+    assert entry.id is not None
+    dataset_id, numbers = (
+        entry.id,
+        [v.number for v in versions.of_dataset(session=session, entry=entry)],
+    )
     service.delete(session=session, settings=settings, entry=entry, in_use=in_use)
     session.commit()
+    dedups.drop_collections(settings, dataset_id, numbers)
 
 
 @router.get("/datasets/{ref}/versions")
