@@ -155,8 +155,12 @@ def test_datasets_preview_versions_diff_rows_analyze_and_render(tp, tmp_path) ->
     dedup_id = review.stdout.split("tp datasets accept cli-sg ")[1].split()[0]
     accepted = tp("datasets", "accept", "cli-sg", dedup_id)
     assert "cli-sg version 4: 6 rows (1 dropped)" in accepted.stdout, accepted.output
-    found = tp("datasets", "search", "cli-sg", "q3", "--limit", "2")
+    found = tp("datasets", "search", "cli-sg", "q3", "--limit", "2")  # answered by a worker
     assert found.exit_code == 0 and found.stdout.count(" row ") == 2, found.output
+    like = tp("datasets", "search", "cli-sg", "--row", "1", "--limit", "3")
+    assert like.exit_code == 0 and like.stdout.count(" row ") == 3 and " row 1:" not in like.stdout
+    missing = tp("datasets", "search", "cli-sg", "--row", "99")
+    assert missing.exit_code == 1 and "has no row 99" in missing.stderr, missing.output
     assert tp("datasets", "search", "cli-sg").exit_code == 1
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
 from training_platform.datasets import dedups
 
@@ -138,13 +139,23 @@ def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(
     )
     assert job.status_code == 201 and job.json()["dataset_version"] == 2
 
-    # rows like a text, and like a row, from the vector store
-    found = api.post(
-        "/api/v1/datasets/planted/search", json={"query": "Who made the Mona Lisa painting?"}
-    ).json()
-    assert found["version"] == 2 and found["hits"][0]["row"] == 3
-    like = api.post("/api/v1/datasets/planted/search", json={"row": 2, "limit": 3}).json()
-    assert 2 not in [h["row"] for h in like["hits"]] and len(like["hits"]) == 3
+    # rows like a text, and like a row, from the vector store (what the search task runs;
+    # the CLI test asks a worker through the API)
+    from sqlmodel import Session
+
+    from training_platform.catalog.models import DatasetEntry
+    from training_platform.datasets import versions
+
+    with Session(engine) as session:
+        entry = session.exec(select(DatasetEntry).where(DatasetEntry.name == "planted")).one()
+        newest = versions.get(session=session, entry=entry, number=2)
+        ask = {"session": session, "settings": settings, "entry": entry, "version": newest}
+        found = dedups.search(**ask, query="Who made the Mona Lisa painting?", row=None, limit=5)
+        like = dedups.search(**ask, query=None, row=2, limit=3)
+    assert found[0][0] == 3
+    assert 2 not in [n for n, _ in like] and len(like) == 3
+    refused = api.post("/api/v1/datasets/planted/search", json={"query": "x", "row": 2})
+    assert refused.status_code == 422 and "exactly one" in refused.text
 
     # deleting the dataset removes its search collection from the vector store
     from training_platform.datasets.vectors import collection_name, open_store

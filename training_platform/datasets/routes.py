@@ -380,14 +380,19 @@ def search_dataset(
     ref: str, body: SearchRequest, session: SessionDep, settings: SettingsDep, _: CurrentToken
 ) -> SearchResult:
     """Rows like a text or like a row, by the cosine similarity of their MiniLM embeddings in
-    the vector store (a version's collection is built on its first search)."""
+    the vector store, answered by a worker (a version's collection is built on its first
+    search)."""
+    from training_platform.datasets.tasks import ask_search
+
+    if (body.query is None) == (body.row is None):
+        raise InvalidInput(("body",), "give exactly one of query and row")
     entry = _entry(session, ref)
     chosen = versions.get(session=session, entry=entry, number=body.version or entry.version)
-    hits = dedups.search(
-        session=session,
-        settings=settings,
-        entry=entry,
-        version=chosen,
+    assert entry.id is not None
+    hits = ask_search(
+        settings,
+        dataset_id=entry.id,
+        version=chosen.number,
         query=body.query,
         row=body.row,
         limit=body.limit,
