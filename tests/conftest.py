@@ -108,8 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # file is one unit of work, so its module-wide platform or training runs once; the files that
 # start platforms and train are put in chains, each run by one worker one file after the
 # other. The chains come first (the longest work starts first), and are balanced by their
-# measured durations in a full run (2026-12-05, 19 min: a 690 s, b 920, c 940; d, verl RL on
-# CPU alone, 880).
+# measured durations in a full run (2026-12-05, 19.4 min: a 700 s, b 850, c 640, d 670; the
+# files outside the chains, 1,020 s, fill the workers that finish first).
 CHAINS: dict[str, tuple[str, ...]] = {
     "chain-a": (
         "tests/e2e/test_platform.py",  # these three share the session's platform
@@ -126,7 +126,6 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "chain-b": (
         "tests/e2e/test_pipelines.py",
         "tests/e2e/test_durability.py",
-        "tests/trainers/test_trl_rl.py",
         "tests/trainers/test_trl_train.py",
         "tests/trainers/test_verl_cpu_sft.py",
     ),
@@ -139,7 +138,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/trainers/test_verl_run.py",
         "tests/trainers/test_verl_ext.py",
     ),
-    "chain-d": ("tests/e2e/test_verl_rl.py",),
+    "chain-d": ("tests/e2e/test_verl_rl.py", "tests/trainers/test_trl_rl.py"),
 }
 _CHAIN_OF = {
     path: (name, index) for name, paths in CHAINS.items() for index, path in enumerate(paths)

@@ -8,8 +8,13 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pytest
 
 from training_platform.datasets import analyses
+
+ONE_DATABASE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# The model, embedder and vector work is the same on either database: SQLite only (the
+# versions these write are tested on both in tests/api/test_datasets_api.py).
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -34,6 +39,7 @@ def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": query}, {"role": "assistant", "content": row["output"]}]
 
 
+@ONE_DATABASE
 def test_statistics_equal_a_recount_with_the_same_tokenizer(api, settings, engine) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
@@ -90,6 +96,7 @@ def test_statistics_equal_a_recount_with_the_same_tokenizer(api, settings, engin
     assert result["duplicates"] == {"exact_rows": 1, "exact_groups": 1}
 
 
+@ONE_DATABASE
 def test_a_sample_renders_with_its_loss_mask(api) -> None:  # type: ignore[no-untyped-def]
     rows = [
         {

@@ -57,6 +57,10 @@ PARAPHRASE_TEXT = {
     30: ("Which planet do people call the red planet?", "Mars."),
 }
 
+ONE_DATABASE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# The model, embedder and vector work is the same on either database: SQLite only (the
+# versions these write are tested on both in tests/api/test_datasets_api.py).
+
 
 def _rows() -> list[dict[str, Any]]:
     rows = [{"prompt": q, "response": a} for q, a in BASE]
@@ -80,6 +84,7 @@ def _precision_recall(found: set[int], planted: set[int]) -> tuple[float, float]
     return (hits / len(found) if found else 1.0), hits / len(planted)
 
 
+@ONE_DATABASE
 def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(  # type: ignore[no-untyped-def]
     api, settings, engine
 ) -> None:
@@ -171,6 +176,7 @@ def test_each_stage_finds_its_planted_duplicates_and_accepting_writes_a_version(
         assert not store.has(collection_name(dataset_id, 2))
 
 
+@ONE_DATABASE
 def test_contamination_against_an_evaluation_set(api, settings, engine) -> None:  # type: ignore[no-untyped-def]
     train = [{"prompt": q, "response": a} for q, a in BASE[:10]]
     held_out = [
@@ -323,3 +329,29 @@ def test_a_large_set_is_deduplicated_semantically_by_clusters(monkeypatch) -> No
     assert all(
         c["kept"]["row"] == planted[d["row"]] for c in review["clusters"] for d in c["dropped"]
     )
+
+
+BUILD = """
+import sys
+from pathlib import Path
+import numpy as np
+from training_platform.core.settings import Settings
+from training_platform.datasets.vectors import open_store
+with open_store(Settings(home=Path(sys.argv[1]))) as store:
+    store.create("built-elsewhere")
+    store.insert("built-elsewhere", [1, 2, 3], np.eye(3, 384, dtype="float32"))
+"""
+
+
+def test_a_collection_another_process_built_is_searched_after_the_store_opens_again(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from training_platform.core.settings import Settings
+    from training_platform.datasets.vectors import open_store
+
+    subprocess.run([sys.executable, "-c", BUILD, str(tmp_path)], check=True, timeout=120)
+    with open_store(Settings(home=tmp_path)) as store:
+        hits = store.search("built-elsewhere", np.eye(3, 384, dtype="float32")[1:2], 1)
+    assert hits[0][0][0] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from training_platform.worker.app import app
 from training_platform.worker.config import redis_url
 from training_platform.worker.queues import KEY_PREFIX, PREPROCESSING
 
+log = logging.getLogger(__name__)
 # How long the API waits for a worker's search (the first search of a version embeds it).
 SEARCH_WAIT_S = 180
 REPLY_TTL_S = 60
@@ -71,7 +73,8 @@ def ask_search(
         queue=PREPROCESSING,
         routing_key=PREPROCESSING,
     )
-    client = redis.Redis.from_url(redis_url(settings))
+    # redis-py reads with a 5 s socket timeout by default: the wait is longer than that.
+    client = redis.Redis.from_url(redis_url(settings), socket_timeout=SEARCH_WAIT_S + 15)
     try:
         answer = client.blpop([reply], timeout=SEARCH_WAIT_S)
     finally:
@@ -112,6 +115,9 @@ def search(
         body = {"hits": hits}
     except DomainError as error:
         body = {"error": error.message, "status": error.status_code}
+    except Exception as error:  # answered at once rather than after the API's whole wait
+        log.exception("search of dataset %s version %s failed", dataset_id, version)
+        body = {"error": f"the search failed on the worker: {error}", "status": 503}
     client = redis.Redis.from_url(redis_url(settings))
     try:
         client.rpush(reply, json.dumps(body))

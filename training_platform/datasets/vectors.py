@@ -129,6 +129,8 @@ class VectorStore:
 
     def search(self, name: str, vectors: Any, limit: int) -> list[list[tuple[int, float]]]:
         """The `limit` nearest ids of each vector with their cosine similarity, best first."""
+        # A collection another process built is released when the store opens again.
+        self.client.load_collection(name)
         found: list[list[tuple[int, float]]] = []
         for start in range(0, len(vectors), SEARCH_BATCH):
             hits = self.client.search(
