@@ -108,8 +108,10 @@ def pytest_configure(config: pytest.Config) -> None:
 # file is one unit of work, so its module-wide platform or training runs once; the files that
 # start platforms and train are put in chains, each run by one worker one file after the
 # other. The chains come first (the longest work starts first), and are balanced by their
-# measured durations in a full run (2026-12-05, 19.4 min: a 700 s, b 850, c 640, d 670; the
-# files outside the chains, 1,020 s, fill the workers that finish first).
+# measured durations in a full run (2026-12-05, 20.7 min on a slow hour: a 820 s, b 870,
+# c 790, d 750 before it took the quick start's GRPO, 250 s, which as a file of its own
+# started late and ended last). The other files follow, the longest first (HEAVY), and fill
+# the workers that finish first.
 CHAINS: dict[str, tuple[str, ...]] = {
     "chain-a": (
         "tests/e2e/test_platform.py",  # these three share the session's platform
@@ -138,17 +140,35 @@ CHAINS: dict[str, tuple[str, ...]] = {
         "tests/trainers/test_verl_run.py",
         "tests/trainers/test_verl_ext.py",
     ),
-    "chain-d": ("tests/e2e/test_verl_rl.py", "tests/trainers/test_trl_rl.py"),
+    "chain-d": (
+        "tests/e2e/test_verl_rl.py",
+        "tests/trainers/test_trl_rl.py",
+        "tests/trainers/test_quick_start_rl.py",
+    ),
 }
 _CHAIN_OF = {
     path: (name, index) for name, paths in CHAINS.items() for index, path in enumerate(paths)
 }
 
 
+# Measured seconds of the longest files outside the chains (2026-12-05): scheduled first.
+HEAVY = {
+    "tests/backends/test_verl_contract.py": 100,
+    "tests/pipelines/test_engine.py": 60,
+    "tests/jobs/test_supervisor.py": 45,
+    "tests/core/test_db.py": 44,
+    "tests/jobs/test_service.py": 42,
+    "tests/frontend/test_frontend.py": 40,
+    "tests/trainers/test_merge.py": 38,
+    "tests/datasets/test_dedup.py": 33,
+}
+
+
 def _unit_of(path: str) -> tuple[int, str, int]:
-    """Where a test file runs: (0, its chain, its place in it) or (1, the file itself, 0)."""
+    """Where a test file runs: (0, its chain, its place in it) or (1, the file itself, its
+    order: the longest first)."""
     chain = _CHAIN_OF.get(path)
-    return (0, chain[0], chain[1]) if chain else (1, path, 0)
+    return (0, chain[0], chain[1]) if chain else (1, path, -HEAVY.get(path, 0))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
@@ -177,7 +197,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = [path for path in _CHAIN_OF if not (root / path).is_file()]
     if missing:
         raise pytest.UsageError(f"CHAINS names files that do not exist: {missing}")
-    items.sort(key=lambda item: _unit_of(Path(str(item.path)).relative_to(root).as_posix()))
+
+    def order(item: pytest.Item) -> tuple[int, int, str, int]:
+        kind, unit, place = _unit_of(Path(str(item.path)).relative_to(root).as_posix())
+        # chains by name then place; the other files by their weight, then path
+        return (kind, place if kind else 0, unit, place if not kind else 0)
+
+    items.sort(key=order)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -360,7 +360,8 @@ export interface paths {
         /**
          * Search Dataset
          * @description Rows like a text or like a row, by the cosine similarity of their MiniLM embeddings in
-         *     the vector store (a version's collection is built on its first search).
+         *     the vector store, answered by a worker (a version's collection is built on its first
+         *     search).
          */
         post: operations["search_dataset_api_v1_datasets__ref__search_post"];
         delete?: never;
