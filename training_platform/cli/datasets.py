@@ -355,7 +355,8 @@ def datasets_search(
     if version is not None:
         body["version"] = version
     with client() as api:
-        found = call(api.request, "POST", f"/api/v1/datasets/{ref}/search", json=body)
+        # a worker answers; its first search of a version embeds it (the API waits up to 180 s)
+        found = call(api.request, "POST", f"/api/v1/datasets/{ref}/search", json=body, timeout=200)
     for hit in found["hits"]:
         console.print(f"{hit['score']:.3f} row {hit['row']}: {hit['data']}", highlight=False)
 
