@@ -130,19 +130,3 @@ def run(engine: Engine, settings: Settings, analysis_id: int) -> str:
         found.result = compute(settings, session, version, found.options)
 
     return work.run_once(engine, DatasetAnalysis, analysis_id, fill, done=SUCCEEDED)
-
-
-def describe(found: DatasetAnalysis, entry: DatasetEntry) -> dict[str, Any]:
-    """Public fields of an analysis."""
-    return {
-        "id": found.id,
-        "dataset": entry.name,
-        "version": found.version,
-        "status": found.status,
-        "options": found.options,
-        "result": found.result,
-        "error": found.error,
-        "created_by": found.created_by,
-        "created_at": found.created_at,
-        "finished_at": found.finished_at,
-    }

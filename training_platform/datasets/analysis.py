@@ -99,23 +99,30 @@ def _empty(value: Any) -> bool:
 _SPACE = re.compile(r"\s+")
 
 
+def strings_of(value: Any, skip: frozenset[str], *, sort_keys: bool = False) -> list[str]:
+    """Every string inside a task row, in order, leaving out the values of the `skip` keys."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        keys = sorted(value) if sort_keys else list(value)
+        return [
+            s
+            for key in keys
+            if key not in skip
+            for s in strings_of(value[key], skip, sort_keys=sort_keys)
+        ]
+    if isinstance(value, list):
+        return [s for item in value for s in strings_of(item, skip, sort_keys=sort_keys)]
+    return []
+
+
+_NOT_TEXT = frozenset({"extra_info", "index"})
+
+
 def normalized_text(row: Any) -> str:
     """A row's text for exact-duplicate checks: its task row's strings, lower case, spaces
     collapsed (so two files that differ only in formatting still match)."""
-    parts: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            parts.append(value)
-        elif isinstance(value, dict):
-            for key in sorted(value):
-                if key not in ("extra_info", "index"):
-                    walk(value[key])
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(row)
+    parts = strings_of(row, _NOT_TEXT, sort_keys=True)
     return "\u241f".join(_SPACE.sub(" ", part).strip().casefold() for part in parts)
 
 

@@ -36,21 +36,11 @@ MAX_TEXT = 300
 def row_text(fmt: str, row: Any, number: int) -> str:
     """The text of a row that duplicates are judged on: its task row's strings, in order."""
     task_row = formats.convert_row(fmt, formats.TASK_OF_FORMAT[fmt], row, number)
-    parts: list[str] = []
+    return "\n".join(analysis.strings_of(task_row, _NOT_JUDGED))
 
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            parts.append(value)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if key not in ("extra_info", "role", "style", "data_source", "ability"):
-                    walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
 
-    walk(task_row)
-    return "\n".join(parts)
+# Keys whose values are labels of a row, not its text.
+_NOT_JUDGED = frozenset({"extra_info", "role", "style", "data_source", "ability"})
 
 
 @dataclass

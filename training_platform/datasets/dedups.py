@@ -258,23 +258,6 @@ def search(
     return [(number, score) for number, score in hits if number != row][:limit]
 
 
-def describe(found: DatasetDedup, entry: DatasetEntry) -> dict[str, Any]:
-    """Public fields of a dedup."""
-    return {
-        "id": found.id,
-        "dataset": entry.name,
-        "version": found.version,
-        "status": found.status,
-        "options": found.options,
-        "review": found.review,
-        "accepted_version": found.accepted_version,
-        "error": found.error,
-        "created_by": found.created_by,
-        "created_at": found.created_at,
-        "finished_at": found.finished_at,
-    }
-
-
 def drop_collections(settings: Settings, dataset_id: int, numbers: list[int]) -> None:
     """Remove a deleted dataset's search collections (a failure is logged: the dataset is gone
     whatever happens, and a collection nobody names is only space)."""

@@ -19,7 +19,15 @@ from training_platform.catalog.names import CatalogName
 from training_platform.core.errors import InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import DB_INT_MAX
-from training_platform.datasets import analyses, analysis, dedups, formats, service, versions
+from training_platform.datasets import (
+    analyses,
+    analysis,
+    dedups,
+    formats,
+    service,
+    versions,
+    work,
+)
 from training_platform.datasets.schemas import (
     AnalysisCreate,
     AnalysisPublic,
@@ -254,7 +262,7 @@ def analyze_dataset(
         send_analysis(found.id)
     else:
         response.status_code = status.HTTP_200_OK
-    return AnalysisPublic(**analyses.describe(found, entry))
+    return AnalysisPublic(**work.describe(found, entry))
 
 
 @router.get("/datasets/{ref}/analyses")
@@ -262,7 +270,7 @@ def list_analyses(ref: str, session: SessionDep, _: CurrentToken) -> list[Analys
     """A dataset's analyses, newest first."""
     entry = _entry(session, ref)
     return [
-        AnalysisPublic(**analyses.describe(a, entry))
+        AnalysisPublic(**work.describe(a, entry))
         for a in analyses.of_dataset(session=session, entry=entry)
     ]
 
@@ -272,7 +280,7 @@ def get_analysis(ref: str, analysis_id: Id, session: SessionDep, _: CurrentToken
     """One analysis and, once it succeeded, its statistics."""
     entry = _entry(session, ref)
     found = analyses.get(session=session, entry=entry, analysis_id=analysis_id)
-    return AnalysisPublic(**analyses.describe(found, entry))
+    return AnalysisPublic(**work.describe(found, entry))
 
 
 @router.get("/datasets/{ref}/rows/{row}/render")
@@ -326,7 +334,7 @@ def dedup_dataset(
 
     assert found.id is not None
     send_dedup(found.id)
-    return DedupPublic(**dedups.describe(found, entry))
+    return DedupPublic(**work.describe(found, entry))
 
 
 @router.get("/datasets/{ref}/dedups")
@@ -334,7 +342,7 @@ def list_dedups(ref: str, session: SessionDep, _: CurrentToken) -> list[DedupPub
     """A dataset's dedups, newest first."""
     entry = _entry(session, ref)
     return [
-        DedupPublic(**dedups.describe(d, entry))
+        DedupPublic(**work.describe(d, entry))
         for d in dedups.of_dataset(session=session, entry=entry)
     ]
 
@@ -344,7 +352,7 @@ def get_dedup(ref: str, dedup_id: Id, session: SessionDep, _: CurrentToken) -> D
     """One dedup and, once computed, its review: clusters with the kept and dropped rows."""
     entry = _entry(session, ref)
     return DedupPublic(
-        **dedups.describe(dedups.get(session=session, entry=entry, dedup_id=dedup_id), entry)
+        **work.describe(dedups.get(session=session, entry=entry, dedup_id=dedup_id), entry)
     )
 
 
@@ -372,7 +380,7 @@ def discard_dedup(ref: str, dedup_id: Id, session: SessionDep, _: CurrentToken) 
     found = dedups.get(session=session, entry=entry, dedup_id=dedup_id)
     dedups.discard(session=session, found=found)
     session.commit()
-    return DedupPublic(**dedups.describe(found, entry))
+    return DedupPublic(**work.describe(found, entry))
 
 
 @router.post("/datasets/{ref}/search")

@@ -25,11 +25,13 @@ SEARCH_WAIT_S = 180
 REPLY_TTL_S = 60
 
 
+def _send(task: str, *args: object) -> None:
+    app.send_task(task, args=list(args), queue=PREPROCESSING, routing_key=PREPROCESSING)
+
+
 def send_analysis(analysis_id: int) -> None:
     """Have a general worker compute a pending analysis."""
-    app.send_task(
-        "tp.datasets.analyze", args=[analysis_id], queue=PREPROCESSING, routing_key=PREPROCESSING
-    )
+    _send("tp.datasets.analyze", analysis_id)
 
 
 @app.task(name="tp.datasets.analyze")
@@ -42,9 +44,7 @@ def analyze(analysis_id: int) -> dict[str, object]:
 
 def send_dedup(dedup_id: int) -> None:
     """Have a general worker compute a pending dedup."""
-    app.send_task(
-        "tp.datasets.dedup", args=[dedup_id], queue=PREPROCESSING, routing_key=PREPROCESSING
-    )
+    _send("tp.datasets.dedup", dedup_id)
 
 
 @app.task(name="tp.datasets.dedup")
@@ -67,12 +67,7 @@ def ask_search(
     """Have a worker search (the vector store and the embedder live on workers, not in the
     API) and wait for its answer on a Redis list of this request's own."""
     reply = f"{KEY_PREFIX}datasets:search:{uuid.uuid4().hex}"
-    app.send_task(
-        "tp.datasets.search",
-        args=[reply, dataset_id, version, query, row, limit],
-        queue=PREPROCESSING,
-        routing_key=PREPROCESSING,
-    )
+    _send("tp.datasets.search", reply, dataset_id, version, query, row, limit)
     # redis-py reads with a 5 s socket timeout by default: the wait is longer than that.
     client = redis.Redis.from_url(redis_url(settings), socket_timeout=SEARCH_WAIT_S + 15)
     try:

@@ -137,16 +137,6 @@ def record(
     return version
 
 
-def point_at(entry: DatasetEntry, version: DatasetVersion) -> None:
-    """Make the entry's file fields those of a version (the newest)."""
-    entry.path, entry.format, entry.rows = version.path, version.format, version.rows
-    entry.size_bytes, entry.sha256, entry.version = (
-        version.size_bytes,
-        version.sha256,
-        version.number,
-    )
-
-
 def ensure_current(*, session: Session, entry: DatasetEntry, origin: str) -> DatasetVersion:
     """A version for the entry's current file: the newest when it holds it, else a new one."""
     newest = find(session=session, entry=entry, number=entry.version)

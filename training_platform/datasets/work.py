@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -74,3 +74,8 @@ def run_once(
         session.add(found)
         session.commit()
         return found.status
+
+
+def describe(found: DatasetAnalysis | DatasetDedup, entry: DatasetEntry) -> dict[str, Any]:
+    """Public fields of an analysis or a dedup: its row, the dataset by name."""
+    return found.model_dump(exclude={"dataset_id"}) | {"dataset": entry.name}

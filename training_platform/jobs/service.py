@@ -76,12 +76,7 @@ class ValidatedJob:
 
 def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     """Check a submission against the backend and the catalog; InvalidInput names the field."""
-    backend, parameters, dataset = check_request(session=session, request=request)
-    version = (
-        dataset_versions.resolve(session=session, ref=request.dataset)[1]
-        if dataset is not None and request.dataset is not None
-        else None
-    )
+    backend, parameters, dataset, version = check_request(session=session, request=request)
     pair = f"{backend.backend}/{backend.algorithm}"
     if getattr(parameters, "endpoint", None) is not None:
         if request.model is not None:
@@ -93,7 +88,9 @@ def validate(*, session: Session, request: JobCreate) -> ValidatedJob:
     return ValidatedJob(request, backend, parameters, model, dataset, version)
 
 
-def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> DatasetEntry | None:
+def _dataset_of(
+    session: Session, request: JobCreate, backend: Backend
+) -> tuple[DatasetEntry | None, DatasetVersion | None]:
     pair = f"{backend.backend}/{backend.algorithm}"
     if request.validation is not None and not getattr(backend, "validates", False):
         raise InvalidInput(
@@ -102,7 +99,7 @@ def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> Datas
     if backend.data_task is None:
         if request.dataset is not None:
             raise InvalidInput(("body", "dataset"), f"{pair} takes no dataset; leave it out")
-        return None
+        return None, None
     if request.dataset is None:
         raise InvalidInput(
             ("body", "dataset"), f"{pair} needs a dataset of {backend.data_task} data"
@@ -116,16 +113,16 @@ def _dataset_of(session: Session, request: JobCreate, backend: Backend) -> Datas
             f"{backend.backend}/{backend.algorithm} needs {backend.data_task} data "
             f"(formats: {fitting})",
         )
-    return dataset
+    return dataset, version
 
 
 def check_request(
     *, session: Session, request: JobCreate
-) -> tuple[Backend, BaseModel, DatasetEntry | None]:
+) -> tuple[Backend, BaseModel, DatasetEntry | None, DatasetVersion | None]:
     """Every check of `validate` but the model's (a pipeline stage may get its model later)."""
     backend = get_backend(request.backend, request.algorithm)
     parameters = validate_parameters(backend, request.hyperparameters, gpus=request.resources.gpus)
-    dataset = _dataset_of(session, request, backend)
+    dataset, version = _dataset_of(session, request, backend)
     reward = getattr(parameters, "reward", None)
     if isinstance(reward, str):
         rewards.resolve(session=session, choice=reward, platform_dir="")
@@ -135,7 +132,7 @@ def check_request(
     )
     if unfit is not None:  # a job that can never fit is refused, not queued forever
         raise InvalidInput(("body", "resources"), unfit)
-    return backend, parameters, dataset
+    return backend, parameters, dataset, version
 
 
 def request_hash(request: JobCreate) -> str:

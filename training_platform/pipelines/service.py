@@ -189,7 +189,7 @@ def check_stage(
             name, dsl.request_loc(stage, tuple(first["loc"])), first["msg"]
         ) from None
     try:
-        backend, _, _ = jobs.check_request(session=session, request=job)
+        backend, *_ = jobs.check_request(session=session, request=job)
         if not model_from_upstream:
             if job.model is None:
                 raise InvalidInput(("body", "model"), "a stage needs a model or an upstream")
