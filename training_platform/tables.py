@@ -9,6 +9,7 @@ from training_platform.catalog.models import (
     ModelLineage,
     RewardFileEntry,
 )
+from training_platform.compute.models import MemoryPrediction
 from training_platform.datasets.models import DatasetAnalysis, DatasetDedup, DatasetVersion
 from training_platform.evaluation.models import (
     EvalSuite,
@@ -64,6 +65,7 @@ __all__ = [
     "JobEvent",
     "JobLogChunk",
     "JobMetric",
+    "MemoryPrediction",
     "Merge",
     "ModelEntry",
     "ModelLineage",

@@ -52,6 +52,7 @@ CONTEXTS: tuple[Spec, ...] = (
     Spec("training_platform.catalog.routes", ("router",), _api("models", "rewards")),
     Spec("training_platform.surgery.routes", ("models_router", "router"), _api("models", "merges")),
     Spec("training_platform.datasets.routes", ("router",), _api("datasets")),
+    Spec("training_platform.compute.routes", ("router",), _api("compute")),
     Spec("training_platform.evaluation.routes", ("router",), _api("evaluations")),
     Spec(
         "training_platform.serving.routes",

@@ -14,7 +14,14 @@ async def _domain_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
     if isinstance(error, InvalidInput):
         # Same shape as FastAPI's own validation errors, so clients parse one format.
-        detail = [{"loc": list(error.loc), "msg": error.message, "type": error.kind}]
+        entry: dict[str, object] = {
+            "loc": list(error.loc),
+            "msg": error.message,
+            "type": error.kind,
+        }
+        if error.ctx is not None:
+            entry["ctx"] = error.ctx
+        detail = [entry]
         return JSONResponse({"detail": detail}, status_code=error.status_code)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
     return JSONResponse({"detail": error.message}, status_code=error.status_code, headers=headers)

@@ -23,7 +23,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # The newest migration. A database already there is left alone without loading Alembic and
 # every migration script (most of a process's start); tests/core/test_db.py holds this to
 # Alembic's own head.
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 _MIGRATION_LOCK_ID = 0x7470_6D69  # "tpmi": the PostgreSQL advisory lock taken around upgrades
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class DomainError(Exception):
@@ -32,10 +33,17 @@ class InvalidInput(DomainError):
 
     status_code = 422
 
-    def __init__(self, loc: Sequence[str | int], message: str, kind: str = "value_error") -> None:
+    def __init__(
+        self,
+        loc: Sequence[str | int],
+        message: str,
+        kind: str = "value_error",
+        ctx: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.loc = tuple(loc)
         self.kind = kind
+        self.ctx = ctx  # structured data a client can use (FastAPI's errors carry one too)
 
 
 class Unavailable(DomainError):

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     vector_lock_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=300.0,
         description="How long vector work waits for Milvus Lite while another process holds it.",
+    )
+    admission: Literal["refuse", "warn", "off"] = Field(
+        default="refuse",
+        description="A GPU job whose estimated peak memory exceeds every device it could run "
+        "on: refused at submission (422 with the estimate and a configuration that fits), "
+        "submitted with a warning event, or not checked.",
     )
     node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 

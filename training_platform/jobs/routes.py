@@ -140,6 +140,7 @@ def _plan_public(plan: LaunchPlan, run_dir: str, runner: str) -> PlanPublic:
 def create_job(
     body: JobCreate,
     session: SessionDep,
+    settings: SettingsDep,
     token: CurrentToken,
     dispatcher: DispatcherDep,
     response: Response,
@@ -147,7 +148,11 @@ def create_job(
 ) -> JobPublic:
     """Submit a job; it is stored as queued, then its start message is sent."""
     job, created = service.submit(
-        session=session, request=body, actor=f"token:{token.name}", idempotency_key=idempotency_key
+        session=session,
+        request=body,
+        actor=f"token:{token.name}",
+        idempotency_key=idempotency_key,
+        settings=settings,
     )
     session.commit()
     if created:

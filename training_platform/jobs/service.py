@@ -33,6 +33,7 @@ from training_platform.backends.base import (
 from training_platform.catalog import rewards
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.compute import service as compute
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -178,11 +179,17 @@ def policy_of(job: Job) -> JobPolicy:
 
 
 def submit(
-    *, session: Session, request: JobCreate, actor: str, idempotency_key: str | None = None
+    *,
+    session: Session,
+    request: JobCreate,
+    actor: str,
+    idempotency_key: str | None = None,
+    settings: Settings | None = None,
 ) -> tuple[Job, bool]:
     """Store a new QUEUED job, or return the one an earlier identical request created.
 
-    Returns (job, created). Nothing is written when validation fails.
+    Returns (job, created). Nothing is written when validation fails. With settings, a GPU
+    job is sized first (compute admission): refused when it cannot fit, its prediction kept.
     """
     fingerprint = request_hash(request)
     if idempotency_key is not None:
@@ -190,6 +197,18 @@ def submit(
         if earlier is not None:
             return earlier, False
     checked = validate(session=session, request=request)
+    sized, warning = None, None
+    if settings is not None and checked.model is not None:
+        sized, warning = compute.admit(
+            session=session,
+            settings=settings,
+            backend=checked.backend.backend,
+            algorithm=checked.backend.algorithm,
+            model=checked.model,
+            parameters=checked.parameters,
+            hyperparameters=dict(request.hyperparameters),
+            resources=request.resources.model_dump(),
+        )
     now = utcnow()
     job = Job(
         name=request.name,
@@ -231,10 +250,19 @@ def submit(
             from_status=None,
             to_status=JobStatus.PENDING.value,
             actor=actor,
-            reason="submitted; the dataset is being prepared" if checked.dataset else "submitted",
+            reason=("submitted; the dataset is being prepared" if checked.dataset else "submitted")
+            + (f"; memory warning: {warning}" if warning else ""),
             created_at=now,
         )
     )
+    if sized is not None:
+        compute.record_prediction(
+            session=session,
+            job_id=job.id,  # type: ignore[arg-type]
+            sized=sized,
+            backend=job.backend,
+            algorithm=job.algorithm,
+        )
     session.flush()
     return job, True
 

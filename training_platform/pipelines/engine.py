@@ -447,7 +447,11 @@ def _start(
                 }
             )
             job, created = jobs.submit(
-                session=session, request=job_request, actor=actor, idempotency_key=key
+                session=session,
+                request=job_request,
+                actor=actor,
+                idempotency_key=key,
+                settings=settings,
             )
     except (DomainError, ValidationError) as error:
         session.rollback()

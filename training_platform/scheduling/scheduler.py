@@ -17,15 +17,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from training_platform.catalog import service as catalog
-from training_platform.catalog.models import ModelEntry
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.jobs.models import Job
@@ -51,25 +48,30 @@ def _key(slot: Slot) -> tuple[str, str, int]:
     return (slot.host, slot.kind, slot.index)
 
 
-def _estimate(session: Session, settings: Settings, job: Job) -> service.MemoryEstimate:
-    model = session.get(ModelEntry, job.model_id) if job.model_id is not None else None
-    directory = None
-    if model is not None and model.source != "hub":
-        try:
-            directory = Path(catalog.model_location(settings, model)[0])
-        except Exception:  # a model moved out of the roots: the start will say so
-            directory = None
-    resources = job.spec.get("resources", {})
-    hyper = job.spec.get("hyperparameters", {})
-    return service.estimate_memory(
-        directory,
-        lora=bool(hyper.get("lora")),
-        gpus=int(resources.get("gpus", 0)),
-        sharded=job.backend in SHARDED_BACKENDS,
+@dataclass(frozen=True)
+class MemoryNeed:
+    """A job's GPU memory per device as the compute estimator sized it (0: not sized)."""
+
+    per_device_mb: int
+    how: str
+
+
+def _estimate(session: Session, settings: Settings, job: Job) -> MemoryNeed:
+    """The prediction stored at submission, or the job sized now (submitted without one)."""
+    from training_platform.compute import service as compute
+
+    prediction = compute.prediction_row(session=session, job_id=job.id)  # type: ignore[arg-type]
+    if prediction is not None:
+        return MemoryNeed(prediction.predicted_mb, compute.how(prediction.breakdown))
+    sized = compute.size_job(session=session, settings=settings, job=job)
+    if sized is None:
+        return MemoryNeed(0, "not sized")
+    return MemoryNeed(
+        sized.estimate.device_mb, compute.how(compute.public_estimate(sized.estimate))
     )
 
 
-def _why(demand: Demand, available: list[Slot], estimate: service.MemoryEstimate) -> str:
+def _why(demand: Demand, available: list[Slot], estimate: MemoryNeed) -> str:
     if demand.gpus == 0:
         return "waiting for a free CPU training slot"
     if choose(demand, available, check_memory=False) is not None:

@@ -5,10 +5,7 @@ Functions flush; callers commit. No HTTP, no Celery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
@@ -156,45 +153,6 @@ BYTES_PER_PARAM = {
     "lora": 2.0,
 }  # AdamW mixed precision; frozen bf16 weights + adapter
 ACTIVATION_OVERHEAD = 1.2
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """A rough estimate of GPU memory per device, explained."""
-
-    per_device_mb: int
-    parameters: int | None
-    how: str
-
-
-def estimate_memory(
-    model_dir: Path | None, *, lora: bool, gpus: int, sharded: bool
-) -> MemoryEstimate:
-    """Weights, gradients and optimizer state from the model's size; activations as a margin.
-
-    Deliberately simple: the compute configurator refines it. Unknown for hub models (0).
-    """
-    if model_dir is None or not model_dir.is_dir():
-        return MemoryEstimate(0, None, "model size unknown (hub model): not checked")
-    weight_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    weight_bytes += sum(p.stat().st_size for p in model_dir.glob("*.bin"))
-    dtype_bytes = 2
-    try:
-        dtype = json.loads((model_dir / "config.json").read_text()).get("torch_dtype") or ""
-        dtype_bytes = 4 if "32" in str(dtype) else 2
-    except (OSError, ValueError):
-        pass
-    parameters = weight_bytes // dtype_bytes
-    method = "lora" if lora else "full"
-    total = parameters * BYTES_PER_PARAM[method] * ACTIVATION_OVERHEAD
-    per_device = total / max(gpus, 1) if sharded else total
-    return MemoryEstimate(
-        int(per_device // 2**20) + 1,
-        int(parameters),
-        f"{parameters / 1e9:.3g}B parameters x {BYTES_PER_PARAM[method]:g} bytes ({method}) "
-        f"x {ACTIVATION_OVERHEAD} for activations"
-        + (f" / {gpus} GPUs (sharded)" if sharded else ""),
-    )
 
 
 def recommend(memory_mb: int) -> dict[str, Any]:

@@ -120,6 +120,7 @@ class Hyperparameters(_Strict):
     save_steps: int = Field(default=10, gt=0)
     save_total_limit: int | None = Field(default=2, gt=0)
     seed: int = Field(default=0, ge=0)
+    gradient_checkpointing: bool = True
     lora: LoraSettings | None = None
 
     @field_validator("max_steps")
@@ -523,6 +524,7 @@ def common_training_args(config: TrainConfig) -> dict[str, Any]:
         "save_total_limit": hp.save_total_limit,
         "seed": hp.seed,
         "data_seed": hp.seed,
+        "gradient_checkpointing": hp.gradient_checkpointing,
         # The progress callback prints readable lines; a tqdm bar would garble the job log.
         "disable_tqdm": True,
         # Report a NaN or infinite loss as it is: the platform's alert rules must see it (the

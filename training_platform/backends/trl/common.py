@@ -84,6 +84,11 @@ class TrlParameters(BaseModel):
     lora: LoraParameters | None = Field(
         None, description="Train a LoRA adapter instead of every weight; absent: full training."
     )
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute each layer's activations in the backward pass instead of "
+        "keeping them: less memory, about a third more compute.",
+    )
 
     # Several GPUs of one host run through `accelerate launch` (data parallel).
     max_gpus: ClassVar[int] = 8
