@@ -68,6 +68,7 @@ COMMON_CHANGED: dict[str, Any] = {
     "save_steps": 10,
     "save_total_limit": 3,
     "seed": 7,
+    "gradient_checkpointing": False,
     "lora": {"rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
 }
 RL_CHANGED: dict[str, Any] = {

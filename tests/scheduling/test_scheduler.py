@@ -60,7 +60,7 @@ def test_a_job_that_would_run_out_of_memory_stays_queued_with_the_reason(  # typ
     assert run_pass(sim).placed == []
     reason = reload_job(job.id).wait_reason
     assert reason.startswith("waiting for GPU memory: needs ~") and "1 MB free" in reason
-    assert "peak: weights" in reason  # the compute estimator's breakdown
+    assert "backward peak: logits" in reason  # the compute estimator's breakdown
 
 
 def test_devices_busy_with_other_processes_are_never_leased(  # type: ignore[no-untyped-def]

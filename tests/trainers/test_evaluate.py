@@ -27,6 +27,7 @@ from training_platform.trainers.evaluate import (
     choose_engine,
     exact_match,
     last_number,
+    load_config,
     numeric_match,
     parse_config,
     vllm_available,
@@ -314,8 +315,11 @@ def test_n_sampled_completions_per_prompt_are_recorded_and_seeded(
     assert found[0] == found[1]  # the same seed draws the same completions
     # Sampled: a random model's four draws of a prompt are not all one text.
     assert any(len(set(draws)) > 1 for draws in found[0])
-    greedy = evaluate(_config(tiny_model_dir, eval_data, tmp_path / "g", n=2), tmp_path / "g")
-    assert greedy.returncode == 2 and "n: more than one completion" in greedy.stderr
+    # Greedy decoding has one completion per prompt: asking for more is a config error.
+    greedy = tmp_path / "greedy.json"
+    greedy.write_text(json.dumps(_config(tiny_model_dir, eval_data, tmp_path / "g", n=2)))
+    with pytest.raises(ConfigError, match="n: more than one completion"):
+        load_config(greedy)
 
 
 def test_a_missing_model_is_a_config_error(eval_data: Path, tmp_path: Path) -> None:

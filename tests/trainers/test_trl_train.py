@@ -444,10 +444,14 @@ def test_assistant_only_sft_without_markers_in_the_template_exits_2(
         assert marker in template
         template = template.replace(marker, "")
     (plain / "chat_template.jinja").write_text(template, encoding="utf-8")
+    from transformers import AutoTokenizer
+
+    from training_platform.trainers.trl_train import ConfigError, check_assistant_masks
+
+    # The check a run makes before it trains (a ConfigError is exit 2, as tested above).
+    with pytest.raises(ConfigError, match=r"chat template has no \{% generation %\}"):
+        check_assistant_masks(AutoTokenizer.from_pretrained(plain))
     config = _config(plain, tmp_path / "run", data_dir / "sft.parquet")
-    result = train(config, tmp_path / "c.json")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "assistant_only_loss: the model's chat template has no {% generation %}" in result.stderr
     # Every token instead: the same model trains.
     config["hyperparameters"] = {**config["hyperparameters"], "assistant_only_loss": False}
     config["hyperparameters"]["max_steps"] = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
 import typer
@@ -39,3 +40,15 @@ def call(action: Any, *args: Any, **kwargs: Any) -> Any:
         return action(*args, **kwargs)
     except ApiError as error:
         fail(error.message, 2 if error.status in (400, 422) else 1)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`, with the value read as JSON when it parses (numbers, booleans)."""
+    if "=" not in text:
+        raise typer.BadParameter(f"{text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value

@@ -15,7 +15,16 @@ from rich.table import Table
 
 from training_platform.cli import services
 from training_platform.cli.client import ApiClient, ApiError, read_token
-from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
+from training_platform.cli.common import (
+    call,
+    client,
+    console,
+    err,
+    fail,
+    parse_param,
+    settings_or_exit,
+)
+from training_platform.cli.compute import compute_app
 from training_platform.cli.datasets import datasets_app
 from training_platform.cli.evaluation import eval_app
 from training_platform.cli.serving import endpoints_app, serve_app
@@ -42,6 +51,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(serve_app, name="serve")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(merge_app, name="merge")
+app.add_typer(compute_app, name="compute")
 models_app.command("soup")(models_soup)
 models_app.command("select")(models_select)
 models_app.command("lineage")(models_lineage)
@@ -297,18 +307,6 @@ def status() -> None:
 
 
 # --- jobs ----------------------------------------------------------------------------------
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """`key=value`, with the value read as JSON when it parses (numbers, booleans)."""
-    if "=" not in text:
-        raise typer.BadParameter(f"{text!r} is not key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value: Any = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.strip(), value
 
 
 def load_data_file(path: Path) -> Any:

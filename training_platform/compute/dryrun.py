@@ -1,10 +1,10 @@
 """The second tier: one real training step of the real architecture on fake tensors.
 
 The model is built from its config under PyTorch's FakeTensorMode (no weights, no GPU, no
-memory), then two steps of what the TRL trainers do run on it (forward under bf16 autocast with
-float32 weights as TRL loads them, backward, fused AdamW; DPO adds the reference forward on the
-concatenated chosen and rejected rows), and torch's MemTracker counts every storage by kind
-(parameters, gradients, optimizer state, activations, temporaries) at the peak. Two steps,
+memory), then two steps of what TRL's SFT trainer does run on it (forward under bf16 autocast
+with float32 weights as TRL loads them, backward, fused AdamW), and torch's MemTracker counts
+every storage by kind (parameters, gradients, optimizer state, activations, temporaries) at
+the peak. Two steps,
 because the optimizer's state exists from the first step on and the second forward carries it.
 
 It runs on the CPU (a CPU-only torch cannot fake CUDA tensors), so CPU autocast chooses the
@@ -77,13 +77,6 @@ def _stay(module: Any, *_args: Any, **_kwargs: Any) -> Any:
     return module
 
 
-def _logps(logits: Any, labels: Any) -> Any:
-    """Per-row summed log-probabilities of the labels, the way TRL computes them."""
-    from trl.trainer.utils import selective_log_softmax
-
-    return selective_log_softmax(logits, labels).sum(-1)
-
-
 def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
     """Measure one TRL step's peak memory per GPU for this config and workload."""
     import torch
@@ -91,24 +84,20 @@ def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if workload.backend != "trl" or workload.algorithm not in ("sft", "dpo"):
-        raise ValueError("the dry run covers TRL SFT and DPO")
+    if workload.backend != "trl" or workload.algorithm != "sft":
+        raise ValueError("the dry run covers TRL SFT")
     arch = Architecture.from_config(config)
     fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
     hf_config = AutoConfig.for_model(arch.model_type, **fields)
     hf_config.use_cache = False
     started = time.monotonic()
-    rows = workload.micro_batch * (2 if workload.algorithm == "dpo" else 1)
+    rows = workload.micro_batch
     with FakeTensorMode(allow_non_fake_inputs=True):
         with init.no_init_weights():
             model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
                 hf_config, dtype=torch.float32, attn_implementation="sdpa"
             )
         model.tie_weights()
-        reference = None
-        if workload.algorithm == "dpo" and workload.lora_rank is None:
-            reference = deepcopy(model).eval()
-            reference.requires_grad_(False)
         if workload.lora_rank is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -137,15 +126,10 @@ def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
         ids = torch.randint(0, arch.vocab, (rows, workload.seq_len))
         tracker = _tracker()
         tracker.track_external(model, optimizer)
-        if reference is not None:
-            tracker.track_external(reference)
         with tracker:
             for _ in range(2):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    if workload.algorithm == "sft":
-                        loss = model(input_ids=ids, labels=ids).loss
-                    else:
-                        loss = _dpo_loss(model, reference, ids, tracker)
+                    loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
                 del loss
                 optimizer.step()
@@ -155,24 +139,3 @@ def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
     breakdown = {str(kind).rsplit(".", 1)[-1].lower(): int(n) for kind, n in peak.items()}
     total = breakdown.pop("total")
     return DryRun(total, breakdown, time.monotonic() - started)
-
-
-def _dpo_loss(model: Any, reference: Any, ids: Any, tracker: Any) -> Any:
-    """TRL's sigmoid DPO loss on the concatenated chosen and rejected rows."""
-    import torch
-    from torch.nn import functional
-
-    labels = ids[:, 1:]
-    with torch.no_grad():
-        if reference is not None:
-            ref_logits = reference(input_ids=ids).logits[:, :-1]
-        else:
-            with model.disable_adapter():
-                ref_logits = model(input_ids=ids).logits[:, :-1]
-        ref = _logps(ref_logits, labels)
-        del ref_logits
-    tracker.reset_mod_stats()  # the policy's forward after the reference's (LoRA: same model)
-    logps = _logps(model(input_ids=ids).logits[:, :-1], labels)
-    half = ids.shape[0] // 2
-    margin = (logps[:half] - ref[:half]) - (logps[half:] - ref[half:])
-    return -functional.logsigmoid(0.1 * margin).mean()

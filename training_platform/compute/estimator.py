@@ -8,6 +8,9 @@ states, and the peak is the largest:
   copies of the weights that autocast keeps for the backward pass, the saved activations and the
   logits with their float32 log-softmax;
 - the start of the backward pass: the same with the loss's gradient over the logits;
+- the end of the backward pass: weights, optimizer state and every gradient, and for tied
+  embeddings two more copies of the embedding's gradient (the head's share waits for the
+  embedding's before they are summed);
 - the optimizer step: weights, gradients and optimizer state.
 
 Saved activations per token and layer are those of the Hugging Face decoder layer under bf16
@@ -40,7 +43,7 @@ ACTIVATION = {"hidden": 27.2, "intermediate": 8.0, "query": 9.3, "key_value": 1.
 CHECKPOINTED_PER_TOKEN = 4  # a checkpointed layer keeps its float32 input (x hidden)
 # A LoRA-adapted linear additionally keeps its dropout's output and mask and the low-rank
 # activation, per unit of the linear's input width.
-LORA_PER_INPUT = 7.0
+LORA_PER_INPUT = 3.9
 # The CUDA context and the allocator's rounding: what a device reading adds to the tensors.
 CUDA_CONTEXT_MB = 600
 FRAGMENTATION = 0.05
@@ -127,17 +130,31 @@ def _trl(arch: Architecture, workload: Workload) -> Estimate:
     logits_forward = 6 * tokens * arch.vocab  # bf16 logits, float32 log-softmax
     logits_backward = 10 * tokens * arch.vocab  # with the float32 gradient flowing back
     buffers = 4 * trainable if workload.gpus > 1 else 0  # DDP's gradient buckets
+    # Full training: the head's weight gradient exists from the start of the backward pass.
+    head_gradient = 0 if workload.lora else 4 * arch.vocab * arch.hidden
+    tied_sum = 2 * head_gradient if arch.tied else 0
     forward = weights + optimizer + copies + activations + logits_forward
-    backward = weights + optimizer + copies + activations + logits_backward + buffers
+    backward = (
+        weights + optimizer + copies + activations + logits_backward + head_gradient + buffers
+    )
+    end = weights + gradients + optimizer + tied_sum + buffers
     step = weights + gradients + optimizer + buffers
-    phases = {"forward": forward, "backward": backward, "optimizer step": step}
+    phases = {
+        "forward": forward,
+        "backward": backward,
+        "end of backward": end,
+        "optimizer step": step,
+    }
     phase = max(phases, key=lambda name: phases[name])
+    late = phase in ("end of backward", "optimizer step")
     breakdown = {
         "weights": weights,
-        "gradients": gradients if phase == "optimizer step" else 0,
+        "gradients": (gradients if late else 0)
+        + (tied_sum if phase == "end of backward" else 0)
+        + (head_gradient if phase == "backward" else 0),
         "optimizer": optimizer,
-        "weight_copies": copies if phase != "optimizer step" else 0,
-        "activations": activations if phase != "optimizer step" else 0,
+        "weight_copies": 0 if late else copies,
+        "activations": 0 if late else activations,
         "logits": {"forward": logits_forward, "backward": logits_backward}.get(phase, 0),
         "kv_cache": 0,
         "buffers": buffers if phase != "forward" else 0,

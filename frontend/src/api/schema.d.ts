@@ -88,6 +88,88 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/compute/accuracy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Accuracy
+         * @description The estimator's error per (GPU model, backend, algorithm) over finished GPU jobs.
+         */
+        get: operations["accuracy_api_v1_compute_accuracy_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/compute/advice": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Advice
+         * @description For each host's kind of GPU: which catalog models fit for inference, LoRA and full
+         *     fine-tuning (one row of 1,024 tokens per GPU, gradient checkpointing).
+         */
+        get: operations["advice_api_v1_compute_advice_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/compute/estimate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Estimate Job
+         * @description Peak memory per GPU of a job before it runs, the devices it may use, whether it fits,
+         *     and configurations that fit (cheapest first); nothing is stored.
+         */
+        post: operations["estimate_job_api_v1_compute_estimate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/compute/predictions/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prediction
+         * @description A GPU job's predicted peak memory per GPU, and the measured peak once it has run.
+         */
+        get: operations["prediction_api_v1_compute_predictions__job_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/datasets": {
         parameters: {
             query?: never;
@@ -2527,6 +2609,20 @@ export interface components {
             version: number;
         };
         /**
+         * DevicesPublic
+         * @description The largest GPU the job can be placed on, and how many its host has.
+         */
+        DevicesPublic: {
+            /** Count */
+            count: number;
+            /** Host */
+            host: string;
+            /** Memory Mb */
+            memory_mb: number;
+            /** Name */
+            name: string;
+        };
+        /**
          * EndpointCreate
          * @description Register an OpenAI-compatible server; its key is stored encrypted and never shown.
          */
@@ -2626,6 +2722,26 @@ export interface components {
             venv?: string | null;
         };
         /**
+         * ErrorBand
+         * @description The estimator's error on finished GPU jobs of one GPU model, backend and algorithm.
+         */
+        ErrorBand: {
+            /** Algorithm */
+            algorithm: string;
+            /** Backend */
+            backend: string;
+            /** Gpu */
+            gpu: string;
+            /** High Pct */
+            high_pct: number;
+            /** Low Pct */
+            low_pct: number;
+            /** Median Pct */
+            median_pct: number;
+            /** Points */
+            points: number;
+        };
+        /**
          * Estimate
          * @description What a merge will need, from the sizes of its inputs' weight files.
          */
@@ -2662,6 +2778,86 @@ export interface components {
              * @enum {string}
              */
             time_class: "seconds" | "minutes" | "hours";
+        };
+        /**
+         * EstimateCreate
+         * @description A job as the New job form holds it: what to size.
+         */
+        EstimateCreate: {
+            /**
+             * Algorithm
+             * @example sft
+             */
+            algorithm: string;
+            /**
+             * Backend
+             * @example trl
+             */
+            backend: string;
+            /** Hyperparameters */
+            hyperparameters?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Model
+             * @description Catalog model name or id (local models only).
+             */
+            model: string | number;
+            resources?: components["schemas"]["Resources"];
+        };
+        /**
+         * EstimatePart
+         * @description An estimate in MB: the peak, the phase that sets it and its parts.
+         */
+        EstimatePart: {
+            /** Basis */
+            basis: string[];
+            /** Breakdown Mb */
+            breakdown_mb: {
+                [key: string]: number;
+            };
+            /**
+             * Device Mb
+             * @description What the GPU would show: the peak, the allocator's rounding (5%) and the CUDA context (600 MB).
+             */
+            device_mb: number;
+            /**
+             * Peak Mb
+             * @description Peak of the tensors per GPU.
+             */
+            peak_mb: number;
+            /** Phase */
+            phase: string;
+        };
+        /**
+         * EstimatePublic
+         * @description A job sized before it runs.
+         */
+        EstimatePublic: {
+            /** Architecture */
+            architecture?: string | null;
+            devices?: components["schemas"]["DevicesPublic"] | null;
+            /** @description The estimator's error on finished jobs like this one, if any ran. */
+            error_band?: components["schemas"]["ErrorBand"] | null;
+            estimate?: components["schemas"]["EstimatePart"] | null;
+            /**
+             * Fits
+             * @description Whether it fits the largest device it may use.
+             */
+            fits?: boolean | null;
+            /** Headroom Mb */
+            headroom_mb?: number | null;
+            /** Parameters */
+            parameters?: number | null;
+            /**
+             * Reason
+             * @description Why it was not sized.
+             */
+            reason?: string | null;
+            /** Recommendations */
+            recommendations?: components["schemas"]["OptionPublic"][];
+            /** Sized */
+            sized: boolean;
         };
         /**
          * EvaluationCreate
@@ -2771,6 +2967,18 @@ export interface components {
             total: number;
         };
         /**
+         * FitPublic
+         * @description Whether one use of a model fits a GPU, and its memory.
+         */
+        FitPublic: {
+            /** Fits */
+            fits: boolean;
+            /** Gpus */
+            gpus?: number | null;
+            /** Mb */
+            mb: number;
+        };
+        /**
          * Generation
          * @description How the outputs are generated (greedy).
          */
@@ -2827,6 +3035,22 @@ export interface components {
              * @default 1
              */
             top_p: number;
+        };
+        /**
+         * GpuAdvice
+         * @description One host's kind of GPU and the catalog models that fit it.
+         */
+        GpuAdvice: {
+            /** Count */
+            count: number;
+            /** Gpu */
+            gpu: string;
+            /** Host */
+            host: string;
+            /** Memory Mb */
+            memory_mb: number;
+            /** Models */
+            models: components["schemas"]["ModelAdvice"][];
         };
         /**
          * GreedySoupCreate
@@ -3717,6 +3941,20 @@ export interface components {
             points: components["schemas"]["MetricPoint"][];
         };
         /**
+         * ModelAdvice
+         * @description A catalog model on one kind of GPU.
+         */
+        ModelAdvice: {
+            full: components["schemas"]["FitPublic"];
+            full_sharded: components["schemas"]["FitPublic"];
+            inference: components["schemas"]["FitPublic"];
+            lora: components["schemas"]["FitPublic"];
+            /** Model */
+            model: string;
+            /** Parameters */
+            parameters: number;
+        };
+        /**
          * ModelLineagePublic
          * @description Every ancestor of a model and how each led to the next.
          */
@@ -3811,6 +4049,23 @@ export interface components {
             };
             /** Row */
             row: number;
+        };
+        /**
+         * OptionPublic
+         * @description A configuration that fits: the form fields it changes and its memory per GPU.
+         */
+        OptionPublic: {
+            /** Changes */
+            changes: {
+                [key: string]: unknown;
+            };
+            /** Device Mb */
+            device_mb: number;
+            estimate: components["schemas"]["EstimatePart"];
+            /** Gpus */
+            gpus: number;
+            /** Summary */
+            summary: string;
         };
         /** PairedSample */
         PairedSample: {
@@ -4025,6 +4280,30 @@ export interface components {
             run_dir: string;
             /** Runner */
             runner: string;
+        };
+        /**
+         * PredictionPublic
+         * @description A GPU job's predicted peak memory per GPU, and the measured one once it has run.
+         */
+        PredictionPublic: {
+            /** Algorithm */
+            algorithm: string;
+            /** Backend */
+            backend: string;
+            /** Error Pct */
+            error_pct: number | null;
+            /** Estimate */
+            estimate: {
+                [key: string]: unknown;
+            };
+            /** Gpu Name */
+            gpu_name: string | null;
+            /** Job Id */
+            job_id: number;
+            /** Measured Mb */
+            measured_mb: number | null;
+            /** Predicted Mb */
+            predicted_mb: number;
         };
         /**
          * Progress
@@ -5151,6 +5430,112 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["BackendPublic"][];
+                };
+            };
+        };
+    };
+    accuracy_api_v1_compute_accuracy_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+        };
+    };
+    advice_api_v1_compute_advice_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GpuAdvice"][];
+                };
+            };
+        };
+    };
+    estimate_job_api_v1_compute_estimate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EstimateCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EstimatePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    prediction_api_v1_compute_predictions__job_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PredictionPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
