@@ -41,6 +41,7 @@ export const routes: RouteRecordRaw[] = [
   { path: "/models", name: "models", component: () => import("./pages/ModelsPage.vue") },
   { path: "/surgery", name: "surgery", component: () => import("./pages/SurgeryPage.vue") },
   { path: "/serving", name: "serving", component: () => import("./pages/ServingPage.vue") },
+  { path: "/compute", name: "compute", component: () => import("./pages/ConfiguratorPage.vue") },
   { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
   { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },
   { path: "/:rest(.*)*", name: "not-found", component: () => import("./pages/NotFoundPage.vue") },

@@ -38,7 +38,9 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def dash(start_module_platform):  # type: ignore[no-untyped-def]
-    return start_module_platform(redis_db=6)
+    # Two simulated 24 GB GPUs (named as such) for the configurator's test; CPU jobs are
+    # unaffected.
+    return start_module_platform(redis_db=6, TP_SIMULATED_GPUS="2x24GB")
 
 
 @pytest.fixture(scope="module")
@@ -608,3 +610,63 @@ def test_upload_a_dataset_see_statistics_a_loss_mask_and_accept_a_dedup(
     expect(page.locator("[data-test=versions] tr[data-version='2']")).to_contain_text("dedup")
     version = _api(dash, "GET", "/datasets/browser-alpaca")
     assert (version["version"], version["rows"]) == (2, 5)
+
+
+def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_that_fits(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    # Qwen2.5-1.5B's shape, config only: full fine-tuning does not fit 24 GB, LoRA does.
+    directory = dash.home / "models" / "qwen-1.5b-shape"
+    directory.mkdir(parents=True)
+    config = {
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "intermediate_size": 8960,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    _api(dash, "POST", "/models", json={"name": "qwen-1.5b-shape", "path": str(directory)})
+    _login(page, dash.token)
+    page.goto("/jobs/new")
+    form = page.locator("[data-test=job-form]")
+    form.locator("select[name=engine]").select_option("trl/sft")
+    form.locator("select[name=model]").select_option("qwen-1.5b-shape")
+    form.locator("input[name=gpus]").fill("1")
+    form.locator("input[name=param-per_device_train_batch_size]").fill("4")
+    estimate = page.locator("[data-test=estimate]")
+    expect(estimate.locator("[data-test=estimate-verdict]")).to_contain_text(
+        "does not fit Simulated GPU (24.0 GB)"
+    )
+    expected = _api(
+        dash,
+        "POST",
+        "/compute/estimate",
+        json={
+            "model": "qwen-1.5b-shape",
+            "backend": "trl",
+            "algorithm": "sft",
+            "hyperparameters": {"per_device_train_batch_size": 4},
+            "resources": {"gpus": 1},
+        },
+    )
+    shown = f"~{expected['estimate']['device_mb'] / 1024:.1f} GB"
+    expect(estimate.locator("[data-test=estimate-peak]")).to_have_text(shown)
+    option = estimate.locator("[data-test=recommendation]").first
+    expect(option).to_contain_text(expected["recommendations"][0]["summary"])
+    page.screenshot(path=str(shots / "job-estimate.png"))
+    option.locator("[data-test=apply-recommendation]").click()
+    # The form now holds the configuration, and its estimate fits.
+    expect(form.locator("input[name=param-lora]")).to_have_value('{"rank":16}')
+    expect(estimate.locator("[data-test=estimate-verdict]")).to_contain_text("fits Simulated GPU")
+    expect(estimate.locator("[data-test=estimate-verdict]")).not_to_contain_text("does not")
+    # The configurator lists which models fit each kind of GPU.
+    page.click("nav a:has-text('Configurator')")
+    row = page.locator("[data-test=advice] tr[data-model=qwen-1.5b-shape]")
+    expect(row).to_contain_text("1.54B")
+    expect(row.locator("td").nth(3)).to_contain_text("fits")  # LoRA
+    expect(row.locator("td").nth(4)).to_contain_text("no")  # full fine-tuning
+    expect(page.locator("[data-test=accuracy]")).to_contain_text("no data yet")

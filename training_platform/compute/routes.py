@@ -10,6 +10,7 @@ from training_platform.catalog import service as catalog
 from training_platform.compute import service
 from training_platform.compute.architecture import ArchitectureError
 from training_platform.compute.schemas import (
+    AccuracyPublic,
     EstimateCreate,
     EstimatePublic,
     GpuAdvice,
@@ -87,11 +88,13 @@ def advice(session: SessionDep, settings: SettingsDep, _: CurrentToken) -> list[
 
 
 @router.get("/accuracy")
-def accuracy(session: SessionDep, _: CurrentToken) -> dict[str, Any]:
+def accuracy(session: SessionDep, _: CurrentToken) -> AccuracyPublic:
     """The estimator's error per (GPU model, backend, algorithm) over finished GPU jobs."""
     bands = service.error_bands(session=session)
     session.commit()
-    return {"bands": bands, "predictions": service.prediction_count(session=session)}
+    return AccuracyPublic.model_validate(
+        {"bands": bands, "predictions": service.prediction_count(session=session)}
+    )
 
 
 @router.get("/predictions/{job_id}")

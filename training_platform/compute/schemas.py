@@ -66,6 +66,13 @@ class ErrorBand(BaseModel):
     high_pct: float
 
 
+class AccuracyPublic(BaseModel):
+    """The estimator's error bands, and how many GPU jobs it sized."""
+
+    bands: list[ErrorBand]
+    predictions: int
+
+
 class EstimatePublic(BaseModel):
     """A job sized before it runs."""
 

@@ -2127,6 +2127,16 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
+         * AccuracyPublic
+         * @description The estimator's error bands, and how many GPU jobs it sized.
+         */
+        AccuracyPublic: {
+            /** Bands */
+            bands: components["schemas"]["ErrorBand"][];
+            /** Predictions */
+            predictions: number;
+        };
+        /**
          * AlertRule
          * @description A condition on the job's metrics, checked as they are ingested, and what to do then.
          *
@@ -5449,9 +5459,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["AccuracyPublic"];
                 };
             };
         };
