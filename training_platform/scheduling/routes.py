@@ -1,4 +1,4 @@
-"""HTTP route of scheduling: the GPUs of every host, who holds them, what fits them."""
+"""HTTP route of scheduling: the GPUs of every host and who holds them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ router = api_router(tags=["gpus"])
 
 @router.get("/gpus")
 def list_gpus(session: SessionDep, _: CurrentToken) -> dict[str, Any]:
-    """Devices per host (memory, use, holder, what fits); simulated ones say so."""
+    """Devices per host (memory, use, holder); simulated ones say so. Which models fit them:
+    GET /api/v1/compute/advice."""
     hosts = service.describe_hosts(session)
     return {
         "hosts": hosts,

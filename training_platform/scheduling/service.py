@@ -146,27 +146,6 @@ def demand_of(resources: dict[str, Any], memory_per_device_mb: int = 0) -> Deman
     )
 
 
-# --- memory -----------------------------------------------------------------------------------
-
-BYTES_PER_PARAM = {
-    "full": 16.0,
-    "lora": 2.0,
-}  # AdamW mixed precision; frozen bf16 weights + adapter
-ACTIVATION_OVERHEAD = 1.2
-
-
-def recommend(memory_mb: int) -> dict[str, Any]:
-    """Largest models that fit one device of this size, by method (rules of thumb)."""
-    usable = memory_mb * 2**20 / ACTIVATION_OVERHEAD
-    return {
-        "full_finetune_max_params": int(usable / BYTES_PER_PARAM["full"]),
-        "lora_max_params": int(usable / BYTES_PER_PARAM["lora"]),
-        "qlora_max_params": int(usable / 0.6),  # 4-bit weights plus adapter and quantization state
-        "basis": "16 bytes/parameter full fine-tune (AdamW, mixed precision), 2 for LoRA on "
-        "bf16 weights, ~0.6 for QLoRA; 20% kept for activations",
-    }
-
-
 def forget_host(*, session: Session, name: str) -> None:
     """Remove a host and its devices (not its lease history)."""
     host = session.exec(select(Host).where(Host.name == name)).first()
@@ -203,7 +182,7 @@ def refresh_local(engine: Engine, settings: Settings) -> Host:
 
 
 def describe_hosts(session: Session) -> list[dict[str, Any]]:
-    """Every host with its devices, who holds each, and what fits them."""
+    """Every host with its devices and who holds each (what fits them: compute advice)."""
     holders: dict[tuple[str, str, int], DeviceLease] = {
         (lease.host, lease.kind, lease.device_index): lease
         for lease in session.exec(select(DeviceLease).where(col(DeviceLease.released_at).is_(None)))
@@ -231,7 +210,6 @@ def describe_hosts(session: Session) -> list[dict[str, Any]]:
                     "state": (
                         "held" if lease else "occupied" if device.foreign_processes else "free"
                     ),
-                    "fits": recommend(device.memory_total_mb),
                     "updated_at": device.updated_at,
                 }
             )

@@ -114,7 +114,6 @@ export interface GpuDevice {
   held_by_job: number | null;
   occupied_by: unknown[];
   state: "held" | "occupied" | "free";
-  fits: unknown;
   updated_at: string | null;
 }
 
