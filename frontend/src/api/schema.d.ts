@@ -869,7 +869,8 @@ export interface paths {
         };
         /**
          * List Gpus
-         * @description Devices per host (memory, use, holder, what fits); simulated ones say so.
+         * @description Devices per host (memory, use, holder); simulated ones say so. Which models fit them:
+         *     GET /api/v1/compute/advice.
          */
         get: operations["list_gpus_api_v1_gpus_get"];
         put?: never;
