@@ -67,11 +67,10 @@ def test_the_analytic_estimate_is_within_10_percent_of_the_dry_run() -> None:
     print(f"worst {100 * worst:.1f}%")
 
 
-@pytest.mark.parametrize("index", [2, 8])  # the two quickest rows: a full and a LoRA run
-def test_the_table_is_what_the_dry_run_measures(index: int) -> None:
+def test_the_table_is_what_the_dry_run_measures() -> None:
     from training_platform.compute.dryrun import dry_run
 
-    row = _table()[index]
+    row = _table()[2]  # the quickest row (3 s on an idle CPU); calibrate.py runs them all
     measured = dry_run(row["config"], Workload(**row["workload"]))
     assert measured.peak_bytes == row["dry_run_bytes"]
     assert measured.breakdown == row["breakdown"]

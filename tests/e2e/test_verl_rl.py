@@ -7,8 +7,8 @@ verl's vLLM server adapter on vLLM's CPU build, which the platform's plugin keep
 after every update (trainers/verl_ext/). The model is the tiny one with 32-dimensional heads
 (vLLM's CPU attention has no 16), random weights.
 
-GRPO is cancelled once its step-6 checkpoint is recorded (what the run started dies with it),
-retried from that checkpoint, and finishes: the reward rises over its 12 steps. The reward is
+GRPO is cancelled once its step-4 checkpoint is recorded (what the run started dies with it),
+retried from that checkpoint, and finishes: the reward rises over its 8 steps. The reward is
 this test's own file, uploaded like a user's: the share of digits in the response, dense enough
 for a random tiny model to move in a few steps (a shape reward a constant output earns: the
 mechanics, not math). The resumed attempt is watched
@@ -54,8 +54,8 @@ COMMON: dict[str, Any] = {
 }
 GRPO = {
     **COMMON,
-    "total_steps": 12,
-    "save_freq": 6,
+    "total_steps": 8,
+    "save_freq": 4,
     "actor_lr": 5e-3,
     "kl_loss_coef": 0.04,
     "rollout": {"n": 8},
@@ -163,10 +163,10 @@ def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> No
         job_id = _submit(client, "grpo", GRPO)
         deadline = time.monotonic() + 600
         checkpoints: list[dict[str, Any]] = []
-        while not any(c["step"] == 6 for c in checkpoints):
+        while not any(c["step"] == 4 for c in checkpoints):
             job = client.get(f"/api/v1/jobs/{job_id}").json()
             assert job["status"] not in ENDED, job["error"]
-            assert time.monotonic() < deadline, f"no step-6 checkpoint, job {job['status']}"
+            assert time.monotonic() < deadline, f"no step-4 checkpoint, job {job['status']}"
             checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
             time.sleep(1)
         run_dir = client.get(f"/api/v1/jobs/{job_id}/plan").json()["run_dir"]
@@ -181,19 +181,20 @@ def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> No
     with platform.client() as client:
         retried = client.post(f"/api/v1/jobs/{job_id}/retry", params={"from_checkpoint": True})
         assert retried.status_code == 200, retried.text
-    assert _streamed_steps(platform, job_id) == list(range(1, 13))
+    assert _streamed_steps(platform, job_id) == list(range(1, 9))
     done = platform.wait_status(job_id, ENDED, timeout=60)
     assert done["status"] == "succeeded", done["error"]
     with platform.client() as client:
         keys = set(_keys(client, job_id))
         assert KEYS | {"actor/kl_loss"} <= keys, keys
-        assert _steps(client, job_id, "critic/score/mean") == list(range(1, 13))
+        assert _steps(client, job_id, "critic/score/mean") == list(range(1, 9))
         rewards = _values(client, job_id, "critic/score/mean")
         checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
-    first, last = mean(rewards[:4]), mean(rewards[-4:])
-    print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 4 of 12)")
+    first, last = mean(rewards[:3]), mean(rewards[-3:])
+    print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 3 of 8)")
+    print("rewards by step:", [round(r, 4) for r in rewards])
     assert last > first, rewards
-    assert [(c["step"], c["final"]) for c in checkpoints] == [(6, False), (12, False), (12, True)]
+    assert [(c["step"], c["final"]) for c in checkpoints] == [(4, False), (8, False), (8, True)]
     assert done["attempt"] == 2 and done["outputs"]["model"]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training_platform.jobs.schemas import Resources
+from training_platform.jobs.schemas import Ref, Resources
 
 
 class EstimateCreate(BaseModel):
@@ -14,7 +14,7 @@ class EstimateCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | int = Field(..., description="Catalog model name or id (local models only).")
+    model: Ref = Field(..., description="Catalog model name or id (local models only).")
     backend: str = Field(..., min_length=1, max_length=32, examples=["trl"])
     algorithm: str = Field(..., min_length=1, max_length=32, examples=["sft"])
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
