@@ -665,7 +665,7 @@ def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_
     expect(estimate.locator("[data-test=estimate-verdict]")).not_to_contain_text("does not")
     # The configurator lists which models fit each kind of GPU.
     page.click("nav a:has-text('Configurator')")
-    row = page.locator("[data-test=advice] tr[data-model=qwen-1.5b-shape]")
+    row = page.locator('[data-test=advice] tr[data-model="qwen-1.5b-shape"]')
     expect(row).to_contain_text("1.54B")
     expect(row.locator("td").nth(3)).to_contain_text("fits")  # LoRA
     expect(row.locator("td").nth(4)).to_contain_text("no")  # full fine-tuning
