@@ -126,3 +126,31 @@ def test_warn_admission_submits_and_says_why(  # type: ignore[no-untyped-def]
     assert made.status_code == 201
     events = api.get(f"/api/v1/jobs/{made.json()['id']}/events").json()
     assert "memory warning: the job needs ~" in events[0]["reason"]
+
+
+def test_rows_are_sized_as_long_as_the_datasets_longest_once_an_analysis_counted_them(  # type: ignore[no-untyped-def]
+    api, engine, settings, two_24gb_gpus
+) -> None:
+    from training_platform.datasets import analyses
+
+    body = {
+        "model": "tiny-qwen2",
+        "backend": "trl",
+        "algorithm": "sft",
+        "dataset": "tiny-sft",
+        "hyperparameters": {"max_length": 1024},
+        "resources": {"gpus": 1},
+    }
+    before = api.post("/api/v1/compute/estimate", json=body).json()
+    assert "rows padded" not in " ".join(before["estimate"]["basis"])
+    made = api.post("/api/v1/datasets/tiny-sft/analyses", json={"model": "tiny-qwen2"}).json()
+    assert analyses.run(engine, settings, made["id"]) == "succeeded"
+    longest = int(
+        api.get("/api/v1/datasets/tiny-sft/analyses").json()[0]["result"]["lengths"]["total"]["max"]
+    )
+    after = api.post("/api/v1/compute/estimate", json=body).json()
+    assert (
+        f"rows padded to the dataset's longest: {longest} tokens (its analysis)"
+        in (after["estimate"]["basis"])
+    )
+    assert 0 < longest < 1024 and after["estimate"]["peak_mb"] < before["estimate"]["peak_mb"]

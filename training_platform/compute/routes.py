@@ -17,6 +17,7 @@ from training_platform.compute.schemas import (
     PredictionPublic,
 )
 from training_platform.core.errors import NotFound
+from training_platform.datasets import versions as dataset_versions
 
 router = api_router("/compute", tags=["compute"])
 
@@ -35,6 +36,10 @@ def estimate_job(
         arch = service.architecture_of(settings, model)
     except ArchitectureError as error:
         return EstimatePublic(sized=False, reason=str(error))
+    dataset_id = version = None
+    if body.dataset is not None:
+        entry, found = dataset_versions.resolve(session=session, ref=body.dataset)
+        dataset_id, version = entry.id, found.number
     sized = service.size(
         session=session,
         settings=settings,
@@ -43,6 +48,8 @@ def estimate_job(
         algorithm=body.algorithm,
         parameters=parameters,
         resources=resources,
+        dataset_id=dataset_id,
+        dataset_version=version,
     )
     if sized is None:
         return EstimatePublic(

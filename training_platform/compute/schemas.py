@@ -17,6 +17,13 @@ class EstimateCreate(BaseModel):
     model: Ref = Field(..., description="Catalog model name or id (local models only).")
     backend: str = Field(..., min_length=1, max_length=32, examples=["trl"])
     algorithm: str = Field(..., min_length=1, max_length=32, examples=["sft"])
+    dataset: str | None = Field(
+        None,
+        min_length=1,
+        max_length=210,
+        description="Dataset name or name@version: with an analysis in the model's tokens, "
+        "rows are sized as long as its longest (at most max_length).",
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
 

@@ -145,6 +145,31 @@ def devices_for(session: Session, resources: dict[str, Any]) -> Devices | None:
     )
 
 
+def longest_row(
+    session: Session, model: ModelEntry, dataset_id: int | None, version: int | None
+) -> int | None:
+    """The longest row of the dataset version in the model's tokens, if an analysis with that
+    model's tokenizer counted it (the newest such)."""
+    if dataset_id is None or version is None:
+        return None
+    from training_platform.datasets.models import DatasetAnalysis
+
+    for analysis in session.exec(
+        select(DatasetAnalysis)
+        .where(
+            DatasetAnalysis.dataset_id == dataset_id,
+            DatasetAnalysis.version == version,
+            DatasetAnalysis.status == "succeeded",
+        )
+        .order_by(col(DatasetAnalysis.id).desc())
+    ):
+        counted_with = (analysis.options or {}).get("model") or {}
+        total = ((analysis.result or {}).get("lengths") or {}).get("total") or {}
+        if counted_with.get("id") == model.id and total.get("n"):
+            return int(total["max"])
+    return None
+
+
 def size(
     *,
     session: Session,
@@ -154,8 +179,14 @@ def size(
     algorithm: str,
     parameters: BaseModel,
     resources: dict[str, Any],
+    dataset_id: int | None = None,
+    dataset_version: int | None = None,
 ) -> Sized | None:
-    """Size a validated job; None when the pair is not sized or the model has no local config."""
+    """Size a validated job; None when the pair is not sized or the model has no local config.
+
+    A batch is padded to its longest row: with an analysis of the dataset version in the
+    model's tokens, rows are as long as the longest one (at most max_length), else max_length.
+    """
     devices = devices_for(session, resources)
     workload = workload_of(
         backend,
@@ -166,11 +197,18 @@ def size(
     )
     if workload is None:
         return None
+    longest = longest_row(session, model, dataset_id, dataset_version)
+    note = None
+    if longest is not None and algorithm == "sft" and 0 < longest < workload.seq_len:
+        workload = replace(workload, seq_len=longest)
+        note = f"rows padded to the dataset's longest: {longest} tokens (its analysis)"
     try:
         arch = architecture_of(settings, model)
     except (ArchitectureError, DomainError):
         return None
     result = estimate(arch, workload)
+    if note is not None:
+        result = replace(result, basis=[*result.basis, note])
     fits = None if devices is None else result.device_mb <= devices.memory_mb
     return Sized(arch, workload, result, devices, fits)
 
@@ -408,6 +446,8 @@ def admit(
     parameters: BaseModel,
     hyperparameters: dict[str, Any],
     resources: dict[str, Any],
+    dataset_id: int | None = None,
+    dataset_version: int | None = None,
 ) -> tuple[Sized | None, str | None]:
     """Size a GPU job at submission. One that cannot fit any device it may use is refused
     (InvalidInput on resources, with the estimate and the cheapest configuration that fits)
@@ -422,6 +462,8 @@ def admit(
         algorithm=algorithm,
         parameters=parameters,
         resources=resources,
+        dataset_id=dataset_id,
+        dataset_version=dataset_version,
     )
     if sized is None or sized.fits is not False or sized.devices is None:
         return sized, None
@@ -586,6 +628,8 @@ def size_job(*, session: Session, settings: Settings, job: Any) -> Sized | None:
         algorithm=job.algorithm,
         parameters=parameters,
         resources=resources,
+        dataset_id=job.dataset_id,
+        dataset_version=job.dataset_version,
     )
 
 

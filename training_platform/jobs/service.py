@@ -208,6 +208,8 @@ def submit(
             parameters=checked.parameters,
             hyperparameters=dict(request.hyperparameters),
             resources=request.resources.model_dump(),
+            dataset_id=checked.dataset.id if checked.dataset else None,
+            dataset_version=checked.dataset_version.number if checked.dataset_version else None,
         )
     now = utcnow()
     job = Job(

@@ -2805,6 +2805,11 @@ export interface components {
              * @example trl
              */
             backend: string;
+            /**
+             * Dataset
+             * @description Dataset name or name@version: with an analysis in the model's tokens, rows are sized as long as its longest (at most max_length).
+             */
+            dataset?: string | null;
             /** Hyperparameters */
             hyperparameters?: {
                 [key: string]: unknown;
