@@ -7,6 +7,7 @@ CPU with CUDA_VISIBLE_DEVICES set from their lease, which the launcher logs.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -116,10 +117,15 @@ def test_gpus_endpoint_labels_the_simulated_inventory(four_gpus) -> None:  # typ
     host = found["hosts"][0]
     assert host["gpu_source"] == "simulated"
     assert all(g["simulated"] and g["state"] == "free" for g in host["gpus"])
-    assert (
-        host["gpus"][0]["fits"]["lora_max_params"]
-        > host["gpus"][0]["fits"]["full_finetune_max_params"]
-    )
+    # What fits them is the compute configurator's advice, for the catalog's models.
+    advised = four_gpus.tp("compute", "advise", "--json")
+    assert advised.returncode == 0, advised.stderr
+    kinds = json.loads(advised.stdout)
+    assert [(k["count"], k["memory_mb"]) for k in kinds] == [
+        (4, host["gpus"][0]["memory_total_mb"])
+    ]
+    tiny = next(m for m in kinds[0]["models"] if m["model"] == "tiny-qwen2")
+    assert all(tiny[use]["fits"] for use in ("inference", "lora", "full", "full_sharded"))
 
 
 def test_mixed_jobs_never_share_a_device_and_go_by_priority(four_gpus) -> None:  # type: ignore[no-untyped-def]

@@ -1079,13 +1079,9 @@ def _gb(mb: int) -> str:
     return f"{mb / 1024:.1f} GB"
 
 
-def _params(count: int) -> str:
-    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
-
-
 @app.command()
 def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """GPUs per host: memory, use, which job holds each, and what fits them."""
+    """GPUs per host: memory, use and which job holds each (what fits them: tp compute advise)."""
     with client() as api:
         found = call(api.get, "gpus")
     if as_json:
@@ -1104,10 +1100,8 @@ def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                 "util",
                 "state",
                 "job",
-                "fits (full / LoRA / QLoRA)",
             )
             for gpu in host["gpus"]:
-                fits = gpu["fits"]
                 table.add_row(
                     str(gpu["index"]),
                     gpu["name"] + (" (simulated)" if gpu["simulated"] else ""),
@@ -1115,8 +1109,6 @@ def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                     "-" if gpu["utilization_pct"] is None else f"{gpu['utilization_pct']}%",
                     gpu["state"],
                     str(gpu["held_by_job"] or "-"),
-                    f"{_params(fits['full_finetune_max_params'])} / "
-                    f"{_params(fits['lora_max_params'])} / {_params(fits['qlora_max_params'])}",
                 )
             console.print(table)
         held = [str(c["held_by_job"]) for c in host["cpu_slots"] if c["held_by_job"]]
