@@ -9,21 +9,12 @@ from typing import Any
 
 import pytest
 
+from training_platform.compute import calibrate
 from training_platform.scheduling.service import refresh_local
 
 # Qwen2.5-1.5B's shape (config only, no weights): full fine-tuning in TRL's float32 needs
 # ~25 GB of model states alone, LoRA fits a 24 GB GPU.
-QWEN_1_5B = {
-    "model_type": "qwen2",
-    "hidden_size": 1536,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "intermediate_size": 8960,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16",
-}
+QWEN_1_5B = calibrate.QWEN2_1_5B
 
 
 @pytest.fixture

@@ -618,16 +618,8 @@ def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_
     # Qwen2.5-1.5B's shape, config only: full fine-tuning does not fit 24 GB, LoRA does.
     directory = dash.home / "models" / "qwen-1.5b-shape"
     directory.mkdir(parents=True)
-    config = {
-        "model_type": "qwen2",
-        "hidden_size": 1536,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 2,
-        "intermediate_size": 8960,
-        "vocab_size": 151936,
-        "tie_word_embeddings": True,
-    }
+    from training_platform.compute.calibrate import QWEN2_1_5B as config
+
     (directory / "config.json").write_text(json.dumps(config))
     _api(dash, "POST", "/models", json={"name": "qwen-1.5b-shape", "path": str(directory)})
     _login(page, dash.token)
