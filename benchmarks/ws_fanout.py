@@ -95,8 +95,11 @@ def bare_app() -> Any:
 # --- clients ------------------------------------------------------------------------------
 
 
-def _clients(url: str, count: int, seconds: float, ready: Any, results: Any) -> None:
-    """Connect `count` clients, count points and their latencies until the stop point."""
+def _clients(
+    url: str, count: int, seconds: float, ready: Any, results: Any, hello: str | None
+) -> None:
+    """Connect `count` clients (each sends `hello` first when given), count points and their
+    latencies until the stop point."""
     from websockets.asyncio.client import connect
 
     connected = [0]
@@ -105,6 +108,8 @@ def _clients(url: str, count: int, seconds: float, ready: Any, results: Any) -> 
         latencies: list[float] = []
         received = 0
         async with connect(url, max_size=None, open_timeout=60) as ws:
+            if hello is not None:
+                await ws.send(hello)
             json.loads(await ws.recv())  # the snapshot
             connected[0] += 1
             if connected[0] == count:
@@ -164,12 +169,12 @@ def _watcher(home: str, redis_url: str, job_id: int, handle: dict[str, Any]) -> 
 
 
 def _phase(
-    url: str, args: argparse.Namespace, write: Any, flush: Any
+    url: str, args: argparse.Namespace, write: Any, flush: Any, hello: str | None = None
 ) -> tuple[dict[str, Any], float]:
     context = multiprocessing.get_context("fork")
     ready, results = context.Event(), context.Queue()
     clients = context.Process(
-        target=_clients, args=(url, args.clients, args.seconds, ready, results)
+        target=_clients, args=(url, args.clients, args.seconds, ready, results, hello)
     )
     clients.start()
     try:
@@ -334,8 +339,9 @@ def main() -> int:
             metrics.write(json.dumps(record) + "\n")
 
         token = settings.admin_token_file.read_text().strip()
-        url = f"ws://127.0.0.1:{api_port}/api/v1/ws/jobs/{job.id}?token={token}"
-        outcome, elapsed = _phase(url, args, append, metrics.flush)
+        url = f"ws://127.0.0.1:{api_port}/api/v1/ws/jobs/{job.id}"
+        hello = json.dumps({"type": "hello", "token": token})
+        outcome, elapsed = _phase(url, args, append, metrics.flush, hello)
         metrics.close()
         report["platform"] = _summary(outcome, elapsed, args.clients)
     finally:

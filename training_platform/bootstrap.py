@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from training_platform.assets import BUNDLED_DATASETS, TINY_MODEL_NAME
 from training_platform.auth.service import ensure_admin_token
 from training_platform.catalog import service as catalog
+from training_platform.core import confine
 from training_platform.core.db import get_engine, migrate, session_scope
 from training_platform.core.settings import Settings
 from training_platform.datasets import versions as dataset_versions
@@ -86,7 +87,7 @@ def _register_assets(engine: Engine, settings: Settings) -> None:
 def bootstrap(settings: Settings, *, build_model: bool = False) -> Engine:
     """Make TP_HOME ready: schema at head, admin token, bundled model and datasets."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    settings.home.chmod(0o700)
+    confine.close_home(settings.home)
     engine = get_engine(settings)
     migrate(engine, settings)
     if build_model:
@@ -98,4 +99,6 @@ def bootstrap(settings: Settings, *, build_model: bool = False) -> Engine:
         _register_assets(engine, settings)
         # The API validates GPU requests against the inventory: have one from the first start.
         refresh_local(engine, settings)
+        # The database closed to others, and (as root) the user runs execute as, created.
+        confine.prepare(settings)
     return engine

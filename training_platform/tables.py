@@ -2,7 +2,7 @@
 
 from sqlmodel import SQLModel
 
-from training_platform.auth.models import ApiToken
+from training_platform.auth.models import ApiToken, AuditEvent, User
 from training_platform.catalog.models import (
     DatasetEntry,
     ModelEntry,
@@ -36,6 +36,7 @@ from training_platform.pipelines.models import (
     PipelineStage,
     PipelineStageRun,
 )
+from training_platform.projects.models import Project, ProjectMember
 from training_platform.scheduling.models import DeviceLease, GpuDevice, Host
 from training_platform.serving.models import Endpoint
 from training_platform.surgery.models import GreedySoup, Merge, Sweep
@@ -45,6 +46,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "Alert",
     "ApiToken",
+    "AuditEvent",
     "Checkpoint",
     "DatasetAnalysis",
     "DatasetDedup",
@@ -75,11 +77,14 @@ __all__ = [
     "PipelineStage",
     "PipelineStageRun",
     "PlatformSetting",
+    "Project",
+    "ProjectMember",
     "RemoteHost",
     "RewardFileEntry",
     "Rubric",
     "SuiteRun",
     "Sweep",
+    "User",
     "Webhook",
     "WebhookDelivery",
     "metadata",

@@ -43,6 +43,7 @@ export const routes: RouteRecordRaw[] = [
   { path: "/serving", name: "serving", component: () => import("./pages/ServingPage.vue") },
   { path: "/compute", name: "compute", component: () => import("./pages/ConfiguratorPage.vue") },
   { path: "/gpus", name: "gpus", component: () => import("./pages/GpusHostsPage.vue") },
+  { path: "/projects", name: "projects", component: () => import("./pages/ProjectsPage.vue") },
   { path: "/settings", name: "settings", component: () => import("./pages/SettingsPage.vue") },
   { path: "/:rest(.*)*", name: "not-found", component: () => import("./pages/NotFoundPage.vue") },
 ];

@@ -47,7 +47,7 @@ beforeEach(() => {
       posted.push({ url: url.pathname, body: await input.json(), headers: input.headers });
       return url.pathname === "/api/v1/jobs" ? jobAnswer() : json({ runner: "local", run_dir: "/r", argv: ["python", "-m", "x"], env: {}, files: {}, backend: "trl", algorithm: "sft" });
     }
-    const answers: Record<string, unknown> = { "/api/v1/backends": backends, "/api/v1/models": models, "/api/v1/datasets": datasets, "/api/v1/gpus": gpus };
+    const answers: Record<string, unknown> = { "/api/v1/backends": backends, "/api/v1/models": models, "/api/v1/datasets": datasets, "/api/v1/gpus": gpus, "/api/v1/projects": { items: [{ name: "default" }, { name: "vision" }] } };
     return json(answers[url.pathname] ?? {}, answers[url.pathname] ? 200 : 404);
   }));
 });
@@ -92,7 +92,7 @@ describe("the new-job form", () => {
     expect(posted).toHaveLength(1);
     expect(posted[0].body).toEqual({
       name: "my sft", backend: "trl", algorithm: "sft", model: "tiny-qwen2", dataset: "tiny-sft",
-      hyperparameters: { max_steps: 40 }, priority: 5, resources: { gpus: 0 },
+      hyperparameters: { max_steps: 40 }, priority: 5, project: "default", resources: { gpus: 0 },
     });
     expect(posted[0].headers.get("Idempotency-Key")).toMatch(/^[0-9a-f-]{36}$/);
     expect(router.currentRoute.value.fullPath).toBe("/jobs/42");

@@ -198,7 +198,7 @@ describe("PipelineNewPage", () => {
 
     const first = fake.sent.filter((s) => s.method === "POST" && s.path === "/api/v1/pipelines");
     expect(first).toHaveLength(1);
-    expect(first[0].body).toEqual({ template: "sft-dpo", parameters: { sft_steps: 100 } });
+    expect(first[0].body).toEqual({ template: "sft-dpo", parameters: { sft_steps: 100 }, project: "default" });
     const key = first[0].headers.get("Idempotency-Key");
     expect(key).toBeTruthy();
     expect(router.currentRoute.value.path).toBe("/pipelines/5");
@@ -210,7 +210,7 @@ describe("PipelineNewPage", () => {
     await flushPromises();
     const second = fake.sent.filter((s) => s.method === "POST" && s.path === "/api/v1/pipelines");
     expect(second).toHaveLength(2);
-    expect(second[1].body).toEqual({ yaml: `${TEMPLATE.yaml}# mine\n` });
+    expect(second[1].body).toEqual({ yaml: `${TEMPLATE.yaml}# mine\n`, project: "default" });
     expect(second[1].headers.get("Idempotency-Key")).toBe(key);
     wrapper.unmount();
   });

@@ -192,7 +192,7 @@ def test_events_logs_metrics_checkpoints_of_a_new_job(api) -> None:  # type: ign
     job_id = api.post("/api/v1/jobs", json=BODY).json()["id"]
     events = api.get(f"/api/v1/jobs/{job_id}/events").json()
     assert [(e["from_status"], e["to_status"], e["actor"]) for e in events] == [
-        (None, "pending", "token:admin")
+        (None, "pending", "admin (token admin)")
     ]
     log = api.get(f"/api/v1/jobs/{job_id}/logs").json()
     assert log == {"attempt": 1, "offset": 0, "next_offset": 0, "text": "", "complete": False}

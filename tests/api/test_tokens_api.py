@@ -17,8 +17,8 @@ def test_the_list_shows_the_admin_token_as_current_and_no_secret(api, settings) 
     response = api.get("/api/v1/tokens")
     assert response.status_code == 200
     [admin] = response.json()["items"]
-    assert set(admin) == {"name", "role", "created_at", "revoked_at", "current"}
-    assert admin["name"] == "admin" and admin["role"] == "admin"
+    assert set(admin) == {"name", "user", "role", "created_at", "revoked_at", "current"}
+    assert admin["name"] == "admin" and admin["role"] == "admin" and admin["user"] == "admin"
     assert admin["current"] is True and admin["revoked_at"] is None
     secret = settings.admin_token_file.read_text().strip()
     assert secret not in response.text and hash_token(secret) not in response.text
@@ -28,7 +28,8 @@ def test_a_new_token_works_until_it_is_revoked_then_gets_401_everywhere(api, eng
     made = api.post("/api/v1/tokens", json={"name": "ci-bot.1"})
     assert made.status_code == 201, made.text
     body = made.json()
-    assert set(body) == {"name", "role", "created_at", "token"}
+    assert set(body) == {"name", "user", "role", "created_at", "token"}
+    assert body["user"] == "admin" and body["role"] == "admin"  # the caller's, with its role
     secret = body["token"]
     assert body["name"] == "ci-bot.1" and len(secret) >= 43
     with Session(engine) as session:

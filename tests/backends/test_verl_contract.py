@@ -290,6 +290,52 @@ def test_gspo_is_grpo_with_the_gspo_loss_and_tight_clipping(tiny_model_dir: Path
     assert config.actor_rollout_ref.rollout.n > 1
 
 
+def test_verl_computes_the_gspo_loss_of_the_composed_config(tiny_model_dir: Path) -> None:
+    """The end-to-end runs train GRPO and PPO; GSPO differs from GRPO by its loss alone, so the
+    loss verl registers for it runs here on the actor config verl builds from the plan: one
+    sequence-level importance ratio per response, clipped with the plan's tight range."""
+    import torch
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+    from verl.utils.config import omega_conf_to_dataclass
+
+    config = _algorithm_config("gspo", tiny_model_dir)
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    # verl fills the batch figures in place before each loss
+    actor.global_batch_info.update(dp_size=1, batch_num_tokens=5, global_batch_size=2)
+    loss_fn = get_policy_loss_fn(actor.policy_loss.loss_mode)  # type: ignore[no-untyped-call]
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    old = torch.log(torch.full((2, 3), 0.5))
+    new = old.clone().requires_grad_()
+    advantages = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    loss, metrics = loss_fn(
+        old_log_prob=old,
+        log_prob=new,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode=actor.loss_agg_mode,
+        config=actor,
+    )
+    loss.backward()
+    # unchanged policy: every ratio is 1, the loss is minus the mean advantage of the
+    # sequences (seq-mean-token-mean), and nothing is clipped
+    assert torch.isclose(loss, torch.tensor(0.0), atol=1e-6)
+    assert metrics["actor/pg_clipfrac"] == 0.0
+    assert new.grad is not None and bool(torch.all(new.grad[mask == 0] == 0))
+    # one token of the first response moves its whole sequence's ratio: beyond the clip range
+    # (4e-4) the sequence is clipped, every token of it, and only it
+    moved = old.clone()
+    moved[0, 0] += 0.01
+    _, metrics = loss_fn(
+        old_log_prob=old,
+        log_prob=moved,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode=actor.loss_agg_mode,
+        config=actor,
+    )
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(3 / 5)
+
+
 def test_grpo_samples_groups_and_uses_a_kl_loss(tiny_model_dir: Path) -> None:
     config = _algorithm_config("grpo", tiny_model_dir)
     actor = config.actor_rollout_ref.actor

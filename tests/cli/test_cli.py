@@ -291,7 +291,9 @@ def test_tokens_create_list_and_revoke(tp) -> None:  # type: ignore[no-untyped-d
     assert len(secret) >= 43 and "shown only now" in created.stderr
     listed = json.loads(tp("tokens", "list", "--json").stdout)["items"]
     # Live tokens (the shared platform may hold tokens other tests made and revoked).
-    live = {t["name"]: t["current"] for t in listed if t["revoked_at"] is None}
+    live = {
+        t["name"]: t["current"] for t in listed if t["revoked_at"] is None and t["user"] == "admin"
+    }
     assert live == {"admin": True, "cli-bot": False}
     assert secret not in tp("tokens", "list").stdout
     assert tp("jobs", "list", TP_TOKEN=secret).exit_code == 0
@@ -311,6 +313,57 @@ def test_tokens_create_list_and_revoke(tp) -> None:  # type: ignore[no-untyped-d
     assert revoked.exit_code == 0 and "token cli-bot revoked at" in revoked.stdout
     after = tp("jobs", "list", TP_TOKEN=secret)
     assert after.exit_code == 1 and "invalid or revoked token" in after.stderr
+
+
+def test_a_user_logs_in_and_acts_with_their_role(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    made = tp("users", "create", "cli-viewer", "--role", "viewer", "--token", "cli-viewer-t")
+    assert made.exit_code == 0, made.output
+    assert "user cli-viewer created (viewer)" in made.stdout and "shown only now" in made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    wrong = tp("login", "--token", "not-a-token", **config)
+    assert wrong.exit_code == 1 and "invalid or revoked token" in wrong.stderr
+    logged = tp("login", "--token", secret, **config)
+    assert logged.exit_code == 0 and "as cli-viewer (viewer)" in logged.stdout, logged.output
+    kept = tmp_path / "config" / "training_platform" / "credentials.json"
+    assert kept.stat().st_mode & 0o077 == 0
+    assert "cli-viewer (viewer), token cli-viewer-t" in tp("whoami", **config).stdout
+    refused = tp("users", "list", **config)
+    assert refused.exit_code == 1 and "needs the admin role" in refused.stderr
+    assert tp("jobs", "list", **config).exit_code == 0  # a viewer reads
+    assert tp("logout", **config).exit_code == 0
+    assert tp("whoami", **config).stdout.startswith("admin (admin")  # the operator's token
+    listed = json.loads(tp("users", "list", "--json").stdout)["items"]
+    assert {"name": "cli-viewer", "role": "viewer"}.items() <= next(
+        u for u in listed if u["name"] == "cli-viewer"
+    ).items()
+    disabled = tp("users", "update", "cli-viewer", "--disable")
+    assert disabled.exit_code == 0 and "disabled" in disabled.stdout
+    assert tp("jobs", "list", TP_TOKEN=secret).exit_code == 1
+    trail = json.loads(tp("audit", "--json", "--limit", "1000").stdout)["items"]
+    assert {"PATCH /api/v1/users/cli-viewer", "POST /api/v1/users"} <= {
+        f"{e['method']} {e['path']}" for e in trail if e["user"] == "admin"
+    }
+
+
+def test_projects_quotas_members_and_gpu_hours_through_the_cli(tp) -> None:  # type: ignore[no-untyped-def]
+    made = tp("projects", "create", "cli-team", "--guaranteed", "2", "--max", "3")
+    assert made.exit_code == 0, made.output
+    assert "project cli-team: guaranteed 2 GPU(s), max 3, per user -" in made.stdout
+    below = tp("projects", "update", "cli-team", "--max", "1")
+    assert below.exit_code == 2 and "below the guarantee of 2" in below.stderr, below.output
+    user = tp("users", "create", "cli-member", "--role", "member", "--token", "cli-member-t")
+    secret = user.stdout.strip().splitlines()[-1]
+    job = ("--name", "x", "--algorithm", "sft", "--model", "tiny-qwen2", "--dataset", "tiny-sft")
+    refused = tp("jobs", "submit", *job, "--project", "cli-team", TP_TOKEN=secret)
+    assert refused.exit_code == 1 and "not a member of project 'cli-team'" in refused.stderr
+    assert tp("projects", "create", "theirs", TP_TOKEN=secret).exit_code == 1  # admins only
+    added = tp("projects", "add-member", "cli-team", "cli-member")
+    assert added.exit_code == 0 and "members: cli-member" in added.stdout, added.output
+    seen = json.loads(tp("projects", "list", "--json", TP_TOKEN=secret).stdout)["items"]
+    assert [p["name"] for p in seen] == ["cli-team", "default"]
+    usage = tp("projects", "usage", "--days", "1", "--json")
+    assert usage.exit_code == 0 and set(json.loads(usage.stdout)) >= {"items", "by_project"}
 
 
 def test_default_alert_rules_are_set_from_a_file_and_shown(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]

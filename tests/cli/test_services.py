@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
+import redis
 
 from training_platform.cli import services
+
+
+def state_pid(settings) -> int:  # type: ignore[no-untyped-def]
+    return int(services.read_state(settings, services.REDIS)["pid"])
 
 
 def test_a_private_redis_is_started_when_none_answers(sqlite_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -14,6 +20,16 @@ def test_a_private_redis_is_started_when_none_answers(sqlite_settings, monkeypat
     url = services.ensure_redis(settings)
     try:
         assert url != closed and services.redis_answers(url)
+        # its password, generated into TP_HOME: nothing answers without it
+        password = (settings.home / "redis-password").read_text().strip()
+        assert len(password) >= 24 and f":{password}@" in url
+        assert (settings.home / "redis-password").stat().st_mode & 0o077 == 0
+        assert (settings.state_dir / services.REDIS_URL_FILE).stat().st_mode & 0o077 == 0
+        open_url = url.replace(f":{password}@", "")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(open_url).ping()
+        assert password not in " ".join(psutil.Process(int(state_pid(settings))).cmdline())
+        assert password not in services.shown_url(url) and "***" in services.shown_url(url)
         state = services.read_state(settings, services.REDIS)
         assert services.is_alive(state)
         assert services.effective_redis_url(settings) == url

@@ -662,3 +662,48 @@ def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_
     expect(row.locator("td").nth(3)).to_contain_text("fits")  # LoRA
     expect(row.locator("td").nth(4)).to_contain_text("no")  # full fine-tuning
     expect(page.locator("[data-test=accuracy]")).to_contain_text("no data yet")
+
+
+def test_a_viewer_sees_the_platform_without_what_only_members_and_admins_may_do(
+    page: Page, dash: Any
+) -> None:
+    _api(dash, "POST", "/users", json={"name": "watcher", "role": "viewer"})
+    token = _api(dash, "POST", "/tokens", json={"name": "watcher-ui", "user": "watcher"})["token"]
+    job_id = _submit(dash, "seen by a viewer", 2)
+    _login(page, token)
+    expect(page.locator("[data-test=whoami]")).to_have_text("watcher (viewer)")
+    page.goto("/jobs")
+    expect(page.locator(f"[data-job='{job_id}']").first).to_be_visible()
+    expect(page.locator("[data-test=new-job]")).to_have_count(0)
+    page.goto(f"/jobs/{job_id}")
+    expect(page.get_by_role("heading", name=re.compile(f"Job #{job_id}"))).to_be_visible()
+    expect(page.locator("[data-test=actions]")).to_have_count(0)
+    page.goto("/settings")
+    expect(page.get_by_role("tab", name="API tokens")).to_be_visible()
+    expect(page.get_by_role("tab", name="Webhooks")).to_have_count(0)
+    # an admin still sees them
+    page.click("[data-test=logout]")
+    _login(page, dash.token)
+    expect(page.locator("[data-test=whoami]")).to_have_text("admin (admin)")
+    page.goto("/jobs")
+    expect(page.locator("[data-test=new-job]")).to_be_visible()
+    page.goto("/settings")
+    expect(page.get_by_role("tab", name="Webhooks")).to_be_visible()
+    # Projects: an admin creates one from the page (a maximum below the guarantee is refused
+    # on its field); viewers see quotas and GPU-hours without the form.
+    page.goto("/projects")
+    form = page.locator("[data-test=create-project]")
+    form.locator("input[name=project-name]").fill("web-team")
+    form.locator("input[name=guaranteed]").fill("2")
+    form.locator("input[name=max]").fill("1")
+    form.get_by_role("button", name="Create project").click()
+    expect(form.locator("[data-field-error=max_gpus]")).to_contain_text("below the guarantee")
+    form.locator("input[name=max]").fill("3")
+    form.get_by_role("button", name="Create project").click()
+    row = page.locator("[data-test=projects-table] [data-project=web-team]")
+    expect(row).to_contain_text("none yet")
+    page.click("[data-test=logout]")
+    _login(page, token)
+    page.goto("/projects")
+    expect(page.locator("[data-test=projects-table] [data-project=default]")).to_be_visible()
+    expect(page.locator("[data-test=create-project]")).to_have_count(0)

@@ -28,6 +28,7 @@ def test_make_up_starts_everything_and_make_down_leaves_nothing(  # type: ignore
         TP_REDIS_URL=isolated_redis_url,
         TP_PORT=str(_free_port()),
         TP_FLOWER_PORT=str(_free_port()),
+        TP_RUN_AS=os.environ["TP_RUN_AS"],  # the suite's throwaway run user, not tp-runner
     )
     up = subprocess.run(
         ["make", "-s", "up"],

@@ -3,6 +3,7 @@ an exact resume, a NaN loss stopped by its alert rule, Prometheus /metrics, Flow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -32,9 +33,13 @@ def sft(name: str, steps: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def ws_url(platform, job_id: int, **params: Any) -> str:  # type: ignore[no-untyped-def]
-    query = "&".join(f"{k}={v}" for k, v in {"token": platform.token, **params}.items())
-    return f"{platform.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}?{query}"
+@contextlib.contextmanager
+def live_socket(platform, job_id: int, last_step: int | None = None):  # type: ignore[no-untyped-def]
+    """A job's live socket, the token sent in its first message (never in the URL)."""
+    url = f"{platform.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}"
+    with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "hello", "token": platform.token, "last_step": last_step}))
+        yield ws
 
 
 def loss_steps(message: dict[str, Any]) -> list[int]:
@@ -47,7 +52,7 @@ def test_a_running_job_streams_its_metrics_and_a_reconnect_misses_and_repeats_no
     with watched.client() as client:
         job = client.post("/api/v1/jobs", json=sft("streamed", 150)).json()
     received: list[int] = []
-    with connect(ws_url(watched, job["id"]), open_timeout=30) as ws:
+    with live_socket(watched, job["id"]) as ws:
         snapshot = json.loads(ws.recv(timeout=30))
         assert snapshot["type"] == "snapshot" and snapshot["v"] == 1
         received += loss_steps(snapshot)
@@ -63,7 +68,7 @@ def test_a_running_job_streams_its_metrics_and_a_reconnect_misses_and_repeats_no
                 status = message["job"]["status"]
     assert live >= 1, "no live message arrived while the job trained"
     time.sleep(2)  # disconnected while the job goes on
-    with connect(ws_url(watched, job["id"], last_step=max(received)), open_timeout=30) as ws:
+    with live_socket(watched, job["id"], last_step=max(received)) as ws:
         resumed = json.loads(ws.recv(timeout=30))
         assert resumed["type"] == "snapshot"
         missed = loss_steps(resumed)
@@ -141,7 +146,10 @@ def test_prometheus_metrics_show_a_running_and_a_queued_job(watched) -> None:  #
 def test_flower_wants_its_credentials_and_lists_the_workers_with_them(watched) -> None:  # type: ignore[no-untyped-def]
     base = f"http://127.0.0.1:{watched.env['TP_FLOWER_PORT']}"
     password = (watched.home / "flower-password").read_text().strip()
-    assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+    for path in ("/api/workers", "/metrics", "/healthcheck"):  # Flower leaves the last two open
+        assert httpx.get(f"{base}{path}", timeout=10).status_code == 401, path
+    for path in ("/metrics", "/healthcheck"):
+        assert httpx.get(f"{base}{path}", auth=("admin", password), timeout=10).status_code == 200
     deadline = time.monotonic() + 60
     workers: dict[str, Any] = {}
     while time.monotonic() < deadline and len(workers) < 2:
@@ -157,6 +165,29 @@ def test_flower_wants_its_credentials_and_lists_the_workers_with_them(watched) -
         time.sleep(1)
     assert any(name.startswith("training@") for name in workers), workers
     assert any(name.startswith("general@") for name in workers)
+
+
+def test_a_token_in_a_url_is_refused_and_reaches_no_log(watched) -> None:  # type: ignore[no-untyped-def]
+    """Clients that put the token in a URL: the socket is closed, and the access log and the
+    socket's log line keep the path only."""
+    base = watched.base_url.replace("http", "ws", 1)
+    with connect(f"{base}/api/v1/ws/overview?token={watched.token}", open_timeout=30) as ws:
+        assert "never in the URL" in json.loads(ws.recv(timeout=10))["message"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    answer = httpx.get(f"{watched.base_url}/api/v1/jobs", params={"token": watched.token})
+    assert answer.status_code == 401
+    with watched.client() as client:  # a webhook's URL (its token) stays out of the logs too
+        client.post("/api/v1/webhooks", json={"name": "logs", "url": "http://127.0.0.1:9/t0ken"})
+        client.post("/api/v1/webhooks/logs/test")
+    time.sleep(1)  # the access lines are written
+    logs = sorted((watched.home / "logs").glob("*.log"))
+    assert any("/api/v1/ws/overview?<redacted>" in log.read_text() for log in logs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert watched.token not in text, log.name
+        assert "t0ken" not in text, log.name
 
 
 def test_a_socket_without_a_token_is_refused(watched) -> None:  # type: ignore[no-untyped-def]

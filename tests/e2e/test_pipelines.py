@@ -102,7 +102,7 @@ def test_the_sft_grpo_evaluate_template_succeeds_with_grpo_starting_from_the_sft
         {
             "template": "sft-grpo-evaluate",
             "name": "e2e template",
-            "parameters": {"sft_steps": 30, "rl_steps": 4, "eval_samples": 20},
+            "parameters": {"sft_steps": 8, "rl_steps": 2, "eval_samples": 8},
         },
     )
     done = _wait(platform, submitted["id"], _ended, "the end", timeout=600)
@@ -129,7 +129,7 @@ def test_the_sft_grpo_evaluate_template_succeeds_with_grpo_starting_from_the_sft
 
     # The evaluation scored the GRPO model on the held-out set and recorded accuracy.
     outputs = evaluate["outputs"]
-    assert outputs["total"] == 20 and 0 <= outputs["accuracy"] <= 1
+    assert outputs["total"] == 8 and 0 <= outputs["accuracy"] <= 1
     assert evaluate["key_metric"] == {"name": "accuracy", "value": outputs["accuracy"]}
     assert (
         _get(platform, f"jobs/{evaluate['job_id']}/lineage")["model"]["name"]

@@ -5,6 +5,8 @@ TRL training of the tiny model, cancel, priorities, failure, restart and `tp dow
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import statistics
 import time
 import uuid
@@ -109,6 +111,9 @@ def test_sft_through_rest_succeeds_loss_falls_and_the_model_generates(platform) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = _run_dir(platform, job["id"]) / finished["outputs"]["model"]
+    if os.geteuid() == 0:  # the trainer ran as the run user (core/confine.py), not root
+        run_user = pwd.getpwnam(os.environ["TP_RUN_AS"])
+        assert (model_dir / "config.json").stat().st_uid == run_user.pw_uid
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     prompt = tokenizer.apply_chat_template(

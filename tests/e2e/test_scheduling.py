@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 TINY = {"algorithm": "sft", "model": "tiny-qwen2", "dataset": "tiny-sft"}
 
 
-def _submit(platform: Any, name: str, gpus: int, priority: int, steps: int = 1) -> dict[str, Any]:
+def _submit(
+    platform: Any, name: str, gpus: int, priority: int, steps: int = 1, **extra: Any
+) -> dict[str, Any]:
     with platform.client() as client:
         response = client.post(
             "/api/v1/jobs",
@@ -33,7 +35,12 @@ def _submit(platform: Any, name: str, gpus: int, priority: int, steps: int = 1) 
                 "name": name,
                 "priority": priority,
                 "resources": {"gpus": gpus},
-                "hyperparameters": {"max_steps": steps, "per_device_train_batch_size": 2},
+                "hyperparameters": {
+                    "max_steps": steps,
+                    "per_device_train_batch_size": 2,
+                    "logging_steps": 1,
+                },
+                **extra,
             },
         )
     assert response.status_code == 201, response.text
@@ -98,12 +105,14 @@ def _leave_no_job_running(four_gpus):  # type: ignore[no-untyped-def]
 
 
 def _wait_queued(platform: Any, job_id: int, timeout: float = 60) -> dict[str, Any]:
-    """The job once its dataset is prepared (a preprocessing task, not part of the submit)."""
+    """The job once its dataset is prepared (a preprocessing task, not part of the submit)
+    and, if it waits, once a scheduler pass has given it its place in the queue."""
     deadline = time.monotonic() + timeout
     with platform.client() as client:
         while True:
             job = client.get(f"/api/v1/jobs/{job_id}").json()
-            if job["status"] != "pending" or time.monotonic() > deadline:
+            placed = job["status"] != "queued" or job["queue_position"] is not None
+            if (job["status"] != "pending" and placed) or time.monotonic() > deadline:
                 return dict(job)
             time.sleep(0.2)
 
@@ -259,3 +268,55 @@ def test_a_killed_training_frees_its_devices_within_a_supervisor_period(four_gpu
 def _node(platform: Any) -> str:
     with platform.client() as client:
         return str(client.get("/api/v1/gpus").json()["hosts"][0]["name"])
+
+
+def test_a_job_within_its_projects_guarantee_preempts_one_above_another_and_it_resumes_exactly(
+    four_gpus,
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22, acceptance 3: 4 GPUs, projects guaranteed 2 each. Project a takes all four;
+    b's job within its guarantee has a's newer job paused at a checkpoint and requeued; it
+    resumes where it stopped once GPUs are free; the GPU-hours add up to the leases."""
+    with four_gpus.client() as client:
+        for name in ("ga", "gb"):
+            made = client.post("/api/v1/projects", json={"name": name, "guaranteed_gpus": 2})
+            assert made.status_code == 201, made.text
+    first = _submit(four_gpus, "a within", gpus=2, priority=5, steps=100_000, project="ga")
+    _wait_running(four_gpus, first["id"])
+    above = _submit(four_gpus, "a above", gpus=2, priority=5, steps=150, project="ga")
+    _wait_running(four_gpus, above["id"])
+    b = _submit(four_gpus, "b within", gpus=2, priority=5, steps=3, project="gb")
+    _wait_running(four_gpus, b["id"])  # on the GPUs of a's job above a's guarantee
+    with four_gpus.client() as client:
+        within = client.get(f"/api/v1/jobs/{first['id']}").json()
+        client.post(f"/api/v1/jobs/{first['id']}/cancel")  # done holding its GPUs
+    done_b = four_gpus.wait_status(b["id"], {"succeeded", "failed", "cancelled"}, timeout=180)
+    assert done_b["status"] == "succeeded", done_b["error"]
+    done = four_gpus.wait_status(above["id"], {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    with four_gpus.client() as client:
+        events = client.get(f"/api/v1/jobs/{above['id']}/events").json()
+        loss = client.get(
+            f"/api/v1/jobs/{above['id']}/metrics", params={"key": "loss", "limit": 100_000}
+        ).json()
+    pausing = next(e for e in events if e["to_status"] == "pausing")
+    assert pausing["actor"] == "scheduler"
+    statuses = [e["to_status"] for e in events]
+    assert statuses[-6:] == ["pausing", "paused", "resuming", "starting", "running", "succeeded"]
+    assert done["attempt"] == 2 and [p["step"] for p in loss["points"]] == list(range(1, 151))
+    assert within["status"] == "running" and within["attempt"] == 1  # never preempted
+    assert (within["project"], within["preemptible"]) == ("ga", False)
+    # Whether the resumed job is preemptible again depends on whether the cancelled one still
+    # held its GPUs when it was placed (b may finish first): its project is what holds.
+    assert done["project"] == "ga"
+    four_gpus.wait_status(first["id"], {"cancelled"}, timeout=60)
+    # GPU-hours: what the API reports per project is what the leases held.
+    history = _lease_history(four_gpus)
+    with four_gpus.client() as client:
+        usage = client.get("/api/v1/projects/usage", params={"days": 1}).json()
+    for project, jobs in (("ga", (first["id"], above["id"])), ("gb", (b["id"],))):
+        held = sum(
+            (lease.released_at - lease.acquired_at).total_seconds() / 3600
+            for lease in history
+            if lease.job_id in jobs and lease.kind == "gpu"
+        )
+        assert usage["by_project"][project] == pytest.approx(held, rel=1e-3), project

@@ -276,13 +276,13 @@ def test_every_method_equals_mergekit_and_unfit_models_are_refused(platform, tmp
         names = {n["id"]: n["name"] for n in lineage["nodes"]}
         edges = {(names[e["parent"]], e["relation"]) for e in lineage["edges"]}
         assert edges == {("sg-a", "base"), ("sg-b", "merged"), ("sg-c", "merged")}
-        # A sweep of three slerp candidates: each merged and evaluated, ranked, the best kept.
+        # A sweep of two slerp candidates: each merged and evaluated, ranked, the best kept.
         swept = client.post(
             "/api/v1/merges/sweeps",
             json={
                 "name": "sg-sweep",
                 "merge": {"method": "slerp", **METHODS["slerp"]},
-                "grid": {"t": [0.2, 0.5, 0.8]},
+                "grid": {"t": [0.2, 0.8]},
                 "evaluate": {
                     "dataset": "tiny-math-eval",
                     "scorer": "numeric",
@@ -299,8 +299,8 @@ def test_every_method_equals_mergekit_and_unfit_models_are_refused(platform, tmp
             sweep = client.get(f"/api/v1/merges/sweeps/{sweep['id']}").json()
         assert sweep["status"] == "succeeded", sweep
         board = sweep["leaderboard"]
-        assert [row["rank"] for row in board] == [1, 2, 3]
-        assert sorted(row["values"]["t"] for row in board) == [0.2, 0.5, 0.8]
+        assert [row["rank"] for row in board] == [1, 2]
+        assert sorted(row["values"]["t"] for row in board) == [0.2, 0.8]
         for row in board:
             evaluation = client.get(f"/api/v1/evaluations/{row['evaluation_id']}").json()
             assert evaluation["model_id"] == row["model_id"]

@@ -1,4 +1,4 @@
-"""verl PPO, GRPO and GSPO run through the platform on CPU, from the API to SUCCEEDED.
+"""verl PPO and GRPO run through the platform on CPU, from the API to SUCCEEDED.
 
 API -> queue -> worker -> LocalRunner -> trainers/verl_run.py -> `verl.trainer.main_ppo` in
 .venv-vllm (vLLM's CPU build with verl over it) on a Ray started and owned by the run, with one
@@ -8,12 +8,16 @@ after every update (trainers/verl_ext/). The model is the tiny one with 32-dimen
 (vLLM's CPU attention has no 16), random weights.
 
 GRPO is cancelled once its step-4 checkpoint is recorded (what the run started dies with it),
-retried from that checkpoint, and finishes: the reward rises over its 8 steps. The reward is
+retried from that checkpoint, and finishes its 8 steps: the policy moves away from the
+reference with every update (KL 0 at step 1, then rising), and the resumed attempt continues
+from the trained weights (KL at step 5 is not back at 0). The reward is
 this test's own file, uploaded like a user's: the share of digits in the response, dense enough
 for a random tiny model to move in a few steps (a shape reward a constant output earns: the
-mechanics, not math). The resumed attempt is watched
-over the job's WebSocket, as the dashboard watches it. PPO (with its critic) and GSPO run one
-step each, side by side.
+mechanics, not math); it also tries to read the platform's admin token, secret key and
+database, and fails the job if it can (issue 22). The resumed attempt is watched
+over the job's WebSocket, as the dashboard watches it. PPO (with its critic) runs one step.
+GSPO is GRPO with another loss: tests/backends/test_verl_contract.py runs verl's GSPO loss on the
+actor config verl builds from the platform's plan.
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ pytestmark = [
 ]
 
 DIGITS = b'''
+import os
+from pathlib import Path
+
+# A user's code, imported by verl's workers: where the platform runs as root it runs as the
+# run user and cannot read what the platform keeps (core/confine.py). It lies in
+# TP_HOME/rewards/.
+HOME = Path(__file__).resolve().parents[1]
+if os.stat(HOME / "admin-token").st_uid == 0:
+    if os.getuid() == 0:
+        raise RuntimeError("the reward file runs as root")
+    for name in ("admin-token", "secret.key", "platform.db"):
+        try:
+            with open(HOME / name, "rb") as secret:
+                secret.read(1)
+        except PermissionError:
+            continue
+        raise RuntimeError(f"the reward file read {name}")
+
+
 def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     """The share of the response's characters that are digits."""
     text = solution_str.strip()
@@ -120,13 +143,11 @@ def _streamed_steps(platform: Any, job_id: int) -> list[int]:
     messages, until the job has ended (as the dashboard's job page receives them)."""
     from websockets.sync.client import connect
 
-    url = (
-        f"{platform.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}"
-        f"?token={platform.token}"
-    )
+    url = f"{platform.base_url.replace('http', 'ws', 1)}/api/v1/ws/jobs/{job_id}"
     steps: list[int] = []
     live = 0
     with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "hello", "token": platform.token}))
         message = json.loads(ws.recv(timeout=30))
         assert message["type"] == "snapshot"
         status = message["job"]["status"]
@@ -146,8 +167,11 @@ def _streamed_steps(platform: Any, job_id: int) -> list[int]:
 @pytest.fixture(scope="module")
 def platform(start_module_platform):  # type: ignore[no-untyped-def]
     from training_platform.assets.tiny import WIDE_HEADS, build_tiny_model
+    from training_platform.core.secrets import load_keys
+    from training_platform.core.settings import load_settings
 
     started = start_module_platform(redis_db=11)
+    load_keys(load_settings(home=started.home))  # the key the reward file must not read
     model_dir = build_tiny_model(started.home / "models" / MODEL, overrides=WIDE_HEADS)
     with started.client() as client:
         registered = client.post("/api/v1/models", json={"name": MODEL, "path": str(model_dir)})
@@ -189,24 +213,28 @@ def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> No
         assert KEYS | {"actor/kl_loss"} <= keys, keys
         assert _steps(client, job_id, "critic/score/mean") == list(range(1, 9))
         rewards = _values(client, job_id, "critic/score/mean")
+        kl = _values(client, job_id, "actor/kl_loss")
         checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
     first, last = mean(rewards[:3]), mean(rewards[-3:])
     print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 3 of 8)")
     print("rewards by step:", [round(r, 4) for r in rewards])
-    assert last > first, rewards
+    print("KL to the reference by step:", [round(k, 4) for k in kl])
+    # The policy learns: it starts as the reference (KL 0 at step 1) and moves away from it
+    # with every update. The resumed attempt starts from the trained weights of step 4: a run
+    # started again from the base model would be back at KL 0 at step 5. (The digit share is
+    # printed, not asserted: over 8 steps of a random model it rises in most runs, not all.)
+    assert kl[0] < 1e-6 and kl[1] > 0 and mean(kl[4:]) > kl[1], kl
+    assert kl[4] > 1e-3, kl
     assert [(c["step"], c["final"]) for c in checkpoints] == [(4, False), (8, False), (8, True)]
     assert done["attempt"] == 2 and done["outputs"]["model"]
 
 
 @pytest.mark.timeout(1500)
-def test_verl_ppo_and_gspo_on_cpu_succeed(platform) -> None:  # type: ignore[no-untyped-def]
+def test_verl_ppo_on_cpu_succeeds(platform) -> None:  # type: ignore[no-untyped-def]
     with platform.client() as client:
-        jobs = {algorithm: _submit(client, algorithm, SHORT) for algorithm in ("ppo", "gspo")}
-    for algorithm, job_id in jobs.items():
-        done = platform.wait_status(job_id, ENDED, timeout=900)
-        assert done["status"] == "succeeded", (algorithm, done["error"])
-        with platform.client() as client:
-            keys = set(_keys(client, job_id))
-        assert keys >= KEYS, (algorithm, keys)
-        if algorithm == "ppo":
-            assert {"critic/vf_loss", "critic/values/mean"} <= keys, keys
+        job_id = _submit(client, "ppo", SHORT)
+    done = platform.wait_status(job_id, ENDED, timeout=900)
+    assert done["status"] == "succeeded", done["error"]
+    with platform.client() as client:
+        keys = set(_keys(client, job_id))
+    assert keys >= KEYS | {"critic/vf_loss", "critic/values/mean"}, keys

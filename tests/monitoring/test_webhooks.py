@@ -149,3 +149,82 @@ def test_by_default_a_webhook_to_an_internal_address_is_refused_and_nothing_is_s
         result = webhooks.send_test(session=session, settings=strict, name="in")
     assert result["delivered"] is False and "internal address" in result["error"]
     assert plain.bodies == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:8000/hook",  # a name that resolves to loopback
+    ],
+)
+def test_the_api_refuses_webhooks_to_internal_addresses(url: str, settings) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from training_platform.api.app import create_app
+
+    strict = settings.model_copy(update={"allow_private_urls": False})
+    with TestClient(create_app(strict)) as client:
+        token = strict.admin_token_file.read_text().strip()
+        client.headers["Authorization"] = f"Bearer {token}"
+        refused = client.post("/api/v1/webhooks", json={"name": "inward", "url": url})
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"][0]
+        assert detail["loc"] == ["body", "url"] and "internal address" in detail["msg"]
+        assert "hook" not in detail["msg"] and "meta-data" not in detail["msg"]
+        assert client.get("/api/v1/webhooks").json() == []
+
+
+def test_link_local_needs_its_network_named_even_where_private_addresses_are_allowed() -> None:
+    from training_platform.core.netguard import Refused, check
+
+    metadata = "http://169.254.169.254/latest"
+    with pytest.raises(Refused, match="internal address"):
+        check(metadata, allow_private=True)
+    assert check(metadata, allowed=["169.254.169.254/32"])
+    assert check("http://10.0.0.1/x", allowed=["10.0.0.0/8"])
+    with pytest.raises(Refused):
+        check("http://10.0.0.1/x", allowed=["10.1.0.0/16"])
+
+
+def test_a_delivery_goes_to_the_address_resolved_once_under_the_url_s_name(
+    api, engine, settings, receivers
+) -> None:  # type: ignore[no-untyped-def]
+    """DNS rebinding: the request connects to the address the check resolved; the receiver
+    still sees the name the URL gave."""
+    from training_platform.core.netguard import pin
+
+    plain = receivers[0]
+    port = plain.server.server_address[1]
+    hosts: list[str] = []
+    original = plain.server.RequestHandlerClass.do_POST
+
+    def do_post(handler) -> None:  # type: ignore[no-untyped-def]
+        hosts.append(handler.headers["Host"])
+        original(handler)
+
+    plain.server.RequestHandlerClass.do_POST = do_post  # type: ignore[attr-defined]
+    target = pin(f"http://localhost:{port}/hook", allow_private=True)
+    assert target.url in (f"http://127.0.0.1:{port}/hook", f"http://[::1]:{port}/hook")
+    assert target.headers == {"Host": f"localhost:{port}"} and target.extensions == {}
+    https = pin("https://user:pw@localhost:8443/x?q=1", allow_private=True)
+    assert https.extensions == {"sni_hostname": "localhost"} and "user:pw@" in https.url
+
+    made = api.post("/api/v1/webhooks", json={"name": "named", "url": f"http://localhost:{port}/h"})
+    assert made.status_code == 201, made.text
+    assert api.post("/api/v1/webhooks/named/test").json() == {"delivered": True}
+    assert hosts == [f"localhost:{port}"]
+
+
+def test_the_test_call_says_delivered_or_not_and_nothing_of_the_answer(api, receivers) -> None:  # type: ignore[no-untyped-def]
+    """A status code or a kind of connection failure would make the test call a port scanner."""
+    broken = receivers[2]  # answers 500
+    api.post("/api/v1/webhooks", json={"name": "broken", "url": broken.url})
+    assert api.post("/api/v1/webhooks/broken/test").json() == {"delivered": False}
+    from training_platform.cli.services import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/hook"
+    api.post("/api/v1/webhooks", json={"name": "closed", "url": closed})
+    assert api.post("/api/v1/webhooks/closed/test").json() == {"delivered": False}

@@ -115,7 +115,8 @@ def test_cancel_leaves_no_process_of_the_run_on_the_server(runner: SshRunner, ss
         ),
         f"{runner.run_root}/2/attempt-1",
     )
-    wait_for(lambda: b"started" in runner.read(handle, "log", 0, 1 << 16))
+    # The launcher echoes the argv (which holds the word) first: wait for the printed line.
+    wait_for(lambda: b"\nstarted\n" in runner.read(handle, "log", 0, 1 << 16))
     assert len(runner.pids(handle)) >= 3  # launcher, trainer, its sleep
     runner.cancel(handle, force=False)
     state = wait_exit(runner, handle)

@@ -14,6 +14,7 @@ from training_platform.core.settings import Settings
 from training_platform.jobs import preparation, service
 from training_platform.jobs.models import Job
 from training_platform.jobs.schemas import JobCreate
+from training_platform.projects import service as projects
 from training_platform.scheduling import scheduler
 from training_platform.scheduling.models import DeviceLease
 from training_platform.scheduling.service import refresh_local
@@ -35,7 +36,14 @@ def simulate(engine: Engine, settings: Settings) -> Callable[..., Settings]:
 def gpu_job(engine: Engine, settings: Settings) -> Callable[..., Job]:
     """Submit and prepare an SFT job asking for `gpus` (queued, not placed)."""
 
-    def submit(gpus: int, priority: int = 5, name: str | None = None, **resources: Any) -> Job:
+    def submit(
+        gpus: int,
+        priority: int = 5,
+        name: str | None = None,
+        project: str | None = None,
+        user_id: int | None = None,
+        **resources: Any,
+    ) -> Job:
         request = JobCreate.model_validate(
             {
                 "name": name or f"{gpus} gpu(s) p{priority}",
@@ -48,7 +56,14 @@ def gpu_job(engine: Engine, settings: Settings) -> Callable[..., Job]:
             }
         )
         with Session(engine, expire_on_commit=False) as session:
-            job, _ = service.submit(session=session, request=request, actor="test")
+            project_id = projects.get_project(session=session, name=project).id if project else None
+            job, _ = service.submit(
+                session=session,
+                request=request,
+                actor="test",
+                project_id=project_id,
+                user_id=user_id,
+            )
             session.commit()
         queued = preparation.prepare_job(engine, settings, job_id=job.id, attempt=1, actor="t")
         assert queued is not None

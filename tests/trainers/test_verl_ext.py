@@ -1,7 +1,7 @@
 """The compat module loaded into every verl run fixes verl 0.9.1 in the pinned environment.
 
-Each check runs in a fresh interpreter: the module is loaded by verl's own hook
-(VERL_USE_EXTERNAL_MODULES) while `import verl` runs, as in a real verl process.
+The check runs in a fresh interpreter: verl as it is, then with the module loaded by the
+function verl's hook (VERL_USE_EXTERNAL_MODULES) calls while `import verl` runs.
 """
 
 from __future__ import annotations
@@ -21,36 +21,44 @@ from training_platform.backends.verl.common import COMPAT_MODULE
 pytestmark = pytest.mark.slow
 
 PROBE = """
-import json, sys, torch
+import importlib, json, sys, torch
 import verl
 from verl.models.transformers import monkey_patch
 from verl.utils import model as model_utils
+from verl.utils.import_utils import import_external_libs
 from transformers import AutoConfig
 config = AutoConfig.from_pretrained(sys.argv[1])
 config.num_labels = 1
-try:
-    value_model = type(model_utils.load_valuehead_model(sys.argv[1], torch.float32, config, False))
-    loaded = value_model.__name__
-except Exception as error:
-    loaded = type(error).__name__
-print(json.dumps({"trl_value_head": monkey_patch.is_trl_available(), "value_model": loaded}))
+
+
+def seen():
+    try:
+        model = model_utils.load_valuehead_model(sys.argv[1], torch.float32, config, False)
+        loaded = type(model).__name__
+    except Exception as error:
+        loaded = type(error).__name__
+    return {"trl_value_head": monkey_patch.is_trl_available(), "value_model": loaded}
+
+
+before = seen()
+import_external_libs(sys.argv[2].split(","))  # what verl's hook does at `import verl`
+print(json.dumps([before, seen()]))
 """
 
 
-def probe(model_dir: Path, modules: str | None) -> dict[str, object]:
-    """What verl sees in a process started with (or without) the platform's modules."""
+def probe(model_dir: Path, modules: str) -> list[dict[str, object]]:
+    """What verl sees in a fresh process without the platform's modules, then with them
+    loaded by the function verl's hook (VERL_USE_EXTERNAL_MODULES) calls."""
     env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
-    if modules:
-        env["VERL_USE_EXTERNAL_MODULES"] = modules
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(model_dir)],
+        [sys.executable, "-c", PROBE, str(model_dir), modules],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: list[dict[str, object]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -58,8 +66,7 @@ def test_verl_builds_models_with_trl_1_16_and_without_flash_attn(tiny_model_dir:
     # Without the module, verl believes trl still has its PPO value head (removed in trl
     # 1.13) and imports it for every model it builds (an ImportError in a real run), and
     # its critic's value model loads only with flash-attn.
-    assert probe(tiny_model_dir, None) == {"trl_value_head": True, "value_model": "ImportError"}
-    assert probe(tiny_model_dir, COMPAT_MODULE) == {
-        "trl_value_head": False,
-        "value_model": "Qwen2ForTokenClassification",
-    }
+    # (The e2e verl runs load it through the hook itself: tests/e2e/test_verl_rl.py.)
+    without, with_module = probe(tiny_model_dir, COMPAT_MODULE)
+    assert without == {"trl_value_head": True, "value_model": "ImportError"}
+    assert with_module == {"trl_value_head": False, "value_model": "Qwen2ForTokenClassification"}

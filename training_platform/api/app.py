@@ -55,10 +55,31 @@ class RequestTimer:
         try:
             await self.app(scope, receive, sending)
         finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
             latency = getattr(scope["app"].state, "request_latency", None)
             if latency is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
                 latency.labels(scope["method"], route, str(status[0])).observe(timer() - started)
+            audited = scope.get("state", {}).get("audit")
+            if audited is not None and status[0] < 400:
+                await run_in_threadpool(_keep_audit, scope, audited, route, status[0])
+
+
+def _keep_audit(scope: Scope, caller: tuple[str, str], route: str, status: int) -> None:
+    """Write one audit event: who, which route, the path (without its query), the status."""
+    from training_platform.auth.models import AuditEvent
+
+    with Session(scope["app"].state.engine) as session:
+        session.add(
+            AuditEvent(
+                user=caller[0],
+                token=caller[1],
+                method=scope["method"],
+                route=route[:200],
+                path=scope["path"][:1000],
+                status=status,
+            )
+        )
+        session.commit()
 
 
 class _OnFirstUse:
@@ -146,7 +167,9 @@ def create_app(
     build_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        contexts.load_all(app.router)
+        if app.openapi_schema is None:
+            contexts.load_all(app.router)
+            errors.document_errors(build_openapi())
         return build_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]

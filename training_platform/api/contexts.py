@@ -60,6 +60,7 @@ CONTEXTS: tuple[Spec, ...] = (
         _api("serving", "endpoints"),
     ),
     Spec("training_platform.scheduling.routes", ("router",), _api("gpus")),
+    Spec("training_platform.projects.routes", ("router",), _api("projects")),
     Spec("training_platform.backends.routes", ("router",), _api("backends")),
     Spec("training_platform.hosts.routes", ("router", "secrets_router"), _api("hosts", "secrets")),
     Spec(
@@ -75,7 +76,11 @@ CONTEXTS: tuple[Spec, ...] = (
         ),
         (*_api("alerts", "webhooks", "jobs", "queues", "alert-rules", "ws"), "/metrics"),
     ),
-    Spec("training_platform.auth.routes", ("router",), _api("tokens")),
+    Spec(
+        "training_platform.auth.routes",
+        ("router", "users_router", "audit_router"),
+        _api("tokens", "users", "audit"),
+    ),
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -43,3 +45,48 @@ def install(app: FastAPI) -> None:
     """Register the handlers on the app."""
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+# What every route of the API may answer besides its own results; the OpenAPI document names
+# them on every operation (api/app.py), so that a client (or schemathesis) meets no status the
+# document does not list.
+_ERROR_SCHEMA = {
+    "title": "ErrorMessage",
+    "type": "object",
+    "properties": {"detail": {"type": "string", "description": "What went wrong, in words."}},
+    "required": ["detail"],
+}
+_COMMON = {
+    "401": "Missing, invalid or revoked token, or its user is disabled.",
+    "403": "The caller's role (or the code permission) does not allow this.",
+    "404": "Something the request names (in its path, query or body) does not exist.",
+    "503": "A dependency (the database, Redis, a host) cannot be reached right now.",
+}
+_WRITES = {"409": "The current state forbids this: a name taken, a job already finished..."}
+_VALIDATION = "A field is wrong: `loc` names it, `msg` says why (limits included)."
+_UNPARSABLE = "The body cannot be parsed as its content type says (malformed JSON...)."
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the answers every /api/v1 operation may give to the OpenAPI document (in place)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("ErrorMessage", _ERROR_SCHEMA)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}}
+    validation = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = operation.setdefault("responses", {})
+            if not (path.startswith("/api/v1/") or path == "/metrics"):
+                continue
+            codes = {**_COMMON, **(_WRITES if method != "get" else {})}
+            for code, description in codes.items():
+                responses.setdefault(code, {"description": description, "content": error})
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": _UNPARSABLE, "content": error})
+            if "HTTPValidationError" in components:
+                responses.setdefault("422", {"description": _VALIDATION, "content": validation})
+    return schema

@@ -18,7 +18,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {"description": "The database or Redis does not answer (`checks` says which)."}
+    },
+)
 def readyz(settings: SettingsDep) -> JSONResponse:
     """The database and Redis answer."""
     checks: dict[str, str] = {}

@@ -25,6 +25,9 @@ class ModelEntry(SQLModel, table=True):
     # The job whose final model this is (source "job"): lineage, not a foreign key, so that
     # the catalog does not depend on the jobs tables.
     job_id: int | None = Field(default=None, index=True)
+    # Whose model it is: the producing job's project, or the one it was registered to (None:
+    # the default project's, as the bundled models are).
+    project_id: int | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -42,6 +45,8 @@ class DatasetEntry(SQLModel, table=True):
     size_bytes: int = Field(sa_type=BigInteger)
     sha256: str = Field(max_length=64)
     description: str = Field(default="", max_length=1000)
+    # The project it was uploaded to (None: the default project's, as the bundled ones are).
+    project_id: int | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # The newest version (datasets.models.DatasetVersion); path, format, rows, size and sha256
     # above are that version's.

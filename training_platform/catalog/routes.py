@@ -9,12 +9,19 @@ from fastapi import Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, api_router
+from training_platform.api.deps import (
+    CodeCaller,
+    CurrentToken,
+    SessionDep,
+    SettingsDep,
+    api_router,
+)
 from training_platform.catalog import rewards, service
 from training_platform.catalog.models import RewardFileEntry
 from training_platform.catalog.names import CatalogName
 from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service as jobs
+from training_platform.projects.schemas import ProjectField
 
 router = api_router(tags=["catalog"])
 
@@ -47,6 +54,7 @@ class ModelRegister(BaseModel):
         None, ge=1, le=DB_INT_MAX, description="A succeeded job whose final model to use."
     )
     description: str = Field("", max_length=1000)
+    project: ProjectField = None
 
 
 class RewardFilePublic(BaseModel):
@@ -61,19 +69,30 @@ class RewardFilePublic(BaseModel):
 
 
 @router.get("/models")
-def list_models(session: SessionDep, _: CurrentToken) -> list[ModelPublic]:
-    """Models jobs can start from."""
+def list_models(session: SessionDep, token: CurrentToken) -> list[ModelPublic]:
+    """Models jobs can start from: the caller's projects' (an admin: all)."""
+    from training_platform.projects.service import visible_project_ids
+
+    projects = visible_project_ids(session=session, caller=token)
     return [
         ModelPublic.model_validate(m, from_attributes=True)
-        for m in service.list_models(session=session)
+        for m in service.list_models(session=session, projects=projects)
     ]
 
 
 @router.post("/models", status_code=status.HTTP_201_CREATED)
 def register_model(
-    body: ModelRegister, session: SessionDep, settings: SettingsDep, _: CurrentToken
+    body: ModelRegister, session: SessionDep, settings: SettingsDep, token: CurrentToken
 ) -> ModelPublic:
-    """Register a model by directory (inside a model root), Hugging Face id, or job output."""
+    """Register a model by directory (inside a model root), Hugging Face id, or job output
+    (then it is the job's project's)."""
+    from training_platform.projects.service import check_visible, project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
+    if body.job_id is not None:
+        what = f"job {body.job_id}"
+        owner = jobs.project_of(session, body.job_id)
+        check_visible(session=session, caller=token, project_id=owner, what=what)
     job_output = (
         jobs.final_model_path(session=session, settings=settings, job_id=body.job_id)
         if body.job_id is not None
@@ -88,6 +107,7 @@ def register_model(
         description=body.description,
         job_output=job_output,
         job_id=body.job_id,
+        project_id=project.id,
     )
     session.commit()
     return ModelPublic.model_validate(entry, from_attributes=True)
@@ -110,11 +130,14 @@ async def upload_reward(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _: CurrentToken,
+    _: CodeCaller,
     name: Annotated[CatalogName, Query(description="Jobs choose it as reward=file:<name>.")],
     description: Annotated[str, Query(max_length=1000)] = "",
 ) -> RewardFilePublic:
-    """Upload a Python reward file with compute_score(data_source, solution_str, ground_truth)."""
+    """Upload a Python reward file with compute_score(data_source, solution_str, ground_truth).
+
+    A reward file is code that trainings run: uploading one needs the admin role or the code
+    permission."""
     source = bytearray()
     async for chunk in request.stream():
         source.extend(chunk)

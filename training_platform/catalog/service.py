@@ -24,25 +24,48 @@ def managed_path(home: Path, relative: str) -> Path:
     return path
 
 
-def list_models(*, session: Session) -> Sequence[ModelEntry]:
-    """Every registered model, by name."""
-    return session.exec(select(ModelEntry).order_by(ModelEntry.name)).all()
+def list_models(*, session: Session, projects: set[int] | None = None) -> Sequence[ModelEntry]:
+    """Registered models (of `projects` unless None), by name."""
+    from training_platform.projects.service import owned_by
+
+    query = select(ModelEntry).where(owned_by(ModelEntry.project_id, projects))
+    return session.exec(query.order_by(ModelEntry.name)).all()
 
 
-def list_datasets(*, session: Session) -> Sequence[DatasetEntry]:
-    """Every registered dataset, by name."""
-    return session.exec(select(DatasetEntry).order_by(DatasetEntry.name)).all()
+def list_datasets(*, session: Session, projects: set[int] | None = None) -> Sequence[DatasetEntry]:
+    """Registered datasets (of `projects` unless None), by name."""
+    from training_platform.projects.service import owned_by
+
+    query = select(DatasetEntry).where(owned_by(DatasetEntry.project_id, projects))
+    return session.exec(query.order_by(DatasetEntry.name)).all()
+
+
+def project_of_model(session: Session, ref: str | int) -> int | None:
+    """The project of a model, by id or name (None: the default's, or no such model)."""
+    entry = _find(session, ModelEntry, ref)
+    return entry.project_id if entry is not None else None
+
+
+def project_of_dataset(session: Session, ref: str | int) -> int | None:
+    """The project of a dataset, by id or name (None: the default's, or no such dataset)."""
+    entry = _find(session, DatasetEntry, ref)
+    return entry.project_id if entry is not None else None
 
 
 _Entry = TypeVar("_Entry", ModelEntry, DatasetEntry)
 
 
-def _by_ref(session: Session, table: type[_Entry], ref: str | int, field: str) -> _Entry:
+def _find(session: Session, table: type[_Entry], ref: str | int) -> _Entry | None:
     row = None
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
         row = session.get(table, int(ref))
     if row is None and isinstance(ref, str):
         row = session.exec(select(table).where(table.name == ref)).first()
+    return row
+
+
+def _by_ref(session: Session, table: type[_Entry], ref: str | int, field: str) -> _Entry:
+    row = _find(session, table, ref)
     if row is None:
         names = sorted(session.exec(select(table.name)).all())
         known = ", ".join(names) if names else "none registered"
@@ -157,11 +180,17 @@ def register_model(
     description: str,
     job_output: str | None = None,
     job_id: int | None = None,
+    project_id: int | None = None,
 ) -> ModelEntry:
     """Register a model: a directory inside a model root, a hub id, or a job's final model.
 
-    `job_output` is the job's model directory relative to TP_HOME (see jobs.service).
+    `job_output` is the job's model directory relative to TP_HOME (see jobs.service). The
+    model belongs to `project_id`; a job's model to the job's project.
     """
+    if job_id is not None:
+        from training_platform.jobs.service import project_of
+
+        project_id = project_of(session, job_id)
     if sum(x is not None for x in (path, hub_id, job_output)) != 1:
         raise InvalidInput(("body",), "give exactly one of path, hub_id or job_id")
     if session.exec(select(ModelEntry).where(ModelEntry.name == name)).first() is not None:
@@ -182,6 +211,7 @@ def register_model(
         if not (directory / "config.json").is_file():
             raise InvalidInput(("body", "path"), f"{path} holds no model (no config.json)")
         entry = ModelEntry(name=name, source="local", path=str(directory), description=description)
+    entry.project_id = project_id
     session.add(entry)
     session.flush()
     return entry

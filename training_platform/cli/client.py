@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -38,10 +40,46 @@ def describe_error(status: int, body: Any) -> str:
     return str(detail) if detail else f"HTTP {status}"
 
 
+def credentials_file() -> Path:
+    """Where `tp login` keeps this OS user's tokens, one per API URL (mode 0600)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "training_platform" / "credentials.json"
+
+
+def saved_tokens() -> dict[str, str]:
+    """The tokens `tp login` saved, by API URL."""
+    try:
+        found = json.loads(credentials_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def save_token(api_url: str, token: str | None) -> Path:
+    """Keep (or, with None, forget) the token for this API URL."""
+    path = credentials_file()
+    tokens = saved_tokens()
+    if token is None:
+        tokens.pop(api_url, None)
+    else:
+        tokens[api_url] = token
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(tokens, handle, indent=1)
+    temporary.replace(path)
+    return path
+
+
 def read_token(settings: Settings) -> str | None:
-    """TP_TOKEN, else the admin token file in TP_HOME."""
+    """TP_TOKEN, else the token `tp login` saved for this API, else the admin token file in
+    TP_HOME (readable by the platform's operator only)."""
     if settings.token is not None:
         return settings.token.get_secret_value()
+    saved = saved_tokens().get(settings.resolved_api_url)
+    if saved:
+        return saved
     try:
         return settings.admin_token_file.read_text().strip()
     except OSError:

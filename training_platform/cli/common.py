@@ -52,3 +52,8 @@ def parse_param(text: str) -> tuple[str, Any]:
     except ValueError:
         value = raw
     return key.strip(), value
+
+
+def catalog_ref(value: str) -> int | str:
+    """A catalog reference as typed: an id when it is all digits, else a name."""
+    return int(value) if value.isdigit() else value

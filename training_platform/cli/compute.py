@@ -8,16 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from training_platform.cli.common import call, client, console, parse_param
+from training_platform.cli.common import call, catalog_ref, client, console, parse_param
 
 compute_app = typer.Typer(
     help="Size a job before it runs: memory per GPU, what fits, the estimator's error.",
     no_args_is_help=True,
 )
-
-
-def _ref(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
 
 
 @compute_app.command("estimate")
@@ -40,7 +36,7 @@ def estimate(
     if host:
         resources["host"] = host
     body = {
-        "model": _ref(model),
+        "model": catalog_ref(model),
         "backend": backend,
         "algorithm": algorithm,
         "hyperparameters": dict(parse_param(p) for p in param or []),

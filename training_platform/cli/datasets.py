@@ -55,6 +55,9 @@ def datasets_upload(
         bool,
         typer.Option("--preview", help="Show the detected format and first rows; keep nothing."),
     ] = False,
+    project: Annotated[
+        str | None, typer.Option(help="The project a new dataset belongs to (default: default).")
+    ] = None,
 ) -> None:
     """Upload a dataset; every row is checked, bad rows are reported by number."""
     params: dict[str, Any] = {"filename": file.name}
@@ -77,6 +80,8 @@ def datasets_upload(
     params |= {"name": name, "description": description}
     if new_version:
         params["new_version"] = "true"
+    if project is not None:
+        params["project"] = project
     with client() as api:
         item = call(api.upload, "datasets", file, **params)
     console.print(

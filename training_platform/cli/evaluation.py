@@ -76,6 +76,9 @@ def eval_run(
     ] = 1,
     gpus: Annotated[int, typer.Option(min=0)] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    project: Annotated[
+        str | None, typer.Option(help="The project it belongs to (default: default).")
+    ] = None,
 ) -> None:
     """Evaluate a model (a job's final model, a checkpoint, or an endpoint) on a dataset;
     --wait prints its result."""
@@ -93,6 +96,8 @@ def eval_run(
         },
         "resources": {"gpus": gpus},
     }
+    if project is not None:
+        body["project"] = project
     if model is not None:
         body["model"] = int(model) if model.isdigit() else model
     if job is not None:

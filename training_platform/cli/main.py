@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -27,8 +26,10 @@ from training_platform.cli.common import (
 from training_platform.cli.compute import compute_app
 from training_platform.cli.datasets import datasets_app
 from training_platform.cli.evaluation import eval_app
+from training_platform.cli.projects import projects_app
 from training_platform.cli.serving import endpoints_app, serve_app
 from training_platform.cli.surgery import merge_app, models_lineage, models_select, models_soup
+from training_platform.cli.users import audit, login, logout, tokens_app, users_app, whoami
 from training_platform.core.settings import Settings
 
 app = typer.Typer(
@@ -51,6 +52,13 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(serve_app, name="serve")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(merge_app, name="merge")
+app.add_typer(projects_app, name="projects")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.command("login")(login)
+app.command("logout")(logout)
+app.command("whoami")(whoami)
+app.command("audit")(audit)
 app.add_typer(compute_app, name="compute")
 models_app.command("soup")(models_soup)
 models_app.command("select")(models_select)
@@ -341,6 +349,9 @@ def jobs_submit(
         list[str] | None, typer.Option("--param", "-p", help="Hyperparameter key=value.")
     ] = None,
     priority: Annotated[int | None, typer.Option(help="0-9, higher first.")] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Whose GPU quota it uses (default: default).")
+    ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs on one host (0: CPU).")] = None,
     host: Annotated[
         str | None, typer.Option(help="Run on this host (this node or a registered one).")
@@ -370,6 +381,7 @@ def jobs_submit(
         ("dataset", dataset),
         ("backend", backend),
         ("priority", priority),
+        ("project", project),
     ):
         if value is not None:
             spec[key] = value
@@ -817,9 +829,14 @@ def pipelines_submit(
     dry_run: Annotated[bool, typer.Option(help="Only check the definition.")] = False,
     watch: Annotated[bool, typer.Option(help="Follow the pipeline until it ends.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    project: Annotated[
+        str | None, typer.Option(help="The project it belongs to (default: default).")
+    ] = None,
 ) -> None:
     """Submit a pipeline from a definition file or a template."""
     body = _pipeline_body(file, template, param or [], name, priority)
+    if project is not None and not dry_run:
+        body["project"] = project
     with client() as api:
         if dry_run:
             checked = call(api.validate_pipeline, body)
@@ -1034,9 +1051,15 @@ def models_register(
     hub_id: Annotated[str | None, typer.Option(help="Hugging Face id (owner/name).")] = None,
     from_job: Annotated[int | None, typer.Option(help="A succeeded job's final model.")] = None,
     description: Annotated[str, typer.Option()] = "",
+    project: Annotated[
+        str | None,
+        typer.Option(help="The project it belongs to (default: default; a job's: the job's)."),
+    ] = None,
 ) -> None:
     """Register a model: from a model root (TP_MODEL_ROOTS), by hub id, or a job's output."""
     body: dict[str, Any] = {"name": name, "description": description}
+    if project is not None:
+        body["project"] = project
     if path:
         body["path"] = path
     if hub_id:
@@ -1571,7 +1594,7 @@ def webhooks_test(name: str) -> None:
     with client() as api:
         answer = call(api.request, "POST", f"/api/v1/webhooks/{name}/test")
     if not answer["delivered"]:
-        fail(f"not delivered: {answer.get('error') or answer.get('status_code')}")
+        fail("not delivered" + (f": {answer['error']}" if answer.get("error") else ""))
     console.print(f"delivered (HTTP {answer['status_code']})")
 
 
@@ -1581,48 +1604,3 @@ def webhooks_remove(name: str) -> None:
     with client() as api:
         call(api.delete, f"webhooks/{name}")
     console.print(f"removed webhook {name}")
-
-
-# --- API tokens ------------------------------------------------------------------------------
-
-tokens_app = typer.Typer(help="API tokens: list, create, revoke.", no_args_is_help=True)
-app.add_typer(tokens_app, name="tokens")
-
-
-@tokens_app.command("list")
-def tokens_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every token, revoked ones too (secrets are never shown again)."""
-    with client() as api:
-        found = call(api.get, "tokens")
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("name", "role", "created", "revoked", "")
-    for token in found["items"]:
-        table.add_row(
-            token["name"],
-            token["role"],
-            token["created_at"][:19],
-            (token["revoked_at"] or "-")[:19],
-            "this one" if token["current"] else "",
-        )
-    console.print(table)
-
-
-@tokens_app.command("create")
-def tokens_create(
-    name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_' and '-'.")],
-) -> None:
-    """Make a token and print its secret: this once only, the platform keeps a hash."""
-    with client() as api:
-        made = call(api.request, "POST", "/api/v1/tokens", json={"name": name})
-    err.print(f"token {made['name']} created; its secret, shown only now:", highlight=False)
-    typer.echo(made["token"])
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(name: str) -> None:
-    """Revoke a token: every later request with it is refused (401)."""
-    with client() as api:
-        revoked = call(api.request, "POST", f"/api/v1/tokens/{quote(name, safe='')}/revoke")
-    console.print(f"token {revoked['name']} revoked at {revoked['revoked_at'][:19]}")

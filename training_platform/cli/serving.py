@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import call, catalog_ref, client, console, fail
 
 serve_app = typer.Typer(
     help="Serve a model over an OpenAI-compatible API, reached through the platform.",
@@ -20,10 +20,6 @@ serve_app = typer.Typer(
 endpoints_app = typer.Typer(
     help="OpenAI-compatible endpoints (their API keys stored encrypted).", no_args_is_help=True
 )
-
-
-def _ref(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
 
 
 @serve_app.command("start")
@@ -37,13 +33,18 @@ def serve_start(
     gpus: Annotated[int, typer.Option(min=0)] = 0,
     name: Annotated[str | None, typer.Option(help="The serve job's name.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it answers.")] = False,
+    project: Annotated[
+        str | None, typer.Option(help="The project it belongs to (default: default).")
+    ] = None,
 ) -> None:
     """Start a serve job; it serves until `tp serve stop JOB`."""
     body: dict[str, Any] = {"engine": engine, "resources": {"gpus": gpus}}
+    if project is not None:
+        body["project"] = project
     if name is not None:
         body["name"] = name
     if model is not None:
-        body["model"] = _ref(model)
+        body["model"] = catalog_ref(model)
     if job is not None:
         body["job"] = job
     if checkpoint is not None:

@@ -140,6 +140,9 @@ def merge_run(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the model is registered.")
     ] = False,
+    project: Annotated[
+        str | None, typer.Option(help="The project it belongs to (default: default).")
+    ] = None,
 ) -> None:
     """Merge models: refused with the reason when they do not fit together."""
     body: dict[str, Any] = {
@@ -154,6 +157,8 @@ def merge_run(
     }
     if base is not None:
         body["base"] = model_ref(base, "--base")
+    if project is not None:
+        body["project"] = project
     with client() as api:
         if preview:
             _print_estimate(call(api.request, "POST", "/api/v1/merges/preview", json=body))

@@ -2,7 +2,8 @@
 
 The model is built from its config under PyTorch's FakeTensorMode (no weights, no GPU, no
 memory), then two steps of what TRL's SFT trainer does run on it (forward under bf16 autocast
-with float32 weights as TRL loads them, backward, fused AdamW), and torch's MemTracker counts
+with float32 weights as TRL loads them, or everything in bf16 for a pure-bf16 workload;
+backward, fused AdamW), and torch's MemTracker counts
 every storage by kind (parameters, gradients, optimizer state, activations, temporaries) at
 the peak. Two steps,
 because the optimizer's state exists from the first step on and the second forward carries it.
@@ -22,8 +23,6 @@ from unittest.mock import patch
 
 from training_platform.compute.architecture import Architecture
 from training_platform.compute.estimator import Workload
-
-MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,11 @@ def _stay(module: Any, *_args: Any, **_kwargs: Any) -> Any:
     return module
 
 
-def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
-    """Measure one TRL step's peak memory per GPU for this config and workload."""
+def build(config: dict[str, Any], workload: Workload, *, fake: bool) -> tuple[Any, Any, Any]:
+    """The model, its optimizer and a batch as the workload trains them (in the caller's mode:
+    under FakeTensorMode for the dry run, on a CUDA default device for a real one)."""
     import torch
     import transformers.initialization as init
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if workload.backend != "trl" or workload.algorithm != "sft":
@@ -90,50 +89,68 @@ def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
     fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
     hf_config = AutoConfig.for_model(arch.model_type, **fields)
     hf_config.use_cache = False
-    started = time.monotonic()
-    rows = workload.micro_batch
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        with init.no_init_weights():
-            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-                hf_config, dtype=torch.float32, attn_implementation="sdpa"
-            )
-        model.tie_weights()
-        if workload.lora_rank is not None:
-            from peft import LoraConfig, get_peft_model
+    bf16 = workload.precision == "bf16"
+    with init.no_init_weights():
+        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            hf_config,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            attn_implementation="sdpa",
+        )
+    model.tie_weights()
+    if workload.lora_rank is not None:
+        from peft import LoraConfig, get_peft_model
 
+        lora = LoraConfig(
+            r=workload.lora_rank,
+            lora_alpha=2 * workload.lora_rank,
+            lora_dropout=0.05,
+            target_modules=workload.lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        if fake:
             # PEFT moves each new adapter to its layer's device, where everything already is:
             # a fake parameter cannot be swapped in place, so the moves are skipped.
             with patch.object(torch.nn.Module, "to", _stay):
-                model = get_peft_model(
-                    model,
-                    LoraConfig(
-                        r=workload.lora_rank,
-                        lora_alpha=2 * workload.lora_rank,
-                        lora_dropout=0.05,
-                        target_modules=workload.lora_targets,
-                        task_type="CAUSAL_LM",
-                    ),
-                )
-        if workload.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            if workload.lora_rank is not None:
-                model.enable_input_require_grads()
-        model.train()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
-        ids = torch.randint(0, arch.vocab, (rows, workload.seq_len))
+                model = get_peft_model(model, lora)
+        else:
+            model = get_peft_model(model, lora)
+    if workload.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if workload.lora_rank is not None:
+            model.enable_input_require_grads()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
+    ids = torch.randint(0, arch.vocab, (workload.micro_batch, workload.seq_len))
+    return model, optimizer, ids
+
+
+def step(model: Any, optimizer: Any, ids: Any, workload: Workload, device_type: str) -> None:
+    """One training step: forward (bf16 autocast over float32 weights, or pure bf16), backward,
+    the optimizer's step."""
+    import torch
+
+    bf16 = workload.precision == "bf16"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=not bf16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    del loss
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def dry_run(config: dict[str, Any], workload: Workload) -> DryRun:
+    """Measure one TRL step's peak memory per GPU for this config and workload."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    started = time.monotonic()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model, optimizer, ids = build(config, workload, fake=True)
         tracker = _tracker()
         tracker.track_external(model, optimizer)
         with tracker:
             for _ in range(2):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                del loss
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                step(model, optimizer, ids, workload, "cpu")
                 tracker.reset_mod_stats()  # the device peak stays; the modules are walked again
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
     breakdown = {str(kind).rsplit(".", 1)[-1].lower(): int(n) for kind, n in peak.items()}

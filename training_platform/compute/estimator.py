@@ -12,6 +12,10 @@ states, and the peak is the largest:
   embeddings two more copies of the embedding's gradient (the head's share waits for the
   embedding's before they are summed);
 - the optimizer step: weights, gradients and optimizer state.
+A pure-bf16 workload (weights, gradients and AdamW state in bf16, no autocast), how
+torchtune, LitGPT and PEFT's benchmarks run, has its own coefficients: the published-peaks
+regression set (calibrate.published) is in that precision. Under gradient checkpointing the
+layer being recomputed lives in the backward pass only.
 
 Saved activations per token and layer are those of the Hugging Face decoder layer under bf16
 autocast with float32 weights, measured on the dry run of one-layer shapes and fitted
@@ -34,16 +38,25 @@ from training_platform.compute.architecture import Architecture
 
 Algorithm = Literal["sft", "dpo", "ppo", "grpo", "gspo"]
 Backend = Literal["trl", "verl"]
+# "mixed": float32 weights, bf16 autocast (TRL's default load); "bf16": weights, gradients and
+# AdamW state in bf16, no autocast (torchtune's and LitGPT's default; a model loaded in bf16).
+Precision = Literal["mixed", "bf16"]
 MIB = 2**20
 
 # Saved bytes per token of one decoder layer, bf16 autocast over float32 weights, by width:
 # hidden, intermediate (MLP), query width (heads x head_dim), key/value width. Fitted to the
 # dry run of nine one-layer shapes (compute/calibrate.py); within 2% of each.
 ACTIVATION = {"hidden": 27.2, "intermediate": 8.0, "query": 9.3, "key_value": 1.8}
-CHECKPOINTED_PER_TOKEN = 4  # a checkpointed layer keeps its float32 input (x hidden)
+# The same in pure bf16, fitted the same way (compute/calibrate.py `fit`).
+ACTIVATION_BF16 = {"hidden": 18.9, "intermediate": 7.6, "query": 6.5, "key_value": 1.4}
+# A checkpointed layer keeps its input (x hidden): float32 in mixed precision, bf16 in pure.
+CHECKPOINTED_PER_TOKEN = {"mixed": 4, "bf16": 2}
+HEAD_INPUT_BF16 = 4  # the final norm's and the head's saved input per token (x hidden)
 # A LoRA-adapted linear additionally keeps its dropout's output and mask and the low-rank
 # activation, per unit of the linear's input width.
 LORA_PER_INPUT = 3.9
+# Under a bf16 base PEFT keeps the adapters in float32 and casts each adapted input up.
+LORA_PER_INPUT_BF16 = 6.6
 # The CUDA context and the allocator's rounding: what a device reading adds to the tensors.
 CUDA_CONTEXT_MB = 600
 FRAGMENTATION = 0.05
@@ -61,6 +74,7 @@ class Workload:
     lora_targets: str | list[str] = "all-linear"
     gradient_checkpointing: bool = True
     gpus: int = 1
+    precision: Precision = "mixed"
     # verl
     param_offload: bool = False
     optimizer_offload: bool = False
@@ -90,14 +104,16 @@ class Estimate:
 
 def layer_activation_bytes(arch: Architecture, tokens: int, workload: Workload) -> int:
     """What one un-checkpointed layer saves for its backward pass."""
+    fit = ACTIVATION_BF16 if workload.precision == "bf16" else ACTIVATION
     per_token = (
-        ACTIVATION["hidden"] * arch.hidden
-        + ACTIVATION["intermediate"] * arch.intermediate
-        + ACTIVATION["query"] * arch.q_width
-        + ACTIVATION["key_value"] * arch.kv_width
+        fit["hidden"] * arch.hidden
+        + fit["intermediate"] * arch.intermediate
+        + fit["query"] * arch.q_width
+        + fit["key_value"] * arch.kv_width
     )
     if workload.lora:
-        per_token += LORA_PER_INPUT * arch.lora_inputs(workload.lora_targets)
+        lora = LORA_PER_INPUT_BF16 if workload.precision == "bf16" else LORA_PER_INPUT
+        per_token += lora * arch.lora_inputs(workload.lora_targets)
     return int(per_token * tokens)
 
 
@@ -110,32 +126,49 @@ def _trl(arch: Architecture, workload: Workload) -> Estimate:
     )
     rows = workload.micro_batch * (2 if workload.algorithm == "dpo" else 1)
     tokens = rows * workload.seq_len
-    weights = 4 * params
+    bf16 = workload.precision == "bf16"
+    width = 2 if bf16 else 4  # bytes of a weight, a gradient, an Adam moment
+    # LoRA's adapters stay float32 under a bf16 base (PEFT's autocast_adapter_dtype)
+    state = 4 if workload.lora else width
+    weights = width * params
     if workload.algorithm == "dpo" and not workload.lora:
-        weights += 4 * params  # the reference model, a float32 copy (LoRA disables the adapter)
-    gradients = 4 * trainable
-    optimizer = 8 * trainable
+        weights += width * params  # the reference model, a copy (LoRA disables the adapter)
+    gradients = state * trainable
+    optimizer = 2 * state * trainable
     # autocast's bf16 copies of the weights, saved for the backward pass: every layer's, or
-    # one layer's at a time when the layers are recomputed; the head's always.
-    layer_copies = 2 * arch.layer_linear_parameters
-    head_copy = 2 * arch.vocab * arch.hidden
+    # one layer's at a time when the layers are recomputed; the head's always. None in pure bf16.
+    layer_copies = 0 if bf16 else 2 * arch.layer_linear_parameters
+    head_copy = 0 if bf16 else 2 * arch.vocab * arch.hidden
     one_layer = layer_activation_bytes(arch, tokens, workload)
     if workload.gradient_checkpointing:
         copies = layer_copies + head_copy
-        activations = arch.layers * CHECKPOINTED_PER_TOKEN * arch.hidden * tokens + one_layer
+        kept = CHECKPOINTED_PER_TOKEN[workload.precision]
+        activations = arch.layers * kept * arch.hidden * tokens
+        recompute = one_layer  # alive in the backward pass only
     else:
         copies = arch.layers * layer_copies + head_copy
         activations = arch.layers * one_layer
-    activations += 14 * arch.hidden * tokens  # final norm and the head's input
-    logits_forward = 6 * tokens * arch.vocab  # bf16 logits, float32 log-softmax
-    logits_backward = 10 * tokens * arch.vocab  # with the float32 gradient flowing back
+        recompute = 0
+    # the final norm and the head's input
+    activations += (HEAD_INPUT_BF16 if bf16 else 14) * arch.hidden * tokens
+    # bf16 logits and the loss's float32 log-softmax; in pure bf16 the logits are saved twice
+    # and upcast beside the log-softmax. The backward pass adds the float32 gradient.
+    logits_forward = (12 if bf16 else 6) * tokens * arch.vocab
+    logits_backward = 10 * tokens * arch.vocab
     buffers = 4 * trainable if workload.gpus > 1 else 0  # DDP's gradient buckets
     # Full training: the head's weight gradient exists from the start of the backward pass.
-    head_gradient = 0 if workload.lora else 4 * arch.vocab * arch.hidden
+    head_gradient = 0 if workload.lora else width * arch.vocab * arch.hidden
     tied_sum = 2 * head_gradient if arch.tied else 0
     forward = weights + optimizer + copies + activations + logits_forward
     backward = (
-        weights + optimizer + copies + activations + logits_backward + head_gradient + buffers
+        weights
+        + optimizer
+        + copies
+        + activations
+        + recompute
+        + logits_backward
+        + head_gradient
+        + buffers
     )
     end = weights + gradients + optimizer + tied_sum + buffers
     step = weights + gradients + optimizer + buffers
@@ -154,7 +187,7 @@ def _trl(arch: Architecture, workload: Workload) -> Estimate:
         + (head_gradient if phase == "backward" else 0),
         "optimizer": optimizer,
         "weight_copies": 0 if late else copies,
-        "activations": 0 if late else activations,
+        "activations": 0 if late else activations + (recompute if phase == "backward" else 0),
         "logits": {"forward": logits_forward, "backward": logits_backward}.get(phase, 0),
         "kv_cache": 0,
         "buffers": buffers if phase != "forward" else 0,
@@ -162,8 +195,12 @@ def _trl(arch: Architecture, workload: Workload) -> Estimate:
     basis = [
         f"{arch.describe()}",
         f"{'LoRA r=' + str(workload.lora_rank) if workload.lora else 'full'} training: "
-        f"{trainable / 1e6:.1f}M trainable parameters, float32 weights (TRL's default), "
-        "bf16 autocast, fused AdamW",
+        f"{trainable / 1e6:.1f}M trainable parameters, "
+        + (
+            "weights, gradients and AdamW state in bf16"
+            if bf16
+            else "float32 weights (TRL's default), bf16 autocast, fused AdamW"
+        ),
         f"{rows} row(s) x {workload.seq_len} tokens per forward pass, gradient checkpointing "
         f"{'on' if workload.gradient_checkpointing else 'off'}",
     ]

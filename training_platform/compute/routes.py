@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from training_platform.api.deps import CurrentToken, IdPath, SessionDep, SettingsDep, api_router
+from training_platform.api.deps import (
+    CurrentToken,
+    IdPath,
+    SessionDep,
+    SettingsDep,
+    api_router,
+    project_scoped,
+)
 from training_platform.backends.base import get_backend, validate_parameters
 from training_platform.catalog import service as catalog
 from training_platform.compute import service
@@ -18,8 +25,14 @@ from training_platform.compute.schemas import (
 )
 from training_platform.core.errors import NotFound
 from training_platform.datasets import versions as dataset_versions
+from training_platform.jobs import service as jobs_service
 
-router = api_router("/compute", tags=["compute"])
+router = api_router(  # estimates change nothing
+    "/compute",
+    tags=["compute"],
+    write="viewer",
+    scoped=project_scoped("job_id", "job", jobs_service.project_of),
+)
 
 
 @router.post("/estimate")
@@ -50,6 +63,7 @@ def estimate_job(
         resources=resources,
         dataset_id=dataset_id,
         dataset_version=version,
+        arch=arch,
     )
     if sized is None:
         return EstimatePublic(
@@ -58,17 +72,7 @@ def estimate_job(
             architecture=arch.describe(),
             parameters=arch.parameters,
         )
-    options = []
-    if sized.devices is not None:
-        options = service.recommend(
-            arch=sized.arch,
-            workload=sized.workload,
-            devices=sized.devices,
-            hyperparameters=body.hyperparameters,
-            backend_check=service.backend_check(
-                body.backend, body.algorithm, body.hyperparameters, sized.workload.gpus
-            ),
-        )
+    options = service.options_for(sized, body.backend, body.algorithm, body.hyperparameters)
     bands = service.error_bands(session=session)
     band = service.band_for(
         bands, sized.devices.name if sized.devices else None, body.backend, body.algorithm
@@ -97,6 +101,7 @@ def advice(session: SessionDep, settings: SettingsDep, _: CurrentToken) -> list[
 @router.get("/accuracy")
 def accuracy(session: SessionDep, _: CurrentToken) -> AccuracyPublic:
     """The estimator's error per (GPU model, backend, algorithm) over finished GPU jobs."""
+    service.measure_finished(session=session)
     bands = service.error_bands(session=session)
     session.commit()
     return AccuracyPublic.model_validate(

@@ -11,6 +11,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ SIZED = {
 }
 RECOMMENDED_LORA_RANK = 16
 MAX_OPTIONS = 8
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,10 @@ def size(
     resources: dict[str, Any],
     dataset_id: int | None = None,
     dataset_version: int | None = None,
+    arch: Architecture | None = None,
 ) -> Sized | None:
-    """Size a validated job; None when the pair is not sized or the model has no local config.
+    """Size a validated job; None when the pair is not sized or the model has no local config
+    (`arch`: the model's architecture when the caller has read it already).
 
     A batch is padded to its longest row: with an analysis of the dataset version in the
     model's tokens, rows are as long as the longest one (at most max_length), else max_length.
@@ -202,10 +204,11 @@ def size(
     if longest is not None and algorithm == "sft" and 0 < longest < workload.seq_len:
         workload = replace(workload, seq_len=longest)
         note = f"rows padded to the dataset's longest: {longest} tokens (its analysis)"
-    try:
-        arch = architecture_of(settings, model)
-    except (ArchitectureError, DomainError):
-        return None
+    if arch is None:
+        try:
+            arch = architecture_of(settings, model)
+        except (ArchitectureError, DomainError):
+            return None
     result = estimate(arch, workload)
     if note is not None:
         result = replace(result, basis=[*result.basis, note])
@@ -224,54 +227,51 @@ def _halvings(value: int) -> list[int]:
 
 
 def _candidates(workload: Workload, max_gpus: int) -> Iterable[tuple[Workload, float]]:
-    """Variations of the workload, each with what it changes and a cost (slower, bigger)."""
-    gpu_choices = [workload.gpus]
-    if workload.backend == "verl":  # FSDP shards the states: more GPUs, less per GPU
-        gpu_choices += [n for n in (2, 4, 8, 16, 32) if workload.gpus < n <= max_gpus]
-    for gpus in gpu_choices:
-        for micro in _halvings(workload.micro_batch):
-            for checkpointing in sorted({workload.gradient_checkpointing, True}):
-                for lora in [
-                    workload.lora_rank,
-                    *([] if workload.lora else [RECOMMENDED_LORA_RANK]),
-                ]:
-                    offloads = [(workload.param_offload, workload.optimizer_offload)]
-                    if workload.backend == "verl":
-                        offloads += [(workload.param_offload, True), (True, True)]
-                    for param_offload, optimizer_offload in dict.fromkeys(offloads):
-                        shares = [workload.gpu_memory_utilization]
-                        if workload.backend == "verl" and workload.algorithm != "sft":
-                            shares += [s for s in (0.4, 0.3) if s < workload.gpu_memory_utilization]
-                        for share in shares:
-                            candidate = replace(
-                                workload,
-                                gpus=gpus,
-                                micro_batch=micro,
-                                gradient_checkpointing=checkpointing,
-                                lora_rank=lora,
-                                param_offload=param_offload,
-                                optimizer_offload=optimizer_offload,
-                                gpu_memory_utilization=share,
-                            )
-                            cost = (
-                                4.0 * (gpus / workload.gpus - 1)
-                                + 0.5 * (workload.micro_batch // micro).bit_length()
-                                - 0.5
-                                + (
-                                    1.0
-                                    if checkpointing and not workload.gradient_checkpointing
-                                    else 0
-                                )
-                                + (3.0 if lora is not None and not workload.lora else 0)
-                                + (
-                                    2.0
-                                    if optimizer_offload and not workload.optimizer_offload
-                                    else 0
-                                )
-                                + (2.0 if param_offload and not workload.param_offload else 0)
-                                + (1.0 if share != workload.gpu_memory_utilization else 0)
-                            )
-                            yield candidate, cost
+    """Variations of the workload, each with a cost (slower, bigger): more GPUs (verl's FSDP
+    shards the states), smaller micro batches, checkpointing, LoRA, offloads, a smaller rollout
+    share."""
+    verl = workload.backend == "verl"
+    gpu_choices = [workload.gpus] + (
+        [n for n in (2, 4, 8, 16, 32) if workload.gpus < n <= max_gpus] if verl else []
+    )
+    loras = [workload.lora_rank] + ([] if workload.lora else [RECOMMENDED_LORA_RANK])
+    offloads = list(
+        dict.fromkeys(
+            [(workload.param_offload, workload.optimizer_offload)]
+            + ([(workload.param_offload, True), (True, True)] if verl else [])
+        )
+    )
+    shares = [workload.gpu_memory_utilization]
+    if verl and workload.algorithm != "sft":
+        shares += [s for s in (0.4, 0.3) if s < workload.gpu_memory_utilization]
+    for gpus, micro, checkpointing, lora, (param_off, optimizer_off), share in product(
+        gpu_choices,
+        _halvings(workload.micro_batch),
+        sorted({workload.gradient_checkpointing, True}),
+        loras,
+        offloads,
+        shares,
+    ):
+        cost = (
+            4.0 * (gpus / workload.gpus - 1)
+            + 0.5 * ((workload.micro_batch // micro).bit_length() - 1)
+            + (1.0 if checkpointing and not workload.gradient_checkpointing else 0)
+            + (3.0 if lora is not None and not workload.lora else 0)
+            + (2.0 if optimizer_off and not workload.optimizer_offload else 0)
+            + (2.0 if param_off and not workload.param_offload else 0)
+            + (1.0 if share != workload.gpu_memory_utilization else 0)
+        )
+        candidate = replace(
+            workload,
+            gpus=gpus,
+            micro_batch=micro,
+            gradient_checkpointing=checkpointing,
+            lora_rank=lora,
+            param_offload=param_off,
+            optimizer_offload=optimizer_off,
+            gpu_memory_utilization=share,
+        )
+        yield candidate, cost
 
 
 def _changes(base: Workload, new: Workload, hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -363,6 +363,21 @@ def recommend(
         options.append(Option(changes, summary, result, candidate.gpus, cost))
     options.sort(key=lambda o: (o.cost, o.estimate.device_mb))
     return options[:MAX_OPTIONS]
+
+
+def options_for(
+    sized: Sized, backend: str, algorithm: str, hyperparameters: dict[str, Any]
+) -> list[Option]:
+    """The configurations of a sized job that fit its devices and pass the backend's rules."""
+    if sized.devices is None:
+        return []
+    return recommend(
+        arch=sized.arch,
+        workload=sized.workload,
+        devices=sized.devices,
+        hyperparameters=hyperparameters,
+        backend_check=backend_check(backend, algorithm, hyperparameters, sized.workload.gpus),
+    )
 
 
 def backend_check(backend: str, algorithm: str, hyperparameters: dict[str, Any], gpus: int) -> Any:
@@ -467,14 +482,7 @@ def admit(
     )
     if sized is None or sized.fits is not False or sized.devices is None:
         return sized, None
-    options = recommend(
-        arch=sized.arch,
-        workload=sized.workload,
-        devices=sized.devices,
-        hyperparameters=hyperparameters,
-        backend_check=backend_check(backend, algorithm, hyperparameters, sized.workload.gpus),
-    )
-    problem = admission_problem(sized, options)
+    problem = admission_problem(sized, options_for(sized, backend, algorithm, hyperparameters))
     assert problem is not None
     message, ctx = problem
     if settings.admission == "refuse":
@@ -524,11 +532,15 @@ def _gpu_name(session: Session, job_id: int) -> tuple[str | None, int | None]:
 def measure_finished(*, session: Session) -> int:
     """Fill in the measured peak of predictions whose job has finished; returns how many."""
     from training_platform.jobs.models import Job
+    from training_platform.jobs.state import TERMINAL
 
     rows = session.exec(
         select(MemoryPrediction, Job)
         .join(Job, col(Job.id) == col(MemoryPrediction.job_id))
-        .where(col(MemoryPrediction.measured_at).is_(None), col(Job.status).in_(FINISHED))
+        .where(
+            col(MemoryPrediction.measured_at).is_(None),
+            col(Job.status).in_([s.value for s in TERMINAL]),
+        )
     ).all()
     for prediction, _job in rows:
         name, peak = _gpu_name(session, prediction.job_id)
@@ -550,8 +562,8 @@ def error_pct(prediction: MemoryPrediction) -> float | None:
 
 
 def error_bands(*, session: Session) -> list[dict[str, Any]]:
-    """The estimator's error per (GPU model, backend, algorithm) over finished GPU jobs."""
-    measure_finished(session=session)
+    """The estimator's error per (GPU model, backend, algorithm) over the measured jobs
+    (read only: `measure_finished` fills in the ones that finished since)."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in session.exec(
         select(MemoryPrediction).where(col(MemoryPrediction.measured_mb).is_not(None))

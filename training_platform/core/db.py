@@ -7,11 +7,11 @@ import fcntl
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, create_engine
 
 from training_platform.core.settings import Settings
@@ -23,7 +23,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # The newest migration. A database already there is left alone without loading Alembic and
 # every migration script (most of a process's start); tests/core/test_db.py holds this to
 # Alembic's own head.
-SCHEMA_HEAD = "0014"
+SCHEMA_HEAD = "0017"
+RowT = TypeVar("RowT")
 _MIGRATION_LOCK_ID = 0x7470_6D69  # "tpmi": the PostgreSQL advisory lock taken around upgrades
 
 
@@ -134,3 +135,17 @@ def insert_for(session: Session, table: Any) -> Any:
 
     dialect = session.get_bind().dialect.name
     return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+
+
+def add_unique(session: Session, row: RowT, taken: str) -> RowT:
+    """Add a row whose unique columns another request may hold (a name): flushed, or the
+    session rolled back and Conflict(taken) raised."""
+    from training_platform.core.errors import Conflict
+
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(taken) from None
+    return row

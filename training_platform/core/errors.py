@@ -50,3 +50,9 @@ class Unavailable(DomainError):
     """A dependency (database, Redis, a host) cannot be reached right now."""
 
     status_code = 503
+
+
+class Forbidden(DomainError):
+    """The caller is known but their role (or permission) does not allow this."""
+
+    status_code = 403

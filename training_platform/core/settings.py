@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         default=10.0, description="How often a running job's GPUs are sampled."
     )
     backfill_age_limit_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 1800.0
+    fair_share_half_life_h: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 365,
+        description="GPU-hours count half as much in the fair-share order after this many hours.",
+    )
     general_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     worker_max_tasks_per_child: Annotated[int, Field(ge=1)] = Field(
         default=1000, description="A worker process is replaced after this many tasks."
@@ -100,8 +106,21 @@ class Settings(BaseSettings):
 
     allow_private_urls: bool = Field(
         default=False,
-        description="Webhooks and endpoints may target loopback, private and link-local "
-        "addresses (off: such URLs are refused, and nothing is sent to them).",
+        description="Webhooks and endpoints may target loopback and private addresses (off: "
+        "such URLs are refused, and nothing is sent to them); link-local ones (cloud metadata "
+        "services) only when TP_ALLOWED_NETWORKS names them.",
+    )
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated or a JSON list) webhooks and endpoints "
+        "may reach although they are not public, e.g. 10.20.0.0/16.",
+    )
+    run_as: str = Field(
+        default="tp-runner",
+        pattern=r"^([a-z_][a-z0-9_-]{0,31})?$",
+        description="The unprivileged OS user that trainers, evaluators and reward files run "
+        "as when the platform runs as root (created on first use); they cannot read the "
+        "admin token, the secret key or the database. Empty: they run as the platform's user.",
     )
     vllm_python: Path | None = Field(
         default=None,
@@ -155,6 +174,23 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [part for part in value.split(":") if part]
+        return value
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        from training_platform.core.netguard import networks_of
+
+        networks_of(value)  # a ValueError names the malformed network
         return value
 
     @field_validator("remote_roots")

@@ -12,7 +12,13 @@ from fastapi import Query, Request, Response, status
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, SessionDep, SettingsDep, api_router
+from training_platform.api.deps import (
+    CurrentToken,
+    SessionDep,
+    SettingsDep,
+    api_router,
+    project_scoped,
+)
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry
 from training_platform.catalog.names import CatalogName
@@ -46,17 +52,23 @@ from training_platform.datasets.schemas import (
     SearchResult,
 )
 from training_platform.jobs.models import Job
+from training_platform.projects.service import project_for_submit, visible_project_ids
 
-router = api_router(tags=["datasets"])
+router = api_router(
+    tags=["datasets"],
+    scoped=project_scoped("ref", "dataset", catalog.project_of_dataset, by_id=False),
+)
 Id = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 Newest = Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="Default: the newest.")]
 FLUSH_BYTES = 1 << 20
 
 
 @router.get("/datasets")
-def list_datasets(session: SessionDep, _: CurrentToken) -> list[DatasetPublic]:
-    """Datasets jobs can train on."""
-    return [DatasetPublic(**service.describe(d)) for d in catalog.list_datasets(session=session)]
+def list_datasets(session: SessionDep, token: CurrentToken) -> list[DatasetPublic]:
+    """Datasets jobs can train on: the caller's projects' (an admin: all)."""
+    projects = visible_project_ids(session=session, caller=token)
+    found = catalog.list_datasets(session=session, projects=projects)
+    return [DatasetPublic(**service.describe(d)) for d in found]
 
 
 FORMAT_HELP = f"{', '.join(formats.SOURCE_FORMATS)}; detected from the first row when left out."
@@ -85,7 +97,7 @@ async def upload_dataset(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _: CurrentToken,
+    token: CurrentToken,
     name: Annotated[CatalogName, Query(description="Name jobs will use.")],
     filename: Annotated[
         str, Query(max_length=255, description="Ends in .jsonl, .json or .parquet.")
@@ -95,8 +107,18 @@ async def upload_dataset(
     new_version: Annotated[
         bool, Query(description="Add the file as the next version of an existing dataset.")
     ] = False,
+    project: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=63,
+            description="The project a new dataset belongs to (default: the default project).",
+        ),
+    ] = None,
 ) -> DatasetUploaded:
     """Upload a dataset as the raw request body; every row is checked before it is kept."""
+    owner = await run_in_threadpool(project_for_submit, session=session, caller=token, name=project)
+    visible = await run_in_threadpool(visible_project_ids, session=session, caller=token)
     incoming = await _receive(request, settings, filename)
     sha256 = incoming.finish()
 
@@ -111,6 +133,8 @@ async def upload_dataset(
             fmt=format,
             description=description,
             new_version=new_version,
+            project_id=owner.id,
+            visible=visible,
         )
         newest = versions.get(session=session, entry=entry, number=entry.version)
         session.commit()
@@ -252,7 +276,7 @@ def analyze_dataset(
     version answer 200 with the analysis there is."""
     entry = _entry(session, ref)
     found, created = analyses.request(
-        session=session, settings=settings, entry=entry, body=body, actor=f"token:{token.name}"
+        session=session, settings=settings, entry=entry, body=body, actor=token.actor
     )
     session.commit()
     if created:
@@ -328,7 +352,7 @@ def dedup_dataset(
     """Find exact, near and semantic duplicates of a version (or the rows that match another
     dataset) on the preprocessing queue; nothing is written until the review is accepted."""
     entry = _entry(session, ref)
-    found = dedups.request(session=session, entry=entry, body=body, actor=f"token:{token.name}")
+    found = dedups.request(session=session, entry=entry, body=body, actor=token.actor)
     session.commit()
     from training_platform.datasets.tasks import send_dedup
 

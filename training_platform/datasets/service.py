@@ -177,11 +177,17 @@ def register_upload(
     fmt: str | None,
     description: str,
     new_version: bool = False,
+    project_id: int | None = None,
+    visible: set[int] | None = None,
 ) -> DatasetEntry:
-    """Check a received file row by row and register it, or add it as the name's next version
-    (`new_version`); the received file is removed whatever happens."""
+    """Check a received file row by row and register it (in `project_id`), or add it as the
+    name's next version (`new_version`; a dataset of a project outside `visible`, unless None,
+    is refused as one that does not exist); the received file is removed whatever happens."""
     try:
         entry = session.exec(select(DatasetEntry).where(DatasetEntry.name == name)).first()
+        owner = entry.project_id if entry is not None else None
+        if new_version and visible is not None and owner is not None and owner not in visible:
+            raise NotFound(f"dataset {name} not found")
         if entry is not None and not new_version:
             raise Conflict(
                 f"a dataset named {name!r} exists already; upload with new_version=true "
@@ -210,7 +216,14 @@ def register_upload(
     parent = entry.version if entry is not None else None
     if entry is None:
         entry = DatasetEntry(
-            name=name, source="upload", path="", format="", rows=0, size_bytes=0, sha256=""
+            name=name,
+            source="upload",
+            path="",
+            format="",
+            rows=0,
+            size_bytes=0,
+            sha256="",
+            project_id=project_id,
         )
     entry.path = str(stored.relative_to(settings.home))
     entry.format, entry.rows, entry.size_bytes, entry.sha256 = (

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from training_platform.core import confine
 from training_platform.core.errors import Unavailable
 from training_platform.core.settings import Settings
 
@@ -161,7 +162,7 @@ def open_store(settings: Settings) -> Iterator[VectorStore]:
         finally:
             client.close()
         return
-    directory = settings.vectors_dir
+    directory = confine.private_dir(settings.vectors_dir)
     with _exclusive(directory / "store.lock", settings.vector_lock_timeout_s):
         client = MilvusClient(str(directory / "milvus.db"))
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training_platform.core import confine
 from training_platform.rewards.builtin import last_number
 
 FILE_TIMEOUT_S = 600.0
@@ -40,9 +41,15 @@ class Item:
     labels: dict[str, Any]
 
 
-def run_file(path: Path, items: Sequence[Item], timeout_s: float = FILE_TIMEOUT_S) -> list[float]:
+def run_file(
+    path: Path,
+    items: Sequence[Item],
+    timeout_s: float = FILE_TIMEOUT_S,
+    run_as: confine.Account | None = None,
+) -> list[float]:
     """compute_score of a reward file for each item, in a child process with an empty
-    environment (no platform secret reaches user code) and a scratch directory."""
+    environment (no platform secret reaches user code) and a scratch directory, as the run
+    user where there is one (core/confine.py: it cannot read the platform's files)."""
     if not path.is_file():
         raise ScoringFailed(f"the reward file is not on this worker ({path.name})")
     stdin = "".join(
@@ -54,6 +61,10 @@ def run_file(path: Path, items: Sequence[Item], timeout_s: float = FILE_TIMEOUT_
     )
     with tempfile.TemporaryDirectory(prefix="tp-score-") as scratch:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch}
+        identity: dict[str, Any] = {}
+        if run_as is not None:
+            os.chown(scratch, run_as.uid, run_as.gid)
+            identity = run_as.popen_arguments()
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "training_platform.evaluation.score_file", str(path)],
@@ -64,6 +75,7 @@ def run_file(path: Path, items: Sequence[Item], timeout_s: float = FILE_TIMEOUT_
                 env=env,
                 timeout=timeout_s,
                 check=False,
+                **identity,
             )
         except subprocess.TimeoutExpired:
             raise ScoringFailed(f"the reward file took more than {timeout_s:g} s") from None

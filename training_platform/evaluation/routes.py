@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
 from fastapi import Query, status
+from sqlmodel import Session
 
 from training_platform.api.deps import (
     CurrentToken,
@@ -16,7 +17,9 @@ from training_platform.api.deps import (
     SessionDep,
     SettingsDep,
     api_router,
+    project_scoped,
 )
+from training_platform.auth.service import Caller
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation import scoring, service
 from training_platform.evaluation.models import (
@@ -48,9 +51,20 @@ from training_platform.evaluation.schemas import (
     SuiteRunPublic,
     SuiteRunsPublic,
 )
+from training_platform.jobs import service as jobs_service
 
 log = logging.getLogger(__name__)
-router = api_router("/evaluations", tags=["evaluations"])
+
+
+def _project_of(session: Session, evaluation_id: int) -> int | None:
+    return jobs_service.project_through_job(session, Evaluation, evaluation_id)
+
+
+router = api_router(
+    "/evaluations",
+    tags=["evaluations"],
+    scoped=project_scoped("evaluation_id", "evaluation", _project_of),
+)
 IdQuery = Annotated[int, Query(ge=1, le=DB_INT_MAX)]
 
 
@@ -103,8 +117,16 @@ def create_evaluation(
     dispatcher: DispatcherDep,
 ) -> EvaluationPublic:
     """Evaluate a model: its generation job is queued; results follow when it ends."""
+    from training_platform.projects.service import project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
     evaluation, job = service.create(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session,
+        settings=settings,
+        request=body,
+        actor=token.actor,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     try:
@@ -117,7 +139,7 @@ def create_evaluation(
 @router.get("")
 def list_evaluations(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     evaluation_status: Annotated[
         list[Literal["pending", "succeeded", "failed", "cancelled"]] | None,
         Query(alias="status"),
@@ -125,9 +147,15 @@ def list_evaluations(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: OffsetQuery = 0,
 ) -> EvaluationsPublic:
-    """Evaluations, newest first."""
+    """Evaluations of the caller's projects (an admin: all), newest first."""
+    from training_platform.projects.service import visible_project_ids
+
     rows, count = service.list_evaluations(
-        session=session, status=evaluation_status, limit=limit, offset=offset
+        session=session,
+        status=evaluation_status,
+        limit=limit,
+        offset=offset,
+        projects=visible_project_ids(session=session, caller=token),
     )
     found = service.scorings(session, [e.id for e in rows if e.id is not None])
     return EvaluationsPublic(items=[to_public(e, found.get(e.id or 0)) for e in rows], total=count)
@@ -153,7 +181,7 @@ def create_rubric(body: RubricCreate, session: SessionDep, token: CurrentToken) 
         name=body.name,
         text=body.text,
         max_score=body.max_score,
-        actor=f"token:{token.name}",
+        actor=token.actor,
     )
     session.commit()
     return _rubric(rubric)
@@ -208,7 +236,7 @@ def list_suites(session: SessionDep, _: CurrentToken) -> list[SuitePublic]:
 @router.post("/suites", status_code=status.HTTP_201_CREATED)
 def create_suite(body: SuiteCreate, session: SessionDep, token: CurrentToken) -> SuitePublic:
     """Store a suite."""
-    suite = service.create_suite(session=session, request=body, actor=f"token:{token.name}")
+    suite = service.create_suite(session=session, request=body, actor=token.actor)
     session.commit()
     return _suite(suite)
 
@@ -235,12 +263,17 @@ def run_suite(
 ) -> SuiteRunPublic:
     """Evaluate a model on every dataset of the suite: one evaluation (and its generation
     job) per dataset, all stored together or none."""
+    from training_platform.projects.service import project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
     run, jobs = service.run_suite(
         session=session,
         settings=settings,
         suite_name=name,
         request=body,
-        actor=f"token:{token.name}",
+        actor=token.actor,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     for job in jobs:
@@ -270,10 +303,20 @@ def get_suite_run(run_id: IdPath, session: SessionDep, _: CurrentToken) -> Suite
     return _suite_run(session, service.get_suite_run(session=session, run_id=run_id))
 
 
+def _visible(session: Session, caller: Caller, ids: list[int]) -> None:
+    """404 for an evaluation of a project the caller does not see (as by id in the path)."""
+    from training_platform.projects.service import check_visible
+
+    for evaluation_id in ids:
+        project_id = _project_of(session, evaluation_id)
+        what = f"evaluation {evaluation_id}"
+        check_visible(session=session, caller=caller, project_id=project_id, what=what)
+
+
 @router.get("/compare")
 def compare(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     a: IdQuery,
     b: IdQuery,
     scorer: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
@@ -284,6 +327,7 @@ def compare(
     """B against A on their shared samples: counts, delta and paired test; a page of samples
     (both outputs side by side), optionally only those that improved, regressed or did not
     change."""
+    _visible(session, token, [a, b])
     spec, paired, shown, count = service.compare(
         session=session, a_id=a, b_id=b, spec=scorer, change=change, limit=limit, offset=offset
     )
@@ -295,7 +339,7 @@ def compare(
 @router.get("/rank")
 def rank(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     baseline: IdQuery,
     candidate: Annotated[list[Annotated[int, Query(ge=1, le=DB_INT_MAX)]], Query()],
     scorer: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
@@ -303,6 +347,7 @@ def rank(
     """N candidates (`candidate`, repeated) against one baseline on the samples each shares
     with it, best first: each with the paired test of a compare and its p-value adjusted over
     all candidates (Benjamini-Hochberg)."""
+    _visible(session, token, [baseline, *candidate])
     spec, base, ranked = service.rank(
         session=session, baseline_id=baseline, candidate_ids=candidate, spec=scorer
     )
@@ -392,7 +437,7 @@ def rescore(
     uploaded file or an LLM judge scores on a worker: the answer lists it in `scorings`
     (queued), and its summary appears when it has succeeded."""
     evaluation = service.rescore(
-        session=session, evaluation_id=evaluation_id, spec=body.scorer, actor=f"token:{token.name}"
+        session=session, evaluation_id=evaluation_id, spec=body.scorer, actor=token.actor
     )
     session.commit()
     scorer = scoring.parse(body.scorer)

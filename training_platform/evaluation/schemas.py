@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from training_platform.core.types import DB_INT_MAX
 from training_platform.datasets.schemas import ValidationSplit
 from training_platform.jobs.schemas import JobName, Ref, Resources
+from training_platform.projects.schemas import ProjectField
 
 ScorerSpec = Field(
     "numeric",
@@ -88,6 +89,7 @@ class EvaluationCreate(BaseModel):
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
+    project: ProjectField = None
 
     @model_validator(mode="after")
     def _one_target(self) -> EvaluationCreate:
@@ -294,6 +296,7 @@ class SuiteRunCreate(BaseModel):
     generation: Generation = Field(default_factory=Generation)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
+    project: ProjectField = None
 
     @model_validator(mode="after")
     def _one_target(self) -> SuiteRunCreate:

@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import DatasetEntry, ModelEntry
+from training_platform.core import confine
 from training_platform.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -103,8 +104,12 @@ def create(
     job_name: str | None = None,
     policy: JobPolicy | None = None,
     idempotency_key: str | None = None,
+    project_id: int | None = None,
+    user_id: int | None = None,
 ) -> tuple[Evaluation, Job]:
     """Store the evaluation and its queued generation job; nothing is written when it is refused.
+    The job, and so the evaluation, belongs to `project_id` (request.project, resolved by the
+    caller).
 
     With an idempotency key (a pipeline stage's), a replay returns the evaluation the first
     call created."""
@@ -159,7 +164,12 @@ def create(
         **({"policy": policy} if policy is not None else {}),
     )
     job, created = jobs.submit(
-        session=session, request=job_request, actor=actor, idempotency_key=idempotency_key
+        session=session,
+        request=job_request,
+        actor=actor,
+        idempotency_key=idempotency_key,
+        project_id=project_id,
+        user_id=user_id,
     )
     if not created:
         earlier = session.exec(select(Evaluation).where(col(Evaluation.job_id) == job.id)).first()
@@ -387,10 +397,22 @@ def get(*, session: Session, evaluation_id: int) -> Evaluation:
 
 
 def list_evaluations(
-    *, session: Session, status: Sequence[str] | None, limit: int, offset: int
+    *,
+    session: Session,
+    status: Sequence[str] | None,
+    limit: int,
+    offset: int,
+    projects: set[int] | None = None,
 ) -> tuple[Sequence[Evaluation], int]:
+    """Evaluations, newest first; of `projects` (their jobs' projects) unless None."""
+    from training_platform.projects.service import owned_by
+
     query = select(Evaluation)
     counted = select(func.count()).select_from(Evaluation)
+    if projects is not None:
+        mine = owned_by(Job.project_id, projects)
+        query = query.join(Job, col(Job.id) == col(Evaluation.job_id)).where(mine)
+        counted = counted.join(Job, col(Job.id) == col(Evaluation.job_id)).where(mine)
     if status:
         query = query.where(col(Evaluation.status).in_(status))
         counted = counted.where(col(Evaluation.status).in_(status))
@@ -554,7 +576,8 @@ def run_scoring(
             ).first()
             if entry is None:
                 raise deferred.ScoringFailed(f"the reward file {scorer.target!r} was deleted")
-            scores = deferred.run_file(settings.home / entry.path, items)
+            run_as = confine.prepare(settings)
+            scores = deferred.run_file(settings.home / entry.path, items, run_as=run_as)
         else:
             from training_platform.serving.service import launch_view
 
@@ -993,9 +1016,17 @@ def delete_suite(*, session: Session, name: str) -> None:
 
 
 def run_suite(
-    *, session: Session, settings: Settings, suite_name: str, request: SuiteRunCreate, actor: str
+    *,
+    session: Session,
+    settings: Settings,
+    suite_name: str,
+    request: SuiteRunCreate,
+    actor: str,
+    project_id: int | None = None,
+    user_id: int | None = None,
 ) -> tuple[SuiteRun, list[Job]]:
-    """One evaluation per item of the suite, in one transaction: all are stored or none."""
+    """One evaluation per item of the suite (of `project_id`), in one transaction: all are
+    stored or none."""
     suite = get_suite(session=session, name=suite_name)
     evaluations: list[int] = []
     queued: list[Job] = []
@@ -1020,6 +1051,8 @@ def run_suite(
                 priority=request.priority,
             ),
             actor=actor,
+            project_id=project_id,
+            user_id=user_id,
         )
         assert evaluation.id is not None
         evaluations.append(evaluation.id)

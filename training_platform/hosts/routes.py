@@ -19,8 +19,9 @@ from training_platform.hosts.schemas import (
     TrustKey,
 )
 
-router = api_router("/hosts", tags=["hosts"])
-secrets_router = api_router("/secrets", tags=["hosts"])
+# Hosts hold SSH credentials and run commands over SSH: admins register and change them.
+router = api_router("/hosts", tags=["hosts"], write="admin")
+secrets_router = api_router("/secrets", tags=["hosts"], read="admin", write="admin")
 
 
 def _public(host: RemoteHost) -> HostPublic:

@@ -8,7 +8,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+# The tables jobs refer to (users, projects) must be in the metadata wherever Job is used.
+from training_platform.auth import models as _users  # noqa: F401
 from training_platform.core.types import JSONType, UTCDateTime, utcnow
+from training_platform.projects import models as _projects  # noqa: F401
 
 
 def _fk_job() -> Any:
@@ -40,6 +43,13 @@ class Job(SQLModel, table=True):
     version: int = 1
     attempt: int = 1
     created_by: str = Field(max_length=200)
+    # Whose work it is (projects/): its project's quota and fair share order it.
+    project_id: int | None = Field(default=None, foreign_key="projects.id", index=True)
+    user_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+    # Placed above its project's guarantee: it may be paused (checkpoint and stop) and
+    # requeued when a job within its own project's guarantee waits for its GPUs.
+    preemptible: bool = False
+    preempted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)
 

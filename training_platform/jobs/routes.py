@@ -23,6 +23,7 @@ from training_platform.api.deps import (
     SessionDep,
     SettingsDep,
     api_router,
+    project_scoped,
 )
 from training_platform.backends.base import LaunchPlan
 from training_platform.core.types import DB_INT_MAX
@@ -41,10 +42,13 @@ from training_platform.jobs.schemas import (
     Progress,
 )
 from training_platform.jobs.state import JobStatus
+from training_platform.projects.models import DEFAULT_PROJECT
 from training_platform.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
-router = api_router("/jobs", tags=["jobs"])
+router = api_router(
+    "/jobs", tags=["jobs"], scoped=project_scoped("job_id", "job", service.project_of)
+)
 _HOLDS_NOTHING = frozenset(
     {JobStatus.PENDING.value, JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
     | {JobStatus.CANCELLED.value}
@@ -85,6 +89,8 @@ def to_public(
         version=job.version,
         attempt=job.attempt,
         created_by=job.created_by,
+        project=str(job.spec.get("project") or DEFAULT_PROJECT),
+        preemptible=job.preemptible,
         node=job.node,
         runner=job.runner,
         exit_code=job.exit_code,
@@ -147,12 +153,17 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Submit a job; it is stored as queued, then its start message is sent."""
+    from training_platform.projects.service import project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
     job, created = service.submit(
         session=session,
         request=body,
-        actor=f"token:{token.name}",
+        actor=token.actor,
         idempotency_key=idempotency_key,
         settings=settings,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     if created:
@@ -176,7 +187,7 @@ def dry_run(
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     job_status: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     q: Annotated[
         str | None, Query(max_length=200, description="Part of the job's name (any case).")
@@ -193,10 +204,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: OffsetQuery = 0,
 ) -> Response:
-    """Jobs, newest first unless `sort` says otherwise, filtered by status, algorithm, backend
-    and name."""
+    """Jobs of the caller's projects (an admin: every job), newest first unless `sort` says
+    otherwise, filtered by status, algorithm, backend and name."""
+    from training_platform.projects.service import visible_project_ids
+
     page, total = service.list_jobs(
         session=session,
+        projects=visible_project_ids(session=session, caller=token),
         statuses=job_status or (),
         search=q or None,
         algorithms=algorithm or (),
@@ -236,7 +250,7 @@ def cancel_job(
 ) -> JobPublic:
     """Cancel: at once if not started, else stop its whole process group."""
     job = service.until_settled(
-        session, lambda: service.cancel(session=session, job_id=job_id, actor=f"token:{token.name}")
+        session, lambda: service.cancel(session=session, job_id=job_id, actor=token.actor)
     )
     session.commit()
     if job.status == JobStatus.CANCELLING.value:
@@ -258,9 +272,7 @@ def pause_job(
     mode = (body or PauseRequest()).mode
     job = service.until_settled(
         session,
-        lambda: service.pause(
-            session=session, job_id=job_id, actor=f"token:{token.name}", mode=mode
-        ),
+        lambda: service.pause(session=session, job_id=job_id, actor=token.actor, mode=mode),
     )
     session.commit()
     return to_public(job)
@@ -278,7 +290,7 @@ def resume_job(
     job = service.until_settled(
         session,
         lambda: service.resume(
-            session=session, settings=settings, job_id=job_id, actor=f"token:{token.name}"
+            session=session, settings=settings, job_id=job_id, actor=token.actor
         ),
     )
     session.commit()
@@ -307,7 +319,7 @@ def retry_job(
             session=session,
             settings=settings,
             job_id=job_id,
-            actor=f"token:{token.name}",
+            actor=token.actor,
             from_checkpoint=from_checkpoint,
         ),
     )

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from training_platform.core.types import DB_INT_MAX
 from training_platform.datasets.schemas import ValidationSplit
+from training_platform.projects.schemas import ProjectField
 from training_platform.worker.queues import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
@@ -185,6 +186,7 @@ class JobCreate(BaseModel):
         max_length=32,
         description="Alert rules; every job also gets a notify-only rule for NaN losses.",
     )
+    project: ProjectField = None
 
 
 class PauseRequest(BaseModel):
@@ -224,6 +226,12 @@ class JobPublic(BaseModel):
     version: int
     attempt: int
     created_by: str
+    project: str = Field("default", description="Whose GPU quota it uses.")
+    preemptible: bool = Field(
+        False,
+        description="Placed above its project's guarantee: a job within its own project's "
+        "guarantee may have it paused at a checkpoint and requeued.",
+    )
     node: str | None
     runner: str | None
     exit_code: int | None

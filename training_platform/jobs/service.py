@@ -178,6 +178,20 @@ def policy_of(job: Job) -> JobPolicy:
     return JobPolicy.model_validate(job.spec.get("policy") or {})
 
 
+def project_of(session: Session, job_id: int) -> int | None:
+    """The id of the project a job belongs to (None: none stored, or no such job)."""
+    return session.exec(select(Job.project_id).where(col(Job.id) == job_id)).first()
+
+
+def project_through_job(session: Session, table: Any, row_id: int) -> int | None:
+    """The project of a row whose work is a job (its `job_id`: an evaluation, a merge)."""
+    return session.exec(
+        select(Job.project_id)
+        .join(table, col(table.job_id) == col(Job.id))
+        .where(col(table.id) == row_id)
+    ).first()
+
+
 def submit(
     *,
     session: Session,
@@ -185,6 +199,8 @@ def submit(
     actor: str,
     idempotency_key: str | None = None,
     settings: Settings | None = None,
+    project_id: int | None = None,
+    user_id: int | None = None,
 ) -> tuple[Job, bool]:
     """Store a new QUEUED job, or return the one an earlier identical request created.
 
@@ -211,6 +227,24 @@ def submit(
             dataset_id=checked.dataset.id if checked.dataset else None,
             dataset_version=checked.dataset_version.number if checked.dataset_version else None,
         )
+    from training_platform.projects.service import check_usable
+
+    for field, entry in (("model", checked.model), ("dataset", checked.dataset)):
+        if entry is not None:
+            check_usable(
+                session=session,
+                project_id=project_id,
+                field=("body", field),
+                kind=field,
+                entry=entry,
+            )
+    spec = _normalized_spec(checked, alert_rules_for(session=session, request=request))
+    if project_id is not None:  # as resolved by the caller (request.project, or its work's)
+        from training_platform.projects.models import Project
+
+        project = session.get(Project, project_id)
+        assert project is not None
+        spec["project"] = project.name
     now = utcnow()
     job = Job(
         name=request.name,
@@ -219,11 +253,13 @@ def submit(
         model_id=checked.model.id if checked.model else None,
         dataset_id=checked.dataset.id if checked.dataset else None,
         dataset_version=checked.dataset_version.number if checked.dataset_version else None,
-        spec=_normalized_spec(checked, alert_rules_for(session=session, request=request)),
+        spec=spec,
         priority=request.priority,
         queue=QUEUE_FOR_JOBS,
         status=JobStatus.PENDING.value,
         created_by=actor,
+        project_id=project_id,
+        user_id=user_id,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         created_at=now,
@@ -491,12 +527,16 @@ def list_jobs(
     sort: str = "-id",
     limit: int = 50,
     offset: int = 0,
+    projects: set[int] | None = None,
 ) -> tuple[Sequence[Job], int]:
-    """A page of jobs and the total matching: by status, algorithm, backend and a name search.
+    """A page of jobs and the total matching: by status, algorithm, backend and a name search,
+    of the given projects (None: all; work without a project counts as the default's).
 
     `sort` is one of JOB_SORT_KEYS, with a leading `-` for descending; ties go newest first.
     """
     conditions: list[Any] = []
+    if projects is not None:
+        conditions.append(col(Job.project_id).in_(projects) | col(Job.project_id).is_(None))
     if statuses:
         conditions.append(col(Job.status).in_([s.value for s in statuses]))
     if algorithms:
@@ -676,6 +716,8 @@ def _new_attempt_values(job: Job) -> dict[str, Any]:
         "end_cause": None,
         "retry_at": None,
         "pause_mode": None,
+        "preemptible": False,
+        "preempted_at": None,
         "stop_requested_at": None,
         "last_progress_at": None,
         "outputs": None,

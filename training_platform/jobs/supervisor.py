@@ -43,6 +43,7 @@ from training_platform.scheduling.models import DeviceLease
 log = logging.getLogger(__name__)
 SUPERVISOR = "supervisor"
 POLICY = "policy"  # the job's own policy acting: time limit, hang, automatic retry
+SCHEDULER = "scheduler"  # the scheduler acting: a preemption for a job within its guarantee
 
 
 class BrokerView(Protocol):
@@ -371,7 +372,7 @@ def _after_exit(
                 else f"paused: did not stop within {settings.stop_grace_s:g} s and was killed; "
                 f"resume goes on from {where}"
             )
-            transition(
+            paused = transition(
                 session,
                 job,
                 JobStatus.PAUSED,
@@ -379,6 +380,12 @@ def _after_exit(
                 reason=reason,
                 values={"exit_code": state.exit_code},
             )
+            if paused.preempted_at is not None and paused.id is not None:
+                # Paused to make room for a job within its project's guarantee: back in the
+                # queue at once, to go on from that checkpoint when GPUs are free again.
+                service.resume(
+                    session=session, settings=settings, job_id=paused.id, actor=SCHEDULER
+                )
         else:
             _fail(session, settings, job, state, actor, ending, cause)
     elif status is JobStatus.STOPPING and not finished:

@@ -12,7 +12,7 @@ from celery.signals import worker_process_init
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from training_platform.core import processes
+from training_platform.core import confine, processes
 from training_platform.core.db import get_engine
 from training_platform.core.settings import Settings, get_settings
 from training_platform.hosts import service as hosts
@@ -45,7 +45,11 @@ def runners_here() -> dict[str, Runner]:
     """The runners of this node: its own runs, and remote hosts' over SSH or Ray."""
     settings = get_settings()
     return {
-        "local": LocalRunner(node=settings.node_name, warm_dir=settings.warm_servers_dir),
+        "local": LocalRunner(
+            node=settings.node_name,
+            warm_dir=settings.warm_servers_dir,
+            run_as=confine.prepare(settings),
+        ),
         "ssh": RemoteRunners(_engine(), settings, "ssh"),
         "ray": RemoteRunners(_engine(), settings, "ray"),
     }

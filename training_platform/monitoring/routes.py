@@ -1,9 +1,10 @@
 """Live views: WebSocket /api/v1/ws/jobs/{id} and the JSON Schema of its messages.
 
-Authentication: `?token=<api token>`, or a first `hello` message with the token within
-AUTH_TIMEOUT_S. A wrong token in the URL refuses the handshake (HTTP 403); a missing or
-wrong token in `hello` closes the socket with code 4401. The client may give `last_step`
-(in the URL or in `hello`): it then receives exactly the points after that step.
+Authentication: a first `hello` message with the token within AUTH_TIMEOUT_S; a missing or
+wrong token closes the socket with code 4401. Never in the URL: URLs reach access logs and
+proxies' logs, so a socket whose URL carries a `token` is closed with 4401 too. The client may
+give `last_step` (in the URL or in `hello`): it then receives exactly the points after that
+step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from training_platform.api.deps import CurrentToken, IdPath, SessionDep, SettingsDep, api_router
+from training_platform.api.deps import (
+    CurrentToken,
+    IdPath,
+    SessionDep,
+    SettingsDep,
+    api_router,
+    project_scoped,
+)
 from training_platform.auth.service import authenticate
 from training_platform.core.errors import DomainError, NotFound
 from training_platform.core.types import DB_INT_MAX
@@ -43,13 +51,26 @@ def live_schema(_: CurrentToken) -> dict[str, Any]:
     return json_schema()
 
 
-def _authenticated(websocket: WebSocket, token: str | None) -> bool:
-    try:
-        with Session(websocket.app.state.engine) as session:
-            authenticate(session=session, token=token)
-        return True
-    except DomainError:
-        return False
+def _refusal(websocket: WebSocket, token: str | None, job_id: int) -> tuple[int, str] | None:
+    """Why the caller may not watch: an invalid token, or a job of a project the caller does
+    not see (refused as one that does not exist is); None when they may."""
+    from training_platform.jobs.models import Job
+    from training_platform.projects.service import check_visible
+
+    with Session(websocket.app.state.engine) as session:
+        try:
+            caller = authenticate(session=session, token=token)
+        except DomainError:
+            return CLOSE_UNAUTHORIZED, "invalid or missing token"
+        job = session.get(Job, job_id) if job_id and not caller.at_least("admin") else None
+        try:
+            if job is not None:
+                check_visible(
+                    session=session, caller=caller, project_id=job.project_id, what=f"job {job_id}"
+                )
+        except DomainError as error:
+            return CLOSE_NOT_FOUND, error.message
+    return None
 
 
 async def _close(websocket: WebSocket, job_id: int, code: int, message: str) -> None:
@@ -156,25 +177,31 @@ async def _drain_client(websocket: WebSocket) -> None:
 
 
 async def _admit(
-    websocket: WebSocket, job_id: int, token: str | None, last_step: int | None
+    websocket: WebSocket, job_id: int, last_step: int | None
 ) -> tuple[bool, int | None]:
-    """Check the token (URL or `hello`); (admitted, the step to resume after)."""
-    if token is not None and not await run_in_threadpool(_authenticated, websocket, token):
-        await websocket.close(code=CLOSE_UNAUTHORIZED)  # before accept: the handshake fails
-        return False, None
+    """Check the token of the `hello` message; (admitted, the step to resume after)."""
     await websocket.accept()
-    if token is None:
-        try:
-            hello = Hello.model_validate_json(
-                await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
-            )
-        except (TimeoutError, ValidationError, WebSocketDisconnect):
-            await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "send {type: hello, token}")
-            return False, None
-        if not await run_in_threadpool(_authenticated, websocket, hello.token):
-            await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "invalid or missing token")
-            return False, None
-        last_step = hello.last_step if hello.last_step is not None else last_step
+    if "token" in websocket.query_params:
+        await _close(
+            websocket,
+            job_id,
+            CLOSE_UNAUTHORIZED,
+            "the token goes in the first message ({type: hello, token}), never in the URL",
+        )
+        return False, None
+    try:
+        hello = Hello.model_validate_json(
+            await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+        )
+    except (TimeoutError, ValidationError, WebSocketDisconnect):
+        await _close(websocket, job_id, CLOSE_UNAUTHORIZED, "send {type: hello, token}")
+        return False, None
+    refused = await run_in_threadpool(_refusal, websocket, hello.token, job_id)
+    if refused is not None:
+        await _close(websocket, job_id, *refused)
+        return False, None
+    websocket.state.token = hello.token
+    last_step = hello.last_step if hello.last_step is not None else last_step
     return True, last_step
 
 
@@ -212,11 +239,10 @@ async def _serve(
 async def job_live(
     websocket: WebSocket,
     job_id: IdPath,
-    token: str | None = Query(None, max_length=512),
     last_step: int | None = Query(None, ge=-1),
 ) -> None:
     """A job's live view: a snapshot, then metrics, log lines, status changes and alerts."""
-    admitted, last_step = await _admit(websocket, job_id, token, last_step)
+    admitted, last_step = await _admit(websocket, job_id, last_step)
     if not admitted:
         return
     hub: LiveHub = websocket.app.state.live_hub
@@ -235,37 +261,54 @@ async def job_live(
     )
 
 
-async def _forward_overview(websocket: WebSocket, subscription: Subscription) -> None:
+def _seen(message: dict[str, Any], visible: set[int] | None) -> bool:
+    """Whether an overview message is for this client: every message for an admin (None),
+    else counts and the changes of jobs of the client's projects (or of none)."""
+    project_id = (message.get("job") or {}).get("project_id")
+    return visible is None or project_id is None or project_id in visible
+
+
+async def _forward_overview(
+    websocket: WebSocket, subscription: Subscription, visible: set[int] | None
+) -> None:
     while True:
-        await websocket.send_text(encoded(await subscription.queue.get()))
+        message = await subscription.queue.get()
+        if _seen(message, visible):
+            await websocket.send_text(encoded(message))
 
 
 @router.websocket("/ws/overview")
-async def overview_live(
-    websocket: WebSocket, token: str | None = Query(None, max_length=512)
-) -> None:
-    """Every job at a glance: counts by status and recent jobs, then each change as it happens."""
-    admitted, _ = await _admit(websocket, 0, token, None)
+async def overview_live(websocket: WebSocket) -> None:
+    """Every job at a glance: counts by status and recent jobs, then each change as it happens
+    (a member: the jobs of their projects; the counts are everyone's)."""
+    admitted, _ = await _admit(websocket, 0, None)
     if not admitted:
         return
     hub: LiveHub = websocket.app.state.live_hub
     subscription = hub.subscribe(OVERVIEW)
 
-    def read() -> tuple[Any, dict[str, Any]]:
+    def read() -> tuple[Any, dict[str, Any], set[int] | None]:
+        from training_platform.projects.service import visible_project_ids
+
         with Session(websocket.app.state.engine) as session:
+            caller = authenticate(session=session, token=websocket.state.token)
+            visible = visible_project_ids(session=session, caller=caller)
             # The mark first: a change after it and before the snapshot is reported twice at
             # worst, never lost.
             mark = service.newest_mark(session=session)
-            return mark, service.overview(session=session)
+            snapshot = service.overview(session=session)
+        snapshot["jobs"] = [j for j in snapshot["jobs"] if _seen({"job": j}, visible)]
+        return mark, snapshot, visible
 
     try:
-        mark, snapshot = await run_in_threadpool(read)
+        mark, snapshot, visible = await run_in_threadpool(read)
         hub.watch_overview(mark)
         await websocket.send_json({"v": 1, "type": "overview", "job_id": 0, **snapshot})
     except (WebSocketDisconnect, RuntimeError):
         hub.unsubscribe(subscription)
         return
-    await _serve(websocket, hub, subscription, _forward_overview(websocket, subscription), 0)
+    forward = _forward_overview(websocket, subscription, visible)
+    await _serve(websocket, hub, subscription, forward, 0)
 
 
 # --- alerts and Prometheus ---------------------------------------------------------------
@@ -291,7 +334,7 @@ def list_alerts(
 @alerts_router.post("/{alert_id}/acknowledge")
 def acknowledge_alert(alert_id: IdPath, session: SessionDep, token: CurrentToken) -> dict[str, Any]:
     """Mark an alert seen."""
-    alert = alerts.acknowledge(session=session, alert_id=alert_id, actor=f"token:{token.name}")
+    alert = alerts.acknowledge(session=session, alert_id=alert_id, actor=token.actor)
     return alerts.public(alert)
 
 
@@ -348,7 +391,7 @@ def set_alert_rules(
 
 # --- webhooks ------------------------------------------------------------------------------
 
-webhooks_router = api_router("/webhooks", tags=["alerts"])
+webhooks_router = api_router("/webhooks", tags=["alerts"], read="admin", write="admin")
 
 
 class WebhookCreate(BaseModel):
@@ -404,7 +447,9 @@ def test_webhook(
 
 # --- GPU telemetry -------------------------------------------------------------------------
 
-telemetry_router = api_router("/jobs", tags=["jobs"])
+telemetry_router = api_router(
+    "/jobs", tags=["jobs"], scoped=project_scoped("job_id", "job", jobs.project_of)
+)
 
 
 @telemetry_router.get("/{job_id}/gpu")

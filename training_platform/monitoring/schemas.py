@@ -35,6 +35,7 @@ class JobState(BaseModel):
     progress_total: int | None = None
     error: str | None = None
     updated_at: datetime | None = None
+    project_id: int | None = None  # whose work it is: the overview sends members only theirs
 
 
 class _Message(BaseModel):
@@ -108,7 +109,7 @@ ServerMessage = Annotated[
 
 
 class Hello(BaseModel):
-    """First client message when the token is not in the URL; may also say where to resume."""
+    """The first client message: the token, and where to resume."""
 
     model_config = ConfigDict(extra="forbid")
 

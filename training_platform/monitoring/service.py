@@ -30,6 +30,7 @@ def job_state(job: Job) -> dict[str, Any]:
         progress_total=job.progress_total,
         error=job.error,
         updated_at=job.updated_at,
+        project_id=job.project_id,
     ).model_dump(mode="json")
 
 

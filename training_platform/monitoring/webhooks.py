@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from training_platform.core.db import insert_for
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
-from training_platform.core.netguard import internal_reason
+from training_platform.core.netguard import Pinned, Refused, pin
 from training_platform.core.secrets import SecretBox
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -46,18 +46,21 @@ def _check_url(url: str, settings: Settings) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(("body", "url"), "must be an http:// or https:// URL with a host")
-    refused = _refused(url, settings)
-    if refused:
-        raise InvalidInput(("body", "url"), refused)
+    target = _target(url, settings)
+    if isinstance(target, str):
+        raise InvalidInput(("body", "url"), target)
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
-def _refused(url: str, settings: Settings) -> str | None:
-    """Why nothing may be sent to this URL (an internal address), or None."""
-    if settings.allow_private_urls:
-        return None
-    reason = internal_reason(url)
-    return f"{reason}: refused (TP_ALLOW_PRIVATE_URLS=true allows it)" if reason else None
+def _target(url: str, settings: Settings) -> Pinned | str:
+    """Where to send (the URL's host resolved once, every address allowed), or why nothing may
+    be sent to it (an internal address)."""
+    try:
+        return pin(
+            url, allow_private=settings.allow_private_urls, allowed=settings.allowed_networks
+        )
+    except Refused as refused:
+        return f"{refused}: refused (TP_ALLOWED_NETWORKS can allow its network)"
 
 
 def create(
@@ -258,7 +261,7 @@ def send(
     if not due:
         return report
     box = SecretBox.for_settings(settings)
-    refusals: dict[int | None, str | None] = {}
+    targets: dict[int | None, Pinned | str] = {}
     own = client is None
     http = client or httpx.Client(timeout=TIMEOUT_S, follow_redirects=False)
     try:
@@ -269,14 +272,16 @@ def send(
             body = slack_body(delivery.payload) if hook.format == "slack" else delivery.payload
             delivery.attempts += 1
             url = box.decrypt(hook.url)
-            if hook.id not in refusals:  # resolved once per webhook and pass
-                refusals[hook.id] = _refused(url, settings)
-            refused = refusals[hook.id]
-            if refused:
-                ok, problem = False, refused
+            if hook.id not in targets:  # resolved once per webhook and pass
+                targets[hook.id] = _target(url, settings)
+            target = targets[hook.id]
+            if isinstance(target, str):
+                ok, problem = False, target
             else:
                 try:
-                    answer = http.post(url, json=body)
+                    answer = http.post(
+                        target.url, json=body, headers=target.headers, extensions=target.extensions
+                    )
                     ok, problem = answer.is_success, f"HTTP {answer.status_code}"
                 except httpx.HTTPError as error:
                     # The URL (a secret) must not reach the logs: name only the kind of failure.
@@ -304,18 +309,22 @@ def send(
 
 
 def send_test(*, session: Session, settings: Settings, name: str) -> dict[str, Any]:
-    """Send a test notification now; says whether the receiver accepted it."""
+    """Send a test notification now; says whether the receiver accepted it, and nothing more
+    of the answer (a status or a kind of failure would tell a caller what listens where)."""
     import httpx
 
     hook = get(session=session, name=name)
     body = payload("test", None, "a test notification from training_platform", None)
     body = slack_body({**body, "event": "test.sent"}) if hook.format == "slack" else body
     url = SecretBox.for_settings(settings).decrypt(hook.url)
-    refused = _refused(url, settings)
-    if refused:
-        return {"delivered": False, "error": refused}
+    target = _target(url, settings)
+    if isinstance(target, str):
+        return {"delivered": False, "error": target}
     try:
-        answer = httpx.post(url, json=body, timeout=TIMEOUT_S)
-        return {"delivered": answer.is_success, "status_code": answer.status_code}
-    except httpx.HTTPError as error:
-        return {"delivered": False, "error": type(error).__name__}
+        with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False) as http:
+            answer = http.post(
+                target.url, json=body, headers=target.headers, extensions=target.extensions
+            )
+        return {"delivered": answer.is_success}
+    except httpx.HTTPError:
+        return {"delivered": False}

@@ -420,6 +420,8 @@ def _start(
                 job_name=service.job_name(pipeline.name, stage.name),
                 policy=definition.merge.policy,
                 idempotency_key=key,
+                project_id=pipeline.project_id,
+                user_id=pipeline.user_id,
             )
             created = job.status == JobStatus.PENDING.value
         elif stage.kind == "select":
@@ -436,6 +438,8 @@ def _start(
                 job_name=service.job_name(pipeline.name, stage.name),
                 policy=JobPolicy.model_validate(request.get("policy") or {}),
                 idempotency_key=key,
+                project_id=pipeline.project_id,
+                user_id=pipeline.user_id,
             )
             created = job.status == JobStatus.PENDING.value
         else:
@@ -452,6 +456,8 @@ def _start(
                 actor=actor,
                 idempotency_key=key,
                 settings=settings,
+                project_id=pipeline.project_id,
+                user_id=pipeline.user_id,
             )
     except (DomainError, ValidationError) as error:
         session.rollback()
@@ -658,6 +664,8 @@ def _evaluate_candidate(
         job_name=service.job_name(pipeline.name, f"{stage.name} step {candidate['step']}"),
         policy=select_step.policy,
         idempotency_key=f"{service.stage_key(pipeline.id, stage.name, stage.run)}-c{index}",
+        project_id=pipeline.project_id,
+        user_id=pipeline.user_id,
     )
     candidate.update(model=model.name, evaluation=evaluation.id)
     return job

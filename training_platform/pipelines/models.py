@@ -37,6 +37,10 @@ class Pipeline(SQLModel, table=True):
     status: str = Field(max_length=16, index=True)
     version: int = 1
     created_by: str = Field(max_length=200)
+    # Whose work it is: its stages' jobs belong to this project and user (None: the default
+    # project; pipelines stored before projects existed).
+    project_id: int | None = Field(default=None, index=True)
+    user_id: int | None = None
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

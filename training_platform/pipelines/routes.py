@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Body, Header, Query, Response, status
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from training_platform.api.deps import (
     CurrentToken,
@@ -19,6 +19,7 @@ from training_platform.api.deps import (
     SessionDep,
     SettingsDep,
     api_router,
+    project_scoped,
 )
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
@@ -44,9 +45,21 @@ from training_platform.pipelines.schemas import (
     ValidationPublic,
 )
 from training_platform.pipelines.state import PipelineStatus, StaleRow
+from training_platform.projects.service import names_of, project_for_submit, visible_project_ids
 
-router = api_router("/pipelines", tags=["pipelines"])
-lineage_router = api_router(tags=["pipelines"])
+
+def _project_of(session: Session, pipeline_id: int) -> int | None:
+    return session.exec(select(Pipeline.project_id).where(col(Pipeline.id) == pipeline_id)).first()
+
+
+router = api_router(
+    "/pipelines",
+    tags=["pipelines"],
+    scoped=project_scoped("pipeline_id", "pipeline", _project_of),
+)
+lineage_router = api_router(
+    tags=["pipelines"], scoped=project_scoped("job_id", "job", jobs.project_of)
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -110,6 +123,7 @@ def to_public(session: Session, pipeline: Pipeline) -> PipelinePublic:
         priority=pipeline.priority,
         parameters=pipeline.parameters,
         created_by=pipeline.created_by,
+        project=names_of(session=session, ids=[pipeline.project_id])[pipeline.project_id],
         error=pipeline.error,
         created_at=pipeline.created_at,
         updated_at=pipeline.updated_at,
@@ -143,8 +157,14 @@ def submit_pipeline(
     idempotency_key: IdempotencyKey = None,
 ) -> PipelinePublic:
     """Submit a pipeline (template, JSON definition or YAML); its first stages start at once."""
+    project = project_for_submit(session=session, caller=token, name=body.project)
     pipeline, created = service.submit(
-        session=session, request=body, actor=f"token:{token.name}", idempotency_key=idempotency_key
+        session=session,
+        request=body,
+        actor=token.actor,
+        idempotency_key=idempotency_key,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     if created:
@@ -199,14 +219,19 @@ def _template_public(template: templates.Template) -> TemplatePublic:
 @router.get("")
 def list_pipelines(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     pipeline_status: Annotated[list[PipelineStatus] | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: OffsetQuery = 0,
 ) -> PipelinesPublic:
-    """Pipelines, newest first, with how many stages are in each status."""
+    """Pipelines of the caller's projects (an admin: all), newest first, with how many stages
+    are in each status."""
     page, total = service.list_pipelines(
-        session=session, statuses=pipeline_status or (), limit=limit, offset=offset
+        session=session,
+        statuses=pipeline_status or (),
+        limit=limit,
+        offset=offset,
+        projects=visible_project_ids(session=session, caller=token),
     )
     return PipelinesPublic(items=_summaries(session, page), total=total, limit=limit, offset=offset)
 
@@ -257,9 +282,7 @@ def cancel_pipeline(
     """Cancel: pending stages are cancelled, running stages' processes are stopped."""
     _, signal = jobs.until_settled(
         session,
-        lambda: service.cancel(
-            session=session, pipeline_id=pipeline_id, actor=f"token:{token.name}"
-        ),
+        lambda: service.cancel(session=session, pipeline_id=pipeline_id, actor=token.actor),
         stale=(StaleJob, StaleRow),
     )
     session.commit()
@@ -278,7 +301,7 @@ def pause_pipeline(
     dispatcher: DispatcherDep,
 ) -> PipelinePublic:
     """Pause: no stage starts; running stage jobs checkpoint and stop (or are suspended)."""
-    service.pause(session=session, pipeline_id=pipeline_id, actor=f"token:{token.name}")
+    service.pause(session=session, pipeline_id=pipeline_id, actor=token.actor)
     session.commit()
     return to_public(session, _advance(engine, settings, pipeline_id, dispatcher))
 
@@ -293,7 +316,7 @@ def resume_pipeline(
     dispatcher: DispatcherDep,
 ) -> PipelinePublic:
     """Resume: jobs the pause held go on from their checkpoints, pending stages may start."""
-    service.resume(session=session, pipeline_id=pipeline_id, actor=f"token:{token.name}")
+    service.resume(session=session, pipeline_id=pipeline_id, actor=token.actor)
     session.commit()
     return to_public(session, _advance(engine, settings, pipeline_id, dispatcher))
 
@@ -312,7 +335,7 @@ def retry_pipeline(
     service.retry(
         session=session,
         pipeline_id=pipeline_id,
-        actor=f"token:{token.name}",
+        actor=token.actor,
         from_stage=(body or RetryRequest()).from_stage,
     )
     session.commit()

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from training_platform.jobs.schemas import JobName
 from training_platform.pipelines.definition import Scalar
+from training_platform.projects.schemas import ProjectField
 from training_platform.worker.queues import PRIORITY_MAX, PRIORITY_MIN
 
 MAX_YAML_BYTES = 256 * 1024
@@ -33,6 +34,7 @@ class PipelineSubmit(BaseModel):
     parameters: dict[str, Scalar] = Field(
         default_factory=dict, max_length=100, description="Values for declared parameters."
     )
+    project: ProjectField = None
 
     @model_validator(mode="after")
     def _one_source(self) -> PipelineSubmit:
@@ -95,6 +97,7 @@ class PipelinePublic(BaseModel):
     priority: int
     parameters: dict[str, Any]
     created_by: str
+    project: str = Field("default", description="Whose work it is: its stages' jobs are.")
     error: str | None
     created_at: datetime
     updated_at: datetime

@@ -304,8 +304,11 @@ def submit(
     request: PipelineSubmit,
     actor: str,
     idempotency_key: str | None = None,
+    project_id: int | None = None,
+    user_id: int | None = None,
 ) -> tuple[Pipeline, bool]:
-    """Store a running pipeline with its stages pending; the engine starts the first stages.
+    """Store a running pipeline with its stages pending (its work of `project_id`, resolved
+    by the caller from request.project); the engine starts the first stages.
 
     Returns (pipeline, created). Nothing is written when a check fails.
     """
@@ -325,6 +328,8 @@ def submit(
         priority=definition.priority,
         status=PipelineStatus.RUNNING.value,
         created_by=actor,
+        project_id=project_id,
+        user_id=user_id,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
     )
@@ -394,10 +399,14 @@ def list_pipelines(
     statuses: Sequence[PipelineStatus] = (),
     limit: int = 50,
     offset: int = 0,
+    projects: set[int] | None = None,
 ) -> tuple[Sequence[Pipeline], int]:
-    """A page of pipelines, newest first, and the total matching."""
-    query = select(Pipeline)
-    counter = select(func.count()).select_from(Pipeline)
+    """A page of pipelines (of `projects` unless None), newest first, and the total matching."""
+    from training_platform.projects.service import owned_by
+
+    mine = owned_by(Pipeline.project_id, projects)
+    query = select(Pipeline).where(mine)
+    counter = select(func.count()).select_from(Pipeline).where(mine)
     if statuses:
         values = [s.value for s in statuses]
         query = query.where(col(Pipeline.status).in_(values))

@@ -6,6 +6,7 @@ A handle is plain JSON persisted on the job, so any process can pick a run up ag
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -113,9 +114,16 @@ def write_run_dir(plan: LaunchPlan, directory: Path, plan_file: str) -> None:
 
 def read_stream(run_dir: str, name: str, offset: int, limit: int) -> bytes:
     """Up to `limit` bytes of a run-directory file from `offset` (empty if not written yet)."""
+    # The run writes these files: a symbolic link it left in their place is not followed
+    # (the platform may read what the run may not).
     try:
-        with (Path(run_dir) / name).open("rb") as source:
-            source.seek(offset)
-            return source.read(limit)
+        descriptor = os.open(Path(run_dir) / name, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return b""
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunnerError(f"{name} in {run_dir} is a symbolic link; not read") from None
+        raise
+    with os.fdopen(descriptor, "rb") as source:
+        source.seek(offset)
+        return source.read(limit)

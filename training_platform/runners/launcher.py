@@ -51,6 +51,8 @@ INHERITED = (
     "XDG_CACHE_HOME",
     "LD_LIBRARY_PATH",
     "CUDA_HOME",
+    "RAY_TMPDIR",
+    "TORCHINDUCTOR_CACHE_DIR",
 )
 
 
@@ -74,18 +76,46 @@ class Trainer(Protocol):
     def wait(self) -> int: ...
 
 
-def popen(argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> Trainer:
-    """Start the trainer as a new program (the cold start)."""
+def popen(
+    argv: list[str], cwd: Path, env: dict[str, str], log: Any, run_as: str | None = None
+) -> Trainer:
+    """Start the trainer as a new program (the cold start), as `run_as` (uid:gid) if given."""
+    identity: dict[str, Any] = {}
+    if run_as:
+        uid, gid = (int(part) for part in run_as.split(":"))
+        identity = {"user": uid, "group": gid, "extra_groups": []}
     return subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        **identity,
     )
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write a file the launcher owns into the run directory, where the trainer may have left
+    any name: never through a symbolic link, always a file of its own (fsynced)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def open_log(path: Path) -> Any:
+    """The run's log, appended to (never through a symbolic link)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    return os.fdopen(os.open(path, flags, 0o644), "ab", buffering=0)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data))
-    with temporary.open("rb") as handle:
-        os.fsync(handle.fileno())
+    write_new(temporary, json.dumps(data).encode())
     temporary.replace(path)
 
 
@@ -126,10 +156,11 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
-def run(run_dir: Path, start: Callable[..., Trainer] = popen) -> int:
+def run(run_dir: Path, start: Callable[..., Trainer] = popen, run_as: str | None = None) -> int:
     """Run the plan in run_dir to its end; return the trainer's return code.
 
-    `start(argv, cwd, env, log)` starts the trainer (popen, or a fork from a warm server)."""
+    `start(argv, cwd, env, log, run_as)` starts the trainer (popen, or a fork from a warm
+    server), as the user `run_as` ("uid:gid") when given."""
     plan = json.loads((run_dir / PLAN_FILE).read_text())
     argv = [str(a) for a in plan["argv"]]
     stop_requested: list[int] = []
@@ -145,7 +176,7 @@ def run(run_dir: Path, start: Callable[..., Trainer] = popen) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    with (run_dir / LOG_FILE).open("ab", buffering=0) as log:
+    with open_log(run_dir / LOG_FILE) as log:
         if stop_requested:  # stopped before the trainer even started: do not start it
             _log(log, f"stopped by {signal.Signals(stop_requested[-1]).name} before starting")
             _write_json_atomic(
@@ -162,7 +193,7 @@ def run(run_dir: Path, start: Callable[..., Trainer] = popen) -> int:
         # The devices the trainer may use, as it sees them: leases are checked against this.
         _log(log, f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}")
         try:
-            child = start(argv, run_dir, env, log)
+            child = start(argv, run_dir, env, log, run_as)
         except OSError as error:
             _log(log, f"could not start: {error}")
             _write_json_atomic(
@@ -170,7 +201,7 @@ def run(run_dir: Path, start: Callable[..., Trainer] = popen) -> int:
                 {"returncode": 127, "signal": None, "finished_at": _now(), "error": str(error)},
             )
             return 127
-        (run_dir / CHILD_PID_FILE).write_text(str(child.pid))
+        write_new(run_dir / CHILD_PID_FILE, str(child.pid).encode())
         if stop_requested:
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(stop_requested[-1])
@@ -193,12 +224,15 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m training_platform.runners.launcher RUN_DIR`."""
+    """Entry point: `python -m training_platform.runners.launcher RUN_DIR [--as UID:GID]`."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m training_platform.runners.launcher RUN_DIR", file=sys.stderr)
+    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--as"):
+        print(
+            "usage: python -m training_platform.runners.launcher RUN_DIR [--as UID:GID]",
+            file=sys.stderr,
+        )
         return 2
-    run(Path(args[0]).resolve())
+    run(Path(args[0]).resolve(), run_as=args[2] if len(args) == 3 else None)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from training_platform.backends.base import LaunchPlan
-from training_platform.core import processes
+from training_platform.core import confine, processes
 from training_platform.runners import launcher, warm
 from training_platform.runners.base import (
     OUTPUT_FILES,
@@ -50,10 +50,17 @@ class LocalRunner:
     kind = KIND
 
     def __init__(
-        self, *, node: str, python: str | None = None, warm_dir: Path | None = None
+        self,
+        *,
+        node: str,
+        python: str | None = None,
+        warm_dir: Path | None = None,
+        run_as: confine.Account | None = None,
     ) -> None:
         self.node = node
         self.python = python or sys.executable
+        # Whom trainers run as (core/confine.py); None: the platform's own user.
+        self.run_as = run_as
         # Where warm servers listen (runners/warm.py); None: every run starts cold.
         self.warm = warm.WarmStarter(warm_dir, self.python) if warm_dir else None
 
@@ -68,16 +75,21 @@ class LocalRunner:
         if existing is not None and self.poll(existing).status == "running":
             raise RunnerError(f"a run is already alive in {run_dir}")
         write_run_dir(plan, directory, PLAN_FILE)
+        launcher.open_log(directory / "launcher.log").close()
+        if self.run_as is not None:
+            secrets = [directory / relative for relative in plan.secrets]
+            confine.hand_over(directory, self.run_as, secrets)
         pid = self._start_warm(plan, directory)
         if pid is not None:
             return self._record(directory, pid)
-        with (directory / "launcher.log").open("ab") as launcher_log:
+        identity = ["--as", self.run_as.spec] if self.run_as is not None else []
+        with launcher.open_log(directory / "launcher.log") as launcher_log:
             process = subprocess.Popen(
                 # By path, isolated and without site-packages: the launcher needs only the
                 # standard library, and its start is on the way to every trainer's.
-                [self.python, "-I", "-S", LAUNCHER_PATH, str(directory)],
+                [self.python, "-I", "-S", LAUNCHER_PATH, str(directory), *identity],
                 cwd=directory,
-                env=child_environment({}),
+                env=child_environment(self._identity_environment()),
                 stdin=subprocess.DEVNULL,
                 stdout=launcher_log,
                 stderr=subprocess.STDOUT,
@@ -89,8 +101,13 @@ class LocalRunner:
     def _start_warm(self, plan: LaunchPlan, directory: Path) -> int | None:
         if self.warm is None:
             return None
-        env = child_environment({str(k): str(v) for k, v in plan.env.items()})
-        return self.warm.start(directory.resolve(), [str(a) for a in plan.argv], env)
+        base = {**os.environ, **self._identity_environment()}
+        env = child_environment({str(k): str(v) for k, v in plan.env.items()}, base=base)
+        run_as = self.run_as.spec if self.run_as is not None else None
+        return self.warm.start(directory.resolve(), [str(a) for a in plan.argv], env, run_as)
+
+    def _identity_environment(self) -> dict[str, str]:
+        return self.run_as.environment() if self.run_as is not None else {}
 
     def _record(self, directory: Path, pid: int) -> Handle:
         handle: Handle = {
@@ -99,7 +116,7 @@ class LocalRunner:
             "run_dir": str(directory),
             **processes.identity(pid),
         }
-        (directory / LAUNCHER_FILE).write_text(json.dumps(handle))
+        launcher.write_new(directory / LAUNCHER_FILE, json.dumps(handle).encode())
         return handle
 
     def find(self, run_dir: str) -> Handle | None:
@@ -145,8 +162,13 @@ class LocalRunner:
     def request_stop(self, handle: Handle) -> None:
         """Create the stop file the trainer looks for after each step."""
         path = Path(handle["run_dir"]) / STOP_FILE
-        if not path.exists():
-            path.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            descriptor = os.open(path, flags, 0o644)
+        except FileExistsError:  # asked already (or a name the run left there)
+            return
+        with os.fdopen(descriptor, "w") as stop:
+            stop.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
 
     def suspend(self, handle: Handle) -> None:
         """SIGSTOP every process of the run."""

@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -42,6 +43,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from training_platform.core import confine
 from training_platform.runners import launcher
 
 _HF = (
@@ -131,8 +133,11 @@ class WarmStarter:
         self.directory = directory
         self.python = python
 
-    def start(self, run_dir: Path, argv: list[str], env: dict[str, str]) -> int | None:
-        """The pid of a launcher a server forked for run_dir; None: start it cold."""
+    def start(
+        self, run_dir: Path, argv: list[str], env: dict[str, str], run_as: str | None = None
+    ) -> int | None:
+        """The pid of a launcher a server forked for run_dir (its trainer to run as `run_as`,
+        uid:gid, when given); None: start it cold."""
         if not eligible(argv, self.python):
             return None
         try:
@@ -145,7 +150,7 @@ class WarmStarter:
                 self._spawn(directory, name, argv[2], env)
                 return None
             try:
-                return _request(path, run_dir)
+                return _request(path, run_dir, run_as)
             except (ConnectionRefusedError, FileNotFoundError):
                 # A server that died without removing its socket: start another.
                 self._spawn(directory, name, argv[2], env)
@@ -186,7 +191,7 @@ class WarmStarter:
                 )
 
 
-def _request(path: Path, run_dir: Path) -> int | None:
+def _request(path: Path, run_dir: Path, run_as: str | None = None) -> int | None:
     # Once the request is sent, the server may fork: the answer is awaited for long (a
     # server whose answer cannot be delivered kills the launcher it forked; see _answer).
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
@@ -194,7 +199,8 @@ def _request(path: Path, run_dir: Path) -> int | None:
         connection.connect(str(path))
         if _peer_uid(connection) != os.getuid():
             return None
-        connection.sendall(json.dumps({"run_dir": str(run_dir)}).encode() + b"\n")
+        request = {"run_dir": str(run_dir), "run_as": run_as}
+        connection.sendall(json.dumps(request).encode() + b"\n")
         answer = json.loads(_read_line(connection))
     pid = answer.get("pid")
     return pid if isinstance(pid, int) and pid > 0 else None
@@ -323,6 +329,9 @@ def _answer(connection: socket.socket, listener: socket.socket, module: str, loc
             return
         request = json.loads(_read_line(connection))
         run_dir = Path(str(request["run_dir"]))
+        run_as = request.get("run_as")
+        if run_as is not None and not re.fullmatch(r"[0-9]+:[0-9]+", str(run_as)):
+            raise ValueError(f"run_as {run_as!r} is not uid:gid")
         if not (run_dir / launcher.PLAN_FILE).is_file():
             raise ValueError(f"no plan in {run_dir}")
         plan = json.loads((run_dir / launcher.PLAN_FILE).read_text())
@@ -343,7 +352,7 @@ def _answer(connection: socket.socket, listener: socket.socket, module: str, loc
             connection.close()
             with contextlib.suppress(OSError):
                 os.close(lock)
-            code = _launch(run_dir)
+            code = _launch(run_dir, run_as)
         finally:
             os._exit(code)
     try:
@@ -357,20 +366,21 @@ def _answer(connection: socket.socket, listener: socket.socket, module: str, loc
         raise
 
 
-def _launch(run_dir: Path) -> int:
+def _launch(run_dir: Path, run_as: str | None) -> int:
     """In the forked launcher: lead a new session, then run the plan as launcher.py does."""
     os.setsid()
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     os.chdir(run_dir)
     null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(run_dir / "launcher.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    log = os.open(run_dir / "launcher.log", flags, 0o644)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
-    launcher.run(run_dir, start=_fork_trainer)
+    launcher.run(run_dir, start=_fork_trainer, run_as=run_as)
     return 0
 
 
@@ -388,8 +398,11 @@ class _Forked:
         return os.waitstatus_to_exitcode(status)
 
 
-def _fork_trainer(argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> _Forked:
-    """Fork the trainer `python -m MODULE ARGS` with the libraries already imported."""
+def _fork_trainer(
+    argv: list[str], cwd: Path, env: dict[str, str], log: Any, run_as: str | None = None
+) -> _Forked:
+    """Fork the trainer `python -m MODULE ARGS` with the libraries already imported, as the
+    user `run_as` (uid:gid) when given."""
     module, arguments = argv[2], argv[3:]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -399,6 +412,8 @@ def _fork_trainer(argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> 
         return _Forked(pid)
     code = 1
     try:
+        if run_as:
+            confine.become(run_as)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,14 +1,18 @@
-"""The scheduling pass: give queued jobs devices, in priority order, then age.
+"""The scheduling pass: give queued jobs devices, in priority order, then fair share, then age.
 
-Rule (docs/scheduling.md): jobs are taken by priority (9 first), then by the time they were
-queued. A job that does not fit now is skipped and smaller jobs behind it may start on the
-free devices (backfill) - until it has waited longer than TP_BACKFILL_AGE_LIMIT_S. From then
-on the devices it needs are held back from the jobs behind it until it fits, so a big job is
-never starved either.
+Rule (docs/scheduling.md): jobs are taken by priority (9 first), then by their project's
+fair share (scheduling/quota.py: recent GPU-hours against its share; the least served
+first), then by the time they were queued. A job whose project (or user) is at its GPU
+maximum waits; one placed above its project's guarantee is preemptible, and a job within its
+guarantee that does not fit has the newest such jobs of other projects paused at a
+checkpoint and requeued. A job that does not fit now is skipped and smaller jobs behind it
+may start on the free devices (backfill) - until it has waited longer than
+TP_BACKFILL_AGE_LIMIT_S. From then on the devices it needs are held back from the jobs
+behind it until it fits, so a big job is never starved either.
 
-Safe to run in several processes at once: a lease is a row the database refuses twice for one
-device (partial unique index), and the job's dispatch counter is compared-and-set in the same
-transaction, so one job is never placed twice.
+Safe to run in several processes at once: a lease is a row the database refuses twice for
+one device (partial unique index), and the job's dispatch counter is compared-and-set in the
+same transaction, so one job is never placed twice.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -26,7 +31,7 @@ from sqlmodel import Session, col, select
 from training_platform.core.settings import Settings
 from training_platform.core.types import utcnow
 from training_platform.jobs.models import Job
-from training_platform.scheduling import service
+from training_platform.scheduling import quota, service
 from training_platform.scheduling.models import DeviceLease
 from training_platform.scheduling.placement import Demand, Slot, choose
 
@@ -56,8 +61,11 @@ class MemoryNeed:
     how: str
 
 
-def _estimate(session: Session, settings: Settings, job: Job) -> MemoryNeed:
-    """The prediction stored at submission, or the job sized now (submitted without one)."""
+def _estimate(
+    session: Session, settings: Settings, job: Job, sized_now: list[tuple[Job, Any]]
+) -> MemoryNeed:
+    """The prediction stored at submission, or the job sized now (submitted without one; added
+    to `sized_now`, to be kept)."""
     from training_platform.compute import service as compute
 
     prediction = compute.prediction_row(session=session, job_id=job.id)  # type: ignore[arg-type]
@@ -69,6 +77,25 @@ def _estimate(session: Session, settings: Settings, job: Job) -> MemoryNeed:
     return MemoryNeed(
         sized.estimate.device_mb, compute.how(compute.public_estimate(sized.estimate))
     )
+
+
+def _keep_predictions(engine: Engine, sized_now: list[tuple[Job, Any]]) -> None:
+    """Keep the predictions of jobs sized in this pass: the next passes read them."""
+    from training_platform.compute import service as compute
+
+    with Session(engine) as session:
+        try:
+            for job, sized in sized_now:
+                compute.record_prediction(
+                    session=session,
+                    job_id=job.id,  # type: ignore[arg-type]
+                    sized=sized,
+                    backend=job.backend,
+                    algorithm=job.algorithm,
+                )
+            session.commit()
+        except IntegrityError:
+            session.rollback()  # another pass kept them first; the next pass reads them
 
 
 def _why(demand: Demand, available: list[Slot], estimate: MemoryNeed) -> str:
@@ -84,7 +111,7 @@ def _why(demand: Demand, available: list[Slot], estimate: MemoryNeed) -> str:
     return f"waiting for {demand.gpus} GPU(s); {free_gpus} free now"
 
 
-def _lease(engine: Engine, job: Job, slots: list[Slot]) -> Job | None:
+def _lease(engine: Engine, job: Job, slots: list[Slot], preemptible: bool = False) -> Job | None:
     with Session(engine, expire_on_commit=False) as session:
         try:
             leases = [
@@ -120,6 +147,7 @@ def _lease(engine: Engine, job: Job, slots: list[Slot]) -> Job | None:
                     dispatched_at=now,
                     wait_reason=None,
                     queue_position=None,
+                    preemptible=preemptible,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -144,6 +172,7 @@ def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], No
                 select(DeviceLease.job_id).where(col(DeviceLease.released_at).is_(None))
             ).all()
         )
+        shares = quota.read(session, now, settings.fair_share_half_life_h)
         queued = [
             job
             for job in session.exec(
@@ -153,22 +182,34 @@ def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], No
             ).all()
             if job.id not in leased
         ]
+        # Priority, then fair share (the project's decayed GPU-hours against its share), then
+        # age: a stable sort keeps the age order within each.
+        queued.sort(key=lambda j: (-j.priority, shares.standing(j.project_id)))
         free = service.free_slots(session)
         every = service.all_slots(session)
-        estimates = {job.id: _estimate(session, settings, job) for job in queued}
+        sized_now: list[tuple[Job, Any]] = []
+        estimates = {job.id: _estimate(session, settings, job, sized_now) for job in queued}
+    if sized_now:
+        _keep_predictions(engine, sized_now)
     held_back: set[tuple[str, str, int]] = set()
     reserving = False
     for job in queued:
         assert job.id is not None
         estimate = estimates[job.id]
         demand = service.demand_of(job.spec.get("resources", {}), estimate.per_device_mb)
+        over = shares.over_limit(job, demand.gpus)
+        if over is not None:
+            report.waiting[job.id] = over
+            continue
         available = [s for s in free if _key(s) not in held_back]
         chosen = choose(demand, available)
         if chosen is not None:
-            placed = _lease(engine, job, chosen)
+            preemptible = shares.above_guarantee(job, demand.gpus)
+            placed = _lease(engine, job, chosen, preemptible)
             if placed is not None:
                 taken = {_key(s) for s in chosen}
                 free = [s for s in free if _key(s) not in taken]
+                shares.hold(job, demand.gpus)
                 report.placed.append(job.id)
                 try:
                     dispatch(placed)
@@ -178,6 +219,8 @@ def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], No
             reason = "waiting: the devices were taken by another scheduling pass"
         else:
             reason = _why(demand, available, estimate)
+            if demand.gpus and not shares.above_guarantee(job, demand.gpus):
+                reason += quota.preempt_for(engine, job, demand.gpus, available, shares)
             waited = now - (job.queued_at or job.created_at)
             if not reserving and waited > age_limit:
                 whole = choose(demand, every, check_memory=False)

@@ -28,10 +28,12 @@ from training_platform.api.deps import (
     SessionDep,
     SettingsDep,
     api_router,
+    project_scoped,
 )
 from training_platform.catalog import service as catalog
 from training_platform.catalog.models import ModelEntry
 from training_platform.core.errors import InvalidInput
+from training_platform.jobs import service as jobs_service
 from training_platform.jobs.routes import to_public as job_public
 from training_platform.jobs.schemas import JobPublic
 from training_platform.serving import service
@@ -45,7 +47,9 @@ from training_platform.serving.schemas import (
 
 log = logging.getLogger(__name__)
 endpoints_router = api_router("/endpoints", tags=["serving"])
-router = api_router("/serving", tags=["serving"])
+router = api_router(
+    "/serving", tags=["serving"], scoped=project_scoped("job_id", "job", jobs_service.project_of)
+)
 MAX_BODY = 16 << 20
 
 
@@ -61,7 +65,7 @@ def create_endpoint(
 ) -> EndpointPublic:
     """Register an OpenAI-compatible server; its API key is stored encrypted."""
     endpoint = service.create_endpoint(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session, settings=settings, request=body, actor=token.actor
     )
     session.commit()
     return service.to_public(endpoint)
@@ -88,13 +92,15 @@ def _served(job: Any, endpoint: Endpoint | None) -> ServedPublic:
 
 @router.get("", response_model=list[ServedPublic])
 def list_served(
-    session: SessionDep, _: CurrentToken, include_ended: bool = False
+    session: SessionDep, token: CurrentToken, include_ended: bool = False
 ) -> list[ServedPublic]:
-    """Serve jobs (newest first) and whether their server answers."""
-    return [
-        _served(job, endpoint)
-        for job, endpoint in service.serve_jobs(session=session, include_ended=include_ended)
-    ]
+    """Serve jobs of the caller's projects (an admin: all), newest first, and whether their
+    server answers."""
+    from training_platform.projects.service import visible_project_ids
+
+    projects = visible_project_ids(session=session, caller=token)
+    served = service.serve_jobs(session=session, include_ended=include_ended, projects=projects)
+    return [_served(job, endpoint) for job, endpoint in served]
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
@@ -106,8 +112,16 @@ def start_serving(
     token: CurrentToken,
 ) -> JobPublic:
     """Start a serve job; cancel it (DELETE-like: POST /jobs/{id}/cancel) to stop serving."""
+    from training_platform.projects.service import project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
     job = service.start(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session,
+        settings=settings,
+        request=body,
+        actor=token.actor,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     try:

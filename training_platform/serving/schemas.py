@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation.schemas import CheckpointRef
 from training_platform.jobs.schemas import JobName, Ref, Resources
+from training_platform.projects.schemas import ProjectField
 
 
 class EndpointCreate(BaseModel):
@@ -73,6 +74,7 @@ class ServeCreate(BaseModel):
     )
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
+    project: ProjectField = None
 
     @model_validator(mode="after")
     def _one_target(self) -> ServeCreate:

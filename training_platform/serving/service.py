@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from training_platform.catalog.models import ModelEntry
+from training_platform.core.db import add_unique
 from training_platform.core.errors import Conflict, InvalidInput, NotFound
-from training_platform.core.netguard import internal_reason
+from training_platform.core.netguard import Refused, check
 from training_platform.core.secrets import SecretBox
 from training_platform.core.settings import Settings
 from training_platform.jobs import service as jobs
@@ -53,12 +53,12 @@ def _check_url(settings: Settings, url: str, loc: tuple[str, ...]) -> None:
         raise InvalidInput(
             loc, "must not hold credentials, a query or a fragment; put the key in api_key"
         )
-    if not settings.allow_private_urls:
-        reason = internal_reason(url)
-        if reason is not None:
-            raise InvalidInput(
-                loc, f"{reason}: the platform calls public addresses only (TP_ALLOW_PRIVATE_URLS)"
-            )
+    try:
+        check(url, allow_private=settings.allow_private_urls, allowed=settings.allowed_networks)
+    except Refused as refused:
+        raise InvalidInput(
+            loc, f"{refused}: the platform calls public addresses only (TP_ALLOWED_NETWORKS)"
+        ) from None
 
 
 def create_endpoint(
@@ -83,13 +83,7 @@ def create_endpoint(
         timeout_s=request.timeout_s,
         created_by=actor,
     )
-    session.add(endpoint)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"an endpoint named {request.name!r} exists") from None
-    return endpoint
+    return add_unique(session, endpoint, f"an endpoint named {request.name!r} exists")
 
 
 def list_endpoints(*, session: Session) -> list[EndpointPublic]:
@@ -188,8 +182,17 @@ def reencrypt_keys(session: Session, box: SecretBox) -> int:
 # --- serve jobs ------------------------------------------------------------------------------
 
 
-def start(*, session: Session, settings: Settings, request: ServeCreate, actor: str) -> Job:
-    """Submit a serve job for a catalog model, a job's final model or a checkpoint."""
+def start(
+    *,
+    session: Session,
+    settings: Settings,
+    request: ServeCreate,
+    actor: str,
+    project_id: int | None = None,
+    user_id: int | None = None,
+) -> Job:
+    """Submit a serve job (of `project_id`) for a catalog model, a job's final model or a
+    checkpoint."""
     from training_platform.evaluation.service import job_model
 
     model_ref: int | str | None = request.model
@@ -215,16 +218,23 @@ def start(*, session: Session, settings: Settings, request: ServeCreate, actor: 
             priority=request.priority,
         ),
         actor=actor,
+        project_id=project_id,
+        user_id=user_id,
     )
     return job
 
 
 def serve_jobs(
-    *, session: Session, include_ended: bool = False
+    *, session: Session, include_ended: bool = False, projects: set[int] | None = None
 ) -> list[tuple[Job, Endpoint | None]]:
-    """Serve jobs, newest first, with their endpoint where their server answers."""
+    """Serve jobs (of `projects` unless None), newest first, with their endpoint where their
+    server answers."""
+    from training_platform.projects.service import owned_by
+
     query = select(Job).where(
-        col(Job.backend) == SERVE_BACKEND, col(Job.algorithm) == SERVE_ALGORITHM
+        col(Job.backend) == SERVE_BACKEND,
+        col(Job.algorithm) == SERVE_ALGORITHM,
+        owned_by(Job.project_id, projects),
     )
     if not include_ended:
         query = query.where(

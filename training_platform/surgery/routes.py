@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Path as PathParam
 from fastapi import Query, status
+from sqlmodel import Session
 
 from training_platform.api.deps import (
     CurrentToken,
@@ -16,7 +17,10 @@ from training_platform.api.deps import (
     SessionDep,
     SettingsDep,
     api_router,
+    project_scoped,
 )
+from training_platform.catalog import service as catalog
+from training_platform.jobs import service as jobs_service
 from training_platform.jobs.models import Job
 from training_platform.surgery import service
 from training_platform.surgery.models import Merge, Sweep
@@ -35,8 +39,20 @@ from training_platform.surgery.schemas import (
 )
 
 log = logging.getLogger(__name__)
-router = api_router("/merges", tags=["surgery"])
-models_router = api_router("/models", tags=["surgery"])
+
+
+def _project_of(session: Session, merge_id: int) -> int | None:
+    return jobs_service.project_through_job(session, Merge, merge_id)
+
+
+router = api_router(
+    "/merges", tags=["surgery"], scoped=project_scoped("merge_id", "merge", _project_of)
+)
+models_router = api_router(
+    "/models",
+    tags=["surgery"],
+    scoped=project_scoped("model", "model", catalog.project_of_model, by_id=False),
+)
 
 
 def to_public(merge: Merge) -> MergePublic:
@@ -76,8 +92,16 @@ def create_merge(
     dispatcher: DispatcherDep,
 ) -> MergePublic:
     """Merge models: checked now, run as a job; the model is registered when it succeeds."""
+    from training_platform.projects.service import project_for_submit
+
+    project = project_for_submit(session=session, caller=token, name=body.project)
     merge, job = service.create(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session,
+        settings=settings,
+        request=body,
+        actor=token.actor,
+        project_id=project.id,
+        user_id=token.user_id,
     )
     session.commit()
     _dispatch(dispatcher, job)
@@ -87,12 +111,16 @@ def create_merge(
 @router.get("")
 def list_merges(
     session: SessionDep,
-    _: CurrentToken,
+    token: CurrentToken,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: OffsetQuery = 0,
 ) -> list[MergePublic]:
-    """Merges and soups, newest first."""
-    return [to_public(m) for m in service.list_merges(session=session, limit=limit, offset=offset)]
+    """Merges and soups of the caller's projects (an admin: all), newest first."""
+    from training_platform.projects.service import visible_project_ids
+
+    projects = visible_project_ids(session=session, caller=token)
+    merges = service.list_merges(session=session, limit=limit, offset=offset, projects=projects)
+    return [to_public(m) for m in merges]
 
 
 def sweep_public(sweep: Sweep) -> SweepPublic:
@@ -124,7 +152,7 @@ def create_sweep(
 ) -> SweepPublic:
     """A grid of merges: each candidate merged, evaluated and ranked; the best registered."""
     sweep, started = service.create_sweep(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session, settings=settings, request=body, actor=token.actor
     )
     session.commit()
     for job in started:
@@ -157,7 +185,7 @@ def create_greedy_soup(
     """A greedy soup: each checkpoint evaluated, then added best first while the soup's score
     does not drop; the soup is registered as name."""
     soup, started = service.create_greedy_soup(
-        session=session, settings=settings, request=body, actor=f"token:{token.name}"
+        session=session, settings=settings, request=body, actor=token.actor
     )
     session.commit()
     for job in started:
@@ -186,14 +214,22 @@ def create_soup(
     token: CurrentToken,
     dispatcher: DispatcherDep,
 ) -> MergePublic:
-    """Average checkpoints of a job (a uniform soup) into a new model."""
+    """Average checkpoints of a job (a uniform soup) into a new model; it belongs to the job's
+    project."""
+    from training_platform.projects.service import check_visible
+
+    source = session.get(Job, body.job)
+    project_id = source.project_id if source is not None else None
+    check_visible(session=session, caller=token, project_id=project_id, what=f"job {body.job}")
     request = service.soup_request(session=session, settings=settings, request=body)
     merge, job = service.create(
         session=session,
         settings=settings,
         request=request,
-        actor=f"token:{token.name}",
+        actor=token.actor,
         kind="soup",
+        project_id=project_id,
+        user_id=token.user_id,
     )
     session.commit()
     _dispatch(dispatcher, job)

@@ -17,6 +17,7 @@ from training_platform.catalog.names import CatalogName
 from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation.schemas import CheckpointRef, Generation
 from training_platform.jobs.schemas import Ref, Resources
+from training_platform.projects.schemas import ProjectField
 
 MAX_SOUP = 32
 
@@ -67,6 +68,7 @@ class MergeCreate(BaseModel):
     description: str = Field("", max_length=1000)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-100, le=100)
+    project: ProjectField = None
 
 
 class InputPublic(BaseModel):
@@ -236,6 +238,7 @@ class MergeTemplate(MergeCreate):
     """A merge without its name: each candidate of a sweep is this with the grid's values."""
 
     name: CatalogName = Field("candidate", description="Unused: candidates are named NAME.i.")
+    project: None = Field(None, description="Unused: a sweep's work is the default project's.")
 
 
 class SweepEvaluation(BaseModel):

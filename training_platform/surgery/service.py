@@ -428,9 +428,12 @@ def create(
     job_name: str | None = None,
     policy: JobPolicy | None = None,
     idempotency_key: str | None = None,
+    project_id: int | None = None,
+    user_id: int | None = None,
 ) -> tuple[Merge, Job]:
-    """Store the merge and its queued job; nothing is written when it is refused. With an
-    idempotency key (a pipeline stage's), a replay returns the merge the first call made."""
+    """Store the merge and its queued job (of `project_id`: the merge's project is its job's);
+    nothing is written when it is refused. With an idempotency key (a pipeline stage's), a
+    replay returns the merge the first call made."""
     if idempotency_key is not None:
         earlier_job = session.exec(
             select(Job).where(Job.idempotency_key == idempotency_key)
@@ -440,6 +443,12 @@ def create(
             if earlier is not None:
                 return earlier, earlier_job
     checked = check(session, settings, request)
+    from training_platform.projects.service import check_usable
+
+    for item in [*([checked.base] if checked.base else []), *checked.inputs]:
+        check_usable(
+            session=session, project_id=project_id, field=item.loc, kind="model", entry=item.entry
+        )
     _name_free(session, request.name)
     rows = _public_inputs(checked, request)
     parents = [row.model_dump(exclude_none=True, exclude={"model_id"}) for row in rows]
@@ -469,7 +478,12 @@ def create(
         **({"policy": policy} if policy is not None else {}),
     )
     job, _ = jobs.submit(
-        session=session, request=job_request, actor=actor, idempotency_key=idempotency_key
+        session=session,
+        request=job_request,
+        actor=actor,
+        idempotency_key=idempotency_key,
+        project_id=project_id,
+        user_id=user_id,
     )
     merge = Merge(
         name=request.name,
@@ -498,11 +512,18 @@ def get(*, session: Session, merge_id: int) -> Merge:
     return merge
 
 
-def list_merges(*, session: Session, limit: int = 100, offset: int = 0) -> Sequence[Merge]:
-    """Merges and soups, newest first."""
-    return session.exec(
-        select(Merge).order_by(col(Merge.id).desc()).offset(offset).limit(limit)
-    ).all()
+def list_merges(
+    *, session: Session, limit: int = 100, offset: int = 0, projects: set[int] | None = None
+) -> Sequence[Merge]:
+    """Merges and soups, newest first; of `projects` (their jobs' projects) unless None."""
+    from training_platform.projects.service import owned_by
+
+    query = select(Merge)
+    if projects is not None:
+        query = query.join(Job, col(Job.id) == col(Merge.job_id)).where(
+            owned_by(Job.project_id, projects)
+        )
+    return session.exec(query.order_by(col(Merge.id).desc()).offset(offset).limit(limit)).all()
 
 
 def of_job(*, session: Session, job_id: int) -> Merge | None:
@@ -543,6 +564,7 @@ def collect(session: Session, settings: Settings, merge: Merge, job: Job) -> boo
         + ", ".join(str(row["name"]) for row in merge.inputs),
         parameters=merge.estimate.get("parameters"),
         job_id=job.id,
+        project_id=job.project_id,
     )
     session.add(entry)
     session.flush()
@@ -717,6 +739,7 @@ def select_checkpoint(
         or f"job {request.job}'s checkpoint at step {best.step}: {rule} ({best.value:.6g})",
         parameters=checkpoint.parameters,
         job_id=request.job,
+        project_id=checkpoint.project_id,
     )
     session.add(entry)
     session.flush()
@@ -1057,6 +1080,7 @@ def _finish_sweep(session: Session, sweep: Sweep) -> None:
         + ", ".join(f"{k} {v:g}" for k, v in best.values.items()),
         parameters=chosen.parameters,
         job_id=chosen.job_id,
+        project_id=chosen.project_id,
     )
     session.add(entry)
     session.flush()
@@ -1320,6 +1344,7 @@ def _finish_greedy(session: Session, soup: GreedySoup, state: dict[str, Any]) ->
         + f" ({soup.mode} of {soup.evaluate['scorer']}: {state['score']:.6g})",
         parameters=chosen.parameters,
         job_id=chosen.job_id,
+        project_id=chosen.project_id,
     )
     session.add(entry)
     session.flush()

@@ -349,6 +349,43 @@ def load_dataset_file(path: Path, *, cache_dir: Path) -> Dataset:
     )
 
 
+def file_columns(path: Path) -> list[str] | None:
+    """The columns of a Parquet file (its schema) or of a JSONL file (its first row), read
+    without the training libraries; None where that cannot be told so cheaply (.json)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as rows:
+            for line in rows:
+                if line.strip():
+                    row = json.loads(line)
+                    return list(row) if isinstance(row, dict) else None
+    return None
+
+
+def check_columns(config: TrainConfig) -> None:
+    """Refuse a dataset without the columns of its data task before anything heavy loads."""
+    for field, path in (
+        ("dataset_path", config.dataset_path),
+        ("validation_path", config.validation_path),
+    ):
+        if path is None:
+            continue
+        try:
+            columns = file_columns(path)
+        except Exception:  # noqa: S112 - unreadable here: the full load says why, later
+            continue
+        wanted = DATA_TASK_COLUMNS[config.dataset_format]
+        missing = [c for c in wanted if columns is not None and c not in columns]
+        if missing:
+            raise ConfigError(
+                f"{field}: {config.dataset_format} data needs column(s) "
+                f"{', '.join(missing)}; the file has {', '.join(columns or [])}"
+            )
+
+
 def task_dataset(config: TrainConfig, *, validation: bool = False) -> Dataset:
     """The prepared dataset (or its held-out rows), checked for the columns of its data task."""
     path = config.validation_path if validation else config.dataset_path
@@ -811,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
+        check_columns(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -6,6 +6,7 @@ from celery import Celery
 from celery.signals import beat_init, worker_init
 
 from training_platform.core.db import get_engine, migrate
+from training_platform.core.logging import keep_secrets_out_of_logs
 from training_platform.core.settings import get_settings
 from training_platform.worker.config import celery_config
 
@@ -31,6 +32,7 @@ def create_app() -> Celery:
 
 
 app = create_app()
+keep_secrets_out_of_logs()
 
 
 @worker_init.connect

@@ -169,6 +169,7 @@ export interface JobState {
   progress_total: number | null;
   error: string | null;
   updated_at: string | null;
+  project_id: number | null;
 }
 
 // --- Settings and GPUs & hosts pages (SettingsPage.vue, GpusHostsPage.vue) -----------------
@@ -186,8 +187,7 @@ export type WebhookEvent = NonNullable<WebhookCreate["events"]>[number];
 /** POST /api/v1/webhooks/{name}/test (webhooks.send_test). */
 export interface WebhookTestResult {
   delivered: boolean;
-  status_code?: number;
-  error?: string;
+  error?: string; // only when the platform refused to send (an internal address)
 }
 
 /** One entry of a 422 answer: {"detail": [{"loc": [...], "msg": ...}]}. */
@@ -211,3 +211,6 @@ export type MemoryOption = S["OptionPublic"];
 export type GpuAdvice = S["GpuAdvice"];
 export type EstimatorAccuracy = S["AccuracyPublic"];
 export type MemoryPrediction = S["PredictionPublic"];
+export type Project = S["ProjectPublic"];
+export type ProjectsList = S["ProjectsPublic"];
+export type ProjectsUsage = S["UsagePublic"];

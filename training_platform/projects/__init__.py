@@ -1,0 +1,1 @@
+"""Projects: who works together, their GPU guarantee and limits, and their GPU-hours."""
