@@ -178,12 +178,13 @@ def schedule(engine: Engine, settings: Settings, *, dispatch: Callable[[Job], No
             for job in session.exec(
                 select(Job)
                 .where(col(Job.status).in_(WAITING), col(Job.pause_mode).is_(None))
-                .order_by(col(Job.priority).desc(), col(Job.queued_at), col(Job.id))
+                .order_by(col(Job.priority).desc(), col(Job.id))
             ).all()
             if job.id not in leased
         ]
         # Priority, then fair share (the project's decayed GPU-hours against its share), then
-        # age: a stable sort keeps the age order within each.
+        # age, counted from submission (not from the end of the dataset's preparation, which
+        # finishes in any order): a stable sort keeps the submission order within each.
         queued.sort(key=lambda j: (-j.priority, shares.standing(j.project_id)))
         free = service.free_slots(session)
         every = service.all_slots(session)
