@@ -53,6 +53,18 @@ if mode == "quick":
     line(2, {"train/loss": 0.5})
     checkpoint(4)
     sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+if mode == "raystart":  # the first time, Ray's node does not register in its 30 s
+    if not os.path.exists("ray-tried"):
+        pathlib.Path("ray-tried").write_text("")
+        if sys.argv[2] == "after-a-step":
+            line(1, {"train/loss": 1.0})
+            time.sleep(1.2)  # the wrapper reads verl's metrics every 0.5 s
+        print("Exception: The current node timed out during startup. This could happen "
+              "because some of the raylet failed to startup or the GCS has become overloaded.",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+    line(1, {"train/loss": 1.0})
+    sys.exit(0)
 if mode == "nockpt":
     line(1, {"train/loss": 1.0})
     sys.exit(0)
@@ -239,6 +251,32 @@ def test_verl_output_becomes_platform_records_and_its_exit_code_is_kept(
     assert json.loads((run_dir / "env.json").read_text()) == {"PLATFORM_TEST": "yes"}
     assert (run_dir / "heartbeat").exists()
     assert "checkpoint saved: checkpoints/global_step_4" in output
+
+
+@pytest.mark.parametrize("first", ["before-any-step", "after-a-step"])
+def test_verl_starts_once_more_only_when_rays_node_did_not_register_before_any_step(
+    tmp_path: Path, first: str
+) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(run_dir, "raystart", first)
+    log = run_dir / "output.log"  # the job log, as the launcher gives it
+    with log.open("wb") as out:
+        wrapper = subprocess.run(
+            [sys.executable, "-m", "training_platform.trainers.verl_run", "--config", config.name],
+            cwd=run_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            check=False,
+        )
+    text = log.read_text()
+    steps = [r["step"] for r in records(run_dir) if r["type"] == "metrics"]
+    if first == "before-any-step":
+        assert wrapper.returncode == 0, text
+        assert "did not register in Ray's fixed 30 s" in text and steps == [1]
+    else:  # verl had trained: its failure is the run's
+        assert wrapper.returncode == 1, text
+        assert "once more" not in text and steps == [1]
 
 
 def test_sigterm_is_forwarded_to_verl(tmp_path: Path) -> None:

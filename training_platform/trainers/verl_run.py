@@ -17,6 +17,9 @@ records it as the final checkpoint (`path` "model", `final` true) before the sum
 `model/` holds the adapter only (`adapter` true), as a TRL LoRA run's does. When verl saved no
 checkpoint there is nothing to convert: no final record, and the exit code stays verl's.
 
+When Ray's node did not register in Ray's fixed 30 s (a loaded machine) and verl has recorded no
+step, verl is started once more (RAY_START_TIMEOUT, read from the job log our stderr goes to).
+
 It exits with verl's exit code (or dies by verl's signal), 2 when the config is unusable, 3 when
 the conversion fails (the checkpoints stay). Standard library only (pyarrow when present, to count
 steps): it runs on GPU hosts that have nothing but the training environment.
@@ -61,6 +64,10 @@ TOKENIZER_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
 )
+# Ray waits a fixed 30 s for its raylet to register with the GCS (ray/_private/node.py), and
+# fails the driver's ray.init with this when a loaded machine takes longer: verl is started
+# once more when that is how it ended, before any step.
+RAY_START_TIMEOUT = b"The current node timed out during startup"
 SHM_DIR = "/dev/shm/"  # noqa: S108 - POSIX shared memory, cleaned up after verl (Leftovers)
 ADAPTER_SUBDIR = "lora_adapter"  # where verl.model_merger puts a LoRA run's adapter
 
@@ -473,6 +480,27 @@ class Leftovers:
             )
 
 
+def _own_log() -> Path | None:
+    """The file our output goes to (the job log), when it is a regular file."""
+    try:
+        path = Path(os.readlink("/proc/self/fd/2"))
+    except OSError:
+        return None
+    return path if path.is_file() else None
+
+
+def _wrote(log: Path | None, mark: int, text: bytes) -> bool:
+    """Whether `text` is in what was appended to `log` after its first `mark` bytes."""
+    if log is None:
+        return False
+    try:
+        with log.open("rb") as stream:
+            stream.seek(mark)
+            return text in stream.read()
+    except OSError:
+        return False
+
+
 def _log(message: str) -> None:
     print(f"[verl_run] {message}", flush=True)
 
@@ -587,16 +615,8 @@ def run(config: RunConfig) -> int:
     env = {**os.environ, **config.env, "VERL_FILE_LOGGER_PATH": str(config.verl_metrics)}
     started = time.monotonic()
     children = Children()
-    try:
-        child = children.start(config.command, config.run_dir, env)
-    except OSError as error:
-        print(f"verl_run: cannot start {config.command[0]}: {error}", file=sys.stderr)
-        return EXIT_NOT_STARTED
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, children.forward)
-
-    leftovers = Leftovers(child.pid)
 
     def pump() -> None:
         for step, values in tail.read():
@@ -604,14 +624,33 @@ def run(config: RunConfig) -> int:
         for step, directory in checkpoints.finished():
             progress.checkpoint(step, directory)
 
-    try:
-        while child.poll() is None:
-            pump()
-            leftovers.scan()
-            time.sleep(POLL_S)
-    finally:
-        leftovers.clean()
-    pump()  # what verl wrote just before it exited
+    log = _own_log()
+    for attempt in (1, 2):
+        mark = log.stat().st_size if log is not None else 0
+        try:
+            child = children.start(config.command, config.run_dir, env)
+        except OSError as error:
+            print(f"verl_run: cannot start {config.command[0]}: {error}", file=sys.stderr)
+            return EXIT_NOT_STARTED
+        leftovers = Leftovers(child.pid)
+        try:
+            while child.poll() is None:
+                pump()
+                leftovers.scan()
+                time.sleep(POLL_S)
+        finally:
+            leftovers.clean()
+        pump()  # what verl wrote just before it exited
+        if (
+            attempt == 1
+            and child.returncode != 0
+            and children.stop_signal is None
+            and progress.last_step == 0
+            and _wrote(log, mark, RAY_START_TIMEOUT)
+        ):
+            _log("Ray's node did not register in Ray's fixed 30 s (a loaded machine): once more")
+            continue
+        break
     if child.returncode != 0:
         return child.returncode
     if config.final_model is not None:
