@@ -7,10 +7,10 @@ verl's vLLM server adapter on vLLM's CPU build, which the platform's plugin keep
 after every update (trainers/verl_ext/). The model is the tiny one with 32-dimensional heads
 (vLLM's CPU attention has no 16), random weights.
 
-GRPO is cancelled once its step-4 checkpoint is recorded (what the run started dies with it),
-retried from that checkpoint, and finishes its 8 steps: the policy moves away from the
+GRPO is cancelled once its step-2 checkpoint is recorded (what the run started dies with it),
+retried from that checkpoint, and finishes its 4 steps: the policy moves away from the
 reference with every update (KL 0 at step 1, then rising), and the resumed attempt continues
-from the trained weights (KL at step 5 is not back at 0). The reward is
+from the trained weights (KL at step 3 is not back at 0). The reward is
 this test's own file, uploaded like a user's: the share of digits in the response, dense enough
 for a random tiny model to move in a few steps (a shape reward a constant output earns: the
 mechanics, not math); it also tries to read the platform's admin token, secret key and
@@ -77,8 +77,8 @@ COMMON: dict[str, Any] = {
 }
 GRPO = {
     **COMMON,
-    "total_steps": 8,
-    "save_freq": 4,
+    "total_steps": 4,
+    "save_freq": 2,
     "actor_lr": 5e-3,
     "kl_loss_coef": 0.04,
     "rollout": {"n": 8},
@@ -187,10 +187,10 @@ def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> No
         job_id = _submit(client, "grpo", GRPO)
         deadline = time.monotonic() + 600
         checkpoints: list[dict[str, Any]] = []
-        while not any(c["step"] == 4 for c in checkpoints):
+        while not any(c["step"] == 2 for c in checkpoints):
             job = client.get(f"/api/v1/jobs/{job_id}").json()
             assert job["status"] not in ENDED, job["error"]
-            assert time.monotonic() < deadline, f"no step-4 checkpoint, job {job['status']}"
+            assert time.monotonic() < deadline, f"no step-2 checkpoint, job {job['status']}"
             checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
             time.sleep(1)
         run_dir = client.get(f"/api/v1/jobs/{job_id}/plan").json()["run_dir"]
@@ -205,27 +205,28 @@ def test_verl_grpo_on_cpu_learns_and_resumes_from_its_checkpoint(platform) -> No
     with platform.client() as client:
         retried = client.post(f"/api/v1/jobs/{job_id}/retry", params={"from_checkpoint": True})
         assert retried.status_code == 200, retried.text
-    assert _streamed_steps(platform, job_id) == list(range(1, 9))
+    assert _streamed_steps(platform, job_id) == list(range(1, 5))
     done = platform.wait_status(job_id, ENDED, timeout=60)
     assert done["status"] == "succeeded", done["error"]
     with platform.client() as client:
         keys = set(_keys(client, job_id))
         assert KEYS | {"actor/kl_loss"} <= keys, keys
-        assert _steps(client, job_id, "critic/score/mean") == list(range(1, 9))
+        assert _steps(client, job_id, "critic/score/mean") == list(range(1, 5))
         rewards = _values(client, job_id, "critic/score/mean")
         kl = _values(client, job_id, "actor/kl_loss")
         checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json()
-    first, last = mean(rewards[:3]), mean(rewards[-3:])
-    print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 3 of 8)")
+    first, last = mean(rewards[:2]), mean(rewards[-2:])
+    print(f"verl GRPO on CPU: digit share {first:.4f} -> {last:.4f} (first and last 2 of 4)")
     print("rewards by step:", [round(r, 4) for r in rewards])
     print("KL to the reference by step:", [round(k, 4) for k in kl])
     # The policy learns: it starts as the reference (KL 0 at step 1) and moves away from it
-    # with every update. The resumed attempt starts from the trained weights of step 4: a run
-    # started again from the base model would be back at KL 0 at step 5. (The digit share is
-    # printed, not asserted: over 8 steps of a random model it rises in most runs, not all.)
-    assert kl[0] < 1e-6 and kl[1] > 0 and mean(kl[4:]) > kl[1], kl
-    assert kl[4] > 1e-3, kl
-    assert [(c["step"], c["final"]) for c in checkpoints] == [(4, False), (8, False), (8, True)]
+    # with every update. The resumed attempt starts from the trained weights of step 2: a run
+    # started again from the base model would be back at KL 0 at step 3. (The digit share is
+    # printed, not asserted: over a few steps of a random model it rises in most runs, not
+    # all.) Measured (8 steps): KL 0, 0.023, 0.030, 0.033, 0.054, ... 0.131.
+    assert kl[0] < 1e-6 and kl[1] > 0 and mean(kl[2:]) > kl[1], kl
+    assert kl[2] > 1e-3, kl
+    assert [(c["step"], c["final"]) for c in checkpoints] == [(2, False), (4, False), (4, True)]
     assert done["attempt"] == 2 and done["outputs"]["model"]
 
 
