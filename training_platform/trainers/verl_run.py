@@ -483,7 +483,7 @@ class Leftovers:
 def _own_log() -> Path | None:
     """The file our output goes to (the job log), when it is a regular file."""
     try:
-        path = Path(os.readlink("/proc/self/fd/2"))
+        path = Path("/proc/self/fd/2").readlink()
     except OSError:
         return None
     return path if path.is_file() else None
