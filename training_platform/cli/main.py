@@ -25,19 +25,16 @@ from training_platform.cli.compute import compute_app
 from training_platform.cli.datasets import datasets_app
 from training_platform.cli.evaluation import eval_app
 from training_platform.cli.jobs import jobs_app
+from training_platform.cli.models import models_app, rewards_app
 from training_platform.cli.pipelines import pipelines_app
 from training_platform.cli.projects import projects_app
 from training_platform.cli.serving import endpoints_app, serve_app
-from training_platform.cli.surgery import merge_app, models_lineage, models_select, models_soup
+from training_platform.cli.surgery import merge_app
 from training_platform.cli.users import audit, login, logout, tokens_app, users_app, whoami
 from training_platform.core.settings import Settings
 
 app = typer.Typer(
     help="training_platform: post-train LLMs with verl and TRL.", no_args_is_help=True
-)
-models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
-rewards_app = typer.Typer(
-    help="Reward functions: builtin ones and uploaded files.", no_args_is_help=True
 )
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(pipelines_app, name="pipelines")
@@ -56,9 +53,6 @@ app.command("logout")(logout)
 app.command("whoami")(whoami)
 app.command("audit")(audit)
 app.add_typer(compute_app, name="compute")
-models_app.command("soup")(models_soup)
-models_app.command("select")(models_select)
-models_app.command("lineage")(models_lineage)
 
 # --- platform ------------------------------------------------------------------------------
 
@@ -289,74 +283,6 @@ def status() -> None:
     console.print(f"trainings running: {len(active)}")
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
-
-
-# --- catalog -------------------------------------------------------------------------------
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """Models jobs can start from."""
-    table = Table("id", "name", "source", "description")
-    with client() as api:
-        models = call(api.catalog, "models")
-    for model in models:
-        table.add_row(str(model["id"]), model["name"], model["source"], model["description"])
-    console.print(table)
-
-
-@models_app.command("register")
-def models_register(
-    name: Annotated[str, typer.Option(help="Name jobs will use.")],
-    path: Annotated[str | None, typer.Option(help="A directory inside a model root.")] = None,
-    hub_id: Annotated[str | None, typer.Option(help="Hugging Face id (owner/name).")] = None,
-    from_job: Annotated[int | None, typer.Option(help="A succeeded job's final model.")] = None,
-    description: Annotated[str, typer.Option()] = "",
-    project: Annotated[
-        str | None,
-        typer.Option(help="The project it belongs to (default: default; a job's: the job's)."),
-    ] = None,
-) -> None:
-    """Register a model: from a model root (TP_MODEL_ROOTS), by hub id, or a job's output."""
-    body: dict[str, Any] = {"name": name, "description": description}
-    if project is not None:
-        body["project"] = project
-    if path:
-        body["path"] = path
-    if hub_id:
-        body["hub_id"] = hub_id
-    if from_job is not None:
-        body["job_id"] = from_job
-    with client() as api:
-        item = call(api.register_model, body)
-    console.print(f"model {item['id']} {item['name']} ({item['source']})", highlight=False)
-
-
-@rewards_app.command("list")
-def rewards_list() -> None:
-    """Builtin reward functions and uploaded reward files."""
-    with client() as api:
-        found = call(api.get, "rewards")
-    console.print("builtin: " + ", ".join(found["builtin"]), highlight=False)
-    for item in found["files"]:
-        console.print(
-            f"file:{item['name']}  sha256 {item['sha256'][:12]}  {item['description']}",
-            highlight=False,
-        )
-
-
-@rewards_app.command("upload")
-def rewards_upload(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .py file.")],
-    name: Annotated[str, typer.Option(help="Jobs choose it as reward=file:<name>.")],
-    description: Annotated[str, typer.Option()] = "",
-) -> None:
-    """Upload a reward file defining compute_score(data_source, solution_str, ground_truth)."""
-    with client() as api:
-        item = call(api.upload, "rewards", file, name=name, description=description)
-    console.print(
-        f"reward file:{item['name']} stored (sha256 {item['sha256'][:12]})", highlight=False
-    )
 
 
 def _gb(mb: int) -> str:
