@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from training_platform.cli.client import ApiClient, read_token
@@ -262,6 +261,7 @@ def _watch(api: ApiClient, job_id: int) -> None:
     The socket is reopened (from the last step seen) when the API restarts or the network
     drops, so nothing shown is missed or repeated.
     """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 

@@ -7,12 +7,11 @@ backends) and the registration of every command group, each in a module of its o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from training_platform.cli import services
 from training_platform.cli.client import ApiClient, ApiError
 from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
 from training_platform.cli.compute import compute_app
@@ -28,6 +27,9 @@ from training_platform.cli.serving import endpoints_app, serve_app
 from training_platform.cli.surgery import merge_app
 from training_platform.cli.users import audit, login, logout, tokens_app, users_app, whoami
 from training_platform.core.settings import Settings
+
+if TYPE_CHECKING:
+    from training_platform.cli.services import ServiceStatus
 
 app = typer.Typer(
     help="training_platform: post-train LLMs with verl and TRL.", no_args_is_help=True
@@ -70,6 +72,7 @@ def up(
 ) -> None:
     """Start the whole platform (Redis if needed, API, workers, beat, Flower unless off)."""
     from training_platform.bootstrap import bootstrap
+    from training_platform.cli import services
 
     settings = settings_or_exit()
     with console.status("preparing the database, token, bundled assets and GPU inventory"):
@@ -124,6 +127,8 @@ def down(
     jobs: Annotated[bool, typer.Option("--jobs", help="Also stop running trainings.")] = False,
 ) -> None:
     """Stop every service `tp up` started. Trainings keep running unless --jobs."""
+    from training_platform.cli import services
+
     settings = settings_or_exit()
     if jobs:
         _stop_trainings(settings)
@@ -167,6 +172,8 @@ def _ray_dir(settings: Settings) -> Path:
 
 def _up_ray(settings: Settings) -> None:
     """Start the platform's Ray head (unless it runs) and register or update its host."""
+    from training_platform.cli import services
+
     try:
         from training_platform.runners import ray_head
     except ImportError:
@@ -233,6 +240,8 @@ def _active_local_jobs(settings: Settings) -> list[Any]:
 
 
 def _stop_trainings(settings: Settings) -> None:
+    from training_platform.cli import services
+
     active = _active_local_jobs(settings)
     if not active:
         return
@@ -258,7 +267,9 @@ def _kill_leftover_trainings(settings: Settings) -> None:
             console.print(f"killed the process group of job {job.id}")
 
 
-def _print_status(statuses: list[services.ServiceStatus]) -> None:
+def _print_status(statuses: list[ServiceStatus]) -> None:
+    from training_platform.cli import services
+
     table = Table("service", "pid", "state", "detail")
     for status in statuses:
         if status.healthy and not status.running and status.name != services.REDIS:
@@ -276,6 +287,8 @@ def _print_status(statuses: list[services.ServiceStatus]) -> None:
 @app.command()
 def status() -> None:
     """Show each service and whether it is healthy (exit 1 if any is not)."""
+    from training_platform.cli import services
+
     settings = settings_or_exit()
     statuses = services.health(settings)
     _print_status(statuses)
