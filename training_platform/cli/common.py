@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -13,6 +14,24 @@ from training_platform.core.settings import Settings, SettingsError, load_settin
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
+
+# How a job's, a pipeline's or a stage's status is coloured in tables.
+STATUS_STYLE = {
+    "queued": "cyan",
+    "starting": "cyan",
+    "running": "blue",
+    "resuming": "cyan",
+    "stalled": "magenta",
+    "pausing": "yellow",
+    "paused": "yellow",
+    "stopping": "yellow",
+    "cancelling": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "pending": "dim",
+    "skipped": "dim",
+}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -57,3 +76,16 @@ def parse_param(text: str) -> tuple[str, Any]:
 def catalog_ref(value: str) -> int | str:
     """A catalog reference as typed: an id when it is all digits, else a name."""
     return int(value) if value.isdigit() else value
+
+
+def load_data_file(path: Path) -> Any:
+    """The content of a JSON or YAML file (YAML by its .yaml or .yml suffix)."""
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as error:
+        fail(f"{path}: cannot parse: {error}", 2)
