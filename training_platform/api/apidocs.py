@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 def content_security_policy(html: str) -> str:
     """Only this server: its files, and the page's own inline scripts (Swagger UI's set-up) by
-    their hash. ReDoc injects its styles and runs its search in a worker made from a blob."""
+    their hash. ReDoc injects its styles and runs its search in a worker made from a blob; the
+    Redocly logo its sidebar loads from cdn.redoc.ly (hard-coded) is refused, never fetched,
+    and ReDoc hides it."""
     hashes = "".join(
         f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
         for script in _INLINE_SCRIPT.findall(html)
