@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -707,3 +708,33 @@ def test_a_viewer_sees_the_platform_without_what_only_members_and_admins_may_do(
     page.goto("/projects")
     expect(page.locator("[data-test=projects-table] [data-project=default]")).to_be_visible()
     expect(page.locator("[data-test=create-project]")).to_have_count(0)
+
+
+def test_api_docs_render_with_no_network_beyond_the_platform(page: Page) -> None:
+    # Every request to another host is refused and recorded: Swagger UI and ReDoc must come
+    # from the platform itself (FastAPI's own pages load them from a CDN).
+    elsewhere: list[str] = []
+
+    def outside(route: Route) -> None:
+        url = urlsplit(route.request.url)
+        if url.scheme in ("data", "blob") or url.hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.context.route("**/*", outside)
+    # What the pages' Content-Security-Policy stopped: only the Redocly logo that ReDoc's
+    # sidebar hard-codes (cdn.redoc.ly), which the policy keeps the browser from even asking.
+    refused: list[str] = []
+    page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
+    page.goto("/docs")
+    operation = page.locator(".opblock-get:has([data-path='/api/v1/jobs'])")
+    expect(operation).to_be_visible()
+    expect(operation).to_contain_text("List Jobs")
+    page.goto("/redoc")
+    heading = page.locator(".api-content h2").filter(has_text=re.compile(r"^\s*List Jobs\s*$"))
+    expect(heading).to_be_visible()
+    assert elsewhere == [], f"the API docs reached beyond the platform: {elsewhere}"
+    unexpected = [m for m in refused if "https://cdn.redoc.ly/redoc/logo-mini.svg" not in m]
+    assert unexpected == [], f"the API docs' Content-Security-Policy refused: {unexpected}"

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from training_platform import __version__
-from training_platform.api import contexts, dashboard, errors, health
+from training_platform.api import apidocs, contexts, dashboard, errors, health
 from training_platform.api.deps import API_PREFIX as API_PREFIX  # re-exported
 from training_platform.bootstrap import bootstrap
 from training_platform.core.logging import setup_logging
@@ -152,6 +152,8 @@ def create_app(
         description="Post-train LLMs with verl and TRL. Every route under /api/v1 needs "
         "`Authorization: Bearer <token>` (the admin token is in $TP_HOME/admin-token).",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from this server's files, not a CDN: api/apidocs.py
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.dispatcher = dispatcher
@@ -174,5 +176,6 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+    apidocs.install(app)
     dashboard.install(app)  # last: its catch-all route answers only what nothing else does
     return app

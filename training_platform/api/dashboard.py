@@ -28,11 +28,22 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-NOT_PAGES = ("api/", "docs", "redoc", "openapi.json", "metrics", "healthz", "readyz", "assets/")
+# The API's own paths (vendor/: the API docs' files, api/apidocs.py).
+NOT_PAGES = (
+    "api/",
+    "docs",
+    "redoc",
+    "openapi.json",
+    "metrics",
+    "healthz",
+    "readyz",
+    "assets/",
+    "vendor/",
+)
 log = logging.getLogger(__name__)
 
 
-class _ImmutableStatic(StaticFiles):
+class ImmutableStatic(StaticFiles):
     async def get_response(self, path: str, scope: dict) -> Response:  # type: ignore[override,type-arg]
         response = await super().get_response(path, scope)
         if response.status_code == 200:
@@ -52,7 +63,7 @@ def install(app: FastAPI, build_dir: Path = BUILD_DIR) -> None:
 
         return
 
-    app.mount("/assets", _ImmutableStatic(directory=build_dir / "assets"), name="dashboard-assets")
+    app.mount("/assets", ImmutableStatic(directory=build_dir / "assets"), name="dashboard-assets")
     # Top-level files of the build (index.html, a favicon): a fixed set, read at start.
     files = {p.name: p for p in build_dir.iterdir() if p.is_file()}
 
