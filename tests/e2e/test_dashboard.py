@@ -205,6 +205,10 @@ def test_cancel_from_the_job_page(page: Page, dash: Any) -> None:
     assert _api(dash, "GET", f"/jobs/{job_id}")["status"] == "cancelled"
     expect(page.locator("[data-test=cancel]")).to_be_disabled()
     expect(page.locator("[data-test=retry]")).to_be_enabled()
+    # A finished job's page says so (no green "live"); a missing job's stops reconnecting.
+    expect(page.locator("[data-test=live-state]")).to_have_text("ended")
+    page.goto("/jobs/999999")
+    expect(page.locator("[data-test=live-state]")).to_have_text("not found", timeout=30_000)
 
 
 def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(

@@ -4,7 +4,8 @@ import { ref, type Ref } from "vue";
 // blip, or a 4008 "too far behind") with backoff from 0.5 s to 10 s. The token goes in the
 // first `hello` message, never in the URL; `hello()` also says where to resume.
 
-export type LiveState = "connecting" | "open" | "reconnecting" | "closed" | "refused";
+// "gone": the server closed with 4404 (no such job, or not the caller's to see): no retry.
+export type LiveState = "connecting" | "open" | "reconnecting" | "closed" | "refused" | "gone";
 
 export interface LiveOptions {
   path: string; // e.g. /api/v1/ws/jobs/3
@@ -20,6 +21,7 @@ export interface Live {
 }
 
 const AUTH_FAILED = 4401;
+const NOT_FOUND = 4404;
 
 export function socketUrl(path: string): string {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -60,6 +62,10 @@ export function openLive(options: LiveOptions): Live {
       if (event.code === AUTH_FAILED) {
         state.value = "refused";
         options.onRefused?.();
+        return;
+      }
+      if (event.code === NOT_FOUND) {
+        state.value = "gone";
         return;
       }
       state.value = "reconnecting";
