@@ -94,6 +94,10 @@ def test_submit_from_a_yaml_file_then_list_show_plan_logs(tp, tmp_path) -> None:
     assert job["spec"]["hyperparameters"]["max_steps"] == 2
     watched = tp("jobs", "watch", str(job["id"]))
     assert watched.exit_code == 0 and "succeeded" in watched.stdout
+    # Progress only (no "step 0/None"); the log with --log.
+    assert "None" not in watched.stdout and "[launcher" not in watched.stdout, watched.stdout
+    with_log = tp("jobs", "watch", str(job["id"]), "--log")
+    assert with_log.exit_code == 0 and "trainer exited with code 0" in with_log.stdout
     listed = json.loads(tp("jobs", "list", "--json", "-s", "succeeded").stdout)
     assert job["id"] in [j["id"] for j in listed["items"]]
     shown = tp("jobs", "show", str(job["id"]))

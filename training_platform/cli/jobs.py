@@ -255,8 +255,9 @@ def jobs_logs(
                 time.sleep(1)
 
 
-def _watch(api: ApiClient, job_id: int) -> None:
-    """Follow a job over its WebSocket: progress, latest loss and the log, live.
+def _watch(api: ApiClient, job_id: int, *, logs: bool = False) -> None:
+    """Follow a job over its WebSocket: progress and latest loss, live (its log too, with
+    `logs`).
 
     The socket is reopened (from the last step seen) when the API restarts or the network
     drops, so nothing shown is missed or repeated.
@@ -274,23 +275,28 @@ def _watch(api: ApiClient, job_id: int) -> None:
         TextColumn("[bold]job {task.fields[job]}[/bold] {task.fields[status]}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total}"),
+        TextColumn("{task.fields[steps]}"),
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
     )
     failures = 0
     shown = [0, 0]  # (attempt, log offset) printed so far
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("", total=None, job=job_id, status="...", loss="-")
+        task = bar.add_task("", total=None, job=job_id, status="...", loss="-", steps="")
+        reached = 0  # a resumed attempt reports no step until its first: it stays here
 
         def show(state: dict[str, Any]) -> None:
+            nonlocal reached
             job.update(state)
+            reached = state.get("progress_step") or reached
+            total = state.get("progress_total")
             bar.update(
                 task,
-                total=state.get("progress_total"),
-                completed=state.get("progress_step") or 0,
+                total=total,
+                completed=reached,
                 status=state["status"],
                 loss=f"{loss:.4f}" if loss is not None else "-",
+                steps=f"step {reached}/{total}" if total else f"step {reached}" if reached else "",
             )
 
         while job["status"] not in TERMINAL:
@@ -313,7 +319,7 @@ def _watch(api: ApiClient, job_id: int) -> None:
                             if shown[0] == message["log_attempt"] and shown[1] >= start:
                                 tail = tail[shown[1] - start :]  # seen before the reconnect
                             shown[:] = [message["log_attempt"], message["log_offset"]]
-                            if tail:
+                            if tail and logs:
                                 text = tail.decode(errors="replace").rstrip("\n")
                                 bar.console.print(text, markup=False)
                         elif kind == "log":
@@ -321,7 +327,8 @@ def _watch(api: ApiClient, job_id: int) -> None:
                                 message["attempt"],
                                 message["offset"] + len(message["text"].encode()),
                             ]
-                            bar.console.print(message["text"].rstrip("\n"), markup=False)
+                            if logs:
+                                bar.console.print(message["text"].rstrip("\n"), markup=False)
                         elif kind == "alert":
                             alert = message["alert"]
                             bar.console.print(
@@ -351,10 +358,15 @@ def _watch(api: ApiClient, job_id: int) -> None:
 
 
 @jobs_app.command("watch")
-def jobs_watch(job_id: int) -> None:
+def jobs_watch(
+    job_id: int,
+    log: Annotated[
+        bool, typer.Option("--log", help="Print the job's log as it grows too.")
+    ] = False,
+) -> None:
     """Follow a job with a progress bar and its latest loss; exit 1 unless it succeeds."""
     with client() as api:
-        _watch(api, job_id)
+        _watch(api, job_id, logs=log)
 
 
 @jobs_app.command("cancel")
