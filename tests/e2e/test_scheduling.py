@@ -253,9 +253,10 @@ def test_a_killed_training_frees_its_devices_within_a_supervisor_period(four_gpu
     failed = four_gpus.wait_status(victim["id"], {"failed"}, timeout=30)
     leases = [lease for lease in _lease_history(four_gpus) if lease.job_id == victim["id"]]
     assert len(leases) == WHOLE
-    # Freed within one supervisor period (1 s here), with a margin for a loaded machine.
+    # Freed within one supervisor period, with a margin for a loaded machine.
+    period = float(four_gpus.env["TP_SUPERVISOR_INTERVAL_S"])
     for lease in leases:
-        assert (lease.released_at - killed_at).total_seconds() < 1 + 2
+        assert (lease.released_at - killed_at).total_seconds() < period + 2
     assert failed["devices"] == []
     done = four_gpus.wait_status(follower["id"], {"succeeded", "failed", "cancelled"}, timeout=120)
     assert done["status"] == "succeeded"
