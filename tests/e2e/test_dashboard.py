@@ -734,11 +734,12 @@ def test_api_docs_render_with_no_network_beyond_the_platform(page: Page) -> None
     page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
     page.goto("/docs")
     operation = page.locator(".opblock-get:has([data-path='/api/v1/jobs'])")
-    expect(operation).to_be_visible()
+    # Both render the whole OpenAPI document in the browser: seconds on a loaded machine.
+    expect(operation).to_be_visible(timeout=60_000)
     expect(operation).to_contain_text("List Jobs")
     page.goto("/redoc")
     heading = page.locator(".api-content h2").filter(has_text=re.compile(r"^\s*List Jobs\s*$"))
-    expect(heading).to_be_visible()
+    expect(heading).to_be_visible(timeout=60_000)
     assert elsewhere == [], f"the API docs reached beyond the platform: {elsewhere}"
     unexpected = [m for m in refused if "https://cdn.redoc.ly/redoc/logo-mini.svg" not in m]
     assert unexpected == [], f"the API docs' Content-Security-Policy refused: {unexpected}"
