@@ -252,11 +252,26 @@ def serve(
     """Import a trainer's libraries, then fork a launcher for each request until idle.
 
     `lock` is the descriptor of the key's lock file, held while this server lives."""
+    started = time.monotonic()
+    # Known from the start, so that stop_all finds a server still importing (tens of seconds
+    # under load), and removed on every way out.
+    pid_file = directory / f"{name}.pid"
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return _serve(directory, name, module, lock, idle_exit_s, started)
+    finally:
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+
+
+def _serve(
+    directory: Path, name: str, module: str, lock: int, idle_exit_s: float, started: float
+) -> int:
     import importlib
 
     from training_platform.trainers.lean import skip_unused_imports
 
-    started = time.monotonic()
     # What the trainer program does before its first import (its main()). The program itself
     # is run afresh for each run, as `python -m` runs it: it must not stay imported here.
     program = importlib.import_module(module)
@@ -277,8 +292,6 @@ def serve(
         print(f"refusing to serve: {reason}", flush=True)
         return 1
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the launchers are reaped by the kernel
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    (directory / f"{name}.pid").write_text(f"{os.getpid()}\n")
     path = directory / f"{name}.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     temporary = directory / f".{name}.{os.getpid()}.sock"
@@ -299,9 +312,8 @@ def serve(
                 except Exception:  # one bad exchange must not end the server
                     traceback.print_exc()
     finally:
-        for stale in (path, directory / f"{name}.pid"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        with contextlib.suppress(OSError):
+            path.unlink()
         listener.close()
 
 
