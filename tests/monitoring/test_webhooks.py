@@ -80,8 +80,13 @@ def test_events_and_alerts_are_sent_once_as_json_and_slack_and_failures_retried(
     runner.finish(run_dir, 3)
     reconcile_job(engine, settings, job.id, {runner.kind: runner})
 
+    with Session(engine) as session:  # the maintenance tick hands these to the notify task
+        webhooks.collect(session=session)
+        assert webhooks.due_count(session=session) == 5
     report = _pass(engine, settings)
     assert report == {"sent": 4, "failed": 0, "retrying": 1}
+    with Session(engine) as session:  # the failed one is due again in 5 s, not now
+        assert webhooks.due_count(session=session) == 0
     events = sorted(body["event"] for body in plain.bodies)
     assert events == ["alert", "job.failed"]
     failed = next(b for b in plain.bodies if b["event"] == "job.failed")

@@ -1,5 +1,6 @@
 """The maintenance tick: one beat message per period runs the supervisor, surgery, pipelines,
-evaluation and serving passes, in that order, each even when one before it failed."""
+evaluation, serving and notification passes, in that order, each even when one before it
+failed."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from training_platform.system import tasks
 from training_platform.worker.config import celery_config
 
 
-def test_beat_sends_one_maintenance_message_per_period_and_notifications_apart() -> None:
+def test_beat_sends_one_maintenance_message_per_period() -> None:
     schedule = celery_config(load_settings(supervisor_interval_s=2))["beat_schedule"]
     every_period = {e["task"] for e in schedule.values() if e["schedule"] == 2}
-    assert every_period == {"tp.system.tick", "tp.monitoring.notify"}
+    assert every_period == {"tp.system.tick"}
     assert [name for name, _ in tasks.MAINTENANCE] == [
         "supervisor",
         "surgery",
         "pipelines",
         "evaluation",
         "serving",
+        "notifications",
     ]
 
 

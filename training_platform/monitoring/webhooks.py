@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -244,6 +244,15 @@ def collect(*, session: Session) -> int:
     return len(events) + len(alerts)
 
 
+def _due(now: datetime) -> tuple[Any, Any]:
+    return WebhookDelivery.status == "pending", col(WebhookDelivery.next_attempt_at) <= now
+
+
+def due_count(*, session: Session) -> int:
+    """How many deliveries are waiting to be sent now."""
+    return int(session.exec(select(func.count()).where(*_due(utcnow()))).one())
+
+
 def send(
     *, session: Session, settings: Settings, client: httpx.Client | None = None
 ) -> dict[str, int]:
@@ -252,10 +261,7 @@ def send(
 
     now = utcnow()
     due = session.exec(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.status == "pending", col(WebhookDelivery.next_attempt_at) <= now)
-        .order_by(col(WebhookDelivery.id))
-        .limit(BATCH)
+        select(WebhookDelivery).where(*_due(now)).order_by(col(WebhookDelivery.id)).limit(BATCH)
     ).all()
     report = {"sent": 0, "failed": 0, "retrying": 0}
     if not due:

@@ -14,6 +14,7 @@ import redis
 from training_platform.core.settings import get_settings
 from training_platform.evaluation.tasks import evaluation_tick
 from training_platform.jobs.tasks import supervisor_tick
+from training_platform.monitoring.tasks import notifications_tick
 from training_platform.pipelines.tasks import pipelines_tick
 from training_platform.serving.tasks import serving_tick
 from training_platform.surgery.tasks import surgery_tick
@@ -27,23 +28,24 @@ log = logging.getLogger(__name__)
 
 # In this order: a job the supervisor finishes has its merge's model registered, advances its
 # pipeline, has its evaluation collected and (a serve job) its endpoint registered or dropped
-# in the same pass.
+# in the same pass, and its webhook deliveries made (sent by their own task).
 MAINTENANCE: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
     ("supervisor", supervisor_tick),
     ("surgery", surgery_tick),
     ("pipelines", pipelines_tick),
     ("evaluation", evaluation_tick),
     ("serving", serving_tick),
+    ("notifications", notifications_tick),
 )
 
 
 @app.task(name="tp.system.tick")
 def maintenance_tick() -> dict[str, Any]:
-    """The supervisor, surgery, pipelines, evaluation and serving passes, one after another,
-    as one task.
+    """The supervisor, surgery, pipelines, evaluation, serving and notification passes, one
+    after another, as one task.
 
-    One message per period instead of three halves what beat and the general worker spend
-    on an idle platform. Each pass keeps its own lock, and runs even when one before it failed.
+    One message per period instead of several is most of what an idle platform spends. Each
+    pass keeps its own lock, and runs even when one before it failed.
     """
     report: dict[str, Any] = {}
     for name, run in MAINTENANCE:

@@ -91,7 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {
-            # The supervisor, pipelines and evaluation passes (system/tasks.py), in one message.
+            # The supervisor, pipelines, evaluation, ... passes (system/tasks.py), in one message.
             "maintenance": {
                 "task": "tp.system.tick",
                 "schedule": settings.supervisor_interval_s,
@@ -109,15 +109,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                     "queue": MAINTENANCE,
                     "priority": broker_priority(PRIORITY_MAX),
                     "expires": max(settings.gpu_refresh_interval_s * 3, 10.0),
-                },
-            },
-            "notifications": {
-                "task": "tp.monitoring.notify",
-                "schedule": settings.supervisor_interval_s,
-                "options": {
-                    "queue": MAINTENANCE,
-                    "priority": broker_priority(PRIORITY_MAX),
-                    "expires": max(settings.supervisor_interval_s * 5, 10.0),
                 },
             },
             "remote-hosts": {
