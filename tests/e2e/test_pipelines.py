@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -460,3 +461,43 @@ def test_a_gate_stops_a_planted_regression_and_a_select_registers_the_best_check
     assert name == f"pipeline-{done['id']}.select"
     models = {m["name"]: m for m in _get(two_slots, "models")}
     assert models[name]["job_id"] == _stage(done, "parent")["job_id"]
+
+
+def test_tp_down_jobs_cancels_a_running_pipeline_as_a_pipeline(two_slots) -> None:  # type: ignore[no-untyped-def]
+    """Last in this file: it stops the module's platform."""
+    platform = two_slots
+    pipeline = _submit(
+        platform,
+        {
+            "definition": {
+                "name": "e2e down",
+                "stages": {
+                    "long": _sft(2000),
+                    "next": {
+                        "depends_on": ["long"],
+                        **_sft(5, "${stages.long.outputs.checkpoint}"),
+                    },
+                },
+            }
+        },
+    )
+    running = _wait(
+        platform, pipeline["id"], lambda p: _running_at_step(platform, p, "long"), "long running"
+    )
+    job_id = _stage(running, "long")["job_id"]
+    platform.tp("down", "--jobs", check=True)
+    # Read where the platform keeps it (no service runs now): a cancel, shown as one; the
+    # next `tp up` ends the pipeline cancelled once it sees its stage's job has stopped.
+    with sqlite3.connect(platform.home / "platform.db") as db:
+        (status,) = db.execute(
+            "SELECT status FROM pipelines WHERE id = ?", (pipeline["id"],)
+        ).fetchone()
+        stages = dict(
+            db.execute(
+                "SELECT name, status FROM pipeline_stages WHERE pipeline_id = ?", (pipeline["id"],)
+            ).fetchall()
+        )
+        (job,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert status in ("cancelling", "cancelled")
+    assert stages["next"] == "cancelled" and stages["long"] in ("running", "cancelled")
+    assert job == "cancelled"

@@ -239,15 +239,43 @@ def _active_local_jobs(settings: Settings) -> list[Any]:
         return []
 
 
+def _pipelines_of(settings: Settings, job_ids: list[int]) -> dict[int, int]:
+    """job id -> the pipeline whose stage it runs, for those of job_ids that run one."""
+    from sqlmodel import Session, col, select
+
+    from training_platform.core.db import get_engine
+    from training_platform.pipelines.models import PipelineStage
+
+    with Session(get_engine(settings)) as session:
+        rows = session.exec(
+            select(PipelineStage.job_id, PipelineStage.pipeline_id).where(
+                col(PipelineStage.job_id).in_(job_ids)
+            )
+        ).all()
+    return {int(job_id): pipeline_id for job_id, pipeline_id in rows if job_id is not None}
+
+
 def _stop_trainings(settings: Settings) -> None:
+    """Cancel what runs: a pipeline's stage as its pipeline (it ends cancelled, not with one
+    stage failed), every other job as itself."""
     from training_platform.cli import services
 
     active = _active_local_jobs(settings)
     if not active:
         return
+    pipeline_of = _pipelines_of(settings, [job.id for job in active])
     api = ApiClient.from_settings(settings)
     try:
+        cancelled: set[int] = set()
+        for pipeline_id in sorted(set(pipeline_of.values())):
+            try:
+                api.pipeline_action(pipeline_id, "cancel")
+                cancelled.add(pipeline_id)
+            except ApiError as error:
+                err.print(f"pipeline {pipeline_id}: {error.message}")
         for job in active:
+            if pipeline_of.get(job.id) in cancelled:
+                continue
             try:
                 api.job_action(job.id, "cancel")
             except ApiError as error:
