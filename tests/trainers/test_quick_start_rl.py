@@ -12,7 +12,6 @@ a change there is held to the same bar. Measured: exact-match reward 0.082 -> 0.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,17 +45,8 @@ helpers = _helpers()
 def _run(config: dict[str, Any], base: Path) -> Any:
     """helpers.run_to_completion with room for a loaded machine: under the whole suite (four
     workers on two cores) these 62 s of training took 300 s, and a run's own limit there is 300."""
-    config_path = helpers.write_config(base / "train_config.json", config)
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", helpers.TRAINER_MODULE, "--config", str(config_path)],
-        cwd=helpers.REPO_ROOT,
-        env=helpers.TRAIN_ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = helpers.train_warm(config, base, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = Path(config["output_dir"])
     records = helpers.records_of(run_dir / "metrics.jsonl")
