@@ -178,7 +178,7 @@ class HostCreate(BaseModel):
     environment: Environment | None = Field(
         None,
         description="The Python with the platform installed; default: WORK_ROOT/venv, where "
-        "bootstrap installs it (ray: this server's interpreter).",
+        "bootstrap installs it (ray: the platform's own interpreter).",
     )
     labels: list[Label] = Field(
         default_factory=list,

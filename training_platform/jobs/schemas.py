@@ -271,7 +271,7 @@ class JobCreate(BaseModel):
     )
     policy: JobPolicy = Field(
         default_factory=JobPolicy,
-        description="Retries, hang detection and time limit; default: one attempt, no limit.",
+        description="Retries, hang detection and time limit; default: one attempt, no time limit.",
     )
     alerts: list[AlertRule] = Field(
         default_factory=list,

@@ -126,7 +126,7 @@ class MergeCreate(BaseModel):
     description: str = Field(
         "",
         max_length=1000,
-        description="The merged model's catalog description (default: made up).",
+        description="The merged model's catalog description (default: says how it was made).",
     )
     resources: Resources = Field(
         default_factory=Resources, description="What the merge job needs; default: CPU only."
@@ -230,7 +230,9 @@ class SoupCreate(_Checkpoints):
         None, description="Of the soup's weights; default: the first checkpoint's."
     )
     description: str = Field(
-        "", max_length=1000, description="The soup's catalog description (default: made up)."
+        "",
+        max_length=1000,
+        description="The soup's catalog description (default: says how it was made).",
     )
     resources: Resources = Field(
         default_factory=Resources, description="What the merge job needs; default: CPU only."
@@ -270,7 +272,9 @@ class SelectCreate(BaseModel):
     )
     mode: Literal["min", "max"] = Field(..., description="Whether lower or higher is better.")
     description: str = Field(
-        "", max_length=1000, description="The model's catalog description (default: made up)."
+        "",
+        max_length=1000,
+        description="The model's catalog description (default: says how it was made).",
     )
 
     @model_validator(mode="after")

@@ -3607,7 +3607,7 @@ export interface components {
              * @default 0
              */
             cpu_slots: number;
-            /** @description The Python with the platform installed; default: WORK_ROOT/venv, where bootstrap installs it (ray: this server's interpreter). */
+            /** @description The Python with the platform installed; default: WORK_ROOT/venv, where bootstrap installs it (ray: the platform's own interpreter). */
             environment?: components["schemas"]["Environment"] | null;
             /**
              * Host Key Fingerprint
@@ -3939,7 +3939,7 @@ export interface components {
              * @description Shown in lists and searched by them; need not be unique (1-200 characters).
              */
             name: string;
-            /** @description Retries, hang detection and time limit; default: one attempt, no limit. */
+            /** @description Retries, hang detection and time limit; default: one attempt, no time limit. */
             policy?: components["schemas"]["JobPolicy"];
             /**
              * Priority
@@ -4400,7 +4400,7 @@ export interface components {
             base?: components["schemas"]["ModelRef"] | null;
             /**
              * Description
-             * @description The merged model's catalog description (default: made up).
+             * @description The merged model's catalog description (default: says how it was made).
              * @default
              */
             description: string;
@@ -5629,7 +5629,7 @@ export interface components {
         SelectCreate: {
             /**
              * Description
-             * @description The model's catalog description (default: made up).
+             * @description The model's catalog description (default: says how it was made).
              * @default
              */
             description: string;
@@ -5833,7 +5833,7 @@ export interface components {
         SoupCreate: {
             /**
              * Description
-             * @description The soup's catalog description (default: made up).
+             * @description The soup's catalog description (default: says how it was made).
              * @default
              */
             description: string;
