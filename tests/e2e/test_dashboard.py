@@ -737,6 +737,11 @@ def test_api_docs_render_with_no_network_beyond_the_platform(page: Page) -> None
     # Both render the whole OpenAPI document in the browser: seconds on a loaded machine.
     expect(operation).to_be_visible(timeout=60_000)
     expect(operation).to_contain_text("List Jobs")
+    # A request body comes with an example a user can send as it is (tests/api/test_api_docs.py
+    # checks every model has one that passes validation).
+    submit = page.locator(".opblock-post:has([data-path='/api/v1/jobs'])")
+    submit.locator(".opblock-summary").click()
+    expect(submit.locator(".opblock-section-request-body")).to_contain_text('"model": "tiny-qwen2"')
     page.goto("/redoc")
     heading = page.locator(".api-content h2").filter(has_text=re.compile(r"^\s*List Jobs\s*$"))
     expect(heading).to_be_visible(timeout=60_000)

@@ -80,7 +80,10 @@ class UserCreate(BaseModel):
         },
     )
 
-    name: TokenName
+    name: TokenName = Field(
+        description="Unique; 1-63 letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit."
+    )
     role: Role = Field("member", description="viewer reads; member also works; admin also manages.")
     can_run_code: bool = Field(
         False, description="May upload reward files (code run by trainings)."
@@ -94,9 +97,15 @@ class UserUpdate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"role": "viewer"}, {"disabled": True}]}
     )
 
-    role: Role | None = None
-    can_run_code: bool | None = None
-    disabled: bool | None = Field(None, description="A disabled user's tokens get 401.")
+    role: Role | None = Field(
+        None, description="viewer reads; member also works; admin also manages."
+    )
+    can_run_code: bool | None = Field(
+        None, description="May upload reward files (code run by trainings)."
+    )
+    disabled: bool | None = Field(
+        None, description="true: the user's tokens get 401; false: enabled again."
+    )
 
 
 class UserPublic(BaseModel):

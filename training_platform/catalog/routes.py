@@ -39,11 +39,22 @@ class ModelPublic(BaseModel):
 
 
 class ModelRegister(BaseModel):
-    """A model to register: a directory inside a model root, or a Hugging Face id."""
+    """A model to register: a directory inside a model root, a Hugging Face id, or a job's
+    final model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "qwen2.5-0.5b", "hub_id": "Qwen/Qwen2.5-0.5B-Instruct"},
+                {"name": "my-sft", "job_id": 12, "description": "SFT on our support chats."},
+            ]
+        },
+    )
 
-    name: CatalogName
+    name: CatalogName = Field(
+        description="Unique; 1-128 letters, digits, '.', '_' or '-', not all digits."
+    )
     path: str | None = Field(
         None, max_length=4096, description="Inside TP_HOME/models or TP_MODEL_ROOTS."
     )
@@ -53,7 +64,7 @@ class ModelRegister(BaseModel):
     job_id: int | None = Field(
         None, ge=1, le=DB_INT_MAX, description="A succeeded job whose final model to use."
     )
-    description: str = Field("", max_length=1000)
+    description: str = Field("", max_length=1000, description="Shown with the model.")
     project: ProjectField = None
 
 

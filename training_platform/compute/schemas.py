@@ -12,11 +12,33 @@ from training_platform.jobs.schemas import Ref, Resources
 class EstimateCreate(BaseModel):
     """A job as the New job form holds it: what to size."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "tiny-qwen2",
+                    "backend": "trl",
+                    "algorithm": "sft",
+                    "dataset": "tiny-sft",
+                    "hyperparameters": {"per_device_train_batch_size": 8, "max_length": 512},
+                    "resources": {"gpus": 1},
+                }
+            ]
+        },
+    )
 
     model: Ref = Field(..., description="Catalog model name or id (local models only).")
-    backend: str = Field(..., min_length=1, max_length=32, examples=["trl"])
-    algorithm: str = Field(..., min_length=1, max_length=32, examples=["sft"])
+    backend: str = Field(
+        ...,
+        min_length=1,
+        max_length=32,
+        examples=["trl"],
+        description="As a job's: trl, verl or builtin (GET /api/v1/backends).",
+    )
+    algorithm: str = Field(
+        ..., min_length=1, max_length=32, examples=["sft"], description="As a job's, e.g. sft."
+    )
     dataset: str | None = Field(
         None,
         min_length=1,
@@ -24,8 +46,12 @@ class EstimateCreate(BaseModel):
         description="Dataset name or name@version: with an analysis in the model's tokens, "
         "rows are sized as long as its longest (at most max_length).",
     )
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    resources: Resources = Field(default_factory=Resources)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="As a job's; left out: the pair's defaults."
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="As a job's: the GPUs it may use."
+    )
 
 
 class EstimatePart(BaseModel):

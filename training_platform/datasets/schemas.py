@@ -101,7 +101,12 @@ class AnalysisCreate(BaseModel):
     """What to compute: lengths with a model's tokenizer (characters without one), the share
     a max length truncates, the label fields to count by."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [{"model": "tiny-qwen2", "max_length": 512, "label_fields": ["difficulty"]}]
+        },
+    }
 
     version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
     model: Ref | None = Field(
@@ -155,7 +160,15 @@ class RenderedSample(BaseModel):
 class DedupCreate(BaseModel):
     """Which stages to run and their thresholds; with `against`, a contamination report."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [
+                {"stages": ["exact", "near"], "near_threshold": 0.8},
+                {"stages": ["exact"], "against": "tiny-math-eval"},
+            ]
+        },
+    }
 
     version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
     stages: list[str] = Field(
@@ -195,14 +208,24 @@ class DedupPublic(BaseModel):
 class SearchRequest(BaseModel):
     """Rows like a text, or like one of the dataset's rows."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [{"query": "what is 7 times 8?", "limit": 5}, {"row": 3}]
+        },
+    }
 
-    query: str | None = Field(None, min_length=1, max_length=2000)
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="Rows whose embedding is nearest this text's (give query or row).",
+    )
     row: int | None = Field(
         None, ge=1, le=DB_INT_MAX, description="Rows like this row (itself left out)."
     )
     version: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Default: the newest.")
-    limit: int = Field(10, ge=1, le=100)
+    limit: int = Field(10, ge=1, le=100, description="Most rows returned, best first.")
 
 
 class SearchHit(BaseModel):
@@ -224,15 +247,25 @@ class ValidationSplit(BaseModel):
     """Rows held out for validation: a seeded random fraction, or the rows whose field has a
     value. Trainers train on the rest and validate on them; an evaluation scores only them."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [{"fraction": 0.1, "seed": 0}, {"field": "split", "value": "test"}]
+        },
+    }
 
-    fraction: float | None = Field(None, gt=0, lt=1, description="Share of rows held out.")
+    fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of rows held out, drawn at random (at least one row)."
+    )
     seed: int = Field(0, ge=0, le=DB_INT_MAX, description="Which rows a fraction draws.")
     field: str | None = Field(
-        None, min_length=1, max_length=128, description="Hold out the rows whose field..."
+        None,
+        min_length=1,
+        max_length=128,
+        description="Or: hold out the rows whose top-level field...",
     )
     value: bool | Annotated[int, Field(ge=-DB_INT_MAX, le=DB_INT_MAX)] | str | None = Field(
-        None, description="...has this value."
+        None, description="...equals this value."
     )
 
     @model_validator(mode="after")

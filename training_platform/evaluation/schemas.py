@@ -11,6 +11,7 @@ from training_platform.core.types import DB_INT_MAX
 from training_platform.datasets.schemas import ValidationSplit
 from training_platform.jobs.schemas import JobName, Ref, Resources
 from training_platform.projects.schemas import ProjectField
+from training_platform.worker.queues import PRIORITY_MAX, PRIORITY_MIN
 
 ScorerSpec = Field(
     "numeric",
@@ -21,16 +22,31 @@ ScorerSpec = Field(
     "file:NAME (an uploaded reward file, on a worker) or judge:ENDPOINT:RUBRIC (an LLM judge, "
     "on a worker).",
 )
+# Work that runs as a job (an evaluation, a merge, a server) runs at the job's priority.
+JOB_PRIORITY = (
+    f"Its job's priority, {PRIORITY_MIN}-{PRIORITY_MAX} (higher starts first); "
+    "a value outside that is refused."
+)
 
 
 class Generation(BaseModel):
-    """How the outputs are generated (greedy)."""
+    """How the outputs are generated (greedy unless temperature > 0)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"max_new_tokens": 64, "max_samples": 100, "batch_size": 16},
+                {"max_new_tokens": 256, "temperature": 0.8, "top_p": 0.95, "n": 8, "seed": 1},
+            ]
+        },
+    )
 
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Most tokens per completion.")
     max_samples: int | None = Field(None, ge=1, le=1_000_000, description="First N rows only.")
-    batch_size: int = Field(16, ge=1, le=1024)
+    batch_size: int = Field(
+        16, ge=1, le=1024, description="Prompts generated together (a progress step each batch)."
+    )
     engine: Literal["auto", "transformers", "vllm", "api"] = Field(
         "auto",
         description="auto: vLLM on GPUs where installed, transformers otherwise; "
@@ -59,18 +75,46 @@ class Generation(BaseModel):
 class CheckpointRef(BaseModel):
     """A checkpoint a job wrote, by the job and the step it was saved at."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"job": 12, "step": 200}]}
+    )
 
-    job: int = Field(..., ge=1, le=DB_INT_MAX)
-    step: int = Field(..., ge=0, le=DB_INT_MAX)
+    job: int = Field(..., ge=1, le=DB_INT_MAX, description="The job's id.")
+    step: int = Field(
+        ...,
+        ge=0,
+        le=DB_INT_MAX,
+        description="The step it was saved at (GET /api/v1/jobs/{id}/checkpoints lists them).",
+    )
 
 
 class EvaluationCreate(BaseModel):
     """Evaluate a catalog model, a job's final model or one of its checkpoints on a dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "tiny-qwen2 on math",
+                    "model": "tiny-qwen2",
+                    "dataset": "tiny-math-eval",
+                    "scorer": "numeric",
+                    "generation": {"max_new_tokens": 32, "max_samples": 50},
+                },
+                {
+                    "name": "step 200 of job 12",
+                    "checkpoint": {"job": 12, "step": 200},
+                    "dataset": "tiny-math-eval",
+                    "scorer": "pass@4:numeric",
+                    "generation": {"temperature": 0.8, "n": 4},
+                    "resources": {"gpus": 1},
+                },
+            ]
+        },
+    )
 
-    name: JobName
+    name: JobName = Field(description="Shown in lists; need not be unique (1-200 characters).")
     model: Ref | None = Field(None, description="A registered model, by name or id.")
     job: int | None = Field(
         None, ge=1, le=DB_INT_MAX, description="Or: the final model of this succeeded job."
@@ -86,9 +130,13 @@ class EvaluationCreate(BaseModel):
         None, description="Score only the rows this split holds out (as a training job did)."
     )
     scorer: str = ScorerSpec
-    generation: Generation = Field(default_factory=Generation)
-    resources: Resources = Field(default_factory=Resources)
-    priority: int = Field(0, ge=-100, le=100)
+    generation: Generation = Field(
+        default_factory=Generation, description="How outputs are generated; default: greedy."
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="What its job needs; default: CPU only."
+    )
+    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")
@@ -102,7 +150,9 @@ class EvaluationCreate(BaseModel):
 class Rescore(BaseModel):
     """Score the stored generations again with another scorer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"scorer": "contains"}]}
+    )
 
     scorer: str = ScorerSpec
 
@@ -123,9 +173,25 @@ class ScoringPublic(BaseModel):
 class RubricCreate(BaseModel):
     """What an LLM judge is asked about each sample."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "correct",
+                    "text": "Question: {prompt}\nReference: {reference}\nAnswer: {output}\n"
+                    "Score the answer's correctness from 0 to 10.",
+                    "max_score": 10,
+                }
+            ]
+        },
+    )
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$",
+        description="Unique; scorers name it as judge:ENDPOINT:NAME.",
+    )
     text: str = Field(
         ...,
         min_length=1,
@@ -133,7 +199,13 @@ class RubricCreate(BaseModel):
         description="The question, with {output} and optionally {prompt} and {reference} in "
         "it; the judge answers with a number from 0 to max_score.",
     )
-    max_score: float = Field(10.0, gt=0, le=1000)
+    max_score: float = Field(
+        10.0,
+        gt=0,
+        le=1000,
+        description="Top of the judge's scale: a score is its reply's last number over this "
+        "(clipped to 0-1).",
+    )
 
 
 class RubricPublic(BaseModel):
@@ -257,7 +329,12 @@ class RankingPublic(BaseModel):
 class SuiteItem(BaseModel):
     """One dataset of a suite and how it is scored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"dataset": "tiny-math-eval", "scorer": "numeric", "max_samples": 50}]
+        },
+    )
 
     dataset: Ref = Field(..., description="A prompt/answer dataset, by name or id.")
     scorer: str = ScorerSpec
@@ -267,11 +344,29 @@ class SuiteItem(BaseModel):
 class SuiteCreate(BaseModel):
     """A named set of datasets a model is evaluated on together."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "math",
+                    "items": [
+                        {"dataset": "tiny-math-eval", "scorer": "numeric"},
+                        {"dataset": "tiny-math", "scorer": "contains", "max_samples": 100},
+                    ],
+                    "description": "Arithmetic, held-out and training questions.",
+                }
+            ]
+        },
+    )
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-    items: list[SuiteItem] = Field(..., min_length=1, max_length=50)
-    description: str = Field("", max_length=1000)
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", description="Unique suite name."
+    )
+    items: list[SuiteItem] = Field(
+        ..., min_length=1, max_length=50, description="The datasets, 1 to 50: one evaluation each."
+    )
+    description: str = Field("", max_length=1000, description="What the suite measures.")
 
 
 class SuitePublic(BaseModel):
@@ -286,16 +381,28 @@ class SuitePublic(BaseModel):
 class SuiteRunCreate(BaseModel):
     """Evaluate one model on every dataset of a suite (one evaluation each)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "tiny-qwen2 on math", "model": "tiny-qwen2"},
+                {"name": "job 12", "job": 12, "generation": {"max_new_tokens": 64}},
+            ]
+        },
+    )
 
-    name: JobName
+    name: JobName = Field(description="Shown in lists; need not be unique (1-200 characters).")
     model: Ref | None = Field(None, description="A registered model, by name or id.")
     job: int | None = Field(None, ge=1, le=DB_INT_MAX, description="Or: a job's final model.")
     checkpoint: CheckpointRef | None = Field(None, description="Or: a job's checkpoint.")
     endpoint: str | None = Field(None, min_length=1, max_length=200, description="Or: an endpoint.")
-    generation: Generation = Field(default_factory=Generation)
-    resources: Resources = Field(default_factory=Resources)
-    priority: int = Field(0, ge=-100, le=100)
+    generation: Generation = Field(
+        default_factory=Generation, description="How outputs are generated; default: greedy."
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="What each evaluation's job needs."
+    )
+    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")

@@ -75,10 +75,21 @@ Label = Annotated[str, Field(min_length=1, max_length=63), _pattern(_NAME, "inva
 class Environment(BaseModel):
     """The Python environment on the host that has the platform installed: one of the three."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"venv": "/opt/tp/venv"},
+                {"conda_env": "tp"},
+                {"python": "/usr/bin/python3"},
+            ]
+        },
+    )
 
     venv: RemotePath | None = Field(None, description="A virtualenv directory (its bin/python).")
-    conda_env: Annotated[str, _pattern(_CONDA_ENV, "invalid conda environment name")] | None = None
+    conda_env: Annotated[str, _pattern(_CONDA_ENV, "invalid conda environment name")] | None = (
+        Field(None, description="A conda environment, by name (run with conda run -n NAME).")
+    )
     python: RemotePath | None = Field(None, description="An interpreter, by absolute path.")
 
     @model_validator(mode="after")
@@ -92,10 +103,13 @@ class Environment(BaseModel):
 class HostKeyScan(BaseModel):
     """Where to read a server's host key from."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"address": "gpu-1.example.com", "port": 22}]},
+    )
 
-    address: Address
-    port: int = Field(22, ge=1, le=65535)
+    address: Address = Field(description="The SSH server: a DNS name or an IP address.")
+    port: int = Field(22, ge=1, le=65535, description="Its SSH port.")
 
 
 class HostKeyPublic(BaseModel):
@@ -110,21 +124,67 @@ class HostKeyPublic(BaseModel):
 class HostCreate(BaseModel):
     """A server to register. SSH hosts need the credential and the confirmed key fingerprint."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: HostName
-    runner: Literal["ssh", "ray"] = "ssh"
-    address: Address | None = None
-    port: int = Field(22, ge=1, le=65535)
-    user: UserName | None = None
-    password: SecretStr | None = Field(None, max_length=1024)
-    private_key: SecretStr | None = Field(None, max_length=32768)
-    host_key_fingerprint: Fingerprint | None = None
-    work_root: RemotePath | None = Field(
-        None, description="Run and cache directories go here (default: ~/training_platform)."
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "gpu-1",
+                    "address": "gpu-1.example.com",
+                    "user": "trainer",
+                    "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\n...\n"
+                    "-----END OPENSSH PRIVATE KEY-----\n",
+                    "host_key_fingerprint": "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8",
+                    "environment": {"venv": "/opt/tp/venv"},
+                    "labels": ["h100"],
+                },
+                {"name": "ray-cluster", "runner": "ray", "ray_address": "http://10.0.0.5:8265"},
+            ]
+        },
     )
-    environment: Environment | None = None
-    labels: list[Label] = Field(default_factory=list, max_length=32)
+
+    name: HostName = Field(
+        description="Unique; 1-63 letters, digits, '.', '_' or '-'. Jobs name it in "
+        "resources.host; not this node's own name."
+    )
+    runner: Literal["ssh", "ray"] = Field(
+        "ssh",
+        description="ssh: the platform logs in and runs there; ray: a Ray cluster's Jobs API.",
+    )
+    address: Address | None = Field(None, description="ssh: the server's DNS name or IP address.")
+    port: int = Field(22, ge=1, le=65535, description="ssh: its SSH port.")
+    user: UserName | None = Field(None, description="ssh: the POSIX user to log in as.")
+    password: SecretStr | None = Field(
+        None,
+        max_length=1024,
+        description="ssh: the login password (or private_key); stored encrypted, never shown.",
+    )
+    private_key: SecretStr | None = Field(
+        None,
+        max_length=32768,
+        description="ssh: an unencrypted ed25519, ECDSA or RSA private key, OpenSSH or PEM text "
+        "(or password); stored encrypted, never shown.",
+    )
+    host_key_fingerprint: Fingerprint | None = Field(
+        None,
+        description="ssh: the server key's fingerprint as you checked it (POST "
+        "/api/v1/hosts/host-key reads it); a different key is refused.",
+    )
+    work_root: RemotePath | None = Field(
+        None,
+        description="ssh: run and cache directories go here (default: ~/training_platform); "
+        "inside the user's home or TP_REMOTE_ROOTS, created if missing.",
+    )
+    environment: Environment | None = Field(
+        None,
+        description="The Python with the platform installed; default: WORK_ROOT/venv, where "
+        "bootstrap installs it (ray: the platform's own interpreter).",
+    )
+    labels: list[Label] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tags shown with the host (placement does not read them).",
+    )
     cpu_slots: int = Field(
         0,
         ge=0,
@@ -138,7 +198,11 @@ class HostCreate(BaseModel):
         pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$",
         description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (ray runner).",
     )
-    ray_token: SecretStr | None = Field(None, max_length=4096)
+    ray_token: SecretStr | None = Field(
+        None,
+        max_length=4096,
+        description="ray: a bearer token for the Jobs API, if it needs one; stored encrypted.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> HostCreate:
@@ -157,24 +221,50 @@ class HostCreate(BaseModel):
 class HostUpdate(BaseModel):
     """Fields to change; credentials are checked by logging in before they are stored."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    password: SecretStr | None = Field(None, max_length=1024)
-    private_key: SecretStr | None = Field(None, max_length=32768)
-    work_root: RemotePath | None = None
-    environment: Environment | None = None
-    labels: list[Label] | None = Field(None, max_length=32)
-    cpu_slots: int | None = Field(None, ge=0, le=64)
-    ray_address: str | None = Field(
-        None, max_length=300, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$"
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"labels": ["h100", "nvlink"], "cpu_slots": 2},
+                {"password": "new password"},
+            ]
+        },
     )
-    ray_token: SecretStr | None = Field(None, max_length=4096)
+
+    password: SecretStr | None = Field(
+        None, max_length=1024, description="ssh: a new login password (replaces the key)."
+    )
+    private_key: SecretStr | None = Field(
+        None, max_length=32768, description="ssh: a new private key (replaces the password)."
+    )
+    work_root: RemotePath | None = Field(
+        None, description="ssh: a new directory for runs and caches, as in registration."
+    )
+    environment: Environment | None = Field(
+        None, description="ssh: a new Python environment (checked on the host)."
+    )
+    labels: list[Label] | None = Field(None, max_length=32, description="Replace the labels.")
+    cpu_slots: int | None = Field(None, ge=0, le=64, description="CPU trainings at once.")
+    ray_address: str | None = Field(
+        None,
+        max_length=300,
+        pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$",
+        description="ray: a new Jobs API address (checked first).",
+    )
+    ray_token: SecretStr | None = Field(
+        None, max_length=4096, description="ray: a new Jobs API token (checked first)."
+    )
 
 
 class TrustKey(BaseModel):
     """Accept the key a server presents now (after a reinstall), by its fingerprint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"fingerprint": "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"}]
+        },
+    )
 
     fingerprint: Fingerprint
 
@@ -182,7 +272,10 @@ class TrustKey(BaseModel):
 class Bootstrap(BaseModel):
     """What to install on a host."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"environment_set": "gpu-verl"}, {"check_only": True}]},
+    )
 
     environment_set: Literal["gpu-verl", "train-cpu"] = Field(
         "gpu-verl", description="The pinned set from environments/ to install."

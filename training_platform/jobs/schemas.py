@@ -39,13 +39,24 @@ Ref = (
 class Resources(BaseModel):
     """What a job needs from the machine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"gpus": 0},
+                {"gpus": 2, "gpu_type": "H100", "min_gpu_memory_gb": 40},
+                {"gpus": 1, "host": "gpu-1", "devices": [3]},
+            ]
+        },
+    )
 
     gpus: int = Field(0, ge=0, le=64, description="GPUs on one host; 0 runs on CPU.")
     gpu_type: str | None = Field(
         None, min_length=1, max_length=100, description="Part of the GPU name, e.g. H100."
     )
-    min_gpu_memory_gb: float | None = Field(None, gt=0, le=4096, description="Per GPU.")
+    min_gpu_memory_gb: float | None = Field(
+        None, gt=0, le=4096, description="Least memory per GPU, in GB."
+    )
     host: str | None = Field(None, min_length=1, max_length=200, description="Run on this host.")
     devices: list[int] | None = Field(
         None, max_length=64, description="Exactly these device indices (needs host)."
@@ -77,7 +88,21 @@ def _default_retry_causes() -> list[EndCause]:
 class JobPolicy(BaseModel):
     """What the platform does on its own when an attempt fails, hangs or runs too long."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "max_attempts": 3,
+                    "retry_on": ["killed", "crashed", "lost", "stalled"],
+                    "retry_backoff_s": 60,
+                    "stall_timeout_s": 1800,
+                    "on_stall": "retry",
+                    "max_runtime_s": 86400,
+                }
+            ]
+        },
+    )
 
     max_attempts: int = Field(
         1,
@@ -131,11 +156,29 @@ class AlertRule(BaseModel):
     Each rule raises one alert per attempt.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"rule": "nan", "key": "*loss*", "action": "pause"},
+                {"rule": "above", "key": "kl", "threshold": 0.5, "action": "stop"},
+            ]
+        },
+    )
 
-    rule: Literal["nan", "above", "below"]
-    key: str = Field("*loss*", min_length=1, max_length=200)
-    threshold: float | None = Field(None, allow_inf_nan=False)
+    rule: Literal["nan", "above", "below"] = Field(
+        description="nan: a value is NaN or infinite; above/below: a finite value is strictly "
+        "above/below threshold."
+    )
+    key: str = Field(
+        "*loss*",
+        min_length=1,
+        max_length=200,
+        description="Metric keys the rule watches; * matches any characters (case-sensitive).",
+    )
+    threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Needed by above and below; nan takes none."
+    )
     action: Literal["notify", "pause", "stop"] = Field(
         "notify", description="notify: alert only; pause: checkpoint and pause; stop: cancel."
     )
@@ -152,11 +195,51 @@ class AlertRule(BaseModel):
 class JobCreate(BaseModel):
     """A job as submitted: what to train, on what, how, and how urgently."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sft tiny-qwen2",
+                    "backend": "trl",
+                    "algorithm": "sft",
+                    "model": "tiny-qwen2",
+                    "dataset": "tiny-sft",
+                    "hyperparameters": {"max_steps": 200, "learning_rate": 0.005},
+                    "resources": {"gpus": 0},
+                    "priority": 5,
+                },
+                {
+                    "name": "grpo on 2 GPUs",
+                    "backend": "verl",
+                    "algorithm": "grpo",
+                    "model": "tiny-qwen2",
+                    "dataset": "tiny-math@1",
+                    "hyperparameters": {"total_steps": 100},
+                    "validation": {"fraction": 0.1, "seed": 0},
+                    "resources": {"gpus": 2, "gpu_type": "H100"},
+                    "policy": {"max_attempts": 3},
+                    "alerts": [{"rule": "above", "key": "*kl*", "threshold": 1.0}],
+                },
+            ]
+        },
+    )
 
-    name: JobName
-    backend: str = Field("trl", max_length=32, description="Training engine: trl or verl.")
-    algorithm: str = Field(..., max_length=32, description="sft, ppo, grpo, dpo or gspo.")
+    name: JobName = Field(
+        description="Shown in lists and searched by them; need not be unique (1-200 characters)."
+    )
+    backend: str = Field(
+        "trl",
+        max_length=32,
+        description="trl, verl or builtin (evaluate, serve, merge); GET /api/v1/backends lists "
+        "every backend/algorithm pair.",
+    )
+    algorithm: str = Field(
+        ...,
+        max_length=32,
+        description="sft, dpo, ppo, grpo or gspo (trl; verl: sft, ppo, grpo, gspo), or "
+        "evaluate, serve, merge (builtin).",
+    )
     model: Ref | None = Field(
         None,
         description="Registered model, by name or id; every job needs one but an evaluation "
@@ -167,24 +250,35 @@ class JobCreate(BaseModel):
         description="Registered dataset, by name or id, its newest version; `name@N` pins "
         "version N. Every algorithm but serve needs one.",
     )
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The pair's parameters, checked against its schema (GET /api/v1/backends); "
+        "left out: its defaults.",
+    )
     validation: ValidationSplit | None = Field(
         None,
         description="Hold rows of the dataset out: the trainer validates on them (TRL SFT and "
         "DPO, verl), an evaluation scores only them.",
     )
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(
+        default_factory=Resources, description="What it needs; default: CPU only."
+    )
     priority: int = Field(
         PRIORITY_DEFAULT,
         ge=PRIORITY_MIN,
         le=PRIORITY_MAX,
         description=f"{PRIORITY_MIN}-{PRIORITY_MAX}; higher starts first.",
     )
-    policy: JobPolicy = Field(default_factory=JobPolicy)
+    policy: JobPolicy = Field(
+        default_factory=JobPolicy,
+        description="Retries, hang detection and time limit; default: one attempt, no time limit.",
+    )
     alerts: list[AlertRule] = Field(
         default_factory=list,
         max_length=32,
-        description="Alert rules; every job also gets a notify-only rule for NaN losses.",
+        description="Alert rules; left out: the platform's default rules (GET "
+        "/api/v1/alert-rules). Without a nan rule of its own a job also gets a notify-only "
+        "rule for NaN losses.",
     )
     project: ProjectField = None
 
@@ -192,7 +286,10 @@ class JobCreate(BaseModel):
 class PauseRequest(BaseModel):
     """How to pause a running job."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"mode": "checkpoint"}, {"mode": "suspend"}]},
+    )
 
     mode: Literal["checkpoint", "suspend"] = Field(
         "checkpoint",

@@ -356,7 +356,19 @@ alert_rules_router = api_router("/alert-rules", tags=["alerts"])
 class AlertRulesUpdate(BaseModel):
     """The platform's default alert rules, replaced as a whole."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"rule": "nan", "key": "*loss*", "action": "pause"},
+                        {"rule": "above", "key": "*kl*", "threshold": 1.0, "action": "notify"},
+                    ]
+                }
+            ]
+        },
+    )
 
     items: list[AlertRule] = Field(
         max_length=defaults.MAX_RULES,
@@ -397,14 +409,38 @@ webhooks_router = api_router("/webhooks", tags=["alerts"], read="admin", write="
 class WebhookCreate(BaseModel):
     """A receiver of notifications: a generic JSON POST, or a Slack incoming webhook."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "team-slack",
+                    "url": "https://hooks.slack.com/services/T000/B000/XXXX",
+                    "format": "slack",
+                    "events": ["job.failed", "alert"],
+                },
+                {"name": "ci", "url": "https://ci.example.com/hooks/training"},
+            ]
+        },
+    )
 
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Unique webhook name.",
+    )
     url: SecretStr = Field(description="http(s) URL; stored encrypted, never shown again.")
-    format: Literal["json", "slack"] = "json"
+    format: Literal["json", "slack"] = Field(
+        "json",
+        description="json: the notification as a JSON object; slack: a Slack incoming-webhook "
+        "message ({text}).",
+    )
     events: list[Literal[webhooks.EVENTS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["job.succeeded", "job.failed", "job.stalled", "alert"],
         min_length=1,
+        description="What it is sent: job.succeeded, job.failed, job.stalled, job.cancelled "
+        "(a job's end or stall) and alert (an alert raised).",
     )
 
 

@@ -18,7 +18,37 @@ MAX_YAML_BYTES = 256 * 1024
 class PipelineSubmit(BaseModel):
     """A pipeline to run: a shipped template, a definition object, or definition YAML text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"template": "sft-grpo-evaluate", "parameters": {"sft_steps": 200}},
+                {
+                    "definition": {
+                        "name": "sft then evaluate",
+                        "stages": {
+                            "sft": {
+                                "job": {
+                                    "algorithm": "sft",
+                                    "model": "tiny-qwen2",
+                                    "dataset": "tiny-sft",
+                                    "hyperparameters": {"max_steps": 100},
+                                }
+                            },
+                            "evaluate": {
+                                "depends_on": ["sft"],
+                                "evaluate": {
+                                    "model": "${stages.sft.outputs.checkpoint}",
+                                    "dataset": "tiny-math-eval",
+                                },
+                            },
+                        },
+                    },
+                    "priority": 7,
+                },
+            ]
+        },
+    )
 
     template: str | None = Field(None, max_length=100, description="A template's name.")
     definition: dict[str, Any] | None = Field(
@@ -47,7 +77,9 @@ class PipelineSubmit(BaseModel):
 class RetryRequest(BaseModel):
     """Where a retry starts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{}, {"from_stage": "grpo"}]}
+    )
 
     from_stage: str | None = Field(
         None,

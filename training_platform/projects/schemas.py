@@ -32,8 +32,11 @@ class ProjectCreate(BaseModel):
         json_schema_extra={"examples": [{"name": "vision", "guaranteed_gpus": 2, "max_gpus": 4}]},
     )
 
-    name: ProjectName
-    description: str = Field("", max_length=1000)
+    name: ProjectName = Field(
+        description="Unique; 1-63 letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit."
+    )
+    description: str = Field("", max_length=1000, description="What the project is for.")
     guaranteed_gpus: Gpus = Field(
         0,
         description="GPUs the project may always claim: a job within them takes GPUs back "
@@ -51,20 +54,31 @@ class ProjectCreate(BaseModel):
 class ProjectUpdate(BaseModel):
     """Changes to a project's description or quota (null clears a limit)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"max_gpus": 8, "user_max_gpus": 2}, {"max_gpus": None}]},
+    )
 
-    description: str | None = Field(None, max_length=1000)
-    guaranteed_gpus: Gpus | None = None
-    max_gpus: Gpus | None = None
-    user_max_gpus: Gpus | None = None
+    description: str | None = Field(
+        None, max_length=1000, description="New description; null or left out: unchanged."
+    )
+    guaranteed_gpus: Gpus | None = Field(
+        None, description="New guarantee; null: 0; left out: unchanged."
+    )
+    max_gpus: Gpus | None = Field(
+        None, description="New limit on GPUs at once; null: no limit; left out: unchanged."
+    )
+    user_max_gpus: Gpus | None = Field(
+        None, description="New limit per member; null: no limit; left out: unchanged."
+    )
 
 
 class MemberAdd(BaseModel):
     """A user to add to a project."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user": "alice"}]})
 
-    user: TokenName
+    user: TokenName = Field(description="An existing user, by name.")
 
 
 class ProjectPublic(BaseModel):

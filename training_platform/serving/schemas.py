@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from training_platform.core.types import DB_INT_MAX
-from training_platform.evaluation.schemas import CheckpointRef
+from training_platform.evaluation.schemas import JOB_PRIORITY, CheckpointRef
 from training_platform.jobs.schemas import JobName, Ref, Resources
 from training_platform.projects.schemas import ProjectField
 
@@ -16,9 +16,26 @@ from training_platform.projects.schemas import ProjectField
 class EndpointCreate(BaseModel):
     """Register an OpenAI-compatible server; its key is stored encrypted and never shown."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "gpt-judge",
+                    "base_url": "https://api.openai.com/v1",
+                    "model": "gpt-4o-mini",
+                    "api_key": "sk-...",
+                    "concurrency": 4,
+                    "rate_limit": 2,
+                },
+                {"name": "local-vllm", "base_url": "http://10.0.0.7:8000/v1", "model": "qwen"},
+            ]
+        },
+    )
 
-    name: JobName
+    name: JobName = Field(
+        description="Unique; evaluations and judge scorers name the endpoint by it."
+    )
     base_url: str = Field(
         ..., min_length=8, max_length=2000, description="Up to /v1, e.g. https://host/v1."
     )
@@ -59,7 +76,21 @@ class EndpointPublic(BaseModel):
 class ServeCreate(BaseModel):
     """Serve a catalog model or a job's checkpoint until the serve job is cancelled."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "tiny-qwen2"},
+                {
+                    "name": "serve job 12",
+                    "job": 12,
+                    "engine": "vllm",
+                    "max_model_len": 4096,
+                    "resources": {"gpus": 1},
+                },
+            ]
+        },
+    )
 
     name: JobName | None = Field(None, description="The job's name; default: serve MODEL.")
     model: Ref | None = Field(None, description="A registered model, by name or id.")
@@ -67,13 +98,21 @@ class ServeCreate(BaseModel):
         None, ge=1, le=DB_INT_MAX, description="Or: the final model of this job."
     )
     checkpoint: CheckpointRef | None = Field(None, description="Or: a checkpoint of a job.")
-    engine: Literal["auto", "transformers", "vllm"] = "auto"
-    max_model_len: int | None = Field(None, ge=16, le=1 << 20)
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="auto: vLLM's OpenAI server where vLLM is installed on the host, otherwise "
+        "`transformers serve`.",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, le=1 << 20, description="vLLM: longest prompt + completion, in tokens."
+    )
     enforce_eager: bool = Field(
         False, description="vLLM: no torch.compile or graph capture (starts sooner, runs slower)."
     )
-    resources: Resources = Field(default_factory=Resources)
-    priority: int = Field(0, ge=-100, le=100)
+    resources: Resources = Field(
+        default_factory=Resources, description="What the server needs; default: CPU only."
+    )
+    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")

@@ -2349,6 +2349,17 @@ export interface components {
          *     nan: a metric whose key matches `key` is NaN or infinite; above/below: it crosses
          *     `threshold` (a KL that runs away, a reward that collapses). `key` may use * wildcards.
          *     Each rule raises one alert per attempt.
+         * @example {
+         *       "action": "pause",
+         *       "key": "*loss*",
+         *       "rule": "nan"
+         *     }
+         * @example {
+         *       "action": "stop",
+         *       "key": "kl",
+         *       "rule": "above",
+         *       "threshold": 0.5
+         *     }
          */
         AlertRule: {
             /**
@@ -2360,15 +2371,20 @@ export interface components {
             action: "notify" | "pause" | "stop";
             /**
              * Key
+             * @description Metric keys the rule watches; * matches any characters (case-sensitive).
              * @default *loss*
              */
             key: string;
             /**
              * Rule
+             * @description nan: a value is NaN or infinite; above/below: a finite value is strictly above/below threshold.
              * @enum {string}
              */
             rule: "nan" | "above" | "below";
-            /** Threshold */
+            /**
+             * Threshold
+             * @description Needed by above and below; nan takes none.
+             */
             threshold?: number | null;
         };
         /**
@@ -2384,6 +2400,21 @@ export interface components {
         /**
          * AlertRulesUpdate
          * @description The platform's default alert rules, replaced as a whole.
+         * @example {
+         *       "items": [
+         *         {
+         *           "action": "pause",
+         *           "key": "*loss*",
+         *           "rule": "nan"
+         *         },
+         *         {
+         *           "action": "notify",
+         *           "key": "*kl*",
+         *           "rule": "above",
+         *           "threshold": 1
+         *         }
+         *       ]
+         *     }
          */
         AlertRulesUpdate: {
             /**
@@ -2396,6 +2427,13 @@ export interface components {
          * AnalysisCreate
          * @description What to compute: lengths with a model's tokenizer (characters without one), the share
          *     a max length truncates, the label fields to count by.
+         * @example {
+         *       "label_fields": [
+         *         "difficulty"
+         *       ],
+         *       "max_length": 512,
+         *       "model": "tiny-qwen2"
+         *     }
          */
         AnalysisCreate: {
             /**
@@ -2543,6 +2581,12 @@ export interface components {
         /**
          * Bootstrap
          * @description What to install on a host.
+         * @example {
+         *       "environment_set": "gpu-verl"
+         *     }
+         * @example {
+         *       "check_only": true
+         *     }
          */
         Bootstrap: {
             /**
@@ -2615,11 +2659,21 @@ export interface components {
         /**
          * CheckpointRef
          * @description A checkpoint a job wrote, by the job and the step it was saved at.
+         * @example {
+         *       "job": 12,
+         *       "step": 200
+         *     }
          */
         CheckpointRef: {
-            /** Job */
+            /**
+             * Job
+             * @description The job's id.
+             */
             job: number;
-            /** Step */
+            /**
+             * Step
+             * @description The step it was saved at (GET /api/v1/jobs/{id}/checkpoints lists them).
+             */
             step: number;
         };
         /**
@@ -2792,6 +2846,19 @@ export interface components {
         /**
          * DedupCreate
          * @description Which stages to run and their thresholds; with `against`, a contamination report.
+         * @example {
+         *       "near_threshold": 0.8,
+         *       "stages": [
+         *         "exact",
+         *         "near"
+         *       ]
+         *     }
+         * @example {
+         *       "against": "tiny-math-eval",
+         *       "stages": [
+         *         "exact"
+         *       ]
+         *     }
          */
         DedupCreate: {
             /**
@@ -2874,6 +2941,19 @@ export interface components {
         /**
          * EndpointCreate
          * @description Register an OpenAI-compatible server; its key is stored encrypted and never shown.
+         * @example {
+         *       "api_key": "sk-...",
+         *       "base_url": "https://api.openai.com/v1",
+         *       "concurrency": 4,
+         *       "model": "gpt-4o-mini",
+         *       "name": "gpt-judge",
+         *       "rate_limit": 2
+         *     }
+         * @example {
+         *       "base_url": "http://10.0.0.7:8000/v1",
+         *       "model": "qwen",
+         *       "name": "local-vllm"
+         *     }
          */
         EndpointCreate: {
             /**
@@ -2903,7 +2983,10 @@ export interface components {
              * @description The model name sent in requests.
              */
             model: string;
-            /** Name */
+            /**
+             * Name
+             * @description Unique; evaluations and judge scorers name the endpoint by it.
+             */
             name: string;
             /**
              * Rate Limit
@@ -2955,9 +3038,21 @@ export interface components {
         /**
          * Environment
          * @description The Python environment on the host that has the platform installed: one of the three.
+         * @example {
+         *       "venv": "/opt/tp/venv"
+         *     }
+         * @example {
+         *       "conda_env": "tp"
+         *     }
+         * @example {
+         *       "python": "/usr/bin/python3"
+         *     }
          */
         Environment: {
-            /** Conda Env */
+            /**
+             * Conda Env
+             * @description A conda environment, by name (run with conda run -n NAME).
+             */
             conda_env?: string | null;
             /**
              * Python
@@ -3036,15 +3131,30 @@ export interface components {
         /**
          * EstimateCreate
          * @description A job as the New job form holds it: what to size.
+         * @example {
+         *       "algorithm": "sft",
+         *       "backend": "trl",
+         *       "dataset": "tiny-sft",
+         *       "hyperparameters": {
+         *         "max_length": 512,
+         *         "per_device_train_batch_size": 8
+         *       },
+         *       "model": "tiny-qwen2",
+         *       "resources": {
+         *         "gpus": 1
+         *       }
+         *     }
          */
         EstimateCreate: {
             /**
              * Algorithm
+             * @description As a job's, e.g. sft.
              * @example sft
              */
             algorithm: string;
             /**
              * Backend
+             * @description As a job's: trl, verl or builtin (GET /api/v1/backends).
              * @example trl
              */
             backend: string;
@@ -3053,7 +3163,10 @@ export interface components {
              * @description Dataset name or name@version: with an analysis in the model's tokens, rows are sized as long as its longest (at most max_length).
              */
             dataset?: string | null;
-            /** Hyperparameters */
+            /**
+             * Hyperparameters
+             * @description As a job's; left out: the pair's defaults.
+             */
             hyperparameters?: {
                 [key: string]: unknown;
             };
@@ -3062,6 +3175,7 @@ export interface components {
              * @description Catalog model name or id (local models only).
              */
             model: string | number;
+            /** @description As a job's: the GPUs it may use. */
             resources?: components["schemas"]["Resources"];
         };
         /**
@@ -3121,6 +3235,32 @@ export interface components {
         /**
          * EvaluationCreate
          * @description Evaluate a catalog model, a job's final model or one of its checkpoints on a dataset.
+         * @example {
+         *       "dataset": "tiny-math-eval",
+         *       "generation": {
+         *         "max_new_tokens": 32,
+         *         "max_samples": 50
+         *       },
+         *       "model": "tiny-qwen2",
+         *       "name": "tiny-qwen2 on math",
+         *       "scorer": "numeric"
+         *     }
+         * @example {
+         *       "checkpoint": {
+         *         "job": 12,
+         *         "step": 200
+         *       },
+         *       "dataset": "tiny-math-eval",
+         *       "generation": {
+         *         "n": 4,
+         *         "temperature": 0.8
+         *       },
+         *       "name": "step 200 of job 12",
+         *       "resources": {
+         *         "gpus": 1
+         *       },
+         *       "scorer": "pass@4:numeric"
+         *     }
          */
         EvaluationCreate: {
             /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
@@ -3135,6 +3275,7 @@ export interface components {
              * @description Or: an endpoint, by name (api engine).
              */
             endpoint?: string | null;
+            /** @description How outputs are generated; default: greedy. */
             generation?: components["schemas"]["Generation"];
             /**
              * Job
@@ -3146,10 +3287,14 @@ export interface components {
              * @description A registered model, by name or id.
              */
             model?: string | number | null;
-            /** Name */
+            /**
+             * Name
+             * @description Shown in lists; need not be unique (1-200 characters).
+             */
             name: string;
             /**
              * Priority
+             * @description Its job's priority, 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
@@ -3158,6 +3303,7 @@ export interface components {
              * @description The project the work belongs to and whose GPU quota it uses (the caller must be a member; default: the default project).
              */
             project?: string | null;
+            /** @description What its job needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
             /**
              * Scorer
@@ -3244,11 +3390,24 @@ export interface components {
         };
         /**
          * Generation
-         * @description How the outputs are generated (greedy).
+         * @description How the outputs are generated (greedy unless temperature > 0).
+         * @example {
+         *       "batch_size": 16,
+         *       "max_new_tokens": 64,
+         *       "max_samples": 100
+         *     }
+         * @example {
+         *       "max_new_tokens": 256,
+         *       "n": 8,
+         *       "seed": 1,
+         *       "temperature": 0.8,
+         *       "top_p": 0.95
+         *     }
          */
         Generation: {
             /**
              * Batch Size
+             * @description Prompts generated together (a progress step each batch).
              * @default 16
              */
             batch_size: number;
@@ -3267,6 +3426,7 @@ export interface components {
             engine: "auto" | "transformers" | "vllm" | "api";
             /**
              * Max New Tokens
+             * @description Most tokens per completion.
              * @default 32
              */
             max_new_tokens: number;
@@ -3320,10 +3480,27 @@ export interface components {
          * GreedySoupCreate
          * @description A greedy soup of a job's checkpoints: each evaluated, then added best first while the
          *     soup's evaluation does not get worse; the soup is registered as `name`.
+         * @example {
+         *       "evaluate": {
+         *         "dataset": "tiny-math-eval",
+         *         "scorer": "numeric"
+         *       },
+         *       "job": 12,
+         *       "name": "job-12-greedy",
+         *       "steps": [
+         *         100,
+         *         200,
+         *         300
+         *       ]
+         *     }
          */
         GreedySoupCreate: {
+            /** @description How each checkpoint and soup is scored. */
             evaluate: components["schemas"]["SweepEvaluation"];
-            /** Job */
+            /**
+             * Job
+             * @description The job whose checkpoints, by id.
+             */
             job: number;
             /**
              * Last
@@ -3337,16 +3514,20 @@ export interface components {
              * @enum {string}
              */
             mode: "min" | "max";
-            /** Name */
+            /**
+             * Name
+             * @description The catalog name it is registered as: unique, 1-128 letters, digits, '.', '_' or '-', not all digits.
+             */
             name: string;
             /**
              * Priority
+             * @description Its jobs' priority (merges, evaluations), 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
             /**
              * Steps
-             * @description These checkpoints.
+             * @description These checkpoints, by step.
              */
             steps?: number[] | null;
         };
@@ -3395,9 +3576,30 @@ export interface components {
         /**
          * HostCreate
          * @description A server to register. SSH hosts need the credential and the confirmed key fingerprint.
+         * @example {
+         *       "address": "gpu-1.example.com",
+         *       "environment": {
+         *         "venv": "/opt/tp/venv"
+         *       },
+         *       "host_key_fingerprint": "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8",
+         *       "labels": [
+         *         "h100"
+         *       ],
+         *       "name": "gpu-1",
+         *       "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\n...\n-----END OPENSSH PRIVATE KEY-----\n",
+         *       "user": "trainer"
+         *     }
+         * @example {
+         *       "name": "ray-cluster",
+         *       "ray_address": "http://10.0.0.5:8265",
+         *       "runner": "ray"
+         *     }
          */
         HostCreate: {
-            /** Address */
+            /**
+             * Address
+             * @description ssh: the server's DNS name or IP address.
+             */
             address?: string | null;
             /**
              * Cpu Slots
@@ -3405,40 +3607,64 @@ export interface components {
              * @default 0
              */
             cpu_slots: number;
+            /** @description The Python with the platform installed; default: WORK_ROOT/venv, where bootstrap installs it (ray: the platform's own interpreter). */
             environment?: components["schemas"]["Environment"] | null;
-            /** Host Key Fingerprint */
+            /**
+             * Host Key Fingerprint
+             * @description ssh: the server key's fingerprint as you checked it (POST /api/v1/hosts/host-key reads it); a different key is refused.
+             */
             host_key_fingerprint?: string | null;
-            /** Labels */
+            /**
+             * Labels
+             * @description Tags shown with the host (placement does not read them).
+             */
             labels?: string[];
-            /** Name */
+            /**
+             * Name
+             * @description Unique; 1-63 letters, digits, '.', '_' or '-'. Jobs name it in resources.host; not this node's own name.
+             */
             name: string;
-            /** Password */
+            /**
+             * Password
+             * @description ssh: the login password (or private_key); stored encrypted, never shown.
+             */
             password?: string | null;
             /**
              * Port
+             * @description ssh: its SSH port.
              * @default 22
              */
             port: number;
-            /** Private Key */
+            /**
+             * Private Key
+             * @description ssh: an unencrypted ed25519, ECDSA or RSA private key, OpenSSH or PEM text (or password); stored encrypted, never shown.
+             */
             private_key?: string | null;
             /**
              * Ray Address
              * @description Ray Jobs API address, e.g. http://127.0.0.1:8265 (ray runner).
              */
             ray_address?: string | null;
-            /** Ray Token */
+            /**
+             * Ray Token
+             * @description ray: a bearer token for the Jobs API, if it needs one; stored encrypted.
+             */
             ray_token?: string | null;
             /**
              * Runner
+             * @description ssh: the platform logs in and runs there; ray: a Ray cluster's Jobs API.
              * @default ssh
              * @enum {string}
              */
             runner: "ssh" | "ray";
-            /** User */
+            /**
+             * User
+             * @description ssh: the POSIX user to log in as.
+             */
             user?: string | null;
             /**
              * Work Root
-             * @description Run and cache directories go here (default: ~/training_platform).
+             * @description ssh: run and cache directories go here (default: ~/training_platform); inside the user's home or TP_REMOTE_ROOTS, created if missing.
              */
             work_root?: string | null;
         };
@@ -3459,12 +3685,20 @@ export interface components {
         /**
          * HostKeyScan
          * @description Where to read a server's host key from.
+         * @example {
+         *       "address": "gpu-1.example.com",
+         *       "port": 22
+         *     }
          */
         HostKeyScan: {
-            /** Address */
+            /**
+             * Address
+             * @description The SSH server: a DNS name or an IP address.
+             */
             address: string;
             /**
              * Port
+             * @description Its SSH port.
              * @default 22
              */
             port: number;
@@ -3533,22 +3767,54 @@ export interface components {
         /**
          * HostUpdate
          * @description Fields to change; credentials are checked by logging in before they are stored.
+         * @example {
+         *       "cpu_slots": 2,
+         *       "labels": [
+         *         "h100",
+         *         "nvlink"
+         *       ]
+         *     }
+         * @example {
+         *       "password": "new password"
+         *     }
          */
         HostUpdate: {
-            /** Cpu Slots */
+            /**
+             * Cpu Slots
+             * @description CPU trainings at once.
+             */
             cpu_slots?: number | null;
+            /** @description ssh: a new Python environment (checked on the host). */
             environment?: components["schemas"]["Environment"] | null;
-            /** Labels */
+            /**
+             * Labels
+             * @description Replace the labels.
+             */
             labels?: string[] | null;
-            /** Password */
+            /**
+             * Password
+             * @description ssh: a new login password (replaces the key).
+             */
             password?: string | null;
-            /** Private Key */
+            /**
+             * Private Key
+             * @description ssh: a new private key (replaces the password).
+             */
             private_key?: string | null;
-            /** Ray Address */
+            /**
+             * Ray Address
+             * @description ray: a new Jobs API address (checked first).
+             */
             ray_address?: string | null;
-            /** Ray Token */
+            /**
+             * Ray Token
+             * @description ray: a new Jobs API token (checked first).
+             */
             ray_token?: string | null;
-            /** Work Root */
+            /**
+             * Work Root
+             * @description ssh: a new directory for runs and caches, as in registration.
+             */
             work_root?: string | null;
         };
         /**
@@ -3590,21 +3856,64 @@ export interface components {
         /**
          * JobCreate
          * @description A job as submitted: what to train, on what, how, and how urgently.
+         * @example {
+         *       "algorithm": "sft",
+         *       "backend": "trl",
+         *       "dataset": "tiny-sft",
+         *       "hyperparameters": {
+         *         "learning_rate": 0.005,
+         *         "max_steps": 200
+         *       },
+         *       "model": "tiny-qwen2",
+         *       "name": "sft tiny-qwen2",
+         *       "priority": 5,
+         *       "resources": {
+         *         "gpus": 0
+         *       }
+         *     }
+         * @example {
+         *       "alerts": [
+         *         {
+         *           "key": "*kl*",
+         *           "rule": "above",
+         *           "threshold": 1
+         *         }
+         *       ],
+         *       "algorithm": "grpo",
+         *       "backend": "verl",
+         *       "dataset": "tiny-math@1",
+         *       "hyperparameters": {
+         *         "total_steps": 100
+         *       },
+         *       "model": "tiny-qwen2",
+         *       "name": "grpo on 2 GPUs",
+         *       "policy": {
+         *         "max_attempts": 3
+         *       },
+         *       "resources": {
+         *         "gpu_type": "H100",
+         *         "gpus": 2
+         *       },
+         *       "validation": {
+         *         "fraction": 0.1,
+         *         "seed": 0
+         *       }
+         *     }
          */
         JobCreate: {
             /**
              * Alerts
-             * @description Alert rules; every job also gets a notify-only rule for NaN losses.
+             * @description Alert rules; left out: the platform's default rules (GET /api/v1/alert-rules). Without a nan rule of its own a job also gets a notify-only rule for NaN losses.
              */
             alerts?: components["schemas"]["AlertRule"][];
             /**
              * Algorithm
-             * @description sft, ppo, grpo, dpo or gspo.
+             * @description sft, dpo, ppo, grpo or gspo (trl; verl: sft, ppo, grpo, gspo), or evaluate, serve, merge (builtin).
              */
             algorithm: string;
             /**
              * Backend
-             * @description Training engine: trl or verl.
+             * @description trl, verl or builtin (evaluate, serve, merge); GET /api/v1/backends lists every backend/algorithm pair.
              * @default trl
              */
             backend: string;
@@ -3613,7 +3922,10 @@ export interface components {
              * @description Registered dataset, by name or id, its newest version; `name@N` pins version N. Every algorithm but serve needs one.
              */
             dataset?: string | number | null;
-            /** Hyperparameters */
+            /**
+             * Hyperparameters
+             * @description The pair's parameters, checked against its schema (GET /api/v1/backends); left out: its defaults.
+             */
             hyperparameters?: {
                 [key: string]: unknown;
             };
@@ -3622,8 +3934,12 @@ export interface components {
              * @description Registered model, by name or id; every job needs one but an evaluation of an endpoint (hyperparameters.endpoint).
              */
             model?: string | number | null;
-            /** Name */
+            /**
+             * Name
+             * @description Shown in lists and searched by them; need not be unique (1-200 characters).
+             */
             name: string;
+            /** @description Retries, hang detection and time limit; default: one attempt, no time limit. */
             policy?: components["schemas"]["JobPolicy"];
             /**
              * Priority
@@ -3636,6 +3952,7 @@ export interface components {
              * @description The project the work belongs to and whose GPU quota it uses (the caller must be a member; default: the default project).
              */
             project?: string | null;
+            /** @description What it needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
             /** @description Hold rows of the dataset out: the trainer validates on them (TRL SFT and DPO, verl), an evaluation scores only them. */
             validation?: components["schemas"]["ValidationSplit"] | null;
@@ -3671,6 +3988,19 @@ export interface components {
         /**
          * JobPolicy
          * @description What the platform does on its own when an attempt fails, hangs or runs too long.
+         * @example {
+         *       "max_attempts": 3,
+         *       "max_runtime_s": 86400,
+         *       "on_stall": "retry",
+         *       "retry_backoff_s": 60,
+         *       "retry_on": [
+         *         "killed",
+         *         "crashed",
+         *         "lost",
+         *         "stalled"
+         *       ],
+         *       "stall_timeout_s": 1800
+         *     }
          */
         JobPolicy: {
             /**
@@ -4012,20 +4342,65 @@ export interface components {
         /**
          * MemberAdd
          * @description A user to add to a project.
+         * @example {
+         *       "user": "alice"
+         *     }
          */
         MemberAdd: {
-            /** User */
+            /**
+             * User
+             * @description An existing user, by name.
+             */
             user: string;
         };
         /**
          * MergeCreate
          * @description Merge models into a new catalog model named `name`.
+         * @example {
+         *       "base": {
+         *         "job": 12
+         *       },
+         *       "method": "slerp",
+         *       "models": [
+         *         {
+         *           "job": 13
+         *         }
+         *       ],
+         *       "name": "sft-grpo-slerp",
+         *       "parameters": {
+         *         "t": 0.5
+         *       }
+         *     }
+         * @example {
+         *       "base": {
+         *         "model": "tiny-qwen2"
+         *       },
+         *       "dtype": "bfloat16",
+         *       "method": "ties",
+         *       "models": [
+         *         {
+         *           "checkpoint": {
+         *             "job": 12,
+         *             "step": 200
+         *           },
+         *           "density": 0.5,
+         *           "weight": 0.5
+         *         },
+         *         {
+         *           "density": 0.5,
+         *           "job": 13,
+         *           "weight": 0.5
+         *         }
+         *       ],
+         *       "name": "ties-avg"
+         *     }
          */
         MergeCreate: {
             /** @description The base model (every method but linear needs one). */
             base?: components["schemas"]["ModelRef"] | null;
             /**
              * Description
+             * @description The merged model's catalog description (default: says how it was made).
              * @default
              */
             description: string;
@@ -4036,19 +4411,25 @@ export interface components {
             dtype?: ("float32" | "bfloat16" | "float16") | null;
             /**
              * Method
+             * @description The mergekit method; GET /api/v1/merges/methods lists what each takes.
              * @enum {string}
              */
             method: "linear" | "slerp" | "task_arithmetic" | "ties" | "dare_ties" | "dare_linear" | "model_stock" | "breadcrumbs" | "della";
-            /** Models */
+            /**
+             * Models
+             * @description The models merged besides the base, each with its own parameters.
+             */
             models: components["schemas"]["MergeInput"][];
             /**
              * Name
-             * @description The merged model's catalog name.
+             * @description The merged model's catalog name (unique).
              */
             name: string;
+            /** @description The method's global parameters. */
             parameters?: components["schemas"]["SharedParameters"];
             /**
              * Priority
+             * @description Its job's priority, 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
@@ -4057,6 +4438,7 @@ export interface components {
              * @description The project the work belongs to and whose GPU quota it uses (the caller must be a member; default: the default project).
              */
             project?: string | null;
+            /** @description What the merge job needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
             /**
              * Seed
@@ -4075,6 +4457,18 @@ export interface components {
         /**
          * MergeInput
          * @description A model to merge and its own parameters (which ones apply depends on the method).
+         * @example {
+         *       "density": 0.7,
+         *       "job": 13,
+         *       "weight": 0.5
+         *     }
+         * @example {
+         *       "checkpoint": {
+         *         "job": 12,
+         *         "step": 200
+         *       },
+         *       "weight": 1
+         *     }
          */
         MergeInput: {
             /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
@@ -4179,12 +4573,26 @@ export interface components {
         /**
          * MergeTemplate
          * @description A merge without its name: each candidate of a sweep is this with the grid's values.
+         * @example {
+         *       "method": "linear",
+         *       "models": [
+         *         {
+         *           "job": 12,
+         *           "weight": 0.5
+         *         },
+         *         {
+         *           "job": 13,
+         *           "weight": 0.5
+         *         }
+         *       ]
+         *     }
          */
         MergeTemplate: {
             /** @description The base model (every method but linear needs one). */
             base?: components["schemas"]["ModelRef"] | null;
             /**
              * Description
+             * @description Unused: each candidate's description names its values.
              * @default
              */
             description: string;
@@ -4195,10 +4603,14 @@ export interface components {
             dtype?: ("float32" | "bfloat16" | "float16") | null;
             /**
              * Method
+             * @description The mergekit method; GET /api/v1/merges/methods lists what each takes.
              * @enum {string}
              */
             method: "linear" | "slerp" | "task_arithmetic" | "ties" | "dare_ties" | "dare_linear" | "model_stock" | "breadcrumbs" | "della";
-            /** Models */
+            /**
+             * Models
+             * @description The models merged besides the base, each with its own parameters.
+             */
             models: components["schemas"]["MergeInput"][];
             /**
              * Name
@@ -4206,9 +4618,11 @@ export interface components {
              * @default candidate
              */
             name: string;
+            /** @description The method's global parameters. */
             parameters?: components["schemas"]["SharedParameters"];
             /**
              * Priority
+             * @description Unused: the sweep's priority applies.
              * @default 0
              */
             priority: number;
@@ -4217,6 +4631,7 @@ export interface components {
              * @description Unused: a sweep's work is the default project's.
              */
             project?: null;
+            /** @description What the merge job needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
             /**
              * Seed
@@ -4311,6 +4726,18 @@ export interface components {
         /**
          * ModelRef
          * @description A model by catalog name or id, a job's final model, or one of a job's checkpoints.
+         * @example {
+         *       "model": "tiny-qwen2"
+         *     }
+         * @example {
+         *       "job": 12
+         *     }
+         * @example {
+         *       "checkpoint": {
+         *         "job": 12,
+         *         "step": 200
+         *       }
+         *     }
          */
         ModelRef: {
             /** @description Or: a checkpoint of a job (registered as job-N-step-S). */
@@ -4328,11 +4755,22 @@ export interface components {
         };
         /**
          * ModelRegister
-         * @description A model to register: a directory inside a model root, or a Hugging Face id.
+         * @description A model to register: a directory inside a model root, a Hugging Face id, or a job's
+         *     final model.
+         * @example {
+         *       "hub_id": "Qwen/Qwen2.5-0.5B-Instruct",
+         *       "name": "qwen2.5-0.5b"
+         *     }
+         * @example {
+         *       "description": "SFT on our support chats.",
+         *       "job_id": 12,
+         *       "name": "my-sft"
+         *     }
          */
         ModelRegister: {
             /**
              * Description
+             * @description Shown with the model.
              * @default
              */
             description: string;
@@ -4346,7 +4784,10 @@ export interface components {
              * @description A succeeded job whose final model to use.
              */
             job_id?: number | null;
-            /** Name */
+            /**
+             * Name
+             * @description Unique; 1-128 letters, digits, '.', '_' or '-', not all digits.
+             */
             name: string;
             /**
              * Path
@@ -4413,6 +4854,12 @@ export interface components {
         /**
          * PauseRequest
          * @description How to pause a running job.
+         * @example {
+         *       "mode": "checkpoint"
+         *     }
+         * @example {
+         *       "mode": "suspend"
+         *     }
          */
         PauseRequest: {
             /**
@@ -4503,6 +4950,39 @@ export interface components {
         /**
          * PipelineSubmit
          * @description A pipeline to run: a shipped template, a definition object, or definition YAML text.
+         * @example {
+         *       "parameters": {
+         *         "sft_steps": 200
+         *       },
+         *       "template": "sft-grpo-evaluate"
+         *     }
+         * @example {
+         *       "definition": {
+         *         "name": "sft then evaluate",
+         *         "stages": {
+         *           "evaluate": {
+         *             "depends_on": [
+         *               "sft"
+         *             ],
+         *             "evaluate": {
+         *               "dataset": "tiny-math-eval",
+         *               "model": "${stages.sft.outputs.checkpoint}"
+         *             }
+         *           },
+         *           "sft": {
+         *             "job": {
+         *               "algorithm": "sft",
+         *               "dataset": "tiny-sft",
+         *               "hyperparameters": {
+         *                 "max_steps": 100
+         *               },
+         *               "model": "tiny-qwen2"
+         *             }
+         *           }
+         *         }
+         *       },
+         *       "priority": 7
+         *     }
          */
         PipelineSubmit: {
             /**
@@ -4659,6 +5139,7 @@ export interface components {
         ProjectCreate: {
             /**
              * Description
+             * @description What the project is for.
              * @default
              */
             description: string;
@@ -4673,7 +5154,10 @@ export interface components {
              * @description At most this many GPUs at once (none: no limit).
              */
             max_gpus?: number | null;
-            /** Name */
+            /**
+             * Name
+             * @description Unique; 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.
+             */
             name: string;
             /**
              * User Max Gpus
@@ -4712,15 +5196,32 @@ export interface components {
         /**
          * ProjectUpdate
          * @description Changes to a project's description or quota (null clears a limit).
+         * @example {
+         *       "max_gpus": 8,
+         *       "user_max_gpus": 2
+         *     }
+         * @example {}
          */
         ProjectUpdate: {
-            /** Description */
+            /**
+             * Description
+             * @description New description; null or left out: unchanged.
+             */
             description?: string | null;
-            /** Guaranteed Gpus */
+            /**
+             * Guaranteed Gpus
+             * @description New guarantee; null: 0; left out: unchanged.
+             */
             guaranteed_gpus?: number | null;
-            /** Max Gpus */
+            /**
+             * Max Gpus
+             * @description New limit on GPUs at once; null: no limit; left out: unchanged.
+             */
             max_gpus?: number | null;
-            /** User Max Gpus */
+            /**
+             * User Max Gpus
+             * @description New limit per member; null: no limit; left out: unchanged.
+             */
             user_max_gpus?: number | null;
         };
         /**
@@ -4785,6 +5286,9 @@ export interface components {
         /**
          * Rescore
          * @description Score the stored generations again with another scorer.
+         * @example {
+         *       "scorer": "contains"
+         *     }
          */
         Rescore: {
             /**
@@ -4797,6 +5301,21 @@ export interface components {
         /**
          * Resources
          * @description What a job needs from the machine.
+         * @example {
+         *       "gpus": 0
+         *     }
+         * @example {
+         *       "gpu_type": "H100",
+         *       "gpus": 2,
+         *       "min_gpu_memory_gb": 40
+         *     }
+         * @example {
+         *       "devices": [
+         *         3
+         *       ],
+         *       "gpus": 1,
+         *       "host": "gpu-1"
+         *     }
          */
         Resources: {
             /**
@@ -4822,13 +5341,17 @@ export interface components {
             host?: string | null;
             /**
              * Min Gpu Memory Gb
-             * @description Per GPU.
+             * @description Least memory per GPU, in GB.
              */
             min_gpu_memory_gb?: number | null;
         };
         /**
          * RetryRequest
          * @description Where a retry starts.
+         * @example {}
+         * @example {
+         *       "from_stage": "grpo"
+         *     }
          */
         RetryRequest: {
             /**
@@ -4888,14 +5411,23 @@ export interface components {
         /**
          * RubricCreate
          * @description What an LLM judge is asked about each sample.
+         * @example {
+         *       "max_score": 10,
+         *       "name": "correct",
+         *       "text": "Question: {prompt}\nReference: {reference}\nAnswer: {output}\nScore the answer's correctness from 0 to 10."
+         *     }
          */
         RubricCreate: {
             /**
              * Max Score
+             * @description Top of the judge's scale: a score is its reply's last number over this (clipped to 0-1).
              * @default 10
              */
             max_score: number;
-            /** Name */
+            /**
+             * Name
+             * @description Unique; scorers name it as judge:ENDPOINT:NAME.
+             */
             name: string;
             /**
              * Text
@@ -5004,14 +5536,25 @@ export interface components {
         /**
          * SearchRequest
          * @description Rows like a text, or like one of the dataset's rows.
+         * @example {
+         *       "limit": 5,
+         *       "query": "what is 7 times 8?"
+         *     }
+         * @example {
+         *       "row": 3
+         *     }
          */
         SearchRequest: {
             /**
              * Limit
+             * @description Most rows returned, best first.
              * @default 10
              */
             limit: number;
-            /** Query */
+            /**
+             * Query
+             * @description Rows whose embedding is nearest this text's (give query or row).
+             */
             query?: string | null;
             /**
              * Row
@@ -5066,20 +5609,43 @@ export interface components {
          *     By a metric the job logged (its value at each checkpoint's step), or by the evaluations
          *     given (each of one checkpoint of the job, by their score under `scorer`). Ties go to the
          *     earlier step.
+         * @example {
+         *       "job": 12,
+         *       "metric": "loss",
+         *       "mode": "min",
+         *       "name": "job-12-best-loss"
+         *     }
+         * @example {
+         *       "evaluations": [
+         *         31,
+         *         32,
+         *         33
+         *       ],
+         *       "job": 12,
+         *       "mode": "max",
+         *       "name": "job-12-best-eval"
+         *     }
          */
         SelectCreate: {
             /**
              * Description
+             * @description The model's catalog description (default: says how it was made).
              * @default
              */
             description: string;
-            /** Evaluations */
+            /**
+             * Evaluations
+             * @description Or: evaluations by id, each of one checkpoint of the job.
+             */
             evaluations?: number[] | null;
-            /** Job */
+            /**
+             * Job
+             * @description The job whose checkpoints, by id.
+             */
             job: number;
             /**
              * Metric
-             * @description e.g. loss.
+             * @description A metric the job logged, e.g. loss.
              */
             metric?: string | null;
             /**
@@ -5088,7 +5654,10 @@ export interface components {
              * @enum {string}
              */
             mode: "min" | "max";
-            /** Name */
+            /**
+             * Name
+             * @description The catalog name it is registered as: unique, 1-128 letters, digits, '.', '_' or '-', not all digits.
+             */
             name: string;
             /**
              * Scorer
@@ -5117,6 +5686,18 @@ export interface components {
         /**
          * ServeCreate
          * @description Serve a catalog model or a job's checkpoint until the serve job is cancelled.
+         * @example {
+         *       "model": "tiny-qwen2"
+         *     }
+         * @example {
+         *       "engine": "vllm",
+         *       "job": 12,
+         *       "max_model_len": 4096,
+         *       "name": "serve job 12",
+         *       "resources": {
+         *         "gpus": 1
+         *       }
+         *     }
          */
         ServeCreate: {
             /** @description Or: a checkpoint of a job. */
@@ -5129,6 +5710,7 @@ export interface components {
             enforce_eager: boolean;
             /**
              * Engine
+             * @description auto: vLLM's OpenAI server where vLLM is installed on the host, otherwise `transformers serve`.
              * @default auto
              * @enum {string}
              */
@@ -5138,7 +5720,10 @@ export interface components {
              * @description Or: the final model of this job.
              */
             job?: number | null;
-            /** Max Model Len */
+            /**
+             * Max Model Len
+             * @description vLLM: longest prompt + completion, in tokens.
+             */
             max_model_len?: number | null;
             /**
              * Model
@@ -5152,6 +5737,7 @@ export interface components {
             name?: string | null;
             /**
              * Priority
+             * @description Its job's priority, 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
@@ -5160,6 +5746,7 @@ export interface components {
              * @description The project the work belongs to and whose GPU quota it uses (the caller must be a member; default: the default project).
              */
             project?: string | null;
+            /** @description What the server needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
         };
         /**
@@ -5185,6 +5772,13 @@ export interface components {
         /**
          * SharedParameters
          * @description The merge's global parameters (which ones apply depends on the method).
+         * @example {
+         *       "t": 0.5
+         *     }
+         * @example {
+         *       "lambda": 1,
+         *       "normalize": true
+         *     }
          */
         SharedParameters: {
             /**
@@ -5221,33 +5815,59 @@ export interface components {
         /**
          * SoupCreate
          * @description A uniform soup: the mean of checkpoints of one job, registered as `name`.
+         * @example {
+         *       "job": 12,
+         *       "last": 3,
+         *       "name": "job-12-soup"
+         *     }
+         * @example {
+         *       "dtype": "bfloat16",
+         *       "job": 12,
+         *       "name": "job-12-soup-late",
+         *       "steps": [
+         *         300,
+         *         400
+         *       ]
+         *     }
          */
         SoupCreate: {
             /**
              * Description
+             * @description The soup's catalog description (default: says how it was made).
              * @default
              */
             description: string;
-            /** Dtype */
+            /**
+             * Dtype
+             * @description Of the soup's weights; default: the first checkpoint's.
+             */
             dtype?: ("float32" | "bfloat16" | "float16") | null;
-            /** Job */
+            /**
+             * Job
+             * @description The job whose checkpoints, by id.
+             */
             job: number;
             /**
              * Last
              * @description Or: the last this many checkpoints.
              */
             last?: number | null;
-            /** Name */
+            /**
+             * Name
+             * @description The catalog name it is registered as: unique, 1-128 letters, digits, '.', '_' or '-', not all digits.
+             */
             name: string;
             /**
              * Priority
+             * @description Its job's priority, 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
+            /** @description What the merge job needs; default: CPU only. */
             resources?: components["schemas"]["Resources"];
             /**
              * Steps
-             * @description These checkpoints.
+             * @description These checkpoints, by step.
              */
             steps?: number[] | null;
         };
@@ -5300,21 +5920,48 @@ export interface components {
         /**
          * SuiteCreate
          * @description A named set of datasets a model is evaluated on together.
+         * @example {
+         *       "description": "Arithmetic, held-out and training questions.",
+         *       "items": [
+         *         {
+         *           "dataset": "tiny-math-eval",
+         *           "scorer": "numeric"
+         *         },
+         *         {
+         *           "dataset": "tiny-math",
+         *           "max_samples": 100,
+         *           "scorer": "contains"
+         *         }
+         *       ],
+         *       "name": "math"
+         *     }
          */
         SuiteCreate: {
             /**
              * Description
+             * @description What the suite measures.
              * @default
              */
             description: string;
-            /** Items */
+            /**
+             * Items
+             * @description The datasets, 1 to 50: one evaluation each.
+             */
             items: components["schemas"]["SuiteItem"][];
-            /** Name */
+            /**
+             * Name
+             * @description Unique suite name.
+             */
             name: string;
         };
         /**
          * SuiteItem
          * @description One dataset of a suite and how it is scored.
+         * @example {
+         *       "dataset": "tiny-math-eval",
+         *       "max_samples": 50,
+         *       "scorer": "numeric"
+         *     }
          */
         SuiteItem: {
             /**
@@ -5357,6 +6004,17 @@ export interface components {
         /**
          * SuiteRunCreate
          * @description Evaluate one model on every dataset of a suite (one evaluation each).
+         * @example {
+         *       "model": "tiny-qwen2",
+         *       "name": "tiny-qwen2 on math"
+         *     }
+         * @example {
+         *       "generation": {
+         *         "max_new_tokens": 64
+         *       },
+         *       "job": 12,
+         *       "name": "job 12"
+         *     }
          */
         SuiteRunCreate: {
             /** @description Or: a job's checkpoint. */
@@ -5366,6 +6024,7 @@ export interface components {
              * @description Or: an endpoint.
              */
             endpoint?: string | null;
+            /** @description How outputs are generated; default: greedy. */
             generation?: components["schemas"]["Generation"];
             /**
              * Job
@@ -5377,10 +6036,14 @@ export interface components {
              * @description A registered model, by name or id.
              */
             model?: string | number | null;
-            /** Name */
+            /**
+             * Name
+             * @description Shown in lists; need not be unique (1-200 characters).
+             */
             name: string;
             /**
              * Priority
+             * @description Its job's priority, 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
@@ -5389,6 +6052,7 @@ export interface components {
              * @description The project the work belongs to and whose GPU quota it uses (the caller must be a member; default: the default project).
              */
             project?: string | null;
+            /** @description What each evaluation's job needs. */
             resources?: components["schemas"]["Resources"];
         };
         /** SuiteRunItem */
@@ -5450,13 +6114,48 @@ export interface components {
          *
          *     Grid keys: `t` and `lambda` (global), or `models.I.weight`, `models.I.density`,
          *     `models.I.gamma`, `models.I.epsilon` (of the I-th model, from 0).
+         * @example {
+         *       "evaluate": {
+         *         "dataset": "tiny-math-eval",
+         *         "generation": {
+         *           "max_samples": 50
+         *         }
+         *       },
+         *       "grid": {
+         *         "models.0.weight": [
+         *           0.25,
+         *           0.5,
+         *           0.75
+         *         ]
+         *       },
+         *       "merge": {
+         *         "method": "linear",
+         *         "models": [
+         *           {
+         *             "job": 12,
+         *             "weight": 0.5
+         *           },
+         *           {
+         *             "job": 13,
+         *             "weight": 0.5
+         *           }
+         *         ]
+         *       },
+         *       "mode": "max",
+         *       "name": "ab-mix"
+         *     }
          */
         SweepCreate: {
+            /** @description How each candidate is scored. */
             evaluate: components["schemas"]["SweepEvaluation"];
-            /** Grid */
+            /**
+             * Grid
+             * @description Axis to its values: 1 or 2 axes, 1-8 distinct values each, 2-16 candidates in all.
+             */
             grid: {
                 [key: string]: number[];
             };
+            /** @description The merge each candidate is, but for the grid. */
             merge: components["schemas"]["MergeTemplate"];
             /**
              * Mode
@@ -5465,10 +6164,14 @@ export interface components {
              * @enum {string}
              */
             mode: "min" | "max";
-            /** Name */
+            /**
+             * Name
+             * @description The catalog name it is registered as: unique, 1-128 letters, digits, '.', '_' or '-', not all digits. The best candidate gets it.
+             */
             name: string;
             /**
              * Priority
+             * @description Its jobs' priority (merges, evaluations), 0-9 (higher starts first); a value outside that is refused.
              * @default 0
              */
             priority: number;
@@ -5476,6 +6179,14 @@ export interface components {
         /**
          * SweepEvaluation
          * @description How every candidate is judged: one evaluation each, on the same data.
+         * @example {
+         *       "dataset": "tiny-math-eval",
+         *       "generation": {
+         *         "max_new_tokens": 32,
+         *         "max_samples": 50
+         *       },
+         *       "scorer": "numeric"
+         *     }
          */
         SweepEvaluation: {
             /**
@@ -5483,11 +6194,13 @@ export interface components {
              * @description A prompt/answer dataset, by name or id.
              */
             dataset: string | number;
+            /** @description How outputs are generated; default: greedy. */
             generation?: components["schemas"]["Generation"];
+            /** @description What each evaluation's job needs. */
             resources?: components["schemas"]["Resources"];
             /**
              * Scorer
-             * @description An inline scorer.
+             * @description An inline scorer (exact, numeric, contains, choice, bleu, rouge_l, regex:PATTERN, pass@K:SCORER, reward:NAME): not one that runs on a worker.
              * @default numeric
              */
             scorer: string;
@@ -5637,6 +6350,9 @@ export interface components {
         /**
          * TrustKey
          * @description Accept the key a server presents now (after a reinstall), by its fingerprint.
+         * @example {
+         *       "fingerprint": "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
+         *     }
          */
         TrustKey: {
             /**
@@ -5697,7 +6413,10 @@ export interface components {
              * @default false
              */
             can_run_code: boolean;
-            /** Name */
+            /**
+             * Name
+             * @description Unique; 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.
+             */
             name: string;
             /**
              * Role
@@ -5737,14 +6456,20 @@ export interface components {
          *     }
          */
         UserUpdate: {
-            /** Can Run Code */
+            /**
+             * Can Run Code
+             * @description May upload reward files (code run by trainings).
+             */
             can_run_code?: boolean | null;
             /**
              * Disabled
-             * @description A disabled user's tokens get 401.
+             * @description true: the user's tokens get 401; false: enabled again.
              */
             disabled?: boolean | null;
-            /** Role */
+            /**
+             * Role
+             * @description viewer reads; member also works; admin also manages.
+             */
             role?: ("viewer" | "member" | "admin") | null;
         };
         /**
@@ -5795,16 +6520,24 @@ export interface components {
          * ValidationSplit
          * @description Rows held out for validation: a seeded random fraction, or the rows whose field has a
          *     value. Trainers train on the rest and validate on them; an evaluation scores only them.
+         * @example {
+         *       "fraction": 0.1,
+         *       "seed": 0
+         *     }
+         * @example {
+         *       "field": "split",
+         *       "value": "test"
+         *     }
          */
         ValidationSplit: {
             /**
              * Field
-             * @description Hold out the rows whose field...
+             * @description Or: hold out the rows whose top-level field...
              */
             field?: string | null;
             /**
              * Fraction
-             * @description Share of rows held out.
+             * @description Share of rows held out, drawn at random (at least one row).
              */
             fraction?: number | null;
             /**
@@ -5815,24 +6548,44 @@ export interface components {
             seed: number;
             /**
              * Value
-             * @description ...has this value.
+             * @description ...equals this value.
              */
             value?: boolean | number | string | null;
         };
         /**
          * WebhookCreate
          * @description A receiver of notifications: a generic JSON POST, or a Slack incoming webhook.
+         * @example {
+         *       "events": [
+         *         "job.failed",
+         *         "alert"
+         *       ],
+         *       "format": "slack",
+         *       "name": "team-slack",
+         *       "url": "https://hooks.slack.com/services/T000/B000/XXXX"
+         *     }
+         * @example {
+         *       "name": "ci",
+         *       "url": "https://ci.example.com/hooks/training"
+         *     }
          */
         WebhookCreate: {
-            /** Events */
+            /**
+             * Events
+             * @description What it is sent: job.succeeded, job.failed, job.stalled, job.cancelled (a job's end or stall) and alert (an alert raised).
+             */
             events?: ("job.succeeded" | "job.failed" | "job.stalled" | "job.cancelled" | "alert")[];
             /**
              * Format
+             * @description json: the notification as a JSON object; slack: a Slack incoming-webhook message ({text}).
              * @default json
              * @enum {string}
              */
             format: "json" | "slack";
-            /** Name */
+            /**
+             * Name
+             * @description Unique webhook name.
+             */
             name: string;
             /**
              * Url

@@ -114,7 +114,9 @@ SHARED_FIELDS = ("t", "normalize", "rescale", "lambda", "int8_mask", "filter_wis
 class InputParameters(BaseModel):
     """A model's own parameters in a merge (which ones apply depends on the method)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"weight": 0.5, "density": 0.7}]}
+    )
 
     weight: float | None = Field(
         None, ge=-10, le=10, description="Its share (linear) or its task vector's scale."
@@ -133,7 +135,11 @@ class InputParameters(BaseModel):
 class SharedParameters(BaseModel):
     """The merge's global parameters (which ones apply depends on the method)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"t": 0.5}, {"normalize": True, "lambda": 1.0}]},
+    )
 
     t: float | None = Field(None, ge=0, le=1, description="slerp: 0 is the base, 1 the other.")
     normalize: bool | None = Field(None, description="Divide by the sum of the weights.")
