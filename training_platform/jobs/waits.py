@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from training_platform.core.types import utcnow
@@ -60,26 +61,41 @@ def _kind(job: Job) -> str:
     return "gpu" if int((job.spec.get("resources") or {}).get("gpus") or 0) > 0 else "cpu"
 
 
-def _likeness(job: Job) -> tuple[Any, ...]:
-    spec = job.spec
+def _likeness(
+    backend: str, algorithm: str, model_id: int | None, dataset_id: int | None, spec: Any
+) -> tuple[Any, ...]:
     hyper = sorted((spec.get("hyperparameters") or {}).items(), key=lambda kv: kv[0])
     gpus = (spec.get("resources") or {}).get("gpus") or 0
-    return (job.backend, job.algorithm, job.model_id, job.dataset_id, repr(hyper), gpus)
+    return (backend, algorithm, model_id, dataset_id, repr(hyper), gpus)
+
+
+def _like(job: Job) -> tuple[Any, ...]:
+    return _likeness(job.backend, job.algorithm, job.model_id, job.dataset_id, job.spec)
 
 
 def _durations(session: Session) -> dict[tuple[Any, ...], float]:
     """The median run time of recent succeeded jobs, by what makes jobs alike."""
-    done = session.exec(
-        select(Job)
-        .where(Job.status == JobStatus.SUCCEEDED.value, col(Job.started_at).is_not(None))
+    # Only the columns it needs: a job's plan may hold whole files.
+    columns: list[Any] = [
+        Job.backend,
+        Job.algorithm,
+        Job.model_id,
+        Job.dataset_id,
+        Job.spec,
+        Job.started_at,
+        Job.finished_at,
+    ]
+    done = session.execute(
+        sa_select(*columns)
+        .where(col(Job.status) == JobStatus.SUCCEEDED.value, col(Job.started_at).is_not(None))
         .order_by(col(Job.finished_at).desc())
         .limit(_HISTORY)
     ).all()
     by_kind: dict[tuple[Any, ...], list[float]] = {}
-    for job in done:
-        if job.started_at and job.finished_at:
-            seconds = (job.finished_at - job.started_at).total_seconds()
-            by_kind.setdefault(_likeness(job), []).append(seconds)
+    for backend, algorithm, model_id, dataset_id, spec, started_at, finished_at in done:
+        if started_at and finished_at:
+            key = _likeness(backend, algorithm, model_id, dataset_id, spec or {})
+            by_kind.setdefault(key, []).append((finished_at - started_at).total_seconds())
     return {key: statistics.median(values) for key, values in by_kind.items()}
 
 
@@ -125,15 +141,14 @@ def wait_estimates(
     durations = _durations(session)
     starts = _attempt_starts(session, holders)
     free_in = {
-        h.id: remaining_s(h, starts.get(h.id or 0), now, durations.get(_likeness(h)))
-        for h in holders
+        h.id: remaining_s(h, starts.get(h.id or 0), now, durations.get(_like(h))) for h in holders
     }
     waits: dict[int, float] = {}
     for job in asked:
         kind = _kind(job)
         lanes = [free_in[h.id] for h in holders if _kind(h) == kind]
         ahead = [
-            durations.get(_likeness(j))
+            durations.get(_like(j))
             for j in line
             if _kind(j) == kind and (j.queue_position or 0) < (job.queue_position or 0)
         ]
