@@ -13,6 +13,21 @@ const backends = [
       properties: {
         max_steps: { anyOf: [{ minimum: 1, type: "integer" }, { type: "null" }], default: null, description: "Optimizer steps" },
         learning_rate: { default: 2e-5, exclusiveMinimum: 0, maximum: 1, type: "number", description: "Peak LR" },
+        lr_scheduler_type: { default: "linear", enum: ["linear", "cosine"], type: "string" },
+        assistant_only_loss: { default: true, type: "boolean" },
+        lora: { anyOf: [{ $ref: "#/$defs/LoraParameters" }, { type: "null" }], default: null },
+      },
+      $defs: {
+        LoraParameters: {
+          properties: {
+            rank: { default: 8, maximum: 1024, minimum: 1, type: "integer" },
+            target_modules: {
+              anyOf: [{ const: "all-linear", type: "string" }, { items: { pattern: "^[A-Za-z_][A-Za-z0-9_.]*$", type: "string" }, type: "array" }],
+              default: "all-linear",
+            },
+          },
+          type: "object",
+        },
       },
     },
   },
@@ -21,7 +36,11 @@ const backends = [
     dataset_formats: ["preference"], parameters: { properties: { beta: { default: 0.1, type: "number" } } },
   },
 ];
-const models = [{ id: 1, name: "tiny-qwen2", source: "builtin", description: "", parameters: null, job_id: null, created_at: "" }];
+// By name, a pipeline's output comes first: the form must not take it for the user's choice.
+const models = [
+  { id: 2, name: "pipeline-1.grpo", source: "job", description: "final model of stage grpo of pipeline 1", parameters: null, job_id: 7, created_at: "" },
+  { id: 1, name: "tiny-qwen2", source: "builtin", description: "", parameters: null, job_id: null, created_at: "" },
+];
 const datasets = [
   { id: 1, name: "tiny-sft", format: "messages", rows: 400, source: "builtin", task: "sft", size_bytes: 1, sha256: "", description: "", created_at: "" },
   { id: 2, name: "tiny-prefs", format: "preference", rows: 200, source: "builtin", task: "preference", size_bytes: 1, sha256: "", description: "", created_at: "" },
@@ -36,6 +55,7 @@ let jobAnswer: () => Response;
 
 beforeEach(() => {
   sessionStorage.clear();
+  localStorage.clear();
   setActivePinia(createPinia());
   useAuth().login("secret-token");
   posted = [];
@@ -136,5 +156,61 @@ describe("the new-job form", () => {
 
     const third = await mountForm();
     expect((third.wrapper.get("input[name=name]").element as HTMLInputElement).value).toBe("");
+  });
+
+  it("preselects the bundled model, then the one last submitted with, and says where each came from", async () => {
+    const first = await mountForm();
+    const select = first.wrapper.get("select[name=model]");
+    expect((select.element as HTMLSelectElement).value).toBe("tiny-qwen2");
+    expect(select.findAll("option").map((o) => o.text())).toEqual(["pipeline-1.grpo · output of job #7", "tiny-qwen2 · bundled"]);
+    await select.setValue("pipeline-1.grpo");
+    expect(first.wrapper.get("[data-test=model-origin]").text()).toBe("output of job #7: final model of stage grpo of pipeline 1");
+    await first.wrapper.get("input[name=name]").setValue("on the output");
+    await first.wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted[0].body).toMatchObject({ model: "pipeline-1.grpo" });
+    first.wrapper.unmount();
+
+    const second = await mountForm();
+    expect((second.wrapper.get("select[name=model]").element as HTMLSelectElement).value).toBe("pipeline-1.grpo");
+  });
+
+  it("shows every choice of an enum or boolean parameter, its default selected", async () => {
+    const { wrapper } = await mountForm();
+    for (const [name, options] of [
+      ["lr_scheduler_type", ["default (linear)", "linear", "cosine"]],
+      ["assistant_only_loss", ["default (true)", "true", "false"]],
+    ] as const) {
+      const select = wrapper.get(`select[name=param-${name}]`).element as HTMLSelectElement;
+      expect([...select.options].map((o) => o.text.trim())).toEqual(options);
+      expect(select.selectedIndex).toBe(0);
+    }
+    await wrapper.get("select[name=param-assistant_only_loss]").setValue("false");
+    await wrapper.get("input[name=name]").setValue("x");
+    await wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted[0].body.hyperparameters).toEqual({ assistant_only_loss: false });
+  });
+
+  it("gives LoRA fields of its own, checked as typed, and drops a server error once the value changes", async () => {
+    const { wrapper } = await mountForm();
+    expect(wrapper.find("input[name=param-lora\\.rank]").exists()).toBe(false);
+    await wrapper.get("input[name=param-lora]").setValue(true);
+    const rank = wrapper.get("input[name=param-lora\\.rank]");
+    expect(rank.attributes("placeholder")).toBe("8");
+    await rank.setValue("0");
+    expect(wrapper.get("[data-test=error-lora\\.rank]").text()).toBe("must be ≥ 1");
+    await rank.setValue("8");
+    expect(wrapper.find("[data-test=error-lora\\.rank]").exists()).toBe(false);
+
+    await wrapper.get("input[name=name]").setValue("lora job");
+    jobAnswer = () => json({ detail: [{ loc: ["body", "hyperparameters", "lora", "rank"], msg: "too large for this model", type: "value_error" }] }, 422);
+    await wrapper.get("form").trigger("submit");
+    await flushPromises();
+    expect(posted[0].body.hyperparameters).toEqual({ lora: { rank: 8 } });
+    expect(wrapper.get("[data-test=error-lora\\.rank]").text()).toBe("too large for this model");
+    await rank.setValue("4");
+    await flushPromises();
+    expect(wrapper.find("[data-test=error-lora\\.rank]").exists()).toBe(false);
   });
 });

@@ -631,6 +631,21 @@ def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_
     page.goto("/jobs/new")
     form = page.locator("[data-test=job-form]")
     form.locator("select[name=engine]").select_option("trl/sft")
+    # The bundled model is preselected (not the first by name, such as a pipeline's output),
+    # and each model says where it came from.
+    expect(form.locator("select[name=model]")).to_have_value("tiny-qwen2")
+    expect(form.locator("[data-test=model-origin]")).to_contain_text("bundled")
+    models = form.locator("select[name=model] option").all_inner_texts()
+    assert "qwen-1.5b-shape · registered directory" in [m.strip() for m in models], models
+    # Choices show their options, the default selected.
+    for name, choices in (
+        ("lr_scheduler_type", ["linear", "cosine", "constant", "constant_with_warmup"]),
+        ("assistant_only_loss", ["true", "false"]),
+    ):
+        select = form.locator(f"select[name=param-{name}]")
+        shown = [o.strip() for o in select.locator("option").all_inner_texts()]
+        assert shown[1:] == choices and shown[0].startswith("default ("), shown
+        assert select.evaluate("s => s.selectedIndex") == 0
     form.locator("select[name=model]").select_option("qwen-1.5b-shape")
     form.locator("input[name=gpus]").fill("1")
     form.locator("input[name=param-per_device_train_batch_size]").fill("4")
@@ -657,9 +672,17 @@ def test_the_new_job_form_shows_the_memory_estimate_and_applies_a_configuration_
     page.screenshot(path=str(shots / "job-estimate.png"))
     option.locator("[data-test=apply-recommendation]").click()
     # The form now holds the configuration, and its estimate fits.
-    expect(form.locator("input[name=param-lora]")).to_have_value('{"rank":16}')
+    expect(form.locator("input[name=param-lora]")).to_be_checked()
+    rank = form.locator('input[name="param-lora.rank"]')
+    expect(rank).to_have_value("16")
+    expect(form.locator('input[name="param-lora.alpha"]')).to_have_attribute("placeholder", "16")
     expect(estimate.locator("[data-test=estimate-verdict]")).to_contain_text("fits Simulated GPU")
     expect(estimate.locator("[data-test=estimate-verdict]")).not_to_contain_text("does not")
+    # LoRA's fields are checked as typed, and an error goes once the value is fixed.
+    rank.fill("0")
+    expect(form.locator('[data-test="error-lora.rank"]')).to_have_text("must be ≥ 1")
+    rank.fill("8")
+    expect(form.locator('[data-test="error-lora.rank"]')).to_have_count(0)
     # The configurator lists which models fit each kind of GPU.
     page.click("nav a:has-text('Configurator')")
     row = page.locator('[data-test=advice] tr[data-model="qwen-1.5b-shape"]')

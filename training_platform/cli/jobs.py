@@ -174,6 +174,15 @@ def jobs_list(
     console.print(f"{len(page['items'])} of {page['total']} jobs")
 
 
+def _rough(seconds: float) -> str:
+    """A wait as people say it: 40 s, 7 min, 2.5 h (rounded up, never to 0 min)."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{-(-seconds // 60):.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @jobs_app.command("show")
 def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show a job with its events."""
@@ -206,7 +215,7 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
         console.print(f"{'devices':>12}: {', '.join(job['devices'])}", highlight=False)
     if job.get("wait_reason"):
         wait = job.get("estimated_wait_s")
-        estimate = f", about {wait / 60:.0f} min" if wait else ""
+        estimate = f", about {_rough(wait)} more" if wait is not None else ", wait unknown"
         console.print(
             f"{'queue':>12}: position {job['queue_position']}{estimate}; {job['wait_reason']}",
             highlight=False,

@@ -28,6 +28,7 @@ from training_platform.api.deps import (
 from training_platform.backends.base import LaunchPlan
 from training_platform.core.types import DB_INT_MAX
 from training_platform.jobs import service
+from training_platform.jobs import waits as waits_of
 from training_platform.jobs.models import Job
 from training_platform.jobs.schemas import (
     CheckpointPublic,
@@ -234,7 +235,7 @@ def _public_page(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
     # Only a job between queued and its end can hold devices: most pages ask nothing more.
     holders = [j.id for j in jobs if j.id and j.status not in _HOLDS_NOTHING]
     held = scheduling.devices_held(session=session, job_ids=holders)
-    waits = service.wait_estimates(session=session, jobs=jobs)
+    waits = waits_of.wait_estimates(session=session, jobs=jobs)
     return [to_public(j, held.get(j.id or 0), waits.get(j.id or 0)) for j in jobs]
 
 

@@ -351,7 +351,9 @@ class JobPublic(BaseModel):
     queue_position: int | None = Field(None, description="Place among the waiting jobs (1 first).")
     wait_reason: str | None = Field(None, description="Why a queued job has not started yet.")
     estimated_wait_s: float | None = Field(
-        None, description="Rough: recent job durations x jobs ahead / slots; null without history."
+        None,
+        description="Rough: the running jobs' remaining steps at their measured pace, then the "
+        "jobs ahead at what finished jobs like them took; null where any of it is unknown.",
     )
     progress: Progress
     created_at: datetime

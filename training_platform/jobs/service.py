@@ -1072,29 +1072,3 @@ def kept_checkpoint_steps(*, session: Session, settings: Settings, job_id: int) 
             if not c.final and _holds_model(attempt_dir(settings, job, c.attempt) / c.path)
         }
     )
-
-
-def wait_estimates(*, session: Session, jobs: Sequence[Job]) -> dict[int, float]:
-    """Rough waits for queued jobs: mean recent duration x jobs ahead / training slots.
-
-    Empty when no job has finished yet: without history there is no honest estimate.
-    """
-    waiting = [j for j in jobs if j.status in WAITING_VALUES and j.queue_position]
-    if not waiting:
-        return {}
-    recent = session.exec(
-        select(Job)
-        .where(Job.status == JobStatus.SUCCEEDED.value, col(Job.started_at).is_not(None))
-        .order_by(col(Job.finished_at).desc())
-        .limit(20)
-    ).all()
-    durations = [
-        (j.finished_at - j.started_at).total_seconds()
-        for j in recent
-        if j.finished_at and j.started_at
-    ]
-    if not durations:
-        return {}
-    mean = sum(durations) / len(durations)
-    slots = max(len(scheduling.all_slots(session)), 1)
-    return {j.id: mean * j.queue_position / slots for j in waiting if j.id is not None}  # type: ignore[operator]

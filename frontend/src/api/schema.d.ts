@@ -4074,7 +4074,7 @@ export interface components {
             error: string | null;
             /**
              * Estimated Wait S
-             * @description Rough: recent job durations x jobs ahead / slots; null without history.
+             * @description Rough: the running jobs' remaining steps at their measured pace, then the jobs ahead at what finished jobs like them took; null where any of it is unknown.
              */
             estimated_wait_s?: number | null;
             /** Exit Code */
