@@ -49,16 +49,11 @@ def _request_bodies(spec: dict[str, Any]) -> list[str]:
     return sorted(set(names))
 
 
-def test_every_integer_the_api_takes_declares_a_maximum_the_database_holds(api) -> None:  # type: ignore[no-untyped-def]
-    spec = api.get("/openapi.json").json()
-    unbounded = []
-    for method, path, where, name, maximum in _integer_parameters(spec):
-        if maximum > float(DB_BIGINT_MAX):
-            unbounded.append(f"{method} {path} {where} {name}")
+def _body_fields(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(model, field, schema) of every field of the request bodies and the models they nest."""
     schemas = spec["components"]["schemas"]
-    pending = _request_bodies(spec)
-    seen: set[str] = set()
-    while pending:  # request bodies and the models they nest
+    pending, seen, found = _request_bodies(spec), set(), []
+    while pending:
         name = pending.pop()
         if name in seen:
             continue
@@ -67,9 +62,20 @@ def test_every_integer_the_api_takes_declares_a_maximum_the_database_holds(api) 
             for part in (schema, *schema.get("anyOf", ()), schema.get("items") or {}):
                 if "$ref" in part:
                     pending.append(part["$ref"].rsplit("/", 1)[1])
-            integer = _integer_schema(schema)
-            if integer is not None and integer.get("maximum", UNBOUNDED) > float(DB_BIGINT_MAX):
-                unbounded.append(f"body {name}.{field}")
+            found.append((name, field, schema))
+    return found
+
+
+def test_every_integer_the_api_takes_declares_a_maximum_the_database_holds(api) -> None:  # type: ignore[no-untyped-def]
+    spec = api.get("/openapi.json").json()
+    unbounded = []
+    for method, path, where, name, maximum in _integer_parameters(spec):
+        if maximum > float(DB_BIGINT_MAX):
+            unbounded.append(f"{method} {path} {where} {name}")
+    for name, field, schema in _body_fields(spec):  # request bodies and the models they nest
+        integer = _integer_schema(schema)
+        if integer is not None and integer.get("maximum", UNBOUNDED) > float(DB_BIGINT_MAX):
+            unbounded.append(f"body {name}.{field}")
     assert unbounded == []
     assert len(_integer_parameters(spec)) >= 30  # the walk found the API's parameters
 
@@ -113,3 +119,21 @@ def test_a_host_address_that_is_no_name_nor_ip_is_a_422(api, address: str) -> No
     response = api.post("/api/v1/hosts/host-key", json={"address": address, "port": 22})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "address"]
+
+
+def test_every_priority_a_request_takes_is_a_job_priority(api) -> None:  # type: ignore[no-untyped-def]
+    """Defect: evaluations, suite runs, serving, merges and soups took -100..100 and made jobs
+    that take 0-9: priority 50 answered 500 instead of 422."""
+    from training_platform.worker.queues import PRIORITY_MAX, PRIORITY_MIN
+
+    spec = api.get("/openapi.json").json()
+    priorities = [(m, s) for m, f, s in _body_fields(spec) if f == "priority"]
+    assert len(priorities) >= 8
+    for model, schema in priorities:
+        integer = _integer_schema(schema)
+        assert integer is not None, model
+        bounds = (integer.get("minimum"), integer.get("maximum"))
+        assert bounds == (PRIORITY_MIN, PRIORITY_MAX), model
+    response = api.post("/api/v1/evaluations", json={"priority": 50})
+    assert response.status_code == 422
+    assert ["body", "priority"] in [error["loc"] for error in response.json()["detail"]]

@@ -136,7 +136,7 @@ class EvaluationCreate(BaseModel):
     resources: Resources = Field(
         default_factory=Resources, description="What its job needs; default: CPU only."
     )
-    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")
@@ -402,7 +402,7 @@ class SuiteRunCreate(BaseModel):
     resources: Resources = Field(
         default_factory=Resources, description="What each evaluation's job needs."
     )
-    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation.schemas import JOB_PRIORITY, CheckpointRef
 from training_platform.jobs.schemas import JobName, Ref, Resources
 from training_platform.projects.schemas import ProjectField
+from training_platform.worker.queues import PRIORITY_MAX, PRIORITY_MIN
 
 
 class EndpointCreate(BaseModel):
@@ -112,7 +113,7 @@ class ServeCreate(BaseModel):
     resources: Resources = Field(
         default_factory=Resources, description="What the server needs; default: CPU only."
     )
-    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOB_PRIORITY)
     project: ProjectField = None
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from training_platform.core.types import DB_INT_MAX
 from training_platform.evaluation.schemas import JOB_PRIORITY, CheckpointRef, Generation
 from training_platform.jobs.schemas import Ref, Resources
 from training_platform.projects.schemas import ProjectField
+from training_platform.worker.queues import PRIORITY_MAX, PRIORITY_MIN
 
 MAX_SOUP = 32
 # The work of a sweep or a greedy soup runs as several jobs (merges, evaluations).
@@ -131,7 +132,7 @@ class MergeCreate(BaseModel):
     resources: Resources = Field(
         default_factory=Resources, description="What the merge job needs; default: CPU only."
     )
-    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOB_PRIORITY)
     project: ProjectField = None
 
 
@@ -203,7 +204,7 @@ class _Checkpoints(BaseModel):
     last: int | None = Field(
         None, ge=2, le=MAX_SOUP, description="Or: the last this many checkpoints."
     )
-    priority: int = Field(0, ge=-100, le=100, description=JOB_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOB_PRIORITY)
 
     @model_validator(mode="after")
     def _which(self) -> _Checkpoints:
@@ -352,7 +353,9 @@ class MergeTemplate(MergeCreate):
     description: str = Field(
         "", max_length=1000, description="Unused: each candidate's description names its values."
     )
-    priority: int = Field(0, ge=-100, le=100, description="Unused: the sweep's priority applies.")
+    priority: int = Field(
+        0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="Unused: the sweep's priority applies."
+    )
     project: None = Field(None, description="Unused: a sweep's work is the default project's.")
 
 
@@ -423,7 +426,7 @@ class SweepCreate(BaseModel):
     )
     evaluate: SweepEvaluation = Field(description="How each candidate is scored.")
     mode: Literal["min", "max"] = Field("max", description="Whether a higher score is better.")
-    priority: int = Field(0, ge=-100, le=100, description=JOBS_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOBS_PRIORITY)
 
 
 class LeaderboardRow(BaseModel):
@@ -477,7 +480,7 @@ class GreedySoupCreate(_Checkpoints):
 
     evaluate: SweepEvaluation = Field(description="How each checkpoint and soup is scored.")
     mode: Literal["min", "max"] = Field("max", description="Whether a higher score is better.")
-    priority: int = Field(0, ge=-100, le=100, description=JOBS_PRIORITY)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=JOBS_PRIORITY)
 
 
 class GreedySoupPublic(BaseModel):
