@@ -442,6 +442,51 @@ def test_overview_shows_the_apis_counts_queues_and_recent_pipelines(
     page.screenshot(path=str(shots / "overview.png"))
 
 
+PAGES = ["Overview", "Jobs", "Pipelines", "Evaluations", "Datasets", "Models", "Surgery"]
+PAGES += ["Configurator", "Serving & chat", "GPUs & hosts", "Projects", "Settings"]
+
+
+def test_on_a_phone_the_sidebar_is_a_menu_and_every_page_fits_the_width(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    # A job with a curve where the form's test ran first (as under `make screenshots`).
+    done = _api(dash, "GET", "/jobs", params={"status": "succeeded", "limit": 1})["items"]
+    job_id = done[0]["id"] if done else _cancelled(dash, "phone-sized", "trl", "sft", 5)
+    page.set_viewport_size({"width": 390, "height": 844})
+    menu = page.locator("[data-test=menu]")
+
+    def fits(name: str) -> None:
+        expect(page.locator("main h1")).to_be_visible()
+        expect(page.locator("[aria-busy=true]")).to_have_count(0)  # its data is on screen
+        wide = page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 390, f"{name} ({page.url}) is {wide} px wide on a 390 px screen"
+
+    _login(page, dash.token)
+    # The sidebar is a top bar: its links open from the menu, and a page chosen closes it.
+    expect(page.get_by_role("link", name="Projects", exact=True)).to_be_hidden()
+    for name in PAGES:
+        menu.click()
+        expect(menu).to_have_attribute("aria-expanded", "true")
+        page.get_by_role("navigation").get_by_role("link", name=name, exact=True).click()
+        expect(menu).to_have_attribute("aria-expanded", "false")
+        fits(name)
+
+    page.goto("/")
+    expect(page.locator("[data-test=job-counts]")).to_be_visible()
+    fits("Overview")
+    page.screenshot(path=str(shots / "overview-mobile.png"))
+    page.goto("/jobs")
+    expect(page.locator(f"[data-test=jobs-table] tr[data-job='{job_id}']")).to_be_visible()
+    fits("Jobs")
+    page.screenshot(path=str(shots / "jobs-mobile.png"))
+    page.goto(f"/jobs/{job_id}")
+    expect(page.locator("[data-test=live-state]")).to_have_text("ended")
+    if done:
+        page.wait_for_function(f"{POINTS} > 0")
+    fits("Job detail")
+    page.screenshot(path=str(shots / "job-detail-mobile.png"))
+
+
 def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_samples(
     page: Page, dash: Any, shots: Path
 ) -> None:
