@@ -449,8 +449,9 @@ PAGES += ["Configurator", "Serving & chat", "GPUs & hosts", "Projects", "Setting
 def test_on_a_phone_the_sidebar_is_a_menu_and_every_page_fits_the_width(
     page: Page, dash: Any, shots: Path
 ) -> None:
-    # A job with a curve where the form's test ran first (as under `make screenshots`).
-    done = _api(dash, "GET", "/jobs", params={"status": "succeeded", "limit": 1})["items"]
+    # A training with a curve where the form's test ran first (as under `make screenshots`).
+    wanted = {"status": "succeeded", "algorithm": "sft", "limit": 1}
+    done = _api(dash, "GET", "/jobs", params=wanted)["items"]
     job_id = done[0]["id"] if done else _cancelled(dash, "phone-sized", "trl", "sft", 5)
     page.set_viewport_size({"width": 390, "height": 844})
     menu = page.locator("[data-test=menu]")
