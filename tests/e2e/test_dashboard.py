@@ -247,6 +247,110 @@ def test_reload_keeps_page_state_and_live_views_recover_after_an_api_restart(
     _api(dash, "POST", f"/jobs/{job_id}/cancel")
 
 
+def _cancelled(dash: Any, name: str, backend: str, algorithm: str, priority: int) -> int:
+    """A job that never trains: submitted, then cancelled at once (before it starts, mostly)."""
+    dataset = {"dpo": "tiny-prefs"}.get(algorithm, "tiny-sft")
+    body = {
+        "name": name,
+        "backend": backend,
+        "algorithm": algorithm,
+        "model": "tiny-qwen2",
+        "dataset": dataset,
+        "hyperparameters": (
+            {"total_steps": 2, "device": "cpu"} if backend == "verl" else {"max_steps": 2}
+        ),
+        "priority": priority,
+    }
+    job_id = int(_api(dash, "POST", "/jobs", json=body)["id"])
+    _api(dash, "POST", f"/jobs/{job_id}/cancel")
+    return job_id
+
+
+def test_jobs_list_search_filters_and_sort_typed_by_a_user_change_rows_and_url_and_survive_reload(
+    page: Page, dash: Any
+) -> None:
+    # Three cheap jobs of their own (no other test's names contain "sieve").
+    a = _cancelled(dash, "sieve bravo", "trl", "sft", 3)
+    b = _cancelled(dash, "sieve charlie", "trl", "dpo", 7)
+    c = _cancelled(dash, "sieve alpha", "verl", "sft", 5)
+    deadline = time.monotonic() + 60
+    while any(_api(dash, "GET", f"/jobs/{j}")["status"] != "cancelled" for j in (a, b, c)):
+        assert time.monotonic() < deadline, "the jobs were not cancelled"
+        time.sleep(0.5)
+    rows = page.locator("[data-test=jobs-table] tbody tr")
+    empty = page.get_by_text("No job matches these filters.")
+
+    def shows(query: str, ids: list[int]) -> None:
+        expect(page).to_have_url(re.compile(rf"/jobs\?{re.escape(query)}$"))
+        if ids:
+            expect(rows).to_have_count(len(ids))
+            for index, job_id in enumerate(ids):
+                expect(rows.nth(index)).to_have_attribute("data-job", str(job_id))
+        else:
+            expect(empty).to_be_visible()
+
+    _login(page, dash.token)
+    page.goto("/jobs?page=2")  # typing goes back to the first page, and keeps what was typed
+    search = page.locator("input[type=search]")
+    search.press_sequentially("sieve", delay=30)
+    shows("q=sieve", [c, b, a])
+    search.press_sequentially(" b", delay=30)
+    shows("q=sieve+b", [a])
+    search.press("Backspace")
+    search.press("Backspace")
+    shows("q=sieve", [c, b, a])
+
+    state = page.locator("[data-test=filter-status]")
+    state.select_option("succeeded")
+    shows("q=sieve&status=succeeded", [])
+    expect(state).to_have_value("succeeded")  # the select does not snap back
+    state.select_option(label="active or waiting")
+    expect(page).to_have_url(re.compile(r"status=pending(%2C|,)queued(%2C|,)"))
+    expect(empty).to_be_visible()
+    state.select_option("cancelled")
+    shows("q=sieve&status=cancelled", [c, b, a])
+    algorithm = page.locator("[data-test=filter-algorithm]")
+    algorithm.select_option("dpo")
+    shows("q=sieve&status=cancelled&algorithm=dpo", [b])
+    algorithm.select_option("sft")
+    shows("q=sieve&status=cancelled&algorithm=sft", [c, a])
+    backend = page.locator("[data-test=filter-backend]")
+    backend.select_option("verl")
+    shows("q=sieve&status=cancelled&algorithm=sft&backend=verl", [c])
+    algorithm.select_option("")
+    backend.select_option("trl")
+    shows("q=sieve&status=cancelled&backend=trl", [b, a])
+    backend.select_option("")
+    expect(backend).to_have_value("")
+    shows("q=sieve&status=cancelled", [c, b, a])
+
+    # Each column header: the first click sorts descending, the next ascending.
+    base = "q=sieve&status=cancelled"
+    for label, sort, ids in [
+        ("ID", "id", [a, b, c]),
+        ("Name", "-name", [b, a, c]),
+        ("Name", "name", [c, a, b]),
+        ("Priority", "-priority", [b, c, a]),
+        ("Priority", "priority", [a, c, b]),
+        ("Algorithm", "-algorithm", [c, a, b]),
+        ("Algorithm", "algorithm", [b, c, a]),
+        ("State", "-status", [c, b, a]),  # one state: newest first
+        ("Created", "-created_at", [c, b, a]),
+        ("Created", "created_at", [a, b, c]),
+    ]:
+        page.locator("[data-test=jobs-table] th button.sort", has_text=label).click()
+        shows(f"{base}&sort={sort}", ids)
+        header = page.locator("th", has_text=label)
+        expect(header).to_have_attribute("aria-sort", "descending" if "-" in sort else "ascending")
+
+    page.locator("[data-test=jobs-table] th button.sort", has_text="Name").click()
+    page.reload()
+    shows(f"{base}&sort=-name", [b, a, c])
+    expect(search).to_have_value("sieve")
+    expect(state).to_have_value("cancelled")
+    expect(page.locator("th[aria-sort=descending]")).to_contain_text("Name")
+
+
 def test_settings_token_made_in_the_browser_works_until_revoked_there(
     page: Page, dash: Any
 ) -> None:
@@ -336,6 +440,52 @@ def test_overview_shows_the_apis_counts_queues_and_recent_pipelines(
         expect(page.get_by_text(f"#{pipeline['id']} {pipeline['name']}")).to_be_visible()
     expect(page.locator("[data-test=no-waiting]")).to_be_visible()  # nothing queued now
     page.screenshot(path=str(shots / "overview.png"))
+
+
+PAGES = ["Overview", "Jobs", "Pipelines", "Evaluations", "Datasets", "Models", "Surgery"]
+PAGES += ["Configurator", "Serving & chat", "GPUs & hosts", "Projects", "Settings"]
+
+
+def test_on_a_phone_the_sidebar_is_a_menu_and_every_page_fits_the_width(
+    page: Page, dash: Any, shots: Path
+) -> None:
+    # A training with a curve where the form's test ran first (as under `make screenshots`).
+    wanted = {"status": "succeeded", "algorithm": "sft", "limit": 1}
+    done = _api(dash, "GET", "/jobs", params=wanted)["items"]
+    job_id = done[0]["id"] if done else _cancelled(dash, "phone-sized", "trl", "sft", 5)
+    page.set_viewport_size({"width": 390, "height": 844})
+    menu = page.locator("[data-test=menu]")
+
+    def fits(name: str) -> None:
+        expect(page.locator("main h1")).to_be_visible()
+        expect(page.locator("[aria-busy=true]")).to_have_count(0)  # its data is on screen
+        wide = page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 390, f"{name} ({page.url}) is {wide} px wide on a 390 px screen"
+
+    _login(page, dash.token)
+    # The sidebar is a top bar: its links open from the menu, and a page chosen closes it.
+    expect(page.get_by_role("link", name="Projects", exact=True)).to_be_hidden()
+    for name in PAGES:
+        menu.click()
+        expect(menu).to_have_attribute("aria-expanded", "true")
+        page.get_by_role("navigation").get_by_role("link", name=name, exact=True).click()
+        expect(menu).to_have_attribute("aria-expanded", "false")
+        fits(name)
+
+    page.goto("/")
+    expect(page.locator("[data-test=job-counts]")).to_be_visible()
+    fits("Overview")
+    page.screenshot(path=str(shots / "overview-mobile.png"))
+    page.goto("/jobs")
+    expect(page.locator(f"[data-test=jobs-table] tr[data-job='{job_id}']")).to_be_visible()
+    fits("Jobs")
+    page.screenshot(path=str(shots / "jobs-mobile.png"))
+    page.goto(f"/jobs/{job_id}")
+    expect(page.locator("[data-test=live-state]")).to_have_text("ended")
+    if done:
+        page.wait_for_function(f"{POINTS} > 0")
+    fits("Job detail")
+    page.screenshot(path=str(shots / "job-detail-mobile.png"))
 
 
 def test_an_evaluation_from_the_browser_then_a_compare_filtered_to_regressed_samples(
