@@ -43,6 +43,9 @@ def live_socket(platform, job_id: int, last_step: int | None = None):  # type: i
 
 
 def loss_steps(message: dict[str, Any]) -> list[int]:
+    """The steps of `loss` in a message: a snapshot's series or a metrics message's points."""
+    if message["type"] == "snapshot":
+        return [step for step, _ in message["series"].get("loss", [])]
     return [p["step"] for p in message.get("points", []) if p["key"] == "loss"]
 
 

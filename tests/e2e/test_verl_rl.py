@@ -152,7 +152,11 @@ def _streamed_steps(platform: Any, job_id: int) -> list[int]:
         assert message["type"] == "snapshot"
         status = message["job"]["status"]
         while True:
-            found = [p["step"] for p in message.get("points", []) if p["key"] == SCORE]
+            found = (
+                [step for step, _ in message["series"].get(SCORE, [])]
+                if message["type"] == "snapshot"
+                else [p["step"] for p in message.get("points", []) if p["key"] == SCORE]
+            )
             steps += found
             live += bool(found) and message["type"] == "metrics"
             if status in ENDED:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 
 import pytest
 from starlette.websockets import WebSocketDisconnect
@@ -27,6 +29,11 @@ def _receive_until(ws, predicate, limit: int = 50) -> list[dict]:  # type: ignor
         if predicate(message):
             return seen
     raise AssertionError(f"no matching message in {seen}")
+
+
+def _pairs(snapshot: dict) -> list[tuple[int, str]]:  # type: ignore[type-arg]
+    """(step, key) of every point of a snapshot, by step."""
+    return sorted((step, key) for key, pairs in snapshot["series"].items() for step, _ in pairs)
 
 
 def test_a_socket_without_a_valid_token_is_refused(api, settings, running_job) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +73,7 @@ def test_points_stream_live_and_a_reconnect_gets_exactly_what_it_missed(
         assert snapshot["v"] == 1 and snapshot["type"] == "snapshot"
         assert snapshot["job"]["status"] == "running" and snapshot["last_step"] == 3
         assert snapshot["log_tail"] == "step 1\nstep 2\nstep 3\n"
-        received += [(p["step"], p["key"]) for p in snapshot["points"]]
+        received += _pairs(snapshot)
         runner.write(run_dir, "metrics", b"".join(metrics_line(s, loss=1.0) for s in (4, 5)))
         runner.write(run_dir, "log", b"step 4\nstep 5\n")
         reconcile_job(engine, settings, job.id, watch)
@@ -88,7 +95,7 @@ def test_points_stream_live_and_a_reconnect_gets_exactly_what_it_missed(
     with api.websocket_connect(f"{url}?last_step={last_step}") as ws:
         ws.send_json({"type": "hello", "token": _token(settings)})
         resumed = ws.receive_json()
-        received += [(p["step"], p["key"]) for p in resumed["points"]]
+        received += _pairs(resumed)
         assert resumed["last_step"] == 8
         runner.finish(run_dir, 0)
         reconcile_job(engine, settings, job.id, watch)
@@ -208,3 +215,171 @@ def test_a_job_that_ends_before_the_status_poller_first_reads_still_reports_its_
     finally:
         gate.set()
         hub._read_state = read_state
+
+
+# --- a long run: the first message is a thinned snapshot ------------------------------------
+
+# What verl logs at each step (16 keys), and a validation score every 50 steps.
+VERL_KEYS = [
+    "actor/pg_loss",
+    "actor/entropy",
+    "actor/pg_clipfrac",
+    "actor/ppo_kl",
+    "actor/grad_norm",
+    "actor/lr",
+    "critic/score/mean",
+    "critic/score/max",
+    "critic/score/min",
+    "critic/rewards/mean",
+    "critic/advantages/mean",
+    "response_length/mean",
+    "response_length/clip_ratio",
+    "timing_s/generate_sequences",
+    "timing_s/update_actor",
+    "perf/throughput",
+]
+VAL_KEY = "val-core/openai/gsm8k/reward/mean@1"
+ONCE_KEY = "eval/before_train"
+
+
+def verl_run(steps: range) -> bytes:
+    """metrics.jsonl lines as a verl run writes them (values with a float's full digits)."""
+    import json
+    import random
+
+    from tests.conftest import metrics_record
+
+    rng = random.Random(steps.start)
+    out = []
+    for step in steps:
+        values = {key: rng.random() * 10 for key in VERL_KEYS}
+        if step % 50 == 0:
+            values[VAL_KEY] = rng.random()
+        if step == 2:  # a step that thinning leaves out
+            values[ONCE_KEY] = rng.random()
+        out.append(metrics_record(step, **values))
+    assert json.loads(out[0])["values"]  # as the trainers write them
+    return b"".join(out)
+
+
+@contextlib.contextmanager
+def serving(app):  # type: ignore[no-untyped-def]
+    """The app on a real port (uvicorn, as `tp up` runs it), for a real WebSocket client."""
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        yield f"ws://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _ingest_all(engine, settings, job_id: int, watch, steps: int) -> None:  # type: ignore[no-untyped-def]
+    from sqlmodel import Session
+
+    from training_platform.jobs.models import Job
+
+    for _ in range(30):  # a live run is caught up ROUNDS_BUDGET_S at a time
+        reconcile_job(engine, settings, job_id, watch)
+        with Session(engine) as session:
+            if (session.get(Job, job_id).progress_step or 0) >= steps:  # type: ignore[union-attr]
+                return
+    raise AssertionError("the run was not ingested")
+
+
+def test_a_long_runs_first_message_is_a_thinned_snapshot_then_every_new_point(  # type: ignore[no-untyped-def]
+    engine, settings, runner, running_job
+) -> None:
+    """2,000 steps of 18 keys (32,041 points): the job page's first message
+    stays under 60 KB, keeps every key, the first and last step; live points follow, and a
+    reconnect gets exactly the points after its last step."""
+    import json
+
+    from websockets.sync.client import connect
+
+    from training_platform.api.app import create_app
+
+    job, run_dir = running_job()
+    watch = {runner.kind: runner}
+    runner.write(run_dir, "metrics", verl_run(range(1, 2001)))
+    line = 'step {:>4}: {{"actor/pg_loss": 0.0123, "critic/score/mean": 0.5}} "quoted"\n'
+    runner.write(run_dir, "log", "".join(line.format(i) for i in range(3000)).encode())
+    _ingest_all(engine, settings, job.id, watch, 2000)
+    hello = json.dumps({"type": "hello", "token": _token(settings)})
+    with serving(create_app(settings)) as base:
+        url = f"{base}/api/v1/ws/jobs/{job.id}"
+        with connect(url, open_timeout=30) as ws:
+            ws.send(hello)
+            first = ws.recv(timeout=60)
+            snapshot = json.loads(first)
+            size = len(first.encode())
+            print(f"first message: {size} bytes")
+            assert snapshot["type"] == "snapshot" and size < 60_000
+            assert snapshot["thinned"] is True and snapshot["last_step"] == 2000
+            series = snapshot["series"]
+            # Every key is listed, even one whose only step was thinned out.
+            assert set(series) == {*VERL_KEYS, VAL_KEY, ONCE_KEY} and series[ONCE_KEY] == []
+            loss = [step for step, _ in series["actor/pg_loss"]]
+            assert loss[0] == 1 and loss[-1] == 2000 and 50 <= len(loss) <= 200
+            assert loss == sorted(set(loss))
+            assert snapshot["log_tail"].startswith("step") and snapshot["log_tail"].endswith(
+                '"quoted"\n'
+            )
+            # Live: every point of the new steps, each once.
+            runner.write(run_dir, "metrics", verl_run(range(2001, 2004)))
+            reconcile_job(engine, settings, job.id, watch)
+            live: list[tuple[int, str]] = []
+            while len(live) < 3 * len(VERL_KEYS):
+                message = json.loads(ws.recv(timeout=60))
+                if message["type"] == "metrics":
+                    live += [(p["step"], p["key"]) for p in message["points"]]
+            expected = [(s, k) for s in (2001, 2002, 2003) for k in VERL_KEYS]
+            assert sorted(live) == sorted(expected)
+        # A reconnect after its last step: exactly the points it missed, not thinned.
+        runner.write(run_dir, "metrics", verl_run(range(2004, 2006)))
+        reconcile_job(engine, settings, job.id, watch)
+        with connect(f"{url}?last_step=2003", open_timeout=30) as ws:
+            ws.send(hello)
+            resumed = json.loads(ws.recv(timeout=60))
+        assert resumed["thinned"] is False and resumed["last_step"] == 2005
+        assert _pairs(resumed) == sorted((s, k) for s in (2004, 2005) for k in VERL_KEYS)
+
+
+def test_earlier_log_lines_are_read_before_an_offset(  # type: ignore[no-untyped-def]
+    api, engine, settings, runner, running_job
+) -> None:
+    job, run_dir = running_job()
+    text = "".join(f"line {i}\n" for i in range(100))  # 'line 0\n' .. 'line 99\n'
+    runner.write(run_dir, "log", text.encode())
+    reconcile_job(engine, settings, job.id, {runner.kind: runner})
+    logs = f"/api/v1/jobs/{job.id}/logs"
+    end = len(text)
+    last = api.get(logs, params={"before": end, "limit": 30}).json()
+    # 30 bytes end at the log's end; the partial first line is left out: whole lines only
+    assert last["text"] == "line 97\nline 98\nline 99\n"
+    assert (last["offset"], last["next_offset"]) == (end - 24, end)
+    above = api.get(logs, params={"before": last["offset"], "limit": 30}).json()
+    assert above["text"] == "line 94\nline 95\nline 96\n" and above["next_offset"] == last["offset"]
+    first = api.get(logs, params={"before": 14, "limit": 1000}).json()
+    assert (first["offset"], first["text"]) == (0, "line 0\nline 1\n")
+    assert api.get(logs, params={"before": 0}).json()["text"] == ""
+    # Bad input names the field.
+    for params, field in (
+        ({"before": end + 1}, "before"),
+        ({"before": -1}, "before"),
+        ({"before": 10, "offset": 5}, "offset"),
+        ({"before": 10, "limit": 0}, "limit"),
+    ):
+        refused = api.get(logs, params=params)
+        assert refused.status_code == 422, params
+        assert refused.json()["detail"][0]["loc"] == ["query", field], params
+    assert api.get(logs, params={"before": 10, "attempt": 2}).status_code == 404

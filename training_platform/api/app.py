@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import FastAPI
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from training_platform import __version__
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from training_platform.jobs.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
+COMPRESS_MIN_BYTES = 1024  # below this gzip saves less than it costs
 
 
 class RequestTimer:
@@ -80,6 +82,13 @@ def _keep_audit(scope: Scope, caller: tuple[str, str], route: str, status: int) 
             )
         )
         session.commit()
+
+
+def compress(app: FastAPI) -> None:
+    """gzip every answer of COMPRESS_MIN_BYTES or more to a client that accepts it: JSON and
+    the dashboard's files. A streamed answer stays incremental (each chunk is flushed);
+    Server-Sent Events, already compressed files and WebSockets pass untouched."""
+    app.add_middleware(GZipMiddleware, minimum_size=COMPRESS_MIN_BYTES, compresslevel=6)
 
 
 class _OnFirstUse:
@@ -161,6 +170,7 @@ def create_app(
     errors.install(app)
 
     app.add_middleware(RequestTimer)
+    compress(app)
 
     # Health first, then a stand-in for each context (api/contexts.py): the warm-up started
     # with the app puts their routes in place; the dashboard's catch-all last.

@@ -318,7 +318,12 @@ def _watch(api: ApiClient, job_id: int, *, logs: bool = False) -> None:
                         kind = message["type"]
                         if kind == "error":
                             fail(message["message"])
-                        for point in message.get("points", []):
+                        points = [
+                            {"step": step, "key": key, "value": value}
+                            for key, pairs in message.get("series", {}).items()
+                            for step, value in pairs
+                        ] + message.get("points", [])
+                        for point in points:
                             last_step = max(last_step or 0, point["step"])
                             if point["key"] == "loss" and point["value"] is not None:
                                 loss = point["value"]

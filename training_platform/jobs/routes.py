@@ -26,7 +26,8 @@ from training_platform.api.deps import (
     project_scoped,
 )
 from training_platform.backends.base import LaunchPlan
-from training_platform.core.types import DB_INT_MAX
+from training_platform.core.errors import InvalidInput
+from training_platform.core.types import DB_BIGINT_MAX, DB_INT_MAX
 from training_platform.jobs import service
 from training_platform.jobs import waits as waits_of
 from training_platform.jobs.models import Job
@@ -344,8 +345,30 @@ def job_logs(
     offset: ByteOffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 256 * 1024,
     attempt: Annotated[int | None, Query(ge=1, le=DB_INT_MAX)] = None,
+    before: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=DB_BIGINT_MAX,
+            description="Read the `limit` bytes that end here instead (whole lines): the "
+            "lines above what a client shows. Not with `offset`.",
+        ),
+    ] = None,
 ) -> LogSlice:
-    """The log of an attempt (the current one by default) from a byte offset."""
+    """The log of an attempt (the current one by default) from a byte offset, or before one."""
+    if before is not None:
+        if offset:
+            raise InvalidInput(("query", "offset"), "give offset or before, not both")
+        used, start, data = service.read_log_before(
+            session=session, job_id=job_id, attempt=attempt, before=before, limit=limit
+        )
+        return LogSlice(
+            attempt=used,
+            offset=start,
+            next_offset=before,
+            text=data.decode("utf-8", errors="replace"),
+            complete=False,
+        )
     used, next_offset, data, complete = service.read_log(
         session=session, job_id=job_id, attempt=attempt, offset=offset, limit=limit
     )

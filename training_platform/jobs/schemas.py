@@ -386,13 +386,16 @@ class JobEventPublic(BaseModel):
 
 
 class LogSlice(BaseModel):
-    """Log bytes of one attempt from `offset`; ask again from `next_offset` for more."""
+    """Log bytes of one attempt from `offset`; ask again from `next_offset` for more (or with
+    `before=offset` for the lines above)."""
 
     attempt: int
-    offset: int
-    next_offset: int
+    offset: int = Field(description="Where `text` starts (0: the log's first byte).")
+    next_offset: int = Field(description="Where `text` ends.")
     text: str
-    complete: bool = Field(description="True when the attempt has ended and all was read.")
+    complete: bool = Field(
+        description="True when the attempt has ended and all was read (false with `before`)."
+    )
 
 
 class MetricPoint(BaseModel):

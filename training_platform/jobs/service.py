@@ -876,6 +876,46 @@ def read_log(
     return attempt, next_offset, bytes(data), complete
 
 
+def read_log_before(
+    *, session: Session, job_id: int, attempt: int | None, before: int, limit: int
+) -> tuple[int, int, bytes]:
+    """Up to `limit` stored log bytes that end at byte `before`, from the start of a line
+    (unless one line is longer than that): (attempt, start offset, data).
+
+    What a page that shows the end of a log reads to show the lines above it."""
+    job = get_job(session=session, job_id=job_id)
+    attempt = job.attempt if attempt is None else attempt
+    if not 1 <= attempt <= job.attempt:
+        raise NotFound(f"job {job_id} has no attempt {attempt}")
+    size = session.exec(
+        select(func.max(JobLogChunk.offset + func.length(JobLogChunk.data))).where(
+            JobLogChunk.job_id == job_id, JobLogChunk.attempt == attempt
+        )
+    ).one()
+    size = int(size or 0)
+    if before > size:
+        raise InvalidInput(
+            ("query", "before"),
+            f"before {before} is past the end of attempt {attempt}'s log ({size} bytes stored)",
+        )
+    start = max(0, before - limit)
+    chunks = session.exec(
+        select(JobLogChunk)
+        .where(
+            JobLogChunk.job_id == job_id,
+            JobLogChunk.attempt == attempt,
+            JobLogChunk.offset < before,
+            JobLogChunk.offset + func.length(JobLogChunk.data) > start,
+        )
+        .order_by(col(JobLogChunk.offset))
+    ).all()
+    data = b"".join(c.data[max(0, start - c.offset) : before - c.offset] for c in chunks)
+    if start > 0 and b"\n" in data[:-1]:
+        cut = data.index(b"\n") + 1  # the first line is only a part: it starts earlier
+        data, start = data[cut:], start + cut
+    return attempt, start, data
+
+
 def read_metrics(
     *,
     session: Session,

@@ -3,8 +3,9 @@
 Authentication: a first `hello` message with the token within AUTH_TIMEOUT_S; a missing or
 wrong token closes the socket with code 4401. Never in the URL: URLs reach access logs and
 proxies' logs, so a socket whose URL carries a `token` is closed with 4401 too. The client may
-give `last_step` (in the URL or in `hello`): it then receives exactly the points after that
-step.
+give `last_step` (in the URL or in `hello`): it then receives the points after that step, a
+long stretch thinned as the metrics route thins it (the snapshot says so), then every new
+point exactly once.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ async def _send_snapshot(websocket: WebSocket, job_id: int, last_step: int | Non
 
     seen, snapshot = await run_in_threadpool(read)
     stream = _Stream(last_step, snapshot.log_attempt, snapshot.log_offset)
-    for point in snapshot.points:
-        stream.steps[point.key] = max(stream.steps.get(point.key, -1), point.step)
+    for key, pairs in snapshot.series.items():
+        if pairs:
+            stream.steps[key] = pairs[-1][0]  # by step: the last is the highest
     await websocket.send_text(snapshot.model_dump_json())
     hub: LiveHub = websocket.app.state.live_hub
     hub.watch_status(job_id, seen)

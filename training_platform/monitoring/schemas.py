@@ -46,11 +46,18 @@ class _Message(BaseModel):
 
 
 class Snapshot(_Message):
-    """First message: the job, every point after the client's last step, the log tail."""
+    """First message: the job, the points after the client's last step (a long run thinned,
+    as GET /jobs/{id}/metrics?max_steps= thins it), the log tail."""
 
     type: Literal["snapshot"] = "snapshot"
     job: JobState
-    points: list[Point]
+    series: dict[str, list[tuple[int, float | None]]] = Field(
+        description="[step, value] pairs per key, by step; null where NaN or an infinity."
+    )
+    thinned: bool = Field(
+        description="True when evenly spaced steps stand for the run up to `last_step` (the "
+        "first and last included): the metrics route has every point."
+    )
     last_step: int | None = Field(description="The highest step sent so far (resume from it).")
     log_attempt: int
     log_offset: int = Field(description="Log bytes of the attempt before `log` messages start.")

@@ -11,10 +11,14 @@ from sqlmodel import Session, col, select
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
 from training_platform.monitoring.models import Alert
-from training_platform.monitoring.schemas import JobState, Point, Snapshot
+from training_platform.monitoring.schemas import JobState, Snapshot
 
-LOG_TAIL_BYTES = 32 * 1024
-SNAPSHOT_POINTS = 100_000
+# The first message of a job's live view stays small (under 60 KB for a 2,000-step run of 20
+# keys): the log's last 16 KB (earlier lines: GET .../logs?before=) and about this many points,
+# the run thinned as GET .../metrics?max_steps= thins it (the page asks that route for the
+# detail of the curves it shows).
+LOG_TAIL_BYTES = 16 * 1024
+SNAPSHOT_POINTS = 1200
 
 
 def job_state(job: Job) -> dict[str, Any]:
@@ -41,12 +45,24 @@ def read_state(*, session: Session, job_id: int) -> dict[str, Any] | None:
 
 
 def snapshot(*, session: Session, job_id: int, last_step: int | None) -> Snapshot:
-    """Everything after the client's last step, and the end of the current attempt's log."""
+    """The points after the client's last step (thinned to about SNAPSHOT_POINTS), and the
+    end of the current attempt's log."""
     job = jobs.get_job(session=session, job_id=job_id)
+    keys = jobs.metric_keys(session=session, job_id=job_id)
+    max_steps = max(2, SNAPSHOT_POINTS // max(1, len(keys)))
     rows = jobs.read_metrics(
-        session=session, job_id=job_id, since_step=last_step, keys=(), limit=SNAPSHOT_POINTS
+        session=session,
+        job_id=job_id,
+        since_step=last_step,
+        keys=(),
+        limit=(max_steps + 1) * max(1, len(keys)),  # the most thinning leaves: never cut
+        max_steps=max_steps,
     )
-    points = [Point(step=step, key=key, value=value) for step, key, value in rows]
+    # Every key, even one the thinned steps miss (a validation score every 50 steps): the
+    # page lists it, and reads its points from the metrics route when it is shown.
+    series: dict[str, list[tuple[int, float | None]]] = {key: [] for key in keys}
+    for step, key, value in rows:
+        series.setdefault(key, []).append((step, value))
     end = job.log_offset
     start = max(0, end - LOG_TAIL_BYTES)
     _, _, data, _ = jobs.read_log(
@@ -57,8 +73,10 @@ def snapshot(*, session: Session, job_id: int, last_step: int | None) -> Snapsho
     return Snapshot(
         job_id=job_id,
         job=JobState.model_validate(job_state(job)),
-        points=points,
-        last_step=points[-1].step if points else last_step,
+        series=series,
+        # read_metrics thins exactly when the range spans more than max_steps steps
+        thinned=bool(rows) and rows[-1][0] - rows[0][0] + 1 > max_steps,
+        last_step=rows[-1][0] if rows else last_step,
         log_attempt=job.attempt,
         log_offset=end,
         log_tail=data.decode("utf-8", errors="replace"),

@@ -1217,7 +1217,7 @@ export interface paths {
         };
         /**
          * Job Logs
-         * @description The log of an attempt (the current one by default) from a byte offset.
+         * @description The log of an attempt (the current one by default) from a byte offset, or before one.
          */
         get: operations["job_logs_api_v1_jobs__job_id__logs_get"];
         put?: never;
@@ -4305,19 +4305,26 @@ export interface components {
         };
         /**
          * LogSlice
-         * @description Log bytes of one attempt from `offset`; ask again from `next_offset` for more.
+         * @description Log bytes of one attempt from `offset`; ask again from `next_offset` for more (or with
+         *     `before=offset` for the lines above).
          */
         LogSlice: {
             /** Attempt */
             attempt: number;
             /**
              * Complete
-             * @description True when the attempt has ended and all was read.
+             * @description True when the attempt has ended and all was read (false with `before`).
              */
             complete: boolean;
-            /** Next Offset */
+            /**
+             * Next Offset
+             * @description Where `text` ends.
+             */
             next_offset: number;
-            /** Offset */
+            /**
+             * Offset
+             * @description Where `text` starts (0: the log's first byte).
+             */
             offset: number;
             /** Text */
             text: string;
@@ -11948,6 +11955,8 @@ export interface operations {
                 offset?: number;
                 limit?: number;
                 attempt?: number | null;
+                /** @description Read the `limit` bytes that end here instead (whole lines): the lines above what a client shows. Not with `offset`. */
+                before?: number | null;
             };
             header?: never;
             path: {

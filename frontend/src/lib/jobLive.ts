@@ -10,7 +10,11 @@ export interface JobLive {
   job: JobState | null;
   series: Record<string, Point[]>;
   lastStep: number | null;
+  // The snapshot of a long run stands evenly spaced steps for it, up to this step: the page
+  // reads the curves it shows whole from the metrics route (mergeDetail). Null: all is here.
+  thinnedUntil: number | null;
   logAttempt: number | null;
+  logStart: number; // byte offset (of the attempt's log) the text starts at: above it, "load earlier"
   logEnd: number; // byte offset (of the attempt's log) the text ends at
   logText: string;
   logTrimmed: boolean;
@@ -26,7 +30,9 @@ export function emptyJobLive(): JobLive {
     job: null,
     series: {},
     lastStep: null,
+    thinnedUntil: null,
     logAttempt: null,
+    logStart: 0,
     logEnd: 0,
     logText: "",
     logTrimmed: false,
@@ -42,24 +48,47 @@ interface WirePoint {
   value: number | null;
 }
 
+// Points by key, each key's sorted by step; merged by step, so a point sent twice is kept once.
+function addSeries(state: JobLive, byKey: Record<string, Point[]>) {
+  const series = { ...state.series };
+  for (const [key, incoming] of Object.entries(byKey)) {
+    series[key] = mergePoints(series[key] ?? [], incoming);
+    for (const [step] of incoming) if (state.lastStep === null || step > state.lastStep) state.lastStep = step;
+  }
+  state.series = series;
+}
+
 function addPoints(state: JobLive, points: WirePoint[]) {
   const byKey: Record<string, Point[]> = {};
   for (const p of points) (byKey[p.key] ??= []).push([p.step, p.value]);
-  const series = { ...state.series };
-  for (const [key, incoming] of Object.entries(byKey)) series[key] = mergePoints(series[key] ?? [], incoming);
-  state.series = series;
-  for (const p of points) if (state.lastStep === null || p.step > state.lastStep) state.lastStep = p.step;
+  addSeries(state, byKey);
+}
+
+/** Points read from the metrics route (every point of a stretch the snapshot thinned). */
+export function mergeDetail(state: JobLive, points: WirePoint[]): JobLive {
+  addPoints(state, points);
+  return state;
+}
+
+/** Earlier log text, as GET .../logs?before=logStart answered it (offset: where it starts,
+ * nextOffset: where it ends), put above what the page shows. */
+export function prependLog(state: JobLive, attempt: number, offset: number, nextOffset: number, text: string): JobLive {
+  // An answer for another attempt, or to an older question (the text has moved): dropped.
+  if (attempt !== state.logAttempt || nextOffset !== state.logStart || offset >= nextOffset) return state;
+  state.logText = text + state.logText;
+  state.logStart = offset;
+  return state;
 }
 
 function appendLog(state: JobLive, attempt: number, offset: number, text: string) {
-  if (state.logAttempt !== attempt) {
-    // A new attempt's log starts a new text (the old one is in the API under its attempt).
+  if (state.logAttempt !== attempt || offset > state.logEnd) {
+    // A new attempt's log (the old one is in the API under its attempt), or text after a gap
+    // (a long disconnect): the text starts over at `offset`; what is above it, the page loads
+    // on demand ("load earlier"), so the text always covers logStart..logEnd exactly.
     state.logAttempt = attempt;
-    state.logText = offset > 0 ? `[… first ${offset} bytes not shown …]\n` : "";
+    state.logText = "";
+    state.logStart = offset;
     state.logEnd = offset;
-  }
-  if (offset > state.logEnd) {
-    state.logText += `\n[… ${offset - state.logEnd} bytes not shown …]\n`;
   } else if (offset < state.logEnd) {
     // Overlap after a reconnect: keep only the part after what we have.
     const bytes = new TextEncoder().encode(text);
@@ -71,8 +100,13 @@ function appendLog(state: JobLive, attempt: number, offset: number, text: string
   state.logText += text;
   state.logEnd = offset + new TextEncoder().encode(text).length;
   if (state.logText.length > LOG_KEEP) {
-    state.logText = state.logText.slice(-LOG_KEEP);
-    state.logTrimmed = true;
+    // Drop whole lines from the top: what is left starts at a known byte offset.
+    const cut = state.logText.indexOf("\n", state.logText.length - LOG_KEEP) + 1;
+    if (cut > 0) {
+      state.logStart += new TextEncoder().encode(state.logText.slice(0, cut)).length;
+      state.logText = state.logText.slice(cut);
+      state.logTrimmed = true;
+    }
   }
 }
 
@@ -80,7 +114,10 @@ export function applyMessage(state: JobLive, message: Record<string, unknown>): 
   switch (message.type) {
     case "snapshot": {
       state.job = message.job as JobState;
-      addPoints(state, message.points as WirePoint[]);
+      // [step, value] pairs per key; a key without pairs is listed all the same.
+      addSeries(state, (message.series ?? {}) as Record<string, Point[]>);
+      const last = message.last_step as number | null;
+      if (message.thinned && last !== null) state.thinnedUntil = Math.max(state.thinnedUntil ?? last, last);
       // The tail ends at log_offset; `log` messages continue from there.
       const tail = String(message.log_tail ?? "");
       const end = Number(message.log_offset ?? 0);
