@@ -167,7 +167,7 @@ class Column:
     justify: Literal["left", "right"] = "left"
 
 
-FLEX_MIN = 12  # the width a free-text column may be narrowed to before columns are dropped
+FLEX_MIN = 16  # the width a free-text column may be narrowed to before columns are dropped
 
 
 def short_time(stamp: str | None) -> str:
@@ -193,9 +193,9 @@ def time_column(header: str, key: str, *, drop: int = 0) -> Column:
 def print_table(
     columns: list[Column], rows: Iterable[Any], *, wide: bool = False, title: str | None = None
 ) -> None:
-    """Rows as a table that fits the terminal: when it would not, narrower forms of columns
-    are used first, then the least useful columns are dropped, and free text wraps; no cell is
-    cut. With `wide`, every column in full, however long the lines."""
+    """Rows as a table that fits the terminal: when it would not, the narrower forms of columns
+    are used, then the least useful columns are dropped, and free text wraps; no cell is cut.
+    With `wide`, every column in full, however long the lines."""
     rows = list(rows)
     forms = [(c.header, c.cell) for c in columns]
     cells = [[form[1](row) for row in rows] for form in forms]
@@ -208,18 +208,17 @@ def print_table(
         floors = [min(natural(i), FLEX_MIN) if columns[i].flex else natural(i) for i in shown]
         return sum(floors) + 3 * len(shown) + 1  # a space either side, a rule between
 
-    if not wide:
-        by_rank = sorted(range(len(columns)), key=lambda i: -columns[i].drop)
-        steps = [("short", i) for i in by_rank if columns[i].short]
-        steps += [("drop", i) for i in by_rank if columns[i].drop]
-        for kind, index in steps:
+    if not wide and needed() > console.width:
+        for i, column in enumerate(columns):  # every narrower form at once: alike columns agree
+            if column.short:
+                forms[i] = column.short
+                cells[i] = [column.short[1](row) for row in rows]
+        for i in sorted(
+            (i for i, c in enumerate(columns) if c.drop), key=lambda i: -columns[i].drop
+        ):
             if needed() <= console.width:
                 break
-            if kind == "drop":
-                shown.remove(index)
-            else:
-                forms[index] = columns[index].short  # type: ignore[assignment]
-                cells[index] = [forms[index][1](row) for row in rows]
+            shown.remove(i)
     table = Table(title=title)
     if wide:
         table.width = sum(natural(i) for i in shown) + 3 * len(shown) + 1

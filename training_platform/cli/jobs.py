@@ -150,7 +150,7 @@ def _step(job: dict[str, Any]) -> str:
     return f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
 
 
-# At 80 columns: id, name, algorithm, model, status, step and when (prio and dataset dropped).
+# In 80 columns: id, name, algorithm, model, status, step and when (no priority, no dataset).
 JOB_COLUMNS = [
     Column("id", lambda j: str(j["id"]), justify="right"),
     Column("name", lambda j: j["name"], flex=True),
@@ -160,12 +160,12 @@ JOB_COLUMNS = [
         drop=3,
         short=("algo", lambda j: j["algorithm"]),
     ),
-    Column("model", lambda j: j["model"], drop=2, flex=True),
+    Column("model", lambda j: j["model"], drop=1, flex=True),
     Column("dataset", lambda j: j["dataset"], drop=4, flex=True),
     Column("prio", lambda j: str(j["priority"]), drop=5, justify="right"),
     Column("status", lambda j: j["status"], style=lambda j: STATUS_STYLE.get(j["status"], "")),
     Column("step", _step, justify="right"),
-    time_column("created", "created_at", drop=1),
+    time_column("created", "created_at", drop=2),
 ]
 
 
@@ -191,10 +191,10 @@ def jobs_list(
 
 EVENT_COLUMNS = [
     time_column("time", "created_at", drop=1),
-    Column("attempt", lambda e: str(e["attempt"]), drop=2, justify="right"),
+    Column("attempt", lambda e: str(e["attempt"]), drop=3, justify="right"),
     Column("from", lambda e: e["from_status"] or "-"),
     Column("to", lambda e: e["to_status"]),
-    Column("actor", lambda e: e["actor"], drop=3),
+    Column("actor", lambda e: e["actor"], drop=2),
     Column("reason", lambda e: e["reason"], flex=True),
 ]
 
@@ -228,7 +228,7 @@ def _print_job(found: dict[str, Any]) -> None:
         "finished_at",
     ):
         console.print(f"{key:>12}: {job[key]}", highlight=False, markup=False)
-    console.print(f"{'progress':>12}: {job['progress']['step']}/{job['progress']['total']}")
+    console.print(f"{'progress':>12}: {_step(job)}")
     if job.get("devices"):
         console.print(f"{'devices':>12}: {', '.join(job['devices'])}", highlight=False)
     if job.get("wait_reason"):
