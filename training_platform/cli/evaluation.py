@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from training_platform.cli.common import (
     Column,
@@ -209,11 +208,17 @@ def eval_show(
     for group in groups:
         console.print(f"  {by}={group['value']}: {_score_line(evaluation['scorer'], group)}")
     if rows:
-        table = Table("idx", "reference", "output", "scores")
-        for row in rows:
-            scores = ", ".join(f"{k}={v:.3g}" for k, v in row["scores"].items())
-            table.add_row(str(row["idx"]), row["reference"], row["output"], scores)
-        console.print(table)
+        print_table(SAMPLE_COLUMNS, rows)
+
+
+SAMPLE_COLUMNS = [
+    Column("idx", lambda r: str(r["idx"]), justify="right"),
+    Column("reference", lambda r: r["reference"], flex=True),
+    Column("output", lambda r: r["output"], flex=True),
+    Column(
+        "scores", lambda r: ", ".join(f"{k}={v:.3g}" for k, v in r["scores"].items()), flex=True
+    ),
+]
 
 
 @eval_app.command("rescore")
@@ -291,12 +296,16 @@ def _print_comparison(result: dict[str, Any]) -> None:
         highlight=False,
     )
     if result["samples"]:
-        table = Table("idx", "change", "reference", "A", "B")
-        for row in result["samples"]:
-            table.add_row(
-                str(row["idx"]), row["change"], row["reference"], row["output_a"], row["output_b"]
-            )
-        console.print(table)
+        print_table(CHANGE_COLUMNS, result["samples"])
+
+
+CHANGE_COLUMNS = [
+    Column("idx", lambda r: str(r["idx"]), justify="right"),
+    Column("change", lambda r: r["change"]),
+    Column("reference", lambda r: r["reference"], flex=True),
+    Column("A", lambda r: r["output_a"], flex=True),
+    Column("B", lambda r: r["output_b"], flex=True),
+]
 
 
 def _rank(baseline: int, candidates: list[int], scorer: str | None, output: Output) -> None:
@@ -316,25 +325,45 @@ def _print_ranking(result: dict[str, Any]) -> None:
         "(p adjusted over all of them, Benjamini-Hochberg)",
         highlight=False,
     )
-    table = Table("evaluation", "name", "mean", "delta", "improved", "regressed", "p", "p adj.", "")
-    for row in result["candidates"]:
-        stats = row["stats"]
+    print_table(RANK_COLUMNS, result["candidates"])
 
-        def number(value: float | None, form: str) -> str:
-            return "-" if value is None else format(value, form)
 
-        table.add_row(
-            str(row["evaluation"]),
-            row["name"],
-            number(stats["mean_b"], ".4f"),
-            number(stats["delta"], "+.4f"),
-            str(stats["improved"]),
-            str(stats["regressed"]),
-            number(stats["p_value"], ".4g"),
-            number(row["p_adjusted"], ".4g"),
-            "significant" if row["significant"] else "",
-        )
-    console.print(table)
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else format(value, form)
+
+
+RANK_COLUMNS = [
+    Column(
+        "evaluation",
+        lambda r: str(r["evaluation"]),
+        short=("id", lambda r: str(r["evaluation"])),
+        justify="right",
+    ),
+    Column("name", lambda r: r["name"], flex=True),
+    Column("mean", lambda r: _number(r["stats"]["mean_b"], ".4f"), justify="right"),
+    Column("delta", lambda r: _number(r["stats"]["delta"], "+.4f"), justify="right"),
+    Column(
+        "improved",
+        lambda r: str(r["stats"]["improved"]),
+        drop=1,
+        short=("better", lambda r: str(r["stats"]["improved"])),
+        justify="right",
+    ),
+    Column(
+        "regressed",
+        lambda r: str(r["stats"]["regressed"]),
+        drop=1,
+        short=("worse", lambda r: str(r["stats"]["regressed"])),
+        justify="right",
+    ),
+    Column("p", lambda r: _number(r["stats"]["p_value"], ".4g"), drop=2, justify="right"),
+    Column("p adj.", lambda r: _number(r["p_adjusted"], ".4g"), justify="right"),
+    Column(
+        "",
+        lambda r: "significant" if r["significant"] else "",
+        short=("sig.", lambda r: "yes" if r["significant"] else ""),
+    ),
+]
 
 
 rubrics_app = typer.Typer(
@@ -467,17 +496,25 @@ def _print_run(run: dict[str, Any]) -> None:
         f"{run['suite']}, mean of the datasets {mean}",
         highlight=False,
     )
-    table = Table("dataset", "scorer", "evaluation", "status", "score")
-    for item in run["items"]:
-        summary = item["summary"] or {}
-        table.add_row(
-            item["dataset"],
-            item["scorer"],
-            str(item["evaluation"]),
-            item["status"],
-            _score_line(item["scorer"], summary) if summary else "-",
-        )
-    console.print(table)
+    print_table(RUN_COLUMNS, run["items"])
+
+
+RUN_COLUMNS = [
+    Column("dataset", lambda i: i["dataset"], flex=True),
+    Column("scorer", lambda i: i["scorer"], drop=2),
+    Column(
+        "evaluation",
+        lambda i: str(i["evaluation"]),
+        short=("eval", lambda i: str(i["evaluation"])),
+        justify="right",
+    ),
+    Column("status", lambda i: i["status"]),
+    Column(
+        "score",
+        lambda i: _score_line(i["scorer"], i["summary"]) if i["summary"] else "-",
+        flex=True,
+    ),
+]
 
 
 @suites_app.command("run")

@@ -172,7 +172,7 @@ STAGE_COLUMNS = [
     Column(
         "stage", lambda s: s["name"] + (f" (run {s['run']})" if s["run"] > 1 else ""), flex=True
     ),
-    Column("after", lambda s: ", ".join(s["depends_on"]) or "-", drop=2, flex=True),
+    Column("after", lambda s: ", ".join(s["depends_on"]) or "-", drop=3, flex=True),
     Column("status", lambda s: s["status"], style=lambda s: STATUS_STYLE.get(s["status"], "")),
     Column(
         "job",
@@ -180,8 +180,8 @@ STAGE_COLUMNS = [
         short=("job", lambda s: str(s["job_id"] or "-")),
         drop=1,
     ),
-    Column("time", lambda s: _duration(s["duration_s"]), drop=3, justify="right"),
-    Column("key metric", _metric, drop=1, flex=True),
+    Column("time", lambda s: _duration(s["duration_s"]), drop=2, justify="right"),
+    Column("key metric", _metric, flex=True),
     Column("note", _note, flex=True),
 ]
 
