@@ -56,11 +56,11 @@ SUBMIT = [
 def test_bad_submissions_exit_2_with_the_reason(
     tp, platform, extra: list[str], message: str
 ) -> None:  # type: ignore[no-untyped-def]
-    before = json.loads(tp("jobs", "list", "--json").stdout)["total"]
+    before = json.loads(tp("jobs", "list", "--output", "json").stdout)["total"]
     result = tp(*SUBMIT, *extra)
     assert result.exit_code == 2, result.output
     assert message in result.stderr.replace("\n", " ")
-    assert json.loads(tp("jobs", "list", "--json").stdout)["total"] == before
+    assert json.loads(tp("jobs", "list", "--output", "json").stdout)["total"] == before
 
 
 def test_missing_options_and_malformed_params_are_refused(tp) -> None:  # type: ignore[no-untyped-def]
@@ -71,23 +71,23 @@ def test_missing_options_and_malformed_params_are_refused(tp) -> None:  # type: 
 
 
 def test_dry_run_prints_the_plan_and_creates_nothing(tp) -> None:  # type: ignore[no-untyped-def]
-    before = json.loads(tp("jobs", "list", "--json").stdout)["total"]
+    before = json.loads(tp("jobs", "list", "--output", "json").stdout)["total"]
     result = tp(*SUBMIT, "--dry-run", "-p", "max_steps=3")
     assert result.exit_code == 0, result.output
     assert (
         "training_platform.trainers.trl_train" in result.stdout
         and '"max_steps": 3' in result.stdout
     )
-    assert json.loads(tp("jobs", "list", "--json").stdout)["total"] == before
+    assert json.loads(tp("jobs", "list", "--output", "json").stdout)["total"] == before
 
 
-def test_submit_from_a_yaml_file_then_list_show_plan_logs(tp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_submit_from_a_yaml_file_then_list_show_plan_logs(tp, platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
     spec = tmp_path / "job.yaml"
     spec.write_text(
         "name: 'from yaml; $(id)'\nalgorithm: sft\nmodel: tiny-qwen2\ndataset: tiny-sft\n"
         "priority: 6\nhyperparameters:\n  max_steps: 2\n  learning_rate: 0.001\n"
     )
-    result = tp("jobs", "submit", "--file", str(spec), "--json")
+    result = tp("jobs", "submit", "--file", str(spec), "--output", "json")
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["name"] == "from yaml; $(id)" and job["priority"] == 6
@@ -98,11 +98,13 @@ def test_submit_from_a_yaml_file_then_list_show_plan_logs(tp, tmp_path) -> None:
     assert "None" not in watched.stdout and "[launcher" not in watched.stdout, watched.stdout
     with_log = tp("jobs", "watch", str(job["id"]), "--log")
     assert with_log.exit_code == 0 and "trainer exited with code 0" in with_log.stdout
-    listed = json.loads(tp("jobs", "list", "--json", "-s", "succeeded").stdout)
+    listed = json.loads(tp("jobs", "list", "--output", "json", "-s", "succeeded").stdout)
     assert job["id"] in [j["id"] for j in listed["items"]]
+    _jobs_list_fits_80_columns(tp, job["id"])
+    _json_is_the_apis_answer(tp, platform, job["id"])
     shown = tp("jobs", "show", str(job["id"]))
     assert "from yaml; $(id)" in shown.stdout and "succeeded" in shown.stdout
-    plan = json.loads(tp("jobs", "plan", str(job["id"]), "--json").stdout)
+    plan = json.loads(tp("jobs", "plan", str(job["id"]), "--output", "json").stdout)
     assert plan["argv"][-2:] == ["--config", "train_config.json"]
     logs = tp("jobs", "logs", str(job["id"]))
     assert "trainer exited with code 0" in logs.stdout
@@ -205,7 +207,8 @@ def test_verl_plans_from_the_cli_compose_against_verls_config_tree(tp, algorithm
         "--gpus",
         "2",
         "--dry-run",
-        "--json",
+        "--output",
+        "json",
     )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
@@ -270,11 +273,11 @@ def test_bad_pipeline_definitions_exit_2_naming_stage_and_field(
 ) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "pipeline.yaml"
     path.write_text(definition)
-    before = json.loads(tp("pipelines", "list", "--json").stdout)["total"]
+    before = json.loads(tp("pipelines", "list", "--output", "json").stdout)["total"]
     result = tp("pipelines", "submit", str(path), *args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
-    assert json.loads(tp("pipelines", "list", "--json").stdout)["total"] == before
+    assert json.loads(tp("pipelines", "list", "--output", "json").stdout)["total"] == before
 
 
 def test_pipeline_commands_without_a_definition_or_with_a_bad_id_fail(tp) -> None:  # type: ignore[no-untyped-def]
@@ -293,7 +296,7 @@ def test_tokens_create_list_and_revoke(tp) -> None:  # type: ignore[no-untyped-d
     assert created.exit_code == 0, created.output
     secret = created.stdout.strip()
     assert len(secret) >= 43 and "shown only now" in created.stderr
-    listed = json.loads(tp("tokens", "list", "--json").stdout)["items"]
+    listed = json.loads(tp("tokens", "list", "--output", "json").stdout)["items"]
     # Live tokens (the shared platform may hold tokens other tests made and revoked).
     live = {
         t["name"]: t["current"] for t in listed if t["revoked_at"] is None and t["user"] == "admin"
@@ -337,14 +340,14 @@ def test_a_user_logs_in_and_acts_with_their_role(tp, tmp_path) -> None:  # type:
     assert tp("jobs", "list", **config).exit_code == 0  # a viewer reads
     assert tp("logout", **config).exit_code == 0
     assert tp("whoami", **config).stdout.startswith("admin (admin")  # the operator's token
-    listed = json.loads(tp("users", "list", "--json").stdout)["items"]
+    listed = json.loads(tp("users", "list", "--output", "json").stdout)["items"]
     assert {"name": "cli-viewer", "role": "viewer"}.items() <= next(
         u for u in listed if u["name"] == "cli-viewer"
     ).items()
     disabled = tp("users", "update", "cli-viewer", "--disable")
     assert disabled.exit_code == 0 and "disabled" in disabled.stdout
     assert tp("jobs", "list", TP_TOKEN=secret).exit_code == 1
-    trail = json.loads(tp("audit", "--json", "--limit", "1000").stdout)["items"]
+    trail = json.loads(tp("audit", "--output", "json", "--limit", "1000").stdout)["items"]
     assert {"PATCH /api/v1/users/cli-viewer", "POST /api/v1/users"} <= {
         f"{e['method']} {e['path']}" for e in trail if e["user"] == "admin"
     }
@@ -364,9 +367,9 @@ def test_projects_quotas_members_and_gpu_hours_through_the_cli(tp) -> None:  # t
     assert tp("projects", "create", "theirs", TP_TOKEN=secret).exit_code == 1  # admins only
     added = tp("projects", "add-member", "cli-team", "cli-member")
     assert added.exit_code == 0 and "members: cli-member" in added.stdout, added.output
-    seen = json.loads(tp("projects", "list", "--json", TP_TOKEN=secret).stdout)["items"]
+    seen = json.loads(tp("projects", "list", "--output", "json", TP_TOKEN=secret).stdout)["items"]
     assert [p["name"] for p in seen] == ["cli-team", "default"]
-    usage = tp("projects", "usage", "--days", "1", "--json")
+    usage = tp("projects", "usage", "--days", "1", "--output", "json")
     assert usage.exit_code == 0 and set(json.loads(usage.stdout)) >= {"items", "by_project"}
 
 
@@ -384,7 +387,7 @@ def test_default_alert_rules_are_set_from_a_file_and_shown(tp, tmp_path) -> None
         assert "2 default rule(s) stored" in stored.stdout
         shown = tp("alerts", "rules")
         assert "grad_norm" in shown.stdout and "*loss*" in shown.stdout
-        as_json = json.loads(tp("alerts", "rules", "--json").stdout)
+        as_json = json.loads(tp("alerts", "rules", "--output", "json").stdout)
         assert [r["rule"] for r in as_json["items"]] == ["above", "nan"]
 
         path.write_text("- {rule: nan}\n- {rule: below, key: reward}\n")
@@ -394,7 +397,115 @@ def test_default_alert_rules_are_set_from_a_file_and_shown(tp, tmp_path) -> None
         )
         path.write_text("rule: nan\n")
         assert tp("alerts", "rules-set", str(path)).exit_code == 2
-        assert json.loads(tp("alerts", "rules", "--json").stdout)["items"] == as_json["items"]
+        assert (
+            json.loads(tp("alerts", "rules", "--output", "json").stdout)["items"]
+            == as_json["items"]
+        )
     finally:
         assert tp("alerts", "rules-set", str(empty)).exit_code == 0
     assert "no default rules" in tp("alerts", "rules").stdout
+
+
+def _jobs_list_fits_80_columns(tp, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    """`tp jobs list` in an 80-column terminal: no line wider, status and step never cut (the
+    columns that do not fit are left out); --wide shows every column."""
+    narrow = tp("jobs", "list", COLUMNS="80")
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), narrow.stdout
+    assert "…" not in narrow.stdout, narrow.stdout
+    rows = [[cell.strip() for cell in line.split("│")] for line in lines]
+    row = next(cells for cells in rows if len(cells) > 2 and cells[1] == str(job_id))
+    assert "succeeded" in row and "2/2" in row, row
+    header = [cell.strip() for cell in lines[1].split("┃")]
+    assert {"id", "name", "status", "step"} <= set(header) and "prio" not in header, lines[1]
+    wide = tp("jobs", "list", "--wide", COLUMNS="80")
+    header = [cell.strip() for cell in wide.stdout.splitlines()[1].split("┃")]
+    assert header[1:-1] == [
+        "id",
+        "name",
+        "algorithm",
+        "model",
+        "dataset",
+        "prio",
+        "status",
+        "step",
+        "created",
+    ]
+    assert "…" not in wide.stdout and "trl/sft" in wide.stdout
+
+
+def _json_is_the_apis_answer(tp, platform, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    """`--output json` prints the API's answer and nothing else (no colour, no table)."""
+    with platform.client() as api:
+        job = api.get(f"/api/v1/jobs/{job_id}").json()
+        events = api.get(f"/api/v1/jobs/{job_id}/events").json()
+        listed = api.get("/api/v1/jobs", params={"status": "succeeded", "limit": 500}).json()
+        models = api.get("/api/v1/models").json()
+    for args, expected in (
+        (("jobs", "show", str(job_id)), {"job": job, "events": events}),
+        (("models", "list"), models),
+    ):
+        shown = tp(*args, "--output", "json", COLUMNS="80")
+        assert shown.exit_code == 0 and "\x1b" not in shown.stdout, shown.output
+        assert json.loads(shown.stdout) == expected
+    page = json.loads(tp("jobs", "list", "-o", "json", "-s", "succeeded", "--limit", "500").stdout)
+    assert next(j for j in page["items"] if j["id"] == job_id) == next(
+        j for j in listed["items"] if j["id"] == job_id
+    )
+    refused = tp("jobs", "list", "--output", "yaml")
+    assert refused.exit_code == 2 and "table" in refused.output and "json" in refused.output
+
+
+# Commands that read and print what the API holds, besides every `list` and `show`.
+READ_COMMANDS = {
+    "whoami",
+    "audit",
+    "gpus",
+    "backends",
+    "plan",
+    "lineage",
+    "templates",
+    "versions",
+    "diff",
+    "rows",
+    "search",
+    "analyze",
+    "compare",
+    "methods",
+    "usage",
+    "estimate",
+    "advise",
+    "rules",
+}
+
+
+def _commands():  # type: ignore[no-untyped-def]
+    """Every `tp` command with its name, walking the groups."""
+    import typer
+
+    def walk(command, path):  # type: ignore[no-untyped-def]
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            yield path, command
+            return
+        for name, sub in subcommands.items():
+            yield from walk(sub, (*path, name))
+
+    yield from walk(typer.main.get_command(app), ())
+
+
+def test_every_list_and_show_command_prints_json_with_output_json() -> None:
+    """One option for scripts, the same on every command that reads: -o/--output table|json."""
+    import typer
+
+    readers = []
+    for path, command in _commands():
+        options = {o: p for p in command.params for o in getattr(p, "opts", [])}
+        assert "--json" not in options, f"tp {' '.join(path)} still has --json"
+        if path[-1] in {"list", "show"} | READ_COMMANDS:
+            readers.append(path)
+            assert "--output" in options and "-o" in options, f"tp {' '.join(path)}"
+            shown = options["--output"].get_help_record(typer.Context(command))
+            assert shown is not None and shown[0] == "-o, --output <table|json>", shown
+    assert len(readers) >= 40  # the walk found the commands

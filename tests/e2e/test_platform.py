@@ -147,7 +147,7 @@ def test_sft_through_the_cli_with_watch(platform) -> None:  # type: ignore[no-un
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout
     job_id = int(done.stdout.split()[1])
-    shown = platform.tp("jobs", "show", str(job_id), "--json", check=True)
+    shown = platform.tp("jobs", "show", str(job_id), "--output", "json", check=True)
     assert json.loads(shown.stdout)["job"]["status"] == "succeeded"
 
 

@@ -127,7 +127,7 @@ def test_gpus_endpoint_labels_the_simulated_inventory(four_gpus) -> None:  # typ
     assert host["gpu_source"] == "simulated"
     assert all(g["simulated"] and g["state"] == "free" for g in host["gpus"])
     # What fits them is the compute configurator's advice, for the catalog's models.
-    advised = four_gpus.tp("compute", "advise", "--json")
+    advised = four_gpus.tp("compute", "advise", "--output", "json")
     assert advised.returncode == 0, advised.stderr
     kinds = json.loads(advised.stdout)
     assert [(k["count"], k["memory_mb"]) for k in kinds] == [

@@ -145,7 +145,7 @@ class ApiClient:
         return self.request("GET", f"/api/v1/jobs/{job_id}")
 
     def job_action(self, job_id: int, action: str, **params: Any) -> Any:
-        """POST /jobs/{id}/{cancel|retry}."""
+        """POST /jobs/{id}/{action} (`tp down --jobs` cancels with it)."""
         return self.request("POST", f"/api/v1/jobs/{job_id}/{action}", params=params)
 
     def submit_pipeline(self, body: dict[str, Any], idempotency_key: str | None = None) -> Any:
@@ -156,12 +156,6 @@ class ApiClient:
     def validate_pipeline(self, body: dict[str, Any]) -> Any:
         """POST /pipelines/validate (nothing is stored)."""
         return self.request("POST", "/api/v1/pipelines/validate", json=body)
-
-    def pipeline_action(
-        self, pipeline_id: int, action: str, body: dict[str, Any] | None = None
-    ) -> Any:
-        """POST /pipelines/{id}/{cancel|pause|resume|retry}."""
-        return self.request("POST", f"/api/v1/pipelines/{pipeline_id}/{action}", json=body)
 
     def upload(self, kind: str, path: Path, **params: Any) -> Any:
         """POST /datasets or /rewards with the file as the streamed body."""
@@ -181,14 +175,6 @@ class ApiClient:
     def get(self, path: str) -> Any:
         """GET any API path."""
         return self.request("GET", f"/api/v1/{path}")
-
-    def delete(self, path: str) -> None:
-        """DELETE any API path."""
-        self.request("DELETE", f"/api/v1/{path}")
-
-    def delete_job(self, job_id: int) -> None:
-        """DELETE /jobs/{id}."""
-        self.request("DELETE", f"/api/v1/jobs/{job_id}")
 
     def logs(self, job_id: int, offset: int, attempt: int | None = None) -> Any:
         """GET /jobs/{id}/logs."""

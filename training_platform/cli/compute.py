@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from training_platform.cli.common import call, catalog_ref, client, console, parse_param
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    call,
+    catalog_ref,
+    client,
+    console,
+    emit,
+    parse_param,
+    print_table,
+)
 
 compute_app = typer.Typer(
     help="Size a job before it runs: memory per GPU, what fits, the estimator's error.",
@@ -27,7 +38,7 @@ def estimate(
     gpus: Annotated[int, typer.Option(min=0, help="GPUs on one host.")] = 1,
     gpu_type: Annotated[str | None, typer.Option(help="Only GPUs whose name has this.")] = None,
     host: Annotated[str | None, typer.Option(help="Only this host's GPUs.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Peak memory per GPU of a job, its parts, and configurations that fit."""
     resources: dict[str, Any] = {"gpus": gpus}
@@ -44,9 +55,10 @@ def estimate(
     }
     with client() as api:
         found = call(api.request, "POST", "/api/v1/compute/estimate", json=body)
-    if as_json:
-        console.print_json(json.dumps(found))
-        return
+    emit(output, found, _print_estimate)
+
+
+def _print_estimate(found: dict[str, Any]) -> None:
     if not found["sized"]:
         console.print(f"not sized: {found['reason']}", highlight=False)
         return
@@ -86,37 +98,38 @@ def estimate(
         console.print(options)
 
 
+def _fits(use: str, header: str) -> Column:
+    """Whether a model fits for one use, with its memory (only yes/no when narrow)."""
+
+    def verdict(model: dict[str, Any]) -> str:
+        return "yes" if model[use]["fits"] else "no"
+
+    return Column(
+        header,
+        lambda m: f"{verdict(m)} ({m[use]['mb']:,} MB)",
+        short=(header, verdict),
+    )
+
+
 @compute_app.command("advise")
-def advise(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def advise(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """For each host's GPUs: which registered models fit for inference, LoRA, full training."""
     with client() as api:
         found = call(api.request, "GET", "/api/v1/compute/advice")
-    if as_json:
-        console.print_json(json.dumps(found))
-        return
+    emit(output, found, lambda found: _print_advice(found, wide))
+
+
+def _print_advice(found: list[dict[str, Any]], wide: bool) -> None:
     if not found:
         console.print("no GPU on any host", highlight=False)
     for kind in found:
-        table = Table(
-            "model",
-            "params",
-            "inference",
-            "LoRA",
-            "full",
-            f"full, {kind['count']} GPUs",
-            title=f"{kind['host']}: {kind['count']} x {kind['gpu']} ({kind['memory_mb']:,} MB)",
-        )
-        for m in kind["models"]:
-
-            def cell(use: dict[str, Any]) -> str:
-                return f"{'yes' if use['fits'] else 'no'} ({use['mb']:,} MB)"
-
-            table.add_row(
-                m["model"],
-                f"{m['parameters'] / 1e9:.2f}B",
-                cell(m["inference"]),
-                cell(m["lora"]),
-                cell(m["full"]),
-                cell(m["full_sharded"]),
-            )
-        console.print(table)
+        columns = [
+            Column("model", lambda m: m["model"], flex=True),
+            Column("params", lambda m: f"{m['parameters'] / 1e9:.2f}B", justify="right"),
+            _fits("inference", "inference"),
+            _fits("lora", "LoRA"),
+            _fits("full", "full"),
+            _fits("full_sharded", f"full, {kind['count']} GPUs"),
+        ]
+        title = f"{kind['host']}: {kind['count']} x {kind['gpu']} ({kind['memory_mb']:,} MB)"
+        print_table(columns, kind["models"], wide=wide, title=title)

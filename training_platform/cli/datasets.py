@@ -8,9 +8,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    print_table,
+    time_column,
+)
 
 datasets_app = typer.Typer(
     help="Datasets: upload, versions, statistics, samples with their loss mask.",
@@ -18,24 +30,30 @@ datasets_app = typer.Typer(
 )
 
 
+DATASET_COLUMNS = [
+    Column("id", lambda d: str(d["id"]), justify="right"),
+    Column("name", lambda d: d["name"], flex=True),
+    Column("format", lambda d: d["format"]),
+    Column("task", lambda d: str(d["task"]), drop=3),
+    Column("rows", lambda d: str(d["rows"]), justify="right"),
+    Column(
+        "version",
+        lambda d: str(d["version"]),
+        drop=2,
+        short=("v", lambda d: str(d["version"])),
+        justify="right",
+    ),
+    Column("source", lambda d: d["source"], drop=4),
+    Column("description", lambda d: d["description"], drop=1, flex=True),
+]
+
+
 @datasets_app.command("list")
-def datasets_list() -> None:
+def datasets_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Datasets jobs can train on (the newest version of each)."""
-    table = Table("id", "name", "format", "task", "rows", "version", "source", "description")
     with client() as api:
         items = call(api.catalog, "datasets")
-    for item in items:
-        table.add_row(
-            str(item["id"]),
-            item["name"],
-            item["format"],
-            str(item["task"]),
-            str(item["rows"]),
-            str(item["version"]),
-            item["source"],
-            item["description"],
-        )
-    console.print(table)
+    emit(output, items, lambda items: print_table(DATASET_COLUMNS, items, wide=wide))
 
 
 @datasets_app.command("upload")
@@ -93,29 +111,41 @@ def datasets_upload(
 
 
 @datasets_app.command("show")
-def datasets_show(ref: str) -> None:
-    """Show one dataset (by name or id) as JSON."""
+def datasets_show(ref: str, output: OutputOption = Output.table) -> None:
+    """Show one dataset (by name or id): its fields, one a line."""
     with client() as api:
-        console.print_json(data=call(api.get, f"datasets/{ref}"))
+        found = call(api.get, f"datasets/{ref}")
+    emit(output, found, _print_fields)
+
+
+def _print_fields(record: dict[str, Any]) -> None:
+    import json
+
+    width = max(map(len, record), default=0)
+    for key, value in record.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        console.print(f"{key:>{width}}: {text}", highlight=False, markup=False)
+
+
+VERSION_COLUMNS = [
+    Column("version", lambda v: str(v["number"])),
+    Column("rows", lambda v: str(v["rows"]), justify="right"),
+    Column("format", lambda v: v["format"]),
+    Column("origin", lambda v: v["origin"], flex=True),
+    Column("parent", lambda v: str(v["parent"] or ""), drop=2, justify="right"),
+    Column("sha256", lambda v: v["sha256"][:12], drop=1),
+    time_column("created", "created_at"),
+]
 
 
 @datasets_app.command("versions")
-def datasets_versions(ref: str) -> None:
+def datasets_versions(
+    ref: str, output: OutputOption = Output.table, wide: WideOption = False
+) -> None:
     """The versions of a dataset, newest first (jobs name one as NAME@N)."""
-    table = Table("version", "rows", "format", "origin", "parent", "sha256", "created")
     with client() as api:
         items = call(api.get, f"datasets/{ref}/versions")
-    for item in items:
-        table.add_row(
-            str(item["number"]),
-            str(item["rows"]),
-            item["format"],
-            item["origin"],
-            str(item["parent"] or ""),
-            item["sha256"][:12],
-            item["created_at"][:19],
-        )
-    console.print(table)
+    emit(output, items, lambda items: print_table(VERSION_COLUMNS, items, wide=wide))
 
 
 @datasets_app.command("diff")
@@ -123,11 +153,16 @@ def datasets_diff(
     ref: str,
     base: Annotated[int, typer.Option(help="The older version.")],
     other: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    output: OutputOption = Output.table,
 ) -> None:
     """Rows added and removed between two versions."""
     path = f"datasets/{ref}/diff?base={base}" + (f"&other={other}" if other else "")
     with client() as api:
         diff = call(api.get, path)
+    emit(output, diff, _print_diff)
+
+
+def _print_diff(diff: dict[str, Any]) -> None:
     console.print(
         f"version {diff['base']} -> {diff['other']}: +{diff['added']} -{diff['removed']} "
         f"({diff['unchanged']} unchanged)",
@@ -145,6 +180,7 @@ def datasets_rows(
     offset: Annotated[int, typer.Option(min=0)] = 0,
     limit: Annotated[int, typer.Option(min=1, max=200)] = 10,
     search: Annotated[str, typer.Option(help="Only rows whose text contains this.")] = "",
+    output: OutputOption = Output.table,
 ) -> None:
     """Page through a version's rows, or search them for a text."""
     params: dict[str, Any] = {"offset": offset, "limit": limit, "q": search}
@@ -152,9 +188,13 @@ def datasets_rows(
         params["version"] = version
     with client() as api:
         page = call(api.request, "GET", f"/api/v1/datasets/{ref}/rows", params=params)
-    console.print(f"{page['total']} rows (version {page['version']})", highlight=False)
-    for row in page["rows"]:
-        console.print(f"row {row['row']}: {row['data']}", highlight=False)
+
+    def show(page: dict[str, Any]) -> None:
+        console.print(f"{page['total']} rows (version {page['version']})", highlight=False)
+        for row in page["rows"]:
+            console.print(f"row {row['row']}: {row['data']}", highlight=False)
+
+    emit(output, page, show)
 
 
 def _print_histogram(title: str, histogram: dict[str, Any], unit: str) -> None:
@@ -179,7 +219,7 @@ def datasets_analyze(
     version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
     bins: Annotated[int, typer.Option(min=1, max=200)] = 20,
     wait: Annotated[bool, typer.Option(help="Wait for the worker and print the result.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Statistics of a version, computed on the preprocessing queue."""
     body: dict[str, Any] = {"bins": bins, "label_fields": label or []}
@@ -195,14 +235,21 @@ def datasets_analyze(
             time.sleep(0.5)
             found = call(api.get, f"datasets/{ref}/analyses/{found['id']}")
     if not wait:
-        console.print(f"analysis {found['id']}: {found['status']}", highlight=False)
+        emit(
+            output,
+            found,
+            lambda found: console.print(
+                f"analysis {found['id']}: {found['status']}", highlight=False
+            ),
+        )
         return
     if found["status"] != "succeeded":
         fail(f"analysis {found['id']} failed: {found['error']}")
+    emit(output, found, _print_analysis)
+
+
+def _print_analysis(found: dict[str, Any]) -> None:
     result = found["result"]
-    if as_json:
-        console.print_json(data=result)
-        return
     console.print(
         f"analysis {found['id']} of {found['dataset']}@{found['version']}: {result['rows']} rows "
         f"of {result['format']}; exact duplicates {result['duplicates']['exact_rows']}",
@@ -352,6 +399,7 @@ def datasets_search(
     row: Annotated[int | None, typer.Option(help="Find rows like this row instead.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
     version: Annotated[int | None, typer.Option(help="Default: the newest.")] = None,
+    output: OutputOption = Output.table,
 ) -> None:
     """Rows like a text or a row (MiniLM embeddings in the vector store)."""
     if (query is None) == (row is None):
@@ -362,13 +410,15 @@ def datasets_search(
     with client() as api:
         # a worker answers; its first search of a version embeds it (the API waits up to 180 s)
         found = call(api.request, "POST", f"/api/v1/datasets/{ref}/search", json=body, timeout=200)
-    for hit in found["hits"]:
-        console.print(f"{hit['score']:.3f} row {hit['row']}: {hit['data']}", highlight=False)
+
+    def show(found: dict[str, Any]) -> None:
+        for hit in found["hits"]:
+            console.print(f"{hit['score']:.3f} row {hit['row']}: {hit['data']}", highlight=False)
+
+    emit(output, found, show)
 
 
 @datasets_app.command("delete")
 def datasets_delete(ref: str) -> None:
     """Delete an uploaded dataset (every version) that no job uses."""
-    with client() as api:
-        call(api.delete, f"datasets/{ref}")
-    console.print(f"dataset {ref} deleted")
+    act("DELETE", f"datasets/{ref}", lambda _: f"dataset {ref} deleted")

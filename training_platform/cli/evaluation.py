@@ -7,9 +7,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    print_json,
+    print_table,
+)
 
 eval_app = typer.Typer(
     help="Evaluations: run, show, rescore, compare (generations are stored once).",
@@ -125,23 +137,38 @@ def eval_run(
         raise typer.Exit(1)
 
 
+def _score(row: dict[str, Any]) -> str:
+    mean = row["summary"].get(row["scorer"], {}).get("mean")
+    return f"{row['scorer']} {mean:.4f}" if mean is not None else "-"
+
+
+EVALUATION_COLUMNS = [
+    Column("id", lambda e: str(e["id"]), justify="right"),
+    Column("name", lambda e: e["name"], flex=True),
+    Column("status", lambda e: e["status"]),
+    Column("model", lambda e: e["model"], drop=1, flex=True),
+    Column("dataset", lambda e: e["dataset"], drop=2, flex=True),
+    Column("score", _score, flex=True),
+]
+
+
 @eval_app.command("list")
-def eval_list(limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
+def eval_list(
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
+) -> None:
     """Evaluations, newest first."""
     with client() as api:
         page = call(api.request, "GET", "/api/v1/evaluations", params={"limit": limit})
-    if not page["items"]:
-        console.print("no evaluations yet")
-        return
-    table = Table("id", "name", "status", "model", "dataset", "score")
-    for row in page["items"]:
-        summary = row["summary"].get(row["scorer"], {})
-        mean = summary.get("mean")
-        score = f"{row['scorer']} {mean:.4f}" if mean is not None else "-"
-        table.add_row(
-            str(row["id"]), row["name"], row["status"], row["model"], row["dataset"], score
-        )
-    console.print(table)
+
+    def show(page: dict[str, Any]) -> None:
+        if not page["items"]:
+            console.print("no evaluations yet")
+            return
+        print_table(EVALUATION_COLUMNS, page["items"], wide=wide)
+
+    emit(output, page, show)
 
 
 @eval_app.command("show")
@@ -151,9 +178,11 @@ def eval_show(
     by: Annotated[
         str | None, typer.Option(help="The score by the value of this dataset label.")
     ] = None,
+    output: OutputOption = Output.table,
 ) -> None:
     """An evaluation's scores (mean, standard error, 95% interval), by a dataset label with
-    --by, and its first samples."""
+    --by, and its first samples (as JSON: {"evaluation": ..., "breakdown": [...],
+    "samples": [...]})."""
     with client() as api:
         evaluation = call(api.get, f"evaluations/{evaluation_id}")
         groups = []
@@ -172,15 +201,24 @@ def eval_show(
                 f"/api/v1/evaluations/{evaluation_id}/samples",
                 params={"limit": samples},
             )["items"]
+    if output is Output.json:
+        print_json({"evaluation": evaluation, "breakdown": groups, "samples": rows})
+        return
     _print(evaluation)
     for group in groups:
         console.print(f"  {by}={group['value']}: {_score_line(evaluation['scorer'], group)}")
     if rows:
-        table = Table("idx", "reference", "output", "scores")
-        for row in rows:
-            scores = ", ".join(f"{k}={v:.3g}" for k, v in row["scores"].items())
-            table.add_row(str(row["idx"]), row["reference"], row["output"], scores)
-        console.print(table)
+        print_table(SAMPLE_COLUMNS, rows)
+
+
+SAMPLE_COLUMNS = [
+    Column("idx", lambda r: str(r["idx"]), justify="right"),
+    Column("reference", lambda r: r["reference"], flex=True),
+    Column("output", lambda r: r["output"], flex=True),
+    Column(
+        "scores", lambda r: ", ".join(f"{k}={v:.3g}" for k, v in r["scores"].items()), flex=True
+    ),
+]
 
 
 @eval_app.command("rescore")
@@ -226,6 +264,7 @@ def eval_compare(
         str | None, typer.Option(help="Show samples that improved, regressed or unchanged.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 10,
+    output: OutputOption = Output.table,
 ) -> None:
     """B against A on the same samples: improved / regressed / unchanged and a paired test.
     With several B: each against A, best first, p-values adjusted for their number."""
@@ -234,7 +273,7 @@ def eval_compare(
     if len(b) > 1:
         if change:
             fail("--change shows the samples of one comparison: name one B", 2)
-        _rank(a, b, scorer)
+        _rank(a, b, scorer, output)
         return
     params: dict[str, Any] = {"a": a, "b": b[0], "limit": limit}
     if scorer:
@@ -243,6 +282,10 @@ def eval_compare(
         params["change"] = change
     with client() as api:
         result = call(api.request, "GET", "/api/v1/evaluations/compare", params=params)
+    emit(output, result, _print_comparison)
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
     stats = result["stats"]
     verdict = "significant" if stats["significant"] else "not significant"
     console.print(
@@ -253,20 +296,28 @@ def eval_compare(
         highlight=False,
     )
     if result["samples"]:
-        table = Table("idx", "change", "reference", "A", "B")
-        for row in result["samples"]:
-            table.add_row(
-                str(row["idx"]), row["change"], row["reference"], row["output_a"], row["output_b"]
-            )
-        console.print(table)
+        print_table(CHANGE_COLUMNS, result["samples"])
 
 
-def _rank(baseline: int, candidates: list[int], scorer: str | None) -> None:
+CHANGE_COLUMNS = [
+    Column("idx", lambda r: str(r["idx"]), justify="right"),
+    Column("change", lambda r: r["change"]),
+    Column("reference", lambda r: r["reference"], flex=True),
+    Column("A", lambda r: r["output_a"], flex=True),
+    Column("B", lambda r: r["output_b"], flex=True),
+]
+
+
+def _rank(baseline: int, candidates: list[int], scorer: str | None, output: Output) -> None:
     params: dict[str, Any] = {"baseline": baseline, "candidate": candidates}
     if scorer:
         params["scorer"] = scorer
     with client() as api:
         result = call(api.request, "GET", "/api/v1/evaluations/rank", params=params)
+    emit(output, result, _print_ranking)
+
+
+def _print_ranking(result: dict[str, Any]) -> None:
     mean = result["baseline_mean"]
     console.print(
         f"{result['scorer']}: baseline {result['baseline']} {result['baseline_name']} "
@@ -274,25 +325,45 @@ def _rank(baseline: int, candidates: list[int], scorer: str | None) -> None:
         "(p adjusted over all of them, Benjamini-Hochberg)",
         highlight=False,
     )
-    table = Table("evaluation", "name", "mean", "delta", "improved", "regressed", "p", "p adj.", "")
-    for row in result["candidates"]:
-        stats = row["stats"]
+    print_table(RANK_COLUMNS, result["candidates"])
 
-        def number(value: float | None, form: str) -> str:
-            return "-" if value is None else format(value, form)
 
-        table.add_row(
-            str(row["evaluation"]),
-            row["name"],
-            number(stats["mean_b"], ".4f"),
-            number(stats["delta"], "+.4f"),
-            str(stats["improved"]),
-            str(stats["regressed"]),
-            number(stats["p_value"], ".4g"),
-            number(row["p_adjusted"], ".4g"),
-            "significant" if row["significant"] else "",
-        )
-    console.print(table)
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else format(value, form)
+
+
+RANK_COLUMNS = [
+    Column(
+        "evaluation",
+        lambda r: str(r["evaluation"]),
+        short=("id", lambda r: str(r["evaluation"])),
+        justify="right",
+    ),
+    Column("name", lambda r: r["name"], flex=True),
+    Column("mean", lambda r: _number(r["stats"]["mean_b"], ".4f"), justify="right"),
+    Column("delta", lambda r: _number(r["stats"]["delta"], "+.4f"), justify="right"),
+    Column(
+        "improved",
+        lambda r: str(r["stats"]["improved"]),
+        drop=1,
+        short=("better", lambda r: str(r["stats"]["improved"])),
+        justify="right",
+    ),
+    Column(
+        "regressed",
+        lambda r: str(r["stats"]["regressed"]),
+        drop=1,
+        short=("worse", lambda r: str(r["stats"]["regressed"])),
+        justify="right",
+    ),
+    Column("p", lambda r: _number(r["stats"]["p_value"], ".4g"), drop=2, justify="right"),
+    Column("p adj.", lambda r: _number(r["p_adjusted"], ".4g"), justify="right"),
+    Column(
+        "",
+        lambda r: "significant" if r["significant"] else "",
+        short=("sig.", lambda r: "yes" if r["significant"] else ""),
+    ),
+]
 
 
 rubrics_app = typer.Typer(
@@ -323,26 +394,32 @@ def rubrics_add(
     console.print(f"rubric {rubric['name']} stored (0 to {rubric['max_score']:g})", highlight=False)
 
 
+RUBRIC_COLUMNS = [
+    Column("name", lambda r: r["name"]),
+    Column("max score", lambda r: f"{r['max_score']:g}", justify="right"),
+    Column("text", lambda r: r["text"][:80], flex=True),
+]
+
+
 @rubrics_app.command("list")
-def rubrics_list() -> None:
+def rubrics_list(output: OutputOption = Output.table) -> None:
     """Stored rubrics."""
     with client() as api:
         rubrics = call(api.request, "GET", "/api/v1/evaluations/rubrics")
-    if not rubrics:
-        console.print("no rubrics yet")
-        return
-    table = Table("name", "max score", "text")
-    for rubric in rubrics:
-        table.add_row(rubric["name"], f"{rubric['max_score']:g}", rubric["text"][:80])
-    console.print(table)
+
+    def show(rubrics: list[dict[str, Any]]) -> None:
+        if not rubrics:
+            console.print("no rubrics yet")
+            return
+        print_table(RUBRIC_COLUMNS, rubrics)
+
+    emit(output, rubrics, show)
 
 
 @rubrics_app.command("rm")
 def rubrics_rm(name: str) -> None:
     """Delete a rubric."""
-    with client() as api:
-        call(api.request, "DELETE", f"/api/v1/evaluations/rubrics/{name}")
-    console.print(f"rubric {name} deleted", highlight=False)
+    act("DELETE", f"evaluations/rubrics/{name}", lambda _: f"rubric {name} deleted")
 
 
 suites_app = typer.Typer(
@@ -380,27 +457,36 @@ def suites_add(
     console.print(f"suite {suite['name']}: {len(suite['items'])} dataset(s)", highlight=False)
 
 
+SUITE_COLUMNS = [
+    Column("name", lambda s: s["name"]),
+    Column(
+        "datasets",
+        lambda s: ", ".join(f"{i['dataset']}={i['scorer']}" for i in s["items"]),
+        flex=True,
+    ),
+    Column("description", lambda s: s["description"], flex=True),
+]
+
+
 @suites_app.command("list")
-def suites_list() -> None:
+def suites_list(output: OutputOption = Output.table) -> None:
     """Stored suites."""
     with client() as api:
         suites = call(api.request, "GET", "/api/v1/evaluations/suites")
-    if not suites:
-        console.print("no suites yet")
-        return
-    table = Table("name", "datasets", "description")
-    for suite in suites:
-        items = ", ".join(f"{i['dataset']}={i['scorer']}" for i in suite["items"])
-        table.add_row(suite["name"], items, suite["description"])
-    console.print(table)
+
+    def show(suites: list[dict[str, Any]]) -> None:
+        if not suites:
+            console.print("no suites yet")
+            return
+        print_table(SUITE_COLUMNS, suites)
+
+    emit(output, suites, show)
 
 
 @suites_app.command("rm")
 def suites_rm(name: str) -> None:
     """Delete a suite (its runs and their evaluations stay)."""
-    with client() as api:
-        call(api.request, "DELETE", f"/api/v1/evaluations/suites/{name}")
-    console.print(f"suite {name} deleted", highlight=False)
+    act("DELETE", f"evaluations/suites/{name}", lambda _: f"suite {name} deleted")
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -410,17 +496,25 @@ def _print_run(run: dict[str, Any]) -> None:
         f"{run['suite']}, mean of the datasets {mean}",
         highlight=False,
     )
-    table = Table("dataset", "scorer", "evaluation", "status", "score")
-    for item in run["items"]:
-        summary = item["summary"] or {}
-        table.add_row(
-            item["dataset"],
-            item["scorer"],
-            str(item["evaluation"]),
-            item["status"],
-            _score_line(item["scorer"], summary) if summary else "-",
-        )
-    console.print(table)
+    print_table(RUN_COLUMNS, run["items"])
+
+
+RUN_COLUMNS = [
+    Column("dataset", lambda i: i["dataset"], flex=True),
+    Column("scorer", lambda i: i["scorer"], drop=2),
+    Column(
+        "evaluation",
+        lambda i: str(i["evaluation"]),
+        short=("eval", lambda i: str(i["evaluation"])),
+        justify="right",
+    ),
+    Column("status", lambda i: i["status"]),
+    Column(
+        "score",
+        lambda i: _score_line(i["scorer"], i["summary"]) if i["summary"] else "-",
+        flex=True,
+    ),
+]
 
 
 @suites_app.command("run")
@@ -456,10 +550,11 @@ def suites_run(
 
 
 @suites_app.command("show")
-def suites_show(run_id: int) -> None:
+def suites_show(run_id: int, output: OutputOption = Output.table) -> None:
     """A suite run: each dataset's result and their mean."""
     with client() as api:
-        _print_run(call(api.get, f"evaluations/suite-runs/{run_id}"))
+        run = call(api.get, f"evaluations/suite-runs/{run_id}")
+    emit(output, run, _print_run)
 
 
 @suites_app.command("import-lm-eval")

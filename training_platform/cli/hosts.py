@@ -9,10 +9,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from training_platform.cli.client import ApiClient
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    print_table,
+)
 
 hosts_app = typer.Typer(
     help="Remote GPU servers jobs run on (over SSH or through Ray).", no_args_is_help=True
@@ -147,54 +158,58 @@ def hosts_add(
     _print_host(host)
 
 
+def _host_state(host: dict[str, Any]) -> str:
+    check = host.get("last_check") or {}
+    if host.get("last_error"):
+        return f"error: {host['last_error']}"
+    return "ready" if check.get("ready") else f"not ready: {check.get('problem', '?')}"
+
+
+HOST_COLUMNS = [
+    Column("name", lambda h: h["name"]),
+    Column("runner", lambda h: h["runner"], drop=2),
+    Column(
+        "where",
+        lambda h: h["ray_address"] if h["runner"] == "ray" else f"{h['user']}@{h['address']}",
+        flex=True,
+    ),
+    Column(
+        "GPUs", lambda h: str(len((h.get("last_check") or {}).get("gpus", []))), justify="right"
+    ),
+    Column("CPU slots", lambda h: str(h["cpu_slots"]), drop=1, justify="right"),
+    Column("state", _host_state, flex=True),
+]
+
+
 @hosts_app.command("list")
-def hosts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def hosts_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Every registered host."""
     with client() as api:
         found = call(api.get, "hosts")
-    if as_json:
-        console.print_json(data=found)
-        return
-    if not found["hosts"]:
-        console.print("no remote host registered (tp hosts add)")
-        return
-    table = Table("name", "runner", "where", "GPUs", "CPU slots", "state")
-    for host in found["hosts"]:
-        check = host.get("last_check") or {}
-        state = "ready" if check.get("ready") else f"not ready: {check.get('problem', '?')}"
-        if host.get("last_error"):
-            state = f"error: {host['last_error']}"
-        where = (
-            host["ray_address"] if host["runner"] == "ray" else f"{host['user']}@{host['address']}"
-        )
-        table.add_row(
-            host["name"],
-            host["runner"],
-            where,
-            str(len(check.get("gpus", []))),
-            str(host["cpu_slots"]),
-            state,
-        )
-    console.print(table)
+
+    def show(found: dict[str, Any]) -> None:
+        if not found["hosts"]:
+            console.print("no remote host registered (tp hosts add)")
+            return
+        print_table(HOST_COLUMNS, found["hosts"], wide=wide)
+
+    emit(output, found, show)
 
 
 @hosts_app.command("show")
-def hosts_show(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def hosts_show(name: str, output: OutputOption = Output.table) -> None:
     """One host: where, how, its environment and GPUs."""
     with client() as api:
         host = call(api.get, f"hosts/{name}")
-    if as_json:
-        console.print_json(data=host)
-        return
-    _print_host(host)
+    emit(output, host, _print_host)
 
 
 @hosts_app.command("check")
-def hosts_check(name: str) -> None:
+def hosts_check(name: str, output: OutputOption = Output.table) -> None:
     """Connect now and read the environment and GPUs again."""
     with client() as api:
         host = call(api.request, "POST", f"/api/v1/hosts/{name}/check")
-    _print_host(host)
+    emit(output, host, _print_host)
     if host.get("last_error"):
         raise typer.Exit(1)
 
@@ -284,14 +299,15 @@ def hosts_bootstrap(
 @hosts_app.command("remove")
 def hosts_remove(name: str) -> None:
     """Forget a host (refused while jobs are placed there)."""
-    with client() as api:
-        call(api.delete, f"hosts/{name}")
-    console.print(f"removed host {name}")
+    act("DELETE", f"hosts/{name}", lambda _: f"removed host {name}")
 
 
 @secrets_app.command("rotate")
-def secrets_rotate() -> None:
+def secrets_rotate(output: OutputOption = Output.table) -> None:
     """Re-encrypt every stored secret under a new key and drop the old one."""
-    with client() as api:
-        done = call(api.request, "POST", "/api/v1/secrets/rotate")
-    console.print(f"re-encrypted {done['reencrypted']} secret(s) under a new key")
+    act(
+        "POST",
+        "secrets/rotate",
+        lambda done: f"re-encrypted {done['reencrypted']} secret(s) under a new key",
+        output,
+    )

@@ -10,19 +10,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from training_platform.cli.client import ApiClient, read_token
 from training_platform.cli.common import (
     STATUS_STYLE,
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
     call,
     client,
     console,
+    emit,
     err,
     fail,
     load_data_file,
     parse_param,
+    print_json,
+    print_table,
     settings_or_exit,
+    time_column,
 )
 
 jobs_app = typer.Typer(help="Submit and follow training jobs.", no_args_is_help=True)
@@ -70,7 +78,7 @@ def jobs_submit(
     idempotency_key: Annotated[str | None, typer.Option(help="Never create two jobs.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Show the launch plan only.")] = False,
     watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Submit a training job."""
     spec: dict[str, Any] = load_spec_file(file) if file else {}
@@ -111,21 +119,18 @@ def jobs_submit(
         fail(f"missing {', '.join('--' + m for m in missing)}", 2)
     with client() as api:
         if dry_run:
-            _print_plan(call(api.plan_request, spec), as_json)
+            emit(output, call(api.plan_request, spec), _print_plan)
             return
         job = call(api.submit_job, spec, idempotency_key)
-        if as_json:
-            console.print_json(data=job)
+        if output is Output.json:
+            print_json(job)
         else:
             console.print(f"job {job['id']} {job['status']}: {job['name']}", highlight=False)
         if watch:
             _watch(api, job["id"])
 
 
-def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        console.print_json(data=plan)
-        return
+def _print_plan(plan: dict[str, Any]) -> None:
     console.print(f"[bold]{plan['backend']}/{plan['algorithm']}[/bold] in {plan['run_dir']}")
     console.print("argv:", highlight=False)
     for arg in plan["argv"]:
@@ -138,40 +143,60 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
         console.print(content, highlight=False, markup=False)
 
 
+def _step(job: dict[str, Any]) -> str:
+    progress = job["progress"]
+    if progress["step"] is None:
+        return "-"
+    return f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
+
+
+# In 80 columns: id, name, algorithm, model, status, step and when (no priority, no dataset).
+JOB_COLUMNS = [
+    Column("id", lambda j: str(j["id"]), justify="right"),
+    Column("name", lambda j: j["name"], flex=True),
+    Column(
+        "algorithm",
+        lambda j: f"{j['backend']}/{j['algorithm']}",
+        drop=3,
+        short=("algo", lambda j: j["algorithm"]),
+    ),
+    Column("model", lambda j: j["model"], drop=1, flex=True),
+    Column("dataset", lambda j: j["dataset"], drop=4, flex=True),
+    Column("prio", lambda j: str(j["priority"]), drop=5, justify="right"),
+    Column("status", lambda j: j["status"], style=lambda j: STATUS_STYLE.get(j["status"], "")),
+    Column("step", _step, justify="right"),
+    time_column("created", "created_at", drop=2),
+]
+
+
 @jobs_app.command("list")
 def jobs_list(
     status_filter: Annotated[
         list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (the columns that fit the terminal; --wide: all of them)."""
     with client() as api:
         page = call(api.list_jobs, status_filter or [], limit)
-    if as_json:
-        console.print_json(data=page)
-        return
-    table = Table(
-        "id", "name", "algorithm", "model", "dataset", "prio", "status", "step", "created"
-    )
-    for job in page["items"]:
-        style = STATUS_STYLE.get(job["status"], "")
-        progress = job["progress"]
-        step = f"{progress['step']}/{progress['total']}" if progress["step"] is not None else "-"
-        table.add_row(
-            str(job["id"]),
-            job["name"],
-            f"{job['backend']}/{job['algorithm']}",
-            job["model"],
-            job["dataset"],
-            str(job["priority"]),
-            f"[{style}]{job['status']}[/{style}]" if style else job["status"],
-            step,
-            job["created_at"][:19].replace("T", " "),
-        )
-    console.print(table)
-    console.print(f"{len(page['items'])} of {page['total']} jobs")
+
+    def show(page: dict[str, Any]) -> None:
+        print_table(JOB_COLUMNS, page["items"], wide=wide)
+        console.print(f"{len(page['items'])} of {page['total']} jobs")
+
+    emit(output, page, show)
+
+
+EVENT_COLUMNS = [
+    time_column("time", "created_at", drop=1),
+    Column("attempt", lambda e: str(e["attempt"]), drop=3, justify="right"),
+    Column("from", lambda e: e["from_status"] or "-"),
+    Column("to", lambda e: e["to_status"]),
+    Column("actor", lambda e: e["actor"], drop=2),
+    Column("reason", lambda e: e["reason"], flex=True),
+]
 
 
 def _rough(seconds: float) -> str:
@@ -184,14 +209,16 @@ def _rough(seconds: float) -> str:
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show a job with its events."""
+def jobs_show(job_id: int, output: OutputOption = Output.table) -> None:
+    """Show a job with its events (as JSON: {"job": ..., "events": [...]})."""
     with client() as api:
         job = call(api.job, job_id)
         events = call(api.job_part, job_id, "events")
-    if as_json:
-        console.print_json(data={"job": job, "events": events})
-        return
+    emit(output, {"job": job, "events": events}, _print_job)
+
+
+def _print_job(found: dict[str, Any]) -> None:
+    job, events = found["job"], found["events"]
     for key in (
         "id",
         "name",
@@ -210,7 +237,7 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
         "finished_at",
     ):
         console.print(f"{key:>12}: {job[key]}", highlight=False, markup=False)
-    console.print(f"{'progress':>12}: {job['progress']['step']}/{job['progress']['total']}")
+    console.print(f"{'progress':>12}: {_step(job)}")
     if job.get("devices"):
         console.print(f"{'devices':>12}: {', '.join(job['devices'])}", highlight=False)
     if job.get("wait_reason"):
@@ -226,17 +253,7 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
     if job.get("error"):
         console.print(f"{'error':>12}:", highlight=False)
         console.print(job["error"], highlight=False, markup=False)
-    table = Table("time", "attempt", "from", "to", "actor", "reason")
-    for event in events:
-        table.add_row(
-            event["created_at"][:19].replace("T", " "),
-            str(event["attempt"]),
-            event["from_status"] or "-",
-            event["to_status"],
-            event["actor"],
-            event["reason"],
-        )
-    console.print(table)
+    print_table(EVENT_COLUMNS, events)
     for event in events:
         if event.get("detail"):
             stamp = event["created_at"][:19].replace("T", " ")
@@ -383,12 +400,17 @@ def jobs_watch(
         _watch(api, job_id, logs=log)
 
 
+def _attempt(job: dict[str, Any], resumed: str) -> str:
+    """`job N STATUS (attempt A, from step S)`: what a resume or a retry started."""
+    resume = (job.get("inputs") or {}).get("resume_from")
+    where = f", {resumed} step {resume['step']}" if resume else ""
+    return f"job {job['id']} {job['status']} (attempt {job['attempt']}{where})"
+
+
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: int) -> None:
+def jobs_cancel(job_id: int, output: OutputOption = Output.table) -> None:
     """Cancel a job (stops its whole process group)."""
-    with client() as api:
-        job = call(api.job_action, job_id, "cancel")
-    console.print(f"job {job_id} {job['status']}")
+    act("POST", f"jobs/{job_id}/cancel", lambda job: f"job {job_id} {job['status']}", output)
 
 
 @jobs_app.command("pause")
@@ -402,26 +424,22 @@ def jobs_pause(
             "checkpointing and exiting.",
         ),
     ] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Pause a running job: it saves a checkpoint and stops (or, with --suspend, is frozen)."""
-    with client() as api:
-        job = call(
-            api.request,
-            "POST",
-            f"/api/v1/jobs/{job_id}/pause",
-            json={"mode": "suspend" if suspend else "checkpoint"},
-        )
-    console.print(f"job {job_id} {job['status']}")
+    act(
+        "POST",
+        f"jobs/{job_id}/pause",
+        lambda job: f"job {job_id} {job['status']}",
+        output,
+        json={"mode": "suspend" if suspend else "checkpoint"},
+    )
 
 
 @jobs_app.command("resume")
-def jobs_resume(job_id: int) -> None:
+def jobs_resume(job_id: int, output: OutputOption = Output.table) -> None:
     """Resume a paused job from its checkpoint (or continue a suspended one)."""
-    with client() as api:
-        job = call(api.job_action, job_id, "resume")
-    resumed = (job.get("inputs") or {}).get("resume_from")
-    where = f", from step {resumed['step']}" if resumed else ""
-    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']}{where})")
+    act("POST", f"jobs/{job_id}/resume", lambda job: _attempt(job, "from"), output)
 
 
 @jobs_app.command("retry")
@@ -430,39 +448,42 @@ def jobs_retry(
     from_checkpoint: Annotated[
         bool, typer.Option("--from-checkpoint", help="Resume from the last checkpoint.")
     ] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Start a new attempt of a failed or cancelled job (from scratch, or from a checkpoint)."""
-    with client() as api:
-        params = {"from_checkpoint": "true"} if from_checkpoint else {}
-        job = call(api.job_action, job_id, "retry", **params)
-    resumed = (job.get("inputs") or {}).get("resume_from")
-    where = f", resuming from step {resumed['step']}" if resumed else ""
-    console.print(f"job {job_id} {job['status']} (attempt {job['attempt']}{where})")
+    params = {"from_checkpoint": "true"} if from_checkpoint else {}
+    act(
+        "POST",
+        f"jobs/{job_id}/retry",
+        lambda job: _attempt(job, "resuming from"),
+        output,
+        params=params,
+    )
 
 
 @jobs_app.command("delete")
 def jobs_delete(job_id: int) -> None:
     """Delete a finished job and its files."""
-    with client() as api:
-        call(api.delete_job, job_id)
-    console.print(f"job {job_id} deleted")
+    act("DELETE", f"jobs/{job_id}", lambda _: f"job {job_id} deleted")
 
 
 @jobs_app.command("plan")
-def jobs_plan(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def jobs_plan(job_id: int, output: OutputOption = Output.table) -> None:
     """Show the launch plan of a job (argv, env, files)."""
     with client() as api:
-        _print_plan(call(api.job_part, job_id, "plan"), as_json)
+        plan = call(api.job_part, job_id, "plan")
+    emit(output, plan, _print_plan)
 
 
 @jobs_app.command("lineage")
-def jobs_lineage(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def jobs_lineage(job_id: int, output: OutputOption = Output.table) -> None:
     """Where a job's model and data came from, and what it produced."""
     with client() as api:
         found = call(api.job_part, job_id, "lineage")
-    if as_json:
-        console.print_json(data=found)
-        return
+    emit(output, found, _print_lineage)
+
+
+def _print_lineage(found: dict[str, Any]) -> None:
     job, model, dataset = found["job"], found["model"], found["dataset"]
     line = f"job {job['id']} {job['name']} ({job['backend']}/{job['algorithm']}, {job['status']})"
     console.print(line, highlight=False, markup=False)

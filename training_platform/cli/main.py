@@ -13,7 +13,19 @@ import typer
 from rich.table import Table
 
 from training_platform.cli.client import ApiClient, ApiError
-from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    call,
+    client,
+    console,
+    emit,
+    err,
+    fail,
+    print_table,
+    settings_or_exit,
+)
 from training_platform.cli.compute import compute_app
 from training_platform.cli.datasets import datasets_app
 from training_platform.cli.evaluation import eval_app
@@ -334,13 +346,14 @@ def _gb(mb: int) -> str:
 
 
 @app.command()
-def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def gpus(output: OutputOption = Output.table) -> None:
     """GPUs per host: memory, use and which job holds each (what fits them: tp compute advise)."""
     with client() as api:
         found = call(api.get, "gpus")
-    if as_json:
-        console.print_json(data=found)
-        return
+    emit(output, found, _print_gpus)
+
+
+def _print_gpus(found: dict[str, Any]) -> None:
     for host in found["hosts"]:
         label = " [yellow](simulated)[/yellow]" if host["simulated"] else ""
         console.print(f"[bold]{host['name']}[/bold]{label}  source: {host['gpu_source']}")
@@ -373,20 +386,17 @@ def gpus(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
-def backends(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def backends(output: OutputOption = Output.table) -> None:
     """The (backend, algorithm) pairs, what they need, and their parameters."""
     with client() as api:
         found = call(api.get, "backends")
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("backend", "algorithm", "hosts", "data", "parameters")
-    for item in found:
-        table.add_row(
-            item["backend"],
-            item["algorithm"],
-            item["hosts"],
-            item["data_task"] or "-",
-            ", ".join(item["parameters"].get("properties", {})),
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(BACKEND_COLUMNS, found))
+
+
+BACKEND_COLUMNS = [
+    Column("backend", lambda b: b["backend"]),
+    Column("algorithm", lambda b: b["algorithm"]),
+    Column("hosts", lambda b: b["hosts"], flex=True),
+    Column("data", lambda b: b["data_task"] or "-"),
+    Column("parameters", lambda b: ", ".join(b["parameters"].get("properties", {})), flex=True),
+]

@@ -7,9 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, client, console
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    call,
+    client,
+    console,
+    emit,
+    print_table,
+)
 from training_platform.cli.surgery import models_lineage, models_select, models_soup
 
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
@@ -22,15 +31,20 @@ models_app.command("select")(models_select)
 models_app.command("lineage")(models_lineage)
 
 
+MODEL_COLUMNS = [
+    Column("id", lambda m: str(m["id"]), justify="right"),
+    Column("name", lambda m: m["name"], flex=True),
+    Column("source", lambda m: m["source"], drop=1),
+    Column("description", lambda m: m["description"], flex=True),
+]
+
+
 @models_app.command("list")
-def models_list() -> None:
+def models_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Models jobs can start from."""
-    table = Table("id", "name", "source", "description")
     with client() as api:
         models = call(api.catalog, "models")
-    for model in models:
-        table.add_row(str(model["id"]), model["name"], model["source"], model["description"])
-    console.print(table)
+    emit(output, models, lambda models: print_table(MODEL_COLUMNS, models, wide=wide))
 
 
 @models_app.command("register")
@@ -61,10 +75,14 @@ def models_register(
 
 
 @rewards_app.command("list")
-def rewards_list() -> None:
+def rewards_list(output: OutputOption = Output.table) -> None:
     """Builtin reward functions and uploaded reward files."""
     with client() as api:
         found = call(api.get, "rewards")
+    emit(output, found, _print_rewards)
+
+
+def _print_rewards(found: dict[str, Any]) -> None:
     console.print("builtin: " + ", ".join(found["builtin"]), highlight=False)
     for item in found["files"]:
         console.print(

@@ -8,19 +8,44 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail, load_data_file
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    load_data_file,
+    print_table,
+    time_column,
+)
 
 alerts_app = typer.Typer(help="Alerts raised by jobs' rules.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Where notifications go (JSON or Slack).", no_args_is_help=True)
+
+
+ALERT_COLUMNS = [
+    Column("id", lambda a: str(a["id"]), justify="right"),
+    Column("job", lambda a: str(a["job_id"]), justify="right"),
+    time_column("when", "created_at", drop=1),
+    Column("severity", lambda a: a["severity"], drop=2),
+    Column("message", lambda a: a["message"], flex=True),
+    Column("action", lambda a: f"{a['action']}: {a['action_result']}", drop=3, flex=True),
+    Column("acknowledged", lambda a: a["acknowledged_by"] or "-", drop=4),
+]
 
 
 @alerts_app.command("list")
 def alerts_list(
     job: Annotated[int | None, typer.Option(help="Only this job's alerts.")] = None,
     unacknowledged: Annotated[bool, typer.Option(help="Only those nobody acknowledged.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
 ) -> None:
     """Alerts, newest first."""
     params: dict[str, Any] = {"unacknowledged": unacknowledged}
@@ -28,68 +53,62 @@ def alerts_list(
         params["job_id"] = job
     with client() as api:
         found = call(api.request, "GET", "/api/v1/alerts", params=params)
-    if as_json:
-        console.print_json(data=found)
-        return
-    if not found:
-        console.print("no alerts")
-        return
-    table = Table("id", "job", "when", "severity", "message", "action", "acknowledged")
-    for alert in found:
-        table.add_row(
-            str(alert["id"]),
-            str(alert["job_id"]),
-            alert["created_at"][:19],
-            alert["severity"],
-            alert["message"],
-            f"{alert['action']}: {alert['action_result']}",
-            alert["acknowledged_by"] or "-",
-        )
-    console.print(table)
+
+    def show(found: list[dict[str, Any]]) -> None:
+        if not found:
+            console.print("no alerts")
+            return
+        print_table(ALERT_COLUMNS, found, wide=wide)
+
+    emit(output, found, show)
 
 
 @alerts_app.command("ack")
-def alerts_ack(alert_id: int) -> None:
+def alerts_ack(alert_id: int, output: OutputOption = Output.table) -> None:
     """Acknowledge an alert."""
-    with client() as api:
-        call(api.request, "POST", f"/api/v1/alerts/{alert_id}/acknowledge")
-    console.print(f"alert {alert_id} acknowledged")
+    act(
+        "POST", f"alerts/{alert_id}/acknowledge", lambda _: f"alert {alert_id} acknowledged", output
+    )
+
+
+RULE_COLUMNS = [
+    Column("#", lambda r: str(r[0]), justify="right"),
+    Column("rule", lambda r: r[1]["rule"]),
+    Column("key", lambda r: r[1]["key"], flex=True),
+    Column(
+        "threshold",
+        lambda r: "-" if r[1].get("threshold") is None else f"{r[1]['threshold']:g}",
+        justify="right",
+    ),
+    Column("action", lambda r: r[1]["action"]),
+]
 
 
 def _print_rules(rules: list[dict[str, Any]]) -> None:
-    table = Table("#", "rule", "key", "threshold", "action")
-    for index, rule in enumerate(rules):
-        threshold = rule.get("threshold")
-        table.add_row(
-            str(index),
-            rule["rule"],
-            rule["key"],
-            "-" if threshold is None else f"{threshold:g}",
-            rule["action"],
-        )
-    console.print(table)
+    print_table(RULE_COLUMNS, enumerate(rules))
 
 
 @alerts_app.command("rules")
-def alerts_rules(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def alerts_rules(output: OutputOption = Output.table) -> None:
     """The platform's default rules: a job submitted without `alerts` gets a copy of them."""
     with client() as api:
         found = call(api.get, "alert-rules")
-    if as_json:
-        console.print_json(data=found)
-        return
-    if not found["items"]:
-        console.print("no default rules (jobs get only the NaN-loss notify rule)")
-        return
-    _print_rules(found["items"])
-    console.print(f"set {found['updated_at'][:19]}; jobs submitted later get a copy of these")
+
+    def show(found: dict[str, Any]) -> None:
+        if not found["items"]:
+            console.print("no default rules (jobs get only the NaN-loss notify rule)")
+            return
+        _print_rules(found["items"])
+        console.print(f"set {found['updated_at'][:19]}; jobs submitted later get a copy of these")
+
+    emit(output, found, show)
 
 
 @alerts_app.command("rules-set")
 def alerts_rules_set(
     file: Annotated[
         Path,
-        typer.Argument(help="JSON or YAML: a list of rules, or `items:` as `rules --json` shows."),
+        typer.Argument(help="JSON or YAML: a list of rules, or `items:` as `rules -o json` shows."),
     ],
 ) -> None:
     """Replace the platform's default rules (an empty list removes them)."""
@@ -127,40 +146,39 @@ def webhooks_add(
     console.print(f"webhook {made['name']} -> {made['url']} ({', '.join(made['events'])})")
 
 
+WEBHOOK_COLUMNS = [
+    Column("name", lambda h: h["name"]),
+    Column("url", lambda h: h["url"], flex=True),
+    Column("format", lambda h: h["format"], drop=3),
+    Column("events", lambda h: ", ".join(h["events"]), drop=2, flex=True),
+    Column("sent", lambda h: str(h["deliveries"]["sent"]), justify="right"),
+    Column("pending", lambda h: str(h["deliveries"]["pending"]), drop=1, justify="right"),
+    Column("failed", lambda h: str(h["deliveries"]["failed"]), justify="right"),
+    Column("last error", lambda h: h["last_error"] or "-", flex=True),
+]
+
+
 @webhooks_app.command("list")
-def webhooks_list() -> None:
+def webhooks_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Every webhook and how its deliveries went."""
     with client() as api:
         found = call(api.get, "webhooks")
-    table = Table("name", "url", "format", "events", "sent", "pending", "failed", "last error")
-    for hook in found:
-        counts = hook["deliveries"]
-        table.add_row(
-            hook["name"],
-            hook["url"],
-            hook["format"],
-            ", ".join(hook["events"]),
-            str(counts["sent"]),
-            str(counts["pending"]),
-            str(counts["failed"]),
-            hook["last_error"] or "-",
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(WEBHOOK_COLUMNS, found, wide=wide))
 
 
 @webhooks_app.command("test")
-def webhooks_test(name: str) -> None:
-    """Send a test notification now."""
+def webhooks_test(name: str, output: OutputOption = Output.table) -> None:
+    """Send a test notification now (exit 1 unless it was delivered)."""
     with client() as api:
         answer = call(api.request, "POST", f"/api/v1/webhooks/{name}/test")
-    if not answer["delivered"]:
+    if not answer["delivered"] and output is Output.table:
         fail("not delivered" + (f": {answer['error']}" if answer.get("error") else ""))
-    console.print(f"delivered (HTTP {answer['status_code']})")
+    emit(output, answer, lambda sent: console.print(f"delivered (HTTP {sent['status_code']})"))
+    if not answer["delivered"]:
+        raise typer.Exit(1)
 
 
 @webhooks_app.command("remove")
 def webhooks_remove(name: str) -> None:
     """Forget a webhook."""
-    with client() as api:
-        call(api.delete, f"webhooks/{name}")
-    console.print(f"removed webhook {name}")
+    act("DELETE", f"webhooks/{name}", lambda _: f"removed webhook {name}")

@@ -10,10 +10,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from training_platform.cli.client import ApiClient
-from training_platform.cli.common import STATUS_STYLE, call, client, console, err, fail, parse_param
+from training_platform.cli.common import (
+    STATUS_STYLE,
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    err,
+    fail,
+    parse_param,
+    print_json,
+    print_table,
+    time_column,
+)
 
 pipelines_app = typer.Typer(
     help="Multi-stage pipelines (SFT -> RL -> evaluate) run as one DAG.", no_args_is_help=True
@@ -67,7 +83,7 @@ def pipelines_submit(
     idempotency_key: Annotated[str | None, typer.Option(help="Never create two.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Only check the definition.")] = False,
     watch: Annotated[bool, typer.Option(help="Follow the pipeline until it ends.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output: OutputOption = Output.table,
     project: Annotated[
         str | None, typer.Option(help="The project it belongs to (default: default).")
     ] = None,
@@ -78,54 +94,58 @@ def pipelines_submit(
         body["project"] = project
     with client() as api:
         if dry_run:
-            checked = call(api.validate_pipeline, body)
-            if as_json:
-                console.print_json(data=checked)
-            else:
-                console.print(
+            emit(
+                output,
+                call(api.validate_pipeline, body),
+                lambda checked: console.print(
                     f"valid: {checked['name']}, stages in order: {', '.join(checked['order'])}",
                     highlight=False,
                     markup=False,
-                )
+                ),
+            )
             return
         pipeline = call(api.submit_pipeline, body, idempotency_key)
-        if as_json:
-            console.print_json(data=pipeline)
-        else:
-            console.print(
-                f"pipeline {pipeline['id']} {pipeline['status']}: {pipeline['name']}",
-                highlight=False,
-            )
+        emit(
+            output,
+            pipeline,
+            lambda made: console.print(
+                f"pipeline {made['id']} {made['status']}: {made['name']}", highlight=False
+            ),
+        )
         if watch:
             _watch_pipeline(api, pipeline["id"])
+
+
+PIPELINE_COLUMNS = [
+    Column("id", lambda p: str(p["id"]), justify="right"),
+    Column("name", lambda p: p["name"], flex=True),
+    Column("status", lambda p: p["status"], style=lambda p: STATUS_STYLE.get(p["status"], "")),
+    Column(
+        "stages",
+        lambda p: ", ".join(f"{n} {s}" for s, n in sorted(p["stages"].items())),
+        flex=True,
+    ),
+    time_column("created", "created_at", drop=1),
+]
 
 
 @pipelines_app.command("list")
 def pipelines_list(
     status: Annotated[list[str] | None, typer.Option(help="Only these statuses.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
 ) -> None:
     """List pipelines, newest first."""
     params: list[tuple[str, str | int]] = [("limit", limit), *(("status", s) for s in status or [])]
     with client() as api:
         page = call(api.request, "GET", "/api/v1/pipelines", params=params)
-    if as_json:
-        console.print_json(data=page)
-        return
-    table = Table("id", "name", "status", "stages", "created")
-    for item in page["items"]:
-        style = STATUS_STYLE.get(item["status"], "")
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(item["stages"].items()))
-        table.add_row(
-            str(item["id"]),
-            item["name"],
-            f"[{style}]{item['status']}[/{style}]" if style else item["status"],
-            counts,
-            item["created_at"][:19].replace("T", " "),
-        )
-    console.print(table)
-    console.print(f"{len(page['items'])} of {page['total']}")
+
+    def show(page: dict[str, Any]) -> None:
+        print_table(PIPELINE_COLUMNS, page["items"], wide=wide)
+        console.print(f"{len(page['items'])} of {page['total']}")
+
+    emit(output, page, show)
 
 
 def _duration(seconds: float | None) -> str:
@@ -135,6 +155,37 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
 
 
+def _metric(stage: dict[str, Any]) -> str:
+    metric = stage.get("key_metric")
+    if metric and metric["value"] is not None:
+        return f"{metric['name']} {metric['value']:.4g}"
+    return "-"
+
+
+def _note(stage: dict[str, Any]) -> str:
+    if stage["status"] == "succeeded" and (stage.get("outputs") or {}).get("checkpoint"):
+        return f"model {stage['outputs']['checkpoint']}"
+    return str(stage.get("reason") or "")
+
+
+STAGE_COLUMNS = [
+    Column(
+        "stage", lambda s: s["name"] + (f" (run {s['run']})" if s["run"] > 1 else ""), flex=True
+    ),
+    Column("after", lambda s: ", ".join(s["depends_on"]) or "-", drop=3, flex=True),
+    Column("status", lambda s: s["status"], style=lambda s: STATUS_STYLE.get(s["status"], "")),
+    Column(
+        "job",
+        lambda s: f"{s['job_id']} {s['job_status']}" if s["job_id"] else "-",
+        short=("job", lambda s: str(s["job_id"] or "-")),
+        drop=1,
+    ),
+    Column("time", lambda s: _duration(s["duration_s"]), drop=2, justify="right"),
+    Column("key metric", _metric, flex=True),
+    Column("note", _note, flex=True),
+]
+
+
 def _print_pipeline(pipeline: dict[str, Any]) -> None:
     style = STATUS_STYLE.get(pipeline["status"], "")
     console.print(
@@ -142,43 +193,20 @@ def _print_pipeline(pipeline: dict[str, Any]) -> None:
         f" ({_duration(pipeline['duration_s'])}, priority {pipeline['priority']})",
         highlight=False,
     )
-    table = Table("stage", "after", "status", "job", "time", "key metric", "note")
-    for stage in pipeline["stages"]:
-        style = STATUS_STYLE.get(stage["status"], "")
-        job = f"{stage['job_id']} {stage['job_status']}" if stage["job_id"] else "-"
-        metric = stage.get("key_metric")
-        shown = (
-            f"{metric['name']} {metric['value']:.4g}"
-            if metric and metric["value"] is not None
-            else "-"
-        )
-        note = stage.get("reason") or ""
-        if stage["status"] == "succeeded" and (stage.get("outputs") or {}).get("checkpoint"):
-            note = f"model {stage['outputs']['checkpoint']}"
-        table.add_row(
-            stage["name"] + (f" (run {stage['run']})" if stage["run"] > 1 else ""),
-            ", ".join(stage["depends_on"]) or "-",
-            f"[{style}]{stage['status']}[/{style}]" if style else stage["status"],
-            job,
-            _duration(stage["duration_s"]),
-            shown,
-            note,
-        )
-    console.print(table)
+    print_table(STAGE_COLUMNS, pipeline["stages"])
     if pipeline.get("error"):
         err.print(pipeline["error"], highlight=False, markup=False)
 
 
 @pipelines_app.command("show")
-def pipelines_show(
-    pipeline_id: int, as_json: Annotated[bool, typer.Option("--json")] = False
-) -> None:
-    """Show a pipeline: each stage with what it waits for, its state, job, time and metric."""
+def pipelines_show(pipeline_id: int, output: OutputOption = Output.table) -> None:
+    """Show a pipeline: each stage with what it waits for, its state, job, time and metric
+    (as JSON: {"pipeline": ..., "events": [...]})."""
     with client() as api:
         pipeline = call(api.get, f"pipelines/{pipeline_id}")
-        if as_json:
+        if output is Output.json:
             events = call(api.get, f"pipelines/{pipeline_id}/events")
-            console.print_json(data={"pipeline": pipeline, "events": events})
+            print_json({"pipeline": pipeline, "events": events})
             return
     _print_pipeline(pipeline)
 
@@ -208,28 +236,31 @@ def pipelines_watch(pipeline_id: int) -> None:
         _watch_pipeline(api, pipeline_id)
 
 
+def _pipeline_state(pipeline: dict[str, Any]) -> str:
+    return f"pipeline {pipeline['id']} {pipeline['status']}"
+
+
 @pipelines_app.command("cancel")
-def pipelines_cancel(pipeline_id: int) -> None:
+def pipelines_cancel(pipeline_id: int, output: OutputOption = Output.table) -> None:
     """Cancel a pipeline: pending stages are dropped, running stage jobs stopped."""
-    with client() as api:
-        pipeline = call(api.pipeline_action, pipeline_id, "cancel")
-    console.print(f"pipeline {pipeline_id} {pipeline['status']}")
+    act("POST", f"pipelines/{pipeline_id}/cancel", _pipeline_state, output)
 
 
 @pipelines_app.command("pause")
-def pipelines_pause(pipeline_id: int) -> None:
+def pipelines_pause(pipeline_id: int, output: OutputOption = Output.table) -> None:
     """Pause a pipeline: no stage starts; running stage jobs checkpoint and stop."""
-    with client() as api:
-        pipeline = call(api.pipeline_action, pipeline_id, "pause")
-    console.print(f"pipeline {pipeline_id} {pipeline['status']}")
+    act("POST", f"pipelines/{pipeline_id}/pause", _pipeline_state, output)
 
 
 @pipelines_app.command("resume")
-def pipelines_resume(pipeline_id: int) -> None:
+def pipelines_resume(pipeline_id: int, output: OutputOption = Output.table) -> None:
     """Resume a paused pipeline."""
-    with client() as api:
-        pipeline = call(api.pipeline_action, pipeline_id, "resume")
-    console.print(f"pipeline {pipeline_id} {pipeline['status']}")
+    act("POST", f"pipelines/{pipeline_id}/resume", _pipeline_state, output)
+
+
+def _rerunning(pipeline: dict[str, Any]) -> str:
+    rerun = [s["name"] for s in pipeline["stages"] if s["status"] in ("pending", "running")]
+    return f"{_pipeline_state(pipeline)}; rerunning {', '.join(rerun)}"
 
 
 @pipelines_app.command("retry")
@@ -239,31 +270,38 @@ def pipelines_retry(
         str | None, typer.Option(help="Rerun this stage and what follows it.")
     ] = None,
     watch: Annotated[bool, typer.Option(help="Follow the pipeline until it ends.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Retry a failed or cancelled pipeline; succeeded stages upstream are reused."""
-    with client() as api:
-        pipeline = call(api.pipeline_action, pipeline_id, "retry", {"from_stage": from_stage})
-        rerun = [s["name"] for s in pipeline["stages"] if s["status"] in ("pending", "running")]
-        console.print(
-            f"pipeline {pipeline_id} {pipeline['status']}; rerunning {', '.join(rerun)}",
-            highlight=False,
-        )
-        if watch:
+    body = {"from_stage": from_stage}
+    act("POST", f"pipelines/{pipeline_id}/retry", _rerunning, output, json=body)
+    if watch:
+        with client() as api:
             _watch_pipeline(api, pipeline_id)
 
 
 @pipelines_app.command("templates")
 def pipelines_templates(
     name: Annotated[str | None, typer.Argument(help="Print this template's YAML.")] = None,
+    output: OutputOption = Output.table,
 ) -> None:
     """List the shipped templates, or print one (save it, edit it, submit it)."""
     with client() as api:
         if name is not None:
-            sys.stdout.write(call(api.get, f"pipelines/templates/{name}")["yaml"])
+            template = call(api.get, f"pipelines/templates/{name}")
+            emit(output, template, lambda found: sys.stdout.write(found["yaml"]))
             return
         found = call(api.get, "pipelines/templates")
-    table = Table("name", "stages", "description")
-    for template in found:
-        order = [f"{s} (after {', '.join(d)})" if d else s for s, d in template["stages"].items()]
-        table.add_row(template["name"], ", ".join(order), template["description"])
-    console.print(table)
+    emit(output, found, lambda found: print_table(TEMPLATE_COLUMNS, found))
+
+
+def _template_stages(template: dict[str, Any]) -> str:
+    order = [f"{s} (after {', '.join(d)})" if d else s for s, d in template["stages"].items()]
+    return ", ".join(order)
+
+
+TEMPLATE_COLUMNS = [
+    Column("name", lambda t: t["name"]),
+    Column("stages", _template_stages, flex=True),
+    Column("description", lambda t: t["description"], flex=True),
+]

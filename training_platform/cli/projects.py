@@ -6,9 +6,19 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    print_table,
+)
 
 projects_app = typer.Typer(
     help="Projects: GPU guarantees and limits, members, GPU-hours.", no_args_is_help=True
@@ -34,25 +44,27 @@ def _show(project: dict[str, Any]) -> None:
     )
 
 
+PROJECT_COLUMNS = [
+    Column("name", lambda p: p["name"], flex=True),
+    Column("guaranteed", lambda p: str(p["guaranteed_gpus"]), justify="right"),
+    Column("max", lambda p: _limit(p["max_gpus"]), justify="right"),
+    Column("per user", lambda p: _limit(p["user_max_gpus"]), justify="right"),
+    Column(
+        "running GPUs",
+        lambda p: str(p["running_gpus"]),
+        short=("running", lambda p: str(p["running_gpus"])),
+        justify="right",
+    ),
+    Column("members", _members, flex=True),
+]
+
+
 @projects_app.command("list")
-def projects_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def projects_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """The projects you belong to (an admin: every one), with the GPUs their work holds."""
     with client() as api:
         found = call(api.get, "projects")
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("name", "guaranteed", "max", "per user", "running GPUs", "members")
-    for project in found["items"]:
-        table.add_row(
-            project["name"],
-            str(project["guaranteed_gpus"]),
-            _limit(project["max_gpus"]),
-            _limit(project["user_max_gpus"]),
-            str(project["running_gpus"]),
-            _members(project),
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(PROJECT_COLUMNS, found["items"], wide=wide))
 
 
 @projects_app.command("create")
@@ -118,25 +130,26 @@ def projects_remove_member(name: str, user: str) -> None:
 @projects_app.command("usage")
 def projects_usage(
     days: Annotated[float, typer.Option(min=0.001, max=3660, help="The window.")] = 7,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """GPU-hours per project and user over the last DAYS days, from the GPUs jobs held."""
     with client() as api:
         found = call(api.request, "GET", "/api/v1/projects/usage", params={"days": days})
-    if as_json:
-        console.print_json(data=found)
-        return
+    emit(output, found, lambda found: _print_usage(found, days))
+
+
+USAGE_COLUMNS = [
+    Column("project", lambda r: r["project"], flex=True),
+    Column("user", lambda r: r["user"] or "-", flex=True),
+    Column("GPU-hours", lambda r: f"{r['gpu_hours']:.3f}", justify="right"),
+    Column("GPUs now", lambda r: str(r["running_gpus"]), justify="right"),
+]
+
+
+def _print_usage(found: dict[str, Any], days: float) -> None:
     if not found["items"]:
         console.print(f"no GPU use in the last {days:g} day(s)")
         return
-    table = Table("project", "user", "GPU-hours", "GPUs now")
-    for row in found["items"]:
-        table.add_row(
-            row["project"],
-            row["user"] or "-",
-            f"{row['gpu_hours']:.3f}",
-            str(row["running_gpus"]),
-        )
-    console.print(table)
+    print_table(USAGE_COLUMNS, found["items"])
     totals = ", ".join(f"{p} {h:.3f}" for p, h in found["by_project"].items())
     console.print(f"GPU-hours by project: {totals}", highlight=False)

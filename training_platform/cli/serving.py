@@ -9,9 +9,21 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from training_platform.cli.common import call, catalog_ref, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    catalog_ref,
+    client,
+    console,
+    emit,
+    fail,
+    print_table,
+)
 
 serve_app = typer.Typer(
     help="Serve a model over an OpenAI-compatible API, reached through the platform.",
@@ -71,36 +83,40 @@ def serve_start(
     )
 
 
+SERVE_COLUMNS = [
+    Column("job", lambda s: str(s["job_id"]), justify="right"),
+    Column("name", lambda s: s["name"], drop=2, flex=True),
+    Column("model", lambda s: s["model"], flex=True),
+    Column("status", lambda s: s["status"]),
+    Column("ready", lambda s: "yes" if s["ready"] else "no"),
+    Column("engine", lambda s: s["engine"] or "-", drop=1),
+    Column("url", lambda s: s["url"], flex=True),
+]
+
+
 @serve_app.command("list")
 def serve_list(
     all_jobs: Annotated[bool, typer.Option("--all", help="Ended ones too.")] = False,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
 ) -> None:
     """Serve jobs and whether they answer."""
     with client() as api:
         served = call(api.request, "GET", "/api/v1/serving", params={"include_ended": all_jobs})
-    if not served:
-        console.print("no serve jobs")
-        return
-    table = Table("job", "name", "model", "status", "ready", "engine", "url")
-    for s in served:
-        table.add_row(
-            str(s["job_id"]),
-            s["name"],
-            s["model"],
-            s["status"],
-            "yes" if s["ready"] else "no",
-            s["engine"] or "-",
-            s["url"],
-        )
-    console.print(table)
+
+    def show(served: list[dict[str, Any]]) -> None:
+        if not served:
+            console.print("no serve jobs")
+            return
+        print_table(SERVE_COLUMNS, served, wide=wide)
+
+    emit(output, served, show)
 
 
 @serve_app.command("stop")
-def serve_stop(job: int) -> None:
+def serve_stop(job: int, output: OutputOption = Output.table) -> None:
     """Stop serving: cancel the serve job (its lease is freed)."""
-    with client() as api:
-        call(api.request, "POST", f"/api/v1/jobs/{job}/cancel")
-    console.print(f"serve job {job}: stopping", highlight=False)
+    act("POST", f"jobs/{job}/cancel", lambda _: f"serve job {job}: stopping", output)
 
 
 @serve_app.command("chat")
@@ -164,32 +180,45 @@ def endpoints_add(
     console.print(f"endpoint {created['name']} registered {key_note}", highlight=False)
 
 
+ENDPOINT_COLUMNS = [
+    Column("name", lambda e: e["name"]),
+    Column("base url", lambda e: e["base_url"], flex=True),
+    Column("model", lambda e: e["model"], flex=True),
+    Column("key", lambda e: "yes" if e["has_api_key"] else "no"),
+    Column(
+        "concurrency",
+        lambda e: str(e["concurrency"]),
+        drop=2,
+        short=("conc.", lambda e: str(e["concurrency"])),
+        justify="right",
+    ),
+    Column("retries", lambda e: str(e["max_retries"]), drop=3, justify="right"),
+    Column(
+        "rate/s",
+        lambda e: f"{e['rate_limit']:g}" if e["rate_limit"] else "-",
+        drop=1,
+        justify="right",
+    ),
+    Column("job", lambda e: str(e["job_id"] or "-"), justify="right"),
+]
+
+
 @endpoints_app.command("list")
-def endpoints_list() -> None:
+def endpoints_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Every endpoint (never a key)."""
     with client() as api:
         endpoints = call(api.get, "endpoints")
-    if not endpoints:
-        console.print("no endpoints")
-        return
-    table = Table("name", "base url", "model", "key", "concurrency", "retries", "rate/s", "job")
-    for e in endpoints:
-        table.add_row(
-            e["name"],
-            e["base_url"],
-            e["model"],
-            "yes" if e["has_api_key"] else "no",
-            str(e["concurrency"]),
-            str(e["max_retries"]),
-            f"{e['rate_limit']:g}" if e["rate_limit"] else "-",
-            str(e["job_id"] or "-"),
-        )
-    console.print(table)
+
+    def show(endpoints: list[dict[str, Any]]) -> None:
+        if not endpoints:
+            console.print("no endpoints")
+            return
+        print_table(ENDPOINT_COLUMNS, endpoints, wide=wide)
+
+    emit(output, endpoints, show)
 
 
 @endpoints_app.command("rm")
 def endpoints_rm(name: str) -> None:
     """Forget an endpoint and its key."""
-    with client() as api:
-        call(api.request, "DELETE", f"/api/v1/endpoints/{name}")
-    console.print(f"endpoint {name} removed", highlight=False)
+    act("DELETE", f"endpoints/{name}", lambda _: f"endpoint {name} removed")

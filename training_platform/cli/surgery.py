@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from training_platform.cli.common import call, client, console, fail
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    call,
+    client,
+    console,
+    emit,
+    fail,
+    print_table,
+)
 
 merge_app = typer.Typer(
     help="Merge models with mergekit (checked first, run as a job, registered with lineage).",
@@ -173,56 +184,80 @@ def merge_run(
         raise typer.Exit(1)
 
 
+MERGE_COLUMNS = [
+    Column("id", lambda m: str(m["id"]), justify="right"),
+    Column("name", lambda m: m["name"], flex=True),
+    Column("kind", lambda m: m["kind"], drop=2),
+    Column("method", lambda m: m["method"]),
+    Column("status", lambda m: m["status"]),
+    Column("job", lambda m: str(m["job_id"]), drop=1, justify="right"),
+    Column("parents", lambda m: ", ".join(str(i["name"]) for i in m["inputs"]), flex=True),
+]
+
+
 @merge_app.command("list")
-def merge_list(limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
+def merge_list(
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
+) -> None:
     """Merges and soups, newest first."""
     with client() as api:
         rows = call(api.request, "GET", "/api/v1/merges", params={"limit": limit})
-    if not rows:
-        console.print("no merges yet")
-        return
-    table = Table("id", "name", "kind", "method", "status", "job", "parents")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            row["name"],
-            row["kind"],
-            row["method"],
-            row["status"],
-            str(row["job_id"]),
-            ", ".join(str(i["name"]) for i in row["inputs"]),
-        )
-    console.print(table)
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            console.print("no merges yet")
+            return
+        print_table(MERGE_COLUMNS, rows, wide=wide)
+
+    emit(output, rows, show)
 
 
 @merge_app.command("show")
-def merge_show(merge_id: int) -> None:
+def merge_show(merge_id: int, output: OutputOption = Output.table) -> None:
     """One merge or soup: its parents, status and estimate."""
     with client() as api:
         merge = call(api.get, f"merges/{merge_id}")
-    _print_merge(merge)
-    _print_estimate({"estimate": merge["estimate"], "checked": ["when submitted"]})
+
+    def show(merge: dict[str, Any]) -> None:
+        _print_merge(merge)
+        _print_estimate({"estimate": merge["estimate"], "checked": ["when submitted"]})
+
+    emit(output, merge, show)
+
+
+def _starred(names: list[str], required: list[str]) -> str:
+    return ", ".join(f"{n}{'*' if n in required else ''}" for n in names)
+
+
+METHOD_COLUMNS = [
+    Column("method", lambda m: m["method"]),
+    Column("base", lambda m: "needed" if m["needs_base"] else "no"),
+    Column(
+        "models",
+        lambda m: (
+            str(m["models"][0])
+            if m["models"][0] == m["models"][1]
+            else f"{m['models'][0]}-{m['models'][1]}"
+        ),
+    ),
+    Column("per model", lambda m: _starred(m["per_model"], m["required"]), flex=True),
+    Column("parameters", lambda m: _starred(m["parameters"], m["required_parameters"]), flex=True),
+]
 
 
 @merge_app.command("methods")
-def merge_methods() -> None:
+def merge_methods(output: OutputOption = Output.table) -> None:
     """The merge methods and what each takes."""
     with client() as api:
         rows = call(api.get, "merges/methods")
-    table = Table("method", "base", "models", "per model", "parameters")
-    for row in rows:
-        low, high = row["models"]
-        table.add_row(
-            row["method"],
-            "needed" if row["needs_base"] else "no",
-            f"{low}" if low == high else f"{low}-{high}",
-            ", ".join(f"{p}{'*' if p in row['required'] else ''}" for p in row["per_model"]),
-            ", ".join(
-                f"{p}{'*' if p in row['required_parameters'] else ''}" for p in row["parameters"]
-            ),
-        )
-    console.print(table)
-    console.print("* required", highlight=False)
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        print_table(METHOD_COLUMNS, rows)
+        console.print("* required", highlight=False)
+
+    emit(output, rows, show)
 
 
 def models_soup(
@@ -330,10 +365,17 @@ def models_select(
     )
 
 
-def models_lineage(ref: Annotated[str, typer.Argument(help="A model name or id.")]) -> None:
+def models_lineage(
+    ref: Annotated[str, typer.Argument(help="A model name or id.")],
+    output: OutputOption = Output.table,
+) -> None:
     """Where a model came from: merges, soups, selections and the jobs that trained it."""
     with client() as api:
         lineage = call(api.get, f"models/{ref}/lineage")
+    emit(output, lineage, _print_model_lineage)
+
+
+def _print_model_lineage(lineage: dict[str, Any]) -> None:
     names = {node["id"]: node["name"] for node in lineage["nodes"]}
     parents: dict[int, list[dict[str, Any]]] = {}
     for edge in lineage["edges"]:

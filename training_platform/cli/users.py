@@ -3,14 +3,28 @@ and their API tokens."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.table import Table
 
 from training_platform.cli.client import ApiClient, save_token
-from training_platform.cli.common import call, client, console, err, fail, settings_or_exit
+from training_platform.cli.common import (
+    Column,
+    Output,
+    OutputOption,
+    WideOption,
+    act,
+    call,
+    client,
+    console,
+    emit,
+    err,
+    fail,
+    print_table,
+    settings_or_exit,
+    time_column,
+)
 
 users_app = typer.Typer(
     help="Users and their roles: viewer reads, member also works, admin also manages.",
@@ -52,35 +66,33 @@ def logout() -> None:
     console.print(f"logged out of {settings.resolved_api_url}", highlight=False)
 
 
-def whoami(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def whoami(output: OutputOption = Output.table) -> None:
     """Who the CLI acts as, with which role."""
     with client() as api:
         me = call(api.get, "users/me")
-    if as_json:
-        console.print_json(data=me)
-        return
-    code = ", may upload code" if me["can_run_code"] else ""
-    console.print(f"{me['user']} ({me['role']}{code}), token {me['token']}", highlight=False)
+
+    def show(me: dict[str, Any]) -> None:
+        code = ", may upload code" if me["can_run_code"] else ""
+        console.print(f"{me['user']} ({me['role']}{code}), token {me['token']}", highlight=False)
+
+    emit(output, me, show)
+
+
+USER_COLUMNS = [
+    Column("name", lambda u: u["name"], flex=True),
+    Column("role", lambda u: u["role"]),
+    Column("code", lambda u: "yes" if u["can_run_code"] else "-"),
+    time_column("created", "created_at"),
+    time_column("disabled", "disabled_at"),
+]
 
 
 @users_app.command("list")
-def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def users_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Every user (admin)."""
     with client() as api:
         found = call(api.get, "users")
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("name", "role", "code", "created", "disabled")
-    for user in found["items"]:
-        table.add_row(
-            user["name"],
-            user["role"],
-            "yes" if user["can_run_code"] else "-",
-            user["created_at"][:19],
-            (user["disabled_at"] or "-")[:19],
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(USER_COLUMNS, found["items"], wide=wide))
 
 
 @users_app.command("create")
@@ -132,46 +144,39 @@ def users_update(
 def audit(
     user: Annotated[str | None, typer.Option(help="Only this user's actions.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    output: OutputOption = Output.table,
+    wide: WideOption = False,
 ) -> None:
     """Who did what among the actions that need admin or the code permission (admin)."""
     params: dict[str, str | int] = {"limit": limit} | ({"user": user} if user else {})
     with client() as api:
         found = call(api.request, "GET", "/api/v1/audit", params=params)
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("at", "user", "token", "action", "status")
-    for event in found["items"]:
-        table.add_row(
-            event["at"][:19],
-            event["user"],
-            event["token"],
-            f"{event['method']} {event['path']}",
-            str(event["status"]),
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(AUDIT_COLUMNS, found["items"], wide=wide))
+
+
+AUDIT_COLUMNS = [
+    time_column("at", "at"),
+    Column("user", lambda e: e["user"], flex=True),
+    Column("token", lambda e: e["token"], drop=1, flex=True),
+    Column("action", lambda e: f"{e['method']} {e['path']}", flex=True),
+    Column("status", lambda e: str(e["status"]), justify="right"),
+]
+TOKEN_COLUMNS = [
+    Column("name", lambda t: t["name"], flex=True),
+    Column("user", lambda t: t["user"] or "-", flex=True),
+    Column("role", lambda t: t["role"]),
+    time_column("created", "created_at"),
+    time_column("revoked", "revoked_at"),
+    Column("", lambda t: "this one" if t["current"] else ""),
+]
 
 
 @tokens_app.command("list")
-def tokens_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def tokens_list(output: OutputOption = Output.table, wide: WideOption = False) -> None:
     """Your tokens (an admin's: every token), revoked ones too; secrets are never shown again."""
     with client() as api:
         found = call(api.get, "tokens")
-    if as_json:
-        console.print_json(data=found)
-        return
-    table = Table("name", "user", "role", "created", "revoked", "")
-    for token in found["items"]:
-        table.add_row(
-            token["name"],
-            token["user"] or "-",
-            token["role"],
-            token["created_at"][:19],
-            (token["revoked_at"] or "-")[:19],
-            "this one" if token["current"] else "",
-        )
-    console.print(table)
+    emit(output, found, lambda found: print_table(TOKEN_COLUMNS, found["items"], wide=wide))
 
 
 @tokens_app.command("create")
@@ -193,11 +198,14 @@ def tokens_create(
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(name: str) -> None:
+def tokens_revoke(name: str, output: OutputOption = Output.table) -> None:
     """Revoke a token: every later request with it is refused (401)."""
-    with client() as api:
-        revoked = call(api.request, "POST", f"/api/v1/tokens/{quote(name, safe='')}/revoke")
-    console.print(f"token {revoked['name']} revoked at {revoked['revoked_at'][:19]}")
+    act(
+        "POST",
+        f"tokens/{quote(name, safe='')}/revoke",
+        lambda revoked: f"token {revoked['name']} revoked at {revoked['revoked_at'][:19]}",
+        output,
+    )
 
 
 __all__ = ["audit", "login", "logout", "tokens_app", "users_app", "whoami"]
