@@ -281,7 +281,7 @@ def _stop_trainings(settings: Settings) -> None:
         cancelled: set[int] = set()
         for pipeline_id in sorted(set(pipeline_of.values())):
             try:
-                api.pipeline_action(pipeline_id, "cancel")
+                api.request("POST", f"/api/v1/pipelines/{pipeline_id}/cancel")
                 cancelled.add(pipeline_id)
             except ApiError as error:
                 err.print(f"pipeline {pipeline_id}: {error.message}")
