@@ -192,6 +192,7 @@ def test_flower_lists_jobs_tasks_by_job_name_with_their_end_and_no_housekeeping(
         time.sleep(1)
     assert runs[0]["args"] == f"job {jobs['runs']['id']} 'runs', attempt 1"
     by_name = {task["name"]: task for task in tasks}
+    assert by_name["runs (cancel)"]["args"] == f"job {jobs['runs']['id']} 'runs'"
     if "streamed" in jobs:
         assert by_name["streamed (run)"]["state"] == "SUCCESS"
     # beat's ticks (a maintenance tick every 2 s here) and what they run are not listed

@@ -120,7 +120,13 @@ class CeleryDispatcher:
 
     def request_cancel(self, job: Job) -> None:
         """Have a general worker signal the job's process group at once."""
-        app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
+        app.send_task(
+            "tp.jobs.cancel",
+            args=[job.id],
+            priority=broker_priority(PRIORITY_MAX),
+            shadow=f"{job.name} (cancel)",
+            argsrepr=f"job {job.id} {job.name!r}",
+        )
 
     def request_schedule(self) -> None:
         """Have a general worker run a scheduling pass now."""
