@@ -1,4 +1,5 @@
 import { flushPromises, mount } from "@vue/test-utils";
+import { createPinia, setActivePinia } from "pinia";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createMemoryHistory, createRouter } from "vue-router";
 import type { Stage } from "@/api/types";
@@ -270,16 +271,39 @@ describe("PipelineNewPage", () => {
   });
 });
 
+// The overview socket, faked: the test opens it and hands the page its messages.
+class FakeSocket {
+  static made: FakeSocket[] = [];
+  onopen: (() => void) | null = null;
+  onmessage: ((event: { data: string }) => void) | null = null;
+  onclose: ((event: { code: number }) => void) | null = null;
+  sent: string[] = [];
+  constructor(public url: string) {
+    FakeSocket.made.push(this);
+  }
+  send(text: string) {
+    this.sent.push(text);
+  }
+  close() {}
+  deliver(message: Record<string, unknown>) {
+    this.onmessage?.({ data: JSON.stringify(message) });
+  }
+}
+
 describe("PipelineDetailPage", () => {
   beforeEach(() => {
     fake.sent = [];
+    FakeSocket.made = [];
+    vi.stubGlobal("WebSocket", FakeSocket);
+    setActivePinia(createPinia());
     vi.useFakeTimers();
   });
   afterEach(() => {
     vi.useRealTimers();
+    vi.unstubAllGlobals();
   });
 
-  async function polls(status: string): Promise<number> {
+  async function mounted(status: string) {
     fake.answer = (_method, path) => {
       if (path === "/api/v1/pipelines/5") return [200, pipelineBody(status, diamond())];
       if (path === "/api/v1/pipelines/5/events") return [200, []];
@@ -289,20 +313,52 @@ describe("PipelineDetailPage", () => {
     const wrapper = mount(PipelineDetailPage, { props: { id: "5" }, global: { plugins: [router] } });
     await flushPromises();
     expect(wrapper.findAll("[data-stage]")).toHaveLength(4);
-    const before = fake.sent.filter((s) => s.path === "/api/v1/pipelines/5").length;
-    await vi.advanceTimersByTimeAsync(6100);
+    return wrapper;
+  }
+  const reads = () => fake.sent.filter((s) => s.path === "/api/v1/pipelines/5").length;
+  async function after(ms: number) {
+    await vi.advanceTimersByTimeAsync(ms);
     await flushPromises();
-    const after = fake.sent.filter((s) => s.path === "/api/v1/pipelines/5").length;
-    wrapper.unmount();
-    return after - before;
   }
 
-  it("polls every 2 s while the pipeline runs", async () => {
-    expect(await polls("running")).toBe(3);
+  it("reads the pipeline again when the overview socket says it, a stage or a stage's job moved", async () => {
+    const wrapper = await mounted("running");
+    const socket = FakeSocket.made[0];
+    expect(socket.url).toContain("/api/v1/ws/overview");
+    socket.onopen?.();
+    socket.deliver({ type: "overview", counts: {}, jobs: [] }); // (re)connected: read once
+    await after(100);
+    let before = reads();
+    await after(30_000);
+    expect(reads()).toBe(before); // no polling while the socket is open
+    for (const message of [
+      { type: "pipeline", job_id: 0, pipeline: { id: 6, status: "running" } },
+      { type: "status", job_id: 99, job: { id: 99, status: "running" } },
+      { type: "progress", job_id: 99, job: { id: 99, progress_step: 3, progress_total: 9 } },
+    ]) {
+      socket.deliver(message); // another pipeline's, a job of no stage
+      await after(500);
+    }
+    expect(reads()).toBe(before);
+    socket.deliver({ type: "pipeline", job_id: 0, pipeline: { id: 5, status: "running" } });
+    await after(500);
+    expect(reads()).toBe(before + 1);
+    before = reads();
+    socket.deliver({ type: "status", job_id: 8, job: { id: 8, status: "succeeded" } }); // stage b's job
+    socket.deliver({ type: "status", job_id: 9, job: { id: 9, status: "failed" } }); // a burst: one read
+    await after(500);
+    expect(reads()).toBe(before + 1);
+    expect(wrapper.get('[data-test="live-state"]').text()).toBe("live");
+    wrapper.unmount();
   });
 
-  it("does not poll a finished pipeline", async () => {
-    expect(await polls("failed")).toBe(0);
+  it("reads every 15 s while the socket is down", async () => {
+    const wrapper = await mounted("running");
+    const before = reads();
+    await after(15_100);
+    expect(reads()).toBe(before + 1);
+    expect(wrapper.get('[data-test="live-state"]').text()).toBe("reconnecting…");
+    wrapper.unmount();
   });
 
   it("offers retry from the stages whose upstream all succeeded", async () => {

@@ -189,3 +189,21 @@ def test_a_member_cannot_upload_a_reward_and_a_disabled_user_is_locked_out(
     assert all("?" not in e["path"] for e in trail["items"])  # never a query string
     mine = clients["admin"].get("/api/v1/audit", params={"user": "coder"}).json()
     assert [e["path"] for e in mine["items"]] == ["/api/v1/rewards"]
+
+
+def test_the_flower_link_is_everyones_and_its_password_only_admins(
+    clients: dict[str, TestClient], sqlite_settings
+) -> None:  # type: ignore[no-untyped-def]
+    (sqlite_settings.home / "flower-password").write_text("fl0wer-secret\n")
+    link = clients["admin"].get("/api/v1/flower").json()
+    assert link == {
+        "enabled": True,
+        "url": f"http://127.0.0.1:{sqlite_settings.flower_port}",
+        "user": "admin",
+        "password": "fl0wer-secret",
+    }
+    for caller in ("viewer", "member", "coder"):
+        answer = clients[caller].get("/api/v1/flower")
+        assert answer.status_code == 200
+        assert answer.json() == {**link, "user": None, "password": None}, caller
+        assert "fl0wer-secret" not in answer.text

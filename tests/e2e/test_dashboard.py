@@ -853,6 +853,11 @@ def test_a_viewer_sees_the_platform_without_what_only_members_and_admins_may_do(
     page.goto("/jobs")
     expect(page.locator(f"[data-job='{job_id}']").first).to_be_visible()
     expect(page.locator("[data-test=new-job]")).to_have_count(0)
+    # the list is told of a new job over the overview socket (it polls no more)
+    page.evaluate("() => { window.__sameDocument = true; }")
+    pushed = _submit(dash, "pushed to the list", 2)
+    expect(page.locator(f"[data-job='{pushed}']")).to_be_visible()
+    assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
     page.goto(f"/jobs/{job_id}")
     expect(page.get_by_role("heading", name=re.compile(f"Job #{job_id}"))).to_be_visible()
     expect(page.locator("[data-test=actions]")).to_have_count(0)

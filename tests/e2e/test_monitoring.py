@@ -1,5 +1,6 @@
 """Live monitoring through the whole platform: a real training streamed over WebSocket with
-an exact resume, a NaN loss stopped by its alert rule, Prometheus /metrics, Flower's auth."""
+an exact resume, a NaN loss stopped by its alert rule, Prometheus /metrics, Flower's auth and
+what it lists."""
 
 from __future__ import annotations
 
@@ -168,6 +169,38 @@ def test_flower_wants_its_credentials_and_lists_the_workers_with_them(watched) -
         time.sleep(1)
     assert any(name.startswith("training@") for name in workers), workers
     assert any(name.startswith("general@") for name in workers)
+
+
+def test_flower_lists_jobs_tasks_by_job_name_with_their_end_and_no_housekeeping(watched) -> None:  # type: ignore[no-untyped-def]
+    """The jobs of the tests above (run alone: a job of its own), as Flower's API lists them."""
+    base = f"http://127.0.0.1:{watched.env['TP_FLOWER_PORT']}"
+    auth = ("admin", (watched.home / "flower-password").read_text().strip())
+    with watched.client() as client:
+        jobs = {
+            j["name"]: j for j in client.get("/api/v1/jobs", params={"limit": 100}).json()["items"]
+        }
+        if "runs" not in jobs:
+            jobs["runs"] = client.post("/api/v1/jobs", json=sft("runs", 100000)).json()
+            watched.wait_status(jobs["runs"]["id"], {"running"}, timeout=120)
+            client.post(f"/api/v1/jobs/{jobs['runs']['id']}/cancel")
+    deadline = time.monotonic() + 90
+    while True:  # the cancelled training's task ends once its process has stopped
+        answer = httpx.get(f"{base}/api/tasks", auth=auth, timeout=30)
+        assert answer.status_code == 200
+        tasks = list(answer.json().values())
+        runs = [t for t in tasks if t["name"] == "runs (run)" and t["state"] == "CANCELLED"]
+        if runs:
+            break
+        assert time.monotonic() < deadline, [(t["name"], t["state"]) for t in tasks]
+        time.sleep(1)
+    assert runs[0]["args"] == f"job {jobs['runs']['id']} 'runs', attempt 1"
+    by_name = {task["name"]: task for task in tasks}
+    assert by_name["runs (cancel)"]["args"] == f"job {jobs['runs']['id']} 'runs'"
+    if "streamed" in jobs:
+        assert by_name["streamed (run)"]["state"] == "SUCCESS"
+    # beat's ticks (a maintenance tick every 2 s here) and what they run are not listed
+    assert not [name for name in by_name if name.startswith(("tp.system.", "tp.monitoring."))]
+    assert not [name for name in by_name if name.startswith(("tp.supervisor.", "tp.scheduling."))]
 
 
 def test_a_token_in_a_url_is_refused_and_reaches_no_log(watched) -> None:  # type: ignore[no-untyped-def]

@@ -43,3 +43,32 @@ def test_a_verl_sft_example_longer_than_max_length_fails_the_job_before_it_is_qu
     cut = submit_job(backend="verl", hyperparameters={**hyperparameters, "truncation": "right"})
     fits = submit_job(backend="verl", hyperparameters={**hyperparameters, "max_length": 256})
     assert (cut.status, fits.status) == ("queued", "queued")
+
+
+def test_a_start_task_ends_as_its_job_did_for_flower(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Cancelled, paused, requeued and failed jobs' start tasks end with the job's end as a task
+    event and no task-succeeded (Ignore); a success or a skipped message is a plain result."""
+    import pytest
+    from celery.exceptions import Ignore
+
+    from training_platform.jobs.execution import Outcome
+
+    sent: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    monkeypatch.setattr(tasks.run_job, "send_event", lambda kind, **f: sent.append((kind, f)))
+    monkeypatch.setitem(tasks.app.conf, "worker_send_task_events", True)
+    for status, event in (
+        ("cancelled", "task-cancelled"),
+        ("paused", "task-paused"),
+        ("queued", "task-requeued"),
+        ("failed", "task-failed"),
+    ):
+        with pytest.raises(Ignore):
+            tasks._ended(tasks.run_job, Outcome(3, "finished", status))
+        assert sent.pop() == (
+            event,
+            {"result": f"finished:{status}"}
+            | ({"exception": "job 3 failed (its events say why)"} if status == "failed" else {}),
+        )
+    assert tasks._ended(tasks.run_job, Outcome(3, "finished", "succeeded")) == "finished:succeeded"
+    assert tasks._ended(tasks.run_job, Outcome(3, "skipped")) == "skipped:None"
+    assert sent == []

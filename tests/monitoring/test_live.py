@@ -145,6 +145,34 @@ def test_the_overview_socket_shows_counts_and_each_job_change(
         assert {m["job_id"] for m in statuses} == {job.id}
 
 
+def test_the_overview_socket_pushes_a_running_jobs_steps_and_each_pipeline_change(
+    api, engine, settings, runner, running_job, metrics_line
+) -> None:  # type: ignore[no-untyped-def]
+    """What the jobs list and the pipeline pages wait for instead of polling."""
+    job, run_dir = running_job()
+    with api.websocket_connect("/api/v1/ws/overview") as ws:
+        ws.send_json({"type": "hello", "token": _token(settings)})
+        assert ws.receive_json()["type"] == "overview"
+        runner.write(run_dir, "metrics", b"".join(metrics_line(s, loss=1.0) for s in (1, 2, 3)))
+        reconcile_job(engine, settings, job.id, {runner.kind: runner})
+        moved = _receive_until(
+            ws, lambda m: m["type"] == "progress" and m["job"]["progress_step"] == 3, limit=20
+        )[-1]
+        assert moved["job_id"] == job.id and moved["job"]["id"] == job.id
+
+        made = api.post("/api/v1/pipelines", json={"template": "sft-dpo"})
+        assert made.status_code == 201, made.text
+        pipeline_id = made.json()["id"]
+        created = _receive_until(ws, lambda m: m["type"] == "pipeline", limit=20)[-1]
+        assert created["pipeline"]["id"] == pipeline_id
+        assert api.post(f"/api/v1/pipelines/{pipeline_id}/cancel").status_code == 200
+        _receive_until(
+            ws,
+            lambda m: m["type"] == "pipeline" and m["pipeline"]["status"] != "running",
+            limit=20,
+        )
+
+
 def test_a_change_between_a_snapshot_and_the_first_overview_poll_is_reported(
     engine, running_job
 ) -> None:  # type: ignore[no-untyped-def]
@@ -168,7 +196,7 @@ def test_a_change_between_a_snapshot_and_the_first_overview_poll_is_reported(
         hub = LiveHub("redis://127.0.0.1:1/0", lambda _: None, read_changes)  # no Redis needed
         subscription = hub.subscribe(OVERVIEW)
         with Session(engine) as session:  # what the route reads before the snapshot
-            _, _, mark = service.changes_since(session=session, mark=None)
+            mark = service.changes_since(session=session, mark=None).mark
         with Session(engine) as session:  # the job changes before the poller's first read
             session.execute(
                 update(Job)

@@ -70,11 +70,15 @@ CONTEXTS: tuple[Spec, ...] = (
             "webhooks_router",
             "telemetry_router",
             "queues_router",
+            "flower_router",
             "alert_rules_router",
             "router",
             "metrics_router",
         ),
-        (*_api("alerts", "webhooks", "jobs", "queues", "alert-rules", "ws"), "/metrics"),
+        (
+            *_api("alerts", "webhooks", "jobs", "queues", "flower", "alert-rules", "ws"),
+            "/metrics",
+        ),
     ),
     Spec(
         "training_platform.auth.routes",

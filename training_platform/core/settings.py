@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     flower_port: Annotated[int, Field(ge=1, le=65535)] = 5555
     flower_user: str = Field(default="admin", min_length=1)
     flower_password: SecretStr | None = None
+    flower_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Where browsers reach Flower (a proxy's or a tunnel's address), shown by "
+        "the dashboard; default: http://127.0.0.1:TP_FLOWER_PORT, where `tp up` starts it.",
+    )
 
     secret_key: SecretStr | None = Field(
         default=None,
@@ -263,6 +269,11 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The Redis of broker and live messages: TP_REDIS_URL, else the conventional one."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def resolved_flower_url(self) -> str:
+        """Where browsers reach Flower."""
+        return (self.flower_url or f"http://127.0.0.1:{self.flower_port}").rstrip("/")
 
     @property
     def resolved_api_url(self) -> str:

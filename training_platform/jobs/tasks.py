@@ -8,6 +8,8 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from celery import Task
+from celery.exceptions import Ignore
 from celery.signals import worker_process_init
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -77,6 +79,16 @@ def _fresh_connections(**_: Any) -> None:
     _engine().dispose(close=False)
 
 
+def shown_as(job: Job, step: str) -> dict[str, Any]:
+    """How Flower and the worker's log name a job's message: by the job's name, with its
+    arguments spelled out (the message itself carries only the ids)."""
+    return {
+        "shadow": f"{job.name} ({step})",
+        "argsrepr": f"job {job.id} {job.name!r}, attempt {job.attempt}",
+        "kwargsrepr": "{}",
+    }
+
+
 class CeleryDispatcher:
     """Sends the message a job waits for: prepare (pending) or start (queued)."""
 
@@ -90,6 +102,7 @@ class CeleryDispatcher:
                 queue=PREPROCESSING,
                 routing_key=PREPROCESSING,
                 priority=broker_priority(job.priority),
+                **shown_as(job, "prepare"),
             )
             return
         if job.node is None:
@@ -102,11 +115,18 @@ class CeleryDispatcher:
             queue=queue,
             routing_key=queue,
             priority=broker_priority(job.priority),
+            **shown_as(job, "run"),
         )
 
     def request_cancel(self, job: Job) -> None:
         """Have a general worker signal the job's process group at once."""
-        app.send_task("tp.jobs.cancel", args=[job.id], priority=broker_priority(PRIORITY_MAX))
+        app.send_task(
+            "tp.jobs.cancel",
+            args=[job.id],
+            priority=broker_priority(PRIORITY_MAX),
+            shadow=f"{job.name} (cancel)",
+            argsrepr=f"job {job.id} {job.name!r}",
+        )
 
     def request_schedule(self) -> None:
         """Have a general worker run a scheduling pass now."""
@@ -131,8 +151,36 @@ def prepare_job(job_id: int, attempt: int) -> str:
     return "queued"
 
 
-@app.task(name="tp.jobs.run", acks_late=True)
-def run_job(job_id: int, attempt: int) -> str:
+# The task event that ends a start message's task whose job did not succeed, so that Flower
+# shows the job's end rather than SUCCESS: Flower takes a custom event's name as the task's
+# state (task-cancelled: CANCELLED), and a task-failed event is its FAILURE.
+ENDED_BY_EVENT = {
+    JobStatus.CANCELLED.value: "task-cancelled",
+    JobStatus.PAUSED.value: "task-paused",
+    JobStatus.QUEUED.value: "task-requeued",  # a retry or a preemption: a later message runs it
+    JobStatus.FAILED.value: "task-failed",
+}
+
+
+def _ended(task: Task[Any, Any], outcome: execution.Outcome) -> str:
+    """The task's result; for a job that did not succeed, its end as a task event instead.
+
+    After that event the task raises Ignore: the worker acknowledges the message as after a
+    success but sends no task-succeeded, which Flower would show over the event sent.
+    """
+    result = f"{outcome.action}:{outcome.status}"
+    event = ENDED_BY_EVENT.get(outcome.status or "")
+    if event is None or outcome.action == "skipped" or not task.app.conf.worker_send_task_events:
+        return result
+    fields: dict[str, Any] = {"result": result}
+    if event == "task-failed":
+        fields["exception"] = f"job {outcome.job_id} failed (its events say why)"
+    task.send_event(event, **fields)
+    raise Ignore()
+
+
+@app.task(name="tp.jobs.run", acks_late=True, bind=True)
+def run_job(self: Task[Any, Any], job_id: int, attempt: int) -> str:
     """Start a job's attempt and hold this training slot until its process ends."""
     settings = get_settings()
     runners = runners_here()
@@ -156,7 +204,7 @@ def run_job(job_id: int, attempt: int) -> str:
         from training_platform.scheduling.tasks import run_pass
 
         run_pass()  # its devices are free again: the next job need not wait for a tick
-    return f"{outcome.action}:{outcome.status}"
+    return _ended(self, outcome)
 
 
 def _start_remote(

@@ -2,7 +2,8 @@
 
 Flower answers /metrics and /healthcheck without asking for credentials even when basic auth
 is on (flower.views.monitor): the platform's Flower requires them there too, then starts as
-`celery -A training_platform.worker.app flower` would.
+`celery -A training_platform.worker.app flower` would. Its tasks page shows the arguments
+column: a job's message spells out the job's name and attempt there (jobs/tasks.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 
 _GUARDED: set[type] = set()
+TASK_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
 
 
 def require_auth_everywhere() -> None:
@@ -28,7 +30,13 @@ def main() -> None:
     require_auth_everywhere()
     from celery.bin.celery import main as celery
 
-    sys.argv = ["celery", "-A", "training_platform.worker.app", "flower", *sys.argv[1:]]
+    given = sys.argv[1:]
+    columns = (
+        []
+        if any(a.startswith("--tasks_columns") for a in given)
+        else [f"--tasks_columns={TASK_COLUMNS}"]
+    )
+    sys.argv = ["celery", "-A", "training_platform.worker.app", "flower", *columns, *given]
     celery()
 
 

@@ -14,11 +14,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from training_platform.monitoring.live import CHANNEL_PREFIX
+
+if TYPE_CHECKING:
+    from training_platform.monitoring.service import Changes
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 2000  # messages a client may lag behind before it is dropped
@@ -62,12 +65,11 @@ class LiveHub:
         self,
         redis_url: str,
         read_state: Callable[[int], dict[str, Any] | None],
-        read_changes: Callable[[Any], tuple[list[dict[str, Any]], dict[str, int], Any]]
-        | None = None,
+        read_changes: Callable[[Any], Changes] | None = None,
     ) -> None:
         self._url = redis_url
         self._read_state = read_state  # blocking: run in a thread
-        self._read_changes = read_changes  # (jobs changed since a mark, counts, new mark)
+        self._read_changes = read_changes  # what changed since a mark (and the new mark)
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._pollers: dict[int, asyncio.Task[None]] = {}
         self._overview_since: Any = None  # where the overview poller's first read starts
@@ -135,8 +137,10 @@ class LiveHub:
         subscribed before their snapshots, so they miss nothing either."""
         if OVERVIEW not in self._subscriptions or self._overview_reading:
             return
-        if self._overview_since is None or (since is not None and since < self._overview_since):
+        if self._overview_since is None:
             self._overview_since = since
+        elif since is not None:
+            self._overview_since = self._overview_since.older(since)
         if OVERVIEW not in self._pollers:
             task = asyncio.create_task(self._poll_overview(), name="live-status-overview")
             self._pollers[OVERVIEW] = task
@@ -201,24 +205,34 @@ class LiveHub:
         mark: Any = self._overview_since
         self._overview_since, self._overview_reading = None, True
         counts: dict[str, int] | None = None
+        progress: dict[int, dict[str, Any]] = {}
         while True:
             try:
-                changed, now_counts, mark_now = await asyncio.to_thread(self._read_changes, mark)
+                changes = await asyncio.to_thread(self._read_changes, mark)
             except Exception as error:  # the database restarting: keep trying
                 log.warning("live overview not read: %s", error)
             else:
                 if mark is not None:  # the first read only sets the mark: clients got a snapshot
-                    for state in changed:
-                        self._fan_out(
-                            OVERVIEW,
-                            {"v": 1, "type": "status", "job_id": state["id"], "job": state},
-                        )
-                    if now_counts != counts:
-                        self._fan_out(
-                            OVERVIEW, {"v": 1, "type": "counts", "job_id": 0, "counts": now_counts}
-                        )
-                mark, counts = mark_now, now_counts
+                    self._report(changes, counts, progress)
+                mark, counts, progress = changes.mark, changes.counts, changes.progress
             await asyncio.sleep(STATUS_INTERVAL_S)
+
+    def _report(
+        self, changes: Changes, counts: dict[str, int] | None, progress: dict[int, dict[str, Any]]
+    ) -> None:
+        """Overview messages for what changed since the last read: each job's new state, each
+        pipeline that moved, the step of each running job that moved, the counts."""
+        for state in changes.jobs:
+            self._fan_out(OVERVIEW, {"v": 1, "type": "status", "job_id": state["id"], "job": state})
+        for state in changes.pipelines:
+            self._fan_out(OVERVIEW, {"v": 1, "type": "pipeline", "job_id": 0, "pipeline": state})
+        for job_id, now in changes.progress.items():
+            if progress.get(job_id) != now:
+                self._fan_out(OVERVIEW, {"v": 1, "type": "progress", "job_id": job_id, "job": now})
+        if changes.counts != counts:
+            self._fan_out(
+                OVERVIEW, {"v": 1, "type": "counts", "job_id": 0, "counts": changes.counts}
+            )
 
     async def _poll_status(self, job_id: int, last: dict[str, Any] | None) -> None:
         while True:

@@ -37,7 +37,7 @@ from training_platform.jobs import service as jobs
 from training_platform.jobs.schemas import AlertRule
 from training_platform.monitoring import alerts, defaults, service, telemetry, webhooks
 from training_platform.monitoring.hub import OVERVIEW, RAW, LiveHub, Subscription, encoded
-from training_platform.monitoring.schemas import Hello, json_schema
+from training_platform.monitoring.schemas import FlowerLink, Hello, json_schema
 
 router = api_router(tags=["live"], authenticated=False)  # WebSockets authenticate below
 AUTH_TIMEOUT_S = 10.0
@@ -265,8 +265,8 @@ async def job_live(
 
 def _seen(message: dict[str, Any], visible: set[int] | None) -> bool:
     """Whether an overview message is for this client: every message for an admin (None),
-    else counts and the changes of jobs of the client's projects (or of none)."""
-    project_id = (message.get("job") or {}).get("project_id")
+    else counts and the changes of jobs and pipelines of the client's projects (or of none)."""
+    project_id = (message.get("job") or message.get("pipeline") or {}).get("project_id")
     return visible is None or project_id is None or project_id in visible
 
 
@@ -511,6 +511,15 @@ def job_gpu_samples(
 
 
 # --- queues --------------------------------------------------------------------------------
+
+flower_router = api_router("/flower", tags=["monitoring"])
+
+
+@flower_router.get("", response_model=FlowerLink)
+def flower(settings: SettingsDep, caller: CurrentToken) -> FlowerLink:
+    """Where Flower is; its user and password for admins only (others see null)."""
+    return service.flower_link(settings, admin=caller.at_least("admin"))
+
 
 queues_router = api_router(tags=["monitoring"])
 

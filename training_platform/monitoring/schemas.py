@@ -38,6 +38,26 @@ class JobState(BaseModel):
     project_id: int | None = None  # whose work it is: the overview sends members only theirs
 
 
+class PipelineState(BaseModel):
+    """A pipeline as the overview socket reports its changes (a stage's too)."""
+
+    id: int
+    name: str
+    status: str
+    version: int
+    updated_at: datetime | None = None
+    project_id: int | None = None
+
+
+class JobProgress(BaseModel):
+    """A running job's progress, as the overview socket reports its changes."""
+
+    id: int
+    progress_step: int | None = None
+    progress_total: int | None = None
+    project_id: int | None = None
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,3 +152,18 @@ def json_schema() -> dict[str, Any]:
         "server": TypeAdapter(ServerMessage).json_schema(),
         "client": Hello.model_json_schema(),
     }
+
+
+class FlowerLink(BaseModel):
+    """Where the dashboard links to Flower, and (admins only) how to log in there."""
+
+    enabled: bool = Field(description="Whether `tp up` starts Flower (TP_FLOWER).")
+    url: str = Field(
+        description="Flower's address (TP_FLOWER_URL).", examples=["http://127.0.0.1:5555"]
+    )
+    user: str | None = Field(None, description="Flower's basic-auth user; admins only.")
+    password: str | None = Field(
+        None,
+        description="Flower's password (TP_FLOWER_PASSWORD, else TP_HOME/flower-password); "
+        "admins only, and null where none was set or generated yet.",
+    )

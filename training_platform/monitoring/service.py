@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
+from training_platform.core.settings import Settings
 from training_platform.jobs import service as jobs
 from training_platform.jobs.models import Job
 from training_platform.monitoring.models import Alert
-from training_platform.monitoring.schemas import JobState, Snapshot
+from training_platform.monitoring.schemas import (
+    FlowerLink,
+    JobProgress,
+    JobState,
+    PipelineState,
+    Snapshot,
+)
+from training_platform.pipelines.models import Pipeline, PipelineStage
 
 # The first message of a job's live view stays small (under 60 KB for a 2,000-step run of 20
 # keys): the log's last 16 KB (earlier lines: GET .../logs?before=) and about this many points,
@@ -108,26 +118,100 @@ def overview(*, session: Session) -> dict[str, Any]:
     }
 
 
-def newest_mark(*, session: Session) -> datetime:
-    """Where a watch of job changes starts: the newest change so far."""
-    newest: datetime | None = session.exec(select(func.max(Job.updated_at))).one()
-    return newest or EPOCH
+class Mark(NamedTuple):
+    """Where a watch of changes goes on from: the newest change seen, per table."""
+
+    jobs: datetime
+    pipelines: datetime
+
+    def older(self, other: Mark) -> Mark:
+        """The earlier of the two marks in each table."""
+        return Mark(min(self.jobs, other.jobs), min(self.pipelines, other.pipelines))
 
 
-def changes_since(
-    *, session: Session, mark: datetime | None
-) -> tuple[list[dict[str, Any]], dict[str, int], datetime | None]:
-    """Jobs whose row changed after `mark`, the counts by status, and the next mark."""
-    newest = session.exec(select(func.max(Job.updated_at))).one()
+@dataclass(frozen=True)
+class Changes:
+    """What changed after a mark: jobs (their state), pipelines (their own row or a stage's),
+    the progress of active jobs (all of it: the hub reports what moved), and the counts."""
+
+    jobs: list[dict[str, Any]]
+    pipelines: list[dict[str, Any]]
+    progress: dict[int, dict[str, Any]]
+    counts: dict[str, int]
+    mark: Mark
+
+
+# Where a job's step can move: its process runs (or is being stopped).
+PROGRESSING = ("running", "stalled", "pausing", "stopping", "cancelling")
+
+
+def _newest_pipeline_change(session: Session) -> datetime | None:
+    pipeline: datetime | None = session.exec(select(func.max(Pipeline.updated_at))).one()
+    stage: datetime | None = session.exec(select(func.max(PipelineStage.updated_at))).one()
+    return max((t for t in (pipeline, stage) if t is not None), default=None)
+
+
+def newest_mark(*, session: Session) -> Mark:
+    """Where a watch of changes starts: the newest changes so far."""
+    jobs_newest: datetime | None = session.exec(select(func.max(Job.updated_at))).one()
+    return Mark(jobs_newest or EPOCH, _newest_pipeline_change(session) or EPOCH)
+
+
+def pipeline_state(pipeline: Pipeline) -> dict[str, Any]:
+    """The pipeline as the overview socket carries it (JSON-ready)."""
+    assert pipeline.id is not None
+    return PipelineState(
+        id=pipeline.id,
+        name=pipeline.name,
+        status=pipeline.status,
+        version=pipeline.version,
+        updated_at=pipeline.updated_at,
+        project_id=pipeline.project_id,
+    ).model_dump(mode="json")
+
+
+def _progress(session: Session) -> dict[int, dict[str, Any]]:
+    rows = session.exec(
+        select(Job.id, Job.progress_step, Job.progress_total, Job.project_id).where(
+            col(Job.status).in_(PROGRESSING)
+        )
+    ).all()
+    return {
+        job_id: JobProgress(
+            id=job_id, progress_step=step, progress_total=total, project_id=project
+        ).model_dump(mode="json")
+        for job_id, step, total, project in rows
+        if job_id is not None
+    }
+
+
+def changes_since(*, session: Session, mark: Mark | None) -> Changes:
+    """Jobs and pipelines whose rows changed after `mark`, active jobs' progress, the counts
+    by status, and the next mark."""
+    now = newest_mark(session=session)
+    counts, progress = _counts(session), _progress(session)
     if mark is None:  # the first look: only where to start from
-        return [], _counts(session), newest or EPOCH
+        return Changes([], [], progress, counts, now)
     changed = session.exec(
         select(Job)
-        .where(col(Job.updated_at) > mark)
+        .where(col(Job.updated_at) > mark.jobs)
         .order_by(col(Job.updated_at))
         .limit(CHANGES_LIMIT)
     ).all()
-    return [job_state(job) for job in changed], _counts(session), newest or mark
+    moved = select(PipelineStage.pipeline_id).where(col(PipelineStage.updated_at) > mark.pipelines)
+    pipelines = session.exec(
+        select(Pipeline)
+        .where(or_(col(Pipeline.updated_at) > mark.pipelines, col(Pipeline.id).in_(moved)))
+        .order_by(col(Pipeline.updated_at))
+        .limit(CHANGES_LIMIT)
+    ).all()
+    return Changes(
+        [job_state(job) for job in changed],
+        [pipeline_state(p) for p in pipelines],
+        progress,
+        counts,
+        Mark(max(now.jobs, mark.jobs), max(now.pipelines, mark.pipelines)),
+    )
 
 
 WAITING_STATUSES = ("pending", "queued", "resuming")
@@ -157,3 +241,18 @@ def queue_depths(*, session: Session, redis_url: str) -> dict[str, Any]:
     except Exception:  # Redis unreachable: the database part still answers
         broker = None
     return {"waiting": waiting, "broker": broker}
+
+
+def flower_link(settings: Settings, *, admin: bool) -> FlowerLink:
+    """Flower's address; for an admin also its user and password (never generated here:
+    `tp up` writes TP_HOME/flower-password when it first starts Flower)."""
+    link = FlowerLink(enabled=settings.flower, url=settings.resolved_flower_url)
+    if not admin:
+        return link
+    password: str | None = None
+    if settings.flower_password is not None:
+        password = settings.flower_password.get_secret_value()
+    else:
+        with contextlib.suppress(OSError):
+            password = (settings.home / "flower-password").read_text().strip() or None
+    return link.model_copy(update={"user": settings.flower_user, "password": password})

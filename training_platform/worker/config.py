@@ -26,6 +26,25 @@ from training_platform.worker.queues import (
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+# Beat's periodic tasks and the passes they run: a message every supervisor period that would
+# bury the jobs' own tasks in Flower (1,460 ticks to 7 trainings in an afternoon). They send
+# no task events, so Flower never lists them; the supervisor's heartbeat (`tp status`) and the
+# general worker's log show that they run.
+HOUSEKEEPING_TASKS = frozenset(
+    {
+        "tp.system.tick",
+        "tp.supervisor.tick",
+        "tp.scheduling.pass",
+        "tp.scheduling.refresh",
+        "tp.pipelines.tick",
+        "tp.evaluation.tick",
+        "tp.serving.tick",
+        "tp.surgery.tick",
+        "tp.hosts.refresh",
+        "tp.monitoring.notify",
+    }
+)
+
 
 def redis_url(settings: Settings) -> str:
     """The broker URL: TP_REDIS_URL, else the conventional local Redis."""
@@ -84,9 +103,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # caches of big datasets) cannot make a long-lived worker grow without bound.
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_mb * 1024,  # KiB
-        # Task events feed Flower; nothing else reads them.
+        # Task events feed Flower; nothing else reads them. Housekeeping tasks send none
+        # (`send_events` here for a worker's events; worker/app.py drops their task-sent).
         "worker_send_task_events": settings.flower,
         "task_send_sent_event": settings.flower,
+        "task_annotations": {name: {"send_events": False} for name in HOUSEKEEPING_TASKS},
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,

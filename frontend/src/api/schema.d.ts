@@ -881,6 +881,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/flower": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Flower
+         * @description Where Flower is; its user and password for admins only (others see null).
+         */
+        get: operations["flower_api_v1_flower_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/gpus": {
         parameters: {
             query?: never;
@@ -3387,6 +3407,33 @@ export interface components {
             gpus?: number | null;
             /** Mb */
             mb: number;
+        };
+        /**
+         * FlowerLink
+         * @description Where the dashboard links to Flower, and (admins only) how to log in there.
+         */
+        FlowerLink: {
+            /**
+             * Enabled
+             * @description Whether `tp up` starts Flower (TP_FLOWER).
+             */
+            enabled: boolean;
+            /**
+             * Password
+             * @description Flower's password (TP_FLOWER_PASSWORD, else TP_HOME/flower-password); admins only, and null where none was set or generated yet.
+             */
+            password?: string | null;
+            /**
+             * Url
+             * @description Flower's address (TP_FLOWER_URL).
+             * @example http://127.0.0.1:5555
+             */
+            url: string;
+            /**
+             * User
+             * @description Flower's basic-auth user; admins only.
+             */
+            user?: string | null;
         };
         /**
          * Generation
@@ -10383,6 +10430,71 @@ export interface operations {
                 };
             };
             /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description A dependency (the database, Redis, a host) cannot be reached right now. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+        };
+    };
+    flower_api_v1_flower_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FlowerLink"];
+                };
+            };
+            /** @description Missing, invalid or revoked token, or its user is disabled. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description The caller's role (or the code permission) does not allow this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Something the request names (in its path, query or body) does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description A field is wrong: `loc` names it, `msg` says why (limits included). */
             422: {
                 headers: {
                     [name: string]: unknown;
