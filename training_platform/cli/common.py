@@ -190,6 +190,11 @@ def time_column(header: str, key: str, *, drop: int = 0) -> Column:
     )
 
 
+def _cell_text(value: Any) -> str:
+    """What a cell shows: "-" where the API has no value (a serve job's dataset)."""
+    return "-" if value is None else str(value)
+
+
 def print_table(
     columns: list[Column], rows: Iterable[Any], *, wide: bool = False, title: str | None = None
 ) -> None:
@@ -198,7 +203,7 @@ def print_table(
     With `wide`, every column in full, however long the lines."""
     rows = list(rows)
     forms = [(c.header, c.cell) for c in columns]
-    cells = [[form[1](row) for row in rows] for form in forms]
+    cells = [[_cell_text(form[1](row)) for row in rows] for form in forms]
     shown = list(range(len(columns)))
 
     def natural(index: int) -> int:
@@ -212,7 +217,7 @@ def print_table(
         for i, column in enumerate(columns):  # every narrower form at once: alike columns agree
             if column.short:
                 forms[i] = column.short
-                cells[i] = [column.short[1](row) for row in rows]
+                cells[i] = [_cell_text(column.short[1](row)) for row in rows]
         for i in sorted(
             (i for i, c in enumerate(columns) if c.drop), key=lambda i: -columns[i].drop
         ):

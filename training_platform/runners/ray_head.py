@@ -80,6 +80,10 @@ _DROPPED_RAY_VARIABLES = (
 )
 
 
+class _ExitedAtStart(RuntimeError):
+    """`ray start` ended before its head answered (a part of it failed to start)."""
+
+
 def start_head(
     *,
     temp_dir: Path,
@@ -89,7 +93,26 @@ def start_head(
     num_gpus: int | None = None,
     timeout_s: float = 90,
 ) -> str:
-    """Start a loopback Ray head with token auth; return its Jobs API address once it answers."""
+    """Start a loopback Ray head with token auth; return its Jobs API address once it and its
+    node's agent answer.
+
+    A head whose start fails is started once more, on fresh ports of its agents: a raylet
+    exits when one of its agents cannot start, as when another Ray starting on the machine
+    at the same moment takes a port it was given."""
+    try:
+        return _start_once(temp_dir, port, dashboard_port, num_cpus, num_gpus, timeout_s)
+    except _ExitedAtStart:
+        return _start_once(temp_dir, port, dashboard_port, num_cpus, num_gpus, timeout_s)
+
+
+def _start_once(
+    temp_dir: Path,
+    port: int,
+    dashboard_port: int,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    timeout_s: float,
+) -> str:
     temp_dir = Path(temp_dir).absolute()
     state = _read_state(temp_dir)
     if state is not None:
@@ -108,6 +131,7 @@ def start_head(
     token_path = temp_dir / TOKEN_FILE
     _write_private(token_path, secrets.token_hex(32))
     address = f"http://127.0.0.1:{dashboard_port}"
+    agent_port = _free_port()
     command = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -117,7 +141,7 @@ def start_head(
         f"--port={port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
-        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-listen-port={agent_port}",
         f"--ray-client-server-port={_free_port()}",
         f"--temp-dir={ray_temp_dir}",
         "--include-dashboard=true",
@@ -152,11 +176,15 @@ def start_head(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             stop_head(temp_dir)
-            raise RuntimeError(
+            raise _ExitedAtStart(
                 f"ray start exited with code {process.returncode}:\n{_log_tail(temp_dir)}"
             )
-        # The job list is served by the dashboard's job module, the last part to come up.
-        if _answers(dashboard_port, "/api/jobs/", token_path.read_text()):
+        # The job list is served by the dashboard's job module, the last part to come up;
+        # jobs are submitted through the node's agent, which answers once its raylet lives.
+        token = token_path.read_text()
+        if _answers(dashboard_port, "/api/jobs/", token) and _answers(
+            agent_port, "/api/local_raylet_healthz", token
+        ):
             return address
         time.sleep(0.25)
     stop_head(temp_dir)
