@@ -267,10 +267,41 @@ def test_restart_keeps_a_training_running_and_readopts_it(platform) -> None:  # 
     assert log["text"] == (run_dir / "output.log").read_text()
 
 
+def _pipeline_with_a_running_stage(platform, name: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """A pipeline whose first stage trains on and whose second waits for it: (pipeline id,
+    the first stage's job id) once that job reports steps."""
+    train = {key: value for key, value in _long(name).items() if key not in ("name", "priority")}
+    body = {
+        "definition": {
+            "name": name,
+            "stages": {
+                "long": {"job": train},
+                "never": {"depends_on": ["long"], "job": {**train, "model": "tiny-qwen2"}},
+            },
+        }
+    }
+    with platform.client() as client:
+        made = client.post("/api/v1/pipelines", json=body)
+        assert made.status_code == 201, made.text
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            stage = next(
+                s
+                for s in client.get(f"/api/v1/pipelines/{made.json()['id']}").json()["stages"]
+                if s["name"] == "long"
+            )
+            if stage["job_id"] is not None:
+                break
+            time.sleep(0.5)
+    _wait_running_with_progress(platform, stage["job_id"])
+    return made.json()["id"], stage["job_id"]
+
+
 def test_down_jobs_stops_everything_and_leaves_no_process(platform) -> None:  # type: ignore[no-untyped-def]
-    job = _submit(platform, _long("stopped by down --jobs"))
-    _wait_running_with_progress(platform, job["id"])
-    run_dir = _run_dir(platform, job["id"])
+    """The training stopped is a pipeline's stage: `tp down --jobs` cancels it as its pipeline
+    (defect: one stage failed and the next was skipped), which ends cancelled."""
+    pipeline_id, job_id = _pipeline_with_a_running_stage(platform, "stopped by down --jobs")
+    run_dir = _run_dir(platform, job_id)
     down = platform.tp("down", "--jobs", check=True)
     assert "worker-training" in down.stdout
     assert _run_processes(run_dir) == []
@@ -282,5 +313,14 @@ def test_down_jobs_stops_everything_and_leaves_no_process(platform) -> None:  # 
     assert status.returncode == 1 and "stopped" in status.stdout
     # Bring it back for whatever runs after this test.
     platform.tp("up", "--timeout", "120", check=True)
-    finished = platform.wait_status(job["id"], {"cancelled", "failed", "succeeded"}, timeout=60)
+    finished = platform.wait_status(job_id, {"cancelled", "failed", "succeeded"}, timeout=60)
     assert finished["status"] == "cancelled"
+    with platform.client() as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pipeline = client.get(f"/api/v1/pipelines/{pipeline_id}").json()
+            if pipeline["status"] not in ("running", "cancelling"):
+                break
+            time.sleep(0.5)
+    assert pipeline["status"] == "cancelled", pipeline
+    assert [s["status"] for s in pipeline["stages"]] == ["cancelled", "cancelled"]
